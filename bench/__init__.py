@@ -1,0 +1,1 @@
+"""Latency / throughput benchmarks: arrives with the bench issue."""

@@ -1,0 +1,1 @@
+"""TensorRT engine building and caching: arrives with the TensorRT issue."""

@@ -1,0 +1,1 @@
+"""Export to encoder / fusion / decoder ONNX graphs: arrives with the export issue."""

@@ -1,0 +1,42 @@
+"""Shared fixtures: the golden tensors and the small reference model, from tests/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tsf_trt.model import PRESETS, TSFSeq2Seq, import_reference
+
+DATA = Path(__file__).parent / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests skip cleanly on machines without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict[str, np.ndarray]:
+    with np.load(DATA / "small_cases.npz") as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+@pytest.fixture(scope="session")
+def small_model() -> TSFSeq2Seq:
+    torch.set_num_threads(2)
+    return import_reference(DATA / "small_seq2seq.pt", DATA / "small_tsf.pt", PRESETS["small"])
+
+
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory, small_model) -> Path:
+    from tsf_trt.model import save_model
+
+    return save_model(small_model, tmp_path_factory.mktemp("models") / "small")

@@ -1,0 +1,1 @@
+"""Two-stage training (Seq2Seq pretraining, TSF fine-tuning): arrives with the training issue."""

@@ -1,0 +1,227 @@
+"""Model directories (our format) and import of the authors' checkpoints.
+
+A model directory holds ``config.json`` (format tag, :class:`ModelConfig`, stages,
+weight hash) and ``model.safetensors``: no pickle anywhere. The authors' ``.pth``
+files are bare state_dicts; they are read with ``weights_only=True`` and renamed
+by the table below (layout in ``shared/reference/README.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import ModelError, TsfError
+from .config import ModelConfig
+from .tsf import TSFSeq2Seq
+
+FORMAT = "tsf-trt-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+# reference key (regex) -> our key; one table per checkpoint file.
+SEQ2SEQ_KEYS: list[tuple[str, str]] = [
+    (r"^encoder\.conv\.(\d+)\.0\.", r"encoder.convs.\1.conv."),
+    (r"^encoder\.res\.(\d+)\.conv_block\.1\.", r"encoder.res.\1.conv1."),
+    (r"^encoder\.res\.(\d+)\.conv_block\.5\.", r"encoder.res.\1.conv2."),
+    (r"^enc_convlstm\.cell_list\.(\d+)\.conv\.", r"encoder.lstm.cells.\1.conv."),
+    (r"^dec_convlstm\.cell_list\.(\d+)\.conv\.", r"decoder.lstm.cells.\1.conv."),
+    (r"^style_fc\.0\.", r"decoder.style_fc."),
+    (r"^decoder\.res\.(\d+)\.conv([12])\.", r"decoder.res.\1.conv\2."),
+    (r"^decoder\.convs\.(\d+)\.", r"decoder.ups.\1.conv."),
+    (r"^decoder\.conv_last\.", r"decoder.head."),
+]
+TSF_KEYS: list[tuple[str, str]] = [
+    (r"^fc_p\.0\.", r"fusion.weight_fc."),
+    (r"^convs\.(\d+)\.", r"fusion.attention.\1.conv."),
+    (r"^cas\.(\d+)\.fc1\.", r"fusion.attention.\1.channel.fc1."),
+    (r"^cas\.(\d+)\.fc3\.", r"fusion.attention.\1.channel.fc2."),
+    (r"^sas\.(\d+)\.conv1\.", r"fusion.attention.\1.spatial.conv."),
+]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- our format ---------------------------------------------------------------------
+def save_model(model: TSFSeq2Seq, directory: str | Path, *, overwrite: bool = False,
+               origin: dict[str, Any] | None = None) -> Path:
+    """Write a model directory atomically (a complete directory or none)."""
+    directory = Path(directory)
+    if directory.exists() and not overwrite:
+        raise ModelError(directory, "exists; use --overwrite to replace it")
+    parent = directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "stages": ["seq2seq", "tsf"] if model.has_fusion else ["seq2seq"],
+            "config": model.config.to_dict(),
+            "weights": WEIGHTS_FILE,
+            "weights_sha256": file_sha256(tmp / WEIGHTS_FILE),
+            "origin": origin or {},
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if directory.exists():
+            old = parent / f".{directory.name}.old-{os.getpid()}"
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_model_meta(directory: str | Path) -> dict[str, Any]:
+    """config.json of a model directory, checked for format; ModelError names the problem."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise ModelError(directory, "model directory does not exist")
+    if not directory.is_dir():
+        raise ModelError(directory, "not a model directory (expected a folder with config.json and model.safetensors)")
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ModelError(directory, f"missing {CONFIG_FILE}: not a tsf-trt model directory")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(cfg_path, f"unreadable JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(cfg_path, f"not a {FORMAT} config (format tag missing)")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelError(cfg_path, f"written by a newer tsf-trt (format {meta['format_version']})")
+    return meta
+
+
+def model_id(meta: dict[str, Any]) -> str:
+    """Short stable identity of a model: the start of its weights' SHA-256."""
+    return str(meta.get("weights_sha256", ""))[:16]
+
+
+def load_model(directory: str | Path, *, device: str | torch.device = "cpu",
+               verify: bool = True) -> TSFSeq2Seq:
+    """Load a model directory, in eval mode. Every mismatch is a ModelError naming the file."""
+    directory = Path(directory)
+    meta = read_model_meta(directory)
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+    except (KeyError, TypeError) as exc:
+        raise ModelError(directory / CONFIG_FILE, f"invalid model config ({exc})") from None
+    except TsfError as exc:
+        raise ModelError(directory / CONFIG_FILE, str(exc)) from None
+    weights = directory / meta.get("weights", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ModelError(directory, f"missing weights file {weights.name}")
+    if verify and meta.get("weights_sha256") and file_sha256(weights) != meta["weights_sha256"]:
+        raise ModelError(weights, "weights do not match the hash in config.json (corrupt or replaced file)")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(weights, f"unreadable safetensors file ({exc})") from None
+    model = TSFSeq2Seq(config, with_fusion="tsf" in meta.get("stages", ["seq2seq", "tsf"]))
+    _load_state(model, state, weights)
+    model.id = model_id(meta)  # type: ignore[attr-defined]
+    return model.to(device).eval()
+
+
+def _load_state(model: TSFSeq2Seq, state: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        problems.append(f"{len(wrong)} tensors of another shape (e.g. {'; '.join(wrong[:2])}, file vs config)")
+    if problems:
+        raise ModelError(source, "weights do not match the model config: " + "; ".join(problems))
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+
+
+# -- the authors' checkpoints ------------------------------------------------------------
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A bare state_dict from a .pth/.pt (weights_only) or an .npz of the same keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(path, "checkpoint file does not exist")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as npz:
+                return {k: torch.from_numpy(npz[k].copy()) for k in npz.files}
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch/numpy raise many types for bad files
+        raise ModelError(path, f"not a readable checkpoint ({type(exc).__name__}: {exc})".split("\n")[0]) from None
+    for wrapper in ("state_dict", "model", "generator"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(path, "not a state_dict (expected a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def rename_keys(state: dict[str, torch.Tensor], table: list[tuple[str, str]], path: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        for pattern, repl in table:
+            new, n = re.subn(pattern, repl, key)
+            if n:
+                out[new] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ModelError(path, f"unexpected keys for this checkpoint kind: {', '.join(unknown[:4])}"
+                               + (" …" if len(unknown) > 4 else ""))
+    return out
+
+
+def import_reference(seq2seq: str | Path, tsf: str | Path | None, config: ModelConfig) -> TSFSeq2Seq:
+    """Build our model from the authors' Seq2Seq (Generator) and optional TSF state_dicts."""
+    seq2seq = Path(seq2seq)
+    s2s_state = read_state_dict(seq2seq)
+    if any(k.startswith("fc_p.") for k in s2s_state):
+        raise ModelError(seq2seq, "this is a TSF checkpoint; pass it with --tsf and the Generator with --seq2seq")
+    state = rename_keys(s2s_state, SEQ2SEQ_KEYS, seq2seq)
+    if tsf is not None:
+        tsf = Path(tsf)
+        tsf_state = read_state_dict(tsf)
+        if any(k.startswith("encoder.") for k in tsf_state):
+            raise ModelError(tsf, "this is a Seq2Seq (Generator) checkpoint; pass it with --seq2seq")
+        state.update(rename_keys(tsf_state, TSF_KEYS, tsf))
+    model = TSFSeq2Seq(config, with_fusion=tsf is not None)
+    _load_state(model, state, tsf if tsf is not None and not _has_all(model, state, "fusion.") else seq2seq)
+    return model.eval()
+
+
+def _has_all(model: TSFSeq2Seq, state: dict[str, torch.Tensor], prefix: str) -> bool:
+    want = {k for k in model.state_dict() if k.startswith(prefix)}
+    return want <= set(state)

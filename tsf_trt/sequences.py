@@ -1,0 +1,107 @@
+"""The four MRI sequences, their spellings, and the codes the network is driven by.
+
+Index order is fixed by the authors' checkpoints: T1=0, T1Gd=1, T2=2, FLAIR=3.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .errors import TsfError
+
+#: Canonical short names, in index order.
+NAMES: tuple[str, ...] = ("t1", "t1gd", "t2", "flair")
+#: How the sequences are shown to people.
+DISPLAY: tuple[str, ...] = ("T1", "T1Gd", "T2", "FLAIR")
+N_SEQUENCES = len(NAMES)
+
+#: Every accepted spelling (lower case) -> index. BraTS 2021 uses t1/t1ce/t2/flair,
+#: BraTS 2023+ uses t1n/t1c/t2w/t2f.
+ALIASES: dict[str, int] = {
+    "t1": 0, "t1n": 0, "t1w": 0,
+    "t1gd": 1, "t1ce": 1, "t1c": 1,
+    "t2": 2, "t2w": 2,
+    "flair": 3, "t2f": 3,
+}
+
+_NIFTI_EXT = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+# A sequence token at the end of a file stem, after '_', '-' or '.', or the whole stem.
+_SUFFIX = re.compile(
+    r"^(?:(?P<subject>.*)[_\-.])?(?P<seq>" + "|".join(sorted(ALIASES, key=len, reverse=True)) + r")$",
+    re.IGNORECASE,
+)
+
+
+def parse(name: str) -> int:
+    """Sequence index of a user-given name (any accepted spelling, any case)."""
+    key = name.strip().lower()
+    if key not in ALIASES:
+        raise TsfError(
+            f"unknown sequence '{name}': use one of {', '.join(NAMES)} "
+            f"(also accepted: {', '.join(a for a in ALIASES if a not in NAMES)})"
+        )
+    return ALIASES[key]
+
+
+def parse_list(names: str | Iterable[str]) -> list[int]:
+    """Indices of a comma-separated list (or iterable) of names, in the given order."""
+    items = names.split(",") if isinstance(names, str) else list(names)
+    return [parse(n) for n in items if n.strip()]
+
+
+def nifti_stem(filename: str) -> str:
+    """File name without directory and without `.nii` / `.nii.gz`."""
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return _NIFTI_EXT.sub("", base)
+
+
+def from_filename(filename: str) -> tuple[str, int] | None:
+    """(subject, sequence index) read from a NIfTI file name, or None.
+
+    `BraTS2021_00000_t1ce.nii.gz` -> ("BraTS2021_00000", 1);
+    `BraTS-GLI-00000-000-t2f.nii.gz` -> ("BraTS-GLI-00000-000", 3); `flair.nii` -> ("", 3).
+    """
+    match = _SUFFIX.match(nifti_stem(filename))
+    if match is None:
+        return None
+    return match.group("subject") or "", ALIASES[match.group("seq").lower()]
+
+
+def task_code(sources: Sequence[int], target: int) -> np.ndarray:
+    """The fusion's task code, shape (1, 8): [source mask | target one-hot]."""
+    check_task(sources, target)
+    code = np.zeros((1, 2 * N_SEQUENCES), dtype=np.float32)
+    code[0, list(sources)] = 1.0
+    code[0, N_SEQUENCES + target] = 1.0
+    return code
+
+
+def target_code(target: int, style_dim: int = 64) -> np.ndarray:
+    """The decoder's style code, shape (1, style_dim): one-hot at the target index."""
+    if not 0 <= target < N_SEQUENCES:
+        raise TsfError(f"target index {target} is not one of 0..{N_SEQUENCES - 1}")
+    code = np.zeros((1, style_dim), dtype=np.float32)
+    code[0, target] = 1.0
+    return code
+
+
+def check_task(sources: Sequence[int], target: int) -> None:
+    """Refuse tasks the network cannot do: no source, repeated source, target among sources."""
+    if not sources:
+        raise TsfError("no input sequence given")
+    if len(set(sources)) != len(sources):
+        dup = sorted({DISPLAY[s] for s in sources if list(sources).count(s) > 1})
+        raise TsfError(f"sequence given more than once: {', '.join(dup)}")
+    if target in sources:
+        raise TsfError(f"the target {DISPLAY[target]} is among the inputs: nothing to synthesise")
+    for s in (*sources, target):
+        if not 0 <= s < N_SEQUENCES:
+            raise TsfError(f"sequence index {s} is not one of 0..{N_SEQUENCES - 1}")
+
+
+def describe(sources: Sequence[int], target: int) -> str:
+    """A task as people write it: 'T1,FLAIR->T2'."""
+    return ",".join(DISPLAY[s] for s in sources) + "->" + DISPLAY[target]

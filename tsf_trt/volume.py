@@ -1,0 +1,328 @@
+"""NIfTI volumes: load, validate, orient, and save atomically.
+
+The network's weights were trained on axial slices exactly as the authors'
+SimpleITK loader saw BraTS files, which nibabel reports as stored in ('L', 'P', 'S')
+order: SimpleITK's array is then ``nib_data.transpose(2, 1, 0)`` (z, y, x) and an
+axial slice is ``arr[k]``. Files stored any other way are brought to that layout by
+axis permutations and flips only (never resampling), so every voxel value reaches
+the network untouched, and results are written back in the input's own layout,
+affine and header so that they overlay the input in any viewer.
+
+Every problem a user can cause is raised as :class:`~tsf_trt.errors.InputError`
+naming the file; wrong shapes or non-finite arrays handed to :func:`save_volume`
+are programming errors and raise :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import secrets
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.orientations import (
+    apply_orientation,
+    axcodes2ornt,
+    inv_ornt_aff,
+    io_orientation,
+    ornt_transform,
+)
+from nibabel.spatialimages import HeaderDataError
+
+from .errors import InputError
+
+CANONICAL_AXCODES = ("L", "P", "S")
+_CANONICAL_ORNT = axcodes2ornt(CANONICAL_AXCODES)
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# What a corrupt, truncated or foreign file can raise inside nibabel and gzip.
+_READ_ERRORS = (
+    ImageFileError, HeaderDataError, EOFError, zlib.error, gzip.BadGzipFile,
+    OSError, ValueError, struct.error,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """One loaded volume: canonical (z, y, x) float32 voxels plus what is needed to write back.
+
+    ``data`` is writable but shared; treat it as read-only (copy before editing in place).
+    """
+
+    path: Path
+    data: np.ndarray  # float32, C-contiguous, (z, y, x) of the LPS-reoriented volume
+    affine: np.ndarray  # the file's own 4x4 affine (float64)
+    header: nib.Nifti1Header  # a copy of the file's own header
+    _native_ornt: np.ndarray = field(repr=False)  # nibabel ornt of the stored axes
+    _native_shape: tuple[int, int, int] = field(repr=False)
+    _image_class: type = field(repr=False, default=nib.Nifti1Image)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Canonical shape (z, y, x): what the network and all array code see."""
+        return tuple(int(n) for n in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def native_shape(self) -> tuple[int, int, int]:
+        """The file's own 3D shape (a single-volume 4D file reports its 3 spatial axes)."""
+        return self._native_shape
+
+    @property
+    def canonical_affine(self) -> np.ndarray:
+        """Affine of the LPS-reoriented (x, y, z) array, before the (z, y, x) transpose.
+
+        Two files holding the same physical grid in different storage orders share it,
+        which is why :func:`check_same_grid` compares it rather than the raw affines.
+        """
+        to_lps = ornt_transform(self._native_ornt, _CANONICAL_ORNT)
+        return self.affine @ inv_ornt_aff(to_lps, self._native_shape)
+
+    def to_native(self, array_zyx: np.ndarray) -> np.ndarray:
+        """Undo the reorientation exactly: canonical (z, y, x) array -> the file's own layout.
+
+        Returns a view where possible; raises ValueError for a shape other than ``shape``.
+        """
+        arr = np.asarray(array_zyx)
+        if arr.shape != self.shape:
+            raise ValueError(f"array shape {arr.shape} does not match volume shape {self.shape}")
+        back = ornt_transform(_CANONICAL_ORNT, self._native_ornt)
+        return apply_orientation(arr.transpose(2, 1, 0), back)
+
+
+def _nifti_suffix(path: Path) -> str | None:
+    """'.nii.gz' or '.nii' (case-insensitive), or None: nibabel picks the format by name."""
+    name = path.name.lower()
+    return next((s for s in _NIFTI_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
+
+
+def _check_input_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a NIfTI file")
+    if _nifti_suffix(path) is None:
+        raise InputError(path, "not a NIfTI file (.nii or .nii.gz expected)")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "cannot be read: permission denied")
+
+
+def _why(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__  # nibabel messages span lines
+
+
+def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Accept 3D, or 4D with exactly one volume; checked on the header, before reading voxels."""
+    if len(shape) == 4 and shape[3] != 1:
+        raise InputError(path, f"is 4D with {shape[3]} volumes (shape {shape}); one 3D volume expected")
+    if len(shape) not in (3, 4):
+        raise InputError(path, f"is {len(shape)}D (shape {shape}); a 3D volume expected")
+    if min(shape) < 1:
+        raise InputError(path, f"has an empty axis (shape {shape})")
+    return tuple(int(n) for n in shape[:3])  # type: ignore[return-value]
+
+
+def _read_voxels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Parse the file and force its voxels into memory as 3D float32 (slope/intercept applied)."""
+    try:
+        img = nib.load(path, mmap=False)  # no memmap: read now, never keep a handle on the input
+    except PermissionError:
+        raise InputError(path, "cannot be read: permission denied") from None
+    except _READ_ERRORS as exc:
+        raise InputError(path, f"is not a readable NIfTI file ({_why(exc)})") from None
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+        raise InputError(path, f"is a {type(img).__name__}, not a NIfTI-1/NIfTI-2 image")
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or dtype.kind == "c":
+        raise InputError(path, f"has voxel type {dtype} (RGB or complex); real-valued voxels expected")
+    spatial = _spatial_shape(path, img.shape)
+    try:
+        data = np.asarray(np.asanyarray(img.dataobj, dtype=np.float32))
+    except _READ_ERRORS as exc:
+        raise InputError(path, f"is truncated or corrupt: its voxel data cannot be read ({_why(exc)})") from None
+    return img, data.reshape(spatial)  # drops a single-volume 4th axis, as a view
+
+
+def _check_values(path: Path, data: np.ndarray) -> None:
+    bad = data.size - int(np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise InputError(path, f"contains {bad} NaN or infinite voxel(s) out of {data.size}")
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise InputError(path, f"all voxels are equal (value {lo:g}): nothing to synthesise from")
+
+
+def load_volume(path: str | Path) -> Volume:
+    """Load and validate one NIfTI file; its voxels come back in the canonical (z, y, x) layout."""
+    path = Path(path)
+    _check_input_file(path)
+    img, data = _read_voxels(path)
+    _check_values(path, data)
+    native = io_orientation(img.affine)
+    if np.isnan(native).any():
+        raise InputError(path, "has a degenerate affine (a voxel axis has zero length); orientation unknown")
+    to_lps = ornt_transform(native, _CANONICAL_ORNT)
+    # Flips and transposes are views; one copy at the end makes it C-contiguous
+    # (none at all for an LPS file, whose Fortran-ordered data transposes to C order).
+    canonical = np.ascontiguousarray(apply_orientation(data, to_lps).transpose(2, 1, 0))
+    return Volume(
+        path=path,
+        data=canonical,
+        affine=np.array(img.affine, dtype=np.float64),
+        header=img.header.copy(),
+        _native_ornt=native,
+        _native_shape=tuple(int(n) for n in data.shape),  # type: ignore[arg-type]
+        _image_class=type(img),
+    )
+
+
+def check_same_grid(volumes: Sequence[Volume], shape_only: bool = False, atol: float = 1e-3) -> None:
+    """Refuse inputs that are not voxel-aligned: the network mixes them voxel by voxel.
+
+    Compares canonical shapes and (unless ``shape_only``) the canonical affines, so the
+    same grid stored in two different axis orders is accepted.
+    """
+    if not volumes:
+        return
+    ref = volumes[0]
+    for vol in volumes[1:]:
+        if vol.shape != ref.shape:
+            raise InputError(
+                vol.path, f"grid shape differs from {ref.path.name}: shape {vol.shape} vs {ref.shape}"
+            )
+        if shape_only:
+            continue
+        diff = float(np.max(np.abs(vol.canonical_affine - ref.canonical_affine)))
+        if not diff <= atol:
+            raise InputError(
+                vol.path,
+                f"affine differs from {ref.path.name}: max difference {diff:.6g} (tolerance {atol:g}); "
+                "the images are not on the same voxel grid",
+            )
+
+
+def _probe_folder(path: Path, folder: Path) -> None:
+    """Really create and delete a file: os.access says yes to root even on read-only mounts."""
+    probe = folder / f".{path.name}.probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise InputError(path, f"cannot write in folder {folder} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_writable(path: str | Path, overwrite: bool) -> None:
+    """Fail early (before any work) if ``path`` cannot be written as asked; modifies nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a directory; give a file name for the output")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise InputError(path, "exists; use --overwrite to replace it")
+    folder = path.parent
+    if not folder.exists():
+        raise InputError(path, f"folder {folder} does not exist")
+    if not folder.is_dir():
+        raise InputError(path, f"{folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(path, f"folder {folder} is not writable")
+    _probe_folder(path, folder)
+
+
+def _temp_suffix(path: Path) -> str:
+    return _nifti_suffix(path) or path.suffix
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move the finished temp file to its final name, without clobbering unless allowed."""
+    if overwrite:
+        if path.is_dir():
+            raise InputError(path, "is a directory; give a file name for the output")
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic "create only if absent"
+    except FileExistsError:
+        raise InputError(path, "exists; use --overwrite to replace it") from None
+    except OSError:  # no hard links on this filesystem: check, then rename
+        if path.exists() or path.is_symlink():
+            raise InputError(path, "exists; use --overwrite to replace it") from None
+        os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_path(path: str | Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a hidden temp path beside ``path``; rename it into place only on success.
+
+    The temp name ends with the same suffix ('.nii.gz', '.nii', '.json', ...) so that
+    writers choosing a format by name do the right thing. On any exception, including
+    KeyboardInterrupt, the temp file is removed and nothing appears under ``path``.
+    """
+    path = Path(path)
+    check_writable(path, overwrite)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{_temp_suffix(path)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # reserve the name, umask applies
+    os.close(fd)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"temporary file {tmp} vanished before it could be renamed")
+        _publish(tmp, path, overwrite)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def save_volume(
+    like: Volume,
+    array_zyx: np.ndarray,
+    path: str | Path,
+    *,
+    description: str,
+    overwrite: bool = False,
+    intent: str = "estimate",
+) -> Path:
+    """Write a canonical (z, y, x) array as float32 in ``like``'s own layout, affine and header.
+
+    Values are stored as-is (no scaling). A single-volume 4D input is written back as 3D.
+    Never writes over ``like``'s file, and never leaves a half-written file behind.
+    """
+    path = Path(path)
+    if _same_file(path, like.path):
+        raise InputError(path, f"is the input {like.path.name}; refusing to overwrite an input")
+    if _nifti_suffix(path) is None:
+        raise InputError(path, "not a NIfTI file name (.nii or .nii.gz expected)")
+    arr = np.asarray(array_zyx)
+    if arr.shape != like.shape:
+        raise ValueError(f"array shape {arr.shape} does not match volume shape {like.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError("array contains NaN or infinite values")
+    native = like.to_native(arr)
+    header = like.header.copy()
+    header.set_data_shape(like.native_shape)
+    header.set_data_dtype(np.float32)
+    header.set_slope_inter(1.0, 0.0)
+    header["descrip"] = description.encode("ascii", "replace")[:79]
+    header.set_intent(intent)
+    header["cal_min"] = float(arr.min())
+    header["cal_max"] = float(arr.max())
+    # The affine equals the header's best affine, so nibabel leaves q/sform and codes alone.
+    img = like._image_class(native, like.affine, header)
+    with atomic_path(path, overwrite) as tmp:
+        img.to_filename(tmp)
+    return path
