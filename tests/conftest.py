@@ -40,3 +40,24 @@ def small_model_dir(tmp_path_factory, small_model) -> Path:
     from tsf_trt.model import save_model
 
     return save_model(small_model, tmp_path_factory.mktemp("models") / "small")
+
+
+from tests.sample_subject import AFFINE_LPS, make_head  # noqa: E402
+
+
+@pytest.fixture
+def write_subject(tmp_path):
+    """write_subject(name, seqs=("t1", "flair"), shape=..., affine=..., folder=tmp_path) -> {seq: path}."""
+    import nibabel as nib
+
+    def write(name="sub01", seqs=("t1", "flair"), shape=(40, 36, 12), affine=AFFINE_LPS, folder=None, sep="_"):
+        folder = Path(folder or tmp_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for k, seq in enumerate(seqs):
+            path = folder / f"{name}{sep}{seq}.nii.gz"
+            nib.save(nib.Nifti1Image(make_head(shape, seed=k), affine), path)
+            paths[seq] = path
+        return paths
+
+    return write

@@ -69,6 +69,8 @@ def _parse_item(item: str) -> tuple[int, Path]:
     if not item.strip():
         raise TsfError("an input is an empty string: give a file path")
     path = _path(item)
+    if not _NIFTI.search(path.name):
+        raise InputError(path, "not a NIfTI file (.nii or .nii.gz expected)")
     found = sequences.from_filename(path.name)
     if found is None:
         raise InputError(path, _UNNAMED.format(", ".join(sequences.NAMES)))

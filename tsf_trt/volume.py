@@ -102,7 +102,8 @@ def _nifti_suffix(path: Path) -> str | None:
     return next((s for s in _NIFTI_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
 
 
-def _check_input_file(path: Path) -> None:
+def check_input_file(path: Path) -> None:
+    """Cheap checks before anything heavy runs: the file exists, is a file, is named NIfTI, is readable."""
     if not path.exists():
         raise InputError(path, "file not found")
     if path.is_dir():
@@ -113,8 +114,12 @@ def _check_input_file(path: Path) -> None:
         raise InputError(path, "cannot be read: permission denied")
 
 
-def _why(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__  # nibabel messages span lines
+def _why(exc: BaseException, path: Path | None = None) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__  # nibabel messages span lines
+    if path is not None:  # the error line already names the file
+        for form in (str(path.resolve()), str(path)):
+            text = text.replace(f"File {form} ", "").replace(form, path.name)
+    return text
 
 
 def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -135,7 +140,7 @@ def _read_voxels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     except PermissionError:
         raise InputError(path, "cannot be read: permission denied") from None
     except _READ_ERRORS as exc:
-        raise InputError(path, f"is not a readable NIfTI file ({_why(exc)})") from None
+        raise InputError(path, f"is not a readable NIfTI file ({_why(exc, path)})") from None
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
         raise InputError(path, f"is a {type(img).__name__}, not a NIfTI-1/NIfTI-2 image")
     dtype = img.get_data_dtype()
@@ -145,7 +150,7 @@ def _read_voxels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     try:
         data = np.asarray(np.asanyarray(img.dataobj, dtype=np.float32))
     except _READ_ERRORS as exc:
-        raise InputError(path, f"is truncated or corrupt: its voxel data cannot be read ({_why(exc)})") from None
+        raise InputError(path, f"is truncated or corrupt: its voxel data cannot be read ({_why(exc, path)})") from None
     return img, data.reshape(spatial)  # drops a single-volume 4th axis, as a view
 
 
@@ -161,7 +166,7 @@ def _check_values(path: Path, data: np.ndarray) -> None:
 def load_volume(path: str | Path) -> Volume:
     """Load and validate one NIfTI file; its voxels come back in the canonical (z, y, x) layout."""
     path = Path(path)
-    _check_input_file(path)
+    check_input_file(path)
     img, data = _read_voxels(path)
     _check_values(path, data)
     native = io_orientation(img.affine)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -70,6 +71,8 @@ def save_model(model: TSFSeq2Seq, directory: str | Path, *, overwrite: bool = Fa
     parent = directory.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
@@ -83,6 +86,8 @@ def save_model(model: TSFSeq2Seq, directory: str | Path, *, overwrite: bool = Fa
             "origin": origin or {},
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors make them private
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         if directory.exists():
             old = parent / f".{directory.name}.old-{os.getpid()}"
             directory.rename(old)
@@ -142,13 +147,13 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu",
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(weights, f"unreadable safetensors file ({exc})") from None
-    model = TSFSeq2Seq(config, with_fusion="tsf" in meta.get("stages", ["seq2seq", "tsf"]))
+    model = _empty_model(config, with_fusion="tsf" in meta.get("stages", ["seq2seq", "tsf"]))
     _load_state(model, state, weights)
     model.id = model_id(meta)  # type: ignore[attr-defined]
     return model.to(device).eval()
 
 
-def _load_state(model: TSFSeq2Seq, state: dict[str, torch.Tensor], source: Path) -> None:
+def _load_state(model: TSFSeq2Seq, state: dict[str, torch.Tensor], source: Path, hint: str = "") -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -161,9 +166,18 @@ def _load_state(model: TSFSeq2Seq, state: dict[str, torch.Tensor], source: Path)
         problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
     if wrong:
         problems.append(f"{len(wrong)} tensors of another shape (e.g. {'; '.join(wrong[:2])}, file vs config)")
+    if hint and (wrong or missing):
+        problems.append(hint)
     if problems:
         raise ModelError(source, "weights do not match the model config: " + "; ".join(problems))
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
+
+
+def _empty_model(config: ModelConfig, with_fusion: bool) -> TSFSeq2Seq:
+    """A model without storage (meta device): loading then assigns the checkpoint's
+    tensors, so no time or memory goes into an initialisation that is overwritten."""
+    with torch.device("meta"):
+        return TSFSeq2Seq(config, with_fusion=with_fusion)
 
 
 # -- the authors' checkpoints ------------------------------------------------------------
@@ -177,8 +191,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             with np.load(path) as npz:
                 return {k: torch.from_numpy(npz[k].copy()) for k in npz.files}
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelError(path, "not a plain state_dict checkpoint: it is not a PyTorch file, or it holds "
+                               "objects other than tensors (not loaded, for safety)") from None
     except Exception as exc:  # noqa: BLE001 - torch/numpy raise many types for bad files
-        raise ModelError(path, f"not a readable checkpoint ({type(exc).__name__}: {exc})".split("\n")[0]) from None
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(path, f"not a readable checkpoint ({type(exc).__name__}: {first_line})") from None
     for wrapper in ("state_dict", "model", "generator"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -217,8 +235,9 @@ def import_reference(seq2seq: str | Path, tsf: str | Path | None, config: ModelC
         if any(k.startswith("encoder.") for k in tsf_state):
             raise ModelError(tsf, "this is a Seq2Seq (Generator) checkpoint; pass it with --seq2seq")
         state.update(rename_keys(tsf_state, TSF_KEYS, tsf))
-    model = TSFSeq2Seq(config, with_fusion=tsf is not None)
-    _load_state(model, state, tsf if tsf is not None and not _has_all(model, state, "fusion.") else seq2seq)
+    model = _empty_model(config, with_fusion=tsf is not None)
+    _load_state(model, state, tsf if tsf is not None and not _has_all(model, state, "fusion.") else seq2seq,
+                hint="were these weights trained with another config (--config paper, small or a JSON file)?")
     return model.eval()
 
 

@@ -1,0 +1,152 @@
+"""Whole-volume pipeline: equal to the model slice by slice, batch-size independent,
+orientation-preserving, and honest about what a model can do."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import AFFINE_LPS, make_head
+from tsf_trt.errors import InputError, TsfError
+from tsf_trt.pipeline import Synthesizer
+from tsf_trt.preprocess import normalize, pad_inplane, stack_25d
+
+
+@pytest.fixture(scope="module")
+def volumes():
+    return {0: make_head((9, 40, 36), seed=1), 3: make_head((9, 40, 36), seed=2)}
+
+
+def test_each_slice_equals_the_model_on_its_stack(small_model, volumes):
+    result = Synthesizer(small_model, batch_size=4).run(volumes, "t2")
+    stacks = {i: torch.from_numpy(stack_25d(normalize(v), range(9))) for i, v in volumes.items()}
+    with torch.no_grad():
+        expected = small_model.synthesize(stacks, 2)
+    assert np.abs(result.image - expected.image[:, 1].numpy()).max() <= 1e-5
+    assert np.abs(result.tsem - expected.tsem.numpy()).max() <= 1e-5
+    assert result.weights == pytest.approx({i: float(expected.weights[i]) for i in (0, 3)}, abs=1e-7)
+    assert sum(result.weights.values()) == pytest.approx(1.0, abs=1e-6)
+    assert result.sources == [0, 3] and result.target == 2 and result.task == "T1,FLAIR->T2"
+    assert {"read", "preprocess", "encode", "fuse", "decode", "total"} <= set(result.timings)
+
+
+def test_batch_size_does_not_change_the_result(small_model, volumes):
+    one = Synthesizer(small_model, batch_size=1).run(volumes, 2)
+    many = Synthesizer(small_model, batch_size=64).run(volumes, 2)
+    assert np.abs(one.image - many.image).max() <= 1e-5
+    assert np.abs(one.tsem - many.tsem).max() <= 1e-5
+
+
+def test_progress_reports_every_batch(small_model, volumes):
+    seen = []
+    Synthesizer(small_model, batch_size=4).run(volumes, 2, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(4, 9), (8, 9), (9, 9)]
+
+
+def test_any_inplane_size_is_padded_and_restored(small_model):
+    vols = {1: make_head((3, 37, 30), seed=3)}
+    result = Synthesizer(small_model).run(vols, "flair")
+    assert result.image.shape == (3, 37, 30) and result.tsem.shape == (3, 37, 30)
+    padded, crop = pad_inplane(normalize(vols[1]), 4)
+    stacks = torch.from_numpy(stack_25d(padded, range(3)))
+    with torch.no_grad():
+        expected = small_model.synthesize({1: stacks}, 3).image[:, 1].numpy()[:, crop[0], crop[1]]
+    assert np.abs(result.image - expected).max() <= 1e-5
+
+
+def test_single_input_has_weight_one_and_no_tsem_without_fusion(small_model, volumes):
+    result = Synthesizer(small_model).run({3: volumes[3]}, "t1", tsem=False)
+    assert result.weights == {3: pytest.approx(1.0)} and result.tsem is None and result.tsem_summary() is None
+
+
+def test_seq2seq_only_model(volumes):
+    from tests.conftest import DATA
+    from tsf_trt.model import PRESETS, import_reference
+
+    model = import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"])
+    synth = Synthesizer(model)
+    result = synth.run({0: volumes[0]}, "t2")
+    assert result.tsem is None and result.weights == {0: 1.0}
+    with torch.no_grad():
+        stacks = torch.from_numpy(stack_25d(normalize(volumes[0]), range(9)))
+        _, code = model.codes([0], 2)
+        expected = model.decoder(model.encoder(stacks), code)[:, 1].numpy()
+    assert np.abs(result.image - expected).max() <= 1e-5
+    with pytest.raises(TsfError, match="Seq2Seq-only"):
+        synth.run(volumes, "t2")
+
+
+def test_mean_combination_differs_from_middle_but_agrees_in_range(small_model, volumes):
+    middle = Synthesizer(small_model, combine="middle").run(volumes, 2, tsem=False)
+    mean = Synthesizer(small_model, combine="mean").run(volumes, 2, tsem=False)
+    assert not np.allclose(middle.image, mean.image)
+    assert mean.image.min() >= -1 and mean.image.max() <= 1
+    with pytest.raises(ValueError):
+        Synthesizer(small_model, combine="median")
+
+
+def test_bad_requests(small_model, volumes):
+    synth = Synthesizer(small_model)
+    with pytest.raises(TsfError, match="among the inputs"):
+        synth.run(volumes, "t1")
+    with pytest.raises(TsfError, match="unknown sequence"):
+        synth.run(volumes, "pd")
+    with pytest.raises(InputError, match="too small"):
+        synth.run({0: np.ones((3, 6, 40), np.float32)}, 2)
+    with pytest.raises(InputError, match="shape differs"):
+        synth.run({0: volumes[0], 1: volumes[0][:, :, :32]}, 2)
+    with pytest.raises(InputError, match="99th percentile"):
+        synth.run({0: np.zeros((3, 16, 16), np.float32)}, 2)
+    with pytest.raises(TsfError, match="batch-size"):
+        Synthesizer(small_model, batch_size=0)
+
+
+def test_result_is_the_same_for_any_storage_orientation(small_model, small_model_dir, tmp_path):
+    """An RAS-stored copy of the same image gives the same synthesis, written back in RAS."""
+    from tsf_trt.jobs import infer_subject
+    from tsf_trt.subjects import Subject
+
+    synth = Synthesizer(small_model_dir, batch_size=4)
+    lps = {0: make_head((40, 36, 6), seed=4), 3: make_head((40, 36, 6), seed=5)}
+    outputs = {}
+    # Build the RAS file explicitly: flipping x and y of the voxel array and fixing the affine.
+    ras_affine = AFFINE_LPS.copy()
+    ras_affine[:3, :3] = np.diag([1.0, 1.0, 1.0])
+    ras_affine[:3, 3] = AFFINE_LPS[:3, :3] @ np.array([39, 35, 0]) + AFFINE_LPS[:3, 3]
+    for name, affine, arr in (("lps", AFFINE_LPS, lambda a: a), ("ras", ras_affine, lambda a: a[::-1, ::-1, :])):
+        folder = tmp_path / name
+        folder.mkdir()
+        inputs = {}
+        for idx, seq in ((0, "t1"), (3, "flair")):
+            path = folder / f"s_{seq}.nii.gz"
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(arr(lps[idx])), affine), path)
+            inputs[idx] = path
+        infer_subject(synth, Subject("s", inputs), 2, folder)
+        img = nib.load(folder / "s_t2_synth.nii.gz")
+        assert np.allclose(img.affine, affine) and img.shape == (40, 36, 6)
+        assert img.get_data_dtype() == np.float32
+        outputs[name] = nib.as_closest_canonical(img).get_fdata()
+    assert np.abs(outputs["lps"] - outputs["ras"]).max() <= 1e-2  # output units 0..1000
+
+
+def test_unimplemented_backends_are_refused_clearly(small_model):
+    from tsf_trt.backends import create_backend
+
+    for name in ("ort", "trt"):
+        with pytest.raises(TsfError, match="not available in this version"):
+            create_backend(name, small_model)
+    with pytest.raises(TsfError, match="unknown backend"):
+        create_backend("tensorflow", small_model)
+    assert create_backend("auto", small_model).name == "torch"
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(small_model, volumes):
+    import copy
+
+    cpu = Synthesizer(copy.deepcopy(small_model)).run(volumes, 2)
+    gpu = Synthesizer(copy.deepcopy(small_model), device="cuda").run(volumes, 2)
+    assert np.abs(cpu.image - gpu.image).max() <= 1e-3
+    assert cpu.weights == pytest.approx(gpu.weights, abs=1e-6)

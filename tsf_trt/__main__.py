@@ -1,0 +1,5 @@
+"""`python -m tsf_trt` is the `tsf-trt` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,208 @@
+"""`tsf-trt infer`: whole-volume synthesis with TSEM for one subject or a folder of them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError
+from .app import EXIT_ERROR, app, err, out, progress_bar, user_errors
+
+HELP_INPUTS = ("Input volumes (.nii/.nii.gz). The sequence is read from the file name (BraTS _t1/_t1ce/_t2/_flair, "
+               "-t1n/-t1c/-t2w/-t2f, or t1/t1gd/t2/flair) or given as t1=PATH. Several files may follow one "
+               "--inputs. A single folder runs folder mode: one sub-folder per subject, or flat files "
+               "(BraTS names, or nnU-Net CASE_XXXX.nii.gz with --channels).")
+
+
+@app.command("infer", no_args_is_help=True)
+@user_errors
+def infer(
+    target: Annotated[str, typer.Option("--target", "-t", help="Sequence to synthesise: t1, t1gd, t2 or flair "
+                                        "(aliases t1n, t1ce, t1c, t2w, t2f).", show_default=False)],
+    inputs: Annotated[Optional[list[str]], typer.Option("--inputs", "-i", help=HELP_INPUTS, show_default=False)] = None,
+    more_inputs: Annotated[Optional[list[str]], typer.Argument(help="More input files (same forms as --inputs).",
+                                                                 show_default=False, metavar="FILE")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (created if missing). "
+                                                   "Default: the first input's folder; in folder mode each "
+                                                   "subject's own folder, or OUTPUT/<subject>/ when given.",
+                                                   show_default=False)] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (from `tsf-trt "
+                                                  "import-reference`). Required: this version bundles no model.",
+                                                  show_default=False)] = None,
+    backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime: auto|torch|ort|ort-cuda|ort-trt|trt "
+                                         "(this version implements torch; auto picks the fastest available).")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per network batch: memory grows "
+                                            "with it, volume size does not matter.")] = 8,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda (torch backend).")] = "cpu",
+    tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", help="Also write the TSEM map (costs a second "
+                                       "decoder pass, run in the same batch).")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs; in folder mode, "
+                                            "redo finished subjects too.")] = False,
+    subject: Annotated[Optional[str], typer.Option("--subject", help="Subject name used in output file names "
+                                                   "(default: the inputs' common name without the sequence "
+                                                   "suffix). Single-subject mode only.", show_default=False)] = None,
+    channels: Annotated[Optional[str], typer.Option("--channels", help="Folder mode, nnU-Net naming: the "
+                                                    "sequence of each channel _0000, _0001, ... e.g. "
+                                                    "t1,t1gd,t2,flair.", show_default=False)] = None,
+    sources: Annotated[Optional[str], typer.Option("--sources", help="Folder mode: the input sequences to use, "
+                                                   "e.g. t1,flair (default: every sequence a subject has "
+                                                   "except the target).", show_default=False)] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Folder mode: process only shard i of n "
+                                                 "(i/n, round-robin over sorted subjects), to split a data set "
+                                                 "across processes or machines.", show_default=False)] = None,
+    combine: Annotated[str, typer.Option("--combine", help="How the 3 output channels of neighbouring 2.5D "
+                                         "samples make a slice: middle (the reference) or mean (of every "
+                                         "prediction of the slice).")] = "middle",
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for the network "
+                                                   "(default: the runtime's choice).", show_default=False)] = None,
+) -> None:
+    """Synthesise a missing sequence for whole volumes, with TSEM and contribution weights.
+
+    Writes three files per subject, in the input's own grid, orientation and header, each only when complete: <subject>_<target>_synth.nii.gz (the network's [-1, 1] output mapped to 0..1000), <subject>_<target>_tsem.nii.gz (|output with - without attention|, paper Eq. 6, network units) and <subject>_<target>.json (ω per input, TSEM summary, model id, backend, timings).
+
+    Example: tsf-trt infer --inputs sub_t1.nii.gz sub_flair.nii.gz --target t2 --model models/small
+    """
+    from .. import sequences
+    from ..errors import TsfError
+    from ..subjects import Subject, find_subjects, parse_inputs, shard as take_shard, subject_name
+
+    from ..volume import check_input_file
+
+    items = [*(inputs or []), *(more_inputs or [])]
+    if not items:
+        raise TsfError("no input given: use --inputs FILE [FILE ...] or --inputs FOLDER")
+    try:
+        target_index = sequences.parse(target)
+    except TsfError as exc:
+        raise TsfError(f"--target: {exc}") from None
+    folder_mode = len(items) == 1 and Path(items[0]).is_dir()
+    if folder_mode:
+        if subject:
+            raise TsfError("--subject names one subject; folder mode takes names from the folder")
+        subjects = take_shard(find_subjects(items[0], sequences.parse_list(channels) if channels else None), shard)
+        wanted = sequences.parse_list(sources) if sources else None
+    else:
+        for flag, value in (("--channels", channels), ("--sources", sources), ("--shard", shard)):
+            if value:
+                raise TsfError(f"{flag} is for folder mode (--inputs FOLDER)")
+        given = parse_inputs(items)
+        if target_index in given:
+            raise InputError(given[target_index], f"is the target {sequences.DISPLAY[target_index]} "
+                                                  "itself: nothing to synthesise (drop it or pick another --target)")
+        sequences.check_task(list(given), target_index)
+        for path in given.values():  # before the model loads: a typo should fail fast
+            check_input_file(path)
+        subjects = [Subject(subject or subject_name(given), given)]
+    created = _make_folder(output) if output is not None else None
+    try:
+        synth = _synthesizer(model, backend, batch_size, device, combine, threads)
+        name = synth.backend.describe()
+        if folder_mode:
+            _run_folder(synth, subjects, target_index, output, wanted, tsem, overwrite, name)
+        else:
+            _run_one(synth, subjects[0], target_index, output, tsem, overwrite, name)
+    except BaseException:
+        _remove_if_empty(created, output)
+        raise
+
+
+def _make_folder(path: Path) -> Path | None:
+    """Create the output folder; return the topmost folder this created (None if it existed)."""
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "output folder is a file")
+    top = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(path, f"cannot create the output folder ({exc.strerror})") from None
+    return top
+
+
+def _remove_if_empty(top: Path | None, leaf: Path | None) -> None:
+    """A failed run leaves no folders it created, as long as they are still empty."""
+    if top is None or leaf is None:
+        return
+    for folder in [leaf, *leaf.parents]:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return
+
+
+def _synthesizer(model: Path | None, backend: str, batch_size: int, device: str, combine: str, threads):
+    from ..errors import TsfError
+    from ..pipeline import Synthesizer
+
+    if model is None:
+        raise TsfError("no model given: pass --model MODEL_DIR (make one from the authors' checkpoints "
+                       "with `tsf-trt import-reference`); this version bundles no model")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise TsfError(f"--device must be cpu or cuda, got '{device}'")
+    with err.status(f"loading model {model} ..."):
+        return Synthesizer(model, backend, batch_size=batch_size, device=device, combine=combine, threads=threads)
+
+
+def _run_one(synth, subject, target: int, output, tsem: bool, overwrite: bool, backend_name: str) -> None:
+    from .. import sequences
+    from ..jobs import infer_subject
+
+    task = sequences.describe(list(subject.inputs), target)
+    bar = progress_bar()
+    slices = []  # the bar appears with the first batch, after every check has passed
+
+    def progress(done: int, total: int) -> None:
+        if not slices:
+            bar.start()
+            slices.append(bar.add_task(f"{subject.name} {task}", total=total))
+        bar.update(slices[0], completed=done)
+
+    try:
+        outcome = infer_subject(synth, subject, target, output, tsem=tsem, overwrite=overwrite,
+                                progress=progress, backend_name=backend_name)
+    finally:
+        if slices:
+            bar.stop()
+    _print_outcome(outcome, tsem and not synth.has_fusion)
+
+
+def _print_outcome(outcome, tsem_unavailable: bool) -> None:
+    result, paths = outcome.result, outcome.paths
+    weights = ", ".join(f"{k}={v:.3f}" for k, v in result.weights_by_name().items())
+    out.print(f"{outcome.subject}: {result.task} in {result.timings['total']:.1f} s; ω: {weights}",
+              highlight=False, soft_wrap=True)
+    for path in paths.all():
+        out.print(f"  wrote {path}", highlight=False, soft_wrap=True)
+    if tsem_unavailable:
+        out.print("  no TSEM: this model has no TSF stage (Seq2Seq only)", highlight=False)
+
+
+def _run_folder(synth, subjects, target: int, output, wanted, tsem: bool, overwrite: bool, backend_name: str) -> None:
+    from ..jobs import infer_folder
+
+    start = time.perf_counter()
+    with progress_bar() as bar:
+        overall = bar.add_task("subjects", total=len(subjects))
+        slices = bar.add_task("", total=None, visible=False)
+
+        def on_start(subject):
+            bar.reset(slices, description=f"  {subject.name}", total=None, visible=True)
+            return lambda done, total: bar.update(slices, completed=done, total=total)
+
+        def on_end(outcome):
+            bar.advance(overall)
+            bar.update(slices, visible=False)
+            if outcome.status == "failed":
+                bar.console.print(f"[red]failed[/] {outcome.subject}: {outcome.error}", highlight=False,
+                                  soft_wrap=True)
+
+        summary = infer_folder(synth, subjects, target, output, sources=wanted, tsem=tsem, overwrite=overwrite,
+                               on_start=on_start, on_end=on_end, backend_name=backend_name)
+    out.print(f"{summary.count('done')} done, {summary.count('skipped')} skipped (already complete), "
+              f"{summary.count('failed')} failed, in {time.perf_counter() - start:.1f} s", highlight=False)
+    if summary.failed:
+        raise typer.Exit(EXIT_ERROR)

@@ -1,0 +1,188 @@
+"""Whole-volume synthesis: volumes -> batches of 2.5D stacks -> backend -> volume, TSEM, ω.
+
+Usable from Python::
+
+    from tsf_trt import Synthesizer
+    synth = Synthesizer("models/small", batch_size=16)
+    result = synth.run({"t1": "sub_t1.nii.gz", "flair": "sub_flair.nii.gz"}, target="t2")
+    result.image, result.tsem, result.weights
+
+Memory stays bounded by the batch (plus the volumes themselves): each batch of
+slices is encoded once per source, fused, and decoded as one batch of 2N
+(`fused` and `fused_avg`) to give TSEM.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import sequences
+from .backends import Backend, create_backend
+from .errors import InputError, TsfError
+from .preprocess import SliceAccumulator, normalize, pad_inplane, stack_25d
+from .volume import Volume, check_same_grid, load_volume
+
+Progress = Callable[[int, int], None]
+MIN_INPLANE = 8  # reflection padding at 1/4 resolution needs at least 2 pixels
+
+
+@dataclass
+class Result:
+    """A synthesised volume in network units [-1, 1], canonical (z, y, x) layout."""
+
+    image: np.ndarray
+    tsem: np.ndarray | None            # |G(fused) - G(fused_avg)|, middle channel; None without TSF
+    weights: dict[int, float]          # ω per source sequence index (sums to 1)
+    sources: list[int]
+    target: int
+    head_mask: np.ndarray              # voxels where any input is above its background
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return sequences.describe(self.sources, self.target)
+
+    def weights_by_name(self) -> dict[str, float]:
+        return {sequences.NAMES[i]: w for i, w in self.weights.items()}
+
+    def tsem_summary(self) -> dict[str, float] | None:
+        """Mean and p99 of TSEM in the head, and the fraction of head voxels above the
+        volume's p99 (the paper's top-1 % threshold): a compact unreliability score."""
+        if self.tsem is None:
+            return None
+        head = self.tsem[self.head_mask] if self.head_mask.any() else self.tsem.ravel()
+        threshold = float(np.percentile(self.tsem, 99))
+        return {
+            "mean_head": float(head.mean()),
+            "p99_head": float(np.percentile(head, 99)),
+            "max": float(self.tsem.max()),
+            "p99_volume": threshold,
+            "head_fraction_above_p99_volume": float((head > threshold).mean()),
+        }
+
+
+class Synthesizer:
+    """Runs a model on whole volumes. `model` is a model directory, a loaded
+    TSFSeq2Seq, or a ready :class:`~tsf_trt.backends.Backend`."""
+
+    def __init__(self, model, backend: str = "auto", *, batch_size: int = 8, device: str = "cpu",
+                 combine: str = "middle", threads: int | None = None):
+        if batch_size < 1:
+            raise TsfError(f"--batch-size must be at least 1, got {batch_size}")
+        self.backend: Backend = model if isinstance(model, Backend) else create_backend(
+            backend, model, device=device, threads=threads)
+        self.batch_size = batch_size
+        self.label = f"model {model}" if isinstance(model, (str, Path)) else "this model"
+        self.combine = combine
+        SliceAccumulator((1, 1, 1), combine)  # validates the rule early
+
+    @property
+    def has_fusion(self) -> bool:
+        return self.backend.has_fusion
+
+    def check_task(self, sources: list[int], target: int) -> None:
+        """Refuse what this model cannot do, before any volume is read."""
+        sequences.check_task(sources, target)
+        if not self.has_fusion and len(sources) != 1:
+            raise TsfError(
+                f"{self.label} is Seq2Seq-only (no TSF stage): it synthesises from exactly one "
+                f"input, got {len(sources)} ({sequences.describe(sources, target)})"
+            )
+
+    def run(self, inputs: Mapping[int | str, Volume | str | Path | np.ndarray], target: int | str, *,
+            tsem: bool = True, progress: Progress | None = None) -> Result:
+        t0 = time.perf_counter()
+        target = sequences.parse(target) if isinstance(target, str) else int(target)
+        keyed = {(sequences.parse(k) if isinstance(k, str) else int(k)): v for k, v in inputs.items()}
+        sources = sorted(keyed)
+        self.check_task(sources, target)
+        arrays = self._load(keyed)
+        timings = {"read": time.perf_counter() - t0}  # file reading, when given paths
+
+        t = time.perf_counter()
+        normed = {}
+        for index, (path, raw) in arrays.items():
+            try:
+                normed[index], crop = pad_inplane(normalize(raw), self.backend.config.downsample)
+            except ValueError as exc:
+                raise InputError(path, str(exc)) from None
+        head_mask = np.logical_or.reduce([raw > 0 for _, raw in arrays.values()])
+        timings["preprocess"] = time.perf_counter() - t
+
+        image, tsem_map, weights = self._synthesize(normed, sources, target, tsem, progress, timings)
+        t = time.perf_counter()
+        image = image[:, crop[0], crop[1]]
+        tsem_map = None if tsem_map is None else tsem_map[:, crop[0], crop[1]]
+        timings["postprocess"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        return Result(image, tsem_map, {i: float(weights[i]) for i in sources}, sources, target, head_mask, timings)
+
+    # -- steps ----------------------------------------------------------------------------
+    def _load(self, keyed: Mapping[int, Volume | str | Path | np.ndarray]) -> dict[int, tuple[Path, np.ndarray]]:
+        loaded = {i: (load_volume(v) if isinstance(v, (str, Path)) else v) for i, v in keyed.items()}
+        volumes = [v for v in loaded.values() if isinstance(v, Volume)]
+        if len(volumes) == len(loaded):
+            check_same_grid(volumes)
+        arrays = {}
+        for i, v in loaded.items():
+            path = v.path if isinstance(v, Volume) else Path(f"<{sequences.NAMES[i]} array>")
+            data = v.data if isinstance(v, Volume) else np.asarray(v, dtype=np.float32)
+            if data.ndim != 3:
+                raise InputError(path, f"expected a 3D (z, y, x) array, got shape {data.shape}")
+            if min(data.shape[1:]) < MIN_INPLANE:
+                raise InputError(path, f"in-plane size {data.shape[1]}x{data.shape[2]} is too small "
+                                       f"(the network needs at least {MIN_INPLANE}x{MIN_INPLANE})")
+            arrays[i] = (path, data)
+        shapes = {d.shape for _, d in arrays.values()}
+        if len(shapes) > 1:
+            first, *rest = arrays.values()
+            other = next(p for p, d in rest if d.shape != first[1].shape)
+            raise InputError(other, f"shape differs from {first[0].name}: {sorted(shapes)}")
+        return arrays
+
+    def _synthesize(self, normed: dict[int, np.ndarray], sources: list[int], target: int, tsem: bool,
+                    progress: Progress | None, timings: dict[str, float]):
+        be = self.backend
+        depth, height, width = next(iter(normed.values())).shape
+        want_tsem = tsem and be.has_fusion
+        task_code = sequences.task_code(sources, target)
+        target_code = sequences.target_code(target, be.config.style_dim)
+        image = SliceAccumulator((depth, height, width), self.combine)
+        tsem_map = SliceAccumulator((depth, height, width), "middle") if want_tsem else None
+        weights = task_code[0, : sequences.N_SEQUENCES].copy()  # one-to-one: ω = 1 for the source
+        for start in range(0, depth, self.batch_size):
+            centres = range(start, min(start + self.batch_size, depth))
+            with timed(timings, "encode"):
+                features = {i: be.encode(stack_25d(normed[i], centres)) for i in sources}
+            with timed(timings, "fuse"):
+                if be.has_fusion:
+                    fused, fused_avg, weights = be.fuse(features, task_code)
+                else:
+                    fused, fused_avg = features[sources[0]], None
+            with timed(timings, "decode"):
+                out, out_avg = be.decode(fused, target_code, fused_avg if want_tsem else None)
+                out = be.to_numpy(out)
+                out_avg = None if out_avg is None else be.to_numpy(out_avg)
+            with timed(timings, "gather"):
+                image.add(centres, out)
+                if tsem_map is not None:
+                    tsem_map.add(centres, np.abs(out - out_avg))
+            if progress is not None:
+                progress(centres.stop, depth)
+        return image.result(), None if tsem_map is None else tsem_map.result(), weights
+
+
+@contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the wall time of the block to timings[key]."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
