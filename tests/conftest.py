@@ -45,19 +45,17 @@ def small_model_dir(tmp_path_factory, small_model) -> Path:
 from tests.sample_subject import AFFINE_LPS, make_head  # noqa: E402
 
 
-@pytest.fixture
-def write_subject(tmp_path):
-    """write_subject(name, seqs=("t1", "flair"), shape=..., affine=..., folder=tmp_path) -> {seq: path}."""
-    import nibabel as nib
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Tests never touch the user's ~/.cache/tsf-trt."""
+    monkeypatch.setenv("TSF_TRT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
-    def write(name="sub01", seqs=("t1", "flair"), shape=(40, 36, 12), affine=AFFINE_LPS, folder=None, sep="_"):
-        folder = Path(folder or tmp_path)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = {}
-        for k, seq in enumerate(seqs):
-            path = folder / f"{name}{sep}{seq}.nii.gz"
-            nib.save(nib.Nifti1Image(make_head(shape, seed=k), affine), path)
-            paths[seq] = path
-        return paths
 
-    return write
+@pytest.fixture(scope="session")
+def small_export_dir(tmp_path_factory, small_model) -> Path:
+    from tsf_trt.export.onnx_export import export_model
+
+    directory = tmp_path_factory.mktemp("exports") / "small"
+    small_model.id = "small-reference"
+    export_model(small_model, directory)
+    return directory

@@ -30,10 +30,14 @@ def infer(
                                                    "subject's own folder, or OUTPUT/<subject>/ when given.",
                                                    show_default=False)] = None,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (from `tsf-trt "
-                                                  "import-reference`). Required: this version bundles no model.",
+                                                  "import-reference`) or export directory (from `tsf-trt export`). "
+                                                  "Required: this version bundles no model.",
                                                   show_default=False)] = None,
-    backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime: auto|torch|ort|ort-cuda|ort-trt|trt "
-                                         "(this version implements torch; auto picks the fastest available).")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime: auto (the fastest here, measured once "
+                                         "and cached), torch, ort (ONNX Runtime CPU; a model directory is exported "
+                                         "into the cache once), ort-cuda, ort-trt (need onnxruntime-gpu), "
+                                         "reference (torch run the authors' way, for measurements); trt comes "
+                                         "with the TensorRT engines.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per network batch: memory grows "
                                             "with it, volume size does not matter.")] = 8,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda (torch backend).")] = "cpu",

@@ -53,10 +53,14 @@ class Decoder(nn.Module):
     def decode_series(self, features: Tensor, target_code: Tensor, frames: int) -> Tensor:
         """(N, C, h, w) -> (N, frames, 3, H, W): the reference tiles the features over time."""
         n = features.shape[0]
-        style = self.style(target_code)
         x = self.lstm(features.unsqueeze(1).expand(-1, frames, -1, -1, -1)).flatten(0, 1)
+        return self.render(x, self.style(target_code)).unflatten(0, (n, frames))
+
+    def render(self, x: Tensor, style: Tensor | None) -> Tensor:
+        """ConvLSTM output (N, C, h, w) -> image: residual blocks, upsampling, 7×7 head, tanh.
+        `style` is None when every hyperconv has been baked for one target (export)."""
         for block in self.res:
             x = block(x, style)
         for up in self.ups:
             x = up(x, style)
-        return self.head(x, style).tanh().unflatten(0, (n, frames))
+        return self.head(x, style).tanh()

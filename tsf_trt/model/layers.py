@@ -25,6 +25,14 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
+def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding_mode: str) -> Tensor:
+    """Stride-1 convolution keeping the size, with reflection or zero padding."""
+    pad = weight.shape[-1] // 2
+    if pad and padding_mode == "reflect":
+        return F.conv2d(F.pad(x, (pad,) * 4, mode="reflect"), weight, bias)
+    return F.conv2d(x, weight, bias, padding=pad)
+
+
 class HyperConv(nn.Module):
     """A convolution whose kernel is a linear function of a code.
 
@@ -37,7 +45,6 @@ class HyperConv(nn.Module):
     def __init__(self, code_dim: int, c_in: int, c_out: int, kernel: int, weight_dim: int,
                  *, bias: bool = True, padding_mode: str = "reflect"):
         super().__init__()
-        self.kernel_size = kernel
         self.padding_mode = padding_mode
         self.param = nn.Parameter(torch.empty(c_out, c_in, kernel, kernel, weight_dim))
         self.fc = nn.Linear(code_dim, weight_dim)
@@ -61,10 +68,30 @@ class HyperConv(nn.Module):
 
     def forward(self, x: Tensor, code: Tensor) -> Tensor:
         weight, bias = self.kernels(code)
-        pad = self.kernel_size // 2
-        if pad and self.padding_mode == "reflect":
-            return F.conv2d(F.pad(x, (pad,) * 4, mode="reflect"), weight, bias)
-        return F.conv2d(x, weight, bias, padding=pad)
+        return same_conv(x, weight, bias, self.padding_mode)
+
+
+class FixedConv(nn.Module):
+    """A HyperConv frozen for one code: an ordinary convolution with the same padding.
+
+    Export bakes a per-target decoder from these (kernels become constants); the
+    `code` argument is accepted and ignored so that the blocks around it run unchanged.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, padding_mode: str):
+        super().__init__()
+        self.padding_mode = padding_mode
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_hyper(cls, hyper: HyperConv, code: Tensor) -> "FixedConv":
+        with torch.no_grad():
+            weight, bias = hyper.kernels(code)
+        return cls(weight, bias, hyper.padding_mode)
+
+    def forward(self, x: Tensor, code: Tensor | None = None) -> Tensor:
+        return same_conv(x, self.weight, self.bias, self.padding_mode)
 
 
 class ConvNormAct(nn.Module):
@@ -115,10 +142,16 @@ class ConvLSTMCell(nn.Module):
         self.hidden = hidden
         self.c_in = c_in
         self.conv = nn.Conv2d(c_in + hidden, 4 * hidden, kernel, padding=kernel // 2)
+        # From the zero state, skip the h-half and the forget gate (exact). False runs the
+        # full cell, as the authors' code does: the `reference` mode measures that cost.
+        self.fold_zero_state = True
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         if state is None:
-            return self.first_step(x)
+            if self.fold_zero_state:
+                return self.first_step(x)
+            zeros = x.new_zeros(x.shape[0], self.hidden, *x.shape[2:])
+            state = (zeros, zeros)
         h, c = state
         i, f, o, g = torch.split(self.conv(torch.cat([x, h], dim=1)), self.hidden, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)

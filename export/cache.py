@@ -1,0 +1,45 @@
+"""Exports of model directories kept in the cache, so `--backend ort` on a PyTorch model
+directory exports once and reuses the graphs on every later run."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from tsf_trt.cache import cache_root
+from tsf_trt.errors import ModelError
+from tsf_trt.model import TSFSeq2Seq
+
+from .manifest import read_manifest
+from .onnx_export import DEFAULT_OPSET, export_model
+
+
+def model_key(model: TSFSeq2Seq) -> str:
+    """The model id, or (for a model built in Python) a hash of its weights."""
+    if getattr(model, "id", ""):
+        return model.id
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def ensure_export(model: TSFSeq2Seq | str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
+    """The cached export directory of `model`, exported (and verified) first if needed."""
+    from tsf_trt.model import load_model
+
+    if not isinstance(model, TSFSeq2Seq):
+        model = load_model(model)
+    directory = cache_root() / "exports" / f"{model_key(model)}-opset{opset}"
+    if directory.exists():
+        try:
+            manifest = read_manifest(directory)
+            if manifest.get("model_id") == model_key(model):
+                return directory
+        except ModelError:
+            pass  # stale or damaged: export again below
+    if not getattr(model, "id", ""):
+        model.id = model_key(model)  # type: ignore[attr-defined]
+    export_model(model, directory, opset=opset, overwrite=True, origin={"exported_by": "cache"})
+    return directory

@@ -1,0 +1,62 @@
+"""manifest.json: what an export directory holds, and the check that it is intact.
+
+Written by :mod:`tsf_trt.export.onnx_export`, read by every runtime that loads the
+graphs. Hashes are checked on load, so a tampered or truncated graph is a clear
+error instead of a crash deep inside a runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from tsf_trt.errors import ModelError
+
+FORMAT = "tsf-trt-export"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_export_dir(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(directory: str | Path, *, check_hashes: bool = True) -> dict[str, Any]:
+    """The manifest of an export directory; every graph file present and unmodified."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ModelError(directory, f"missing {MANIFEST}: not a tsf-trt export directory")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(path, f"unreadable JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelError(path, f"not a {FORMAT} manifest (format tag missing)")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelError(path, f"written by a newer tsf-trt (format {manifest['format_version']})")
+    for name, graph in manifest.get("graphs", {}).items():
+        file = directory / graph["file"]
+        if not file.is_file():
+            raise ModelError(file, f"graph '{name}' listed in {MANIFEST} is missing")
+        if check_hashes and sha256(file) != graph["sha256"]:
+            raise ModelError(file, f"does not match its SHA-256 in {MANIFEST}: the graph was modified or truncated "
+                                   "(export again)")
+    return manifest
+
+
+def graph_path(directory: str | Path, manifest: dict[str, Any], name: str) -> Path:
+    if name not in manifest["graphs"]:
+        raise ModelError(Path(directory) / MANIFEST, f"this export has no '{name}' graph "
+                                                     f"(it has: {', '.join(manifest['graphs'])})")
+    return Path(directory) / manifest["graphs"][name]["file"]

@@ -1,0 +1,45 @@
+"""Where tsf-trt keeps what it derives once and reuses: exports of model directories,
+runtime-optimised graphs, backend timings. `TSF_TRT_CACHE` overrides the location."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    env = os.environ.get("TSF_TRT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tsf-trt"
+
+
+def cpu_name() -> str:
+    """The processor model: runtime-optimised graphs may use its instruction set."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> str:
+    """Short stable key of this machine's CPU (and architecture)."""
+    return hashlib.sha256(f"{platform.machine()}|{cpu_name()}".encode()).hexdigest()[:12]
+
+
+def writable_dir(path: Path) -> Path | None:
+    """`path`, created if needed, or None when it cannot be written (caching is optional)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+        return path
+    except OSError:
+        return None
