@@ -72,11 +72,11 @@ class Synthesizer:
     TSFSeq2Seq, or a ready :class:`~tsf_trt.backends.Backend`."""
 
     def __init__(self, model, backend: str = "auto", *, batch_size: int = 8, device: str = "cpu",
-                 combine: str = "middle", threads: int | None = None):
+                 combine: str = "middle", threads: int | None = None, precision: str = "fp32"):
         if batch_size < 1:
             raise TsfError(f"--batch-size must be at least 1, got {batch_size}")
         self.backend: Backend = model if isinstance(model, Backend) else create_backend(
-            backend, model, device=device, threads=threads)
+            backend, model, device=device, threads=threads, precision=precision)
         self.batch_size = batch_size
         self.label = f"model {model}" if isinstance(model, (str, Path)) else "this model"
         self.combine = combine

@@ -19,7 +19,8 @@ NAMES = ("auto", "torch", "ort", "ort-cuda", "ort-trt", "trt", "reference")
 AVAILABLE = ("torch", "ort", "ort-cuda", "ort-trt", "reference")
 
 
-def create_backend(name: str, model, *, device: str = "cpu", threads: int | None = None) -> Backend:
+def create_backend(name: str, model, *, device: str = "cpu", threads: int | None = None,
+                   precision: str = "fp32") -> Backend:
     """Build the backend `name` for `model` (TSFSeq2Seq, model directory or export directory)."""
     from tsf_trt.export.cache import ensure_export
     from tsf_trt.export.manifest import is_export_dir
@@ -29,10 +30,12 @@ def create_backend(name: str, model, *, device: str = "cpu", threads: int | None
     if name == "auto":
         from .auto import choose_backend
 
-        name = choose_backend(model, device=device, threads=threads)
+        name = "torch" if precision != "fp32" else choose_backend(model, device=device, threads=threads)
     if name not in AVAILABLE:
         raise TsfError(f"backend '{name}' is not available in this version of tsf-trt "
                        f"(available: {', '.join(AVAILABLE)})")
+    if precision != "fp32" and name not in ("torch", "auto"):
+        raise TsfError(f"--precision {precision} is for the torch backend (got --backend {name})")
     exported = isinstance(model, (str, Path)) and is_export_dir(model)
     if name.startswith("ort"):
         from .ort_backend import OrtBackend
@@ -46,7 +49,8 @@ def create_backend(name: str, model, *, device: str = "cpu", threads: int | None
 
     if not isinstance(model, TSFSeq2Seq):
         model = load_model(model)
-    return TorchBackend(model, device=device, threads=threads, mode="reference" if name == "reference" else "fast")
+    return TorchBackend(model, device=device, threads=threads, mode="reference" if name == "reference" else "fast",
+                        precision=precision)
 
 
 __all__ = ["AVAILABLE", "NAMES", "Backend", "create_backend"]

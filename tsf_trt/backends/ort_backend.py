@@ -4,8 +4,10 @@ Runs an export directory (three graphs + manifest). Sessions are created once pe
 graph and reused; the graph optimiser runs at its full level and its result is
 cached beside the graphs (keyed by graph hash, ORT version, provider and CPU), so
 later runs skip it. Per-target decoders with baked kernels are used when the export
-has them (measured faster on CPU: see docs/PERFORMANCE.md); `decoder="code"` forces
-the code-input decoder.
+has them (measured faster on CPU: README, "Performance"); `decoder="code"` forces the
+code-input decoder. The CUDA and TensorRT execution providers are selectable
+(`ort-cuda`, `ort-trt`) but their tuning (FP16, engine caches, profiles) belongs to the
+GPU work and is untested here: this machine has no GPU.
 """
 
 from __future__ import annotations

@@ -22,13 +22,17 @@ from .base import Backend
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model: TSFSeq2Seq, device: str = "cpu", threads: int | None = None, mode: str = "fast"):
+    def __init__(self, model: TSFSeq2Seq, device: str = "cpu", threads: int | None = None, mode: str = "fast",
+                 precision: str = "fp32"):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise TsfError("--device cuda: this PyTorch has no CUDA GPU available (use --device cpu)")
         if mode not in ("fast", "reference"):
             raise TsfError(f"torch backend mode must be 'fast' or 'reference', got '{mode}'")
+        if precision not in ("fp32", "bf16"):
+            raise TsfError(f"torch precision must be fp32 or bf16, got '{precision}'")
         if threads:
             torch.set_num_threads(threads)
+        self.precision = precision
         super().__init__(model.config, model.has_fusion, getattr(model, "id", ""))
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -42,28 +46,39 @@ class TorchBackend(Backend):
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
 
+    def _autocast(self):
+        """bf16 autocast (norms and softmax stay fp32 by torch's autocast rules), or nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
     @torch.inference_mode()
     def encode(self, images: np.ndarray) -> torch.Tensor:
         x = self._tensor(images)
-        if self.mode == "reference":
-            return torch.cat([self.model.encoder(x[i : i + 1]) for i in range(len(x))])
-        return self.model.encoder(x)
+        with self._autocast():
+            if self.mode == "reference":
+                return torch.cat([self.model.encoder(x[i : i + 1]) for i in range(len(x))])
+            return self.model.encoder(x)
 
     @torch.inference_mode()
     def fuse(self, features: Mapping[int, torch.Tensor], task_code: np.ndarray):
         if self.model.fusion is None:
             raise TsfError("this model has no TSF stage (Seq2Seq only): it cannot fuse inputs")
         stacked, code = self.model.stack_features(features), self._tensor(task_code)
-        if self.mode == "reference":
-            parts = [self.model.fusion(stacked[i : i + 1], code) for i in range(len(stacked))]
-            fused, fused_avg, weights = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), parts[0][2]
-        else:
-            fused, fused_avg, weights = self.model.fusion(stacked, code)
-        return fused, fused_avg, weights.cpu().numpy()
+        with self._autocast():
+            if self.mode == "reference":
+                parts = [self.model.fusion(stacked[i : i + 1], code) for i in range(len(stacked))]
+                fused, fused_avg = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+                weights = parts[0][2]
+            else:
+                fused, fused_avg, weights = self.model.fusion(stacked, code)
+        return fused, fused_avg, weights.float().cpu().numpy()
 
     @torch.inference_mode()
     def decode(self, features: torch.Tensor, target_code: np.ndarray, features_avg: torch.Tensor | None = None):
         code = self._tensor(target_code)
+        with self._autocast():
+            return self._decode(features, code, features_avg)
+
+    def _decode(self, features: torch.Tensor, code: torch.Tensor, features_avg: torch.Tensor | None):
         if self.mode == "reference":
             def one_by_one(feats: torch.Tensor) -> torch.Tensor:
                 return torch.cat([self.model.decoder(feats[i : i + 1], code) for i in range(len(feats))])
@@ -80,4 +95,5 @@ class TorchBackend(Backend):
 
     def describe(self) -> str:
         where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-        return f"torch {torch.__version__} ({where}{', reference mode' if self.mode == 'reference' else ''})"
+        extra = (", reference mode" if self.mode == "reference" else "") + (", bf16" if self.precision == "bf16" else "")
+        return f"torch {torch.__version__} ({where}{extra})"

@@ -41,6 +41,9 @@ def infer(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per network batch: memory grows "
                                             "with it, volume size does not matter.")] = 8,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda (torch backend).")] = "cpu",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 (torch backend: autocast; faster "
+                                           "on CPUs with bf16 instructions, less exact: README, Performance).")
+                         ] = "fp32",
     tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", help="Also write the TSEM map (costs a second "
                                        "decoder pass, run in the same batch).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs; in folder mode, "
@@ -102,7 +105,7 @@ def infer(
         subjects = [Subject(subject or subject_name(given), given)]
     created = _make_folder(output) if output is not None else None
     try:
-        synth = _synthesizer(model, backend, batch_size, device, combine, threads)
+        synth = _synthesizer(model, backend, batch_size, device, combine, threads, precision)
         name = synth.backend.describe()
         if folder_mode:
             _run_folder(synth, subjects, target_index, output, wanted, tsem, overwrite, name)
@@ -138,7 +141,8 @@ def _remove_if_empty(top: Path | None, leaf: Path | None) -> None:
             return
 
 
-def _synthesizer(model: Path | None, backend: str, batch_size: int, device: str, combine: str, threads):
+def _synthesizer(model: Path | None, backend: str, batch_size: int, device: str, combine: str, threads,
+                 precision: str):
     from ..errors import TsfError
     from ..pipeline import Synthesizer
 
@@ -147,8 +151,11 @@ def _synthesizer(model: Path | None, backend: str, batch_size: int, device: str,
                        "with `tsf-trt import-reference`); this version bundles no model")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise TsfError(f"--device must be cpu or cuda, got '{device}'")
-    with err.status(f"loading model {model} ..."):
-        return Synthesizer(model, backend, batch_size=batch_size, device=device, combine=combine, threads=threads)
+    note = " (auto: the first run on a model exports it to ONNX and times torch against ONNX Runtime, once)" \
+        if backend == "auto" else ""
+    with err.status(f"loading model {model}{note} ..."):
+        return Synthesizer(model, backend, batch_size=batch_size, device=device, combine=combine, threads=threads,
+                           precision=precision)
 
 
 def _run_one(synth, subject, target: int, output, tsem: bool, overwrite: bool, backend_name: str) -> None:

@@ -1,0 +1,118 @@
+"""Phantom subjects: deterministic, physically ordered contrasts, BraTS files our own loader reads."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tsf_trt.cli import app
+from tsf_trt.subjects import find_subjects
+from tsf_trt.train.phantom import SEQUENCES, TISSUES, make_subject, write_subjects
+from tsf_trt.volume import load_volume
+
+SHAPE = (64, 64, 40)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def subjects():
+    return [make_subject(seed, SHAPE) for seed in (0, 1)]
+
+
+def median(ph, seq: str, tissue: str) -> float:
+    mask = ph.tissue == TISSUES.index(tissue) + 1
+    assert mask.sum() >= 20, f"too few {tissue} voxels for a robust median"
+    return float(np.median(ph.volumes[seq][mask]))
+
+
+def test_same_seed_same_subject(subjects):
+    again = make_subject(0, SHAPE)
+    for seq in SEQUENCES:
+        assert np.array_equal(again.volumes[seq], subjects[0].volumes[seq])
+    assert np.array_equal(again.label, subjects[0].label)
+    assert again.params == subjects[0].params
+    assert not np.array_equal(subjects[1].volumes["t1"], subjects[0].volumes["t1"])
+
+
+def test_volumes_and_labels(subjects):
+    for ph in subjects:
+        head = ph.tissue > 0
+        for seq in SEQUENCES:
+            vol = ph.volumes[seq]
+            assert vol.shape == SHAPE and vol.dtype == np.float32 and np.isfinite(vol).all()
+            assert (vol[~head] == 0).all() and (vol[head] > 0).mean() > 0.99
+        assert set(np.unique(ph.label)) == {0, 1, 2, 4}
+        assert nib.aff2axcodes(ph.affine) == ("L", "P", "S")
+
+
+def test_contrasts_look_like_their_sequences(subjects):
+    for ph in subjects:
+        m = lambda seq, t: median(ph, seq, t)  # noqa: E731
+        assert m("t1", "wm") > m("t1", "gm") > m("t1", "csf")  # T1: WM brightest, CSF dark
+        assert m("t2", "csf") > m("t2", "gm") > m("t2", "wm")  # T2: CSF bright
+        assert m("flair", "csf") < 0.6 * min(m("flair", "wm"), m("flair", "gm"))  # CSF nulled
+        for seq in ("t2", "flair"):  # oedema bright on T2 and FLAIR
+            assert m(seq, "oedema") > 1.2 * max(m(seq, "wm"), m(seq, "gm"))
+        # The rim enhances on T1Gd only: against white matter it gains > 40 % over T1.
+        assert m("t1gd", "rim") / m("t1gd", "wm") > 1.4 * m("t1", "rim") / m("t1", "wm")
+        assert m("t1", "rim") < m("t1", "wm") and m("t1gd", "rim") > 1.3 * m("t1gd", "wm")
+        # The tumour parts differ by sequence: necrosis bright on T2, dark on T1, not enhancing.
+        assert m("t2", "necrosis") > m("t2", "wm") and m("t1", "necrosis") < m("t1", "wm")
+        assert m("t1gd", "necrosis") < 0.8 * m("t1gd", "rim")  # (partial volume with the rim at 3.75 mm)
+
+
+def test_every_pair_of_sequences_differs(subjects):
+    for ph in subjects:
+        head = ph.tissue > 0
+        for a, b in itertools.combinations(SEQUENCES, 2):
+            r = np.corrcoef(ph.volumes[a][head], ph.volumes[b][head])[0, 1]
+            assert r < 0.98, (a, b, r)
+
+
+@pytest.mark.parametrize("layout, names, et", [
+    ("brats2021", ["Phantom_00000/Phantom_00000_t1.nii.gz", "Phantom_00000/Phantom_00000_t1ce.nii.gz",
+                   "Phantom_00000/Phantom_00000_t2.nii.gz", "Phantom_00000/Phantom_00000_flair.nii.gz",
+                   "Phantom_00000/Phantom_00000_seg.nii.gz"], 4),
+    ("brats2023", ["Phantom-00000-000/Phantom-00000-000-t1n.nii.gz", "Phantom-00000-000/Phantom-00000-000-t1c.nii.gz",
+                   "Phantom-00000-000/Phantom-00000-000-t2w.nii.gz", "Phantom-00000-000/Phantom-00000-000-t2f.nii.gz",
+                   "Phantom-00000-000/Phantom-00000-000-seg.nii.gz"], 3),
+])
+def test_written_files(tmp_path, subjects, layout, names, et):
+    folders = write_subjects(tmp_path, 1, seed=0, shape=SHAPE, layout=layout)
+    assert [f.name for f in folders] == [names[0].split("/")[0]]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == sorted(names + [names[0].split("/")[0]])
+    for name, seq in zip(names, SEQUENCES):
+        img = nib.load(tmp_path / name)
+        assert nib.aff2axcodes(img.affine) == ("L", "P", "S") and img.get_data_dtype() == np.float32
+        assert np.array_equal(np.asarray(img.dataobj), subjects[0].volumes[seq])  # written as made
+        assert load_volume(tmp_path / name).shape == SHAPE[::-1]
+    seg = nib.load(tmp_path / names[4])
+    assert seg.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(seg.dataobj))) == {0, 1, 2, et}
+    found = find_subjects(tmp_path)
+    assert [s.name for s in found] == [folders[0].name] and sorted(found[0].inputs) == [0, 1, 2, 3]
+
+
+def test_cli_subject_k_independent_of_n_and_refuses_overwrite(tmp_path):
+    small = ["--shape", "32", "32", "20"]
+    result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "a"), "--subjects", "2", "--seed", "7", *small])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "b"), "--subjects", "1", "--seed", "8", *small])
+    assert result.exit_code == 0, result.output
+    one = nib.load(tmp_path / "a/Phantom_00001/Phantom_00001_t2.nii.gz").get_fdata()
+    assert np.array_equal(one, nib.load(tmp_path / "b/Phantom_00000/Phantom_00000_t2.nii.gz").get_fdata())
+    assert len(find_subjects(tmp_path / "a")) == 2
+
+    before = (tmp_path / "a/Phantom_00000/Phantom_00000_t1.nii.gz").stat().st_mtime_ns
+    result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "a"), "--subjects", "3", *small])
+    assert result.exit_code == 1 and "exists (and 1 more); use --overwrite" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "a/Phantom_00002").exists()
+    assert (tmp_path / "a/Phantom_00000/Phantom_00000_t1.nii.gz").stat().st_mtime_ns == before
+    result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "a"), "--subjects", "1", "--overwrite", *small])
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(tmp_path / "a")) == ["Phantom_00000", "Phantom_00001"]  # no temp folders left
+    assert runner.invoke(app, ["phantom", "-o", str(tmp_path / "c"), "-n", "1", "--layout", "brats2019"]).exit_code == 1

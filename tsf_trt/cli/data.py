@@ -1,0 +1,56 @@
+"""Data commands: phantom subjects with ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import app, out, progress_bar, user_errors
+
+_LAYOUTS = ("brats2021", "brats2023")
+
+
+@app.command("phantom", no_args_is_help=True)
+@user_errors
+def phantom(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the subjects into (created if "
+                                         "missing); one sub-folder per subject.", show_default=False)],
+    subjects: Annotated[int, typer.Option("--subjects", "-n", min=1, help="How many subjects to write.",
+                                          show_default=False)],
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Subject k is made from seed + k, so it is the same "
+                                      "whatever --subjects is.")] = 0,
+    shape: Annotated[tuple[int, int, int], typer.Option("--shape", metavar="X Y Z", help="Voxels per axis. The "
+                                                        "field of view is always BraTS's 240x240x155 mm: the "
+                                                        "default gives 1 mm voxels, smaller shapes coarser ones.")
+                     ] = (240, 240, 155),
+    layout: Annotated[str, typer.Option("--layout", help="File naming: brats2021 (<subj>/<subj>_t1.nii.gz, _t1ce, "
+                                        "_t2, _flair, _seg; labels 1 NCR, 2 ED, 4 ET) or brats2023 "
+                                        "(<subj>/<subj>-t1n.nii.gz, -t1c, -t2w, -t2f, -seg; labels 1 NCR, 2 ED, "
+                                        "3 ET).")] = "brats2021",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing subject folders.")] = False,
+) -> None:
+    """Write phantom subjects with ground truth: T1, T1Gd, T2 and FLAIR of one simulated brain, plus its tumour labels.
+
+    Anatomy is the MNI152 2009 template's tissue maps, deformed per subject; a tumour (necrotic core, enhancing rim, oedema) is added and the four sequences are computed with the spin-echo and inversion-recovery signal equations (gadolinium shortens T1 in the rim only), then a bias field, Rician noise and a random intensity scale per sequence. Same seed, same subject, bit for bit. Each subject folder appears only when complete.
+
+    Example: tsf-trt phantom -o phantoms --subjects 4 --shape 96 96 64
+    """
+    from ..errors import TsfError
+
+    layout = layout.strip().lower()
+    if layout not in _LAYOUTS:
+        raise TsfError(f"unknown --layout '{layout}': use brats2021 or brats2023")
+    if not all(16 <= n <= 512 for n in shape):
+        raise TsfError(f"--shape {' '.join(map(str, shape))}: each axis must be 16..512 voxels")
+    from tsf_trt.train.phantom import check_targets, write_subjects
+
+    check_targets(output, subjects, layout, overwrite)  # before any work
+    with progress_bar() as bar:
+        task = bar.add_task("phantom", total=subjects)
+        folders = write_subjects(output, subjects, seed=seed, shape=shape, layout=layout, overwrite=overwrite,
+                                 on_subject=lambda folder: bar.update(task, advance=1, description=folder.name))
+    voxel = "x".join(f"{mm / n:.3g}" for mm, n in zip((240, 240, 155), shape))
+    out.print(f"wrote {len(folders)} subject(s) to {output} ({layout}, {'x'.join(map(str, shape))} voxels of "
+              f"{voxel} mm, seeds {seed}..{seed + subjects - 1})", highlight=False, soft_wrap=True)
