@@ -54,7 +54,7 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 2.0) -> float:
 
 
 def compare(model_dir: Path, volumes: dict[int, np.ndarray], target: int, variants: list[str], *,
-            export_dir: Path | None = None, threads: int | None = None, batch_size: int = 8) -> list[dict[str, Any]]:
+            export_dir: Path | None = None, threads: int | None = None, batch_size: int | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     results: dict[str, Result] = {}
     mid = len(next(iter(volumes.values()))) // 2
@@ -66,7 +66,8 @@ def compare(model_dir: Path, volumes: dict[int, np.ndarray], target: int, varian
         result = synth.run(volumes, target)
         seconds = time.perf_counter() - start
         results[variant] = result
-        rows.append({"variant": variant, "backend": synth.backend.describe(), "seconds": round(seconds, 2),
+        rows.append({"variant": variant, "backend": synth.backend.describe(), "batch_size": synth.batch_size,
+                     "seconds": round(seconds, 2),
                      "stages": {k: round(v, 2) for k, v in result.timings.items()}})
         print(f"{variant:>11}: {seconds:8.1f} s  ({synth.backend.describe()})", flush=True)
     base = results.get("torch") or next(iter(results.values()))
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", required=True)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: each backend's preference")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     inputs = parse_inputs(args.inputs)

@@ -103,16 +103,18 @@ def test_cli_subject_k_independent_of_n_and_refuses_overwrite(tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "b"), "--subjects", "1", "--seed", "8", *small])
     assert result.exit_code == 0, result.output
-    one = nib.load(tmp_path / "a/Phantom_00001/Phantom_00001_t2.nii.gz").get_fdata()
-    assert np.array_equal(one, nib.load(tmp_path / "b/Phantom_00000/Phantom_00000_t2.nii.gz").get_fdata())
+    # subjects are named by seed: seed 7 + k=1 is Phantom_00008 in both runs, bit for bit
+    one = nib.load(tmp_path / "a/Phantom_00008/Phantom_00008_t2.nii.gz").get_fdata()
+    assert np.array_equal(one, nib.load(tmp_path / "b/Phantom_00008/Phantom_00008_t2.nii.gz").get_fdata())
     assert len(find_subjects(tmp_path / "a")) == 2
 
-    before = (tmp_path / "a/Phantom_00000/Phantom_00000_t1.nii.gz").stat().st_mtime_ns
-    result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "a"), "--subjects", "3", *small])
+    before = (tmp_path / "a/Phantom_00007/Phantom_00007_t1.nii.gz").stat().st_mtime_ns
+    result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "a"), "--subjects", "3", "--seed", "7", *small])
     assert result.exit_code == 1 and "exists (and 1 more); use --overwrite" in result.stderr
-    assert "Traceback" not in result.output and not (tmp_path / "a/Phantom_00002").exists()
-    assert (tmp_path / "a/Phantom_00000/Phantom_00000_t1.nii.gz").stat().st_mtime_ns == before
-    result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "a"), "--subjects", "1", "--overwrite", *small])
+    assert "Traceback" not in result.output and not (tmp_path / "a/Phantom_00009").exists()
+    assert (tmp_path / "a/Phantom_00007/Phantom_00007_t1.nii.gz").stat().st_mtime_ns == before
+    result = runner.invoke(app, ["phantom", "-o", str(tmp_path / "a"), "--subjects", "1", "--seed", "7",
+                                 "--overwrite", *small])
     assert result.exit_code == 0, result.output
-    assert sorted(os.listdir(tmp_path / "a")) == ["Phantom_00000", "Phantom_00001"]  # no temp folders left
+    assert sorted(os.listdir(tmp_path / "a")) == ["Phantom_00007", "Phantom_00008"]  # no temp folders left
     assert runner.invoke(app, ["phantom", "-o", str(tmp_path / "c"), "-n", "1", "--layout", "brats2019"]).exit_code == 1

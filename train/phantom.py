@@ -249,8 +249,10 @@ LAYOUTS = {  # file suffixes in SEQUENCES order + seg, separator, subject name, 
 }
 
 
-def subject_name(k: int, layout: str) -> str:
-    return LAYOUTS[layout][3].format(k)
+def subject_name(seed: int, layout: str) -> str:
+    """Named by its seed, so data sets made with different --seed never share a name
+    (held-out test subjects are then recognisable as such)."""
+    return LAYOUTS[layout][3].format(seed)
 
 
 def _save(array: np.ndarray, affine: np.ndarray, path: Path, description: str) -> None:
@@ -274,7 +276,7 @@ def write_subject(phantom: Phantom, folder: Path, name: str, layout: str) -> Non
     _save(label, phantom.affine, folder / f"{name}{sep}{seg}.nii.gz", f"tsf-trt phantom seed {phantom.seed} labels")
 
 
-def check_targets(out_dir: str | Path, n: int, layout: str, overwrite: bool) -> list[Path]:
+def check_targets(out_dir: str | Path, n: int, layout: str, overwrite: bool, seed: int = 0) -> list[Path]:
     """The subject folders to write; refuses a bad layout, a file as ``out_dir`` or existing folders."""
     from tsf_trt.errors import InputError, TsfError
 
@@ -283,7 +285,7 @@ def check_targets(out_dir: str | Path, n: int, layout: str, overwrite: bool) -> 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(out, "is a file; give a folder for the subjects")
-    folders = [out / subject_name(k, layout) for k in range(n)]
+    folders = [out / subject_name(seed + k, layout) for k in range(n)]
     taken = [f for f in folders if f.exists() or f.is_symlink()]
     if taken and not overwrite:
         more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
@@ -301,7 +303,7 @@ def write_subjects(out_dir: str | Path, n: int, seed: int = 0, shape: tuple[int,
     ``overwrite``.
     """
     out = Path(out_dir)
-    folders = check_targets(out, n, layout, overwrite)
+    folders = check_targets(out, n, layout, overwrite, seed)
     out.mkdir(parents=True, exist_ok=True)
     for k, folder in enumerate(folders):
         tmp = out / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"

@@ -71,13 +71,13 @@ class Synthesizer:
     """Runs a model on whole volumes. `model` is a model directory, a loaded
     TSFSeq2Seq, or a ready :class:`~tsf_trt.backends.Backend`."""
 
-    def __init__(self, model, backend: str = "auto", *, batch_size: int = 8, device: str = "cpu",
+    def __init__(self, model, backend: str = "auto", *, batch_size: int | None = None, device: str = "cpu",
                  combine: str = "middle", threads: int | None = None, precision: str = "fp32"):
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise TsfError(f"--batch-size must be at least 1, got {batch_size}")
         self.backend: Backend = model if isinstance(model, Backend) else create_backend(
             backend, model, device=device, threads=threads, precision=precision)
-        self.batch_size = batch_size
+        self.batch_size = batch_size or self.backend.preferred_batch_size
         self.label = f"model {model}" if isinstance(model, (str, Path)) else "this model"
         self.combine = combine
         SliceAccumulator((1, 1, 1), combine)  # validates the rule early

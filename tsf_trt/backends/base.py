@@ -20,6 +20,9 @@ class Backend(ABC):
     """encode / fuse / decode on batches, with the tensor contracts of DESIGN.md §5."""
 
     name: ClassVar[str]
+    #: Slices per batch when the caller does not say. On CPU large batches are slower
+    #: per slice (activations of 240² slices fall out of cache), on GPUs faster.
+    preferred_batch_size: int = 8
 
     def __init__(self, config: ModelConfig, has_fusion: bool, model_id: str):
         self.config = config

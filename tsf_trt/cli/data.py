@@ -46,7 +46,7 @@ def phantom(
         raise TsfError(f"--shape {' '.join(map(str, shape))}: each axis must be 16..512 voxels")
     from tsf_trt.train.phantom import check_targets, write_subjects
 
-    check_targets(output, subjects, layout, overwrite)  # before any work
+    check_targets(output, subjects, layout, overwrite, seed)  # before any work
     with progress_bar() as bar:
         task = bar.add_task("phantom", total=subjects)
         folders = write_subjects(output, subjects, seed=seed, shape=shape, layout=layout, overwrite=overwrite,

@@ -38,8 +38,10 @@ def infer(
                                          "into the cache once), ort-cuda, ort-trt (need onnxruntime-gpu), "
                                          "reference (torch run the authors' way, for measurements); trt comes "
                                          "with the TensorRT engines.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per network batch: memory grows "
-                                            "with it, volume size does not matter.")] = 8,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per network batch "
+                                                      "(default: the backend's measured best; 2 for torch on CPU). "
+                                                      "Memory grows with it, not with the volume.",
+                                                      show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda (torch backend).")] = "cpu",
     precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 (torch backend: autocast; faster "
                                            "on CPUs with bf16 instructions, less exact: README, Performance).")

@@ -75,8 +75,10 @@ class TaskSpecificFusion(nn.Module):
 
     def masked_weights(self, task_code: Tensor) -> Tensor:
         """m ⊙ ω₀ (Eq. 1 and the numerator of Eq. 2), shape (1, 4)."""
-        omega0 = torch.softmax(self.weight_fc(task_code), dim=1) + EPS   # Eq. 1
-        return task_code[:, : self.n_sequences] * omega0
+        with torch.autocast(task_code.device.type, enabled=False):  # ω is reported: always fp32
+            code = task_code.float()
+            omega0 = torch.softmax(self.weight_fc(code), dim=1) + EPS     # Eq. 1
+            return code[:, : self.n_sequences] * omega0
 
     def contribution_weights(self, task_code: Tensor) -> Tensor:
         """ω of Eq. 2: the masked weights normalised to sum to 1, shape (4,)."""

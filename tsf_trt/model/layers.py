@@ -18,11 +18,20 @@ def act(x: Tensor) -> Tensor:
     return F.leaky_relu(x, NEG_SLOPE)
 
 
+class InstanceNorm(nn.InstanceNorm2d):
+    """InstanceNorm (no affine, no running stats: it stores nothing) computed in float32
+    whatever the input dtype: on near-constant maps (background slices) its statistics
+    amplify rounding, so under bf16/fp16 autocast it would dominate the error."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, affine=False, track_running_stats=False, eps=1e-5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float())
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
-    """InstanceNorm without affine or running stats (stores nothing), or identity."""
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False, eps=1e-5)
-    return nn.Identity()
+    return InstanceNorm(channels) if kind == "instance" else nn.Identity()
 
 
 def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding_mode: str) -> Tensor:
