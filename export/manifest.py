@@ -7,24 +7,18 @@ error instead of a crash deep inside a runtime.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from tsf_trt.errors import ModelError
+from tsf_trt.fileformat import file_sha256, read_tagged_json
 
 FORMAT = "tsf-trt-export"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256 = file_sha256
 
 
 def is_export_dir(path: str | Path) -> bool:
@@ -37,14 +31,7 @@ def read_manifest(directory: str | Path, *, check_hashes: bool = True) -> dict[s
     path = directory / MANIFEST
     if not path.is_file():
         raise ModelError(directory, f"missing {MANIFEST}: not a tsf-trt export directory")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(path, f"unreadable JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ModelError(path, f"not a {FORMAT} manifest (format tag missing)")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelError(path, f"written by a newer tsf-trt (format {manifest['format_version']})")
+    manifest = read_tagged_json(path, FORMAT, FORMAT_VERSION, "manifest")
     for name, graph in manifest.get("graphs", {}).items():
         file = directory / graph["file"]
         if not file.is_file():

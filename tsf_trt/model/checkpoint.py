@@ -8,7 +8,6 @@ by the table below (layout in ``shared/reference/README.md``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -24,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import ModelError, TsfError
+from ..fileformat import file_sha256, read_tagged_json
 from .config import ModelConfig
 from .tsf import TSFSeq2Seq
 
@@ -51,14 +51,6 @@ TSF_KEYS: list[tuple[str, str]] = [
     (r"^cas\.(\d+)\.fc3\.", r"fusion.attention.\1.channel.fc2."),
     (r"^sas\.(\d+)\.conv1\.", r"fusion.attention.\1.spatial.conv."),
 ]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- our format ---------------------------------------------------------------------
@@ -111,15 +103,7 @@ def read_model_meta(directory: str | Path) -> dict[str, Any]:
     cfg_path = directory / CONFIG_FILE
     if not cfg_path.is_file():
         raise ModelError(directory, f"missing {CONFIG_FILE}: not a tsf-trt model directory")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(cfg_path, f"unreadable JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(cfg_path, f"not a {FORMAT} config (format tag missing)")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelError(cfg_path, f"written by a newer tsf-trt (format {meta['format_version']})")
-    return meta
+    return read_tagged_json(cfg_path, FORMAT, FORMAT_VERSION, "config")
 
 
 def model_id(meta: dict[str, Any]) -> str:

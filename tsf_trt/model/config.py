@@ -8,7 +8,7 @@ checkpoints can be imported with the sizes they were trained with.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
