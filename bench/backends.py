@@ -66,7 +66,7 @@ def compare(model_dir: Path, volumes: dict[int, np.ndarray], target: int, varian
         result = synth.run(volumes, target)
         seconds = time.perf_counter() - start
         results[variant] = result
-        rows.append({"variant": variant, "backend": synth.backend.describe(), "batch_size": synth.batch_size,
+        rows.append({"variant": variant, "backend": synth.backend.describe(), "batch_size": result.batch_size,
                      "seconds": round(seconds, 2),
                      "stages": {k: round(v, 2) for k, v in result.timings.items()}})
         print(f"{variant:>11}: {seconds:8.1f} s  ({synth.backend.describe()})", flush=True)

@@ -149,3 +149,16 @@ def test_cuda_matches_cpu(small_model, volumes):
     gpu = Synthesizer(copy.deepcopy(small_model), device="cuda").run(volumes, 2)
     assert np.abs(cpu.image - gpu.image).max() <= 1e-3
     assert cpu.weights == pytest.approx(gpu.weights, abs=1e-6)
+
+
+def test_default_batch_follows_activation_size(small_model, volumes):
+    from tsf_trt.backends.base import CPU_BATCH_BYTES, activation_bytes
+    from tsf_trt.model import PRESETS
+
+    # paper config at 240²: 64 channels at full resolution, 14 MiB per slice -> 2 slices on CPU
+    assert activation_bytes(PRESETS["paper"], 240, 240) == 4 * 64 * 240 * 240
+    assert CPU_BATCH_BYTES // activation_bytes(PRESETS["paper"], 240, 240) == 2
+    synth = Synthesizer(small_model)
+    assert synth.backend.preferred_batch_size(240, 240) == 16
+    assert synth.run(volumes, 2).batch_size == 16
+    assert Synthesizer(small_model, batch_size=3).run(volumes, 2).batch_size == 3

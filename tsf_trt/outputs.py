@@ -66,6 +66,7 @@ def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
         "weights": result.weights_by_name(),
         "model_id": model_id,
         "backend": backend,
+        "batch_size": result.batch_size,
         "outputs": {
             "synth": paths.synth.name,
             "tsem": paths.tsem.name if paths.tsem else None,

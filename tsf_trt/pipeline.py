@@ -43,6 +43,7 @@ class Result:
     target: int
     head_mask: np.ndarray              # voxels where any input is above its background
     timings: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 0                # slices per network batch that were used
 
     @property
     def task(self) -> str:
@@ -77,7 +78,7 @@ class Synthesizer:
             raise TsfError(f"--batch-size must be at least 1, got {batch_size}")
         self.backend: Backend = model if isinstance(model, Backend) else create_backend(
             backend, model, device=device, threads=threads, precision=precision)
-        self.batch_size = batch_size or self.backend.preferred_batch_size
+        self.batch_size = batch_size  # None: the backend's choice for each volume's size
         self.label = f"model {model}" if isinstance(model, (str, Path)) else "this model"
         self.combine = combine
         SliceAccumulator((1, 1, 1), combine)  # validates the rule early
@@ -115,13 +116,14 @@ class Synthesizer:
         head_mask = np.logical_or.reduce([raw > 0 for _, raw in arrays.values()])
         timings["preprocess"] = time.perf_counter() - t
 
-        image, tsem_map, weights = self._synthesize(normed, sources, target, tsem, progress, timings)
+        image, tsem_map, weights, batch = self._synthesize(normed, sources, target, tsem, progress, timings)
         t = time.perf_counter()
         image = image[:, crop[0], crop[1]]
         tsem_map = None if tsem_map is None else tsem_map[:, crop[0], crop[1]]
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        return Result(image, tsem_map, {i: float(weights[i]) for i in sources}, sources, target, head_mask, timings)
+        return Result(image, tsem_map, {i: float(weights[i]) for i in sources}, sources, target, head_mask,
+                      timings, batch)
 
     # -- steps ----------------------------------------------------------------------------
     def _load(self, keyed: Mapping[int, Volume | str | Path | np.ndarray]) -> dict[int, tuple[Path, np.ndarray]]:
@@ -156,8 +158,9 @@ class Synthesizer:
         image = SliceAccumulator((depth, height, width), self.combine)
         tsem_map = SliceAccumulator((depth, height, width), "middle") if want_tsem else None
         weights = task_code[0, : sequences.N_SEQUENCES].copy()  # one-to-one: ω = 1 for the source
-        for start in range(0, depth, self.batch_size):
-            centres = range(start, min(start + self.batch_size, depth))
+        batch = self.batch_size or be.preferred_batch_size(height, width)
+        for start in range(0, depth, batch):
+            centres = range(start, min(start + batch, depth))
             with timed(timings, "encode"):
                 features = {i: be.encode(stack_25d(normed[i], centres)) for i in sources}
             with timed(timings, "fuse"):
@@ -175,7 +178,7 @@ class Synthesizer:
                     tsem_map.add(centres, np.abs(out - out_avg))
             if progress is not None:
                 progress(centres.stop, depth)
-        return image.result(), None if tsem_map is None else tsem_map.result(), weights
+        return image.result(), None if tsem_map is None else tsem_map.result(), weights, batch
 
 
 @contextmanager

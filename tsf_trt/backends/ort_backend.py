@@ -61,7 +61,7 @@ class OrtBackend(Backend):
         super().__init__(config, "fusion" in self.manifest["graphs"], self.manifest.get("model_id", ""))
         self.threads = threads
         self.decoder_kind = decoder
-        self.preferred_batch_size = 4 if name == "ort" else 16  # ORT CPU: flat from 1 to 8 (README)
+        self.on_gpu = name != "ort"
         self.cache_dir = writable_dir(self.directory / ".ort-cache") if cache else None
         self._sessions: dict[str, Any] = {}
 

@@ -37,9 +37,7 @@ class TorchBackend(Backend):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.mode = mode
-        # measured on 2 CPU cores, paper config, 240²: torch encoder 253 ms/slice at batch 1-2,
-        # 318 ms at 8; bf16 134 ms at 1-2, 182 ms at 8 (README, Performance)
-        self.preferred_batch_size = 16 if self.device.type == "cuda" else 2
+        self.on_gpu = self.device.type == "cuda"
         if mode == "reference":
             self.name = "reference"  # type: ignore[misc]
             self.model = copy.deepcopy(self.model)  # the flag below must not touch the caller's model

@@ -39,7 +39,8 @@ def infer(
                                          "reference (torch run the authors' way, for measurements); trt comes "
                                          "with the TensorRT engines.")] = "auto",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per network batch "
-                                                      "(default: the backend's measured best; 2 for torch on CPU). "
+                                                      "(default: on CPU as many as keep a batch's activations within "
+                                                      "32 MiB, e.g. 2 for the paper config at 240x240; 16 on GPU). "
                                                       "Memory grows with it, not with the volume.",
                                                       show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda (torch backend).")] = "cpu",
