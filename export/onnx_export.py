@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from torch import nn
 from tsf_trt import __version__, sequences
 from tsf_trt.errors import ModelError, TsfError
 from tsf_trt.model import TSFSeq2Seq
+from tsf_trt.volume import atomic_dir
 
 from .graphs import BakedDecoderGraph, DecoderGraph, EncoderGraph, FusionGraph
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, sha256
@@ -147,9 +146,7 @@ def export_model(model: TSFSeq2Seq, out_dir: str | Path, *, targets: Sequence[in
         raise ModelError(out_dir, "exists; use --overwrite to replace it")
     targets = list(range(sequences.N_SEQUENCES)) if targets is None else list(targets)
     model = model.float().eval()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         specs = graph_specs(model, targets)
         graphs: dict[str, Any] = {}
         for name, spec in specs.items():
@@ -170,10 +167,6 @@ def export_model(model: TSFSeq2Seq, out_dir: str | Path, *, targets: Sequence[in
             graph["sha256"] = sha256(tmp / graph["file"])
         manifest = _manifest(model, graphs, flops, verification, opset, origin)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -218,18 +211,6 @@ def _manifest(model: TSFSeq2Seq, graphs: dict[str, Any], flops: dict[str, Any], 
         "verification": verification,
         "origin": origin or {},
     }
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    for path in (tmp, *tmp.iterdir()):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name[-8:]}")
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
 
 
 __all__ = ["DEFAULT_OPSET", "GraphSpec", "TsfError", "export_model", "graph_specs"]

@@ -18,9 +18,6 @@ of view is always BraTS's 240 x 240 x 155 mm and ``shape`` only sets the voxel s
 from __future__ import annotations
 
 import math
-import os
-import secrets
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from tsf_trt.volume import atomic_dir
 
 SEQUENCES = ("t1", "t1gd", "t2", "flair")  # tsf_trt.sequences.NAMES order
 TISSUES = ("csf", "gm", "wm", "necrosis", "rim", "oedema")  # tissue map codes 1..6
@@ -306,22 +305,8 @@ def write_subjects(out_dir: str | Path, n: int, seed: int = 0, shape: tuple[int,
     folders = check_targets(out, n, layout, overwrite, seed)
     out.mkdir(parents=True, exist_ok=True)
     for k, folder in enumerate(folders):
-        tmp = out / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            tmp.mkdir()
+        with atomic_dir(folder) as tmp:  # existing folders were refused above unless overwrite
             write_subject(make_subject(seed + k, shape), tmp, folder.name, layout)
-            if folder.exists() or folder.is_symlink():  # only with overwrite: swap, then drop the old one
-                old = out / f".{folder.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-                os.rename(folder, old)
-                os.rename(tmp, folder)
-                if old.is_dir() and not old.is_symlink():
-                    shutil.rmtree(old)
-                else:
-                    old.unlink()
-            else:
-                os.rename(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         if on_subject is not None:
             on_subject(folder)
     return folders

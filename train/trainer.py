@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -39,6 +38,7 @@ from tsf_trt import sequences
 from tsf_trt.errors import TsfError
 from tsf_trt.model import TSFSeq2Seq, load_model, resolve_config, save_model
 from tsf_trt.subjects import find_subjects
+from tsf_trt.volume import atomic_dir
 
 from .data import SliceDataset, make_loader, read_split, sample_task, slice_index, split_subjects, write_split
 from .losses import LAMBDA_PER, LAMBDA_REC, SynthesisLoss, load_vgg19, psnr, ssim
@@ -259,16 +259,9 @@ def validate(model: TSFSeq2Seq, dataset: SliceDataset, stage: str, device: torch
 
 def _save_last(out: Path, model: TSFSeq2Seq, state: dict[str, Any], origin: dict[str, Any]) -> None:
     """last/ replaced as a whole: a crash mid-write leaves the previous one."""
-    tmp = out / ".last.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp / "model", origin=origin)
-    torch.save(state, tmp / "trainer_state.pt")
-    old = out / ".last.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if (out / "last").exists():
-        (out / "last").rename(old)
-    tmp.rename(out / "last")
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out / "last") as tmp:
+        save_model(model, tmp / "model", origin=origin)
+        torch.save(state, tmp / "trainer_state.pt")
 
 
 def train(cfg: TrainConfig, on_step: Callable[[int, int, dict[str, float]], None] | None = None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import os
 import secrets
+import shutil
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -281,6 +282,35 @@ def atomic_path(path: str | Path, overwrite: bool) -> Iterator[Path]:
         _publish(tmp, path, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temp folder beside ``path``; on success it replaces ``path`` whole.
+
+    Model directories, exports, checkpoints and phantom subjects are written this way:
+    a reader sees the complete old folder or the complete new one, never a mix. On any
+    exception (KeyboardInterrupt included) the temp folder is removed and ``path`` is
+    untouched. Whether replacing is allowed is the caller's check, made before the work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()  # umask applies, so the published folder is not private
+    try:
+        yield tmp
+        if path.exists() or path.is_symlink():
+            old = path.parent / f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+        else:
+            os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -12,8 +12,6 @@ import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ModelError, TsfError
 from ..fileformat import file_sha256, read_tagged_json
+from ..volume import atomic_dir
 from .config import ModelConfig
 from .tsf import TSFSeq2Seq
 
@@ -60,12 +59,9 @@ def save_model(model: TSFSeq2Seq, directory: str | Path, *, overwrite: bool = Fa
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise ModelError(directory, "exists; use --overwrite to replace it")
-    parent = directory.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
     umask = os.umask(0)
     os.umask(umask)
-    try:
+    with atomic_dir(directory) as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         meta = {
@@ -78,18 +74,7 @@ def save_model(model: TSFSeq2Seq, directory: str | Path, *, overwrite: bool = Fa
             "origin": origin or {},
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors make them private
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-        if directory.exists():
-            old = parent / f".{directory.name}.old-{os.getpid()}"
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / WEIGHTS_FILE).chmod(0o666 & ~umask)  # safetensors makes it private
     return directory
 
 
