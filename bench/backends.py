@@ -6,7 +6,9 @@ seconds per volume, per-stage times, and agreement with torch fp32.
 
 `reference` is the authors' way of running the same weights (full ConvLSTM, one
 slice per call, TSEM as two decoder passes); every figure is also given as a ratio
-to it. The `tsf-trt bench` command (bench issue) builds on this module.
+to it. :mod:`tsf_trt.bench.suite` turns these rows into the README's performance
+table; `tsf-trt bench` (:mod:`tsf_trt.bench.runner`) times the `--backend` choices
+stage by stage.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -60,21 +63,23 @@ def compare(model_dir: Path, volumes: dict[int, np.ndarray], target: int, varian
     mid = len(next(iter(volumes.values()))) // 2
     warm = {i: v[max(0, mid - 1) : mid + 2] for i, v in volumes.items()}  # a few slices with content
     for variant in variants:
-        synth = Synthesizer(make_backend(variant, model_dir, export_dir, threads), batch_size=batch_size)
+        # the reference way is one slice per network call whatever the batch: say so in the row
+        synth = Synthesizer(make_backend(variant, model_dir, export_dir, threads),
+                            batch_size=1 if variant == "reference" else batch_size)
         synth.run(warm, target)  # sessions, allocators and caches warm, outside the timing
         start = time.perf_counter()
         result = synth.run(volumes, target)
         seconds = time.perf_counter() - start
         results[variant] = result
         rows.append({"variant": variant, "backend": synth.backend.describe(), "batch_size": result.batch_size,
-                     "seconds": round(seconds, 2),
+                     "seconds": seconds,
                      "stages": {k: round(v, 2) for k, v in result.timings.items()}})
-        print(f"{variant:>11}: {seconds:8.1f} s  ({synth.backend.describe()})", flush=True)
+        print(f"{variant:>11}: {seconds:8.1f} s  ({synth.backend.describe()})", file=sys.stderr, flush=True)
     base = results.get("torch") or next(iter(results.values()))
     reference = next((r["seconds"] for r in rows if r["variant"] == "reference"), None)
     for row in rows:
         result = results[row["variant"]]
-        row["speedup_vs_reference"] = round(reference / row["seconds"], 2) if reference else None
+        row["speedup_vs_reference"] = reference / row["seconds"] if reference else None
         row["image_max_abs_diff_vs_torch"] = float(np.abs(result.image - base.image).max())
         row["image_psnr_vs_torch_db"] = round(psnr(result.image, base.image), 1)
         if result.tsem is not None and base.tsem is not None:

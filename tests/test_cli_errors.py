@@ -386,10 +386,24 @@ def test_model_path_does_not_exist(case, tmp_path):
     assert files_under(out) == []
 
 
-def test_no_model_given(case):
+def test_bundled_model_is_the_default(case):
+    from tsf_trt.model import load_model
+    from tsf_trt.models import resolve_model
+
+    inp, out, t1, flair = case
+    result = cli("infer", "--inputs", t1, flair, "--target", "t2", "-o", out, "--backend", "torch")
+    assert result.exit_code == 0, result.output
+    report = json.loads(next(out.glob("*.json")).read_text())
+    assert report["model_id"] == load_model(resolve_model(None)).id
+
+
+def test_missing_bundled_model_is_a_clean_error(case, tmp_path, monkeypatch):
+    import tsf_trt.models
+
+    monkeypatch.setitem(tsf_trt.models.BUNDLED, "demo", tmp_path / "gone")
     inp, out, t1, flair = case
     result = cli("infer", "--inputs", t1, flair, "--target", "t2", "-o", out)
-    assert_clean_error(result, "no model given", "--model", "import-reference")
+    assert_clean_error(result, "bundled model is missing", "--model")
     assert files_under(out) == []
 
 

@@ -131,10 +131,12 @@ def test_result_is_the_same_for_any_storage_orientation(small_model, small_model
     assert np.abs(outputs["lps"] - outputs["ras"]).max() <= 1e-2  # output units 0..1000
 
 
-def test_unimplemented_backends_are_refused_clearly(small_model):
+def test_unimplemented_backends_are_refused_clearly(small_model, monkeypatch):
+    import tsf_trt.engines.gpu
     from tsf_trt.backends import create_backend
 
-    with pytest.raises(TsfError, match="not available in this version"):
+    monkeypatch.setattr(tsf_trt.engines.gpu, "has_module", lambda name: False)  # as without the [gpu] extra
+    with pytest.raises(TsfError, match="backend 'trt' is not available here"):
         create_backend("trt", small_model)
     with pytest.raises(TsfError, match="unknown backend"):
         create_backend("tensorflow", small_model)

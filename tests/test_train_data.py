@@ -14,6 +14,7 @@ from tsf_trt.errors import InputError
 from tsf_trt.preprocess import normalize, stack_25d
 from tsf_trt.subjects import Subject, find_subjects
 from tsf_trt.train.data import (
+    BlockShuffleSampler,
     SliceDataset,
     make_loader,
     read_split,
@@ -227,6 +228,35 @@ def test_eval_loader_keeps_last_batch_and_sampler_gets_epoch(subjects):
     sampler.set_epoch(3)
     expected = [train.index[i] for i in sampler][: len(got)]
     assert got == expected
+
+
+def test_block_sampler_reads_subjects_a_block_at_a_time(subjects):
+    ds = SliceDataset(subjects, crop=32, train=True)  # 5 subjects
+    owners = ds.owners
+    for epoch in (0, 1):
+        ranks = []
+        for rank in (0, 1):
+            sampler = BlockShuffleSampler(ds, block_subjects=2, seed=7, rank=rank, world=2)
+            sampler.set_epoch(epoch)
+            ranks.append(list(sampler))
+        full = BlockShuffleSampler(ds, block_subjects=2, seed=7)
+        full.set_epoch(epoch)
+        order = full.order()
+        assert sorted(order.tolist()) == list(range(len(ds)))  # a permutation of all items
+        # blocks of 2 subjects: a subject's items overlap in time with at most one other's
+        seq = owners[order]
+        spans = {k: (np.flatnonzero(seq == k)[0], np.flatnonzero(seq == k)[-1]) for k in set(seq.tolist())}
+        for k, (a, b) in spans.items():
+            assert sum(1 for j, (c, d) in spans.items() if j != k and c <= b and a <= d) <= 1
+        # ranks: equal length, disjoint, interleaving one order
+        assert len(ranks[0]) == len(ranks[1]) == len(ds) // 2
+        assert not set(ranks[0]) & set(ranks[1])
+        assert ranks[0] == order[0:len(ds) // 2 * 2:2].tolist()
+    again = BlockShuffleSampler(ds, block_subjects=2, seed=7)
+    again.set_epoch(1)
+    assert again.order().tolist() == order.tolist()  # (seed, epoch) fix the order
+    again.set_epoch(0)
+    assert again.order().tolist() != order.tolist()
 
 
 # --- tasks ----------------------------------------------------------------------------

@@ -127,6 +127,20 @@ def test_vgg19_loads_torchvision_layout_and_gives_a_finite_loss(tmp_path, data):
         load_vgg19(tmp_path / "bad.pth")
 
 
+def test_training_ssim_agrees_with_scikit_image():
+    """The validation SSIM is differentiable torch code; scikit-image's is the maintained one."""
+    from skimage.metrics import structural_similarity
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 40, 48, generator=gen) * 2 - 1
+    y = (x + 0.2 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+    ours = ssim(x, y)
+    for k in range(2):
+        theirs = structural_similarity(x[k].double().numpy(), y[k].double().numpy(), data_range=2.0,
+                                       gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        assert float(ours[k]) == pytest.approx(theirs, abs=2e-3)
+
+
 def test_ssim_and_psnr():
     torch.manual_seed(0)
     x = torch.rand(2, 32, 32) * 2 - 1

@@ -169,6 +169,13 @@ class SliceDataset(Dataset):
         """(subject name, z) per item: save it and pass it back as ``index=`` to skip the scan."""
         return [(self.subjects[k].name, int(z)) for k, z in zip(self._subject, self._z)]
 
+    @property
+    def owners(self) -> np.ndarray:
+        """Position in ``subjects`` of each item's subject (read-only view)."""
+        view = self._subject.view()
+        view.flags.writeable = False
+        return view
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the random crops/flips (and make_loader's order) of this epoch."""
         self.epoch = int(epoch)
@@ -250,6 +257,45 @@ def sample_task(available: Sequence[bool] | torch.Tensor, rng: np.random.Generat
     rest = [s for s in have if s != target]
     bits = int(rng.integers(1, 2 ** len(rest)))  # 1 .. 2^m - 1: never the empty set
     return [s for j, s in enumerate(rest) if bits >> j & 1], target
+
+
+class BlockShuffleSampler(Sampler):
+    """Shuffled order that visits subjects a block at a time, so a small volume cache suffices.
+
+    Why: a plain permutation of all slices touches a different subject at nearly every item, so
+    each item would re-read and re-normalise four gzip volumes (BraTS: ~1 s). Here the subjects
+    are permuted, cut into blocks of `block_subjects` (match ``SliceDataset.cache_subjects``),
+    and the slices of each block shuffled together: each subject is read once per epoch per
+    worker, and batches still mix subjects. Order depends only on (seed, epoch). With
+    ``world > 1`` each rank takes every world-th item of the same order, cut to equal length
+    (what DistributedSampler(drop_last=True) does), so ranks read the same block at a time.
+    """
+
+    def __init__(self, dataset: SliceDataset, block_subjects: int = 4, seed: int = 0,
+                 rank: int = 0, world: int = 1):
+        if block_subjects < 1 or world < 1 or not 0 <= rank < world:
+            raise ValueError(f"need block_subjects >= 1 and 0 <= rank < world, got {block_subjects}, {rank}, {world}")
+        self.dataset, self.block, self.seed, self.rank, self.world = dataset, block_subjects, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset) // self.world
+
+    def order(self) -> np.ndarray:
+        """This epoch's order over all ranks."""
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        owner = self.dataset.owners
+        subjects = rng.permutation(np.unique(owner))
+        blocks = [subjects[k:k + self.block] for k in range(0, len(subjects), self.block)]
+        return np.concatenate([rng.permutation(np.flatnonzero(np.isin(owner, b))) for b in blocks]
+                              or [np.zeros(0, dtype=np.int64)])
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order()
+        return iter(order[: len(self) * self.world][self.rank::self.world].tolist())
 
 
 class _EpochSampler(Sampler):

@@ -54,6 +54,10 @@ SPIN_ECHO = {"t1": (500.0, 15.0), "t1gd": (500.0, 15.0), "t2": (4000.0, 100.0)} 
 FLAIR_TR, FLAIR_TE = 9000.0, 120.0
 # CSF nulled: Mz(TI) = 0 for S ~ 1 - 2 exp(-TI/T1) + exp(-TR/T1); T1 ln 2 is its TR -> inf limit.
 FLAIR_TI = TISSUE_T1["csf"] * math.log(2.0 / (1.0 + math.exp(-FLAIR_TR / TISSUE_T1["csf"])))
+# "Hard" subjects (to test a QC flag): the same draws, then larger tumours and stronger noise.
+HARD_TUMOUR = 1.6  # every tumour radius (core, rim, oedema) times this: about 4x the volume
+HARD_NOISE = 3.0  # Rician noise sigma times this
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 @dataclass
@@ -151,13 +155,24 @@ def signal_table(p: dict) -> np.ndarray:
                      spin_echo(*SPIN_ECHO["t2"], t1), flair])
 
 
-def make_subject(seed: int, shape: tuple[int, int, int] = (240, 240, 155)) -> Phantom:
-    """Simulate one subject; the same seed gives the same subject, bit for bit."""
+def is_hard(seed: int, fraction: float) -> bool:
+    """Whether subject `seed` is hard in a data set with `fraction` hard subjects: a golden-ratio
+    sequence, so about that fraction of any run of seeds is hard, independently of their number."""
+    return fraction > 0 and (seed * _GOLDEN) % 1.0 < fraction
+
+
+def make_subject(seed: int, shape: tuple[int, int, int] = (240, 240, 155), hard: bool = False) -> Phantom:
+    """Simulate one subject; the same seed gives the same subject, bit for bit. ``hard``: the same
+    random draws, then tumour radii times HARD_TUMOUR and noise times HARD_NOISE."""
     shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
     atlas, atlas_affine, centres = _anatomy()
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(int(seed))
     p = _draw_params(rng, centres)
+    if hard:
+        for name in ("tumour_radius_mm", "core_radius_mm", "oedema_radius_mm"):
+            p[name] *= HARD_TUMOUR
+        p.update(noise_sigma_wm=p["noise_sigma_wm"] * HARD_NOISE, hard=True)
     # Coarse fields first (shape-independent), per-voxel noise last.
     deform = _smooth(gen, 3, (6, 6, 5), shape) * p["deform_mm"]
     outline = torch.randn((1, 1, 20, 24, 20), generator=gen)  # tumour outline noise, atlas frame (~8 mm)
@@ -248,10 +263,11 @@ LAYOUTS = {  # file suffixes in SEQUENCES order + seg, separator, subject name, 
 }
 
 
-def subject_name(seed: int, layout: str) -> str:
+def subject_name(seed: int, layout: str, hard: bool = False) -> str:
     """Named by its seed, so data sets made with different --seed never share a name
-    (held-out test subjects are then recognisable as such)."""
-    return LAYOUTS[layout][3].format(seed)
+    (held-out test subjects are then recognisable as such); hard ones are PhantomHard_..."""
+    name = LAYOUTS[layout][3].format(seed)
+    return name.replace("Phantom", "PhantomHard", 1) if hard else name
 
 
 def _save(array: np.ndarray, affine: np.ndarray, path: Path, description: str) -> None:
@@ -275,7 +291,8 @@ def write_subject(phantom: Phantom, folder: Path, name: str, layout: str) -> Non
     _save(label, phantom.affine, folder / f"{name}{sep}{seg}.nii.gz", f"tsf-trt phantom seed {phantom.seed} labels")
 
 
-def check_targets(out_dir: str | Path, n: int, layout: str, overwrite: bool, seed: int = 0) -> list[Path]:
+def check_targets(out_dir: str | Path, n: int, layout: str, overwrite: bool, seed: int = 0,
+                  hard_fraction: float = 0.0) -> list[Path]:
     """The subject folders to write; refuses a bad layout, a file as ``out_dir`` or existing folders."""
     from tsf_trt.errors import InputError, TsfError
 
@@ -284,7 +301,9 @@ def check_targets(out_dir: str | Path, n: int, layout: str, overwrite: bool, see
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(out, "is a file; give a folder for the subjects")
-    folders = [out / subject_name(seed + k, layout) for k in range(n)]
+    if not 0.0 <= hard_fraction <= 1.0:
+        raise TsfError(f"hard fraction must be within 0..1, got {hard_fraction}")
+    folders = [out / subject_name(seed + k, layout, is_hard(seed + k, hard_fraction)) for k in range(n)]
     taken = [f for f in folders if f.exists() or f.is_symlink()]
     if taken and not overwrite:
         more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
@@ -294,19 +313,20 @@ def check_targets(out_dir: str | Path, n: int, layout: str, overwrite: bool, see
 
 def write_subjects(out_dir: str | Path, n: int, seed: int = 0, shape: tuple[int, int, int] = (240, 240, 155),
                    layout: str = "brats2021", overwrite: bool = False,
-                   on_subject: Callable[[Path], None] | None = None) -> list[Path]:
+                   on_subject: Callable[[Path], None] | None = None, hard_fraction: float = 0.0) -> list[Path]:
     """Write subjects 0..n-1 (subject k from seed + k) as BraTS folders under ``out_dir``.
 
     Each folder is written under a hidden temp name and renamed when complete, so an
     interrupted run leaves no half subject. Existing folders are refused up front unless
-    ``overwrite``.
+    ``overwrite``. With ``hard_fraction`` > 0, subjects for which :func:`is_hard` holds are
+    made hard and named PhantomHard_... (for testing a QC flag).
     """
     out = Path(out_dir)
-    folders = check_targets(out, n, layout, overwrite, seed)
+    folders = check_targets(out, n, layout, overwrite, seed, hard_fraction)
     out.mkdir(parents=True, exist_ok=True)
     for k, folder in enumerate(folders):
         with atomic_dir(folder) as tmp:  # existing folders were refused above unless overwrite
-            write_subject(make_subject(seed + k, shape), tmp, folder.name, layout)
+            write_subject(make_subject(seed + k, shape, is_hard(seed + k, hard_fraction)), tmp, folder.name, layout)
         if on_subject is not None:
             on_subject(folder)
     return folders

@@ -40,7 +40,8 @@ from tsf_trt.model import TSFSeq2Seq, load_model, resolve_config, save_model
 from tsf_trt.subjects import find_subjects
 from tsf_trt.volume import atomic_dir
 
-from .data import SliceDataset, make_loader, read_split, sample_task, slice_index, split_subjects, write_split
+from .data import (BlockShuffleSampler, SliceDataset, make_loader, read_split, sample_task, slice_index,
+                   split_subjects, write_split)
 from .losses import LAMBDA_PER, LAMBDA_REC, SynthesisLoss, load_vgg19, psnr, ssim
 from .runlog import RunLog
 
@@ -68,6 +69,7 @@ class TrainConfig:
     val_every: int = 1000
     val_subjects: int = 8
     val_slices: int = 64
+    block_subjects: int = 4  # subjects read per block of the epoch = volumes cached per worker
     log_every: int = 10
     vgg_weights: Path | None = None
     lambda_rec: float = LAMBDA_REC
@@ -87,7 +89,7 @@ class TrainConfig:
             raise TsfError(f"unknown stage '{self.stage}': use seq2seq or tsf")
         if self.stage == "tsf" and self.init is None:
             raise TsfError("stage tsf needs --init: the model directory of a seq2seq run")
-        for name in ("steps", "batch_size", "crop", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "crop", "checkpoint_every", "log_every", "block_subjects"):
             if getattr(self, name) < 1:
                 raise TsfError(f"{name.replace('_', '-')} must be at least 1")
         if min(self.workers, self.val_every, self.val_subjects, self.val_slices) < 0 or self.lr <= 0:
@@ -99,7 +101,7 @@ class TrainConfig:
 
 
 # Fields that must not change when a run is resumed: they fix the model, data and tasks.
-_FIXED_ON_RESUME = ("stage", "model_config", "init", "batch_size", "crop", "seed", "betas",
+_FIXED_ON_RESUME = ("stage", "model_config", "init", "batch_size", "crop", "seed", "betas", "block_subjects",
                     "lambda_rec", "lambda_per")
 # Validation tasks, fixed: seq2seq T1<->T2 and T1Gd<->FLAIR; tsf every target from all others.
 VAL_TASKS = {"seq2seq": [([2], 0), ([3], 1), ([0], 2), ([1], 3)],
@@ -312,12 +314,9 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, on_step, echo) -> P
         log("perceptual loss off: no --vgg-weights given (reconstruction term only)")
     criterion = SynthesisLoss(vgg, cfg.lambda_rec, cfg.lambda_per)
 
-    dataset = SliceDataset(split["train"], crop=cfg.crop, train=True, seed=cfg.seed)
-    sampler = None
-    if d.active:
-        from torch.utils.data.distributed import DistributedSampler
-        sampler = DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True,
-                                     seed=cfg.seed, drop_last=True)
+    dataset = SliceDataset(split["train"], crop=cfg.crop, train=True, seed=cfg.seed,
+                           cache_subjects=cfg.block_subjects)
+    sampler = BlockShuffleSampler(dataset, cfg.block_subjects, cfg.seed, d.rank, d.world)
     loader = make_loader(dataset, batch_size=cfg.batch_size, shuffle=True, workers=cfg.workers,
                          sampler=sampler, seed=cfg.seed)
     per_epoch = len(loader)

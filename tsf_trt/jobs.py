@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import sequences
 from .errors import TsfError
+from .evaluation.qc import QcCalibration, qc_block
 from .outputs import OutputPaths, build_report, write_outputs
 from .pipeline import Progress, Result, Synthesizer
 from .subjects import Subject
@@ -56,8 +57,11 @@ def choose_sources(subject: Subject, target: int, wanted: Sequence[int] | None) 
 
 def infer_subject(synth: Synthesizer, subject: Subject, target: int, out_dir: str | Path | None = None, *,
                   tsem: bool = True, overwrite: bool = False, progress: Progress | None = None,
-                  backend_name: str = "") -> SubjectOutcome:
-    """Synthesise `target` for one subject from all of `subject.inputs`; write three files."""
+                  backend_name: str = "", qc: QcCalibration | None = None) -> SubjectOutcome:
+    """Synthesise `target` for one subject from all of `subject.inputs`; write three files.
+
+    The report's "qc" block scores the TSEM with `qc` (from `evaluate --calibrate-qc`), or with
+    the default threshold and no flag."""
     sources = list(subject.inputs)
     synth.check_task(sorted(sources), target)
     first = subject.inputs[sources[0]]
@@ -73,7 +77,8 @@ def infer_subject(synth: Synthesizer, subject: Subject, target: int, out_dir: st
     report = build_report(result, paths, subject.inputs, subject=subject.name,
                           model_id=synth.backend.model_id, backend=backend_name or synth.backend.describe(),
                           extra={"tsem_note": None if with_tsem or not tsem else
-                                 "no TSEM: the model has no TSF stage (Seq2Seq only)"})
+                                 "no TSEM: the model has no TSF stage (Seq2Seq only)"},
+                          qc=qc_block(result.tsem, result.head_mask, qc))
     start = time.perf_counter()
     write_outputs(result, volumes[sources[0]], paths, report, overwrite=overwrite)
     result.timings["write"] = time.perf_counter() - start
@@ -83,7 +88,8 @@ def infer_subject(synth: Synthesizer, subject: Subject, target: int, out_dir: st
 def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], target: int, out_dir: str | Path | None = None, *,
                  sources: Sequence[int] | None = None, tsem: bool = True, overwrite: bool = False,
                  on_start: Callable[[Subject], Progress | None] | None = None,
-                 on_end: Callable[[SubjectOutcome], None] | None = None, backend_name: str = "") -> FolderSummary:
+                 on_end: Callable[[SubjectOutcome], None] | None = None, backend_name: str = "",
+                 qc: QcCalibration | None = None) -> FolderSummary:
     """Every subject in turn: finished ones are skipped (resume), a failure is recorded
     and the rest go on. Output goes to `out_dir/<subject>/` or beside each subject's inputs."""
     summary = FolderSummary()
@@ -103,7 +109,7 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], target: int, o
                     folder.mkdir(parents=True, exist_ok=True)
                 progress = on_start(subject) if on_start else None
                 outcome = infer_subject(synth, chosen, target, where, tsem=tsem, overwrite=redo,
-                                        progress=progress, backend_name=backend_name)
+                                        progress=progress, backend_name=backend_name, qc=qc)
         except (TsfError, OSError) as exc:
             message = str(exc) if isinstance(exc, TsfError) else f"{type(exc).__name__}: {exc}"
             outcome = SubjectOutcome(subject.name, "failed", error=message)

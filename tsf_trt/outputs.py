@@ -55,7 +55,9 @@ class OutputPaths:
 
 
 def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
-                 subject: str, model_id: str, backend: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                 subject: str, model_id: str, backend: str, extra: dict[str, Any] | None = None,
+                 qc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report; `qc` is the TSEM QC block (tsf_trt.evaluation.qc.qc_block), None without TSEM."""
     return {
         "tsf_trt_version": __version__,
         "report_version": REPORT_VERSION,
@@ -74,6 +76,7 @@ def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
             "tsem_units": "|difference| of network outputs, [-1, 1] scale (paper Eq. 6)",
         },
         "tsem": result.tsem_summary(),
+        "qc": qc,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "host": platform.node(),
         **(extra or {}),

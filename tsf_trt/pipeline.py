@@ -15,10 +15,11 @@ slices is encoded once per source, fused, and decoded as one batch of 2N
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,16 +104,11 @@ class Synthesizer:
         keyed = {(sequences.parse(k) if isinstance(k, str) else int(k)): v for k, v in inputs.items()}
         sources = sorted(keyed)
         self.check_task(sources, target)
-        arrays = self._load(keyed)
+        arrays = load_arrays(keyed)
         timings = {"read": time.perf_counter() - t0}  # file reading, when given paths
 
         t = time.perf_counter()
-        normed = {}
-        for index, (path, raw) in arrays.items():
-            try:
-                normed[index], crop = pad_inplane(normalize(raw), self.backend.config.downsample)
-            except ValueError as exc:
-                raise InputError(path, str(exc)) from None
+        normed, crop = normalize_inputs(arrays, self.backend.config.downsample)
         head_mask = np.logical_or.reduce([raw > 0 for _, raw in arrays.values()])
         timings["preprocess"] = time.perf_counter() - t
 
@@ -126,28 +122,6 @@ class Synthesizer:
                       timings, batch)
 
     # -- steps ----------------------------------------------------------------------------
-    def _load(self, keyed: Mapping[int, Volume | str | Path | np.ndarray]) -> dict[int, tuple[Path, np.ndarray]]:
-        loaded = {i: (load_volume(v) if isinstance(v, (str, Path)) else v) for i, v in keyed.items()}
-        volumes = [v for v in loaded.values() if isinstance(v, Volume)]
-        if len(volumes) == len(loaded):
-            check_same_grid(volumes)
-        arrays = {}
-        for i, v in loaded.items():
-            path = v.path if isinstance(v, Volume) else Path(f"<{sequences.NAMES[i]} array>")
-            data = v.data if isinstance(v, Volume) else np.asarray(v, dtype=np.float32)
-            if data.ndim != 3:
-                raise InputError(path, f"expected a 3D (z, y, x) array, got shape {data.shape}")
-            if min(data.shape[1:]) < MIN_INPLANE:
-                raise InputError(path, f"in-plane size {data.shape[1]}x{data.shape[2]} is too small "
-                                       f"(the network needs at least {MIN_INPLANE}x{MIN_INPLANE})")
-            arrays[i] = (path, data)
-        shapes = {d.shape for _, d in arrays.values()}
-        if len(shapes) > 1:
-            first, *rest = arrays.values()
-            other = next(p for p, d in rest if d.shape != first[1].shape)
-            raise InputError(other, f"shape differs from {first[0].name}: {sorted(shapes)}")
-        return arrays
-
     def _synthesize(self, normed: dict[int, np.ndarray], sources: list[int], target: int, tsem: bool,
                     progress: Progress | None, timings: dict[str, float]):
         be = self.backend
@@ -162,16 +136,14 @@ class Synthesizer:
         for start in range(0, depth, batch):
             centres = range(start, min(start + batch, depth))
             with timed(timings, "encode"):
-                features = {i: be.encode(stack_25d(normed[i], centres)) for i in sources}
+                features = encode_stacks(be, normed, sources, centres)
             with timed(timings, "fuse"):
                 if be.has_fusion:
                     fused, fused_avg, weights = be.fuse(features, task_code)
                 else:
                     fused, fused_avg = features[sources[0]], None
             with timed(timings, "decode"):
-                out, out_avg = be.decode(fused, target_code, fused_avg if want_tsem else None)
-                out = be.to_numpy(out)
-                out_avg = None if out_avg is None else be.to_numpy(out_avg)
+                out, out_avg = decode_numpy(be, fused, target_code, fused_avg if want_tsem else None)
             with timed(timings, "gather"):
                 image.add(centres, out)
                 if tsem_map is not None:
@@ -179,6 +151,57 @@ class Synthesizer:
             if progress is not None:
                 progress(centres.stop, depth)
         return image.result(), None if tsem_map is None else tsem_map.result(), weights, batch
+
+
+# -- steps shared with tsf_trt.evaluation (one code path for what a slice's output is) ------
+def load_arrays(keyed: Mapping[int, Volume | str | Path | np.ndarray]) -> dict[int, tuple[Path, np.ndarray]]:
+    """Sequence index -> (path for messages, (z, y, x) array), all of one shape and grid."""
+    loaded = {i: (load_volume(v) if isinstance(v, (str, Path)) else v) for i, v in keyed.items()}
+    volumes = [v for v in loaded.values() if isinstance(v, Volume)]
+    if len(volumes) == len(loaded):
+        check_same_grid(volumes)
+    arrays = {}
+    for i, v in loaded.items():
+        path = v.path if isinstance(v, Volume) else Path(f"<{sequences.NAMES[i]} array>")
+        data = v.data if isinstance(v, Volume) else np.asarray(v, dtype=np.float32)
+        if data.ndim != 3:
+            raise InputError(path, f"expected a 3D (z, y, x) array, got shape {data.shape}")
+        if min(data.shape[1:]) < MIN_INPLANE:
+            raise InputError(path, f"in-plane size {data.shape[1]}x{data.shape[2]} is too small "
+                                   f"(the network needs at least {MIN_INPLANE}x{MIN_INPLANE})")
+        arrays[i] = (path, data)
+    shapes = {d.shape for _, d in arrays.values()}
+    if len(shapes) > 1:
+        first, *rest = arrays.values()
+        other = next(p for p, d in rest if d.shape != first[1].shape)
+        raise InputError(other, f"shape differs from {first[0].name}: {sorted(shapes)}")
+    return arrays
+
+
+def normalize_inputs(arrays: Mapping[int, tuple[Path, np.ndarray]], multiple: int
+                     ) -> tuple[dict[int, np.ndarray], tuple[slice, slice]]:
+    """Each volume normalised (an unusable one is an InputError naming its file) and padded
+    in-plane to `multiple`; returns the padded volumes and the (y, x) crop back."""
+    normed, crop = {}, (slice(None), slice(None))
+    for index, (path, raw) in arrays.items():
+        try:
+            normed[index], crop = pad_inplane(normalize(raw), multiple)
+        except ValueError as exc:
+            raise InputError(path, str(exc)) from None
+    return normed, crop
+
+
+def encode_stacks(be: Backend, normed: Mapping[int, np.ndarray], sources: Sequence[int],
+                  centres: Sequence[int] | range) -> dict[int, Any]:
+    """Features of the 2.5D stacks centred on `centres`, one encoder batch per source."""
+    return {i: be.encode(stack_25d(normed[i], centres)) for i in sources}
+
+
+def decode_numpy(be: Backend, fused: Any, target_code: np.ndarray, fused_avg: Any | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode (with `fused_avg`: both as one 2N batch, for TSEM) and bring the images to the host."""
+    out, out_avg = be.decode(fused, target_code, fused_avg)
+    return be.to_numpy(out), None if out_avg is None else be.to_numpy(out_avg)
 
 
 @contextmanager

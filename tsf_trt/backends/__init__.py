@@ -2,7 +2,9 @@
 
 `create_backend` also decides what a model argument is: a loaded TSFSeq2Seq, a
 model directory (PyTorch weights; exported to ONNX into the cache once when an
-ONNX backend is asked for), or an export directory (ONNX graphs only).
+ONNX or TensorRT backend is asked for), or an export directory (ONNX graphs only).
+GPU packages are imported only when a GPU backend is asked for; without them the
+request ends in a TsfError that names what is missing.
 """
 
 from __future__ import annotations
@@ -15,42 +17,83 @@ from .base import Backend
 #: Every name `--backend` accepts. `reference` is the torch backend run the authors'
 #: way (full ConvLSTM, one slice per call): for measurements, not for use.
 NAMES = ("auto", "torch", "ort", "ort-cuda", "ort-trt", "trt", "reference")
-#: Implemented in this version; `trt` arrives with the TensorRT issue.
-AVAILABLE = ("torch", "ort", "ort-cuda", "ort-trt", "reference")
+#: Every concrete backend of this version (whether it runs here depends on the machine).
+AVAILABLE = NAMES[1:]
+#: `--precision` values each backend takes (auto: those of the backend it picks).
+PRECISIONS = {
+    "torch": ("fp32", "bf16"),
+    "reference": ("fp32",),
+    "ort": ("fp32",),
+    "ort-cuda": ("fp32", "fp16"),
+    "ort-trt": ("fp32", "fp16"),
+    "trt": ("fp32", "fp16", "best"),
+}
 
 
 def create_backend(name: str, model, *, device: str = "cpu", threads: int | None = None,
                    precision: str = "fp32") -> Backend:
-    """Build the backend `name` for `model` (TSFSeq2Seq, model directory or export directory)."""
+    """Build the backend `name` for `model` (TSFSeq2Seq, model directory or export directory).
+
+    `device`: 'cpu', 'cuda', 'cuda:N', or 'auto' (a GPU when one is visible and usable).
+    """
+    if name not in NAMES:
+        raise TsfError(f"unknown backend '{name}': use one of {', '.join(NAMES)}")
+    if name != "auto":
+        return _create(name, model, device=device, threads=threads, precision=precision)
+    from .auto import plan
+
+    failure: TsfError | None = None
+    for choice, where in plan(model, device=device, threads=threads, precision=precision):
+        try:
+            return _create(choice, model, device=where, threads=threads, precision=precision)
+        except TsfError as exc:  # e.g. a GPU backend that is installed but does not start: next one
+            failure = exc
+    assert failure is not None  # plan() offers at least one option or raises
+    raise failure
+
+
+def _create(name: str, model, *, device: str, threads: int | None, precision: str) -> Backend:
     from tsf_trt.export.cache import ensure_export
     from tsf_trt.export.manifest import is_export_dir
 
-    if name not in NAMES:
-        raise TsfError(f"unknown backend '{name}': use one of {', '.join(NAMES)}")
-    if name == "auto":
-        from .auto import choose_backend
+    from .auto import gpu_index
 
-        name = "torch" if precision != "fp32" else choose_backend(model, device=device, threads=threads)
-    if name not in AVAILABLE:
-        raise TsfError(f"backend '{name}' is not available in this version of tsf-trt "
-                       f"(available: {', '.join(AVAILABLE)})")
-    if precision != "fp32" and name not in ("torch", "auto"):
-        raise TsfError(f"--precision {precision} is for the torch backend (got --backend {name})")
+    if precision not in PRECISIONS[name]:
+        raise TsfError(f"--precision {precision} is not available for --backend {name} "
+                       f"(it takes {', '.join(PRECISIONS[name])})")
     exported = isinstance(model, (str, Path)) and is_export_dir(model)
-    if name.startswith("ort"):
-        from .ort_backend import OrtBackend
+    if name == "trt":
+        from tsf_trt.engines.gpu import require_trt
 
-        return OrtBackend(model if exported else ensure_export(model), name=name, threads=threads)
+        require_trt()  # before exporting anything: a missing package is a one-line error at once
+        from .trt_backend import TrtBackend
+
+        return TrtBackend.create(model if exported else ensure_export(model), precision=precision,
+                                 device=gpu_index(device))
+    if name.startswith("ort"):
+        from .ort_backend import OrtBackend, require_provider
+
+        require_provider(name, gpu_index(device))  # a provider that cannot start fails before any export
+        return OrtBackend(model if exported else ensure_export(model), name=name, threads=threads,
+                          precision=precision, device=gpu_index(device))
     if exported:
         raise ModelError(Path(model), f"is an export directory (ONNX graphs only): backend '{name}' needs the "
-                                      "PyTorch model directory; use --backend ort for this one")
+                                      "PyTorch model directory; use --backend ort or trt for this one")
     from ..model import TSFSeq2Seq, load_model
     from .torch_backend import TorchBackend
 
     if not isinstance(model, TSFSeq2Seq):
         model = load_model(model)
-    return TorchBackend(model, device=device, threads=threads, mode="reference" if name == "reference" else "fast",
-                        precision=precision)
+    return TorchBackend(model, device=_torch_device(device), threads=threads,
+                        mode="reference" if name == "reference" else "fast", precision=precision)
 
 
-__all__ = ["AVAILABLE", "NAMES", "Backend", "create_backend"]
+def _torch_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+__all__ = ["AVAILABLE", "NAMES", "PRECISIONS", "Backend", "create_backend"]

@@ -1,15 +1,21 @@
-"""`--backend auto`: the fastest backend that is installed and works here, by measurement.
+"""`--backend auto`: the fastest backend that is installed and works here.
 
-For a model directory on CPU it times torch and ONNX Runtime on the same probe
-batch once, and caches the verdict per model, machine and thread count, so later
-runs start at once. An export directory can only run on ONNX Runtime; a model
-object handed over from Python stays in PyTorch.
+On a GPU (`--device cuda`, or `auto` when one is visible) the order is the speed
+order the GPU backends' issue expects (not measured here: no GPU yet): trt,
+ort-trt, ort-cuda, torch on CUDA; each is checked before it is offered (packages present, a GPU
+visible, an ONNX Runtime provider that really starts), and one that still fails
+when created gives way to the next. On CPU, for a model directory, it times torch
+and ONNX Runtime on the same probe batch once, and caches the verdict per model,
+machine and thread count, so later runs start at once. An export directory can only
+run on ONNX Runtime or TensorRT; a model object handed over from Python stays in
+PyTorch (no export behind the caller's back).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +25,79 @@ from ..cache import cache_root, machine_key
 from ..errors import TsfError
 
 PROBE = (4, 128, 128)  # slices, height, width of the timing batch
+#: Fastest first, as the GPU backends' issue expects them (README, "GPU"; unmeasured here).
+GPU_ORDER = ("trt", "ort-trt", "ort-cuda", "torch-cuda")
+
+
+def gpu_index(device: str) -> int:
+    """'cuda:1' -> 1; 'cuda', 'auto' and 'cpu' -> 0 (the first visible GPU)."""
+    if device.startswith("cuda:"):
+        try:
+            return int(device.split(":", 1)[1])
+        except ValueError:
+            raise TsfError(f"--device: expected cuda:N with N a GPU index, got '{device}'") from None
+    return 0
+
+
+def gpu_problem(candidate: str, model, index: int = 0) -> str | None:
+    """Why `candidate` (one of GPU_ORDER) cannot run `model` here; None when it can."""
+    from tsf_trt.export.manifest import is_export_dir
+
+    from ..model import TSFSeq2Seq
+
+    live = isinstance(model, TSFSeq2Seq)
+    exported = isinstance(model, (str, Path)) and is_export_dir(model)
+    if candidate == "torch-cuda":
+        if exported:
+            return "an export directory has no PyTorch weights"
+        import torch
+
+        return None if torch.cuda.is_available() else "this PyTorch has no CUDA GPU"
+    if live:
+        return "a model object from Python stays in PyTorch"
+    if candidate == "trt":
+        from tsf_trt.engines.gpu import missing_for_trt
+
+        missing = missing_for_trt()
+        return "; ".join(missing) if missing else None
+    try:
+        from .ort_backend import PROVIDERS, provider_problem
+
+        return provider_problem(PROVIDERS[candidate][0], index)
+    except TsfError as exc:
+        return str(exc)
+
+
+def plan(model, *, device: str = "cpu", threads: int | None = None, precision: str = "fp32"
+         ) -> Iterator[tuple[str, str]]:
+    """(backend, device) pairs to try, in order: usable GPU backends first (unless `device`
+    is 'cpu'), then the measured CPU choice (unless `device` names a GPU). Lazy, so that
+    the later GPU candidates are only probed when the earlier ones failed to start."""
+    from . import PRECISIONS
+
+    offered, reasons = False, []
+    if device != "cpu":
+        index = gpu_index(device)
+        where = f"cuda:{index}"
+        for candidate in GPU_ORDER:
+            name = "torch" if candidate == "torch-cuda" else candidate
+            if precision not in PRECISIONS[name]:
+                continue
+            problem = gpu_problem(candidate, model, index)
+            if problem is None:
+                offered = True
+                yield name, where
+            else:
+                reasons.append(f"{candidate}: {problem}")
+    if device in ("cpu", "auto") and precision in ("fp32", "bf16"):
+        offered = True
+        yield ("torch" if precision == "bf16" else choose_backend(model, device="cpu", threads=threads)), "cpu"
+    if not offered and device == "cpu":
+        raise TsfError(f"--precision {precision} runs on GPU backends only: use --device cuda (or auto)")
+    if not offered:
+        detail = "; ".join(reasons) or f"no GPU backend takes --precision {precision}"
+        raise TsfError(f"--backend auto found nothing that runs with --device {device} --precision {precision} "
+                       f"here ({detail})")
 
 
 def choose_backend(model, *, device: str = "cpu", threads: int | None = None) -> str:

@@ -1,17 +1,32 @@
-"""ONNX Runtime: the embedded default on machines without an NVIDIA GPU.
+"""ONNX Runtime: the embedded default on machines without an NVIDIA GPU, and its GPU providers.
 
 Runs an export directory (three graphs + manifest). Sessions are created once per
-graph and reused; the graph optimiser runs at its full level and its result is
-cached beside the graphs (keyed by graph hash, ORT version, provider and CPU), so
-later runs skip it. Per-target decoders with baked kernels are used when the export
-has them (measured faster on CPU: README, "Performance"); `decoder="code"` forces the
-code-input decoder. The CUDA and TensorRT execution providers are selectable
-(`ort-cuda`, `ort-trt`) but their tuning (FP16, engine caches, profiles) belongs to the
-GPU work and is untested here: this machine has no GPU.
+graph and reused; the graph optimiser runs at its full level and, on CPU, its result is
+cached beside the graphs (keyed by graph hash, ORT version and CPU), so later runs skip
+it. Per-target decoders with baked kernels are used when the export has them (measured
+faster on CPU: README, "Performance"); `decoder="code"` forces the code-input decoder.
+
+`ort-cuda` and `ort-trt` (onnxruntime-gpu) are for users without the TensorRT Python
+package; written from ONNX Runtime's documentation and NOT yet run on a GPU:
+
+* `ort-trt`: TensorRT EP with its engine and timing caches in the export's engine
+  folder (`<export>/engines/ort-trt`), explicit profile shapes from the manifest
+  (:mod:`tsf_trt.engines.profiles`; widened and rebuilt when a volume falls outside),
+  CUDA EP then CPU behind it for anything TensorRT does not take;
+* `precision="fp16"` runs the FP16 variants of the graphs (InstanceNorm, reductions
+  and ω in FP32: :mod:`tsf_trt.engines.fp16`) rather than `trt_fp16_enable`, which
+  TensorRT 11 no longer has; with FP16 off the TensorRT EP builds strongly typed, so
+  the graph's types decide;
+* a provider that is listed but cannot start (missing CUDA/cuDNN/TensorRT libraries:
+  ONNX Runtime then silently falls back to the CPU) is a clean error at creation.
+
+Stage outputs go through host memory between graphs here (numpy in and out); only
+the `trt` backend keeps them on the GPU.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +47,9 @@ PROVIDERS = {
 }
 
 
+TRT_WORKSPACE_BYTES = 8 << 30
+
+
 def import_ort():
     try:
         import onnxruntime as ort
@@ -40,42 +58,122 @@ def import_ort():
     return ort
 
 
+@functools.lru_cache(maxsize=None)
+def provider_problem(provider: str, device: int = 0) -> str | None:
+    """Why `provider` cannot run here (None when it can), found by running a one-node graph:
+    ONNX Runtime lists providers its build has, and falls back to the CPU with a warning
+    when their libraries are missing."""
+    ort = import_ort()
+    if provider not in ort.get_available_providers():
+        return (f"this onnxruntime has no {provider} (it has {', '.join(ort.get_available_providers())}): "
+                "pip install onnxruntime-gpu, or the [gpu] extra")
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [value],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options,
+                                       providers=[(provider, {"device_id": str(device)}), "CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        return f"{provider} failed to start ({str(exc).splitlines()[0]})"
+    if provider not in session.get_providers():
+        return (f"{provider} is listed but could not start on GPU {device} (its CUDA, cuDNN or TensorRT libraries "
+                "were not found; ONNX Runtime fell back to the CPU)")
+    return None
+
+
+def require_provider(name: str, device: int = 0) -> None:
+    """A clean TsfError when backend `name`'s execution provider cannot run here."""
+    problem = None if name == "ort" else provider_problem(PROVIDERS[name][0], device)
+    if problem:
+        raise TsfError(f"backend '{name}' is not available here: {problem}")
+
+
 class OrtBackend(Backend):
     def __init__(self, export_dir: str | Path, *, name: str = "ort", threads: int | None = None,
-                 decoder: str = "baked", cache: bool = True):
+                 decoder: str = "baked", cache: bool = True, precision: str = "fp32", device: int = 0,
+                 profile=None):
         from tsf_trt.export.manifest import read_manifest
 
         if name not in PROVIDERS:
             raise TsfError(f"unknown ONNX Runtime backend '{name}' (use one of {', '.join(PROVIDERS)})")
         if decoder not in ("baked", "code"):
             raise TsfError(f"decoder must be 'baked' or 'code', got '{decoder}'")
+        from . import PRECISIONS
+
+        if precision not in PRECISIONS[name]:
+            raise TsfError(f"--precision {precision} is not available for --backend {name} "
+                           f"(it takes {', '.join(PRECISIONS[name])})")
         self.ort = import_ort()
         self.name = name  # type: ignore[misc]
-        missing = [p for p in PROVIDERS[name][:1] if p not in self.ort.get_available_providers()]
-        if missing:
-            raise TsfError(f"backend '{name}' needs {missing[0]}, which this onnxruntime lacks "
-                           f"(available: {', '.join(self.ort.get_available_providers())})")
+        require_provider(name, device)
         self.directory = Path(export_dir)
         self.manifest = read_manifest(self.directory)
         config = ModelConfig.from_dict(self.manifest["model_config"])
         super().__init__(config, "fusion" in self.manifest["graphs"], self.manifest.get("model_id", ""))
         self.threads = threads
         self.decoder_kind = decoder
+        self.precision = precision
+        self.device = device
         self.on_gpu = name != "ort"
         self.cache_dir = writable_dir(self.directory / ".ort-cache") if cache else None
+        if self.on_gpu:
+            from tsf_trt.engines.profiles import DEFAULT_PROFILE
+
+            self.profile = profile or DEFAULT_PROFILE
         self._sessions: dict[str, Any] = {}
 
     # -- sessions -------------------------------------------------------------------------
-    def session(self, graph: str):
+    def session(self, graph: str, batch: int = 1, height: int = 0, width: int = 0):
+        """The session of `graph`; for ort-trt, one whose profile takes this batch and size."""
+        if self.name == "ort-trt" and height and not self.profile.covers(batch, height, width):
+            self.profile = self.profile.widened(batch, height, width)
+            self._sessions.clear()  # rebuilt with the wider profile (engine cache keyed by it)
         if graph not in self._sessions:
             self._sessions[graph] = self._create(graph)
         return self._sessions[graph]
 
-    def _create(self, graph: str):
+    def _graph_file(self, graph: str) -> Path:
+        """The graph's ONNX file, or its FP16 variant (made once, beside the engines)."""
         from tsf_trt.export.manifest import graph_path
 
-        ort = self.ort
         path = graph_path(self.directory, self.manifest, graph)
+        if self.precision != "fp16":
+            return path
+        from tsf_trt.engines.cache import engine_dir
+        from tsf_trt.engines.fp16 import fp16_variant
+
+        folder = engine_dir(self.directory, self.model_id) / "fp16"
+        return fp16_variant(path, self.manifest["graphs"][graph]["sha256"], folder)[0]
+
+    def _providers(self, graph: str) -> list:
+        """Execution providers with their options, for one graph (profiles name its inputs)."""
+        if self.name == "ort":
+            return list(PROVIDERS["ort"])
+        cuda = ("CUDAExecutionProvider", {"device_id": str(self.device), "cudnn_conv_algo_search": "EXHAUSTIVE",
+                                          "cudnn_conv_use_max_workspace": "1", "do_copy_in_default_stream": "1"})
+        if self.name == "ort-cuda":
+            return [cuda, "CPUExecutionProvider"]
+        from tsf_trt.engines.cache import engine_dir
+        from tsf_trt.engines.profiles import input_shapes, ort_profile_options
+
+        folder = engine_dir(self.directory, self.model_id) / "ort-trt"
+        folder.mkdir(parents=True, exist_ok=True)
+        inputs = self.manifest["graphs"][graph]["inputs"]
+        options = {"device_id": str(self.device), "trt_fp16_enable": "False", "trt_max_workspace_size":
+                   str(TRT_WORKSPACE_BYTES), "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder),
+                   "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(folder),
+                   **ort_profile_options(input_shapes(graph, inputs, self.profile, self.config.downsample), inputs)}
+        return [("TensorrtExecutionProvider", options), cuda, "CPUExecutionProvider"]
+
+    def _create(self, graph: str):
+        ort = self.ort
+        path = self._graph_file(graph)
+        providers = self._providers(graph)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if self.threads:
@@ -88,7 +186,7 @@ class OrtBackend(Backend):
             # already optimised for this graph, runtime and CPU: skip the optimiser
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             try:
-                return ort.InferenceSession(str(cached), options, providers=PROVIDERS[self.name])
+                return ort.InferenceSession(str(cached), options, providers=providers)
             except Exception:  # noqa: BLE001 - a stale or broken cache entry: rebuild it
                 cached.unlink(missing_ok=True)
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -97,7 +195,7 @@ class OrtBackend(Backend):
             tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
             options.optimized_model_filepath = str(tmp)
         try:
-            session = ort.InferenceSession(str(path), options, providers=PROVIDERS[self.name])
+            session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types for broken graphs
             raise TsfError(f"{path}: ONNX Runtime cannot load this graph ({str(exc).splitlines()[0]})") from None
         if tmp is not None and tmp.is_file():
@@ -111,8 +209,14 @@ class OrtBackend(Backend):
         return self.cache_dir / f"{graph}.{sha}.ort{self.ort.__version__}.{machine_key()}.onnx"
 
     # -- the interface --------------------------------------------------------------------
+    def _fit(self, features: np.ndarray) -> tuple[int, int, int]:
+        """(slices, H, W) of a batch of feature maps: what an ort-trt profile must take."""
+        down = self.config.downsample
+        return len(features), features.shape[-2] * down, features.shape[-1] * down
+
     def encode(self, images: np.ndarray) -> np.ndarray:
-        return self.session("encoder").run(None, {"image": np.ascontiguousarray(images, np.float32)})[0]
+        session = self.session("encoder", len(images), *images.shape[-2:])
+        return session.run(None, {"image": np.ascontiguousarray(images, np.float32)})[0]
 
     def fuse(self, features: Mapping[int, np.ndarray], task_code: np.ndarray):
         if not self.has_fusion:
@@ -121,17 +225,18 @@ class OrtBackend(Backend):
         stacked = np.zeros((some.shape[0], self.config.n_sequences, *some.shape[1:]), np.float32)
         for index, feats in features.items():
             stacked[:, index] = feats
-        fused, fused_avg, weights = self.session("fusion").run(
+        fused, fused_avg, weights = self.session("fusion", *self._fit(some)).run(
             None, {"features": stacked, "task_code": np.ascontiguousarray(task_code, np.float32)})
         return fused, fused_avg, weights
 
     def decode(self, features: np.ndarray, target_code: np.ndarray, features_avg: np.ndarray | None = None):
         batch = features if features_avg is None else np.concatenate([features, features_avg])
         baked = f"decoder_{sequences.NAMES[int(np.argmax(target_code[0, :sequences.N_SEQUENCES]))]}"
+        fit = self._fit(features)
         if self.decoder_kind == "baked" and baked in self.manifest["graphs"]:
-            image = self.session(baked).run(None, {"features": batch})[0]
+            image = self.session(baked, *fit).run(None, {"features": batch})[0]
         else:
-            image = self.session("decoder").run(
+            image = self.session("decoder", *fit).run(
                 None, {"features": batch, "target_code": np.ascontiguousarray(target_code, np.float32)})[0]
         if features_avg is None:
             return image, None
@@ -142,5 +247,6 @@ class OrtBackend(Backend):
 
     def describe(self) -> str:
         threads = f", {self.threads} threads" if self.threads else ""
-        return f"onnxruntime {self.ort.__version__} ({', '.join(PROVIDERS[self.name][:1])}{threads}, " \
+        where = f", GPU {self.device}, {self.precision}" if self.on_gpu else ""
+        return f"onnxruntime {self.ort.__version__} ({', '.join(PROVIDERS[self.name][:1])}{where}{threads}, " \
                f"{self.decoder_kind} decoder)"

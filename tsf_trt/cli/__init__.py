@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from .app import EXIT_INTERRUPTED, app, err
-from . import data, infer, models, train  # noqa: F401,E402  (registers the commands)
+from . import bench, data, demo, engines, evaluate, infer, models, train  # noqa: F401,E402  (registers the commands)
 
 
 def main() -> None:

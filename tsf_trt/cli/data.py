@@ -30,6 +30,10 @@ def phantom(
                                         "(<subj>/<subj>-t1n.nii.gz, -t1c, -t2w, -t2f, -seg; labels 1 NCR, 2 ED, "
                                         "3 ET).")] = "brats2021",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing subject folders.")] = False,
+    hard_fraction: Annotated[float, typer.Option("--hard-fraction", min=0.0, max=1.0, help="Make about this "
+                                                 "fraction of the subjects hard, to test a QC flag: tumour radii "
+                                                 "x1.6 and noise x3, named PhantomHard_... Which seeds are hard "
+                                                 "depends on the seed only (a golden-ratio sequence).")] = 0.0,
 ) -> None:
     """Write phantom subjects with ground truth: T1, T1Gd, T2 and FLAIR of one simulated brain, plus its tumour labels.
 
@@ -46,11 +50,12 @@ def phantom(
         raise TsfError(f"--shape {' '.join(map(str, shape))}: each axis must be 16..512 voxels")
     from tsf_trt.train.phantom import check_targets, write_subjects
 
-    check_targets(output, subjects, layout, overwrite, seed)  # before any work
+    check_targets(output, subjects, layout, overwrite, seed, hard_fraction)  # before any work
     with progress_bar() as bar:
         task = bar.add_task("phantom", total=subjects)
         folders = write_subjects(output, subjects, seed=seed, shape=shape, layout=layout, overwrite=overwrite,
-                                 on_subject=lambda folder: bar.update(task, advance=1, description=folder.name))
+                                 on_subject=lambda folder: bar.update(task, advance=1, description=folder.name),
+                                 hard_fraction=hard_fraction)
     voxel = "x".join(f"{mm / n:.3g}" for mm, n in zip((240, 240, 155), shape))
     out.print(f"wrote {len(folders)} subject(s) to {output} ({layout}, {'x'.join(map(str, shape))} voxels of "
               f"{voxel} mm, seeds {seed}..{seed + subjects - 1})", highlight=False, soft_wrap=True)

@@ -30,23 +30,28 @@ def infer(
                                                    "subject's own folder, or OUTPUT/<subject>/ when given.",
                                                    show_default=False)] = None,
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (from `tsf-trt "
-                                                  "import-reference`) or export directory (from `tsf-trt export`). "
-                                                  "Required: this version bundles no model.",
+                                                  "import-reference` or `tsf-trt train`) or export directory (from `tsf-trt "
+                                                  "export`). Default: the bundled demo model (trained on phantoms; "
+                                                  "see tsf_trt/models/demo/MODEL_CARD.md).",
                                                   show_default=False)] = None,
     backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime: auto (the fastest here, measured once "
                                          "and cached), torch, ort (ONNX Runtime CPU; a model directory is exported "
                                          "into the cache once), ort-cuda, ort-trt (need onnxruntime-gpu), "
-                                         "reference (torch run the authors' way, for measurements); trt comes "
-                                         "with the TensorRT engines.")] = "auto",
+                                         "trt (TensorRT engines, built once and cached beside the export; needs "
+                                         "the gpu extra), reference (torch run the authors' way, for "
+                                         "measurements). On a GPU auto tries trt, ort-trt, ort-cuda, torch in "
+                                         "that order.")] = "auto",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per network batch "
                                                       "(default: on CPU as many as keep a batch's activations within "
                                                       "32 MiB, e.g. 2 for the paper config at 240x240; 16 on GPU). "
                                                       "Memory grows with it, not with the volume.",
                                                       show_default=False)] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda (torch backend).")] = "cpu",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 (torch backend: autocast; faster "
-                                           "on CPUs with bf16 instructions, less exact: README, Performance).")
-                         ] = "fp32",
+    device: Annotated[str, typer.Option("--device", help="auto (a GPU when one is usable, else the CPU), cpu, "
+                                        "cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="fp32; bf16 (torch: autocast; faster on CPUs with "
+                                           "bf16 instructions, less exact: README, Performance); fp16 (trt, ort-trt, "
+                                           "ort-cuda: FP16 graphs, InstanceNorm and ω in FP32); best (trt: fp16 "
+                                           "except the fusion graph).")] = "fp32",
     tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", help="Also write the TSEM map (costs a second "
                                        "decoder pass, run in the same batch).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs; in folder mode, "
@@ -63,15 +68,24 @@ def infer(
     shard: Annotated[Optional[str], typer.Option("--shard", help="Folder mode: process only shard i of n "
                                                  "(i/n, round-robin over sorted subjects), to split a data set "
                                                  "across processes or machines.", show_default=False)] = None,
+    devices: Annotated[Optional[str], typer.Option("--devices", help="Folder mode on several GPUs: one worker "
+                                                   "process per GPU index (e.g. 0,1), each over a disjoint share of "
+                                                   "the subjects, file reading and writing overlapping GPU work.",
+                                                   show_default=False)] = None,
     combine: Annotated[str, typer.Option("--combine", help="How the 3 output channels of neighbouring 2.5D "
                                          "samples make a slice: middle (the reference) or mean (of every "
                                          "prediction of the slice).")] = "middle",
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for the network "
                                                    "(default: the runtime's choice).", show_default=False)] = None,
+    qc: Annotated[Optional[Path], typer.Option("--qc", help="QC calibration (qc.json from `tsf-trt evaluate "
+                                               "--calibrate-qc` on held-out data with ground truth, same model): "
+                                               "its TSEM threshold scores the report's \"qc\" block and its cut "
+                                               "sets \"flagged\". Default: threshold 0.1, no flag.",
+                                               show_default=False)] = None,
 ) -> None:
     """Synthesise a missing sequence for whole volumes, with TSEM and contribution weights.
 
-    Writes three files per subject, in the input's own grid, orientation and header, each only when complete: <subject>_<target>_synth.nii.gz (the network's [-1, 1] output mapped to 0..1000), <subject>_<target>_tsem.nii.gz (|output with - without attention|, paper Eq. 6, network units) and <subject>_<target>.json (ω per input, TSEM summary, model id, backend, timings).
+    Writes three files per subject, in the input's own grid, orientation and header, each only when complete: <subject>_<target>_synth.nii.gz (the network's [-1, 1] output mapped to 0..1000), <subject>_<target>_tsem.nii.gz (|output with - without attention|, paper Eq. 6, network units) and <subject>_<target>.json (ω per input, TSEM summary, QC score, model id, backend, timings).
 
     Example: tsf-trt infer --inputs sub_t1.nii.gz sub_flair.nii.gz --target t2 --model models/small
     """
@@ -79,11 +93,17 @@ def infer(
     from ..errors import TsfError
     from ..subjects import Subject, find_subjects, parse_inputs, shard as take_shard, subject_name
 
+    from ..evaluation.qc import check_model, load_calibration
     from ..volume import check_input_file
 
+    calibration = load_calibration(qc) if qc is not None else None
     items = [*(inputs or []), *(more_inputs or [])]
     if not items:
         raise TsfError("no input given: use --inputs FILE [FILE ...] or --inputs FOLDER")
+    if devices:
+        from ..multigpu import parse_devices
+
+        parse_devices(devices)  # fails at once without GPUs, before any folder is scanned
     try:
         target_index = sequences.parse(target)
     except TsfError as exc:
@@ -95,7 +115,8 @@ def infer(
         subjects = take_shard(find_subjects(items[0], sequences.parse_list(channels) if channels else None), shard)
         wanted = sequences.parse_list(sources) if sources else None
     else:
-        for flag, value in (("--channels", channels), ("--sources", sources), ("--shard", shard)):
+        for flag, value in (("--channels", channels), ("--sources", sources), ("--shard", shard),
+                            ("--devices", devices)):
             if value:
                 raise TsfError(f"{flag} is for folder mode (--inputs FOLDER)")
         given = parse_inputs(items)
@@ -108,12 +129,20 @@ def infer(
         subjects = [Subject(subject or subject_name(given), given)]
     created = _make_folder(output) if output is not None else None
     try:
+        if devices:
+            from .devices import run_devices
+
+            return run_devices(devices, model=model, backend=backend, device=device, subjects=subjects,
+                               target=target_index, output=output, wanted=wanted, tsem=tsem, overwrite=overwrite,
+                               batch_size=batch_size, combine=combine, threads=threads, precision=precision, qc=qc)
         synth = _synthesizer(model, backend, batch_size, device, combine, threads, precision)
         name = synth.backend.describe()
+        if calibration is not None:
+            check_model(calibration, synth.backend.model_id)
         if folder_mode:
-            _run_folder(synth, subjects, target_index, output, wanted, tsem, overwrite, name)
+            _run_folder(synth, subjects, target_index, output, wanted, tsem, overwrite, name, calibration)
         else:
-            _run_one(synth, subjects[0], target_index, output, tsem, overwrite, name)
+            _run_one(synth, subjects[0], target_index, output, tsem, overwrite, name, calibration)
     except BaseException:
         _remove_if_empty(created, output)
         raise
@@ -149,11 +178,11 @@ def _synthesizer(model: Path | None, backend: str, batch_size: int, device: str,
     from ..errors import TsfError
     from ..pipeline import Synthesizer
 
-    if model is None:
-        raise TsfError("no model given: pass --model MODEL_DIR (make one from the authors' checkpoints "
-                       "with `tsf-trt import-reference`); this version bundles no model")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise TsfError(f"--device must be cpu or cuda, got '{device}'")
+    from ..models import resolve_model
+
+    model = resolve_model(model)
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise TsfError(f"--device must be auto, cpu, cuda or cuda:N, got '{device}'")
     note = " (auto: the first run on a model exports it to ONNX and times torch against ONNX Runtime, once)" \
         if backend == "auto" else ""
     with err.status(f"loading model {model}{note} ..."):
@@ -161,7 +190,8 @@ def _synthesizer(model: Path | None, backend: str, batch_size: int, device: str,
                            precision=precision)
 
 
-def _run_one(synth, subject, target: int, output, tsem: bool, overwrite: bool, backend_name: str) -> None:
+def _run_one(synth, subject, target: int, output, tsem: bool, overwrite: bool, backend_name: str,
+             qc=None) -> None:
     from .. import sequences
     from ..jobs import infer_subject
 
@@ -177,7 +207,7 @@ def _run_one(synth, subject, target: int, output, tsem: bool, overwrite: bool, b
 
     try:
         outcome = infer_subject(synth, subject, target, output, tsem=tsem, overwrite=overwrite,
-                                progress=progress, backend_name=backend_name)
+                                progress=progress, backend_name=backend_name, qc=qc)
     finally:
         if slices:
             bar.stop()
@@ -195,7 +225,8 @@ def _print_outcome(outcome, tsem_unavailable: bool) -> None:
         out.print("  no TSEM: this model has no TSF stage (Seq2Seq only)", highlight=False)
 
 
-def _run_folder(synth, subjects, target: int, output, wanted, tsem: bool, overwrite: bool, backend_name: str) -> None:
+def _run_folder(synth, subjects, target: int, output, wanted, tsem: bool, overwrite: bool, backend_name: str,
+                qc=None) -> None:
     from ..jobs import infer_folder
 
     start = time.perf_counter()
@@ -215,8 +246,9 @@ def _run_folder(synth, subjects, target: int, output, wanted, tsem: bool, overwr
                                   soft_wrap=True)
 
         summary = infer_folder(synth, subjects, target, output, sources=wanted, tsem=tsem, overwrite=overwrite,
-                               on_start=on_start, on_end=on_end, backend_name=backend_name)
-    out.print(f"{summary.count('done')} done, {summary.count('skipped')} skipped (already complete), "
-              f"{summary.count('failed')} failed, in {time.perf_counter() - start:.1f} s", highlight=False)
+                               on_start=on_start, on_end=on_end, backend_name=backend_name, qc=qc)
+    from .devices import summary_line
+
+    out.print(summary_line(summary, time.perf_counter() - start), highlight=False)
     if summary.failed:
         raise typer.Exit(EXIT_ERROR)

@@ -57,7 +57,7 @@ def export(
                                          "fusion.onnx, decoder.onnx, decoder_<target>.onnx, manifest.json.",
                                          show_default=False)],
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (config.json + "
-                                                  "model.safetensors). Required: this version bundles no model.",
+                                                  "model.safetensors). Default: the bundled demo model.",
                                                   show_default=False)] = None,
     opset: Annotated[int, typer.Option("--opset", min=13, help="ONNX opset of the graphs.")] = 17,
     targets: Annotated[str, typer.Option("--targets", help="Targets that get a decoder with baked kernels "
@@ -77,8 +77,9 @@ def export(
     from ..model import load_model
     from .app import progress_bar
 
-    if model is None:
-        raise TsfError("no model given: pass --model MODEL_DIR (this version bundles no model)")
+    from ..models import resolve_model
+
+    model = resolve_model(model)
     chosen = {"all": list(range(sequences.N_SEQUENCES)), "none": []}.get(targets.strip().lower())
     if chosen is None:
         chosen = sequences.parse_list(targets)

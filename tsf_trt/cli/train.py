@@ -43,6 +43,8 @@ Vgg = Annotated[Optional[Path], typer.Option("--vgg-weights", help="torchvision 
                                              "(vgg19-*.pth) for the perceptual loss. Without it the perceptual "
                                              "term is off (said in the log): only SmoothL1 is used.")]
 Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes per process.")]
+Block = Annotated[int, typer.Option("--block-subjects", min=1, help="Shuffle within blocks of this many subjects "
+                                    "(each worker caches one block's volumes: BraTS ~140 MB per subject).")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Fixes init, split, crops, order and tasks.")]
 Device = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when available).")]
 Amp = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (ignored on CPU).")]
@@ -79,7 +81,8 @@ def seq2seq(
     config: Annotated[str, typer.Option("--config", help="Model sizes: 'paper', 'small' or a JSON file.")] = "paper",
     steps: Steps = 10_000, batch_size: Batch = 8, crop: Crop = 192, lr: Lr = 1e-4, checkpoint_every: Every = 1000,
     val_every: ValEvery = 1000, val_subjects: ValSubjects = 8, vgg_weights: Vgg = None, workers: Workers = 4,
-    seed: Seed = 0, device: Device = None, amp: Amp = True, resume: Resume = False, split: Split = None,
+    block_subjects: Block = 4, seed: Seed = 0, device: Device = None, amp: Amp = True, resume: Resume = False,
+    split: Split = None,
 ) -> None:
     """Stage 1: one-to-one Seq2Seq (random source, random target per batch), loss 10·SmoothL1 + 0.01·VGG19.
 
@@ -87,7 +90,8 @@ def seq2seq(
     """
     _run(stage="seq2seq", data=data, out=output, model_config=config, steps=steps, batch_size=batch_size,
          crop=crop, lr=lr, checkpoint_every=checkpoint_every, val_every=val_every, val_subjects=val_subjects,
-         vgg_weights=vgg_weights, workers=workers, seed=seed, device=device, amp=amp, resume=resume, split=split)
+         vgg_weights=vgg_weights, workers=workers, block_subjects=block_subjects, seed=seed, device=device,
+         amp=amp, resume=resume, split=split)
 
 
 @train_app.command("tsf", no_args_is_help=True)
@@ -99,7 +103,8 @@ def tsf(
     output: Output,
     steps: Steps = 10_000, batch_size: Batch = 8, crop: Crop = 192, lr: Lr = 1e-4, checkpoint_every: Every = 1000,
     val_every: ValEvery = 1000, val_subjects: ValSubjects = 8, vgg_weights: Vgg = None, workers: Workers = 4,
-    seed: Seed = 0, device: Device = None, amp: Amp = True, resume: Resume = False, split: Split = None,
+    block_subjects: Block = 4, seed: Seed = 0, device: Device = None, amp: Amp = True, resume: Resume = False,
+    split: Split = None,
 ) -> None:
     """Stage 2: task-specific fusion from random source subsets, encoder frozen; fusion and decoder trained on
     decoder(fused) and decoder(fused_avg) (paper Eq. 5).
@@ -108,4 +113,5 @@ def tsf(
     """
     _run(stage="tsf", data=data, out=output, init=init, steps=steps, batch_size=batch_size, crop=crop, lr=lr,
          checkpoint_every=checkpoint_every, val_every=val_every, val_subjects=val_subjects,
-         vgg_weights=vgg_weights, workers=workers, seed=seed, device=device, amp=amp, resume=resume, split=split)
+         vgg_weights=vgg_weights, workers=workers, block_subjects=block_subjects, seed=seed, device=device,
+         amp=amp, resume=resume, split=split)

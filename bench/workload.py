@@ -1,0 +1,183 @@
+"""What a benchmark runs on: one subject as real gzip NIfTI files, its task, and its cost in FLOPs.
+
+Why files on disk even for a phantom: the per-stage figures include reading and
+writing NIfTI, and folder-mode throughput goes through the real folder path, so the
+phantom is written exactly as `tsf-trt phantom` writes subjects.
+
+Shapes: ``--shape`` is given as Z x Y x X ("155x240x240", slices first, the way the
+network sees a volume: (z, y, x) of the L,P,S grid). Phantoms are built in nibabel
+(x, y, z) order, so the phantom shape is the reverse, (X, Y, Z) = (240, 240, 155).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tsf_trt import sequences
+from tsf_trt.errors import InputError, TsfError
+from tsf_trt.pipeline import MIN_INPLANE
+from tsf_trt.subjects import Subject, find_subjects
+
+#: Sources taken first for `--inputs N` (the target itself is skipped): T1 + FLAIR is the
+#: README's main job; T1 + T1Gd + FLAIR -> T2 is its performance task.
+SOURCE_ORDER = (0, 3, 1, 2)  # t1, flair, t1gd, t2
+MAX_AXIS = 512
+PHANTOM_SEED = 0
+
+
+@dataclass
+class Workload:
+    """One subject's chosen inputs (files), the target, and the canonical shape (z, y, x)."""
+
+    subject: Subject
+    target: int
+    shape_zyx: tuple[int, int, int]
+    origin: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> list[int]:
+        return sorted(self.subject.inputs)
+
+    @property
+    def task(self) -> str:
+        return sequences.describe(self.sources, self.target)
+
+    @property
+    def depth(self) -> int:
+        return self.shape_zyx[0]
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'155x240x240' (Z x Y x X) -> (155, 240, 240), checked against what the network accepts."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3:
+        raise TsfError(f"--shape '{text}': expected Z x Y x X, e.g. 155x240x240")
+    z, y, x = shape
+    if not 1 <= z <= MAX_AXIS or not all(MIN_INPLANE <= n <= MAX_AXIS for n in (y, x)):
+        raise TsfError(f"--shape '{text}': slices must be 1..{MAX_AXIS} and Y, X {MIN_INPLANE}..{MAX_AXIS}")
+    return z, y, x  # type: ignore[return-value]
+
+
+def choose_sources(available: Iterable[int], target: int, n_inputs: int | None, has_fusion: bool) -> list[int]:
+    """The first `n_inputs` of SOURCE_ORDER that are available and not the target.
+    None: 3 (as many as there are, up to 3) for a TSF model, 1 for a Seq2Seq-only one."""
+    ordered = [i for i in SOURCE_ORDER if i in set(available) and i != target]
+    if not ordered:
+        raise TsfError(f"no input sequence besides the target {sequences.DISPLAY[target]} is available")
+    if n_inputs is not None and not 1 <= n_inputs <= 3:
+        raise TsfError(f"--inputs must be 1, 2 or 3, got {n_inputs}")
+    wanted = n_inputs or (max(1, min(3, len(ordered))) if has_fusion else 1)
+    if wanted > 1 and not has_fusion:
+        raise TsfError(f"--inputs {wanted}: this model is Seq2Seq-only (no TSF stage): it takes exactly 1 input")
+    if len(ordered) < wanted:
+        have = ", ".join(sequences.DISPLAY[i] for i in ordered) or "none"
+        raise TsfError(f"--inputs {wanted}: only {len(ordered)} input sequence(s) besides the target "
+                       f"{sequences.DISPLAY[target]} are available ({have})")
+    return sorted(ordered[:wanted])
+
+
+def phantom_workload(shape_zyx: tuple[int, int, int], n_inputs: int | None, target: int, has_fusion: bool,
+                     folder: Path) -> Workload:
+    """Make the phantom subject of this shape and write it as gzip NIfTI under `folder`."""
+    from tsf_trt.train.phantom import make_subject, subject_name, write_subject
+
+    z, y, x = shape_zyx
+    name = subject_name(PHANTOM_SEED, "brats2021")
+    (folder / name).mkdir(parents=True)
+    write_subject(make_subject(PHANTOM_SEED, (x, y, z)), folder / name, name, "brats2021")
+    subject = find_subjects(folder)[0]
+    chosen = choose_sources(subject.inputs, target, n_inputs, has_fusion)
+    return Workload(Subject(name, {i: subject.inputs[i] for i in chosen}), target, shape_zyx,
+                    {"kind": "phantom", "seed": PHANTOM_SEED, "phantom_shape_xyz": [x, y, z]})
+
+
+def subject_workload(folder: Path, n_inputs: int | None, target: int, has_fusion: bool) -> Workload:
+    """One real subject's folder (any layout `tsf-trt infer` reads in folder mode)."""
+    from tsf_trt.volume import load_volume
+
+    found = find_subjects(folder)
+    if len(found) != 1:
+        raise InputError(folder, f"holds {len(found)} subjects ({', '.join(s.name for s in found[:3])}"
+                                 f"{', ...' if len(found) > 3 else ''}); give the folder of one subject")
+    subject = found[0]
+    chosen = choose_sources(subject.inputs, target, n_inputs, has_fusion)
+    shape = load_volume(subject.inputs[chosen[0]]).shape
+    return Workload(Subject(subject.name, {i: subject.inputs[i] for i in chosen}), target, shape,
+                    {"kind": "subject", "folder": str(folder), "name": subject.name})
+
+
+def copy_subjects(workload: Workload, count: int, folder: Path) -> list[Subject]:
+    """`count` copies of the workload's input files, one sub-folder each: a folder-mode data set."""
+    subjects = []
+    for k in range(count):
+        name = f"BenchIO_{k:03d}"
+        (folder / name).mkdir(parents=True)
+        inputs = {}
+        for index, path in workload.subject.inputs.items():
+            inputs[index] = folder / name / f"{name}_{sequences.NAMES[index]}.nii.gz"
+            shutil.copyfile(path, inputs[index])
+        subjects.append(Subject(name, inputs))
+    return subjects
+
+
+def padded(n: int, multiple: int) -> int:
+    return math.ceil(n / multiple) * multiple
+
+
+def flops_per_volume(export_dir: Path, workload: Workload, tsem: bool) -> dict[str, Any]:
+    """FLOPs of one volume of this workload, counted on the export's graphs at its padded size.
+
+    Per slice: the encoder once per source, the fusion graph once (TSF models), the
+    decoder once, or twice with TSEM (the 2N batch). The decoder counted is the one the
+    ONNX runtime runs: baked for the target when the export has it. The reference way
+    (unfolded ConvLSTMs) executes more; its figure scales encoder and decoder by the
+    manifest's unfolded/folded ratio at 240x240 (approximate elsewhere).
+    """
+    import onnx
+
+    from tsf_trt.export.flops import count_flops
+    from tsf_trt.export.manifest import graph_path, read_manifest
+    from tsf_trt.model.config import ModelConfig
+
+    manifest = read_manifest(export_dir, check_hashes=False)
+    graphs = manifest["graphs"]
+    multiple = ModelConfig.from_dict(manifest["model_config"]).downsample
+    height, width = (padded(n, multiple) for n in workload.shape_zyx[1:])
+    fill = {"N": 1, "H": height, "W": width, "h": height // multiple, "w": width // multiple}
+
+    def count(graph: str) -> int:
+        shapes = {name: [fill[d] if isinstance(d, str) else d for d in dims]
+                  for name, dims in graphs[graph]["inputs"].items()}
+        return count_flops(onnx.load(str(graph_path(export_dir, manifest, graph))), shapes)["total"]
+
+    has_fusion = "fusion" in graphs
+    decoder = f"decoder_{sequences.NAMES[workload.target]}"
+    decoder = decoder if decoder in graphs else "decoder"
+    passes = 2 if tsem and has_fusion else 1
+    per_slice = {"encoder": count("encoder") * len(workload.sources),
+                 "fusion": count("fusion") if has_fusion else 0,
+                 "decoder": count(decoder) * passes}
+    folding = manifest.get("flops_per_slice", {})
+    unfolded = {name: folding[name]["unfolded"] / folding[name]["folded"] if name in folding else 1.0
+                for name in ("encoder", "decoder")}
+    reference_slice = per_slice["encoder"] * unfolded["encoder"] + per_slice["fusion"] + \
+        per_slice["decoder"] * unfolded["decoder"]
+    return {
+        "source": f"ONNX graphs of {export_dir} counted at (1, *, {height}, {width}) with tsf_trt.export.flops",
+        "padded_inplane": [height, width],
+        "decoder_graph": decoder,
+        "decoder_passes": passes,
+        "per_slice": per_slice,
+        "per_volume": int(sum(per_slice.values()) * workload.depth),
+        "reference_per_volume": int(reference_slice * workload.depth),
+        "unfolded_over_folded": unfolded,
+    }

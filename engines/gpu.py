@@ -1,0 +1,110 @@
+"""What the GPU paths need, found lazily, and a clean error naming what is missing.
+
+The base install has no GPU package: `tensorrt`, `cuda-python` and `onnxruntime-gpu`
+come with the `[gpu]` extra and are imported only here, when a GPU path is asked for.
+Without them (or without a GPU) every GPU command ends with one line that says what
+is missing and how to install it, never with an ImportError.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+from tsf_trt.errors import TsfError
+
+INSTALL_HINT = "pip install 'tsf-trt[gpu]' (TensorRT, cuda-python, onnxruntime-gpu; needs an NVIDIA driver)"
+
+
+def has_module(name: str) -> bool:
+    """Whether `name` can be imported, without importing it (a GPU package may be slow to load)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def import_tensorrt():
+    if not has_module("tensorrt"):
+        raise TsfError(f"the Python package tensorrt is not installed: {INSTALL_HINT}")
+    try:
+        return importlib.import_module("tensorrt")
+    except Exception as exc:  # noqa: BLE001 - a broken install raises anything from its loader
+        raise TsfError(f"tensorrt is installed but does not load ({str(exc).splitlines()[0]}): "
+                       "check that its CUDA libraries match the driver") from None
+
+
+def import_cudart():
+    """cuda-python's runtime bindings: `cuda.bindings.runtime` (cuda-python >= 12.6), or the
+    older `cuda.cudart` location."""
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):
+        if has_module(name):
+            try:
+                return importlib.import_module(name)
+            except Exception as exc:  # noqa: BLE001
+                raise TsfError(f"cuda-python is installed but does not load ({str(exc).splitlines()[0]})") from None
+    raise TsfError(f"the Python package cuda-python is not installed: {INSTALL_HINT}")
+
+
+def device_count() -> int:
+    """NVIDIA GPUs visible to this process (0 when there is no driver or no usable package)."""
+    if has_cuda_python():
+        try:
+            cudart = import_cudart()
+            err, count = cudart.cudaGetDeviceCount()
+            return int(count) if err == cudart.cudaError_t.cudaSuccess else 0
+        except Exception:  # noqa: BLE001 - no driver: the call itself may raise
+            return 0
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def has_cuda_python() -> bool:
+    return has_module("cuda.bindings.runtime") or has_module("cuda.cudart")
+
+
+def missing_for_trt() -> list[str]:
+    """What the `trt` backend lacks here, in words (empty when everything is present)."""
+    missing = []
+    if not has_module("tensorrt"):
+        missing.append("the Python package tensorrt is not installed")
+    if not has_cuda_python():
+        missing.append("the Python package cuda-python is not installed")
+    if not missing and device_count() == 0:
+        missing.append("no NVIDIA GPU is visible (no GPU, no driver, or CUDA_VISIBLE_DEVICES hides them)")
+    return missing
+
+
+def require_trt(what: str = "backend 'trt'") -> None:
+    """Raise one clean TsfError listing everything `trt` lacks here."""
+    missing = missing_for_trt()
+    if missing:
+        packages = any("package" in m for m in missing)
+        raise TsfError(f"{what} is not available here: {'; '.join(missing)}" + (f"; {INSTALL_HINT}" if packages else ""))
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    compute_capability: str   # "9.0"
+    memory_bytes: int
+
+
+def device_info(index: int = 0) -> GpuInfo:
+    """Name, compute capability and memory of GPU `index`, from the CUDA runtime."""
+    cudart = import_cudart()
+    err, props = cudart.cudaGetDeviceProperties(index)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise TsfError(f"GPU {index}: cudaGetDeviceProperties failed ({err}); is the index valid?")
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return GpuInfo(index, name.split("\x00", 1)[0].strip(), f"{props.major}.{props.minor}", int(props.totalGlobalMem))
+
+
+def tensorrt_version() -> str:
+    return str(import_tensorrt().__version__)

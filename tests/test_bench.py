@@ -1,0 +1,280 @@
+"""`tsf-trt bench`: the report's promises (bench/SCHEMA.md), checked on tiny volumes.
+
+No assertion is about how fast anything is: the machine may be busy. What is checked is
+that every documented field is there and consistent with the others (percentiles
+ordered, ratios equal to the time ratios, throughput equal to slices over time, FLOPs
+over time equal to the rate), that unavailable backends are skipped with a reason, and
+that user errors end as one line with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import pytest
+from typer.testing import CliRunner
+
+from tsf_trt.cli import app
+
+runner = CliRunner()
+SUMMARY = {"mean", "p50", "p90", "p99", "min", "max"}
+TOP = {"schema_version", "tool", "created", "environment", "model", "workload", "settings", "gemm", "flops", "rows",
+       "skipped", "io_overlap", "warnings", "notes"}
+
+
+def cli(*args):
+    return runner.invoke(app, ["bench", *(str(a) for a in args)])
+
+
+@pytest.fixture(scope="module")
+def light(tmp_path_factory):
+    """A private cache (as conftest's autouse fixture, which is per test), a small GEMM probe,
+    and torch's thread count restored afterwards (--threads 1 sets it process-wide)."""
+    import torch
+
+    from tsf_trt.bench import environment
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TSF_TRT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        mp.setattr(environment, "GEMM_SIZE_CPU", 256)
+        mp.setattr(environment, "GEMM_MIN_SECONDS", 0.02)
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(light, small_model_dir, tmp_path_factory):
+    """One run over every kind of row: torch and ort at two batch sizes, reference (added by
+    default), two backends that cannot run here, folder mode, and all three files."""
+    out = tmp_path_factory.mktemp("bench")
+    files = {"json": out / "r.json", "markdown": out / "r.md", "plot": out / "r.png"}
+    result = cli("--model", small_model_dir, "--backends", "torch,ort,ort-cuda,trt", "--batch-sizes", "1,2",
+                 "--shape", "4x32x32", "--warmup", 0, "--iterations", 2, "--threads", 1, "--io-subjects", 1,
+                 *(a for k, p in files.items() for a in (f"--{k}", p)))
+    assert result.exit_code == 0, result.output
+    return json.loads(files["json"].read_text(), parse_constant=pytest.fail), files, result
+
+
+def rows_by(report, backend):
+    return {r["batch_size"]: r for r in report["rows"] if r["backend"] == backend}
+
+
+def test_report_has_every_documented_field(run):
+    report, _, _ = run
+    assert set(report) == TOP and report["schema_version"] == 1
+    env = report["environment"]
+    assert {"cpu", "logical_cpus", "usable_cpus", "physical_cores", "threads", "gpu", "versions", "precision",
+            "model_id", "device"} <= set(env)
+    assert {"torch", "onnxruntime", "tensorrt"} <= set(env["versions"]) and env["precision"] == "fp32"
+    assert env["threads"] == 1 and env["model_id"] == report["model"]["id"] != ""
+    assert report["settings"]["backends"] == ["torch", "ort", "ort-cuda", "trt", "reference"]
+    assert report["gemm"]["cpu_fp32_gflops"] > 0
+    expected = {("torch", 1), ("torch", 2), ("ort", 1), ("ort", 2), ("reference", 1)}
+    assert {(r["backend"], r["batch_size"]) for r in report["rows"]} == expected
+    for row in report["rows"]:
+        assert {"read", "preprocess", "encoder", "fusion", "decoder", "gather", "postprocess", "write"} == \
+            set(row["stages"])
+        assert row["memory"]["peak_rss_bytes"] > 0 and row["memory"]["gpu_peak_bytes"] is None
+        assert row["effective_batch_size"] == row["batch_size"]
+
+
+def test_percentiles_are_ordered(run):
+    report, _, _ = run
+    for row in report["rows"]:
+        for stat in [row["end_to_end"], row["compute"], *row["stages"].values()]:
+            assert set(stat) == SUMMARY
+            assert stat["min"] <= stat["p50"] <= stat["p90"] <= stat["p99"] <= stat["max"]
+            assert stat["min"] <= stat["mean"] <= stat["max"]
+        assert row["compute"]["mean"] <= row["end_to_end"]["mean"]
+
+
+def test_ratios_equal_time_ratios(run):
+    report, _, _ = run
+    torch_rows, reference = rows_by(report, "torch"), rows_by(report, "reference")[1]
+    for row in report["rows"]:
+        base = torch_rows.get(row["batch_size"])
+        assert (row["vs_torch"] is None) == (base is None)
+        for ratio, baseline in ((row["vs_torch"], base), (row["vs_reference"], reference)):
+            if baseline is None:
+                continue
+            assert ratio["baseline"] == {"backend": baseline["backend"], "batch_size": baseline["batch_size"]}
+            assert ratio["end_to_end"] == pytest.approx(baseline["end_to_end"]["mean"] / row["end_to_end"]["mean"])
+            assert ratio["compute"] == pytest.approx(baseline["compute"]["mean"] / row["compute"]["mean"])
+            for stage, value in ratio["stages"].items():
+                if value is not None:
+                    assert value == pytest.approx(baseline["stages"][stage]["mean"] / row["stages"][stage]["mean"])
+    assert reference["vs_reference"]["end_to_end"] == 1.0
+    assert all(r["vs_torch"]["end_to_end"] == 1.0 for r in torch_rows.values())
+
+
+def test_throughput_and_efficiency_follow_from_the_times(run):
+    report, _, _ = run
+    flops, work = report["flops"], report["workload"]
+    assert work["shape_zyx"] == [4, 32, 32] and work["origin"]["phantom_shape_xyz"] == [32, 32, 4]
+    assert work["task"] == "T1,T1Gd,FLAIR->T2" and work["tsem"] is True
+    assert flops["per_volume"] == 4 * sum(flops["per_slice"].values()) > 0
+    assert flops["decoder_passes"] == 2 and flops["reference_per_volume"] > flops["per_volume"]
+    for row in report["rows"]:
+        seconds = row["end_to_end"]["mean"]
+        assert row["throughput"]["slices_per_s"] == pytest.approx(4 / seconds)
+        assert row["throughput"]["volumes_per_min"] == pytest.approx(60 / seconds)
+        eff = row["efficiency"]
+        network = sum(row["stages"][s]["mean"] for s in ("encoder", "fusion", "decoder"))
+        assert eff["network_seconds"] == pytest.approx(network)
+        assert eff["gflops_per_s"] == pytest.approx(eff["flops_per_volume"] / network / 1e9)
+        assert eff["fraction_of_gemm"] == pytest.approx(eff["gflops_per_s"] / report["gemm"]["cpu_fp32_gflops"])
+        executed = flops["reference_per_volume"] if row["backend"] == "reference" else flops["per_volume"]
+        assert eff["flops_per_volume"] == executed
+
+
+def test_unavailable_backends_are_skipped_with_the_reason(run):
+    report, _, result = run
+    skipped = {s["backend"]: s["reason"] for s in report["skipped"]}
+    assert "trt" in skipped and "not available" in skipped["trt"]
+    ran = {r["backend"] for r in report["rows"]}
+    assert set(report["settings"]["backends"]) == ran | set(skipped) and not ran & set(skipped)
+    assert all(reason.strip() for reason in skipped.values())
+    assert "skipped trt:" in result.stdout
+
+
+def test_folder_mode_fraction(run):
+    io = run[0]["io_overlap"]
+    assert io["subjects"] == 1 and io["backend"] != "reference"
+    assert io["surviving_fraction"] == pytest.approx(io["folder_throughput"]["slices_per_s"]
+                                                     / io["compute_throughput"]["slices_per_s"])
+    assert io["folder_throughput"]["slices_per_s"] == pytest.approx(4 / io["folder_seconds"])
+
+
+def test_markdown_and_plot(run):
+    report, files, _ = run
+    text = files["markdown"].read_text()
+    assert text.startswith("# tsf-trt bench") and "| reference | 1 |" in text and "GEMM" in text
+    assert files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in files["json"].parent.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_export_directory_torch_skipped_no_reference(light, run, small_model_dir, tmp_path):
+    from tsf_trt.export.cache import ensure_export
+    from tsf_trt.model import load_model
+
+    export = ensure_export(load_model(small_model_dir))  # cached by the run above
+    result = cli("--model", export, "--backends", "torch,ort", "--no-reference", "--batch-sizes", 2,
+                 "--shape", "3x16x20", "--inputs", 1, "--no-tsem", "--warmup", 0, "--iterations", 1,
+                 "--threads", 1, "--io-subjects", 0, "--json", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert [r["backend"] for r in report["rows"]] == ["ort"] and report["rows"][0]["vs_torch"] is None
+    assert report["rows"][0]["vs_reference"] is None
+    assert "export directory" in report["skipped"][0]["reason"] and report["skipped"][0]["backend"] == "torch"
+    assert report["workload"]["sources"] == ["t1"] and report["workload"]["tsem"] is False
+    assert report["flops"]["decoder_passes"] == 1 and report["flops"]["padded_inplane"] == [16, 20]
+    assert "skipped" in report["io_overlap"]
+
+
+def test_existing_files_are_refused_without_overwrite(run, small_model_dir):
+    _, files, _ = run
+    before = files["json"].read_bytes()
+    result = cli("--model", small_model_dir, "--shape", "4x32x32", "--json", files["json"])
+    assert_one_line_error(result, str(files["json"]), "--overwrite")
+    assert files["json"].read_bytes() == before
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--backends", "torch,bogus"], "unknown backend 'bogus'"),
+    (["--backends", "auto"], "'auto'"),
+    (["--batch-sizes", "0,4"], "--batch-sizes"),
+    (["--batch-sizes", "four"], "--batch-sizes"),
+    (["--shape", "4x32"], "--shape"),
+    (["--shape", "4x4x4"], "--shape"),
+    (["--inputs", "4"], "--inputs"),
+    (["--target", "pd"], "--target"),
+    (["--iterations", "0"], "--iterations"),
+    (["--warmup", "-1"], "--warmup"),
+    (["--device", "tpu"], "--device"),
+    (["--plot", "r.jpg"], ".png"),
+    (["--json", "same.out", "--markdown", "same.out"], "different files"),
+])
+def test_bad_options_are_one_line(args, needle, small_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(cli("--model", small_model_dir, *args), needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_model_and_subject_are_one_line(light, small_model_dir, tmp_path):
+    assert_one_line_error(cli("--model", tmp_path / "nope"), "nope", "no such")
+    assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path / "nope"), "no such subject")
+    assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path, "--shape", "4x32x32"),
+                          "only one")
+    from tsf_trt.train.phantom import write_subjects
+
+    write_subjects(tmp_path / "two", 2, shape=(16, 16, 3))
+    assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path / "two"), "2 subjects")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for seq in ("t1", "flair"):
+        name = f"Phantom_00000_{seq}.nii.gz"
+        (partial / name).write_bytes((tmp_path / "two" / "Phantom_00000" / name).read_bytes())
+    assert_one_line_error(cli("--model", small_model_dir, "--subject", partial, "--inputs", 3), "--inputs 3",
+                          "only 2")
+
+
+def test_seq2seq_only_model_takes_one_input(light, tmp_path):
+    from tests.conftest import DATA
+    from tsf_trt.model import PRESETS, import_reference, save_model
+
+    model = save_model(import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"]), tmp_path / "s2s")
+    assert_one_line_error(cli("--model", model, "--inputs", 2, "--shape", "3x16x16"), "--inputs 2", "Seq2Seq-only")
+
+
+def test_real_subject_folder(light, small_model_dir, tmp_path):
+    from tsf_trt.bench.runner import BenchSettings, run_bench
+    from tsf_trt.train.phantom import write_subjects
+
+    (folder,) = write_subjects(tmp_path / "data", 1, shape=(20, 16, 3))
+    settings = BenchSettings(model=small_model_dir, backends=["torch"], batch_sizes=[3], subject=folder,
+                             n_inputs=2, warmup=0, iterations=1, threads=1, io_subjects=1)
+    report = run_bench(settings)
+    assert report["workload"]["shape_zyx"] == [3, 16, 20] and report["workload"]["origin"]["kind"] == "subject"
+    assert report["workload"]["sources"] == ["t1", "flair"]
+    assert report["io_overlap"]["backend"] == "torch" and report["rows"][0]["effective_batch_size"] == 3
+
+
+def test_units_of_the_report():
+    from tsf_trt.bench.runner import contention_warnings, parse_backends
+    from tsf_trt.bench.stats import summarize
+    from tsf_trt.bench.workload import parse_shape
+
+    stat = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert stat == {"mean": 3.0, "p50": 3.0, "p90": pytest.approx(4.6), "p99": pytest.approx(4.96),
+                    "min": 1.0, "max": 5.0}
+    assert parse_shape("155x240x200") == (155, 240, 200)
+    assert parse_backends("all") == ["torch", "ort", "ort-cuda", "ort-trt", "trt", "reference"]
+    assert parse_backends("all", reference=False) == ["torch", "ort", "ort-cuda", "ort-trt", "trt"]
+    assert parse_backends("reference,torch", reference=False) == ["torch", "reference"]
+    assert parse_backends("torch,torch") == ["torch", "reference"]
+    assert contention_warnings({"load_average_1m": 0.1, "usable_cpus": 2, "threads": 2}) == []
+    (warning,) = contention_warnings({"load_average_1m": 1.5, "usable_cpus": 2, "threads": 2})
+    assert "load average 1.5" in warning
+
+
+def test_suite_writes_the_readme_table(light, small_model_dir, tmp_path, capsys):
+    from tsf_trt.bench.suite import main
+
+    out = tmp_path / "perf.md"
+    assert main(["--model", str(small_model_dir), "--shape", "3x16x16", "--variants", "reference,torch,ort-baked",
+                 "--threads", "1", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "| variant | batch | s / volume | vs reference | image vs torch fp32 |" in text
+    assert "| `reference` (authors' way" in text and "| 1.00× |" in text and "`ort`, baked" in text
+    assert main(["--model", str(small_model_dir), "-o", str(out)]) == 1  # exists, no --overwrite
+    assert "--overwrite" in capsys.readouterr().err

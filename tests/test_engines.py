@@ -1,0 +1,554 @@
+"""TensorRT engines and the GPU backends: everything that can be checked without a GPU.
+
+Profiles, precision rules, engine keys and the cache (stale, foreign, damaged engines),
+the engine manager with a fake builder, the FP16 graph pass (run on ONNX Runtime CPU),
+backend selection and clean errors when GPU packages are missing, `--devices`, and the
+data flow of the `trt` backend and of the CUDA buffer code on CPU stand-ins
+(tests/gpu_fakes.py). Tests marked `gpu` need TensorRT and an NVIDIA GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tsf_trt import sequences
+from tsf_trt.engines import gpu as gpu_mod
+from tsf_trt.engines.cache import CorruptEngine, EngineCache
+from tsf_trt.engines.keys import EngineKey, Platform
+from tsf_trt.engines.manager import BuildSettings, EngineManager
+from tsf_trt.engines.precision import KEEP_FP32_OPS, graph_precision
+from tsf_trt.engines.profiles import (DEFAULT_PROFILE, Profile, input_shapes, make_profile, ort_profile_options,
+                                      parse_size)
+from tsf_trt.errors import TsfError
+
+H100 = Platform("10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def export(small_export_dir, tmp_path) -> Path:
+    """A private copy of the small export: engines written beside it stay with the test."""
+    import shutil
+
+    return Path(shutil.copytree(small_export_dir, tmp_path / "export", ignore=shutil.ignore_patterns("engines")))
+
+
+@pytest.fixture
+def no_gpu_packages(monkeypatch):
+    """As on a machine without the [gpu] extra, whatever this one has."""
+    monkeypatch.setattr(gpu_mod, "has_module", lambda name: False)
+
+
+# -- profiles ---------------------------------------------------------------------------------
+def test_default_profile_fits_brats_and_crops():
+    for size in ((240, 240), (192, 192)):
+        assert DEFAULT_PROFILE.covers(16, *size) and DEFAULT_PROFILE.covers(1, *size)
+    assert DEFAULT_PROFILE.opt_size == (240, 240)
+    assert not DEFAULT_PROFILE.covers(17, 240, 240) and not DEFAULT_PROFILE.covers(4, 320, 320)
+
+
+def test_profile_options_and_errors():
+    assert parse_size("240x200") == (240, 200) and parse_size("192") == (192, 192)
+    profile = make_profile(max_batch=8, min_size="64x64", opt_size="192x192", max_size="512x512")
+    assert profile.batch == (1, 8, 8) and profile.min_size == (64, 64) and profile.max_size == (512, 512)
+    assert make_profile(opt_size="320x320").max_size == (320, 320)  # opt alone widens the range
+    for kwargs, words in (({"max_size": "250x250"}, "multiple of 4"), ({"min_size": "300x300"}, "min <= opt"),
+                          ({"opt_size": "big"}, "--opt-size"), ({"max_batch": 0}, "at least 1")):
+        with pytest.raises(TsfError, match=words):
+            make_profile(**kwargs)
+    wide = DEFAULT_PROFILE.widened(32, 96, 300)
+    assert wide.batch == (1, 16, 32) and wide.min_size == (96, 128) and wide.max_size == (256, 300)
+    assert Profile.from_dict(wide.to_dict()) == wide
+
+
+def test_input_shapes_follow_the_manifest_dims(small_export_dir):
+    graphs = json.loads((small_export_dir / "manifest.json").read_text())["graphs"]
+    enc = input_shapes("encoder", graphs["encoder"]["inputs"], DEFAULT_PROFILE, 4)
+    assert enc["image"] == ((1, 3, 128, 128), (16, 3, 240, 240), (16, 3, 256, 256))
+    fus = input_shapes("fusion", graphs["fusion"]["inputs"], DEFAULT_PROFILE, 4)
+    assert fus["features"][1][:2] == (16, 4) and fus["features"][1][-2:] == (60, 60)
+    assert fus["task_code"] == ((1, 8),) * 3
+    dec = input_shapes("decoder_t2", graphs["decoder_t2"]["inputs"], DEFAULT_PROFILE, 4)
+    assert [s[0] for s in dec["features"]] == [1, 32, 32]  # TSEM: 2N in one batch
+    ort = ort_profile_options(fus, graphs["fusion"]["inputs"])
+    assert ort["trt_profile_opt_shapes"].startswith("features:16x4x") and "task_code" not in ort["trt_profile_opt_shapes"]
+
+
+def test_precision_rules():
+    assert [graph_precision("best", g) for g in ("encoder", "fusion", "decoder_t2")] == ["fp16", "fp32", "fp16"]
+    assert {graph_precision("fp16", g) for g in ("encoder", "fusion", "decoder")} == {"fp16"}
+    assert graph_precision("fp32", "encoder") == "fp32"
+    assert {"InstanceNormalization", "Softmax", "ReduceMean"} <= KEEP_FP32_OPS
+    with pytest.raises(TsfError, match="unknown engine precision"):
+        BuildSettings("int8")
+
+
+# -- keys and the cache -----------------------------------------------------------------------------
+def key(**change) -> EngineKey:
+    fields = {"graph": "encoder", "graph_sha256": "a" * 64, "precision": "fp16", "platform": H100,
+              "profile": DEFAULT_PROFILE, **change}
+    return EngineKey(**fields)
+
+
+def test_every_key_field_changes_the_engine():
+    base = key()
+    others = [key(graph_sha256="b" * 64), key(precision="fp32"), key(profile=DEFAULT_PROFILE.widened(32, 240, 240)),
+              key(platform=Platform("11.4.0", H100.gpu, "9.0")), key(platform=Platform("10.13.0", "NVIDIA A100", "8.0")),
+              key(platform=Platform("10.13.0", H100.gpu, "9.1")), EngineKey(**{**key().__dict__, "builder": 2})]
+    assert len({base.digest(), *(k.digest() for k in others)}) == len(others) + 1
+    assert EngineKey.from_dict(json.loads(json.dumps(base.to_dict()))) == base
+    assert base.same_build(others[2]) and not base.same_build(others[0])
+    assert others[0].stale_for(base) and not others[3].stale_for(base) and not others[1].stale_for(base)
+
+
+def test_cache_returns_only_exact_intact_engines(tmp_path):
+    cache = EngineCache(tmp_path)
+    stored = cache.store(key(), b"engine-bytes", {"build_seconds": 1.0})
+    assert cache.lookup(key()).path == stored.path and stored.path.read_bytes() == b"engine-bytes"
+    assert cache.lookup(key(platform=Platform("10.13.0", "NVIDIA A100", "8.0"))) is None  # foreign: never loaded
+    engine, meta = cache.paths(key())
+    engine.write_bytes(b"engine-bytez")  # same size, other content
+    with pytest.raises(CorruptEngine, match="SHA-256"):
+        cache.lookup(key())
+    assert not engine.exists() and not meta.exists()
+    cache.store(key(), b"engine-bytes")
+    engine.write_bytes(b"engine")  # truncated
+    with pytest.raises(CorruptEngine, match="size"):
+        cache.lookup(key())
+    cache.store(key(), b"engine-bytes")
+    meta.write_text("{not json")
+    assert cache.lookup(key()) is None and not engine.exists()
+
+
+def test_cache_finds_a_covering_profile_and_prunes_stale_engines(tmp_path):
+    cache = EngineCache(tmp_path)
+    wide = key(profile=DEFAULT_PROFILE.widened(16, 512, 512))
+    cache.store(wide, b"wide")
+    assert cache.find(key(), 8, 240, 240).key == wide  # another profile of the same build that covers
+    assert cache.find(key(), 8, 600, 600) is None
+    cache.store(key(platform=Platform("10.13.0", "NVIDIA A100", "8.0")), b"foreign")
+    newer = key(graph_sha256="c" * 64)
+    assert cache.prune_stale(newer) == [cache.paths(wide)[0]]
+    assert len(cache.entries()) == 1  # the foreign engine stays (a shared export folder)
+    with cache.lock(newer):
+        pass
+
+
+# -- the manager, with a fake builder --------------------------------------------------------------
+class FakeBuilder:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, source, shapes, **kwargs):
+        self.calls.append((Path(source), shapes, kwargs))
+        return f"engine of {Path(source).name}".encode()
+
+
+def manager(export_dir, precision="fp32", **settings) -> tuple[EngineManager, FakeBuilder, list[str]]:
+    builder, messages = FakeBuilder(), []
+    made = EngineManager(export_dir, H100, BuildSettings(precision, **settings), builder=builder,
+                         report=messages.append)
+    return made, builder, messages
+
+
+def test_engines_are_built_once_then_cached(export):
+    mgr, builder, messages = manager(export)
+    first = mgr.engine("encoder", 16, 240, 240)
+    assert first.path.parent == export / "engines" and len(builder.calls) == 1
+    source, shapes, kwargs = builder.calls[0]
+    assert source == export / "encoder.onnx" and shapes["image"][1] == (16, 3, 240, 240)
+    assert kwargs["precision"] == "fp32" and kwargs["timing_cache"].name.startswith("timing-")
+    assert mgr.engine("encoder", 3, 192, 192).path == first.path and len(builder.calls) == 1
+    again, builder2, _ = manager(export)  # a new process: found on disk
+    assert again.engine("encoder", 16, 240, 240).path == first.path and not builder2.calls
+    assert any("building the encoder engine" in m for m in messages)
+
+
+def test_requests_outside_the_profile_build_a_wider_engine(export):
+    mgr, builder, _ = manager(export)
+    big = mgr.engine("decoder_t2", 24, 320, 320)
+    assert big.key.profile.covers(24, 320, 320) and big.key.profile.opt_size == (240, 240)
+    assert builder.calls[-1][1]["features"][2][0] == 48  # decoder batch: 2 x 24
+    assert mgr.decoder_graph(2) == "decoder_t2"
+    mgr.manifest = {**mgr.manifest, "graphs": {k: v for k, v in mgr.manifest["graphs"].items() if k != "decoder_t1"}}
+    assert mgr.decoder_graph(0) == "decoder"  # no baked decoder for T1: the code-input one
+
+
+def test_stale_and_corrupt_engines_are_rebuilt(export):
+    mgr, builder, messages = manager(export)
+    entry = mgr.engine("fusion", 4, 240, 240)
+    entry.path.write_bytes(entry.path.read_bytes()[:-3])
+    rebuilt = mgr.engine("fusion", 4, 240, 240)
+    assert len(builder.calls) == 2 and rebuilt.path.read_bytes().startswith(b"engine of")
+    assert any("warning" in m and "deleted and will be rebuilt" in m for m in messages)
+    mgr.discard(rebuilt, "TensorRT could not deserialise it")  # what the runtime does on refusal
+    assert not rebuilt.path.exists()
+    stale = EngineKey(**{**rebuilt.key.__dict__, "graph_sha256": "0" * 64})
+    mgr.cache.store(stale, b"old")
+    mgr.build("fusion", force=True)
+    assert not mgr.cache.paths(stale)[0].exists()  # the old graph's engine is gone
+
+
+def test_fp16_and_best_build_the_fp16_variants(export):
+    mgr, builder, messages = manager(export, "best")
+    mgr.engine("encoder", 2, 64, 64)
+    mgr.engine("fusion", 2, 64, 64)
+    (enc_source, _, enc_kw), (fus_source, _, fus_kw) = builder.calls
+    assert enc_source.parent.name == "fp16" and "fp16v" in enc_source.name and enc_kw["precision"] == "fp16"
+    assert fus_source == export / "fusion.onnx" and fus_kw["precision"] == "fp32"
+    assert any("FP16 variant of encoder" in m for m in messages)
+
+
+def test_builder_and_runtime_call_sequence_on_a_stand_in(export, monkeypatch, tmp_path):
+    """build.py and runtime.py against a stand-in `tensorrt` written from TensorRT's docs:
+    this runs our call sequence (flags, profile, timing cache, progress, refused engines),
+    it cannot show that TensorRT behaves as documented."""
+    import shutil
+    from types import SimpleNamespace
+
+    from tests.gpu_fakes import FakeTensorRT
+    from tsf_trt.engines import build
+    from tsf_trt.engines.runtime import EngineSet
+
+    fake = FakeTensorRT()
+    monkeypatch.setattr(build, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(build, "_LOGGER", None)
+    phases = []
+    progress = SimpleNamespace(phase_start=lambda *a: phases.append("start"), step=lambda *a: phases.append("step"),
+                               phase_finish=lambda *a: phases.append("finish"))
+    inputs = json.loads((export / "manifest.json").read_text())["graphs"]["encoder"]["inputs"]
+    shapes = input_shapes("encoder", inputs, DEFAULT_PROFILE, 4)
+    cache = tmp_path / "timing.cache"
+    data = build.build_engine(export / "encoder.onnx", shapes, precision="fp32", workspace_gib=2, timing_cache=cache,
+                              progress=progress)
+    built = fake.built[-1]
+    assert data == b"serialized:image" and built["flags"] == 1 << 1 and built["config"].pool == 2 << 30
+    assert built["config"].flags_cleared == [fake.BuilderFlag.TF32] and phases == ["start", "step", "finish"]
+    build.build_engine(export / "encoder.onnx", shapes, precision="fp16", workspace_gib=2, timing_cache=cache)
+    assert fake.built[-1]["config"].flags_cleared == [] and cache.read_bytes() == b"timing:timing:"  # reused
+    broken = Path(shutil.copy(export / "encoder.onnx", tmp_path / "broken.onnx"))
+    with pytest.raises(TsfError, match="cannot parse this graph: In node 3"):
+        build.build_engine(broken, shapes, precision="fp32", workspace_gib=1)
+    with pytest.raises(TsfError, match="'image' has no optimisation profile"):
+        build.build_engine(export / "encoder.onnx", {}, precision="fp32", workspace_gib=1)
+
+    outputs = iter([b"bad", b"serialized:image"])
+    mgr = EngineManager(export, H100, BuildSettings(), builder=lambda *a, **k: next(outputs), report=lambda m: None)
+    engines = EngineSet(mgr, trt=fake)
+    runner = engines.runner("encoder", 2, 64, 64)  # the refused engine was deleted and rebuilt
+    assert runner.inputs == ["image"] and runner.outputs == ["out"]
+    assert runner.output_shapes({"image": (2, 3, 64, 64)}) == {"out": (2, 3, 64, 64)}
+    runner.run({"image": 10, "out": 20}, 99)
+    assert runner.context.addresses == {"image": 10, "out": 20} and runner.context.runs == 1
+    assert engines.runner("encoder", 1, 128, 128) is runner  # same profile: no second engine
+
+
+# -- the FP16 pass ------------------------------------------------------------------------------------
+def test_fp16_pass_keeps_norms_and_omega_in_fp32(small_export_dir, tmp_path):
+    import onnx
+    from onnx import TensorProto
+
+    from tsf_trt.engines.fp16 import convert_to_fp16
+
+    for graph in ("encoder", "fusion", "decoder"):
+        model, report = convert_to_fp16(onnx.load(str(small_export_dir / f"{graph}.onnx")))
+        onnx.checker.check_model(model, full_check=True)
+        typed = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+        types = {v.name: v.type.tensor_type.elem_type for v in (*typed.value_info, *typed.input, *typed.output)}
+        types.update({t.name: t.data_type for t in typed.initializer})
+        assert {types[v.name] for v in (*typed.input, *typed.output)} <= {TensorProto.FLOAT}
+        kept = [n for n in typed.node if n.op_type in ("InstanceNormalization", "Softmax")]
+        assert kept, graph
+        for node in kept:  # computed in FP32 ...
+            assert all(types[i] == TensorProto.FLOAT for i in node.input if i)
+        convs = [n for n in typed.node if n.op_type == "Conv"]
+        assert convs and all(types[n.input[0]] == TensorProto.FLOAT16 for n in convs)  # ... the convolutions in FP16
+        norms = [n for n in typed.node if n.op_type == "InstanceNormalization"]
+        producers = {o: n for n in typed.node for o in n.output}
+        for node in norms:  # ... between Casts
+            assert producers[node.input[0]].op_type == "Cast"
+        assert report.fp16_nodes > 0
+
+
+def test_fp16_variant_runs_on_onnx_runtime_cpu(small_export_dir, tmp_path):
+    """ORT's CPU provider runs FP16 graphs (it wraps FP16 nodes it has no kernel for in
+    FP32 casts), so this checks the graph end to end, not FP16 arithmetic on a GPU."""
+    from tsf_trt.engines.fp16 import fp16_variant
+
+    def chain(paths):
+        import onnxruntime as ort
+
+        sessions = {g: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for g, p in paths.items()}
+        rng = np.random.default_rng(0)
+        image = rng.uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+        feats = sessions["encoder"].run(None, {"image": image})[0]
+        stacked = np.zeros((2, 4, *feats.shape[1:]), np.float32)
+        stacked[:, 0], stacked[:, 3] = feats, feats[::-1]
+        fused, avg, omega = sessions["fusion"].run(None, {"features": stacked,
+                                                          "task_code": sequences.task_code([0, 3], 2)})
+        return omega, sessions["decoder_t2"].run(None, {"features": np.concatenate([fused, avg])})[0]
+
+    graphs = ("encoder", "fusion", "decoder_t2")
+    manifest = json.loads((small_export_dir / "manifest.json").read_text())["graphs"]
+    fp32 = {g: small_export_dir / f"{g}.onnx" for g in graphs}
+    fp16 = {g: fp16_variant(fp32[g], manifest[g]["sha256"], tmp_path)[0] for g in graphs}
+    omega32, image32 = chain(fp32)
+    omega16, image16 = chain(fp16)
+    assert np.array_equal(omega32, omega16)
+    psnr = 10 * np.log10(4 / np.mean((image32 - image16) ** 2))
+    assert psnr > 50, psnr
+    assert fp16_variant(fp32["encoder"], manifest["encoder"]["sha256"], tmp_path)[1] is None  # made once
+
+
+# -- backend selection and clean errors ---------------------------------------------------------------
+def test_trt_without_packages_is_a_clean_error(small_export_dir, no_gpu_packages):
+    from tsf_trt.backends import create_backend
+
+    with pytest.raises(TsfError) as info:
+        create_backend("trt", small_export_dir)
+    text = str(info.value)
+    assert "tensorrt is not installed" in text and "cuda-python" in text and "pip install 'tsf-trt[gpu]'" in text
+
+
+def test_trt_without_a_gpu_names_the_gpu(small_export_dir, monkeypatch):
+    from tsf_trt.backends import create_backend
+
+    monkeypatch.setattr(gpu_mod, "has_module", lambda name: True)
+    monkeypatch.setattr(gpu_mod, "device_count", lambda: 0)
+    with pytest.raises(TsfError, match="no NVIDIA GPU is visible") as info:
+        create_backend("trt", small_export_dir)
+    assert "pip install" not in str(info.value)
+
+
+def test_ort_gpu_backends_without_providers(small_export_dir):
+    from tsf_trt.backends import create_backend
+
+    for name, provider in (("ort-cuda", "CUDAExecutionProvider"), ("ort-trt", "TensorrtExecutionProvider")):
+        with pytest.raises(TsfError, match=f"backend '{name}' is not available here: .*{provider}"):
+            create_backend(name, small_export_dir)
+    with pytest.raises(TsfError, match="--precision fp16 is not available for --backend ort"):
+        create_backend("ort", small_export_dir, precision="fp16")
+
+
+def test_auto_order_and_fallback(small_export_dir, no_gpu_packages, monkeypatch):
+    from tsf_trt import backends
+    from tsf_trt.backends import auto
+
+    assert backends.create_backend("auto", small_export_dir, device="auto").name == "ort"  # no GPU: CPU as before
+    with pytest.raises(TsfError, match="found nothing that runs with --device cuda"):
+        backends.create_backend("auto", small_export_dir, device="cuda")
+    with pytest.raises(TsfError, match="GPU backends only"):
+        backends.create_backend("auto", small_export_dir, precision="fp16")
+
+    monkeypatch.setattr(auto, "gpu_problem", lambda candidate, model, index=0: None)  # pretend every GPU path works
+    assert list(auto.plan(small_export_dir, device="cuda:1")) == [
+        ("trt", "cuda:1"), ("ort-trt", "cuda:1"), ("ort-cuda", "cuda:1"), ("torch", "cuda:1")]
+    assert [n for n, _ in auto.plan(small_export_dir, device="auto", precision="best")] == ["trt"]
+    tried_probes = []
+    monkeypatch.setattr(auto, "gpu_problem", lambda candidate, model, index=0: tried_probes.append(candidate))
+    assert next(auto.plan(small_export_dir, device="auto")) == ("trt", "cuda:0") and tried_probes == ["trt"]
+    monkeypatch.setattr(auto, "gpu_problem", lambda candidate, model, index=0: None)
+    tried = []
+
+    def fake_create(name, model, **kwargs):
+        from tsf_trt.backends.ort_backend import OrtBackend
+
+        tried.append(name)
+        if name != "ort":
+            raise TsfError(f"{name} failed")
+        return OrtBackend(model, threads=1)
+
+    monkeypatch.setattr(backends, "_create", fake_create)
+    assert backends.create_backend("auto", small_export_dir, device="auto").name == "ort"
+    assert tried == ["trt", "ort-trt", "ort-cuda", "torch", "ort"]
+
+
+def test_cli_engines_build_without_gpu(small_export_dir, no_gpu_packages):
+    from tsf_trt.cli import app
+
+    result = CliRunner().invoke(app, ["engines", "build", "--model", str(small_export_dir)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "tensorrt" in lines[0] and "tsf-trt[gpu]" in lines[0], result.output
+
+
+def test_cli_engines_build_with_stand_ins(export, monkeypatch):
+    """The command's own code on CPU: TensorRT, the GPU and the builder are stand-ins."""
+    from types import SimpleNamespace
+
+    from tsf_trt.cli import app
+    from tsf_trt.engines import build
+
+    def fake_build(source, shapes, *, progress=None, **kwargs):
+        progress.phase_start("Building", None, 2)
+        progress.phase_start("Tactics", "Building", 3)
+        progress.step("Tactics", 0)
+        progress.phase_finish("Tactics")
+        progress.step("Building", 1)
+        progress.phase_finish("Building")
+        return b"engine"
+
+    monkeypatch.setattr(gpu_mod, "has_module", lambda name: True)
+    monkeypatch.setattr(gpu_mod, "device_count", lambda: 1)
+    monkeypatch.setattr(gpu_mod, "import_tensorrt", lambda: SimpleNamespace(__version__="10.13.0"))
+    monkeypatch.setattr(gpu_mod, "device_info", lambda index: gpu_mod.GpuInfo(index, H100.gpu, "9.0", 80 << 30))
+    monkeypatch.setattr(build, "build_engine", fake_build)
+    args = ["engines", "build", "--model", str(export), "--precision", "best", "--max-batch", "8"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "fusion: " in first.output and "(fp32, 0 MiB, built in" in first.output and "batch 1-8" in first.output
+    assert len(list((export / "engines").glob("*.engine"))) == 2 + 4  # encoder, fusion, 4 baked decoders
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and again.output.count("cached") == 6, again.output
+    bad = CliRunner().invoke(app, [*args, "--max-size", "250x250"])
+    assert bad.exit_code == 1 and "multiple of 4" in bad.output
+
+
+def test_devices_validation(tmp_path, small_export_dir, monkeypatch):
+    from tsf_trt.cli import app
+    from tsf_trt.multigpu import parse_devices, visible_id
+
+    assert parse_devices("0, 1", visible=2) == [0, 1]
+    for text, words in (("0,0", "more than once"), ("a", "GPU indices"), ("", "GPU indices"), ("2", "does not exist")):
+        with pytest.raises(TsfError, match=words):
+            parse_devices(text, visible=2)
+    with pytest.raises(TsfError, match="no GPU is visible"):
+        parse_devices("0", visible=0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert visible_id(1) == "3"  # a worker gets the GPU this process calls 1
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_id(1) == "1"
+    runner = CliRunner()
+    result = runner.invoke(app, ["infer", "--inputs", str(tmp_path), "--target", "t2",
+                                 "--model", str(small_export_dir), "--devices", "0"])
+    if gpu_mod.device_count() == 0:
+        assert result.exit_code == 1 and "no GPU is visible" in result.output, result.output
+    monkeypatch.setattr(gpu_mod, "device_count", lambda: 2)
+    one = runner.invoke(app, ["infer", "--inputs", str(tmp_path / "x_t1.nii.gz"), "--target", "t2", "--devices", "0"])
+    assert one.exit_code == 1 and "--devices is for folder mode" in one.output, one.output
+
+
+def test_worker_runs_its_shard_with_two_io_threads(small_model_dir, tmp_path):
+    """The body of a --devices worker, in-process on CPU: shared synthesizer, events, outputs."""
+    from tests.sample_subject import write_subject
+    from tsf_trt.multigpu import WorkerJob, work
+    from tsf_trt.subjects import find_subjects
+
+    for name in ("a", "b", "c"):
+        write_subject(tmp_path / "in" / name, name, shape=(16, 16, 3), seqs=("t1", "flair"))
+    subjects = find_subjects(tmp_path / "in")
+    job = WorkerJob(str(small_model_dir), "torch", 2, str(tmp_path / "out"), None, True, False, 2, "middle",
+                    "fp32", 1, device="cpu")
+    events = []
+    work(job, subjects, 0, events.append)
+    kinds = [e[0] for e in events]
+    assert kinds[0] == "ready" and kinds[-1] == "done" and kinds.count("end") == 3, events
+    assert {e[2]["status"] for e in events if e[0] == "end"} == {"done"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b", "c"]
+    assert (tmp_path / "out" / "b" / "b_t2_synth.nii.gz").is_file()
+
+
+def test_workers_are_processes_over_disjoint_shards(small_model_dir, tmp_path):
+    """run_on_devices with one worker process (spawned, on CPU here: the GPU pinning is what
+    a machine with GPUs adds)."""
+    from tests.sample_subject import write_subject
+    from tsf_trt.multigpu import WorkerJob, run_on_devices
+    from tsf_trt.subjects import find_subjects
+
+    for name in ("a", "b"):
+        write_subject(tmp_path / "in" / name, name, shape=(16, 16, 3), seqs=("t1", "flair"))
+    job = WorkerJob(str(small_model_dir), "torch", 2, str(tmp_path / "out"), None, False, False, 2, "middle",
+                    "fp32", 1, device="cpu")
+    events = []
+    run_on_devices(job, find_subjects(tmp_path / "in"), [0], events.append)
+    assert sorted(e[2]["subject"] for e in events if e[0] == "end") == ["a", "b"], events
+    assert (tmp_path / "out" / "a" / "a_t2_synth.nii.gz").is_file()
+
+
+# -- the data flow of the trt backend, on CPU stand-ins ---------------------------------------------------
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    from tests.gpu_fakes import FakeCudart
+    from tsf_trt.engines import cuda
+
+    fake = FakeCudart()
+    monkeypatch.setattr(cuda, "import_cudart", lambda: fake)
+    return fake
+
+
+def test_gpu_context_buffers_on_a_fake_runtime(fake_cuda):
+    from tsf_trt.engines.cuda import CudaError, GpuContext
+
+    ctx = GpuContext(0)
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    device = ctx.upload(data)
+    assert np.array_equal(ctx.download(device), data)
+    ptr = device.ptr
+    del device
+    assert ctx.empty((2, 3, 4)).ptr == ptr  # returned to the pool, reused: no new allocation
+    stacked = ctx.upload(np.full((2, 4, 3), 7, np.float32))
+    ctx.put_slot(stacked, 1, ctx.upload(np.ones((2, 3), np.float32)))
+    ctx.put_slot(stacked, 2, None)
+    out = ctx.download(stacked)
+    assert (out[:, 1] == 1).all() and (out[:, 2] == 0).all() and (out[:, [0, 3]] == 7).all()
+    both = ctx.upload(np.arange(8, dtype=np.float32).reshape(4, 2))
+    assert both.rows(2, 2).follows(both.rows(0, 2)) and np.array_equal(ctx.download(both.rows(2, 2)), [[4, 5], [6, 7]])
+    hosts = {slot.ptr for (direction, _), ring in ctx._rings.items() if direction == "up" for slot in ring.slots}
+    assert len(hosts) == 2  # pinned staging: two slots per size, used in turn
+    fake_cuda.fail.add("cudaMallocAsync")
+    with pytest.raises(CudaError, match="cudaMallocAsync failed on GPU 0"):
+        ctx.empty((1000,))
+    ctx.close()
+    assert not fake_cuda.buffers
+
+
+def test_trt_backend_data_flow_matches_onnx_runtime(export, fake_cuda):
+    from tests.gpu_fakes import FakeEngines
+    from tsf_trt.backends.ort_backend import OrtBackend
+    from tsf_trt.backends.trt_backend import TrtBackend
+    from tsf_trt.engines.cuda import GpuContext
+    from tsf_trt.pipeline import Synthesizer
+    from tests.sample_subject import make_head
+
+    mgr, builder, _ = manager(export)
+    engines = FakeEngines(mgr)
+    backend = TrtBackend(mgr, engines, GpuContext(0), precision="fp32")
+    volumes = {0: make_head((5, 20, 24), seed=1), 3: make_head((5, 20, 24), seed=2)}
+    got = Synthesizer(backend, batch_size=2).run(volumes, 2)
+    want = Synthesizer(OrtBackend(export, threads=1), batch_size=2).run(volumes, 2)
+    assert np.abs(got.image - want.image).max() <= 1e-5 and np.abs(got.tsem - want.tsem).max() <= 1e-5
+    assert got.weights == pytest.approx(want.weights, abs=1e-7)
+    graphs = {r[0] for r in engines.requests}
+    assert graphs == {"encoder", "fusion", "decoder_t2"} and not builder.calls
+    assert engines.runners["decoder_t2"].shapes["features"][0] == 2  # last batch: 1 slice + its TSEM twin, one 2N run
+    assert engines.runners["fusion"].runs == 3
+    assert "TensorRT 10.13.0" in backend.describe()
+    backend.close()
+
+
+@pytest.mark.gpu
+def test_trt_matches_onnx_runtime_on_a_real_gpu(small_export_dir):
+    """On a GPU with the [gpu] extra: real engines, FP32, against ONNX Runtime CPU."""
+    pytest.importorskip("tensorrt")
+    from tsf_trt.backends import create_backend
+    from tsf_trt.pipeline import Synthesizer
+    from tests.sample_subject import make_head
+
+    volumes = {0: make_head((6, 32, 32), seed=1), 3: make_head((6, 32, 32), seed=2)}
+    trt = Synthesizer(create_backend("trt", small_export_dir)).run(volumes, 2)
+    cpu = Synthesizer(create_backend("ort", small_export_dir)).run(volumes, 2)
+    assert np.abs(trt.image - cpu.image).max() <= 1e-3 and np.abs(trt.tsem - cpu.tsem).max() <= 1e-3

@@ -1,0 +1,124 @@
+"""`tsf-trt bench`: latency, throughput, memory and efficiency of every backend, in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import app, err, out, progress_bar, user_errors
+
+
+@app.command("bench")
+@user_errors
+def bench(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory or export directory "
+                                                 "(an export runs on the ONNX Runtime backends only; the torch "
+                                                 "rows are then skipped). Default: the bundled demo model.",
+                                                 show_default=False)] = None,
+    backends: Annotated[str, typer.Option("--backends", "-b", help="Comma list of torch, ort, ort-cuda, ort-trt, "
+                                          "trt, reference, or 'all'. Unavailable ones are listed as skipped with "
+                                          "the reason. 'reference' (the authors' way, batch 1) is added unless "
+                                          "--no-reference.")] = "all",
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Slices per network batch to measure, comma "
+                                             "separated; one row per backend and batch size.")] = "1,4,16",
+    shape: Annotated[Optional[str], typer.Option("--shape", help="Phantom volume as Z x Y X: slices first, then "
+                                                 "the in-plane size (the phantom is built as X, Y, Z = 240, 240, "
+                                                 "155 for the default).", show_default="155x240x240")] = None,
+    inputs: Annotated[Optional[int], typer.Option("--inputs", help="How many input sequences: 1, 2 or 3, taken "
+                                                  "in the order T1, FLAIR, T1Gd, T2 without the target (default 3; "
+                                                  "1 for a Seq2Seq-only model).", show_default=False)] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="Sequence to synthesise.")] = "t2",
+    tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", help="Include TSEM (the decoder runs on 2N "
+                                       "slices).")] = True,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed whole-volume runs per row first.")] = 1,
+    iterations: Annotated[int, typer.Option("--iterations", help="Timed whole-volume runs per row.")] = 3,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for every runtime and the GEMM "
+                                                   "measurement (default: the runtimes' choice).",
+                                                   show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="torch and reference rows: auto (cuda when available), "
+                                        "cpu or cuda.")] = "auto",
+    reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Add the reference row, so every "
+                                            "figure is also a ratio to the authors' way.")] = True,
+    io_subjects: Annotated[int, typer.Option("--io-subjects", help="Copies of the subject run in folder mode with "
+                                             "the fastest row, to measure how much throughput survives NIfTI "
+                                             "reading and writing (0: skip).")] = 2,
+    subject: Annotated[Optional[Path], typer.Option("--subject", help="Benchmark this real subject's folder "
+                                                    "instead of a phantom (any layout `infer` reads).",
+                                                    show_default=False)] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON (schema: "
+                                                      "bench/SCHEMA.md).", show_default=False)] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the report as Markdown.",
+                                                     show_default=False)] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: latency per stage per row, and "
+                                                 "throughput against batch size.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing report files.")] = False,
+) -> None:
+    """Time every backend on one volume: per-stage latency (mean, p50, p90, p99, min), end-to-end seconds, throughput, peak memory, GFLOP/s against the machine's GEMM rate, ratios to torch and to the authors' way, and folder-mode I/O overlap.
+
+    Each iteration is what `tsf-trt infer` does for one subject: read the NIfTI inputs, synthesise, write the outputs.
+
+    Example: tsf-trt bench --model models/small --backends torch,ort --batch-sizes 1,4 --shape 32x128x128 --json bench.json
+    """
+    from tsf_trt.bench.report import print_report, write_files
+    from tsf_trt.bench.runner import DEFAULT_SHAPE, BenchRun, BenchSettings, parse_backends, parse_batch_sizes
+    from tsf_trt.bench.workload import parse_shape
+
+    from .. import sequences
+    from ..errors import InputError, TsfError
+    from ..models import resolve_model
+    from ..volume import check_writable
+
+    for flag, value, low in (("--warmup", warmup, 0), ("--iterations", iterations, 1),
+                             ("--threads", threads, 1), ("--io-subjects", io_subjects, 0)):
+        if value is not None and value < low:
+            raise TsfError(f"{flag} must be at least {low}, got {value}")
+    if inputs is not None and not 1 <= inputs <= 3:
+        raise TsfError(f"--inputs must be 1, 2 or 3, got {inputs}")
+    try:
+        target_index = sequences.parse(target)
+    except TsfError as exc:
+        raise TsfError(f"--target: {exc}") from None
+    if subject is not None and shape is not None:
+        raise TsfError("--shape makes a phantom; --subject benchmarks a real one: give only one of them")
+    if subject is not None and not subject.is_dir():
+        raise InputError(subject, "no such subject folder")
+    shape_zyx = parse_shape(shape) if shape is not None else None
+    outputs = [p for p in (json_path, markdown, plot) if p is not None]
+    if len({p.resolve() for p in outputs}) < len(outputs):
+        raise TsfError("--json, --markdown and --plot must name different files")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise InputError(plot, "the plot is a PNG: give a file name ending in .png")
+    for path in outputs:
+        check_writable(path, overwrite)  # before minutes of measuring
+    model_path = resolve_model(model)
+    if not model_path.is_dir():
+        raise InputError(model_path, "no such model or export directory")
+    settings = BenchSettings(model=model_path, backends=parse_backends(backends, reference),
+                             batch_sizes=parse_batch_sizes(batch_sizes), target=target_index, shape_zyx=shape_zyx,
+                             subject=subject, n_inputs=inputs, tsem=tsem, warmup=warmup, iterations=iterations,
+                             threads=threads, device=_device(device), io_subjects=io_subjects)
+    what = "the subject" if subject is not None else f"a {'x'.join(map(str, shape_zyx or DEFAULT_SHAPE))} phantom"
+    with err.status(f"loading {model_path} and writing {what} ..."):
+        bench_run = BenchRun(settings)
+    with bench_run, progress_bar() as bar:
+        task = bar.add_task("bench", total=None)
+        report = bench_run.run(lambda text, done, total: bar.update(task, description=text, completed=done,
+                                                                      total=total))
+    print_report(report, out)
+    for path in write_files(report, json_path=json_path, markdown=markdown, png=plot, overwrite=overwrite):
+        out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+def _device(device: str) -> str:
+    from ..errors import TsfError
+
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise TsfError(f"--device must be auto, cpu or cuda, got '{device}'")
+    return device
+

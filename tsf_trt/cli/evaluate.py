@@ -1,0 +1,189 @@
+"""`tsf-trt evaluate`: the paper's tables and figures, and a QC calibration, on a data set with ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import EXIT_ERROR, EXIT_INTERRUPTED, app, err, out, progress_bar, user_errors
+
+
+@app.command("evaluate", no_args_is_help=True)
+@user_errors
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Folder of subjects with all the sequences to score "
+                                       "against: one sub-folder per subject (BraTS 2021/2023 names, or "
+                                       "`tsf-trt phantom` output) or flat BraTS-named files.", show_default=False)],
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model or export directory. Default: the "
+                                                  "bundled demo model.", show_default=False)] = None,
+    tasks: Annotated[Optional[list[str]], typer.Option("--tasks", "-t", help="Tasks to score: 'all' (every "
+                                                       "non-empty source subset x every other target: 28), 'single' "
+                                                       "(the 12 one-input tasks), '->t2' "
+                                                       "(every task with that target), or tasks such as "
+                                                       "'t1,flair->t2'; several separated by ';' or spaces, or "
+                                                       "repeat the option.", show_default="all",
+                                                       metavar="TASKS")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder (created if missing): "
+                                         "report.md, summary.json, results.csv, figures/, subjects/ (the "
+                                         "resume cache), qc.json with --calibrate-qc.")] = Path("evaluation"),
+    backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime, as for `infer`: auto, torch, ort, "
+                                         "ort-cuda, ort-trt, reference.")] = "auto",
+    slice_step: Annotated[int, typer.Option("--slice-step", min=1, help="Score only the axial slices z = 0, K, 2K, "
+                                            "... that hold head voxels (about K times faster). The slices "
+                                            "scored are what a full run gives for them: each output slice "
+                                            "depends only on its own stack of 3.")] = 1,
+    compare: Annotated[bool, typer.Option("--compare/--no-compare", help="Also score the ablation of Table 1 "
+                                          "from the same encodings: TSF without attention (fused_avg decoded) "
+                                          "and the Seq2Seq stage (each input decoded on its own: their average, "
+                                          "and the best single input).")] = True,
+    figures: Annotated[str, typer.Option("--figures", help="Subjects drawn (inputs / synthesis / truth / "
+                                         "|error| / TSEM on three slices, one figure per target): a number (the "
+                                         "first N subjects) or comma-separated subject names.")] = "1",
+    lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", help="Local torchvision AlexNet "
+                                                          "(or VGG16, --lpips-net vgg) state dict: scores LPIPS "
+                                                          "with the `lpips` package. Without it LPIPS is reported "
+                                                          "as unavailable.", show_default=False)] = None,
+    lpips_net: Annotated[str, typer.Option("--lpips-net", help="Backbone of --lpips-weights: alex or vgg.")
+                         ] = "alex",
+    qc: Annotated[Optional[Path], typer.Option("--qc", help="A qc.json from an earlier `--calibrate-qc` run: "
+                                               "report how its threshold and flag separate good from bad "
+                                               "syntheses on these (held-out) data.", show_default=False)] = None,
+    calibrate_qc: Annotated[bool, typer.Option("--calibrate-qc", help="Choose the QC threshold on these data "
+                                               "and write REPORT/qc.json, for `tsf-trt infer --qc`.")] = False,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per network batch "
+                                                      "(default: the backend's choice, as for `infer`).",
+                                                      show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda (torch backend).")] = "cpu",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 (torch backend).")] = "fp32",
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for the network "
+                                                   "(default: the runtime's choice).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh in a report folder that holds "
+                                            "another run (by default a folder holding the same run is resumed: "
+                                            "finished subjects are reused).")] = False,
+) -> None:
+    """Score a model against ground truth, as the paper's Tables 1-2 and Fig. 3, with a TSEM-based QC flag.
+
+    Every subject is synthesised for every task (the inputs are encoded once and shared by all tasks) and scored inside the head mask against its real target, normalised as in training: PSNR and SSIM (scikit-image), LPIPS with --lpips-weights. The report has Table 1 (mean ± std by number of inputs and by target, with the ablation), Table 2 (PSNR inside vs outside the top-1 % TSEM region), ω per task (Fig. 3), figures of chosen subjects and the QC statistics. An interrupted run resumes: rerun the same command.
+
+    Example: tsf-trt evaluate --data phantoms --tasks 't1,flair->t2;->t1gd' -o report --slice-step 2
+    """
+    from ..errors import TsfError
+    from ..evaluation import Settings, parse_tasks
+    from ..evaluation.qc import check_model, load_calibration
+    from ..subjects import find_subjects
+
+    chosen = parse_tasks(tasks)
+    find_subjects(data)  # a wrong --data fails before the model loads
+    figure_spec: int | list[str]
+    try:
+        figure_spec = int(figures)
+        if figure_spec < 0:
+            raise TsfError(f"--figures must be a number >= 0 or subject names, got '{figures}'")
+    except ValueError:
+        figure_spec = [n.strip() for n in figures.split(",") if n.strip()]
+    calibration = load_calibration(qc) if qc is not None else None
+    if calibration is not None and calibrate_qc:
+        raise TsfError("--qc applies a calibration and --calibrate-qc makes one: give one of them")
+    lpips = lpips_label = None
+    if lpips_weights is not None:
+        from ..evaluation.lpips import load_lpips
+
+        lpips = load_lpips(lpips_weights, lpips_net)
+        lpips_label = f"{lpips_net}: {lpips_weights}"
+    synth, model_path = _synthesizer(model, backend, batch_size, device, precision, threads)
+    if calibration is not None:
+        check_model(calibration, synth.backend.model_id)
+    settings = Settings(tasks=chosen, slice_step=slice_step, compare=compare, figures=figure_spec, lpips=lpips,
+                        lpips_label=lpips_label, qc=calibration, calibrate_qc=calibrate_qc, batch_size=batch_size,
+                        overwrite=overwrite)
+    result = _run(synth, data, output, settings, str(model_path))
+    _print_result(result)
+    if result.failed or result.qc_error:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _synthesizer(model, backend: str, batch_size, device: str, precision: str, threads):
+    from ..errors import TsfError
+    from ..models import resolve_model
+    from ..pipeline import Synthesizer
+
+    path = resolve_model(model)
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise TsfError(f"--device must be cpu or cuda, got '{device}'")
+    with err.status(f"loading model {path} ..."):
+        return Synthesizer(path, backend, batch_size=batch_size, device=device, threads=threads,
+                           precision=precision), path
+
+
+def _run(synth, data: Path, output: Path, settings, model_label: str):
+    from ..evaluation import Hooks, evaluate as run_evaluation
+
+    bar = progress_bar()  # started once every check has passed, so an error comes without a bar
+    sizes: dict[str, int] = {}
+    scored: dict[str, int] = {}
+    ids: list = []
+
+    def on_ready(tasks_per_subject):
+        sizes.update(tasks_per_subject)
+        bar.start()
+        ids.append(bar.add_task("subjects x tasks", total=sum(sizes.values())))
+        ids.append(bar.add_task("", total=None, visible=False))
+
+    def on_subject(subject, n_tasks):
+        bar.reset(ids[1], description=f"  {subject.name} ({n_tasks} tasks): slices", total=None, visible=True)
+        return lambda done, total: bar.update(ids[1], completed=done, total=total)
+
+    def on_task(subject, task):
+        bar.update(ids[1], visible=False)
+        scored[subject.name] = scored.get(subject.name, 0) + 1
+        bar.advance(ids[0])
+
+    def on_end(outcome):
+        bar.advance(ids[0], sizes.get(outcome.subject, 0) - scored.get(outcome.subject, 0))
+        bar.update(ids[1], visible=False)
+        if outcome.status == "failed":
+            bar.console.print(f"[red]failed[/] {outcome.subject}: {outcome.error}", highlight=False, soft_wrap=True)
+        elif outcome.status == "skipped":
+            bar.console.print(f"skipped {outcome.subject}: {outcome.error}", highlight=False, soft_wrap=True)
+
+    try:
+        return run_evaluation(synth, data, output, settings, model_label=model_label,
+                              hooks=Hooks(on_ready=on_ready, on_subject=on_subject, on_task=on_task, on_end=on_end))
+    except KeyboardInterrupt:
+        if not ids:
+            raise
+        bar.stop()
+        err.print(f"interrupted: finished subjects are kept in {output / 'subjects'}; rerun the same command "
+                  "to resume", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        if ids:
+            bar.stop()
+
+
+def _print_result(result) -> None:
+    s = result.summary
+    subj = s["subjects"]
+    out.print(f"scored {subj['scored']} subject(s) ({subj['reused']} reused from an earlier run), "
+              f"{len(subj['failed'])} failed, {len(subj['skipped'])} skipped", highlight=False)
+    for row in s["table1_by_inputs"]:
+        if row["method"] == s["table1_by_inputs"][0]["method"] and row["psnr"]["mean"] is not None:
+            out.print(f"  {row['n_inputs']} input(s): PSNR {row['psnr']['mean']:.2f} dB, SSIM "
+                      f"{row['ssim']['mean']:.4f} over {row['psnr']['n']} syntheses", highlight=False)
+    qc = s.get("qc")
+    if qc:
+        rows = qc["rows"]
+        out.print(f"  QC (τ = {qc['tsem_threshold']:g}): Spearman ρ(score, PSNR) {_fmt(rows['spearman'])}, "
+                  f"AUC worst decile {_fmt(rows['auc_worst_decile'])}", highlight=False)
+    if result.qc_error:
+        err.print(f"[bold red]error:[/] {result.qc_error}", highlight=False, soft_wrap=True)
+    out.print(f"report: {result.report_dir / 'report.md'}", highlight=False, soft_wrap=True)
+    if s.get("qc_file"):
+        out.print(f"QC calibration: {result.report_dir / s['qc_file']} (use with `tsf-trt infer --qc`)",
+                  highlight=False, soft_wrap=True)
+
+
+def _fmt(value) -> str:
+    return "–" if value is None or value != value else f"{value:.3f}"

@@ -1,0 +1,181 @@
+"""One subject, every task: each sequence encoded once per slice batch, then fused and decoded per task.
+
+Why not call :class:`~tsf_trt.pipeline.Synthesizer` once per task: the encoder is the same
+for every task, so with the four sequences and 28 tasks the Synthesizer would encode each
+slice 64 times instead of 4. Here a batch of 2.5D stacks is encoded once per sequence and
+every task reuses the features: fuse, then decode `fused` and `fused_avg` as one batch of
+2N, exactly as the pipeline does (its helpers are used, so a slice's output is the same).
+The comparisons of Table 1 come from the same features: each source's own features decoded
+one-to-one are the Seq2Seq stage, and `fused_avg` decoded is TSF without attention.
+
+Only what is scored is computed and kept: axial slices that hold head voxels (every
+`slice_step`-th of them), and in-plane the head's bounding box plus a margin. With the
+middle-channel rule an output slice depends only on its own stack of 3, so skipping slices
+changes nothing in those computed; the margin exceeds SSIM's window radius, so cropping
+changes no score inside the head.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import sequences
+from ..backends import Backend
+from ..pipeline import decode_numpy, encode_stacks, load_arrays, normalize_inputs, timed
+from ..preprocess import SliceAccumulator
+from .tasks import Task
+
+#: In-plane margin around the head (pixels): more than the 5-pixel radius of SSIM's Gaussian
+#: window (σ 1.5, truncated at 3.5 σ), so every head voxel's SSIM sees the same neighbourhood.
+MARGIN = 8
+
+SliceProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Region:
+    """The voxels a subject is scored on: some axial slices, and one in-plane box."""
+
+    slices: np.ndarray  # selected z, increasing
+    y: slice
+    x: slice
+
+    @classmethod
+    def of(cls, head: np.ndarray, step: int = 1, margin: int = MARGIN) -> "Region":
+        """Every `step`-th slice holding head voxels; the head's in-plane box plus `margin`."""
+        if step < 1:
+            raise ValueError(f"slice step must be at least 1, got {step}")
+        occupied = np.flatnonzero(head.any(axis=(1, 2)))
+        chosen = occupied[occupied % step == 0] if step > 1 else occupied
+        if len(occupied) and not len(chosen):  # a head thinner than the step: score its middle slice
+            chosen = occupied[len(occupied) // 2: len(occupied) // 2 + 1]
+        box = []
+        for axis, size in ((2, head.shape[1]), (1, head.shape[2])):
+            seen = np.flatnonzero(head.any(axis=(0, axis)))
+            lo, hi = (int(seen[0]), int(seen[-1]) + 1) if len(seen) else (0, size)
+            box.append(slice(max(0, lo - margin), min(size, hi + margin)))
+        return cls(chosen.astype(np.int64), box[0], box[1])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return len(self.slices), self.y.stop - self.y.start, self.x.stop - self.x.start
+
+    def take(self, volume: np.ndarray) -> np.ndarray:
+        """The region of a (z, y, x) volume of the original size."""
+        return np.ascontiguousarray(volume[self.slices][:, self.y, self.x])
+
+
+@dataclass
+class TaskImages:
+    """What one task produced over the region, network units."""
+
+    image: np.ndarray                 # TSF-Seq2Seq (decoded `fused`)
+    image_avg: np.ndarray | None      # TSF without attention (decoded `fused_avg`); None without fusion
+    tsem: np.ndarray | None           # |image - image_avg| of the middle channel (paper Eq. 6)
+    weights: dict[int, float]         # ω per source
+
+
+@dataclass
+class SubjectImages:
+    """Everything scored for one subject: truths, head mask and outputs, all over `region`."""
+
+    region: Region
+    head: np.ndarray
+    truth: dict[int, np.ndarray]
+    tasks: dict[Task, TaskImages]
+    one_to_one: dict[tuple[int, int], np.ndarray]   # (source, target) -> Seq2Seq stage output
+    batch_size: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def load_subject(inputs: Mapping[int, Path], multiple: int
+                 ) -> tuple[dict[int, np.ndarray], tuple[slice, slice], np.ndarray]:
+    """Normalised, padded volumes of every sequence, the crop back, and the head mask (voxels
+    where any of the subject's sequences is above 0: one mask for all of its tasks)."""
+    arrays = load_arrays(dict(inputs))
+    normed, crop = normalize_inputs(arrays, multiple)
+    head = np.logical_or.reduce([raw > 0 for _, raw in arrays.values()])
+    return normed, crop, head
+
+
+def evaluate_images(backend: Backend, inputs: Mapping[int, Path], tasks: Sequence[Task], *, slice_step: int = 1,
+                    batch_size: int | None = None, compare: bool = True,
+                    progress: SliceProgress | None = None) -> SubjectImages:
+    """Run every task on one subject; see the module docstring for what is shared."""
+    t0 = time.perf_counter()
+    normed, crop, head = load_subject(inputs, backend.config.downsample)
+    region = Region.of(head, slice_step)
+    timings = {"load": time.perf_counter() - t0}
+    truth = {i: region.take(v[:, crop[0], crop[1]]) for i, v in normed.items()}
+    height, width = next(iter(normed.values())).shape[1:]
+    batch = batch_size or backend.preferred_batch_size(height, width)
+    images, one_to_one = _run_network(backend, normed, crop, region, tasks, batch, compare and backend.has_fusion,
+                                      progress, timings)
+    timings["network"] = time.perf_counter() - t0 - timings["load"]
+    return SubjectImages(region, region.take(head), truth, images, one_to_one, batch, timings)
+
+
+def _run_network(be: Backend, normed: Mapping[int, np.ndarray], crop: tuple[slice, slice], region: Region,
+                 tasks: Sequence[Task], batch: int, compare: bool, progress: SliceProgress | None,
+                 timings: dict[str, float]) -> tuple[dict[Task, TaskImages], dict[tuple[int, int], np.ndarray]]:
+    ry = slice(crop[0].start + region.y.start, crop[0].start + region.y.stop)  # region in padded coordinates
+    rx = slice(crop[1].start + region.x.start, crop[1].start + region.x.stop)
+    shape = region.shape
+    needed = sorted({s for t in tasks for s in t.sources})
+    singles = {(t.sources[0], t.target) for t in tasks if t.n_inputs == 1}
+    # One-to-one outputs a one-input task already gives (its fused_avg is the source's own
+    # features, ω = 1) are taken from it; only the others need a decoder pass of their own.
+    pairs = sorted({(s, t.target) for t in tasks for s in t.sources}) if compare else []
+    direct = [p for p in pairs if p not in singles]
+    with_avg = be.has_fusion
+    acc = {t: [SliceAccumulator(shape) for _ in range(3 if with_avg else 1)] for t in tasks}
+    acc_direct = {p: SliceAccumulator(shape) for p in direct}
+    weights: dict[Task, dict[int, float]] = {}
+    codes = {t: (t.task_code(), sequences.target_code(t.target, be.config.style_dim)) for t in tasks}
+    total = len(region.slices)
+    for start in range(0, total, batch):
+        positions = range(start, min(start + batch, total))
+        centres = region.slices[start:positions.stop]
+        with timed(timings, "encode"):
+            features = encode_stacks(be, normed, needed, centres)
+        for task in tasks:
+            task_code, target_code = codes[task]
+            if with_avg:
+                with timed(timings, "fuse"):
+                    fused, fused_avg, omega = be.fuse({i: features[i] for i in task.sources}, task_code)
+                weights[task] = {i: float(omega[i]) for i in task.sources}
+                with timed(timings, "decode"):
+                    out, out_avg = decode_numpy(be, fused, target_code, fused_avg)
+                assert out_avg is not None
+                out, out_avg = out[:, :, ry, rx], out_avg[:, :, ry, rx]
+                image, avg, tsem = acc[task]
+                image.add(positions, out)
+                avg.add(positions, out_avg)
+                tsem.add(positions, np.abs(out - out_avg))
+            else:  # Seq2Seq only: one-input tasks, the source's features decoded directly
+                weights[task] = {task.sources[0]: 1.0}
+                with timed(timings, "decode"):
+                    out, _ = decode_numpy(be, features[task.sources[0]], target_code)
+                acc[task][0].add(positions, out[:, :, ry, rx])
+        for (source, target), accumulator in acc_direct.items():
+            with timed(timings, "decode"):
+                out, _ = decode_numpy(be, features[source], sequences.target_code(target, be.config.style_dim))
+            accumulator.add(positions, out[:, :, ry, rx])
+        if progress is not None:
+            progress(positions.stop, total)
+    images = {}
+    for task in tasks:
+        parts = [a.result() for a in acc[task]]
+        images[task] = TaskImages(parts[0], parts[1] if with_avg else None, parts[2] if with_avg else None,
+                                  weights.get(task, {}))
+    one_to_one = {p: a.result() for p, a in acc_direct.items()}
+    for source, target in pairs:
+        if (source, target) in singles:
+            single = images[Task((source,), target)]
+            one_to_one[(source, target)] = single.image_avg if single.image_avg is not None else single.image
+    return images, one_to_one
