@@ -184,8 +184,8 @@ def test_auto_measures_once_and_caches_its_choice(small_model_dir):
     records = list((cache_root() / "auto").glob(f"{backend.model_id}-*.json"))
     assert len(records) == 1
     record = json.loads(records[0].read_text())
-    assert set(record["seconds_per_probe"]) == {"torch", "ort"}
-    assert backend.name == record["choice"] == min(record["seconds_per_probe"], key=record["seconds_per_probe"].get)
+    assert set(record["seconds_per_slice"]) == {"torch", "ort"}
+    assert backend.name == record["choice"] == min(record["seconds_per_slice"], key=record["seconds_per_slice"].get)
     assert create_backend("auto", small_model_dir).name == backend.name
 
 

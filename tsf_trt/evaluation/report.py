@@ -94,8 +94,18 @@ def _ordering(table1: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for n in sorted({r["n_inputs"] for r in table1}):
         ranked = sorted((r for r in table1 if r["n_inputs"] == n and r["psnr"]["mean"] is not None),
                         key=lambda r: -r["psnr"]["mean"])
-        out.append({"n_inputs": n, "by_psnr": [r["method"] for r in ranked]})
+        out.append({"n_inputs": n, "by_psnr": [r["method"] for r in ranked],
+                    "psnr": [r["psnr"]["mean"] for r in ranked]})
     return out
+
+
+def _ranking(order: Mapping[str, Any]) -> str:
+    """'A > B = C': '=' where the means agree to the 0.01 dB shown in the tables."""
+    text = order["by_psnr"][0] if order["by_psnr"] else ""
+    for k in range(1, len(order["by_psnr"])):
+        tie = abs(order["psnr"][k - 1] - order["psnr"][k]) < 0.005
+        text += (" = " if tie else " > ") + order["by_psnr"][k]
+    return text
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], *, lpips: bool, compare: bool,
@@ -193,7 +203,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
                 "The best single input is an oracle (chosen by PSNR against the truth).", ""]
     if s["psnr_ordering"] and settings["compare"]:
         out += ["Measured ordering by mean PSNR (best first): " + "; ".join(
-            f"{o['n_inputs']} input(s): " + " > ".join(o["by_psnr"]) for o in s["psnr_ordering"]) + ".", ""]
+            f"{o['n_inputs']} input(s): " + _ranking(o) for o in s["psnr_ordering"]) + ".", ""]
     out += ["## Table 2 — PSNR inside vs outside the top-1 % TSEM region", ""]
     if s["table2"]:
         out += ["The region is the 1 % of head voxels with the highest TSEM (99th percentile of TSEM over the "
