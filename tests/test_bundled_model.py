@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 
@@ -72,3 +71,9 @@ def test_bundled_model_synthesises_a_held_out_phantom(held_out_slab):
 def test_resolve_model_passes_paths_through(tmp_path):
     assert resolve_model(tmp_path) == tmp_path
     assert resolve_model(str(tmp_path)) == tmp_path
+
+
+def test_synthesizer_takes_the_bundled_name():
+    from tsf_trt.pipeline import Synthesizer
+
+    assert Synthesizer("demo", "torch").backend.model_id == load_model(BUNDLED["demo"]).id

@@ -160,7 +160,8 @@ def test_default_batch_follows_activation_size(small_model, volumes):
     # paper config at 240²: 64 channels at full resolution, 14 MiB per slice -> 2 slices on CPU
     assert activation_bytes(PRESETS["paper"], 240, 240) == 4 * 64 * 240 * 240
     assert CPU_BATCH_BYTES // activation_bytes(PRESETS["paper"], 240, 240) == 2
-    synth = Synthesizer(small_model)
-    assert synth.backend.preferred_batch_size(240, 240) == 16
-    assert synth.run(volumes, 2).batch_size == 16
+    synth = Synthesizer(small_model)  # a live model: torch, whose CPU budget is 16 MiB
+    assert synth.backend.name == "torch" and synth.backend.preferred_batch_size(240, 240) == 9
+    assert synth.run(volumes, 2).batch_size == 16  # the test volume is 24x24: 16 is the cap
+    assert synth.backend.cpu_batch_bytes // activation_bytes(PRESETS["paper"], 240, 240) == 1
     assert Synthesizer(small_model, batch_size=3).run(volumes, 2).batch_size == 3

@@ -70,13 +70,17 @@ class Result:
 
 
 class Synthesizer:
-    """Runs a model on whole volumes. `model` is a model directory, a loaded
+    """Runs a model on whole volumes. `model` is a model directory, "demo" (the bundled model), a loaded
     TSFSeq2Seq, or a ready :class:`~tsf_trt.backends.Backend`."""
 
     def __init__(self, model, backend: str = "auto", *, batch_size: int | None = None, device: str = "cpu",
                  combine: str = "middle", threads: int | None = None, precision: str = "fp32"):
         if batch_size is not None and batch_size < 1:
             raise TsfError(f"--batch-size must be at least 1, got {batch_size}")
+        if isinstance(model, (str, Path)):
+            from .models import resolve_model
+
+            model = resolve_model(model)  # "demo": the bundled model
         self.backend: Backend = model if isinstance(model, Backend) else create_backend(
             backend, model, device=device, threads=threads, precision=precision)
         self.batch_size = batch_size  # None: the backend's choice for each volume's size

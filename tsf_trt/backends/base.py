@@ -34,6 +34,8 @@ class Backend(ABC):
     name: ClassVar[str]
     #: Runs on a GPU: large batches pay there, while on a CPU they fall out of cache.
     on_gpu: bool = False
+    #: CPU batch budget (bytes of a batch's largest activation): see preferred_batch_size.
+    cpu_batch_bytes: ClassVar[int] = CPU_BATCH_BYTES
 
     def __init__(self, config: ModelConfig, has_fusion: bool, model_id: str):
         self.config = config
@@ -61,13 +63,13 @@ class Backend(ABC):
     def preferred_batch_size(self, height: int, width: int) -> int:
         """Slices per batch when the caller does not say.
 
-        On CPU, as many as keep a batch's largest activation within CPU_BATCH_BYTES:
+        On CPU, as many as keep a batch's largest activation within ``cpu_batch_bytes``:
         measured (2 cores, paper config, 240²) torch's encoder takes 253 ms/slice at
         batch 1-2 and 318 ms at 8, while the small config only runs well at 8-16.
         """
         if self.on_gpu:
             return GPU_BATCH
-        return max(1, min(GPU_BATCH, CPU_BATCH_BYTES // activation_bytes(self.config, height, width)))
+        return max(1, min(GPU_BATCH, self.cpu_batch_bytes // activation_bytes(self.config, height, width)))
 
     def describe(self) -> str:
         """Runtime and device, for reports."""

@@ -43,7 +43,8 @@ def infer(
                                          "that order.")] = "auto",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per network batch "
                                                       "(default: on CPU as many as keep a batch's activations within "
-                                                      "32 MiB, e.g. 2 for the paper config at 240x240; 16 on GPU). "
+                                                      "32 MiB (ort) or 16 MiB (torch), e.g. 2 or 1 for the paper config at "
+                                                      "240x240; 16 on GPU). "
                                                       "Memory grows with it, not with the volume.",
                                                       show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto (a GPU when one is usable, else the CPU), cpu, "
