@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ def test_model_card_states_how_it_was_made():
 
 
 def test_bundled_files_are_package_data():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     patterns = data["tsf_trt.models"]
     for f in BUNDLED["demo"].iterdir():
