@@ -21,7 +21,7 @@ engines_app = typer.Typer(
     name="engines", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     rich_markup_mode="rich", context_settings={"help_option_names": ["-h", "--help"]},
     help="TensorRT engines of an export: build them ahead of time (infer --backend trt builds missing ones "
-         "on demand). Needs the [gpu] extra and an NVIDIA GPU.",
+         "on demand). Needs the \\[gpu] extra and an NVIDIA GPU.",
 )
 app.add_typer(engines_app, name="engines")
 
