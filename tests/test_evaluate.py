@@ -16,6 +16,7 @@ from tsf_trt import metrics
 from tsf_trt.cli import app
 from tsf_trt.errors import InputError, TsfError
 from tsf_trt.evaluation import Settings, Task, all_tasks, evaluate, parse_tasks
+from tsf_trt import qc as qccore
 from tsf_trt.evaluation import qc as qcmod
 from tsf_trt.evaluation.loop import Region
 from tsf_trt.pipeline import Synthesizer
@@ -93,20 +94,20 @@ def test_qc_block_and_calibration_file(tmp_path):
     tsem = np.zeros((2, 4, 4), np.float32)
     tsem[0, 0, :2] = 0.5
     head = np.ones_like(tsem, dtype=bool)
-    block = qcmod.qc_block(tsem, head, None)
-    assert block["score"] == pytest.approx(2 / 32) and block["tsem_threshold"] == qcmod.DEFAULT_THRESHOLD
+    block = qccore.qc_block(tsem, head, None)
+    assert block["score"] == pytest.approx(2 / 32) and block["tsem_threshold"] == qccore.DEFAULT_THRESHOLD
     assert block["flagged"] is None and "uncalibrated" in block["note"]
-    assert qcmod.qc_block(None, head, None) is None
+    assert qccore.qc_block(None, head, None) is None
     path = tmp_path / "qc.json"
-    path.write_text(json.dumps(qcmod.calibration_json(qcmod.QcCalibration(0.6, 0.01, "abc"), {})))
-    cal = qcmod.load_calibration(path)
+    path.write_text(json.dumps(qcmod.calibration_json(qccore.QcCalibration(0.6, 0.01, "abc"), {})))
+    cal = qccore.load_calibration(path)
     assert (cal.tsem_threshold, cal.flag_above, cal.model_id) == (0.6, 0.01, "abc")
-    assert qcmod.qc_block(tsem, head, cal)["flagged"] is False
+    assert qccore.qc_block(tsem, head, cal)["flagged"] is False
     with pytest.raises(InputError, match="model abc"):
-        qcmod.check_model(cal, "other")
+        qccore.check_model(cal, "other")
     path.write_text('{"format": "something else"}')
     with pytest.raises(InputError, match="not a QC calibration"):
-        qcmod.load_calibration(path)
+        qccore.load_calibration(path)
 
 
 # -- the evaluation ---------------------------------------------------------------------------------
@@ -184,7 +185,7 @@ def test_report_has_every_table_and_figure(run):
 
 
 def test_calibrated_qc_file_feeds_infer(run, small_model_dir, phantoms, tmp_path):
-    cal = qcmod.load_calibration(run.report_dir / "qc.json")
+    cal = qccore.load_calibration(run.report_dir / "qc.json")
     assert cal.tsem_threshold in qcmod.THRESHOLDS and cal.flag_above is not None
     stats = json.loads((run.report_dir / "qc.json").read_text())["stats"]
     assert stats["rows"]["n"] == 12 and len(stats["per_threshold"]) == len(qcmod.THRESHOLDS)
@@ -197,7 +198,7 @@ def test_calibrated_qc_file_feeds_infer(run, small_model_dir, phantoms, tmp_path
     assert report["complete"] is True and "tsem" in report and "weights" in report
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
     plain = json.loads(next(tmp_path.glob("*_t2.json")).read_text())["qc"]
-    assert plain["tsem_threshold"] == qcmod.DEFAULT_THRESHOLD and plain["flagged"] is None
+    assert plain["tsem_threshold"] == qccore.DEFAULT_THRESHOLD and plain["flagged"] is None
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     result = runner.invoke(app, [*args, "--overwrite", "--qc", str(bad)])

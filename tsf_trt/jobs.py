@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import sequences
 from .errors import TsfError
-from .evaluation.qc import QcCalibration, qc_block
+from .qc import QcCalibration, qc_block
 from .outputs import OutputPaths, build_report, write_outputs
 from .pipeline import Progress, Result, Synthesizer
 from .subjects import Subject

@@ -96,7 +96,7 @@ def work(job: WorkerJob, subjects: Sequence[Subject], device: int, emit: Callabl
                             combine=job.combine, threads=job.threads, precision=job.precision)
         extra = {}
         if job.qc is not None:
-            from .evaluation.qc import load_calibration
+            from .qc import load_calibration
 
             extra["qc"] = load_calibration(Path(job.qc))
     except TsfError as exc:

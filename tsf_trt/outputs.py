@@ -57,7 +57,7 @@ class OutputPaths:
 def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
                  subject: str, model_id: str, backend: str, extra: dict[str, Any] | None = None,
                  qc: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON report; `qc` is the TSEM QC block (tsf_trt.evaluation.qc.qc_block), None without TSEM."""
+    """The JSON report; `qc` is the TSEM QC block (tsf_trt.qc.qc_block), None without TSEM."""
     return {
         "tsf_trt_version": __version__,
         "report_version": REPORT_VERSION,

@@ -71,7 +71,7 @@ def evaluate(
     """
     from ..errors import TsfError
     from ..evaluation import Settings, parse_tasks
-    from ..evaluation.qc import check_model, load_calibration
+    from ..qc import check_model, load_calibration
     from ..subjects import find_subjects
 
     chosen = parse_tasks(tasks)

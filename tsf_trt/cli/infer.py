@@ -94,7 +94,7 @@ def infer(
     from ..errors import TsfError
     from ..subjects import Subject, find_subjects, parse_inputs, shard as take_shard, subject_name
 
-    from ..evaluation.qc import check_model, load_calibration
+    from ..qc import check_model, load_calibration
     from ..volume import check_input_file
 
     calibration = load_calibration(qc) if qc is not None else None

@@ -9,7 +9,8 @@ Markdown), `store` (the resumable report folder), `run` (all of it, subject by s
 
 from __future__ import annotations
 
-from .qc import QcCalibration, load_calibration, rank_auc
+from ..qc import QcCalibration, load_calibration
+from .qc import rank_auc
 from .run import Evaluation, Hooks, Settings, SubjectOutcome, evaluate
 from .tasks import Task, all_tasks, parse_tasks
 

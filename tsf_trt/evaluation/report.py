@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import sequences
 from ..volume import atomic_path
-from .qc import key as qc_key
+from ..qc import key as qc_key
 from .scoring import METHODS, QUALITY
 
 CSV_COLUMNS = (

@@ -53,7 +53,7 @@ class _Scorer:
 def score_subject(subject: str, images: SubjectImages, *, thresholds: Sequence[float], compare: bool = True,
                   lpips: Lpips | None = None, on_task: TaskDone | None = None) -> list[dict[str, Any]]:
     """One row per task (table order), with every score and the TSEM exceedance at `thresholds`."""
-    from .qc import exceedance, key
+    from ..qc import exceedance, key
 
     scorers: dict[int, _Scorer] = {}
     rows = []
