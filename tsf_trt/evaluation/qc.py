@@ -31,19 +31,10 @@ def calibration_json(calibration: QcCalibration, stats: Mapping[str, Any]) -> di
 
 # -- statistics ------------------------------------------------------------------------------
 def average_ranks(values: Sequence[float]) -> np.ndarray:
-    """Ranks 1..n, ties sharing the mean of their ranks."""
-    x = np.asarray(values, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    sorted_x = x[order]
-    start = 0
-    while start < len(x):
-        stop = start + 1
-        while stop < len(x) and sorted_x[stop] == sorted_x[start]:
-            stop += 1
-        ranks[order[start:stop]] = (start + stop + 1) / 2.0  # mean of ranks start+1 .. stop
-        start = stop
-    return ranks
+    """Ranks 1..n, ties sharing the mean of their ranks (SciPy's, a maintained implementation)."""
+    from scipy.stats import rankdata
+
+    return rankdata(np.asarray(values, dtype=np.float64), method="average")
 
 
 def rank_auc(scores: Sequence[float], positives: Sequence[bool]) -> float:
