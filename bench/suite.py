@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tsf_trt.volume import atomic_path, check_writable
+    from tsf_trt.atomic import atomic_path, check_writable
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if unknown := [v for v in variants if v not in VARIANTS]:

@@ -161,7 +161,7 @@ def fp16_variant(source: Path, source_sha256: str, directory: Path) -> tuple[Pat
     returns its path and, when it was made now, the pass report."""
     import onnx
 
-    from tsf_trt.volume import atomic_path
+    from tsf_trt.atomic import atomic_path
 
     path = Path(directory) / f"{source.stem}.{source_sha256[:16]}.fp16v{PASS_VERSION}.onnx"
     if path.is_file():

@@ -4,7 +4,9 @@ Used by the `trt` backend (engines built on demand, at the first batch of a size
 cached engines do not cover) and by `tsf-trt engines build` (ahead of time). The
 TensorRT builder and the platform (TensorRT version, GPU) are passed in, so the cache
 logic — keys, staleness, corrupt files, profile widening, FP16 variants — is tested
-on CPU with a fake builder.
+on CPU with a fake builder. Each graph is checked for the role the manifest gives it
+(:func:`tsf_trt.export.roles.check_graph_file`) before its engine is looked up or built,
+and the role it records is part of the engine key.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class EngineManager:
         self.report = report
         self.progress = progress
         self._sources: dict[str, tuple[Path, str]] = {}
+        self._roles: dict[str, str] = {}
 
     # -- graphs ---------------------------------------------------------------------------
     @property
@@ -78,12 +81,22 @@ class EngineManager:
     def precision_of(self, graph: str) -> str:
         return graph_precision(self.settings.precision, graph)
 
+    def role(self, graph: str) -> str:
+        """The role `graph`'s ONNX file records, once checked against the manifest (read
+        from the exported file: an FP16 variant keeps no metadata)."""
+        if graph not in self._roles:
+            from tsf_trt.export.roles import check_graph_file
+
+            self._roles[graph] = check_graph_file(self.export_dir, self.manifest, graph)
+        return self._roles[graph]
+
     def source(self, graph: str) -> tuple[Path, str]:
         """The ONNX file built for `graph` at this precision and its SHA-256 (the FP16
-        variant is made once, beside the engines)."""
+        variant is made once, beside the engines); the graph is checked first."""
         if graph not in self._sources:
             from tsf_trt.export.manifest import graph_path
 
+            self.role(graph)
             path, sha = graph_path(self.export_dir, self.manifest, graph), self.manifest["graphs"][graph]["sha256"]
             if self.precision_of(graph) == "fp16":
                 from tsf_trt.fileformat import file_sha256
@@ -99,7 +112,7 @@ class EngineManager:
 
     def key(self, graph: str, profile: Profile | None = None) -> EngineKey:
         return EngineKey(graph, self.source(graph)[1], self.precision_of(graph), self.platform,
-                         profile or self.settings.profile)
+                         profile or self.settings.profile, role=self.role(graph))
 
     # -- engines --------------------------------------------------------------------------
     def engine(self, graph: str, batch: int, height: int, width: int) -> Entry:

@@ -1,5 +1,9 @@
 """Exports of model directories kept in the cache, so `--backend ort` on a PyTorch model
-directory exports once and reuses the graphs on every later run."""
+directory exports once and reuses the graphs on every later run.
+
+A cached export is reused only when its manifest and every graph pass the checks the
+runtimes make (:mod:`tsf_trt.export.roles`); anything else, an export written by an
+older tsf-trt without graph metadata included, is exported again instead of failing."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from tsf_trt.model import TSFSeq2Seq
 
 from .manifest import read_manifest
 from .onnx_export import DEFAULT_OPSET, export_model
+from .roles import check_export
 
 
 def model_key(model: TSFSeq2Seq) -> str:
@@ -36,9 +41,10 @@ def ensure_export(model: TSFSeq2Seq | str | Path, *, opset: int = DEFAULT_OPSET)
         try:
             manifest = read_manifest(directory)
             if manifest.get("model_id") == model_key(model):
+                check_export(directory, manifest)
                 return directory
         except ModelError:
-            pass  # stale or damaged: export again below
+            pass  # stale, damaged or from an older tsf-trt: export again below
     if not getattr(model, "id", ""):
         model.id = model_key(model)  # type: ignore[attr-defined]
     export_model(model, directory, opset=opset, overwrite=True, origin={"exported_by": "cache"})

@@ -7,11 +7,13 @@ error instead of a crash deep inside a runtime.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tsf_trt.errors import ModelError
+from tsf_trt.errors import ModelError, TsfError
 from tsf_trt.fileformat import file_sha256, read_tagged_json
+from tsf_trt.model.config import ModelConfig
 
 FORMAT = "tsf-trt-export"
 FORMAT_VERSION = 1
@@ -32,6 +34,7 @@ def read_manifest(directory: str | Path, *, check_hashes: bool = True) -> dict[s
     if not path.is_file():
         raise ModelError(directory, f"missing {MANIFEST}: not a tsf-trt export directory")
     manifest = read_tagged_json(path, FORMAT, FORMAT_VERSION, "manifest")
+    manifest_config(directory, manifest)
     for name, graph in manifest.get("graphs", {}).items():
         file = directory / graph["file"]
         if not file.is_file():
@@ -42,7 +45,19 @@ def read_manifest(directory: str | Path, *, check_hashes: bool = True) -> dict[s
     return manifest
 
 
-def graph_path(directory: str | Path, manifest: dict[str, Any], name: str) -> Path:
+def manifest_config(directory: str | Path, manifest: Mapping[str, Any]) -> ModelConfig:
+    """The manifest's model config; an invalid one names manifest.json (a runtime would
+    otherwise fail later without saying which file is wrong)."""
+    data = manifest.get("model_config")
+    if not isinstance(data, dict):
+        raise ModelError(Path(directory) / MANIFEST, "model_config is missing or not an object: export again")
+    try:
+        return ModelConfig.from_dict(data)
+    except (TsfError, TypeError, ValueError) as exc:
+        raise ModelError(Path(directory) / MANIFEST, f"{exc}: export again") from None
+
+
+def graph_path(directory: str | Path, manifest: Mapping[str, Any], name: str) -> Path:
     if name not in manifest["graphs"]:
         raise ModelError(Path(directory) / MANIFEST, f"this export has no '{name}' graph "
                                                      f"(it has: {', '.join(manifest['graphs'])})")

@@ -5,7 +5,9 @@ Graphs are traced with the TorchScript-based exporter (`dynamo=False`): it takes
 HyperConvs) and produces plain opset-17 graphs that ONNX Runtime and TensorRT parse.
 They are then simplified with onnxslim (pure Python, maintained, no native build
 step — onnxsim needs a compiled extension that is not always available as a wheel),
-and verified against PyTorch.
+and verified against PyTorch. Each graph records its role, target, model id and config
+hash in its ONNX metadata (:mod:`tsf_trt.export.roles`), so that runtimes can tell a
+graph listed under the wrong role in the manifest.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from torch import nn
 from tsf_trt import __version__, sequences
 from tsf_trt.errors import ModelError, TsfError
 from tsf_trt.model import TSFSeq2Seq
-from tsf_trt.volume import atomic_dir
+from tsf_trt.atomic import atomic_dir
 
 from .graphs import BakedDecoderGraph, DecoderGraph, EncoderGraph, FusionGraph
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, sha256
+from .roles import graph_metadata
 
 DEFAULT_OPSET = 17
 FLOPS_SIZE = (240, 240)  # FLOPs are reported per slice at the BraTS in-plane size
@@ -89,8 +92,10 @@ def _with_codes(spec: GraphSpec, args: tuple[torch.Tensor, ...]) -> tuple[torch.
     return tuple(fixed)
 
 
-def export_graph(spec: GraphSpec, path: Path, opset: int, simplify: bool = True) -> None:
-    """Trace one graph to `path`, check it, and simplify it with onnxslim."""
+def export_graph(spec: GraphSpec, path: Path, opset: int, simplify: bool = True,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Trace one graph to `path`, simplify it with onnxslim, record `metadata` in its
+    `metadata_props`, and check it."""
     import onnx
 
     dynamic = {name: {i: d for i, d in enumerate(dims) if isinstance(d, str)}
@@ -107,6 +112,9 @@ def export_graph(spec: GraphSpec, path: Path, opset: int, simplify: bool = True)
         import onnxslim
 
         graph = onnxslim.slim(graph)
+    if metadata:  # added to (not replacing) whatever the exporter or onnxslim wrote
+        onnx.helper.set_model_props(graph, {**{p.key: p.value for p in graph.metadata_props}, **metadata})
+    if simplify or metadata:
         onnx.save(graph, str(path))
     onnx.checker.check_model(str(path), full_check=True)
 
@@ -152,7 +160,7 @@ def export_model(model: TSFSeq2Seq, out_dir: str | Path, *, targets: Sequence[in
         for name, spec in specs.items():
             step(f"exporting {name}")
             path = tmp / f"{name}.onnx"
-            export_graph(spec, path, opset, simplify)
+            export_graph(spec, path, opset, simplify, graph_metadata(name, getattr(model, "id", ""), model.config))
             graphs[name] = {"file": path.name, **graph_io(path), "target": spec.target,
                             "flops_per_slice": count_graph_flops(path, spec)["total"]}
         step("counting FLOPs of the unfolded ConvLSTMs")

@@ -144,11 +144,9 @@ class FakeEngines:
         self.requests: list[tuple] = []
 
     def runner(self, graph, batch, height, width):
-        from tsf_trt.export.manifest import graph_path
-
         self.requests.append((graph, batch, height, width))
-        if graph not in self.runners:
-            path = graph_path(self.manager.export_dir, self.manager.manifest, graph)
+        if graph not in self.runners:  # through the manager, as EngineSet: the graph is checked for its role
+            path, _ = self.manager.source(graph)
             self.runners[graph] = FakeRunner(path, graph)
         return self.runners[graph]
 

@@ -471,7 +471,7 @@ def test_interrupt_while_writing_leaves_nothing(case, small_model_dir, monkeypat
     from tsf_trt.pipeline import Synthesizer
 
     inp, out, t1, flair = case
-    real = tsf_trt.outputs.save_volume
+    real = tsf_trt.outputs.write_volume
     calls = []
 
     def save_then_interrupt(*args, **kwargs):
@@ -481,7 +481,7 @@ def test_interrupt_while_writing_leaves_nothing(case, small_model_dir, monkeypat
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(tsf_trt.outputs, "save_volume", save_then_interrupt)
+    monkeypatch.setattr(tsf_trt.outputs, "write_volume", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         infer_subject(Synthesizer(small_model_dir, batch_size=2), _subject(t1, flair), 2, out)
     assert len(calls) == on_call
@@ -489,12 +489,12 @@ def test_interrupt_while_writing_leaves_nothing(case, small_model_dir, monkeypat
 
 
 def test_interrupt_between_renames_leaves_nothing(case, small_model_dir, monkeypatch):
-    import tsf_trt.volume
+    import tsf_trt.atomic
     from tsf_trt.jobs import infer_subject
     from tsf_trt.pipeline import Synthesizer
 
     inp, out, t1, flair = case
-    real = tsf_trt.volume._publish
+    real = tsf_trt.atomic.publish
 
     def publish(tmp, path, overwrite):
         # The temp files of save_volume are published into other temp files (hidden names);
@@ -503,7 +503,7 @@ def test_interrupt_between_renames_leaves_nothing(case, small_model_dir, monkeyp
             raise KeyboardInterrupt
         return real(tmp, path, overwrite)
 
-    monkeypatch.setattr(tsf_trt.volume, "_publish", publish)
+    monkeypatch.setattr(tsf_trt.atomic, "publish", publish)
     with pytest.raises(KeyboardInterrupt):
         infer_subject(Synthesizer(small_model_dir, batch_size=2), _subject(t1, flair), 2, out)
     assert files_under(out) == []
@@ -517,7 +517,7 @@ def test_cli_interrupt_exit_code_and_message(case, small_model_dir, monkeypatch)
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tsf_trt.outputs, "save_volume", interrupt)
+    monkeypatch.setattr(tsf_trt.outputs, "write_volume", interrupt)
     result = infer(small_model_dir, out, t1, flair)
     assert result.exit_code == 130
     assert "Traceback" not in result.output

@@ -203,6 +203,38 @@ def test_stale_and_corrupt_engines_are_rebuilt(export):
     assert not mgr.cache.paths(stale)[0].exists()  # the old graph's engine is gone
 
 
+def test_engine_key_holds_the_graph_role():
+    base = key(graph="decoder_t2", role="decoder_t2")
+    other = key(graph="decoder_t2", role="decoder_flair")
+    assert base.digest() != other.digest() and not base.same_build(other) and other.stale_for(base)
+    assert EngineKey.from_dict(json.loads(json.dumps(base.to_dict()))) == base
+    older = {k: v for k, v in base.to_dict().items() if k != "role"}  # an engine from before roles
+    assert EngineKey.from_dict(older).role == "" and EngineKey.from_dict(older).stale_for(base)
+
+
+def test_manager_checks_each_graph_for_its_role(export):
+    """Before any engine is looked up or built: a swapped manifest builds nothing, and an
+    engine stored under another role is not reused (and is pruned)."""
+    from tsf_trt.errors import ModelError
+
+    mgr, builder, _ = manager(export)
+    assert mgr.key("decoder_t2").role == "decoder_t2" and mgr.key("encoder").role == "encoder"
+    foreign = EngineKey(**{**mgr.key("decoder_t2").__dict__, "role": "decoder_flair"})
+    mgr.cache.store(foreign, b"engine of another role")
+    entry = mgr.engine("decoder_t2", 2, 64, 64)
+    assert entry.key.role == "decoder_t2" and len(builder.calls) == 1 and not mgr.cache.paths(foreign)[0].exists()
+    assert json.loads(mgr.cache.paths(entry.key)[1].read_text())["key"]["role"] == "decoder_t2"
+    path = export / "manifest.json"
+    manifest = json.loads(path.read_text())
+    graphs = manifest["graphs"]
+    graphs["decoder_t2"], graphs["decoder_flair"] = graphs["decoder_flair"], graphs["decoder_t2"]
+    path.write_text(json.dumps(manifest))
+    swapped, builder, _ = manager(export)
+    with pytest.raises(ModelError, match="lists decoder_flair.onnx as the 'decoder_t2' graph"):
+        swapped.engine("decoder_t2", 2, 64, 64)
+    assert not builder.calls
+
+
 def test_fp16_and_best_build_the_fp16_variants(export):
     mgr, builder, messages = manager(export, "best")
     mgr.engine("encoder", 2, 64, 64)
@@ -418,6 +450,31 @@ def test_cli_engines_build_with_stand_ins(export, monkeypatch):
     assert bad.exit_code == 1 and "multiple of 4" in bad.output
 
 
+def test_cli_engines_build_refuses_a_swapped_export(export, monkeypatch):
+    """`engines build` on an export whose encoder and decoder entries were swapped: one
+    error line naming manifest.json and the role the graph has, nothing built."""
+    from types import SimpleNamespace
+
+    from tests.test_cli_errors import assert_clean_error
+    from tsf_trt.cli import app
+    from tsf_trt.engines import build
+
+    built = []
+    monkeypatch.setattr(gpu_mod, "has_module", lambda name: True)
+    monkeypatch.setattr(gpu_mod, "device_count", lambda: 1)
+    monkeypatch.setattr(gpu_mod, "import_tensorrt", lambda: SimpleNamespace(__version__="10.13.0"))
+    monkeypatch.setattr(gpu_mod, "device_info", lambda index: gpu_mod.GpuInfo(index, H100.gpu, "9.0", 80 << 30))
+    monkeypatch.setattr(build, "build_engine", lambda source, shapes, **kwargs: built.append(source) or b"engine")
+    path = export / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["graphs"]["encoder"], manifest["graphs"]["decoder"] = manifest["graphs"]["decoder"], \
+        manifest["graphs"]["encoder"]
+    path.write_text(json.dumps(manifest))
+    result = CliRunner().invoke(app, ["engines", "build", "--model", str(export)])
+    assert_clean_error(result, str(path), "decoder.onnx as the 'encoder' graph", "'decoder' graph", "export again")
+    assert not built
+
+
 def test_devices_validation(tmp_path, small_export_dir, monkeypatch):
     from tsf_trt.cli import app
     from tsf_trt.multigpu import parse_devices, visible_id
@@ -446,13 +503,14 @@ def test_worker_runs_its_shard_with_two_io_threads(small_model_dir, tmp_path):
     """The body of a --devices worker, in-process on CPU: shared synthesizer, events, outputs."""
     from tests.sample_subject import write_subject
     from tsf_trt.multigpu import WorkerJob, work
+    from tsf_trt.options import RunOptions
     from tsf_trt.subjects import find_subjects
 
     for name in ("a", "b", "c"):
         write_subject(tmp_path / "in" / name, name, shape=(16, 16, 3), seqs=("t1", "flair"))
     subjects = find_subjects(tmp_path / "in")
-    job = WorkerJob(str(small_model_dir), "torch", 2, str(tmp_path / "out"), None, True, False, 2, "middle",
-                    "fp32", 1, device="cpu")
+    job = WorkerJob(str(small_model_dir), RunOptions("torch", "cpu", "fp32", 2, 1, "middle"), 2,
+                    str(tmp_path / "out"), None, True, False)
     events = []
     work(job, subjects, 0, events.append)
     kinds = [e[0] for e in events]
@@ -467,12 +525,13 @@ def test_workers_are_processes_over_disjoint_shards(small_model_dir, tmp_path):
     a machine with GPUs adds)."""
     from tests.sample_subject import write_subject
     from tsf_trt.multigpu import WorkerJob, run_on_devices
+    from tsf_trt.options import RunOptions
     from tsf_trt.subjects import find_subjects
 
     for name in ("a", "b"):
         write_subject(tmp_path / "in" / name, name, shape=(16, 16, 3), seqs=("t1", "flair"))
-    job = WorkerJob(str(small_model_dir), "torch", 2, str(tmp_path / "out"), None, False, False, 2, "middle",
-                    "fp32", 1, device="cpu")
+    job = WorkerJob(str(small_model_dir), RunOptions("torch", "cpu", "fp32", 2, 1, "middle"), 2,
+                    str(tmp_path / "out"), None, False, False)
     events = []
     run_on_devices(job, find_subjects(tmp_path / "in"), [0], events.append)
     assert sorted(e[2]["subject"] for e in events if e[0] == "end") == ["a", "b"], events
@@ -538,6 +597,24 @@ def test_trt_backend_data_flow_matches_onnx_runtime(export, fake_cuda):
     assert engines.runners["fusion"].runs == 3
     assert "TensorRT 10.13.0" in backend.describe()
     backend.close()
+
+
+def test_trt_backend_refuses_a_swapped_fusion_graph(export, fake_cuda):
+    """The fusion graph is checked before its declared outputs are read (a KeyError before)."""
+    from tests.gpu_fakes import FakeEngines
+    from tsf_trt.backends.trt_backend import TrtBackend
+    from tsf_trt.engines.cuda import GpuContext
+    from tsf_trt.errors import ModelError
+
+    path = export / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["graphs"]["fusion"], manifest["graphs"]["encoder"] = manifest["graphs"]["encoder"], \
+        manifest["graphs"]["fusion"]
+    path.write_text(json.dumps(manifest))
+    mgr, builder, _ = manager(export)
+    with pytest.raises(ModelError, match="lists encoder.onnx as the 'fusion' graph"):
+        TrtBackend(mgr, FakeEngines(mgr), GpuContext(0))
+    assert not builder.calls
 
 
 @pytest.mark.gpu

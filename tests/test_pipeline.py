@@ -83,7 +83,7 @@ def test_mean_combination_differs_from_middle_but_agrees_in_range(small_model, v
     mean = Synthesizer(small_model, combine="mean").run(volumes, 2, tsem=False)
     assert not np.allclose(middle.image, mean.image)
     assert mean.image.min() >= -1 and mean.image.max() <= 1
-    with pytest.raises(ValueError):
+    with pytest.raises(TsfError, match="--combine must be one of middle, mean"):
         Synthesizer(small_model, combine="median")
 
 
@@ -162,6 +162,8 @@ def test_default_batch_follows_activation_size(small_model, volumes):
     assert CPU_BATCH_BYTES // activation_bytes(PRESETS["paper"], 240, 240) == 2
     synth = Synthesizer(small_model)  # a live model: torch, whose CPU budget is 16 MiB
     assert synth.backend.name == "torch" and synth.backend.preferred_batch_size(240, 240) == 9
-    assert synth.run(volumes, 2).batch_size == 16  # the test volume is 24x24: 16 is the cap
+    # in-plane the test volume is small (16, the cap, would fit), but it is 9 slices deep: 9 are used
+    assert synth.run(volumes, 2).batch_size == 9
+    assert Synthesizer(small_model, batch_size=10**23).run(volumes, 2).batch_size == 9  # reported as used
     assert synth.backend.cpu_batch_bytes // activation_bytes(PRESETS["paper"], 240, 240) == 1
     assert Synthesizer(small_model, batch_size=3).run(volumes, 2).batch_size == 3

@@ -182,17 +182,23 @@ def test_find_subjects_flat_bare_names_take_folder_name(tmp_path: Path) -> None:
     assert [s.name for s in find_subjects(tmp_path / "case9")] == ["case9"]
 
 
-def test_find_subjects_duplicate_sequence_names_both(tmp_path: Path) -> None:
+def _problems(found) -> dict[str, str | None]:
+    return {s.name: s.problem for s in found}
+
+
+def test_find_subjects_duplicate_sequence_is_that_subjects_problem(tmp_path: Path) -> None:
+    """Two files of one sequence fail that subject alone: the others still run."""
     touch(tmp_path / "s1", "s1_t1.nii.gz", "s1_t1n.nii.gz")
-    with pytest.raises(InputError) as err:
-        find_subjects(tmp_path)
-    assert "s1_t1.nii.gz" in str(err.value) and "s1_t1n.nii.gz" in str(err.value)
+    touch(tmp_path / "s2", "s2_t1.nii.gz", "s2_flair.nii.gz")
+    problems = _problems(find_subjects(tmp_path))
+    assert problems["s2"] is None
+    assert "s1_t1.nii.gz" in problems["s1"] and "s1_t1n.nii.gz" in problems["s1"]
 
 
 def test_find_subjects_duplicate_in_flat_folder(tmp_path: Path) -> None:
-    touch(tmp_path, "s1_t1.nii.gz", "s1_t1.nii")
-    with pytest.raises(InputError, match="T1 found twice"):
-        find_subjects(tmp_path)
+    touch(tmp_path, "s1_t1.nii.gz", "s1_t1.nii", "s2_t1.nii.gz")
+    problems = _problems(find_subjects(tmp_path))
+    assert "T1 found twice" in problems["s1"] and problems["s2"] is None
 
 
 def test_find_subjects_nnunet_with_channels(tmp_path: Path) -> None:
@@ -251,8 +257,13 @@ def test_find_subjects_missing_folder_or_file(tmp_path: Path) -> None:
 def test_find_subjects_same_subject_as_folder_and_files(tmp_path: Path) -> None:
     touch(tmp_path / "s1", "s1_t1.nii.gz")
     touch(tmp_path, "s1_t2.nii.gz")
-    with pytest.raises(InputError, match="'s1' is found twice"):
-        find_subjects(tmp_path)
+    assert "'s1' is found twice" in _problems(find_subjects(tmp_path))["s1"]
+
+
+def test_channels_without_nnunet_files_is_an_error(tmp_path: Path) -> None:
+    touch(tmp_path, "s1_t1.nii.gz", "s1_flair.nii.gz")
+    with pytest.raises(TsfError, match="--channels is for nnU-Net"):
+        find_subjects(tmp_path, channels=[T1, T2])
 
 
 # --- shard --------------------------------------------------------------------------

@@ -9,15 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tsf_trt.atomic import atomic_path, check_writable
 from tsf_trt.errors import InputError
-from tsf_trt.volume import (
-    CANONICAL_AXCODES,
-    atomic_path,
-    check_same_grid,
-    check_writable,
-    load_volume,
-    save_volume,
-)
+from tsf_trt.volume import CANONICAL_AXCODES, check_same_grid, load_volume, save_volume
 
 SHAPE = (12, 10, 8)  # native (x, y, z) of the LPS reference file
 

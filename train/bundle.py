@@ -19,7 +19,7 @@ from typing import Any
 from tsf_trt.errors import TsfError
 from tsf_trt.model import load_model, save_model
 from tsf_trt.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from tsf_trt.volume import atomic_dir
+from tsf_trt.atomic import atomic_dir
 
 CARD = "MODEL_CARD.md"
 _FLAGS = ("model_config", "init", "steps", "batch_size", "crop", "lr", "workers", "block_subjects",

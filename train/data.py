@@ -27,7 +27,8 @@ from tsf_trt.errors import InputError
 from tsf_trt.preprocess import BACKGROUND, normalize, stack_25d
 from tsf_trt.sequences import N_SEQUENCES
 from tsf_trt.subjects import Subject
-from tsf_trt.volume import atomic_path, check_same_grid, load_volume
+from tsf_trt.atomic import atomic_path
+from tsf_trt.volume import check_same_grid, load_volume
 
 SPLITS = ("train", "val", "test")
 

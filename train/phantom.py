@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tsf_trt.volume import atomic_dir
+from tsf_trt.atomic import atomic_dir
 
 SEQUENCES = ("t1", "t1gd", "t2", "flair")  # tsf_trt.sequences.NAMES order
 TISSUES = ("csf", "gm", "wm", "necrosis", "rim", "oedema")  # tissue map codes 1..6

@@ -38,7 +38,7 @@ from tsf_trt import sequences
 from tsf_trt.errors import TsfError
 from tsf_trt.model import TSFSeq2Seq, load_model, resolve_config, save_model
 from tsf_trt.subjects import find_subjects
-from tsf_trt.volume import atomic_dir
+from tsf_trt.atomic import atomic_dir
 
 from .data import (BlockShuffleSampler, SliceDataset, make_loader, read_split, sample_task, slice_index,
                    split_subjects, write_split)

@@ -22,7 +22,8 @@ from .pipeline import Progress, Synthesizer
 from .preprocess import normalize
 from .subjects import Subject
 from .errors import InputError
-from .volume import atomic_path, load_volume
+from .atomic import atomic_path
+from .volume import load_volume
 
 DEMO_SEED = 900_000
 TARGET = "t2"

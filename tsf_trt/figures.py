@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .volume import atomic_path
+from .atomic import atomic_path
 
 DPI = 110
 CELL_IN = 1.9  # inches per image cell

@@ -8,14 +8,16 @@ inputs and output names, refuse bad requests before any heavy work, run the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sequences
+from .atomic import DiskFullError, remove_stale
+from .claims import DEFAULT_LEASE_S, Claims, Holder
 from .errors import TsfError
-from .qc import QcCalibration, qc_block
 from .outputs import OutputPaths, build_report, write_outputs
+from .qc import QcCalibration, qc_block
 from .pipeline import Progress, Result, Synthesizer
 from .subjects import Subject
 from .volume import load_volume
@@ -24,10 +26,11 @@ from .volume import load_volume
 @dataclass
 class SubjectOutcome:
     subject: str
-    status: str                      # "done", "skipped" or "failed"
+    status: str                      # "done", "skipped", "failed" or "busy" (a live run elsewhere has it)
     paths: OutputPaths | None = None
     result: Result | None = None
-    error: str | None = None
+    error: str | None = None         # why it failed, or who has it when busy
+    removed: list[Path] = field(default_factory=list)  # leftovers of dead runs cleaned up
 
 
 @dataclass
@@ -40,6 +43,17 @@ class FolderSummary:
     @property
     def failed(self) -> list[SubjectOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def removed(self) -> list[Path]:
+        return [p for o in self.outcomes for p in o.removed]
+
+    def line(self, seconds: float) -> str:
+        busy = self.count("busy")
+        return (f"{self.count('done')} done, {self.count('skipped')} skipped (already complete), "
+                f"{self.count('failed')} failed" + (f", {busy} in progress in other runs" if busy else "")
+                + (f", {len(self.removed)} leftovers of killed runs removed" if self.removed else "")
+                + f", in {seconds:.1f} s")
 
 
 def choose_sources(subject: Subject, target: int, wanted: Sequence[int] | None) -> dict[int, Path]:
@@ -57,18 +71,21 @@ def choose_sources(subject: Subject, target: int, wanted: Sequence[int] | None) 
 
 def infer_subject(synth: Synthesizer, subject: Subject, target: int, out_dir: str | Path | None = None, *,
                   tsem: bool = True, overwrite: bool = False, progress: Progress | None = None,
-                  backend_name: str = "", qc: QcCalibration | None = None) -> SubjectOutcome:
+                  backend_name: str = "", qc: QcCalibration | None = None, protected: Iterable[Path] = (),
+                  before_publish: Callable[[], None] | None = None) -> SubjectOutcome:
     """Synthesise `target` for one subject from all of `subject.inputs`; write three files.
 
-    The report's "qc" block scores the TSEM with `qc` (from `evaluate --calibrate-qc`), or with
-    the default threshold and no flag."""
+    No output may be one of the subject's inputs or of `protected` (folder mode: every
+    input of the folder). The report's "qc" block scores the TSEM with `qc` (from
+    `evaluate --calibrate-qc`), or with the default threshold and no flag."""
     sources = list(subject.inputs)
     synth.check_task(sorted(sources), target)
     first = subject.inputs[sources[0]]
     folder = Path(out_dir) if out_dir is not None else first.parent
     with_tsem = tsem and synth.has_fusion
     paths = OutputPaths.for_subject(folder, subject.name, target, with_tsem)
-    paths.check(overwrite)
+    inputs = [*subject.inputs.values(), *protected]
+    paths.check(overwrite, inputs)
     start = time.perf_counter()
     volumes = {i: load_volume(p) for i, p in subject.inputs.items()}
     read = time.perf_counter() - start
@@ -80,7 +97,8 @@ def infer_subject(synth: Synthesizer, subject: Subject, target: int, out_dir: st
                                  "no TSEM: the model has no TSF stage (Seq2Seq only)"},
                           qc=qc_block(result.tsem, result.head_mask, qc))
     start = time.perf_counter()
-    write_outputs(result, volumes[sources[0]], paths, report, overwrite=overwrite)
+    write_outputs(result, volumes[sources[0]], paths, report, overwrite=overwrite, inputs=inputs,
+                  before_publish=before_publish)
     result.timings["write"] = time.perf_counter() - start
     return SubjectOutcome(subject.name, "done", paths, result)
 
@@ -89,33 +107,93 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], target: int, o
                  sources: Sequence[int] | None = None, tsem: bool = True, overwrite: bool = False,
                  on_start: Callable[[Subject], Progress | None] | None = None,
                  on_end: Callable[[SubjectOutcome], None] | None = None, backend_name: str = "",
-                 qc: QcCalibration | None = None) -> FolderSummary:
-    """Every subject in turn: finished ones are skipped (resume), a failure is recorded
-    and the rest go on. Output goes to `out_dir/<subject>/` or beside each subject's inputs."""
+                 qc: QcCalibration | None = None, lease_s: float = DEFAULT_LEASE_S) -> FolderSummary:
+    """Every subject in turn, safe to run in many processes at once over one folder.
+
+    Output goes to `out_dir/<subject>/` or beside each subject's inputs. Each subject is
+    claimed first (:mod:`tsf_trt.claims`): finished ones are skipped (resume), ones a live
+    run holds are left to it ("busy"), dead runs' claims are taken over and their
+    leftovers removed; a failure is recorded and the rest go on. With `overwrite`,
+    finished subjects are redone, except those another run finished since this one began.
+    """
+    folder_run = _FolderRun(synth, target, out_dir, sources, tsem, overwrite, backend_name, qc,
+                            [p for s in subjects for p in s.inputs.values()], time.time())
     summary = FolderSummary()
-    with_tsem = tsem and synth.has_fusion
-    for subject in subjects:
-        folder = Path(out_dir) / subject.name if out_dir is not None else None
+    with Claims(lease_s) as claims:
+        for subject in subjects:
+            outcome = folder_run.one(subject, claims, on_start)
+            summary.outcomes.append(outcome)
+            if on_end:
+                on_end(outcome)
+    return summary
+
+
+@dataclass
+class _FolderRun:
+    """What every subject of one folder run shares."""
+
+    synth: Synthesizer
+    target: int
+    out_dir: str | Path | None
+    sources: Sequence[int] | None
+    tsem: bool
+    overwrite: bool
+    backend_name: str
+    qc: QcCalibration | None
+    protected: list[Path]
+    started: float  # time.time(): with overwrite, reports newer than this were written by a concurrent run
+
+    def one(self, subject: Subject, claims: Claims, on_start) -> SubjectOutcome:
+        folder = Path(self.out_dir) / subject.name if self.out_dir is not None else None
+        created = False
         try:
-            chosen = Subject(subject.name, choose_sources(subject, target, sources))
+            if subject.problem:
+                raise TsfError(subject.problem)
+            chosen = Subject(subject.name, choose_sources(subject, self.target, self.sources))
             where = folder if folder is not None else next(iter(chosen.inputs.values())).parent
-            paths = OutputPaths.for_subject(where, subject.name, target, with_tsem)
-            if not overwrite and paths.complete():
-                outcome = SubjectOutcome(subject.name, "skipped", paths)
-            else:
-                # Leftovers of an interrupted run (no complete report) are ours to replace.
-                redo = overwrite or any(p.exists() for p in paths.all())
-                if folder is not None:
-                    folder.mkdir(parents=True, exist_ok=True)
-                progress = on_start(subject) if on_start else None
-                outcome = infer_subject(synth, chosen, target, where, tsem=tsem, overwrite=redo,
-                                        progress=progress, backend_name=backend_name, qc=qc)
+            paths = OutputPaths.for_subject(where, subject.name, self.target, self.tsem and self.synth.has_fusion)
+            stem, since = paths.report.stem, self.started if self.overwrite else None
+            removed = self._sweep(claims, where, stem, paths)
+            if paths.complete(since):
+                return SubjectOutcome(subject.name, "skipped", paths, removed=removed)
+            if folder is not None and not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                created = True
+            held = claims.claim(where, stem)
+            if isinstance(held, Holder):
+                return SubjectOutcome(subject.name, "busy", paths, error=held.describe(), removed=removed)
+            with held:
+                if paths.complete(since):  # finished by another run between our look and our claim
+                    return SubjectOutcome(subject.name, "skipped", paths, removed=removed)
+                removed += remove_stale(where, paths.names(), claims.lease_s)
+                redo = self.overwrite or any(p.exists() for p in paths.all())  # a dead run's partial outputs
+
+                def still_ours() -> None:
+                    if not held.still_held():
+                        raise TsfError(f"{held.path}: another run took this subject over while this one worked "
+                                       "on it (taken for dead: is --claim-lease shorter than a pause of this "
+                                       "machine?); nothing was written")
+
+                outcome = infer_subject(self.synth, chosen, self.target, where, tsem=self.tsem, overwrite=redo,
+                                        progress=on_start(subject) if on_start else None,
+                                        backend_name=self.backend_name, qc=self.qc, protected=self.protected,
+                                        before_publish=still_ours)
+                outcome.removed = removed
+                return outcome
+        except DiskFullError:
+            raise  # not this subject's fault: every later one would fail the same way
         except (TsfError, OSError) as exc:
             message = str(exc) if isinstance(exc, TsfError) else f"{type(exc).__name__}: {exc}"
-            outcome = SubjectOutcome(subject.name, "failed", error=message)
-            if folder is not None and folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()  # a failed subject leaves no empty folder behind
-        summary.outcomes.append(outcome)
-        if on_end:
-            on_end(outcome)
-    return summary
+            if created and folder is not None:
+                try:
+                    folder.rmdir()  # a failed subject leaves no empty folder behind (only if still empty)
+                except OSError:
+                    pass
+            return SubjectOutcome(subject.name, "failed", error=message)
+
+    @staticmethod
+    def _sweep(claims: Claims, where: Path, stem: str, paths: OutputPaths) -> list[Path]:
+        """Claims and temp files of dead runs beside this subject's outputs (never a live run's)."""
+        if not where.is_dir():
+            return []
+        return claims.sweep(where, stem) + remove_stale(where, paths.names(), claims.lease_s)

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .claims import DEFAULT_LEASE_S
 from .errors import TsfError
+from .options import RunOptions
 from .subjects import Subject, shard
 
 Event = tuple[str, int, Any]   # (kind, device, payload): start / end / ready / fatal / done
@@ -53,21 +55,18 @@ def parse_devices(text: str, visible: int | None = None) -> list[int]:
 
 @dataclass(frozen=True)
 class WorkerJob:
-    """What each worker needs to run its shard (picklable: it crosses to a new process)."""
+    """What each worker needs to run its shard (picklable: it crosses to a new process).
+    Inside a worker the one visible GPU is cuda:0, so `options.device` is "cuda" there."""
 
     model: str
-    backend: str
+    options: RunOptions
     target: int
     output: str | None
     sources: tuple[int, ...] | None
     tsem: bool
     overwrite: bool
-    batch_size: int | None
-    combine: str
-    precision: str
-    threads: int | None
     qc: str | None = None  # QC calibration file (infer --qc)
-    device: str = "cuda"   # inside a worker the one visible GPU is cuda:0
+    lease_s: float = DEFAULT_LEASE_S
 
 
 class SharedSynthesizer:
@@ -92,8 +91,9 @@ def work(job: WorkerJob, subjects: Sequence[Subject], device: int, emit: Callabl
     from .pipeline import Synthesizer
 
     try:
-        synth = Synthesizer(job.model, job.backend, batch_size=job.batch_size, device=job.device,
-                            combine=job.combine, threads=job.threads, precision=job.precision)
+        o = job.options
+        synth = Synthesizer(job.model, o.backend, batch_size=o.batch_size, device=o.device, combine=o.combine,
+                            threads=o.threads, precision=o.precision)
         extra = {}
         if job.qc is not None:
             from .qc import load_calibration
@@ -109,10 +109,10 @@ def work(job: WorkerJob, subjects: Sequence[Subject], device: int, emit: Callabl
 
     def run_part(part: Sequence[Subject]) -> None:
         infer_folder(shared, part, job.target, job.output, sources=job.sources, tsem=job.tsem,
-                     overwrite=job.overwrite, backend_name=name, **extra,
+                     overwrite=job.overwrite, backend_name=name, lease_s=job.lease_s, **extra,
                      on_start=lambda subject: emit(("start", device, subject.name)),
                      on_end=lambda o: emit(("end", device, {"subject": o.subject, "status": o.status,
-                                                             "error": o.error})))
+                                                             "error": o.error, "removed": [str(p) for p in o.removed]})))
 
     try:
         with ThreadPoolExecutor(IO_THREADS) as pool:

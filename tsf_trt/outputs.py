@@ -8,8 +8,9 @@ so its presence marks a finished subject (what folder mode's resume relies on).
 from __future__ import annotations
 
 import json
+import os
 import platform
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ import numpy as np
 from . import __version__, sequences
 from .pipeline import Result
 from .preprocess import OUTPUT_SCALE, to_output_intensity
-from .volume import Volume, atomic_path, check_writable, save_volume
+from .atomic import atomic_group, check_writable, disk_full_as_error
+from .errors import InputError, TsfError
+from .volume import Volume, write_volume
 
 REPORT_VERSION = 1
 
@@ -32,26 +35,45 @@ class OutputPaths:
 
     @classmethod
     def for_subject(cls, folder: str | Path, subject: str, target: int, tsem: bool) -> "OutputPaths":
+        check_subject_name(subject)
         stem = Path(folder) / f"{subject}_{sequences.NAMES[target]}"
         return cls(Path(f"{stem}_synth.nii.gz"), Path(f"{stem}_tsem.nii.gz") if tsem else None,
                    Path(f"{stem}.json"))
 
     def all(self) -> list[Path]:
+        """Every output, in the order they are published: the report, which marks completion, last."""
         return [p for p in (self.synth, self.tsem, self.report) if p is not None]
 
-    def complete(self) -> bool:
-        """True when a previous run finished this subject (report last, so it marks the end)."""
+    def names(self) -> list[str]:
+        return [p.name for p in self.all()]
+
+    def complete(self, since: float | None = None) -> bool:
+        """True when a run finished this subject (the report goes last, so it marks the end);
+        with `since` (a time.time()), only a report written at or after it counts."""
         if not all(p.is_file() for p in self.all()):
             return False
         try:
+            if since is not None and self.report.stat().st_mtime < since:
+                return False
             return json.loads(self.report.read_text()).get("complete") is True
         except (OSError, ValueError):
             return False
 
-    def check(self, overwrite: bool) -> None:
-        """Fail before any work when an output exists or its folder is unwritable."""
+    def check(self, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
+        """Fail before any work when an output exists, is an input, or its folder is unwritable."""
+        self.refuse_inputs(inputs)
         for path in self.all():
             check_writable(path, overwrite)
+
+    def refuse_inputs(self, inputs: Iterable[Path]) -> None:
+        """An input is never written, with or without --overwrite (same name, link or hard link)."""
+        inputs = list(inputs)
+        for path in self.all():
+            for source in inputs:
+                if _same_file(path, source):
+                    which = "" if path.absolute() == source.absolute() else f" (the same file as {source})"
+                    raise InputError(path, f"is an input{which}: an input is never written, with or without "
+                                           "--overwrite; choose another --output or --subject")
 
 
 def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
@@ -79,44 +101,50 @@ def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
         "qc": qc,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "host": platform.node(),
+        "pid": os.getpid(),  # with host: which of several processes sharing a folder wrote it
         **(extra or {}),
         "complete": True,
     }
 
 
 def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict[str, Any], *,
-                  overwrite: bool) -> None:
-    """Write every file to a temporary name first; rename only when all are complete.
+                  overwrite: bool, inputs: Iterable[Path] = (), before_publish: Callable[[], None] | None = None
+                  ) -> None:
+    """Write every file under a temporary name; publish them together when all are complete.
 
-    Should anything fail between the renames (Ctrl-C included), the files this call
-    already put in place are removed again, so a subject is never left half-written.
+    The images go first and the report last, so the report marks a finished subject.
+    `before_publish` runs just before the first rename (folder mode checks there that
+    its claim on the subject still holds). Should anything fail between the renames
+    (Ctrl-C included), the files this call put in place are removed again, and only those.
     """
     if paths.tsem is not None and result.tsem is None:
         raise ValueError("TSEM output requested but the result has none")
-    before = {p: _identity(p) for p in paths.all()}
-    try:
-        with ExitStack() as stack:
-            # ExitStack publishes in reverse order of entry: the report is entered first
-            # so that it is renamed last, after both images are in place.
-            report_tmp = stack.enter_context(atomic_path(paths.report, overwrite))
-            synth_tmp = stack.enter_context(atomic_path(paths.synth, overwrite))
-            save_volume(like, to_output_intensity(result.image), synth_tmp, overwrite=True,
-                        description=f"tsf-trt {result.task} synthesis")
-            if paths.tsem is not None:
-                tsem_tmp = stack.enter_context(atomic_path(paths.tsem, overwrite))
-                save_volume(like, np.ascontiguousarray(result.tsem, dtype=np.float32), tsem_tmp, overwrite=True,
-                            description=f"tsf-trt {result.task} TSEM")
-            report_tmp.write_text(json.dumps(report, indent=2) + "\n")
-    except BaseException:
-        for path, identity in before.items():
-            if _identity(path) != identity:  # put in place by this call
-                path.unlink(missing_ok=True)
-        raise
+    paths.refuse_inputs(inputs)
+    with atomic_group(paths.all(), overwrite) as tmps:
+        files = dict(zip(paths.all(), tmps))
+        with disk_full_as_error(paths.synth):
+            write_volume(like, to_output_intensity(result.image), files[paths.synth],
+                         description=f"tsf-trt {result.task} synthesis")
+        if paths.tsem is not None:
+            with disk_full_as_error(paths.tsem):
+                write_volume(like, np.ascontiguousarray(result.tsem, dtype=np.float32), files[paths.tsem],
+                             description=f"tsf-trt {result.task} TSEM")
+        with disk_full_as_error(paths.report):
+            files[paths.report].write_text(json.dumps(report, indent=2) + "\n")
+        paths.refuse_inputs(inputs)  # again: an input may have appeared under an output name
+        if before_publish is not None:
+            before_publish()
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def check_subject_name(name: str) -> None:
+    """A subject name becomes part of output file names: it must never lead out of the folder."""
+    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise TsfError(f"subject name {name!r} cannot name output files: it must not be empty, start with '.', "
+                       "or hold '/', '\\' or NUL")
+
+
+def _same_file(a: Path, b: Path) -> bool:
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -27,7 +27,7 @@ from . import sequences
 from .backends import Backend, create_backend
 from .errors import InputError, TsfError
 from .preprocess import SliceAccumulator, normalize, pad_inplane, stack_25d
-from .volume import Volume, check_same_grid, load_volume
+from .volume import Volume, check_same_grid, load_volume, shape_text
 
 Progress = Callable[[int, int], None]
 MIN_INPLANE = 8  # reflection padding at 1/4 resolution needs at least 2 pixels
@@ -75,8 +75,9 @@ class Synthesizer:
 
     def __init__(self, model, backend: str = "auto", *, batch_size: int | None = None, device: str = "cpu",
                  combine: str = "middle", threads: int | None = None, precision: str = "fp32"):
-        if batch_size is not None and batch_size < 1:
-            raise TsfError(f"--batch-size must be at least 1, got {batch_size}")
+        from .options import RunOptions
+
+        RunOptions(backend, device, precision, batch_size, threads, combine)  # every value checked before the model loads
         if isinstance(model, (str, Path)):
             from .models import resolve_model
 
@@ -86,7 +87,6 @@ class Synthesizer:
         self.batch_size = batch_size  # None: the backend's choice for each volume's size
         self.label = f"model {model}" if isinstance(model, (str, Path)) else "this model"
         self.combine = combine
-        SliceAccumulator((1, 1, 1), combine)  # validates the rule early
 
     @property
     def has_fusion(self) -> bool:
@@ -136,7 +136,7 @@ class Synthesizer:
         image = SliceAccumulator((depth, height, width), self.combine)
         tsem_map = SliceAccumulator((depth, height, width), "middle") if want_tsem else None
         weights = task_code[0, : sequences.N_SEQUENCES].copy()  # one-to-one: ω = 1 for the source
-        batch = self.batch_size or be.preferred_batch_size(height, width)
+        batch = min(self.batch_size or be.preferred_batch_size(height, width), depth)  # what is really used
         for start in range(0, depth, batch):
             centres = range(start, min(start + batch, depth))
             with timed(timings, "encode"):
@@ -171,14 +171,16 @@ def load_arrays(keyed: Mapping[int, Volume | str | Path | np.ndarray]) -> dict[i
         if data.ndim != 3:
             raise InputError(path, f"expected a 3D (z, y, x) array, got shape {data.shape}")
         if min(data.shape[1:]) < MIN_INPLANE:
-            raise InputError(path, f"in-plane size {data.shape[1]}x{data.shape[2]} is too small "
-                                   f"(the network needs at least {MIN_INPLANE}x{MIN_INPLANE})")
+            whole = f"; file shape {shape_text(v.native_shape)}" if isinstance(v, Volume) else ""
+            raise InputError(path, f"axial slices of {data.shape[2]}x{data.shape[1]} voxels (x, y{whole}) are too "
+                                   f"small: the network needs at least {MIN_INPLANE}x{MIN_INPLANE}")
         arrays[i] = (path, data)
     shapes = {d.shape for _, d in arrays.values()}
     if len(shapes) > 1:
         first, *rest = arrays.values()
-        other = next(p for p, d in rest if d.shape != first[1].shape)
-        raise InputError(other, f"shape differs from {first[0].name}: {sorted(shapes)}")
+        other, shape = next((p, d.shape) for p, d in rest if d.shape != first[1].shape)
+        raise InputError(other, f"shape differs from {first[0].name}: {shape_text(shape[::-1])} vs "
+                                f"{shape_text(first[1].shape[::-1])} (x, y, z)")
     return arrays
 
 

@@ -28,10 +28,14 @@ _UNNAMED = "cannot tell the sequence from the file name; write it as t1=PATH (on
 
 @dataclass(frozen=True)
 class Subject:
-    """One case to synthesise for; `inputs` may hold any subset of the four sequences."""
+    """One case to synthesise for; `inputs` may hold any subset of the four sequences.
+
+    `problem` says why a subject found in a folder cannot run (two files of one sequence,
+    say): folder mode fails that subject alone and goes on with the others."""
 
     name: str
     inputs: dict[int, Path]  # sequence index -> file
+    problem: str | None = None
 
 
 def parse_inputs(items: Sequence[str]) -> dict[int, Path]:
@@ -118,32 +122,86 @@ def find_subjects(folder: str | Path, channels: Sequence[int] | None = None) -> 
     if not root.is_dir():
         raise InputError(root, "is a file, not a folder: give the folder that holds the subjects")
 
-    found: dict[str, dict[int, Path]] = {}
+    found = _Found()
     for entry in _entries(root):
         if entry.is_dir():
-            inputs = _named_inputs(_nifti_files(entry), group=False).get("")
-            if inputs:
-                _add(found, entry.name, inputs, root)
-    for name, inputs in _named_inputs(_nifti_files(root), group=True).items():
-        _add(found, name or _folder_name(root.resolve()), inputs, root)
+            found.add_named(_nifti_files(entry), entry.name)
+    found.add_named(_nifti_files(root), None, default=_folder_name(root.resolve()))
 
     nnunet = [p for p in _nifti_files(root) if _NNUNET.match(sequences.nifti_stem(p.name))]
-    if nnunet and channels is None and not found:
+    if nnunet and channels is None and not found.names():
         raise TsfError(
             f"{root}: looks like nnU-Net naming (CASE_XXXX.nii.gz); say which channel is "
             "which with --channels t1,t1gd,t2,flair"
         )
-    if nnunet and channels is not None:
-        for name, inputs in _nnunet_inputs(nnunet, _check_channels(channels)).items():
-            _add(found, name, inputs, root)
+    if channels is not None:
+        if not nnunet:
+            raise TsfError(f"--channels is for nnU-Net folders (files named CASE_XXXX.nii.gz), and {root} holds "
+                           "none: drop --channels")
+        found.add_nnunet(nnunet, _check_channels(channels))
 
-    if not found:
+    if not found.names():
         raise InputError(
             root,
             "no subject found: expected one sub-folder per subject or files named like "
             "<subject>_t1.nii.gz / <subject>-t1n.nii.gz (or nnU-Net CASE_0000.nii.gz with --channels)",
         )
-    return [Subject(name, dict(sorted(found[name].items()))) for name in sorted(found)]
+    return [Subject(name, dict(sorted(found.inputs.get(name, {}).items())), found.problems.get(name))
+            for name in found.names()]
+
+
+class _Found:
+    """Subjects found so far. A conflict (two files of one sequence, one subject in two
+    places) becomes that subject's problem, so the rest of the folder still runs."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[str, dict[int, Path]] = {}
+        self.problems: dict[str, str] = {}
+
+    def names(self) -> list[str]:
+        return sorted(set(self.inputs) | set(self.problems))
+
+    def add_named(self, files: Sequence[Path], subject: str | None, default: str = "") -> None:
+        """Files whose names say their sequence: all of one `subject` (a sub-folder), or
+        grouped by the subject part of their names (a flat folder)."""
+        batch: dict[str, dict[int, Path]] = {}
+        for path in files:
+            read = sequences.from_filename(path.name)
+            if read is not None:
+                self._put(batch, subject if subject is not None else (read[0] or default), read[1], path)
+        for name, inputs in batch.items():
+            self._add(name, inputs)
+
+    def add_nnunet(self, files: Sequence[Path], channels: Sequence[int]) -> None:
+        batch: dict[str, dict[int, Path]] = {}
+        for path in files:
+            match = _NNUNET.match(sequences.nifti_stem(path.name))
+            assert match is not None
+            channel = int(match.group("channel"))
+            if channel >= len(channels):
+                raise InputError(
+                    path,
+                    f"channel {channel} but --channels names only {len(channels)} "
+                    f"({', '.join(sequences.NAMES[c] for c in channels)})",
+                )
+            self._put(batch, match.group("case"), channels[channel], path)
+        for name, inputs in batch.items():
+            self._add(name, inputs)
+
+    def _put(self, batch: dict[str, dict[int, Path]], name: str, index: int, path: Path) -> None:
+        inputs = batch.setdefault(name, {})
+        if index in inputs:
+            self.problems.setdefault(name, f"{sequences.DISPLAY[index]} found twice, in {inputs[index]} and "
+                                           f"{path}; keep one")
+        else:
+            inputs[index] = path
+
+    def _add(self, name: str, inputs: dict[int, Path]) -> None:
+        if name in self.inputs:
+            first, other = next(iter(self.inputs[name].values())), next(iter(inputs.values()))
+            self.problems.setdefault(name, f"subject '{name}' is found twice: {first} and {other}; keep one")
+            return
+        self.inputs[name] = inputs
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -159,34 +217,6 @@ def _nifti_files(folder: Path) -> list[Path]:
     return [p for p in _entries(folder) if _NIFTI.search(p.name) and p.is_file()]
 
 
-def _named_inputs(files: Sequence[Path], group: bool) -> dict[str, dict[int, Path]]:
-    """Files whose names say their sequence, by subject part (all under "" if not `group`)."""
-    subjects: dict[str, dict[int, Path]] = {}
-    for path in files:
-        read = sequences.from_filename(path.name)
-        if read is None:
-            continue
-        name, index = read
-        _put(subjects.setdefault(name if group else "", {}), index, path)
-    return subjects
-
-
-def _nnunet_inputs(files: Sequence[Path], channels: Sequence[int]) -> dict[str, dict[int, Path]]:
-    subjects: dict[str, dict[int, Path]] = {}
-    for path in files:
-        match = _NNUNET.match(sequences.nifti_stem(path.name))
-        assert match is not None
-        channel = int(match.group("channel"))
-        if channel >= len(channels):
-            raise InputError(
-                path,
-                f"channel {channel} but --channels names only {len(channels)} "
-                f"({', '.join(sequences.NAMES[c] for c in channels)})",
-            )
-        _put(subjects.setdefault(match.group("case"), {}), channels[channel], path)
-    return subjects
-
-
 def _check_channels(channels: Sequence[int]) -> list[int]:
     out = list(channels)
     for c in out:
@@ -196,22 +226,6 @@ def _check_channels(channels: Sequence[int]) -> list[int]:
     if dup:
         raise TsfError(f"--channels names {', '.join(sequences.DISPLAY[c] for c in dup)} more than once")
     return out
-
-
-def _put(inputs: dict[int, Path], index: int, path: Path) -> None:
-    if index in inputs:
-        raise InputError(
-            path, f"{sequences.DISPLAY[index]} found twice, here and in {inputs[index]}; keep one"
-        )
-    inputs[index] = path
-
-
-def _add(found: dict[str, dict[int, Path]], name: str, inputs: dict[int, Path], root: Path) -> None:
-    if name in found:
-        first = next(iter(found[name].values()))
-        other = next(iter(inputs.values()))
-        raise InputError(root, f"subject '{name}' is found twice: {first} and {other}")
-    found[name] = inputs
 
 
 def shard(subjects: Sequence[Subject], spec: str | None) -> list[Subject]:

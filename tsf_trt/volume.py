@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import gzip
 import os
-import secrets
-import shutil
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,11 +35,13 @@ from nibabel.orientations import (
 )
 from nibabel.spatialimages import HeaderDataError
 
+from .atomic import atomic_path
 from .errors import InputError
 
 CANONICAL_AXCODES = ("L", "P", "S")
 _CANONICAL_ORNT = axcodes2ornt(CANONICAL_AXCODES)
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_MAX_DEFLATE_RATIO = 1100  # deflate cannot compress beyond about 1032:1
 # What a corrupt, truncated or foreign file can raise inside nibabel and gzip.
 _READ_ERRORS = (
     ImageFileError, HeaderDataError, EOFError, zlib.error, gzip.BadGzipFile,
@@ -123,15 +122,69 @@ def _why(exc: BaseException, path: Path | None = None) -> str:
     return text
 
 
+def shape_text(shape: Sequence[int]) -> str:
+    """A file's shape as nibabel and viewers show it: its own (x, y, z[, t]) order, '240x240x155'."""
+    return "x".join(str(int(n)) for n in shape)
+
+
 def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
     """Accept 3D, or 4D with exactly one volume; checked on the header, before reading voxels."""
     if len(shape) == 4 and shape[3] != 1:
-        raise InputError(path, f"is 4D with {shape[3]} volumes (shape {shape}); one 3D volume expected")
+        raise InputError(path, f"is 4D with {shape[3]} volumes (shape {shape_text(shape)}); one 3D volume expected")
     if len(shape) not in (3, 4):
-        raise InputError(path, f"is {len(shape)}D (shape {shape}); a 3D volume expected")
+        raise InputError(path, f"is {len(shape)}D (shape {shape_text(shape)}); a 3D volume expected")
     if min(shape) < 1:
-        raise InputError(path, f"has an empty axis (shape {shape})")
+        raise InputError(path, f"has an empty axis (shape {shape_text(shape)})")
     return tuple(int(n) for n in shape[:3])  # type: ignore[return-value]
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, or less under a cgroup limit."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            found.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _check_claimed_size(path: Path, img: nib.Nifti1Image) -> None:
+    """Refuse a header whose voxel count the file cannot hold (or memory cannot), before any
+    allocation: a damaged header must not end in MemoryError."""
+    shape, dtype = img.shape, img.get_data_dtype()
+    voxels = 1
+    for n in shape:
+        voxels *= int(n)
+    stored = voxels * dtype.itemsize
+    size = path.stat().st_size
+    claims = f"its header claims {shape_text(shape)} voxels of {dtype} ({_size(stored)})"
+    if _nifti_suffix(path) == ".nii.gz":
+        if stored > size * _MAX_DEFLATE_RATIO + (1 << 20):
+            raise InputError(path, f"is truncated or corrupt: {claims}, more than a {_size(size)} gzip file can hold")
+    elif int(img.header.get_data_offset()) + stored > size:
+        raise InputError(path, f"is truncated or corrupt: {claims}, but the file holds {_size(size)}")
+    need = voxels * 4 * 2  # float32 voxels and their reoriented copy
+    available = _available_memory()
+    if available is not None and need > available:
+        raise InputError(path, f"is {shape_text(shape)} voxels: loading it needs about {_size(need)} of memory, "
+                               f"more than the {_size(available)} available")
 
 
 def _read_voxels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -148,6 +201,7 @@ def _read_voxels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     if dtype.fields is not None or dtype.kind == "c":
         raise InputError(path, f"has voxel type {dtype} (RGB or complex); real-valued voxels expected")
     spatial = _spatial_shape(path, img.shape)
+    _check_claimed_size(path, img)
     try:
         data = np.asarray(np.asanyarray(img.dataobj, dtype=np.float32))
     except _READ_ERRORS as exc:
@@ -200,7 +254,8 @@ def check_same_grid(volumes: Sequence[Volume], shape_only: bool = False, atol: f
     for vol in volumes[1:]:
         if vol.shape != ref.shape:
             raise InputError(
-                vol.path, f"grid shape differs from {ref.path.name}: shape {vol.shape} vs {ref.shape}"
+                vol.path, f"grid shape differs from {ref.path.name}: "
+                          f"shape {shape_text(vol.native_shape)} vs {shape_text(ref.native_shape)} (x, y, z)"
             )
         if shape_only:
             continue
@@ -211,106 +266,6 @@ def check_same_grid(volumes: Sequence[Volume], shape_only: bool = False, atol: f
                 f"affine differs from {ref.path.name}: max difference {diff:.6g} (tolerance {atol:g}); "
                 "the images are not on the same voxel grid",
             )
-
-
-def _probe_folder(path: Path, folder: Path) -> None:
-    """Really create and delete a file: os.access says yes to root even on read-only mounts."""
-    probe = folder / f".{path.name}.probe-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        raise InputError(path, f"cannot write in folder {folder} ({exc.strerror})") from None
-    os.close(fd)
-    os.unlink(probe)
-
-
-def check_writable(path: str | Path, overwrite: bool) -> None:
-    """Fail early (before any work) if ``path`` cannot be written as asked; modifies nothing."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(path, "is a directory; give a file name for the output")
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise InputError(path, "exists; use --overwrite to replace it")
-    folder = path.parent
-    if not folder.exists():
-        raise InputError(path, f"folder {folder} does not exist")
-    if not folder.is_dir():
-        raise InputError(path, f"{folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(path, f"folder {folder} is not writable")
-    _probe_folder(path, folder)
-
-
-def _temp_suffix(path: Path) -> str:
-    return _nifti_suffix(path) or path.suffix
-
-
-def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
-    """Move the finished temp file to its final name, without clobbering unless allowed."""
-    if overwrite:
-        if path.is_dir():
-            raise InputError(path, "is a directory; give a file name for the output")
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)  # atomic "create only if absent"
-    except FileExistsError:
-        raise InputError(path, "exists; use --overwrite to replace it") from None
-    except OSError:  # no hard links on this filesystem: check, then rename
-        if path.exists() or path.is_symlink():
-            raise InputError(path, "exists; use --overwrite to replace it") from None
-        os.replace(tmp, path)
-
-
-@contextmanager
-def atomic_path(path: str | Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a hidden temp path beside ``path``; rename it into place only on success.
-
-    The temp name ends with the same suffix ('.nii.gz', '.nii', '.json', ...) so that
-    writers choosing a format by name do the right thing. On any exception, including
-    KeyboardInterrupt, the temp file is removed and nothing appears under ``path``.
-    """
-    path = Path(path)
-    check_writable(path, overwrite)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{_temp_suffix(path)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # reserve the name, umask applies
-    os.close(fd)
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise RuntimeError(f"temporary file {tmp} vanished before it could be renamed")
-        _publish(tmp, path, overwrite)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a hidden temp folder beside ``path``; on success it replaces ``path`` whole.
-
-    Model directories, exports, checkpoints and phantom subjects are written this way:
-    a reader sees the complete old folder or the complete new one, never a mix. On any
-    exception (KeyboardInterrupt included) the temp folder is removed and ``path`` is
-    untouched. Whether replacing is allowed is the caller's check, made before the work.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()  # umask applies, so the published folder is not private
-    try:
-        yield tmp
-        if path.exists() or path.is_symlink():
-            old = path.parent / f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(path, old)
-            os.rename(tmp, path)
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
-        else:
-            os.rename(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -341,6 +296,20 @@ def save_volume(
         raise InputError(path, f"is the input {like.path.name}; refusing to overwrite an input")
     if _nifti_suffix(path) is None:
         raise InputError(path, "not a NIfTI file name (.nii or .nii.gz expected)")
+    img = _output_image(like, array_zyx, description, intent)
+    with atomic_path(path, overwrite) as tmp:
+        img.to_filename(tmp)
+    return path
+
+
+def write_volume(like: Volume, array_zyx: np.ndarray, path: str | Path, *, description: str,
+                 intent: str = "estimate") -> None:
+    """What :func:`save_volume` writes, straight to `path`: for callers that publish several
+    files together (:func:`tsf_trt.atomic.atomic_group`) and have made `path` a temp name."""
+    _output_image(like, array_zyx, description, intent).to_filename(Path(path))
+
+
+def _output_image(like: Volume, array_zyx: np.ndarray, description: str, intent: str) -> nib.Nifti1Image:
     arr = np.asarray(array_zyx)
     if arr.shape != like.shape:
         raise ValueError(f"array shape {arr.shape} does not match volume shape {like.shape}")
@@ -357,7 +326,4 @@ def save_volume(
     header["cal_min"] = float(arr.min())
     header["cal_max"] = float(arr.max())
     # The affine equals the header's best affine, so nibabel leaves q/sform and codes alone.
-    img = like._image_class(native, like.affine, header)
-    with atomic_path(path, overwrite) as tmp:
-        img.to_filename(tmp)
-    return path
+    return like._image_class(native, like.affine, header)

@@ -20,6 +20,9 @@ package; written from ONNX Runtime's documentation and NOT yet run on a GPU:
 * a provider that is listed but cannot start (missing CUDA/cuDNN/TensorRT libraries:
   ONNX Runtime then silently falls back to the CPU) is a clean error at creation.
 
+Each graph is checked for the role the manifest gives it when its session is created
+(:mod:`tsf_trt.export.roles`), so a swapped or edited manifest is one clear error.
+
 Stage outputs go through host memory between graphs here (numpy in and out); only
 the `trt` backend keeps them on the GPU.
 """
@@ -171,6 +174,20 @@ class OrtBackend(Backend):
         return [("TensorrtExecutionProvider", options), cuda, "CPUExecutionProvider"]
 
     def _create(self, graph: str):
+        """The session of `graph`, checked to be the graph of the role the manifest gives
+        it (:func:`tsf_trt.export.roles.check_graph`): on the CPU from the session itself,
+        nothing read twice; on a GPU provider from the exported file first, before the
+        TensorRT EP spends minutes on engines or an FP16 variant (no metadata) is made."""
+        from tsf_trt.export.roles import check_graph, check_graph_file, session_signature
+
+        if self.on_gpu:
+            check_graph_file(self.directory, self.manifest, graph)
+            return self._open(graph)
+        session = self._open(graph)
+        check_graph(self.directory, self.manifest, graph, *session_signature(session))
+        return session
+
+    def _open(self, graph: str):
         ort = self.ort
         path = self._graph_file(graph)
         providers = self._providers(graph)

@@ -5,8 +5,8 @@ available): its data flow is tested on CPU with stand-ins for TensorRT and the C
 runtime (tests/test_engines.py), its TensorRT and CUDA calls are not.
 
 * Engines are found or built by :class:`~tsf_trt.engines.manager.EngineManager`
-  (cache beside the export) and deserialised once; one execution context per engine,
-  input shapes set only when they change.
+  (cache beside the export, each graph checked for its role first) and deserialised
+  once; one execution context per engine, input shapes set only when they change.
 * Stage outputs stay on the GPU: encode returns device arrays, fuse stacks them into
   the fusion input with strided device copies, and writes `fused` and `fused_avg`
   into the two halves of one buffer, so TSEM's decoder pass is one batch of 2N with
@@ -40,6 +40,8 @@ class TrtBackend(Backend):
         manifest = manager.manifest
         super().__init__(ModelConfig.from_dict(manifest["model_config"]), "fusion" in manifest["graphs"],
                          manifest.get("model_id", ""))
+        if self.has_fusion:
+            manager.role("fusion")  # checked for its role first, so its declared outputs are the graph's
         if self.has_fusion and list(manifest["graphs"]["fusion"]["outputs"]["weights"]) != [self.config.n_sequences]:
             raise TsfError("this export's fusion graph gives ω per sample; this tsf-trt expects one ω per task")
         self.manager, self.engines, self.gpu = manager, engines, gpu

@@ -68,12 +68,14 @@ def bench(
     from .. import sequences
     from ..errors import InputError, TsfError
     from ..models import resolve_model
-    from ..volume import check_writable
+    from ..atomic import check_writable
+    from ..options import check_threads
 
     for flag, value, low in (("--warmup", warmup, 0), ("--iterations", iterations, 1),
-                             ("--threads", threads, 1), ("--io-subjects", io_subjects, 0)):
+                             ("--io-subjects", io_subjects, 0)):
         if value is not None and value < low:
             raise TsfError(f"{flag} must be at least {low}, got {value}")
+    check_threads(threads)
     if inputs is not None and not 1 <= inputs <= 3:
         raise TsfError(f"--inputs must be 1, 2 or 3, got {inputs}")
     try:

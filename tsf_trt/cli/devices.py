@@ -8,6 +8,7 @@ single-process folder mode. Not a command of its own: `infer` calls it.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -16,28 +17,21 @@ from rich.markup import escape
 from .app import EXIT_ERROR, err, out, progress_bar
 
 
-def summary_line(summary, seconds: float) -> str:
-    return (f"{summary.count('done')} done, {summary.count('skipped')} skipped (already complete), "
-            f"{summary.count('failed')} failed, in {seconds:.1f} s")
-
-
-def run_devices(devices_text: str, *, model: Path | None, backend: str, device: str, subjects, target: int,
-                output: Path | None, wanted, tsem: bool, overwrite: bool, batch_size: int | None, combine: str,
-                threads: int | None, precision: str, qc: Path | None) -> None:
+def run_devices(devices_text: str, *, model: Path | None, options, subjects, target: int, output: Path | None,
+                wanted, tsem: bool, overwrite: bool, qc: Path | None, lease_s: float) -> None:
     from ..errors import TsfError
     from ..jobs import FolderSummary, SubjectOutcome
     from ..models import resolve_model
     from ..multigpu import WorkerJob, export_once, parse_devices, run_on_devices
 
     devices = parse_devices(devices_text)
-    if device == "cpu":
+    if options.device == "cpu":
         raise TsfError("--devices runs one worker per GPU: drop --device cpu")
     model = resolve_model(model)
     with err.status(f"preparing {model} for the workers (an ONNX export, once) ..."):
-        export_once(model, backend)
-    job = WorkerJob(str(model), backend, target, None if output is None else str(output),
-                    tuple(wanted) if wanted else None, tsem, overwrite, batch_size, combine, precision, threads,
-                    None if qc is None else str(qc))
+        export_once(model, options.backend)
+    job = WorkerJob(str(model), replace(options, device="cuda"), target, None if output is None else str(output),
+                    tuple(wanted) if wanted else None, tsem, overwrite, None if qc is None else str(qc), lease_s)
     summary, broken = FolderSummary(), []
     start = time.perf_counter()
     with progress_bar() as bar:
@@ -48,7 +42,8 @@ def run_devices(devices_text: str, *, model: Path | None, backend: str, device: 
             if kind == "ready":
                 bar.console.print(f"GPU {gpu}: {escape(payload)}", highlight=False, soft_wrap=True)
             elif kind == "end":
-                summary.outcomes.append(SubjectOutcome(payload["subject"], payload["status"], error=payload["error"]))
+                summary.outcomes.append(SubjectOutcome(payload["subject"], payload["status"], error=payload["error"],
+                                                       removed=[Path(p) for p in payload.get("removed", [])]))
                 bar.advance(overall)
                 if payload["status"] == "failed":
                     bar.console.print(f"[red]failed[/] {escape(payload['subject'])}: {escape(str(payload['error']))}",
@@ -58,7 +53,8 @@ def run_devices(devices_text: str, *, model: Path | None, backend: str, device: 
                 bar.console.print(f"[red]GPU {gpu} stopped[/]: {escape(payload)}", highlight=False, soft_wrap=True)
 
         run_on_devices(job, subjects, devices, on_event)
-    out.print(f"{summary_line(summary, time.perf_counter() - start)}, on {len(devices)} GPUs"
-              + (f"; GPU {', '.join(map(str, broken))} stopped early" if broken else ""), highlight=False)
+    out.print(f"{summary.line(time.perf_counter() - start)}, on {len(devices)} GPUs"
+              + (f"; GPU {', '.join(map(str, broken))} stopped early" if broken else ""), highlight=False,
+              soft_wrap=True)
     if summary.failed or broken:
         raise typer.Exit(EXIT_ERROR)

@@ -71,9 +71,11 @@ def evaluate(
     """
     from ..errors import TsfError
     from ..evaluation import Settings, parse_tasks
+    from ..options import RunOptions
     from ..qc import check_model, load_calibration
     from ..subjects import find_subjects
 
+    RunOptions(backend, device, precision, batch_size, threads)  # every value, before any work
     chosen = parse_tasks(tasks)
     find_subjects(data)  # a wrong --data fails before the model loads
     figure_spec: int | list[str]

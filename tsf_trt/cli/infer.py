@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
+from ..claims import DEFAULT_LEASE_S
 from ..errors import InputError
 from .app import EXIT_ERROR, app, err, out, progress_bar, user_errors
 
@@ -83,20 +85,39 @@ def infer(
                                                "its TSEM threshold scores the report's \"qc\" block and its cut "
                                                "sets \"flagged\". Default: threshold 0.1, no flag.",
                                                show_default=False)] = None,
+    claim_lease: Annotated[float, typer.Option("--claim-lease", help="Folder mode: seconds after which a claim "
+                                               "of a run on another machine that stopped refreshing it counts as "
+                                               "dead and is taken over (claims of this machine's runs are checked "
+                                               "by pid). Longer than the longest pause a machine may have; clocks "
+                                               "of machines sharing a folder must agree to within a fraction of "
+                                               "it.")] = DEFAULT_LEASE_S,
 ) -> None:
     """Synthesise a missing sequence for whole volumes, with TSEM and contribution weights.
 
     Writes three files per subject, in the input's own grid, orientation and header, each only when complete: <subject>_<target>_synth.nii.gz (the network's [-1, 1] output mapped to 0..1000), <subject>_<target>_tsem.nii.gz (|output with - without attention|, paper Eq. 6, network units) and <subject>_<target>.json (ω per input, TSEM summary, QC score, model id, backend, timings).
 
+    Folder mode is safe to run in many processes at once, on one machine or many sharing the folders: each subject is claimed before work, finished ones are skipped, claims of dead runs are taken over (README, "Many processes, many machines").
+
     Example: tsf-trt infer --inputs sub_t1.nii.gz sub_flair.nii.gz --target t2 --model models/small
     """
     from .. import sequences
     from ..errors import TsfError
-    from ..subjects import Subject, find_subjects, parse_inputs, shard as take_shard, subject_name
-
+    from ..options import RunOptions
+    from ..outputs import check_subject_name
     from ..qc import check_model, load_calibration
+    from ..subjects import Subject, find_subjects, parse_inputs, shard as take_shard, subject_name
     from ..volume import check_input_file
 
+    options = RunOptions(backend, device, precision, batch_size, threads, combine)  # every value, before any work
+    if qc is not None and not tsem:
+        raise TsfError("--qc scores the TSEM map, which --no-tsem turns off: drop one of them")
+    if not claim_lease > 0:
+        raise TsfError(f"--claim-lease must be a positive number of seconds, got {claim_lease:g}")
+    if subject is not None:
+        try:
+            check_subject_name(subject)
+        except TsfError as exc:
+            raise TsfError(f"--subject: {exc}") from None
     calibration = load_calibration(qc) if qc is not None else None
     items = [*(inputs or []), *(more_inputs or [])]
     if not items:
@@ -113,8 +134,13 @@ def infer(
     if folder_mode:
         if subject:
             raise TsfError("--subject names one subject; folder mode takes names from the folder")
-        subjects = take_shard(find_subjects(items[0], sequences.parse_list(channels) if channels else None), shard)
         wanted = sequences.parse_list(sources) if sources else None
+        if wanted and target_index in wanted:
+            raise TsfError(f"--sources names the target {sequences.DISPLAY[target_index]} itself: nothing to "
+                           "synthesise (drop it from --sources or pick another --target)")
+        if wanted:
+            sequences.check_task(sorted(wanted), target_index)
+        subjects = take_shard(find_subjects(items[0], sequences.parse_list(channels) if channels else None), shard)
     else:
         for flag, value in (("--channels", channels), ("--sources", sources), ("--shard", shard),
                             ("--devices", devices)):
@@ -128,20 +154,22 @@ def infer(
         for path in given.values():  # before the model loads: a typo should fail fast
             check_input_file(path)
         subjects = [Subject(subject or subject_name(given), given)]
+        check_subject_name(subjects[0].name)
     created = _make_folder(output) if output is not None else None
     try:
         if devices:
             from .devices import run_devices
 
-            return run_devices(devices, model=model, backend=backend, device=device, subjects=subjects,
-                               target=target_index, output=output, wanted=wanted, tsem=tsem, overwrite=overwrite,
-                               batch_size=batch_size, combine=combine, threads=threads, precision=precision, qc=qc)
-        synth = _synthesizer(model, backend, batch_size, device, combine, threads, precision)
+            return run_devices(devices, model=model, options=options, subjects=subjects, target=target_index,
+                               output=output, wanted=wanted, tsem=tsem, overwrite=overwrite, qc=qc,
+                               lease_s=claim_lease)
+        synth = _synthesizer(model, options)
         name = synth.backend.describe()
         if calibration is not None:
             check_model(calibration, synth.backend.model_id)
         if folder_mode:
-            _run_folder(synth, subjects, target_index, output, wanted, tsem, overwrite, name, calibration)
+            _run_folder(synth, subjects, target_index, output, wanted, tsem, overwrite, name, calibration,
+                        claim_lease)
         else:
             _run_one(synth, subjects[0], target_index, output, tsem, overwrite, name, calibration)
     except BaseException:
@@ -174,21 +202,16 @@ def _remove_if_empty(top: Path | None, leaf: Path | None) -> None:
             return
 
 
-def _synthesizer(model: Path | None, backend: str, batch_size: int, device: str, combine: str, threads,
-                 precision: str):
-    from ..errors import TsfError
+def _synthesizer(model: Path | None, options):
+    from ..models import resolve_model
     from ..pipeline import Synthesizer
 
-    from ..models import resolve_model
-
     model = resolve_model(model)
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise TsfError(f"--device must be auto, cpu, cuda or cuda:N, got '{device}'")
     note = " (auto: the first run on a model exports it to ONNX and times torch against ONNX Runtime, once)" \
-        if backend == "auto" else ""
+        if options.backend == "auto" else ""
     with err.status(f"loading model {model}{note} ..."):
-        return Synthesizer(model, backend, batch_size=batch_size, device=device, combine=combine, threads=threads,
-                           precision=precision)
+        return Synthesizer(model, options.backend, batch_size=options.batch_size, device=options.device,
+                           combine=options.combine, threads=options.threads, precision=options.precision)
 
 
 def _run_one(synth, subject, target: int, output, tsem: bool, overwrite: bool, backend_name: str,
@@ -227,7 +250,7 @@ def _print_outcome(outcome, tsem_unavailable: bool) -> None:
 
 
 def _run_folder(synth, subjects, target: int, output, wanted, tsem: bool, overwrite: bool, backend_name: str,
-                qc=None) -> None:
+                qc=None, lease_s: float = DEFAULT_LEASE_S) -> None:
     from ..jobs import infer_folder
 
     start = time.perf_counter()
@@ -243,13 +266,14 @@ def _run_folder(synth, subjects, target: int, output, wanted, tsem: bool, overwr
             bar.advance(overall)
             bar.update(slices, visible=False)
             if outcome.status == "failed":
-                bar.console.print(f"[red]failed[/] {outcome.subject}: {outcome.error}", highlight=False,
+                bar.console.print(f"[red]failed[/] {escape(outcome.subject)}: {escape(str(outcome.error))}",
+                                  highlight=False, soft_wrap=True)
+            elif outcome.status == "busy":
+                bar.console.print(f"busy {escape(outcome.subject)}: {escape(str(outcome.error))}", highlight=False,
                                   soft_wrap=True)
 
         summary = infer_folder(synth, subjects, target, output, sources=wanted, tsem=tsem, overwrite=overwrite,
-                               on_start=on_start, on_end=on_end, backend_name=backend_name, qc=qc)
-    from .devices import summary_line
-
-    out.print(summary_line(summary, time.perf_counter() - start), highlight=False)
+                               on_start=on_start, on_end=on_end, backend_name=backend_name, qc=qc, lease_s=lease_s)
+    out.print(summary.line(time.perf_counter() - start), highlight=False, soft_wrap=True)
     if summary.failed:
         raise typer.Exit(EXIT_ERROR)

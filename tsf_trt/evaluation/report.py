@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import sequences
-from ..volume import atomic_path
+from ..atomic import atomic_path
 from ..qc import key as qc_key
 from .scoring import METHODS, QUALITY
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..volume import atomic_path
+from ..atomic import atomic_path
 
 FORMAT = "tsf-trt-evaluation"
 VERSION = 1

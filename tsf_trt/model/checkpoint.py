@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ModelError, TsfError
 from ..fileformat import file_sha256, read_tagged_json
-from ..volume import atomic_dir
+from ..atomic import atomic_dir
 from .config import ModelConfig
 from .tsf import TSFSeq2Seq
 

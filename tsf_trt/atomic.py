@@ -1,0 +1,266 @@
+"""Atomic writes: a file or folder appears complete under its final name, or not at all.
+
+Everything tsf-trt writes goes through here: outputs, reports, model directories,
+exports, engines, checkpoints. A temporary name beside the target carries its writer
+(:mod:`tsf_trt.owners`), ``.NAME.tmp-HOST-PID-START-RAND[.suffix]``, so that what a killed
+process left behind can be told from what a live one is writing, and removed
+(:func:`remove_stale`) without ever touching another live process's file. A full disk
+is reported as one line naming the file being written (:class:`DiskFullError`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputError, TsfError
+from .owners import Owner
+
+#: Errors of "this file system has no hard links": publish then checks and renames instead.
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EACCES}
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+#: Messages of libraries that report a full disk without an OSError (safetensors, torch).
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "storagefull", "os error 28")
+_LOW_SPACE_BYTES = 1 << 20
+#: A leftover beside NAME: `.NAME.KIND-OWNER-RAND...`; OWNER is HOST-PID-START, or a bare
+#: PID in names written by tsf-trt 0.1 (judged by age only, as if from another host).
+_LEFTOVER = re.compile(r"^\.(?P<final>.+)\.(?P<kind>tmp|probe|old)-"
+                       r"(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)|(?P<old_pid>\d+))-[0-9a-f]{8}")
+
+
+class DiskFullError(InputError):
+    """The file system filled up while a file was written; nothing partial was left."""
+
+
+def temp_path(path: Path, kind: str = "tmp") -> Path:
+    """A hidden name beside `path` that says who writes it, with the same suffix, so that
+    writers choosing a format by name ('.nii.gz', '.json') do the right thing."""
+    name = path.name
+    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
+    return path.parent / f".{name}.{kind}-{Owner.current().tag}-{secrets.token_hex(4)}{suffix}"
+
+
+def _probe_folder(path: Path, folder: Path) -> None:
+    """Really create and delete a file: os.access says yes to root even on read-only mounts."""
+    probe = temp_path(path, "probe")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise InputError(path, f"cannot write in folder {folder} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_writable(path: str | Path, overwrite: bool) -> None:
+    """Fail early (before any work) if ``path`` cannot be written as asked; modifies nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a directory; give a file name for the output")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise InputError(path, "exists; use --overwrite to replace it")
+    folder = path.parent
+    if not folder.exists():
+        raise InputError(path, f"folder {folder} does not exist")
+    if not folder.is_dir():
+        raise InputError(path, f"{folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(path, f"folder {folder} is not writable")
+    _probe_folder(path, folder)
+
+
+def publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move the finished temp file to its final name, without clobbering unless allowed."""
+    if overwrite:
+        if path.is_dir():
+            raise InputError(path, "is a directory; give a file name for the output")
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic "create only if absent"
+    except FileExistsError:
+        if os.stat(tmp).st_nlink > 1 and _same_inode(tmp, path):
+            return  # NFS: the link was made, and a retried request answered EEXIST
+        raise InputError(path, "exists; use --overwrite to replace it") from None
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        if path.exists() or path.is_symlink():  # no hard links on this file system: check, then rename
+            raise InputError(path, "exists; use --overwrite to replace it") from None
+        os.replace(tmp, path)
+
+
+def _same_inode(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def is_disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether `exc` means the disk is full: ENOSPC/EDQUOT anywhere in its chain, a library's
+    message saying so, or (for libraries that hide the cause) almost no space left."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return True
+        if any(text in str(seen).lower() for text in _DISK_FULL_TEXT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < _LOW_SPACE_BYTES
+
+
+@contextmanager
+def disk_full_as_error(path: Path, folder: Path | None = None) -> Iterator[None]:
+    """Turn a full disk while writing `path` into one DiskFullError line naming it."""
+    try:
+        yield
+    except TsfError:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc, folder or path.parent):
+            raise DiskFullError(path, "no space left on device while writing it "
+                                      "(nothing partial was left; free space and run again)") from None
+        raise
+
+
+@contextmanager
+def atomic_path(path: str | Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a hidden temp path beside ``path``; rename it into place only on success.
+
+    On any exception, including KeyboardInterrupt, the temp file is removed and nothing
+    appears under ``path``.
+    """
+    path = Path(path)
+    check_writable(path, overwrite)
+    tmp = temp_path(path)
+    try:
+        with disk_full_as_error(path):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # reserve the name; umask applies
+            os.close(fd)
+            yield tmp
+            if not tmp.exists():
+                raise RuntimeError(f"temporary file {tmp} vanished before it could be renamed")
+            publish(tmp, path, overwrite)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_group(paths: Sequence[Path], overwrite: bool) -> Iterator[list[Path]]:
+    """Temp paths for files that belong together, published in the order given when the
+    block ends without error (put the file that marks completion last).
+
+    Should publishing fail midway (Ctrl-C included), exactly the files this call put in
+    place are removed again, each checked by inode: never a file another process wrote.
+    """
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        check_writable(path, overwrite)
+    tmps = [temp_path(path) for path in paths]
+    try:
+        for tmp, path in zip(tmps, paths):
+            with disk_full_as_error(path):
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        yield tmps
+        published: list[tuple[Path, int]] = []
+        try:
+            for tmp, path in zip(tmps, paths):
+                inode = os.stat(tmp).st_ino
+                with disk_full_as_error(path):
+                    publish(tmp, path, overwrite)
+                published.append((path, inode))
+        except BaseException:
+            for path, inode in published:
+                try:
+                    if os.lstat(path).st_ino == inode:
+                        path.unlink()
+                except FileNotFoundError:
+                    pass
+            raise
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temp folder beside ``path``; on success it replaces ``path`` whole.
+
+    Model directories, exports, checkpoints and phantom subjects are written this way:
+    a reader sees the complete old folder or the complete new one, never a mix. On any
+    exception (KeyboardInterrupt included) the temp folder is removed and ``path`` is
+    untouched. Whether replacing is allowed is the caller's check, made before the work.
+    """
+    path = Path(path)
+    with disk_full_as_error(path, path.parent if path.parent.exists() else None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        with disk_full_as_error(path):
+            tmp.mkdir()  # umask applies, so the published folder is not private
+            yield tmp
+            if path.exists() or path.is_symlink():
+                old = temp_path(path, "old")
+                os.rename(path, old)
+                os.rename(tmp, path)
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink()
+            else:
+                os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stale_leftovers(folder: Path, names: Iterable[str] | Callable[[str], bool], lease_s: float) -> list[Path]:
+    """Temp files, probes and old folders beside `names` in `folder` (or beside any name
+    the predicate accepts) whose writer is dead: on this host, the process is gone; on
+    another, the file is untouched for longer than the lease."""
+    wanted = names if callable(names) else set(names).__contains__
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        match = _LEFTOVER.match(entry)
+        if match is None or not wanted(match["final"]):
+            continue
+        if match["host"]:
+            owner = Owner(match["host"], int(match["pid"]), int(match["start"]))
+        else:
+            owner = Owner("", int(match["old_pid"]))  # unknown host: by age only
+        path = folder / entry
+        try:
+            mtime = path.lstat().st_mtime
+        except FileNotFoundError:
+            continue
+        if owner.is_dead(mtime, lease_s):
+            found.append(path)
+    return sorted(found)
+
+
+def remove_stale(folder: Path, names: Iterable[str] | Callable[[str], bool], lease_s: float) -> list[Path]:
+    """Remove what :func:`stale_leftovers` finds; returns what was removed."""
+    removed = []
+    for path in stale_leftovers(folder, names, lease_s):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # another process cleaned it first
+        removed.append(path)
+    return removed

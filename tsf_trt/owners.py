@@ -1,0 +1,88 @@
+"""Who wrote a file, and whether that process still runs: what makes leftovers safe to remove.
+
+Temporary files and folder-mode claims carry their writer: a host tag (hostname and
+kernel boot id, so a rebooted machine is another host), the pid, and the process's start
+time in clock ticks since boot (so a reused pid is not taken for the writer). On the
+writer's own host that is decided exactly; a writer on another host (a cluster sharing
+the folder) is taken as dead only once its file is older than a lease, because its pid
+means nothing here.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@functools.lru_cache(maxsize=1)
+def host_tag() -> str:
+    """8 hex digits naming this machine since its last boot."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return hashlib.sha256(f"{socket.gethostname()}\0{boot}".encode()).hexdigest()[:8]
+
+
+def process_start(pid: int) -> int:
+    """Start time of `pid` in clock ticks since boot (Linux), 0 where it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat.rsplit(")", 1)[-1].split()
+    try:
+        return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
+    except (IndexError, ValueError):
+        return 0
+
+
+@dataclass(frozen=True)
+class Owner:
+    host: str
+    pid: int
+    start: int = 0  # 0: unknown (another OS, or a file name without it)
+
+    @classmethod
+    def current(cls) -> "Owner":
+        return _current(os.getpid())
+
+    @property
+    def tag(self) -> str:
+        """The owner as it appears in file names: HOST-PID-START."""
+        return f"{self.host}-{self.pid}-{self.start}"
+
+    def is_current_process(self) -> bool:
+        return self == Owner.current()
+
+    def running_here(self) -> bool | None:
+        """Whether the owner process still runs; None when it is on another host."""
+        if self.host != host_tag():
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by another user
+        except OSError:
+            return False
+        return not self.start or process_start(self.pid) in (0, self.start)
+
+    def is_dead(self, mtime: float, lease_s: float) -> bool:
+        """Dead for certain on this host; on another host, silent for longer than the lease."""
+        here = self.running_here()
+        if here is not None:
+            return not here
+        return time.time() - mtime > lease_s
+
+
+@functools.lru_cache(maxsize=4)
+def _current(pid: int) -> Owner:
+    return Owner(host_tag(), pid, process_start(pid))
