@@ -26,6 +26,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for tiny volumes: on a busy machine OpenMP's spinning threads make
+    them up to 100x slower. Restored afterwards for the other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def golden() -> dict[str, np.ndarray]:
     with np.load(DATA / "small_cases.npz") as npz:

@@ -26,16 +26,7 @@ SHAPE = (40, 36, 12)
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the volumes are tiny, and on a busy machine OpenMP's spinning
-    threads make them up to 100x slower. Restored afterwards for the other modules."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- helpers ------------------------------------------------------------------------------

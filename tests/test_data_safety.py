@@ -150,6 +150,40 @@ def test_a_live_claim_is_left_alone(tmp_path, small_model_dir):
     assert _hidden(out) == []
 
 
+def test_wait_takes_over_when_the_holder_dies(tmp_path, small_model_dir):
+    """--wait: a subject a live run holds is looked at again, and taken over once its holder is gone."""
+    import threading
+
+    from tsf_trt.owners import Owner, host_tag, process_start
+
+    data, out = _folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    owner = Owner(host_tag(), holder.pid, process_start(holder.pid))
+    claim = out / "sub01" / ".sub01_t2.claim-1"
+    claim.parent.mkdir(parents=True)
+    claim.write_text(json.dumps({"host": "here", "host_tag": owner.host, "pid": owner.pid,
+                                 "process_start": owner.start, "token": "2" * 16, "started": time.time()}))
+    timer = threading.Timer(1.5, holder.kill)
+    timer.start()
+    try:
+        result = _folder_infer(data, out, small_model_dir, "--wait", "--claim-lease", "2")
+    finally:
+        timer.cancel()
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 0, result.output
+    assert "2 done, 0 skipped (already complete), 0 failed" in result.stdout, result.output
+    assert "waiting for 1 subject(s) that other runs hold" in result.stderr
+    assert (out / "sub01" / "sub01_t2.json").is_file() and _hidden(out) == []
+
+
+def test_folder_only_options_are_refused_for_one_subject(case_inputs, small_model_dir):
+    t1, flair, out = case_inputs
+    for extra in (("--wait",), ("--claim-lease", "30")):
+        result = cli("infer", "--inputs", t1, flair, "--target", "t2", "-o", out, "--model", small_model_dir, *extra)
+        assert_clean_error(result, extra[0], "folder mode")
+
+
 # --- 5. a header that claims more voxels than the file holds ---------------------------------------------
 
 

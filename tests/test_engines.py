@@ -29,14 +29,7 @@ from tsf_trt.errors import TsfError
 H100 = Platform("10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -24,15 +24,7 @@ from tsf_trt.export.manifest import sha256
 from tsf_trt.export.roles import CONFIG_KEY, MODEL_ID_KEY, OLD_EXPORT, ROLE_KEY, TARGET_KEY
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread for tiny volumes (as tests/test_cli_errors.py), restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -78,6 +78,13 @@ def _wait_for_new_reports(out: Path, count: int, proc: subprocess.Popen, timeout
         time.sleep(0.005)
 
 
+def _wait_for_temp_file(out: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not list(out.glob("*/.*.tmp-*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "never wrote"
+        time.sleep(0.001)
+
+
 @pytest.mark.parametrize("runs", [2, 3])
 def test_concurrent_runs_finish_every_subject_once(tmp_path, small_model_dir, runs):
     names = _cohort(tmp_path / "data", 8)
@@ -96,12 +103,18 @@ def test_killed_at_random_moments_then_rerun_leaves_nothing_behind(tmp_path, sma
     """The chaos test: several runs SIGKILLed at random moments, then one that completes."""
     names = _cohort(tmp_path / "data", 10)
     out, rng = tmp_path / "out", random.Random(12)
-    for _ in range(4):
+    left = 0
+    for round_ in range(6):
         proc = _start(tmp_path / "data", out, small_model_dir)
         _wait_for_new_reports(out, rng.randrange(1, 3), proc)  # at work, not starting up
-        time.sleep(rng.uniform(0, 0.15))  # then anywhere: reading, computing, writing, renaming
+        if round_ % 2:
+            _wait_for_temp_file(out, proc)  # while it writes: the moment that leaves temp files
+        else:
+            time.sleep(rng.uniform(0, 0.15))  # anywhere: reading, computing, writing, renaming
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
+        left += len(list(out.glob("*/.*.tmp-*")))
+    assert left > 0  # the kills did leave temp files behind for the next runs to clean up
     code, _ = _finish(_start(tmp_path / "data", out, small_model_dir))
     assert code == 0
     _assert_all_complete_and_clean(out, names)

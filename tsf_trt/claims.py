@@ -113,7 +113,11 @@ class Claims:
                 if not self.is_dead(holder):
                     return holder
             new = max(gens, default=0) + 1
-            claim = self._create(folder, stem, new)
+            try:
+                claim = self._create(folder, stem, new)
+            except FileNotFoundError:  # the folder was removed meanwhile (a failed run tidying up)
+                folder.mkdir(parents=True, exist_ok=True)
+                continue
             if claim is None:
                 continue  # another process took generation `new` first
             if max(_generations(folder, stem), default=0) > new:

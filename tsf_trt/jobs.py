@@ -85,6 +85,7 @@ def infer_subject(synth: Synthesizer, subject: Subject, target: int, out_dir: st
     with_tsem = tsem and synth.has_fusion
     paths = OutputPaths.for_subject(folder, subject.name, target, with_tsem)
     inputs = [*subject.inputs.values(), *protected]
+    removed = remove_stale(folder, paths.names(), DEFAULT_LEASE_S) if folder.is_dir() else []
     paths.check(overwrite, inputs)
     start = time.perf_counter()
     volumes = {i: load_volume(p) for i, p in subject.inputs.items()}
@@ -100,14 +101,15 @@ def infer_subject(synth: Synthesizer, subject: Subject, target: int, out_dir: st
     write_outputs(result, volumes[sources[0]], paths, report, overwrite=overwrite, inputs=inputs,
                   before_publish=before_publish)
     result.timings["write"] = time.perf_counter() - start
-    return SubjectOutcome(subject.name, "done", paths, result)
+    return SubjectOutcome(subject.name, "done", paths, result, removed=removed)
 
 
 def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], target: int, out_dir: str | Path | None = None, *,
                  sources: Sequence[int] | None = None, tsem: bool = True, overwrite: bool = False,
                  on_start: Callable[[Subject], Progress | None] | None = None,
                  on_end: Callable[[SubjectOutcome], None] | None = None, backend_name: str = "",
-                 qc: QcCalibration | None = None, lease_s: float = DEFAULT_LEASE_S) -> FolderSummary:
+                 qc: QcCalibration | None = None, lease_s: float = DEFAULT_LEASE_S, wait: bool = False,
+                 on_wait: Callable[[list[SubjectOutcome]], None] | None = None) -> FolderSummary:
     """Every subject in turn, safe to run in many processes at once over one folder.
 
     Output goes to `out_dir/<subject>/` or beside each subject's inputs. Each subject is
@@ -115,16 +117,29 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], target: int, o
     run holds are left to it ("busy"), dead runs' claims are taken over and their
     leftovers removed; a failure is recorded and the rest go on. With `overwrite`,
     finished subjects are redone, except those another run finished since this one began.
+    With `wait`, busy subjects are looked at again until their holders finish them or
+    die (then this run takes them over): when it returns, every subject has an outcome.
     """
-    folder_run = _FolderRun(synth, target, out_dir, sources, tsem, overwrite, backend_name, qc,
-                            [p for s in subjects for p in s.inputs.values()], time.time())
+    run = _FolderRun(synth, target, out_dir, sources, tsem, overwrite, backend_name, qc,
+                     [p for s in subjects for p in s.inputs.values()], time.time())
     summary = FolderSummary()
+    pending = list(subjects)
     with Claims(lease_s) as claims:
-        for subject in subjects:
-            outcome = folder_run.one(subject, claims, on_start)
-            summary.outcomes.append(outcome)
-            if on_end:
-                on_end(outcome)
+        while pending:
+            busy = []
+            for subject in pending:
+                outcome = run.one(subject, claims, on_start)
+                if wait and outcome.status == "busy":
+                    busy.append((subject, outcome))
+                    continue
+                summary.outcomes.append(outcome)
+                if on_end:
+                    on_end(outcome)
+            pending = [subject for subject, _ in busy]
+            if pending:
+                if on_wait:
+                    on_wait([outcome for _, outcome in busy])
+                time.sleep(min(5.0, max(0.2, lease_s / 4)))  # a dead holder on this host is seen at once
     return summary
 
 
@@ -178,7 +193,7 @@ class _FolderRun:
                                         progress=on_start(subject) if on_start else None,
                                         backend_name=self.backend_name, qc=self.qc, protected=self.protected,
                                         before_publish=still_ours)
-                outcome.removed = removed
+                outcome.removed = removed + outcome.removed
                 return outcome
         except DiskFullError:
             raise  # not this subject's fault: every later one would fail the same way

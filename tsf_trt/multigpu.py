@@ -67,6 +67,7 @@ class WorkerJob:
     overwrite: bool
     qc: str | None = None  # QC calibration file (infer --qc)
     lease_s: float = DEFAULT_LEASE_S
+    wait: bool = False     # infer --wait
 
 
 class SharedSynthesizer:
@@ -109,7 +110,7 @@ def work(job: WorkerJob, subjects: Sequence[Subject], device: int, emit: Callabl
 
     def run_part(part: Sequence[Subject]) -> None:
         infer_folder(shared, part, job.target, job.output, sources=job.sources, tsem=job.tsem,
-                     overwrite=job.overwrite, backend_name=name, lease_s=job.lease_s, **extra,
+                     overwrite=job.overwrite, backend_name=name, lease_s=job.lease_s, wait=job.wait, **extra,
                      on_start=lambda subject: emit(("start", device, subject.name)),
                      on_end=lambda o: emit(("end", device, {"subject": o.subject, "status": o.status,
                                                              "error": o.error, "removed": [str(p) for p in o.removed]})))

@@ -29,14 +29,19 @@ def host_tag() -> str:
     return hashlib.sha256(f"{socket.gethostname()}\0{boot}".encode()).hexdigest()[:8]
 
 
-def process_start(pid: int) -> int:
-    """Start time of `pid` in clock ticks since boot (Linux), 0 where it cannot be read."""
+def _proc_stat(pid: int) -> list[str]:
+    """Fields 3... of /proc/PID/stat (Linux), [] where it cannot be read."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0
+        return []
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = stat.rsplit(")", 1)[-1].split()
+    return stat.rsplit(")", 1)[-1].split()
+
+
+def process_start(pid: int) -> int:
+    """Start time of `pid` in clock ticks since boot (Linux), 0 where it cannot be read."""
+    fields = _proc_stat(pid)
     try:
         return int(fields[19])  # field 22 of proc(5); fields[0] is field 3
     except (IndexError, ValueError):
@@ -73,6 +78,9 @@ class Owner:
             pass  # exists, owned by another user
         except OSError:
             return False
+        fields = _proc_stat(self.pid)
+        if fields and fields[0] in ("Z", "X"):
+            return False  # killed, not yet reaped by its parent: it writes nothing any more
         return not self.start or process_start(self.pid) in (0, self.start)
 
     def is_dead(self, mtime: float, lease_s: float) -> bool:

@@ -91,6 +91,9 @@ def infer(
                                                "by pid). Longer than the longest pause a machine may have; clocks "
                                                "of machines sharing a folder must agree to within a fraction of "
                                                "it.")] = DEFAULT_LEASE_S,
+    wait: Annotated[bool, typer.Option("--wait", help="Folder mode: when other runs hold subjects, wait for them "
+                                       "to finish those (or take them over if they die) instead of leaving them: "
+                                       "when this run ends, every subject is done or failed.")] = False,
 ) -> None:
     """Synthesise a missing sequence for whole volumes, with TSEM and contribution weights.
 
@@ -143,7 +146,7 @@ def infer(
         subjects = take_shard(find_subjects(items[0], sequences.parse_list(channels) if channels else None), shard)
     else:
         for flag, value in (("--channels", channels), ("--sources", sources), ("--shard", shard),
-                            ("--devices", devices)):
+                            ("--devices", devices), ("--wait", wait), ("--claim-lease", claim_lease != DEFAULT_LEASE_S)):
             if value:
                 raise TsfError(f"{flag} is for folder mode (--inputs FOLDER)")
         given = parse_inputs(items)
@@ -162,14 +165,14 @@ def infer(
 
             return run_devices(devices, model=model, options=options, subjects=subjects, target=target_index,
                                output=output, wanted=wanted, tsem=tsem, overwrite=overwrite, qc=qc,
-                               lease_s=claim_lease)
+                               lease_s=claim_lease, wait=wait)
         synth = _synthesizer(model, options)
         name = synth.backend.describe()
         if calibration is not None:
             check_model(calibration, synth.backend.model_id)
         if folder_mode:
             _run_folder(synth, subjects, target_index, output, wanted, tsem, overwrite, name, calibration,
-                        claim_lease)
+                        claim_lease, wait)
         else:
             _run_one(synth, subjects[0], target_index, output, tsem, overwrite, name, calibration)
     except BaseException:
@@ -245,12 +248,14 @@ def _print_outcome(outcome, tsem_unavailable: bool) -> None:
               highlight=False, soft_wrap=True)
     for path in paths.all():
         out.print(f"  wrote {path}", highlight=False, soft_wrap=True)
+    for path in outcome.removed:
+        out.print(f"  removed {path} (left by a killed run)", highlight=False, soft_wrap=True)
     if tsem_unavailable:
         out.print("  no TSEM: this model has no TSF stage (Seq2Seq only)", highlight=False)
 
 
 def _run_folder(synth, subjects, target: int, output, wanted, tsem: bool, overwrite: bool, backend_name: str,
-                qc=None, lease_s: float = DEFAULT_LEASE_S) -> None:
+                qc=None, lease_s: float = DEFAULT_LEASE_S, wait: bool = False) -> None:
     from ..jobs import infer_folder
 
     start = time.perf_counter()
@@ -272,8 +277,16 @@ def _run_folder(synth, subjects, target: int, output, wanted, tsem: bool, overwr
                 bar.console.print(f"busy {escape(outcome.subject)}: {escape(str(outcome.error))}", highlight=False,
                                   soft_wrap=True)
 
+        waited = []
+
+        def on_wait(busy) -> None:
+            if len(busy) != (waited[-1] if waited else None):
+                bar.console.print(f"waiting for {len(busy)} subject(s) that other runs hold", highlight=False)
+            waited.append(len(busy))
+
         summary = infer_folder(synth, subjects, target, output, sources=wanted, tsem=tsem, overwrite=overwrite,
-                               on_start=on_start, on_end=on_end, backend_name=backend_name, qc=qc, lease_s=lease_s)
+                               on_start=on_start, on_end=on_end, backend_name=backend_name, qc=qc, lease_s=lease_s,
+                               wait=wait, on_wait=on_wait)
     out.print(summary.line(time.perf_counter() - start), highlight=False, soft_wrap=True)
     if summary.failed:
         raise typer.Exit(EXIT_ERROR)
