@@ -231,9 +231,11 @@ def measure_row(name: str, backend: Backend, batch: int, workload: Workload, set
     import torch
 
     from tsf_trt.jobs import infer_subject
+    from tsf_trt.options import InferRequest
     from tsf_trt.pipeline import Synthesizer
 
     synth = Synthesizer(backend, batch_size=batch)
+    request = InferRequest(workload.target, output=out_dir, tsem=settings.tsem, overwrite=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples: dict[str, list[float]] = defaultdict(list)
     transfers = backend.on_gpu and torch.cuda.is_available()
@@ -245,8 +247,7 @@ def measure_row(name: str, backend: Backend, batch: int, workload: Workload, set
             step = f"warm-up {i + 1}" if warm else f"iteration {i + 1 - settings.warmup}"
             tick(f"{name} batch {batch}: {step}")
             start = time.perf_counter()
-            outcome = infer_subject(synth, workload.subject, workload.target, out_dir, tsem=settings.tsem,
-                                    overwrite=True, backend_name=name)
+            outcome = infer_subject(synth, workload.subject, request, backend_name=name)
             seconds = time.perf_counter() - start
             tick(f"{name} batch {batch}", 1)
             if warm:
@@ -328,6 +329,7 @@ def io_overlap(rows: list[dict[str, Any]], model: Any, settings: BenchSettings, 
     """Folder-mode throughput over copies of the subject against compute-only throughput, for the
     fastest row: the fraction of compute throughput that survives reading and writing NIfTI."""
     from tsf_trt.jobs import infer_folder
+    from tsf_trt.options import InferRequest
     from tsf_trt.pipeline import Synthesizer
     from tsf_trt.volume import load_volume
 
@@ -342,9 +344,8 @@ def io_overlap(rows: list[dict[str, Any]], model: Any, settings: BenchSettings, 
         tick(f"folder mode: warming up {best['backend']}")
         synth.run({i: load_volume(p) for i, p in workload.subject.inputs.items()}, workload.target, tsem=settings.tsem)
         start = time.perf_counter()
-        summary = infer_folder(synth, subjects, workload.target, tmp / "io_out", tsem=settings.tsem,
-                               on_end=lambda o: tick(f"folder mode: {o.subject}", 1),
-                               backend_name=best["backend"])
+        summary = infer_folder(synth, subjects, InferRequest(workload.target, output=tmp / "io_out", tsem=settings.tsem),
+                               on_end=lambda o: tick(f"folder mode: {o.subject}", 1), backend_name=best["backend"])
         seconds = time.perf_counter() - start
     finally:
         backend.close()

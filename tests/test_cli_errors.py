@@ -439,6 +439,7 @@ def _subject(t1: Path, flair: Path):
 
 def test_interrupt_mid_volume_leaves_nothing(case, small_model_dir):
     from tsf_trt.jobs import infer_subject
+    from tsf_trt.options import InferRequest
     from tsf_trt.pipeline import Synthesizer
 
     inp, out, t1, flair = case
@@ -450,7 +451,7 @@ def test_interrupt_mid_volume_leaves_nothing(case, small_model_dir):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        infer_subject(synth, _subject(t1, flair), 2, out, progress=progress)
+        infer_subject(synth, _subject(t1, flair), InferRequest(2, output=out), progress=progress)
     assert calls == [(2, 12)]  # interrupted after the first of 6 batches
     assert files_under(out) == []
 
@@ -459,6 +460,7 @@ def test_interrupt_mid_volume_leaves_nothing(case, small_model_dir):
 def test_interrupt_while_writing_leaves_nothing(case, small_model_dir, monkeypatch, on_call):
     import tsf_trt.outputs
     from tsf_trt.jobs import infer_subject
+    from tsf_trt.options import InferRequest
     from tsf_trt.pipeline import Synthesizer
 
     inp, out, t1, flair = case
@@ -474,7 +476,7 @@ def test_interrupt_while_writing_leaves_nothing(case, small_model_dir, monkeypat
 
     monkeypatch.setattr(tsf_trt.outputs, "write_volume", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        infer_subject(Synthesizer(small_model_dir, batch_size=2), _subject(t1, flair), 2, out)
+        infer_subject(Synthesizer(small_model_dir, batch_size=2), _subject(t1, flair), InferRequest(2, output=out))
     assert len(calls) == on_call
     assert files_under(out) == []
 
@@ -482,6 +484,7 @@ def test_interrupt_while_writing_leaves_nothing(case, small_model_dir, monkeypat
 def test_interrupt_between_renames_leaves_nothing(case, small_model_dir, monkeypatch):
     import tsf_trt.atomic
     from tsf_trt.jobs import infer_subject
+    from tsf_trt.options import InferRequest
     from tsf_trt.pipeline import Synthesizer
 
     inp, out, t1, flair = case
@@ -496,7 +499,7 @@ def test_interrupt_between_renames_leaves_nothing(case, small_model_dir, monkeyp
 
     monkeypatch.setattr(tsf_trt.atomic, "publish", publish)
     with pytest.raises(KeyboardInterrupt):
-        infer_subject(Synthesizer(small_model_dir, batch_size=2), _subject(t1, flair), 2, out)
+        infer_subject(Synthesizer(small_model_dir, batch_size=2), _subject(t1, flair), InferRequest(2, output=out))
     assert files_under(out) == []
 
 

@@ -496,14 +496,14 @@ def test_worker_runs_its_shard_with_two_io_threads(small_model_dir, tmp_path):
     """The body of a --devices worker, in-process on CPU: shared synthesizer, events, outputs."""
     from tests.sample_subject import write_subject
     from tsf_trt.multigpu import WorkerJob, work
-    from tsf_trt.options import RunOptions
+    from tsf_trt.options import InferRequest, RunOptions
     from tsf_trt.subjects import find_subjects
 
     for name in ("a", "b", "c"):
         write_subject(tmp_path / "in" / name, name, shape=(16, 16, 3), seqs=("t1", "flair"))
     subjects = find_subjects(tmp_path / "in")
-    job = WorkerJob(str(small_model_dir), RunOptions("torch", "cpu", "fp32", 2, 1, "middle"), 2,
-                    str(tmp_path / "out"), None, True, False)
+    job = WorkerJob(str(small_model_dir), RunOptions("torch", "cpu", "fp32", 2, 1, "middle"),
+                    InferRequest(2, output=tmp_path / "out"))
     events = []
     work(job, subjects, 0, events.append)
     kinds = [e[0] for e in events]
@@ -518,13 +518,13 @@ def test_workers_are_processes_over_disjoint_shards(small_model_dir, tmp_path):
     a machine with GPUs adds)."""
     from tests.sample_subject import write_subject
     from tsf_trt.multigpu import WorkerJob, run_on_devices
-    from tsf_trt.options import RunOptions
+    from tsf_trt.options import InferRequest, RunOptions
     from tsf_trt.subjects import find_subjects
 
     for name in ("a", "b"):
         write_subject(tmp_path / "in" / name, name, shape=(16, 16, 3), seqs=("t1", "flair"))
-    job = WorkerJob(str(small_model_dir), RunOptions("torch", "cpu", "fp32", 2, 1, "middle"), 2,
-                    str(tmp_path / "out"), None, False, False)
+    job = WorkerJob(str(small_model_dir), RunOptions("torch", "cpu", "fp32", 2, 1, "middle"),
+                    InferRequest(2, output=tmp_path / "out", tsem=False))
     events = []
     run_on_devices(job, find_subjects(tmp_path / "in"), [0], events.append)
     assert sorted(e[2]["subject"] for e in events if e[0] == "end") == ["a", "b"], events

@@ -106,6 +106,7 @@ def test_bad_requests(small_model, volumes):
 def test_result_is_the_same_for_any_storage_orientation(small_model, small_model_dir, tmp_path):
     """An RAS-stored copy of the same image gives the same synthesis, written back in RAS."""
     from tsf_trt.jobs import infer_subject
+    from tsf_trt.options import InferRequest
     from tsf_trt.subjects import Subject
 
     synth = Synthesizer(small_model_dir, batch_size=4)
@@ -123,7 +124,7 @@ def test_result_is_the_same_for_any_storage_orientation(small_model, small_model
             path = folder / f"s_{seq}.nii.gz"
             nib.save(nib.Nifti1Image(np.ascontiguousarray(arr(lps[idx])), affine), path)
             inputs[idx] = path
-        infer_subject(synth, Subject("s", inputs), 2, folder)
+        infer_subject(synth, Subject("s", inputs), InferRequest(2, output=folder))
         img = nib.load(folder / "s_t2_synth.nii.gz")
         assert np.allclose(img.affine, affine) and img.shape == (40, 36, 6)
         assert img.get_data_dtype() == np.float32

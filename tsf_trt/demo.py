@@ -17,6 +17,7 @@ from typing import Any
 
 from . import metrics, sequences
 from .jobs import infer_subject
+from .options import InferRequest
 from .outputs import OutputPaths
 from .pipeline import Progress, Synthesizer
 from .preprocess import normalize
@@ -98,8 +99,8 @@ def run_demo(synth: Synthesizer, out_dir: str | Path, *, overwrite: bool = False
         subject = Subject(paths["name"], {i: files[i] for i in sources})
         task = sequences.describe(sorted(sources), target)
         (out_dir / _slug(task_sources)).mkdir(exist_ok=True)
-        outcome = infer_subject(synth, subject, target, out_dir / _slug(task_sources), overwrite=overwrite,
-                                progress=on_task(task) if on_task else None)
+        request = InferRequest(target, output=out_dir / _slug(task_sources), overwrite=overwrite)
+        outcome = infer_subject(synth, subject, request, progress=on_task(task) if on_task else None)
         r = outcome.result
         truth = images[target]
         regions = metrics.tsem_regions(r.image, truth, r.tsem, r.head_mask) if r.tsem is not None else None

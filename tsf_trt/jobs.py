@@ -14,10 +14,11 @@ from pathlib import Path
 
 from . import sequences
 from .atomic import DiskFullError, remove_stale
-from .claims import DEFAULT_LEASE_S, Claims, Holder
+from .claims import Claims, Holder
 from .errors import TsfError
 from .outputs import OutputPaths, build_report, write_outputs
-from .qc import QcCalibration, qc_block
+from .options import InferRequest
+from .qc import qc_block
 from .pipeline import Progress, Result, Synthesizer
 from .subjects import Subject
 from .volume import load_volume
@@ -69,23 +70,25 @@ def choose_sources(subject: Subject, target: int, wanted: Sequence[int] | None) 
     return chosen
 
 
-def infer_subject(synth: Synthesizer, subject: Subject, target: int, out_dir: str | Path | None = None, *,
-                  tsem: bool = True, overwrite: bool = False, progress: Progress | None = None,
-                  backend_name: str = "", qc: QcCalibration | None = None, protected: Iterable[Path] = (),
-                  before_publish: Callable[[], None] | None = None) -> SubjectOutcome:
-    """Synthesise `target` for one subject from all of `subject.inputs`; write three files.
+def infer_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *, progress: Progress | None = None,
+                  backend_name: str = "", out_dir: Path | None = None, overwrite: bool | None = None,
+                  protected: Iterable[Path] = (), before_publish: Callable[[], None] | None = None) -> SubjectOutcome:
+    """Synthesise `request.target` for one subject from all of `subject.inputs`; write three files.
 
-    No output may be one of the subject's inputs or of `protected` (folder mode: every
-    input of the folder). The report's "qc" block scores the TSEM with `qc` (from
-    `evaluate --calibrate-qc`), or with the default threshold and no flag."""
+    Outputs go to `out_dir` (folder mode's per-subject folder), else `request.output`, else
+    beside the first input; `overwrite` overrides the request's (folder mode replaces a dead
+    run's partial outputs). No output may be one of the subject's inputs or of `protected`
+    (folder mode: every input of the folder). The report's "qc" block scores the TSEM with
+    `request.qc` (from `evaluate --calibrate-qc`), or with the default threshold and no flag."""
+    target, tsem = request.target, request.tsem
+    overwrite = request.overwrite if overwrite is None else overwrite
     sources = list(subject.inputs)
     synth.check_task(sorted(sources), target)
-    first = subject.inputs[sources[0]]
-    folder = Path(out_dir) if out_dir is not None else first.parent
+    folder = out_dir or request.output or subject.inputs[sources[0]].parent
     with_tsem = tsem and synth.has_fusion
     paths = OutputPaths.for_subject(folder, subject.name, target, with_tsem)
     inputs = [*subject.inputs.values(), *protected]
-    removed = remove_stale(folder, paths.names(), DEFAULT_LEASE_S) if folder.is_dir() else []
+    removed = remove_stale(folder, paths.names(), request.lease_s) if folder.is_dir() else []
     paths.check(overwrite, inputs)
     start = time.perf_counter()
     volumes = {i: load_volume(p) for i, p in subject.inputs.items()}
@@ -96,7 +99,7 @@ def infer_subject(synth: Synthesizer, subject: Subject, target: int, out_dir: st
                           model_id=synth.backend.model_id, backend=backend_name or synth.backend.describe(),
                           extra={"tsem_note": None if with_tsem or not tsem else
                                  "no TSEM: the model has no TSF stage (Seq2Seq only)"},
-                          qc=qc_block(result.tsem, result.head_mask, qc))
+                          qc=qc_block(result.tsem, result.head_mask, request.qc))
     start = time.perf_counter()
     write_outputs(result, volumes[sources[0]], paths, report, overwrite=overwrite, inputs=inputs,
                   before_publish=before_publish)
@@ -104,32 +107,30 @@ def infer_subject(synth: Synthesizer, subject: Subject, target: int, out_dir: st
     return SubjectOutcome(subject.name, "done", paths, result, removed=removed)
 
 
-def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], target: int, out_dir: str | Path | None = None, *,
-                 sources: Sequence[int] | None = None, tsem: bool = True, overwrite: bool = False,
+def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: InferRequest, *,
                  on_start: Callable[[Subject], Progress | None] | None = None,
-                 on_end: Callable[[SubjectOutcome], None] | None = None, backend_name: str = "",
-                 qc: QcCalibration | None = None, lease_s: float = DEFAULT_LEASE_S, wait: bool = False,
-                 on_wait: Callable[[list[SubjectOutcome]], None] | None = None) -> FolderSummary:
+                 on_end: Callable[[SubjectOutcome], None] | None = None,
+                 on_wait: Callable[[list[SubjectOutcome]], None] | None = None,
+                 backend_name: str = "") -> FolderSummary:
     """Every subject in turn, safe to run in many processes at once over one folder.
 
-    Output goes to `out_dir/<subject>/` or beside each subject's inputs. Each subject is
-    claimed first (:mod:`tsf_trt.claims`): finished ones are skipped (resume), ones a live
-    run holds are left to it ("busy"), dead runs' claims are taken over and their
+    Output goes to `request.output/<subject>/` or beside each subject's inputs. Each subject
+    is claimed first (:mod:`tsf_trt.claims`): finished ones are skipped (resume), ones a
+    live run holds are left to it ("busy"), dead runs' claims are taken over and their
     leftovers removed; a failure is recorded and the rest go on. With `overwrite`,
     finished subjects are redone, except those another run finished since this one began.
     With `wait`, busy subjects are looked at again until their holders finish them or
     die (then this run takes them over): when it returns, every subject has an outcome.
     """
-    run = _FolderRun(synth, target, out_dir, sources, tsem, overwrite, backend_name, qc,
-                     [p for s in subjects for p in s.inputs.values()], time.time())
+    run = _FolderRun(synth, request, backend_name, [p for s in subjects for p in s.inputs.values()], time.time())
     summary = FolderSummary()
     pending = list(subjects)
-    with Claims(lease_s) as claims:
+    with Claims(request.lease_s) as claims:
         while pending:
             busy = []
             for subject in pending:
                 outcome = run.one(subject, claims, on_start)
-                if wait and outcome.status == "busy":
+                if request.wait and outcome.status == "busy":
                     busy.append((subject, outcome))
                     continue
                 summary.outcomes.append(outcome)
@@ -139,7 +140,7 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], target: int, o
             if pending:
                 if on_wait:
                     on_wait([outcome for _, outcome in busy])
-                time.sleep(min(5.0, max(0.2, lease_s / 4)))  # a dead holder on this host is seen at once
+                time.sleep(min(5.0, max(0.2, request.lease_s / 4)))  # a dead holder on this host is seen at once
     return summary
 
 
@@ -148,26 +149,23 @@ class _FolderRun:
     """What every subject of one folder run shares."""
 
     synth: Synthesizer
-    target: int
-    out_dir: str | Path | None
-    sources: Sequence[int] | None
-    tsem: bool
-    overwrite: bool
+    request: InferRequest
     backend_name: str
-    qc: QcCalibration | None
     protected: list[Path]
     started: float  # time.time(): with overwrite, reports newer than this were written by a concurrent run
 
     def one(self, subject: Subject, claims: Claims, on_start) -> SubjectOutcome:
-        folder = Path(self.out_dir) / subject.name if self.out_dir is not None else None
+        request = self.request
+        folder = request.output / subject.name if request.output is not None else None
         created = False
         try:
             if subject.problem:
                 raise TsfError(subject.problem)
-            chosen = Subject(subject.name, choose_sources(subject, self.target, self.sources))
+            chosen = Subject(subject.name, choose_sources(subject, request.target, request.sources))
             where = folder if folder is not None else next(iter(chosen.inputs.values())).parent
-            paths = OutputPaths.for_subject(where, subject.name, self.target, self.tsem and self.synth.has_fusion)
-            stem, since = paths.report.stem, self.started if self.overwrite else None
+            paths = OutputPaths.for_subject(where, subject.name, request.target,
+                                            request.tsem and self.synth.has_fusion)
+            stem, since = paths.report.stem, self.started if request.overwrite else None
             removed = self._sweep(claims, where, stem, paths)
             if paths.complete(since):
                 return SubjectOutcome(subject.name, "skipped", paths, removed=removed)
@@ -180,8 +178,6 @@ class _FolderRun:
             with held:
                 if paths.complete(since):  # finished by another run between our look and our claim
                     return SubjectOutcome(subject.name, "skipped", paths, removed=removed)
-                removed += remove_stale(where, paths.names(), claims.lease_s)
-                redo = self.overwrite or any(p.exists() for p in paths.all())  # a dead run's partial outputs
 
                 def still_ours() -> None:
                     if not held.still_held():
@@ -189,10 +185,11 @@ class _FolderRun:
                                        "on it (taken for dead: is --claim-lease shorter than a pause of this "
                                        "machine?); nothing was written")
 
-                outcome = infer_subject(self.synth, chosen, self.target, where, tsem=self.tsem, overwrite=redo,
+                outcome = infer_subject(self.synth, chosen, request, out_dir=where,
+                                        overwrite=request.overwrite or any(p.exists() for p in paths.all()),
                                         progress=on_start(subject) if on_start else None,
-                                        backend_name=self.backend_name, qc=self.qc, protected=self.protected,
-                                        before_publish=still_ours)
+                                        backend_name=self.backend_name, protected=self.protected,
+                                        before_publish=still_ours)  # (existing outputs: a dead run's, partial)
                 outcome.removed = removed + outcome.removed
                 return outcome
         except DiskFullError:

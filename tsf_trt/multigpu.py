@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .claims import DEFAULT_LEASE_S
 from .errors import TsfError
-from .options import RunOptions
+from .options import InferRequest, RunOptions
 from .subjects import Subject, shard
 
 Event = tuple[str, int, Any]   # (kind, device, payload): start / end / ready / fatal / done
@@ -60,14 +59,7 @@ class WorkerJob:
 
     model: str
     options: RunOptions
-    target: int
-    output: str | None
-    sources: tuple[int, ...] | None
-    tsem: bool
-    overwrite: bool
-    qc: str | None = None  # QC calibration file (infer --qc)
-    lease_s: float = DEFAULT_LEASE_S
-    wait: bool = False     # infer --wait
+    request: InferRequest
 
 
 class SharedSynthesizer:
@@ -95,11 +87,6 @@ def work(job: WorkerJob, subjects: Sequence[Subject], device: int, emit: Callabl
         o = job.options
         synth = Synthesizer(job.model, o.backend, batch_size=o.batch_size, device=o.device, combine=o.combine,
                             threads=o.threads, precision=o.precision)
-        extra = {}
-        if job.qc is not None:
-            from .qc import load_calibration
-
-            extra["qc"] = load_calibration(Path(job.qc))
     except TsfError as exc:
         emit(("fatal", device, str(exc)))
         emit(("done", device, None))
@@ -109,8 +96,7 @@ def work(job: WorkerJob, subjects: Sequence[Subject], device: int, emit: Callabl
     shared = SharedSynthesizer(synth)
 
     def run_part(part: Sequence[Subject]) -> None:
-        infer_folder(shared, part, job.target, job.output, sources=job.sources, tsem=job.tsem,
-                     overwrite=job.overwrite, backend_name=name, lease_s=job.lease_s, wait=job.wait, **extra,
+        infer_folder(shared, part, job.request, backend_name=name,
                      on_start=lambda subject: emit(("start", device, subject.name)),
                      on_end=lambda o: emit(("end", device, {"subject": o.subject, "status": o.status,
                                                              "error": o.error, "removed": [str(p) for p in o.removed]})))

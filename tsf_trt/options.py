@@ -1,8 +1,8 @@
-"""How to run the network: checked once, when built, before any model loads or file is read.
-
-Every entry point (the CLI commands, :class:`~tsf_trt.pipeline.Synthesizer` from Python)
-builds a :class:`RunOptions`, so a bad value is one clear error up front, never a
-traceback after minutes of work.
+"""The typed objects a request flows through: how to run the network (:class:`RunOptions`)
+and what to make (:class:`InferRequest`), each checked once, when built, before any model
+loads or file is read, so a bad value is one clear error up front, never a traceback
+after minutes of work. Every entry point (the CLI commands, and
+:class:`~tsf_trt.pipeline.Synthesizer` from Python) builds them.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
+from .claims import DEFAULT_LEASE_S
 from .errors import TsfError
 from .preprocess import COMBINE_RULES
+from .qc import QcCalibration, load_calibration
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -61,3 +64,42 @@ class RunOptions:
         check_threads(self.threads)
         if self.combine not in COMBINE_RULES:
             raise TsfError(f"--combine must be one of {', '.join(COMBINE_RULES)}, got '{self.combine}'")
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """What `infer` is asked to make, for one subject or a folder of them; checked once, when built.
+
+    `sources` (folder mode) picks the inputs of every subject (None: all but the target);
+    `output` is the output folder (None: beside each subject's inputs); `qc` the TSEM QC
+    calibration; `lease_s` and `wait` rule how folder runs share subjects (tsf_trt.claims).
+    """
+
+    target: int
+    sources: tuple[int, ...] | None = None
+    output: Path | None = None
+    tsem: bool = True
+    overwrite: bool = False
+    qc: QcCalibration | Path | None = None  # a qc.json path is read when the request is built
+    lease_s: float = DEFAULT_LEASE_S
+    wait: bool = False
+
+    def __post_init__(self) -> None:
+        from . import sequences
+
+        if not 0 <= self.target < sequences.N_SEQUENCES:
+            raise TsfError(f"--target: not a sequence index: {self.target}")
+        if self.sources is not None:
+            object.__setattr__(self, "sources", tuple(self.sources))
+            if self.target in self.sources:
+                raise TsfError(f"--sources names the target {sequences.DISPLAY[self.target]} itself: nothing to "
+                               "synthesise (drop it from --sources or pick another --target)")
+            sequences.check_task(sorted(self.sources), self.target)
+        if self.output is not None:
+            object.__setattr__(self, "output", Path(self.output))
+        if self.qc is not None and not self.tsem:
+            raise TsfError("--qc scores the TSEM map, which --no-tsem turns off: drop one of them")
+        if isinstance(self.qc, (str, Path)):
+            object.__setattr__(self, "qc", load_calibration(Path(self.qc)))
+        if not self.lease_s > 0:
+            raise TsfError(f"--claim-lease must be a positive number of seconds, got {self.lease_s:g}")

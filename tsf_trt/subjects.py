@@ -228,6 +228,35 @@ def _check_channels(channels: Sequence[int]) -> list[int]:
     return out
 
 
+def gather(items: Sequence[str], target: int, *, subject: str | None = None, channels: Sequence[int] | None = None,
+           shard_spec: str | None = None) -> list[Subject]:
+    """The subjects of `infer --inputs ITEMS`: one folder is folder mode (every subject found,
+    then its `--shard` share), anything else one subject of command-line inputs, named `subject` or
+    after its files. Inputs are checked to exist and read, before any model loads."""
+    from .outputs import check_subject_name
+    from .volume import check_input_file
+
+    if not items:
+        raise TsfError("no input given: use --inputs FILE [FILE ...] or --inputs FOLDER")
+    if len(items) == 1 and Path(items[0]).is_dir():
+        return shard(find_subjects(items[0], channels), shard_spec)
+    if subject is not None:
+        try:
+            check_subject_name(subject)
+        except TsfError as exc:
+            raise TsfError(f"--subject: {exc}") from None
+    given = parse_inputs(items)
+    if target in given:
+        raise InputError(given[target], f"is the target {sequences.DISPLAY[target]} itself: nothing to "
+                                        "synthesise (drop it or pick another --target)")
+    sequences.check_task(list(given), target)
+    for path in given.values():  # a typo should fail fast
+        check_input_file(path)
+    one = Subject(subject or subject_name(given), given)
+    check_subject_name(one.name)
+    return [one]
+
+
 def shard(subjects: Sequence[Subject], spec: str | None) -> list[Subject]:
     """Share `i/n` of the subjects, round-robin over the name order, so that n
     independent runs cover every subject exactly once."""

@@ -17,8 +17,7 @@ from rich.markup import escape
 from .app import EXIT_ERROR, err, out, progress_bar
 
 
-def run_devices(devices_text: str, *, model: Path | None, options, subjects, target: int, output: Path | None,
-                wanted, tsem: bool, overwrite: bool, qc: Path | None, lease_s: float, wait: bool = False) -> None:
+def run_devices(devices_text: str, model: Path | None, options, request, subjects) -> None:
     from ..errors import TsfError
     from ..jobs import FolderSummary, SubjectOutcome
     from ..models import resolve_model
@@ -30,9 +29,7 @@ def run_devices(devices_text: str, *, model: Path | None, options, subjects, tar
     model = resolve_model(model)
     with err.status(f"preparing {model} for the workers (an ONNX export, once) ..."):
         export_once(model, options.backend)
-    job = WorkerJob(str(model), replace(options, device="cuda"), target, None if output is None else str(output),
-                    tuple(wanted) if wanted else None, tsem, overwrite, None if qc is None else str(qc), lease_s,
-                    wait)
+    job = WorkerJob(str(model), replace(options, device="cuda"), request)
     summary, broken = FolderSummary(), []
     start = time.perf_counter()
     with progress_bar() as bar:

@@ -105,76 +105,45 @@ def infer(
     """
     from .. import sequences
     from ..errors import TsfError
-    from ..options import RunOptions
-    from ..outputs import check_subject_name
-    from ..qc import check_model, load_calibration
-    from ..subjects import Subject, find_subjects, parse_inputs, shard as take_shard, subject_name
-    from ..volume import check_input_file
+    from ..options import InferRequest, RunOptions
+    from ..qc import check_model
+    from ..subjects import gather
 
     options = RunOptions(backend, device, precision, batch_size, threads, combine)  # every value, before any work
-    if qc is not None and not tsem:
-        raise TsfError("--qc scores the TSEM map, which --no-tsem turns off: drop one of them")
-    if not claim_lease > 0:
-        raise TsfError(f"--claim-lease must be a positive number of seconds, got {claim_lease:g}")
-    if subject is not None:
-        try:
-            check_subject_name(subject)
-        except TsfError as exc:
-            raise TsfError(f"--subject: {exc}") from None
-    calibration = load_calibration(qc) if qc is not None else None
     items = [*(inputs or []), *(more_inputs or [])]
-    if not items:
-        raise TsfError("no input given: use --inputs FILE [FILE ...] or --inputs FOLDER")
-    if devices:
-        from ..multigpu import parse_devices
-
-        parse_devices(devices)  # fails at once without GPUs, before any folder is scanned
+    folder_mode = len(items) == 1 and Path(items[0]).is_dir()
+    flags = {"--channels": channels, "--sources": sources, "--shard": shard, "--devices": devices, "--wait": wait,
+             "--claim-lease": claim_lease != DEFAULT_LEASE_S}
+    if not folder_mode:
+        for flag in (f for f, value in flags.items() if value):
+            raise TsfError(f"{flag} is for folder mode (--inputs FOLDER)")
+    elif subject:
+        raise TsfError("--subject names one subject; folder mode takes names from the folder")
     try:
         target_index = sequences.parse(target)
     except TsfError as exc:
         raise TsfError(f"--target: {exc}") from None
-    folder_mode = len(items) == 1 and Path(items[0]).is_dir()
-    if folder_mode:
-        if subject:
-            raise TsfError("--subject names one subject; folder mode takes names from the folder")
-        wanted = sequences.parse_list(sources) if sources else None
-        if wanted and target_index in wanted:
-            raise TsfError(f"--sources names the target {sequences.DISPLAY[target_index]} itself: nothing to "
-                           "synthesise (drop it from --sources or pick another --target)")
-        if wanted:
-            sequences.check_task(sorted(wanted), target_index)
-        subjects = take_shard(find_subjects(items[0], sequences.parse_list(channels) if channels else None), shard)
-    else:
-        for flag, value in (("--channels", channels), ("--sources", sources), ("--shard", shard),
-                            ("--devices", devices), ("--wait", wait), ("--claim-lease", claim_lease != DEFAULT_LEASE_S)):
-            if value:
-                raise TsfError(f"{flag} is for folder mode (--inputs FOLDER)")
-        given = parse_inputs(items)
-        if target_index in given:
-            raise InputError(given[target_index], f"is the target {sequences.DISPLAY[target_index]} "
-                                                  "itself: nothing to synthesise (drop it or pick another --target)")
-        sequences.check_task(list(given), target_index)
-        for path in given.values():  # before the model loads: a typo should fail fast
-            check_input_file(path)
-        subjects = [Subject(subject or subject_name(given), given)]
-        check_subject_name(subjects[0].name)
+    request = InferRequest(target_index, sequences.parse_list(sources) if sources else None, output, tsem,
+                           overwrite, qc, claim_lease, wait)
+    if devices:
+        from ..multigpu import parse_devices
+
+        parse_devices(devices)  # fails at once without GPUs, before any folder is scanned
+    subjects = gather(items, target_index, subject=subject,
+                      channels=sequences.parse_list(channels) if channels else None, shard_spec=shard)
     created = _make_folder(output) if output is not None else None
     try:
         if devices:
             from .devices import run_devices
 
-            return run_devices(devices, model=model, options=options, subjects=subjects, target=target_index,
-                               output=output, wanted=wanted, tsem=tsem, overwrite=overwrite, qc=qc,
-                               lease_s=claim_lease, wait=wait)
+            return run_devices(devices, model, options, request, subjects)
         synth = _synthesizer(model, options)
-        name = synth.backend.describe()
-        if calibration is not None:
-            check_model(calibration, synth.backend.model_id)
+        if request.qc is not None:
+            check_model(request.qc, synth.backend.model_id)
         if folder_mode:
-            _run_folder(synth, subjects, target_index, output, wanted, tsem, overwrite, name, calibration,
-                        claim_lease, wait)
+            _run_folder(synth, subjects, request)
         else:
-            _run_one(synth, subjects[0], target_index, output, tsem, overwrite, name, calibration)
+            _run_one(synth, subjects[0], request)
     except BaseException:
         _remove_if_empty(created, output)
         raise
@@ -217,12 +186,11 @@ def _synthesizer(model: Path | None, options):
                            combine=options.combine, threads=options.threads, precision=options.precision)
 
 
-def _run_one(synth, subject, target: int, output, tsem: bool, overwrite: bool, backend_name: str,
-             qc=None) -> None:
+def _run_one(synth, subject, request) -> None:
     from .. import sequences
     from ..jobs import infer_subject
 
-    task = sequences.describe(list(subject.inputs), target)
+    task = sequences.describe(list(subject.inputs), request.target)
     bar = progress_bar()
     slices = []  # the bar appears with the first batch, after every check has passed
 
@@ -233,12 +201,11 @@ def _run_one(synth, subject, target: int, output, tsem: bool, overwrite: bool, b
         bar.update(slices[0], completed=done)
 
     try:
-        outcome = infer_subject(synth, subject, target, output, tsem=tsem, overwrite=overwrite,
-                                progress=progress, backend_name=backend_name, qc=qc)
+        outcome = infer_subject(synth, subject, request, progress=progress, backend_name=synth.backend.describe())
     finally:
         if slices:
             bar.stop()
-    _print_outcome(outcome, tsem and not synth.has_fusion)
+    _print_outcome(outcome, request.tsem and not synth.has_fusion)
 
 
 def _print_outcome(outcome, tsem_unavailable: bool) -> None:
@@ -254,8 +221,7 @@ def _print_outcome(outcome, tsem_unavailable: bool) -> None:
         out.print("  no TSEM: this model has no TSF stage (Seq2Seq only)", highlight=False)
 
 
-def _run_folder(synth, subjects, target: int, output, wanted, tsem: bool, overwrite: bool, backend_name: str,
-                qc=None, lease_s: float = DEFAULT_LEASE_S, wait: bool = False) -> None:
+def _run_folder(synth, subjects, request) -> None:
     from ..jobs import infer_folder
 
     start = time.perf_counter()
@@ -284,9 +250,8 @@ def _run_folder(synth, subjects, target: int, output, wanted, tsem: bool, overwr
                 bar.console.print(f"waiting for {len(busy)} subject(s) that other runs hold", highlight=False)
             waited.append(len(busy))
 
-        summary = infer_folder(synth, subjects, target, output, sources=wanted, tsem=tsem, overwrite=overwrite,
-                               on_start=on_start, on_end=on_end, backend_name=backend_name, qc=qc, lease_s=lease_s,
-                               wait=wait, on_wait=on_wait)
+        summary = infer_folder(synth, subjects, request, on_start=on_start, on_end=on_end, on_wait=on_wait,
+                               backend_name=synth.backend.describe())
     out.print(summary.line(time.perf_counter() - start), highlight=False, soft_wrap=True)
     if summary.failed:
         raise typer.Exit(EXIT_ERROR)

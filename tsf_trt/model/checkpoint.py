@@ -3,7 +3,7 @@
 A model directory holds ``config.json`` (format tag, :class:`ModelConfig`, stages,
 weight hash) and ``model.safetensors``: no pickle anywhere. The authors' ``.pth``
 files are bare state_dicts; they are read with ``weights_only=True`` and renamed
-by the table below (layout in ``shared/reference/README.md``).
+by the table below (layout: ``docs/architecture.md``, "The authors' implementation").
 """
 
 from __future__ import annotations

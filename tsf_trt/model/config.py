@@ -1,7 +1,7 @@
 """One dataclass holds every size of the network; presets name the published ones.
 
 Field names are ours; :meth:`ModelConfig.from_reference` reads the authors' YAML/JSON
-keys (``seq2seq.c_enc`` …, see ``shared/reference/README.md``) so that their
+keys (``seq2seq.c_enc`` …, as in ``tests/data/small_config.json``) so that their
 checkpoints can be imported with the sizes they were trained with.
 """
 
@@ -117,7 +117,7 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     # seq2seq_brats_2d_missing.yaml + tsf_seq2seq_brats_2d.yaml
     "paper": ModelConfig(),
-    # shared/reference/small_config.json: the golden-tensor configuration
+    # tests/data/small_config.json: the golden-tensor configuration
     "small": ModelConfig(
         decoder_weight_dim=8, enc_channels=(8, 16, 32), enc_res_blocks=2,
         dec_channels=(16, 8, 3), dec_res_blocks=2, fusion_channels=(32,),
