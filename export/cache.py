@@ -8,8 +8,6 @@ older tsf-trt without graph metadata included, is exported again instead of fail
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-
 from tsf_trt.cache import cache_root
 from tsf_trt.errors import ModelError
 from tsf_trt.model import TSFSeq2Seq
@@ -20,7 +18,8 @@ from .roles import check_export
 
 
 def model_key(model: TSFSeq2Seq) -> str:
-    """The model id, or (for a model built in Python) a hash of its weights."""
+    """The id of a model built in Python: a hash of its weights (a model directory's id is its
+    weights file's, from config.json: tsf_trt.source.ModelSource)."""
     if getattr(model, "id", ""):
         return model.id
     digest = hashlib.sha256()
@@ -30,22 +29,22 @@ def model_key(model: TSFSeq2Seq) -> str:
     return digest.hexdigest()[:16]
 
 
-def ensure_export(model: TSFSeq2Seq | str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
-    """The cached export directory of `model`, exported (and verified) first if needed."""
-    from tsf_trt.model import load_model
+def ensure_export(model: TSFSeq2Seq, *, model_id: str | None = None, opset: int = DEFAULT_OPSET) -> Path:
+    """The cached export directory of `model` (whose id is `model_id`, default a hash of its
+    weights), exported (and verified) first if needed."""
+    if not isinstance(model, TSFSeq2Seq):  # a model directory (until every caller passes a ModelSource's module)
+        from tsf_trt.model import load_model
 
-    if not isinstance(model, TSFSeq2Seq):
         model = load_model(model)
-    directory = cache_root() / "exports" / f"{model_key(model)}-opset{opset}"
+    model_id = model_id or getattr(model, "id", "") or model_key(model)
+    directory = cache_root() / "exports" / f"{model_id}-opset{opset}"
     if directory.exists():
         try:
             manifest = read_manifest(directory)
-            if manifest.get("model_id") == model_key(model):
+            if manifest.get("model_id") == model_id:
                 check_export(directory, manifest)
                 return directory
         except ModelError:
             pass  # stale, damaged or from an older tsf-trt: export again below
-    if not getattr(model, "id", ""):
-        model.id = model_key(model)  # type: ignore[attr-defined]
-    export_model(model, directory, opset=opset, overwrite=True, origin={"exported_by": "cache"})
+    export_model(model, directory, opset=opset, overwrite=True, origin={"exported_by": "cache"}, model_id=model_id)
     return directory

@@ -145,10 +145,16 @@ def count_graph_flops(path: Path, spec: GraphSpec) -> dict[str, int]:
 
 def export_model(model: TSFSeq2Seq, out_dir: str | Path, *, targets: Sequence[int] | None = None,
                  opset: int = DEFAULT_OPSET, verify: bool = True, overwrite: bool = False,
-                 simplify: bool = True, step: Step | None = None, origin: dict[str, Any] | None = None
-                 ) -> dict[str, Any]:
-    """Write an export directory; nothing is left under `out_dir` unless every step passed."""
+                 simplify: bool = True, step: Step | None = None, origin: dict[str, Any] | None = None,
+                 model_id: str | None = None) -> dict[str, Any]:
+    """Write an export directory; nothing is left under `out_dir` unless every step passed.
+
+    `model_id` is the identity the graphs and manifest record (a ModelSource's); None: a
+    hash of the weights, for a model built in Python."""
+    from .cache import model_key
+
     out_dir = Path(out_dir)
+    model_id = model_id or getattr(model, "id", "") or model_key(model)
     step = step or (lambda message: None)
     if out_dir.exists() and not overwrite:
         raise ModelError(out_dir, "exists; use --overwrite to replace it")
@@ -160,7 +166,7 @@ def export_model(model: TSFSeq2Seq, out_dir: str | Path, *, targets: Sequence[in
         for name, spec in specs.items():
             step(f"exporting {name}")
             path = tmp / f"{name}.onnx"
-            export_graph(spec, path, opset, simplify, graph_metadata(name, getattr(model, "id", ""), model.config))
+            export_graph(spec, path, opset, simplify, graph_metadata(name, model_id, model.config))
             graphs[name] = {"file": path.name, **graph_io(path), "target": spec.target,
                             "flops_per_slice": count_graph_flops(path, spec)["total"]}
         step("counting FLOPs of the unfolded ConvLSTMs")
@@ -173,7 +179,7 @@ def export_model(model: TSFSeq2Seq, out_dir: str | Path, *, targets: Sequence[in
             verification = verify_export(model, tmp, graphs)
         for name, graph in graphs.items():
             graph["sha256"] = sha256(tmp / graph["file"])
-        manifest = _manifest(model, graphs, flops, verification, opset, origin)
+        manifest = _manifest(model, model_id, graphs, flops, verification, opset, origin)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -192,7 +198,7 @@ def _flops_report(model: TSFSeq2Seq, graphs: dict[str, Any], tmp: Path, opset: i
     return report
 
 
-def _manifest(model: TSFSeq2Seq, graphs: dict[str, Any], flops: dict[str, Any], verification: Any,
+def _manifest(model: TSFSeq2Seq, model_id: str, graphs: dict[str, Any], flops: dict[str, Any], verification: Any,
               opset: int, origin: dict[str, Any] | None) -> dict[str, Any]:
     import onnx
 
@@ -200,7 +206,7 @@ def _manifest(model: TSFSeq2Seq, graphs: dict[str, Any], flops: dict[str, Any], 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "tsf_trt_version": __version__,
-        "model_id": getattr(model, "id", ""),
+        "model_id": model_id,
         "model_config": model.config.to_dict(),
         "stages": ["seq2seq", "tsf"] if model.has_fusion else ["seq2seq"],
         "sequences": {"names": list(sequences.NAMES), "display": list(sequences.DISPLAY),

@@ -16,7 +16,7 @@ from . import sequences
 from .atomic import DiskFullError, remove_stale
 from .claims import Claims, Holder
 from .errors import TsfError
-from .outputs import OutputPaths, build_report, write_outputs
+from .outputs import Inputs, OutputPaths, build_report, write_outputs
 from .options import InferRequest
 from .qc import qc_block
 from .pipeline import Progress, Result, Synthesizer
@@ -72,13 +72,14 @@ def choose_sources(subject: Subject, target: int, wanted: Sequence[int] | None) 
 
 def infer_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *, progress: Progress | None = None,
                   backend_name: str = "", out_dir: Path | None = None, overwrite: bool | None = None,
-                  protected: Iterable[Path] = (), before_publish: Callable[[], None] | None = None) -> SubjectOutcome:
+                  protected: Inputs | Iterable[Path] = (), before_publish: Callable[[], None] | None = None) -> SubjectOutcome:
     """Synthesise `request.target` for one subject from all of `subject.inputs`; write three files.
 
     Outputs go to `out_dir` (folder mode's per-subject folder), else `request.output`, else
     beside the first input; `overwrite` overrides the request's (folder mode replaces a dead
     run's partial outputs). No output may be one of the subject's inputs or of `protected`
-    (folder mode: every input of the folder). The report's "qc" block scores the TSEM with
+    (folder mode: an :class:`~tsf_trt.outputs.Inputs` of every input of the folder, which
+    holds the subject's own). The report's "qc" block scores the TSEM with
     `request.qc` (from `evaluate --calibrate-qc`), or with the default threshold and no flag."""
     target, tsem = request.target, request.tsem
     overwrite = request.overwrite if overwrite is None else overwrite
@@ -87,7 +88,7 @@ def infer_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *
     folder = out_dir or request.output or subject.inputs[sources[0]].parent
     with_tsem = tsem and synth.has_fusion
     paths = OutputPaths.for_subject(folder, subject.name, target, with_tsem)
-    inputs = [*subject.inputs.values(), *protected]
+    inputs = protected if isinstance(protected, Inputs) else Inputs([*subject.inputs.values(), *protected])
     removed = remove_stale(folder, paths.names(), request.lease_s) if folder.is_dir() else []
     paths.check(overwrite, inputs)
     start = time.perf_counter()
@@ -122,7 +123,7 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     With `wait`, busy subjects are looked at again until their holders finish them or
     die (then this run takes them over): when it returns, every subject has an outcome.
     """
-    run = _FolderRun(synth, request, backend_name, [p for s in subjects for p in s.inputs.values()], time.time())
+    run = _FolderRun(synth, request, backend_name, Inputs(p for s in subjects for p in s.inputs.values()), time.time())
     summary = FolderSummary()
     pending = list(subjects)
     with Claims(request.lease_s) as claims:
@@ -151,7 +152,7 @@ class _FolderRun:
     synth: Synthesizer
     request: InferRequest
     backend_name: str
-    protected: list[Path]
+    protected: Inputs
     started: float  # time.time(): with overwrite, reports newer than this were written by a concurrent run
 
     def one(self, subject: Subject, claims: Claims, on_start) -> SubjectOutcome:

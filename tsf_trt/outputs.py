@@ -67,13 +67,40 @@ class OutputPaths:
 
     def refuse_inputs(self, inputs: Iterable[Path]) -> None:
         """An input is never written, with or without --overwrite (same name, link or hard link)."""
-        inputs = list(inputs)
+        known = inputs if isinstance(inputs, Inputs) else Inputs(inputs)
         for path in self.all():
-            for source in inputs:
-                if _same_file(path, source):
-                    which = "" if path.absolute() == source.absolute() else f" (the same file as {source})"
-                    raise InputError(path, f"is an input{which}: an input is never written, with or without "
-                                           "--overwrite; choose another --output or --subject")
+            source = known.holds(path)
+            if source is not None:
+                which = "" if path.absolute() == source.absolute() else f" (the same file as {source})"
+                raise InputError(path, f"is an input{which}: an input is never written, with or without "
+                                       "--overwrite; choose another --output or --subject")
+
+
+class Inputs:
+    """Input files to protect, looked up by resolved name and by inode: a folder run checks
+    every output against every input of the folder, so this is built once."""
+
+    def __init__(self, paths: Iterable[Path]):
+        self._names: dict[Path, Path] = {}
+        self._inodes: dict[tuple[int, int], Path] = {}
+        for path in paths:
+            self._names[path.resolve()] = path
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            self._inodes[(st.st_dev, st.st_ino)] = path
+
+    def holds(self, path: Path) -> Path | None:
+        """The input that `path` names or links to, None if none."""
+        found = self._names.get(path.resolve())
+        if found is not None:
+            return found
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return self._inodes.get((st.st_dev, st.st_ino))
 
 
 def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
@@ -119,6 +146,7 @@ def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict
     """
     if paths.tsem is not None and result.tsem is None:
         raise ValueError("TSEM output requested but the result has none")
+    inputs = inputs if isinstance(inputs, Inputs) else Inputs(inputs)
     paths.refuse_inputs(inputs)
     with atomic_group(paths.all(), overwrite) as tmps:
         files = dict(zip(paths.all(), tmps))
@@ -141,10 +169,3 @@ def check_subject_name(name: str) -> None:
     if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
         raise TsfError(f"subject name {name!r} cannot name output files: it must not be empty, start with '.', "
                        "or hold '/', '\\' or NUL")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or os.path.samefile(a, b)
-    except OSError:
-        return False
