@@ -26,10 +26,22 @@ def _maybe(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
-#: (header, cell, shown on the terminal) for every (backend, batch size) row; Markdown shows all.
+def _batch(row: Row) -> str:
+    """'4', or 'auto 4' where the backend chose (--batch-sizes auto)."""
+    return str(row["batch_size"]) if row["batch_size"] is not None else f"auto {row['effective_batch_size']}"
+
+
+def _psnr(row: Row) -> str:
+    agreement = row.get("agreement")
+    if agreement is None:
+        return "—"
+    return "identical" if agreement["image_psnr_db"] is None else f"{agreement['image_psnr_db']:.1f} dB"
+
+
+#: (header, cell, shown on the terminal) for every (variant, batch size) row; Markdown shows all.
 COLUMNS: list[tuple[str, Callable[[Row], str], bool]] = [
-    ("backend", lambda r: r["backend"], True),
-    ("batch", lambda r: str(r["batch_size"]), True),
+    ("backend", lambda r: r["variant"], True),
+    ("batch", _batch, True),
     ("s/vol", lambda r: f"{r['end_to_end']['mean']:.3g}", True),
     ("p50", lambda r: f"{r['end_to_end']['p50']:.3g}", False),
     ("p90", lambda r: f"{r['end_to_end']['p90']:.3g}", False),
@@ -43,6 +55,8 @@ COLUMNS: list[tuple[str, Callable[[Row], str], bool]] = [
     ("GFLOP/s", lambda r: _maybe((r["efficiency"] or {}).get("gflops_per_s"), ".3g"), True),
     ("%GEMM", lambda r: _maybe((r["efficiency"] or {}).get("fraction_of_gemm"), ".0%"), True),
     ("RSS MiB", lambda r: f"{r['memory']['peak_rss_bytes'] / 2**20:.0f}", True),
+    ("PSNR vs torch", _psnr, False),
+    ("max abs vs torch", lambda r: _maybe((r.get("agreement") or {}).get("image_max_abs_diff"), ".1e"), False),
 ]
 
 
@@ -61,7 +75,7 @@ def stage_names(report: dict[str, Any]) -> list[str]:
 def stage_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Mean milliseconds per stage for every row."""
     stages = stage_names(report)
-    body = [[row["backend"], str(row["batch_size"]),
+    body = [[row["variant"], _batch(row),
              *(f"{row['stages'][s]['mean'] * 1e3:.1f}" if s in row["stages"] else "—" for s in stages)]
             for row in report["rows"]]
     return ["backend", "batch", *(f"{s} ms" for s in stages)], body
@@ -90,11 +104,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      "GEMM rate")
     else:
         lines.append(flops.get("error", "no FLOP counts"))
-    lines += [f"skipped {s['backend']}: {s['reason']}" for s in report["skipped"]]
+    lines += [f"skipped {s.get('variant', s['backend'])}: {s['reason']}" for s in report["skipped"]]
     lines += [f"warning: {w}" for w in report["warnings"]]
     io = report["io_overlap"]
     if "surviving_fraction" in io:
-        lines.append(f"folder mode ({io['backend']}, batch {io['batch_size']}, subjects: {io['subjects']}): "
+        lines.append(f"folder mode ({io['variant']}, batch {io['batch_size'] or 'auto'}, "
+                     f"subjects: {io['subjects']}): "
                      f"{io['folder_throughput']['slices_per_s']:.2f} slices/s against "
                      f"{io['compute_throughput']['slices_per_s']:.2f} compute-only: "
                      f"{io['surviving_fraction']:.0%} survives NIfTI reading and writing")
@@ -153,7 +168,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     rows, stages = report["rows"], stage_names(report)
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.5 * max(4, len(rows)) + 2))
-    labels = [f"{r['backend']} b{r['batch_size']}" for r in rows]
+    labels = [f"{r['variant']} " + (f"b{r['batch_size']}" if r["batch_size"] else f"auto b{r['effective_batch_size']}")
+              for r in rows]
     offset = [0.0] * len(rows)
     for stage in stages:
         widths = [r["stages"].get(stage, {}).get("mean", 0.0) for r in rows]
@@ -163,11 +179,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
     left.set_xlabel("seconds per volume (mean)")
     left.set_title("latency per stage")
     left.legend(fontsize="small")
-    for backend in dict.fromkeys(r["backend"] for r in rows):
-        mine = sorted((r["batch_size"], r["throughput"]["slices_per_s"]) for r in rows if r["backend"] == backend)
-        right.plot([b for b, _ in mine], [t for _, t in mine], marker="o", label=backend)
+    used = {id(r): r["batch_size"] or r["effective_batch_size"] for r in rows}  # auto: what the backend chose
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = sorted((used[id(r)], r["throughput"]["slices_per_s"]) for r in rows
+                      if r["variant"] == variant)
+        right.plot([b for b, _ in mine], [t for _, t in mine], marker="o", label=variant)
     right.set_xscale("log", base=2)
-    batches = sorted({r["batch_size"] for r in rows})
+    batches = sorted(set(used.values()))
     right.set_xticks(batches, [str(b) for b in batches])
     right.minorticks_off()
     right.set_xlabel("batch size (slices)")

@@ -3,8 +3,10 @@
 Why through :func:`tsf_trt.jobs.infer_subject`: each iteration is exactly what
 `tsf-trt infer` does (read NIfTI, preprocess, encode, fuse, decode 2N, reassemble,
 write NIfTI and the JSON report), timed by the Synthesizer's own stage clocks, so the
-figures describe the real tool rather than a separate loop. The report's layout is
-documented in bench/SCHEMA.md; `SCHEMA_VERSION` changes whenever a field changes meaning.
+figures describe the real tool rather than a separate loop. A row is one
+:class:`~.variants.Variant` (backend, precision, ONNX decoder) at one batch size, and says how
+far its output is from torch fp32's. The report's layout is documented in bench/SCHEMA.md;
+`SCHEMA_VERSION` changes whenever a field changes meaning.
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from tsf_trt import sequences
-from tsf_trt.backends import NAMES, Backend, create_backend
+from tsf_trt.backends import Backend
 from tsf_trt.errors import TsfError
+from tsf_trt.pipeline import Result
 
 from .environment import PeakMemory, environment, gemm_rate, transfer_seconds
 from .stats import ratios, summarize
+from .variants import BASELINE, REFERENCE, Agreement, Variant, create_variant, expand
 from .workload import Workload, copy_subjects, flops_per_volume, padded, phantom_workload, subject_workload
 
 SCHEMA_VERSION = 1
@@ -31,16 +35,17 @@ SCHEMA_VERSION = 1
 STAGES = {"read": ("read",), "preprocess": ("preprocess",), "encoder": ("encode",), "fusion": ("fuse",),
           "decoder": ("decode",), "gather": ("gather",), "postprocess": ("postprocess",), "write": ("write",)}
 NETWORK_STAGES = ("encoder", "fusion", "decoder")
-BASELINE, REFERENCE = "torch", "reference"
 DEFAULT_SHAPE = (155, 240, 240)
 NOTES = [
     "Times are seconds of wall clock. Speed-ups are baseline mean time / row mean time (> 1: faster).",
-    "vs_torch compares with the torch row of the same batch size; vs_reference with the single reference row "
+    "vs_torch compares with the torch fp32 row of the same batch size; vs_reference with the single reference row "
     "(the authors' way: full ConvLSTM, one slice per network call, two decoder passes; batch size 1).",
     "gflops_per_s counts the graphs' FLOPs over the encoder + fusion + decoder time; fast convolution algorithms "
     "(Winograd, FFT, implicit-GEMM variants) do fewer multiplications than counted, so this can exceed the "
     "measured GEMM rate.",
     "Peak RSS is the whole process's resident high-water mark during the row (model, runtime, volumes).",
+    "agreement compares the row's image, TSEM and weights with a torch fp32 row's (same batch size when one ran) "
+    "on the same subject; PSNR over the whole volume in network units (data range 2), null when identical.",
 ]
 ProgressFn = Callable[[str, int, int], None]
 
@@ -51,7 +56,7 @@ class BenchSettings:
 
     model: Path
     backends: list[str]
-    batch_sizes: list[int]
+    batch_sizes: list[int | None]  # None: each backend's own choice
     target: int = 2
     shape_zyx: tuple[int, int, int] | None = None
     subject: Path | None = None
@@ -62,35 +67,15 @@ class BenchSettings:
     threads: int | None = None
     device: str = "cpu"
     io_subjects: int = 2
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])  # each backend runs those it takes
+    decoders: list[str] = field(default_factory=lambda: ["baked"])  # ONNX Runtime backends only
+    variants: list[Variant] | None = None  # exactly these (of `backends`), not backends x precisions x decoders
 
-
-def parse_backends(text: str, reference: bool = True) -> list[str]:
-    """'all' or a comma list -> backend names, `reference` last (added unless `reference` is False)."""
-    names = [n.strip().lower() for n in text.split(",") if n.strip()]
-    explicit = REFERENCE in names  # named by the user: kept even with reference=False
-    if names == ["all"]:
-        names = [n for n in NAMES if n != "auto"]
-    for name in names:
-        if name == "auto":
-            raise TsfError("--backends: 'auto' only picks one of the others; name them (or 'all')")
-        if name not in NAMES:
-            raise TsfError(f"--backends: unknown backend '{name}' (use all or some of "
-                           f"{', '.join(n for n in NAMES if n != 'auto')})")
-    names = list(dict.fromkeys(names))
-    if not names:
-        raise TsfError("--backends: name at least one backend, or 'all'")
-    names = [n for n in names if n != REFERENCE]
-    return names + [REFERENCE] if reference or explicit else names
-
-
-def parse_batch_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise TsfError(f"--batch-sizes '{text}': expected positive integers separated by commas, e.g. 1,4,16")
-    return list(dict.fromkeys(sizes))
+    def plan(self) -> tuple[list[Variant], list[dict[str, str]]]:
+        """The variants to run, and the backends that none of them can run (with the reason)."""
+        if self.variants is not None:
+            return list(self.variants), []
+        return expand(self.backends, self.precisions, self.decoders)
 
 
 class Ticker:
@@ -154,31 +139,38 @@ class BenchRun:
     def run(self, progress: ProgressFn | None = None) -> dict[str, Any]:
         """Measure every (backend, batch size) row, then FLOPs, ratios and folder-mode I/O."""
         settings, workload, model = self.settings, self.workload, self.model
-        plan = [(name, [1] if name == REFERENCE else settings.batch_sizes) for name in settings.backends]
+        variants, skipped = settings.plan()
+        plan = [(v, [1] if v.backend == REFERENCE else settings.batch_sizes) for v in variants]
         per_row = settings.warmup + settings.iterations
         tick = Ticker(progress, sum(len(b) for _, b in plan) * per_row + settings.io_subjects)
         tick("measuring the GEMM rate")
         env = environment(settings.threads)
         env.update(precision="fp32", device=settings.device, model_id=self.model_info["id"])
         gemm = gemm_rate(settings.threads)
-        rows, skipped = [], []
-        for name, batches in plan:
-            tick(f"{name}: loading" + (" (exported to ONNX into the cache on first use)" if name.startswith("ort")
-                                       else ""))
+        rows: list[dict[str, Any]] = []
+        agreement = Agreement()
+        for variant, batches in plan:
+            name = variant.name
+            tick(f"{name}: loading" + (" (exported to ONNX into the cache on first use)"
+                                       if variant.backend.startswith("ort") else ""))
             try:
-                backend = create_backend(name, model, device=settings.device, threads=settings.threads)
+                backend = create_variant(variant, model, device=settings.device, threads=settings.threads)
             except TsfError as exc:
-                skipped.append({"backend": name, "reason": str(exc)})
+                skipped.append({"backend": variant.backend, "variant": name, "reason": str(exc)})
                 tick(f"{name}: skipped", len(batches) * per_row)
                 continue
             try:
                 for batch in batches:
-                    rows.append(measure_row(name, backend, batch, workload, settings,
-                                            self.tmp / "out" / f"{name}-{batch}", tick))
+                    row, result = measure_row(variant, backend, batch, workload, settings,
+                                              self.tmp / "out" / f"{name}-{batch or 'auto'}", tick)
+                    rows.append(row)
+                    agreement.add(variant, row, result)
             except TsfError as exc:
-                skipped.append({"backend": name, "reason": f"failed while running: {exc}"})
+                skipped.append({"backend": variant.backend, "variant": name,
+                                "reason": f"failed while running: {exc}"})
             finally:
                 backend.close()
+        agreement.finish()
         tick("counting FLOPs")
         flops = _flops(model, settings, workload)
         _derive(rows, flops, gemm)
@@ -194,7 +186,10 @@ class BenchRun:
                          "target": sequences.NAMES[workload.target], "shape_zyx": list(workload.shape_zyx),
                          "slices": workload.depth, "tsem": settings.tsem and self.model_info["has_fusion"],
                          "origin": workload.origin},
-            "settings": {"backends": settings.backends, "batch_sizes": settings.batch_sizes,
+            "settings": {"backends": settings.backends, "variants": [v.name for v in variants],
+                         "precisions": list(dict.fromkeys(v.precision for v in variants)),
+                         "decoders": list(dict.fromkeys(v.decoder for v in variants if v.decoder)),
+                         "batch_sizes": settings.batch_sizes,
                          "warmup": settings.warmup, "iterations": settings.iterations, "threads": settings.threads,
                          "device": settings.device, "io_subjects": settings.io_subjects},
             "gemm": gemm,
@@ -225,15 +220,17 @@ def run_bench(settings: BenchSettings, progress: ProgressFn | None = None) -> di
         return bench.run(progress)
 
 
-def measure_row(name: str, backend: Backend, batch: int, workload: Workload, settings: BenchSettings,
-                out_dir: Path, tick: Ticker) -> dict[str, Any]:
-    """K warm-up and M timed iterations of one subject through `infer_subject` (files in, files out)."""
+def measure_row(variant: Variant, backend: Backend, batch: int | None, workload: Workload,
+                settings: BenchSettings, out_dir: Path, tick: Ticker) -> tuple[dict[str, Any], Result]:
+    """K warm-up and M timed iterations of one subject through `infer_subject` (files in, files out);
+    the row, and the last iteration's result (for the agreement with torch fp32)."""
     import torch
 
     from tsf_trt.jobs import infer_subject
     from tsf_trt.options import InferRequest
     from tsf_trt.pipeline import Synthesizer
 
+    name = variant.name
     synth = Synthesizer(backend, batch_size=batch)
     request = InferRequest(workload.target, output=out_dir, tsem=settings.tsem, overwrite=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +244,7 @@ def measure_row(name: str, backend: Backend, batch: int, workload: Workload, set
             step = f"warm-up {i + 1}" if warm else f"iteration {i + 1 - settings.warmup}"
             tick(f"{name} batch {batch}: {step}")
             start = time.perf_counter()
-            outcome = infer_subject(synth, workload.subject, request, backend_name=name)
+            outcome = infer_subject(synth, workload.subject, request, backend_name=variant.backend)
             seconds = time.perf_counter() - start
             tick(f"{name} batch {batch}", 1)
             if warm:
@@ -264,7 +261,10 @@ def measure_row(name: str, backend: Backend, batch: int, workload: Workload, set
             samples["end_to_end"].append(seconds)
     end_to_end, compute = summarize(samples.pop("end_to_end")), summarize(samples.pop("compute"))
     return {
-        "backend": name,
+        "backend": variant.backend,
+        "variant": name,
+        "precision": variant.precision,
+        "decoder": variant.decoder,
         "description": backend.describe(),
         "on_gpu": backend.on_gpu,
         "batch_size": batch,
@@ -276,7 +276,7 @@ def measure_row(name: str, backend: Backend, batch: int, workload: Workload, set
         "compute_throughput": rates(workload.depth, compute["mean"]),
         "memory": {"peak_rss_bytes": memory.rss_bytes, "rss_method": memory.method,
                    "gpu_peak_bytes": memory.gpu_bytes},
-    }
+    }, outcome.result
 
 
 def rates(slices: int, seconds: float) -> dict[str, float]:
@@ -301,7 +301,7 @@ def _flops(model: Any, settings: BenchSettings, workload: Workload) -> dict[str,
 
 def _derive(rows: list[dict[str, Any]], flops: dict[str, Any], gemm: dict[str, Any]) -> None:
     """Add efficiency and the ratios to torch (same batch size) and to the reference row."""
-    torch_rows = {r["batch_size"]: r for r in rows if r["backend"] == BASELINE}
+    torch_rows = {r["batch_size"]: r for r in rows if r["backend"] == BASELINE and r["precision"] == "fp32"}
     reference = next((r for r in rows if r["backend"] == REFERENCE), None)
     for row in rows:
         baseline = torch_rows.get(row["batch_size"])
@@ -338,10 +338,11 @@ def io_overlap(rows: list[dict[str, Any]], model: Any, settings: BenchSettings, 
         return {"skipped": "no subjects asked for (--io-subjects 0)" if candidates else "no backend ran"}
     best = min(candidates, key=lambda r: r["end_to_end"]["mean"])
     subjects = copy_subjects(workload, settings.io_subjects, tmp / "io_in")
-    backend = create_backend(best["backend"], model, device=settings.device, threads=settings.threads)
+    backend = create_variant(Variant(best["backend"], best["precision"], best["decoder"]), model,
+                             device=settings.device, threads=settings.threads)
     try:
         synth = Synthesizer(backend, batch_size=best["batch_size"])
-        tick(f"folder mode: warming up {best['backend']}")
+        tick(f"folder mode: warming up {best['variant']}")
         synth.run({i: load_volume(p) for i, p in workload.subject.inputs.items()}, workload.target, tsem=settings.tsem)
         start = time.perf_counter()
         summary = infer_folder(synth, subjects, InferRequest(workload.target, output=tmp / "io_out", tsem=settings.tsem),
@@ -354,6 +355,7 @@ def io_overlap(rows: list[dict[str, Any]], model: Any, settings: BenchSettings, 
     count = settings.io_subjects
     folder = rates(workload.depth, seconds / count)
     compute = best["compute_throughput"]
-    return {"backend": best["backend"], "batch_size": best["batch_size"], "subjects": count,
+    return {"backend": best["backend"], "variant": best["variant"], "batch_size": best["batch_size"],
+            "subjects": count,
             "folder_seconds": seconds, "folder_throughput": folder, "compute_throughput": compute,
             "surviving_fraction": folder["slices_per_s"] / compute["slices_per_s"]}

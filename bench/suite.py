@@ -1,35 +1,34 @@
-"""Regenerate the README's performance table on this machine, as Markdown.
+"""The README's performance table, regenerated on this machine as Markdown: `tsf-trt bench suite`.
 
-    python -m tsf_trt.bench.suite -o performance.md                 # paper config, 155x240x240: long
-    python -m tsf_trt.bench.suite --config small --shape 32x128x128  # minutes, not hours
-
-Why a script of its own: the README's table compares variants that `tsf-trt bench`
-does not expose as backends (bf16 autocast, the code-input ONNX decoder), on the
-paper configuration with random weights (the authors' published weights are not
-shipped), all in one process with the same threads, so the numbers can be
-reproduced on any machine with one command. The per-variant measurement lives in
-:mod:`tsf_trt.bench.backends`; this module makes the model and subject and writes
-the table.
+Why a preset of its own over :mod:`.runner`: the table compares ways of running (bf16 autocast,
+the code-input ONNX decoder beside the baked ones, the authors' way) on the paper configuration
+with random weights (the authors' published weights are not shipped), all in one process with
+the same threads, so that anyone can reproduce it with one command. The measuring is
+`tsf-trt bench`'s own (:class:`.runner.BenchRun`); this module picks the model, the phantom and
+the variants, and writes the table: "s / volume" is the in-memory synthesis (the report's
+`compute`), "image vs torch fp32" the rows' `agreement`.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from tsf_trt import sequences
 from tsf_trt.errors import TsfError
 
-from .backends import VARIANTS, compare
-from .environment import environment
-from .workload import parse_shape
+from .runner import BenchRun, BenchSettings, ProgressFn
+from .variants import Variant
 
-SOURCES, TARGET = (0, 1, 3), 2  # T1 + T1Gd + FLAIR -> T2, the README's task
+TARGET = 2  # T1 + T1Gd + FLAIR -> T2, the README's task (three inputs: bench's first three for T2)
+VARIANTS: dict[str, Variant] = {
+    "reference": Variant("reference"),
+    "torch": Variant("torch"),
+    "torch-bf16": Variant("torch", "bf16"),
+    "ort-code": Variant("ort", decoder="code"),
+    "ort-baked": Variant("ort", decoder="baked"),
+}
 LABELS = {
     "reference": "`reference` (authors' way: full ConvLSTM, one slice per call, 2 decoder passes)",
     "torch": "`torch` (folded ConvLSTM, 2N decoder batch)",
@@ -37,6 +36,20 @@ LABELS = {
     "ort-code": "`ort`, code-input decoder",
     "ort-baked": "`ort`, baked per-target decoders (the default)",
 }
+
+
+def parse_variants(text: str) -> list[str]:
+    """'reference,torch' -> the names, each one of VARIANTS, in the table's order as given."""
+    return check_variants([v.strip() for v in text.split(",") if v.strip()])
+
+
+def check_variants(names: Sequence[str]) -> list[str]:
+    names = list(dict.fromkeys(names))
+    if unknown := [v for v in names if v not in VARIANTS]:
+        raise TsfError(f"--variants: unknown {', '.join(unknown)} (use {', '.join(VARIANTS)})")
+    if not names:
+        raise TsfError(f"--variants: name at least one of {', '.join(VARIANTS)}")
+    return names
 
 
 def make_model(config: str, folder: Path) -> Path:
@@ -52,86 +65,56 @@ def make_model(config: str, folder: Path) -> Path:
                       origin={"random_weights": {"config": config, "seed": 0}})
 
 
-def phantom_volumes(shape_zyx: tuple[int, int, int]) -> dict[int, np.ndarray]:
-    """The sources of phantom subject 0, as canonical (z, y, x) arrays (phantoms are (x, y, z))."""
-    from tsf_trt.train.phantom import make_subject
+def run_suite(*, model: Path | None = None, config: str = "paper", shape_zyx: tuple[int, int, int] = (155, 240, 240),
+              variants: Sequence[str] = tuple(VARIANTS), threads: int | None = None, batch_size: int | None = None,
+              warmup: int = 1, progress: ProgressFn | None = None) -> str:
+    """Measure `variants` on phantom subject 0 of `shape_zyx` with `model` (default: random weights of
+    `config`, seed 0), each warmed up with `warmup` whole volumes, then timed once; the Markdown table."""
+    chosen = [VARIANTS[v] for v in check_variants(variants)]
+    with tempfile.TemporaryDirectory(prefix="tsf-trt-suite-") as tmp:
+        model_dir = model or make_model(config, Path(tmp))
+        settings = BenchSettings(model=model_dir, backends=list(dict.fromkeys(v.backend for v in chosen)),
+                                 batch_sizes=[batch_size], target=TARGET, shape_zyx=shape_zyx, n_inputs=3,
+                                 warmup=warmup, iterations=1, threads=threads, device="cpu", io_subjects=0,
+                                 variants=chosen)
+        with BenchRun(settings) as bench:
+            report = bench.run(progress)
+    if report["skipped"]:
+        failed = report["skipped"][0]
+        raise TsfError(f"{failed.get('variant', failed['backend'])}: {failed['reason']}")
+    label = f"{config.capitalize()} configuration (random weights, seed 0)" if model is None else f"Model {model}"
+    return to_markdown(report, model=label)
 
-    z, y, x = shape_zyx
-    phantom = make_subject(0, (x, y, z))
-    return {i: np.ascontiguousarray(phantom.volumes[sequences.NAMES[i]].transpose(2, 1, 0)) for i in SOURCES}
 
-
-def agreement(row: dict[str, Any]) -> str:
+def agreement(name: str, row: dict[str, Any]) -> str:
     """The README's last column: how far the variant's image is from torch fp32."""
-    if row["variant"] == "torch":
+    found = row["agreement"]
+    if found is None:
         return "—"
-    if row["variant"] == "torch-bf16":
-        return f"PSNR {row['image_psnr_vs_torch_db']:.1f} dB, ω max diff {row['weights_max_abs_diff_vs_torch']:.0e}"
-    text = f"max abs {row['image_max_abs_diff_vs_torch']:.1e}"
-    return text if row["variant"] == "reference" else f"{text}, PSNR {row['image_psnr_vs_torch_db']:.0f} dB"
+    psnr = found["image_psnr_db"]
+    if name == "torch-bf16":
+        return f"PSNR {psnr:.1f} dB, ω max diff {found['weights_max_abs_diff']:.0e}" if psnr is not None \
+            else "identical"
+    text = f"max abs {found['image_max_abs_diff']:.1e}"
+    return text if name == "reference" or psnr is None else f"{text}, PSNR {psnr:.0f} dB"
 
 
-def to_markdown(rows: list[dict[str, Any]], *, model: str, shape_zyx: tuple[int, int, int],
-                env: dict[str, Any]) -> str:
-    z, y, x = shape_zyx
-    intro = (f"Measured with `python -m tsf_trt.bench.suite` (every variant on the same subject, in one run, "
+def to_markdown(report: dict[str, Any], *, model: str) -> str:
+    """The README's table from a bench report whose rows are VARIANTS."""
+    env = report["environment"]
+    z, y, x = report["workload"]["shape_zyx"]
+    names = {variant: name for name, variant in VARIANTS.items()}
+    intro = (f"Measured with `tsf-trt bench suite` (every variant on the same subject, in one run, "
              f"same threads: {env['threads']}, warmed up) on {env['cpu']}, {env['usable_cpus']} usable CPUs, "
              f"load {env['load_average_1m']}, GPU: {env['gpu']['name'] if env['gpu'] else 'none'}. "
-             f"{model}, T1 + T1Gd + FLAIR → T2 with TSEM, one "
+             f"{model}, {report['workload']['task'].replace(',', ' + ').replace('->', ' → ')} with TSEM, one "
              f"{x}×{y}×{z} phantom volume.")
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     lines = [intro, "", f"Versions: {versions}.", "",
              "| variant | batch | s / volume | vs reference | image vs torch fp32 |", "|---|---|---|---|---|"]
-    for row in rows:
-        ratio = row["speedup_vs_reference"]
-        lines.append(f"| {LABELS.get(row['variant'], row['variant'])} | {row['batch_size']} | {row['seconds']:.4g} | "
-                     f"{'—' if ratio is None else f'{ratio:.2f}×'} | {agreement(row)} |")
+    for row in report["rows"]:
+        name = names[Variant(row["backend"], row["precision"], row["decoder"])]
+        ratio = (row["vs_reference"] or {}).get("compute")
+        lines.append(f"| {LABELS[name]} | {row['effective_batch_size']} | {row['compute']['mean']:.4g} | "
+                     f"{'—' if ratio is None else f'{ratio:.2f}×'} | {agreement(name, row)} |")
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None,
-                        help="model directory (default: random weights of --config, seed 0)")
-    parser.add_argument("--config", default="paper", help="preset for the random-weight model (default: paper)")
-    parser.add_argument("--shape", default="155x240x240", help="phantom volume, Z x Y x X (default: 155x240x240)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: each backend's preference")
-    parser.add_argument("-o", "--output", type=Path, default=None, help="Markdown file (default: standard output)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except TsfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-def run(args: argparse.Namespace) -> int:
-    from tsf_trt.atomic import atomic_path, check_writable
-
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if unknown := [v for v in variants if v not in VARIANTS]:
-        raise TsfError(f"--variants: unknown {', '.join(unknown)} (use {', '.join(VARIANTS)})")
-    shape = parse_shape(args.shape)
-    if args.output is not None:
-        check_writable(args.output, args.overwrite)
-    with tempfile.TemporaryDirectory(prefix="tsf-trt-suite-") as tmp:
-        model_dir = args.model or make_model(args.config, Path(tmp))
-        model = f"{args.config.capitalize()} configuration (random weights, seed 0)" if args.model is None \
-            else f"Model {args.model}"
-        rows = compare(model_dir, phantom_volumes(shape), TARGET, variants, threads=args.threads,
-                       batch_size=args.batch_size)
-    text = to_markdown(rows, model=model, shape_zyx=shape, env=environment(args.threads))
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        with atomic_path(args.output, args.overwrite) as out:
-            out.write_text(text)
-        print(f"wrote {args.output}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

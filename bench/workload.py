@@ -88,7 +88,7 @@ def choose_sources(available: Iterable[int], target: int, n_inputs: int | None, 
 def phantom_workload(shape_zyx: tuple[int, int, int], n_inputs: int | None, target: int, has_fusion: bool,
                      folder: Path) -> Workload:
     """Make the phantom subject of this shape and write it as gzip NIfTI under `folder`."""
-    from tsf_trt.train.phantom import make_subject, subject_name, write_subject
+    from tsf_trt.phantoms import make_subject, subject_name, write_subject
 
     z, y, x = shape_zyx
     name = subject_name(PHANTOM_SEED, "brats2021")

@@ -7,26 +7,14 @@ older tsf-trt without graph metadata included, is exported again instead of fail
 
 from __future__ import annotations
 
-import hashlib
 from tsf_trt.cache import cache_root
 from tsf_trt.errors import ModelError
 from tsf_trt.model import TSFSeq2Seq
+from tsf_trt.model.checkpoint import weights_id
 
 from .manifest import read_manifest
 from .onnx_export import DEFAULT_OPSET, export_model
 from .roles import check_export
-
-
-def model_key(model: TSFSeq2Seq) -> str:
-    """The id of a model built in Python: a hash of its weights (a model directory's id is its
-    weights file's, from config.json: tsf_trt.source.ModelSource)."""
-    if getattr(model, "id", ""):
-        return model.id
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def ensure_export(model: TSFSeq2Seq, *, model_id: str | None = None, opset: int = DEFAULT_OPSET) -> Path:
@@ -36,7 +24,7 @@ def ensure_export(model: TSFSeq2Seq, *, model_id: str | None = None, opset: int 
         from tsf_trt.model import load_model
 
         model = load_model(model)
-    model_id = model_id or getattr(model, "id", "") or model_key(model)
+    model_id = model_id or weights_id(model)
     directory = cache_root() / "exports" / f"{model_id}-opset{opset}"
     if directory.exists():
         try:

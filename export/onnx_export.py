@@ -151,10 +151,10 @@ def export_model(model: TSFSeq2Seq, out_dir: str | Path, *, targets: Sequence[in
 
     `model_id` is the identity the graphs and manifest record (a ModelSource's); None: a
     hash of the weights, for a model built in Python."""
-    from .cache import model_key
+    from tsf_trt.model.checkpoint import weights_id
 
     out_dir = Path(out_dir)
-    model_id = model_id or getattr(model, "id", "") or model_key(model)
+    model_id = model_id or weights_id(model)
     step = step or (lambda message: None)
     if out_dir.exists() and not overwrite:
         raise ModelError(out_dir, "exists; use --overwrite to replace it")

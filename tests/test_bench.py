@@ -215,7 +215,7 @@ def test_bad_model_and_subject_are_one_line(light, small_model_dir, tmp_path):
     assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path / "nope"), "no such subject")
     assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path, "--shape", "4x32x32"),
                           "only one")
-    from tsf_trt.train.phantom import write_subjects
+    from tsf_trt.phantoms import write_subjects
 
     write_subjects(tmp_path / "two", 2, shape=(16, 16, 3))
     assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path / "two"), "2 subjects")
@@ -238,7 +238,7 @@ def test_seq2seq_only_model_takes_one_input(light, tmp_path):
 
 def test_real_subject_folder(light, small_model_dir, tmp_path):
     from tsf_trt.bench.runner import BenchSettings, run_bench
-    from tsf_trt.train.phantom import write_subjects
+    from tsf_trt.phantoms import write_subjects
 
     (folder,) = write_subjects(tmp_path / "data", 1, shape=(20, 16, 3))
     settings = BenchSettings(model=small_model_dir, backends=["torch"], batch_sizes=[3], subject=folder,
@@ -250,7 +250,8 @@ def test_real_subject_folder(light, small_model_dir, tmp_path):
 
 
 def test_units_of_the_report():
-    from tsf_trt.bench.runner import contention_warnings, parse_backends
+    from tsf_trt.bench.runner import contention_warnings
+    from tsf_trt.bench.variants import parse_backends
     from tsf_trt.bench.stats import summarize
     from tsf_trt.bench.workload import parse_shape
 
@@ -267,8 +268,9 @@ def test_units_of_the_report():
     assert "load average 1.5" in warning
 
 
-def test_suite_writes_the_readme_table(light, small_model_dir, tmp_path, capsys):
-    from tsf_trt.bench.suite import main
+def test_suite_writes_the_readme_table(light, small_model_dir, tmp_path):
+    def main(args):
+        return cli("suite", *args).exit_code
 
     out = tmp_path / "perf.md"
     assert main(["--model", str(small_model_dir), "--shape", "3x16x16", "--variants", "reference,torch,ort-baked",
@@ -276,5 +278,35 @@ def test_suite_writes_the_readme_table(light, small_model_dir, tmp_path, capsys)
     text = out.read_text()
     assert "| variant | batch | s / volume | vs reference | image vs torch fp32 |" in text
     assert "| `reference` (authors' way" in text and "| 1.00× |" in text and "`ort`, baked" in text
-    assert main(["--model", str(small_model_dir), "-o", str(out)]) == 1  # exists, no --overwrite
-    assert "--overwrite" in capsys.readouterr().err
+    result = cli("suite", "--model", small_model_dir, "-o", out)
+    assert result.exit_code == 1  # exists, no --overwrite
+    assert "--overwrite" in result.stderr
+
+
+def test_bench_rows_of_every_variant_agree_with_torch_fp32(light, small_model_dir, tmp_path):
+    """The variants `tsf-trt bench suite` compares are bench rows too, each with its agreement."""
+    result = cli("--model", small_model_dir, "--backends", "torch,ort", "--precisions", "fp32,bf16", "--decoders",
+                 "baked,code", "--batch-sizes", "auto", "--shape", "3x16x16", "--warmup", 0, "--iterations", 1,
+                 "--threads", 1, "--io-subjects", 0, "--json", tmp_path / "v.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "v.json").read_text(), parse_constant=pytest.fail)
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert list(rows) == ["torch", "torch-bf16", "ort", "ort-code", "reference"]
+    assert report["settings"]["precisions"] == ["fp32", "bf16"] and report["settings"]["decoders"] == ["baked", "code"]
+    assert rows["torch"]["agreement"] is None and rows["ort-code"]["decoder"] == "code"
+    assert rows["torch-bf16"]["vs_torch"]["baseline"] == {"backend": "torch", "batch_size": None}
+    for name in ("torch-bf16", "ort", "ort-code", "reference"):
+        found = rows[name]["agreement"]
+        assert found["baseline"] == {"backend": "torch", "precision": "fp32", "batch_size": None}
+        assert found["image_max_abs_diff"] < (0.5 if name == "torch-bf16" else 1e-3)
+        assert found["image_psnr_db"] is None or found["image_psnr_db"] > 20
+        assert found["tsem_max_abs_diff"] is not None and found["weights_max_abs_diff"] >= 0
+    assert all(r["batch_size"] is None and r["effective_batch_size"] >= 1 for r in report["rows"]
+               if r["backend"] != "reference")
+
+
+def test_bench_options_before_suite_are_refused(small_model_dir):
+    assert_one_line_error(cli("--threads", 1, "suite"), "--threads", "suite")
+    assert_one_line_error(cli("suite", "--variants", "torch,bogus"), "--variants", "bogus")
+    assert_one_line_error(cli("--model", small_model_dir, "--precisions", "fp64"), "--precisions")
+    assert_one_line_error(cli("--model", small_model_dir, "--decoders", "fast"), "--decoders")

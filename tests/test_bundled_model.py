@@ -40,7 +40,7 @@ def test_bundled_files_are_package_data():
 @pytest.fixture(scope="module")
 def held_out_slab():
     """Nine central axial slices of a phantom no model was trained on, canonical (z, y, x)."""
-    from tsf_trt.train.phantom import make_subject
+    from tsf_trt.phantoms import make_subject
 
     ph = make_subject(123_456)
     return {k: np.ascontiguousarray(v.transpose(2, 1, 0)[73:82]) for k, v in ph.volumes.items()}

@@ -31,7 +31,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
-    from tsf_trt.train.phantom import write_subjects
+    from tsf_trt.phantoms import write_subjects
 
     folder = tmp_path_factory.mktemp("phantoms")
     write_subjects(folder, 3, seed=0, shape=SHAPE)
@@ -272,7 +272,7 @@ def test_lpips_weights_need_the_lpips_package(tmp_path):
 
 
 def test_hard_phantoms_keep_default_subjects_and_are_named(tmp_path):
-    from tsf_trt.train.phantom import is_hard, make_subject, write_subjects
+    from tsf_trt.phantoms import is_hard, make_subject, write_subjects
 
     plain, hard = make_subject(2, (24, 24, 16)), make_subject(2, (24, 24, 16), hard=True)
     assert "hard" not in plain.params and hard.params["hard"] is True

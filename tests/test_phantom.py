@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tsf_trt.cli import app
 from tsf_trt.subjects import find_subjects
-from tsf_trt.train.phantom import SEQUENCES, TISSUES, make_subject, write_subjects
+from tsf_trt.phantoms import SEQUENCES, TISSUES, make_subject, write_subjects
 from tsf_trt.volume import load_volume
 
 SHAPE = (64, 64, 40)

@@ -22,7 +22,7 @@ from tsf_trt.train.data import (
     split_subjects,
     write_split,
 )
-from tsf_trt.train.phantom import write_subjects
+from tsf_trt.phantoms import write_subjects
 from tsf_trt.volume import load_volume
 
 SHAPE = (48, 48, 24)  # nibabel (x, y, z): canonical slices are (24, 48, 48)

@@ -17,7 +17,7 @@ from tsf_trt.cli import app
 from tsf_trt.model import ModelConfig, load_model
 from tsf_trt.model.checkpoint import read_model_meta
 from tsf_trt.train.losses import SynthesisLoss, VGG19Features, load_vgg19, psnr, ssim
-from tsf_trt.train.phantom import write_subjects
+from tsf_trt.phantoms import write_subjects
 from tsf_trt.train.trainer import TrainConfig, train
 
 TINY = ModelConfig(enc_channels=(4, 8, 16), dec_channels=(8, 4, 3), enc_res_blocks=1, dec_res_blocks=1,
@@ -157,6 +157,20 @@ def test_cli_help_and_user_errors(tmp_path):
         assert result.exit_code == 0 and "--vgg-weights" in result.output
     result = runner.invoke(app, ["train", "seq2seq", "--data", str(tmp_path / "none"), "-o", str(tmp_path / "o")])
     assert result.exit_code == 1
+
+
+def test_bundle_command_ships_the_last_step_with_its_card(data, stage1, tmp_path):
+    stage2 = train(config(data, data / "b2", stage="tsf", init=stage1 / "step_000020", steps=2)).parent
+    (tmp_path / "quality.md").write_text("| task | PSNR |\n|---|---|\n| ->t2 | 20.0 |\n")
+    args = ["train", "bundle", "--stage1", str(stage1), "--stage2", str(stage2), "--quality",
+            str(tmp_path / "quality.md"), "--name", "tiny", "-o", str(tmp_path / "m")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "m").id == load_model(stage2 / "step_000002").id
+    card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    assert "tsf-trt train bundle --stage1 runs/s1 --stage2 runs/b2" in card and "| ->t2 | 20.0 |" in card
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "--overwrite" in again.stderr and "Traceback" not in again.output
 
 
 @pytest.mark.slow

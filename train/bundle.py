@@ -1,16 +1,13 @@
 """Turn a finished two-stage training run into a shippable model directory with a model card.
 
-    python -m tsf_trt.train.bundle --stage1 runs/s1 --stage2 runs/s2 --quality report/report.md \\
-        -o tsf_trt/models/demo [--overwrite]
-
-Why a script: the bundled model's card must say exactly how it was made (config, data,
-commands, steps, time, validation and held-out quality), and those facts live in the run
+The command is `tsf-trt train bundle` (:mod:`.commands`); :func:`bundle` is the library call.
+Why a function of its own: the bundled model's card must say exactly how it was made (config,
+data, commands, steps, time, validation and held-out quality), and those facts live in the run
 folders (train_config.json, split.json, log.json), not in anyone's memory.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -83,7 +80,7 @@ def model_card(name: str, s1: dict[str, Any], s2: dict[str, Any], model, size_by
         "## Training", "",
         "```bash", f"tsf-trt phantom -o phantoms --subjects {n} --seed 0",
         command(s1["config"]), command(s2["config"]),
-        f"python -m tsf_trt.train.bundle --stage1 runs/{stage1_name} --stage2 runs/{stage2_name} "
+        f"tsf-trt train bundle --stage1 runs/{stage1_name} --stage2 runs/{stage2_name} "
         "--quality quality.md -o tsf_trt/models/demo", "```", "",
         f"* stage 1 (seq2seq): {s1['config']['steps']} steps, {_minutes(s1):.0f} min; stage 2 (tsf, encoder frozen): "
         f"{s2['config']['steps']} steps, {_minutes(s2):.0f} min — wall time on a 2-core AMD EPYC (shared with "
@@ -105,6 +102,7 @@ def model_card(name: str, s1: dict[str, Any], s2: dict[str, Any], model, size_by
 
 def bundle(stage1: Path, stage2: Path, out: Path, *, name: str = "demo", quality: Path | None = None,
            notes: Path | None = None, overwrite: bool = False) -> Path:
+    """Write `out` from the last step of `stage2`, with its MODEL_CARD.md; the path written."""
     s1, s2 = _read_run(stage1), _read_run(stage2)
     final = stage2 / f"step_{s2['config']['steps']:06d}"
     model = load_model(final)
@@ -120,24 +118,3 @@ def bundle(stage1: Path, stage2: Path, out: Path, *, name: str = "demo", quality
                           quality.read_text() if quality else "", notes.read_text() if notes else "")
         (tmp / CARD).write_text(card, encoding="utf-8")
     return out
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tsf_trt.train.bundle", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage1", type=Path, required=True, help="run folder of `tsf-trt train seq2seq`")
-    parser.add_argument("--stage2", type=Path, required=True, help="run folder of `tsf-trt train tsf`")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
-    parser.add_argument("--name", default="demo")
-    parser.add_argument("--quality", type=Path, help="Markdown with the held-out quality tables")
-    parser.add_argument("--notes", type=Path, help="Markdown appended as the card's Notes")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args()
-    try:
-        print(bundle(args.stage1, args.stage2, args.output, name=args.name, quality=args.quality,
-                     notes=args.notes, overwrite=args.overwrite))
-    except TsfError as exc:
-        raise SystemExit(f"error: {exc}") from None
-
-
-if __name__ == "__main__":
-    main()

@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
 from .atomic import remove_stale, temp_path
 from .errors import TsfError
 from .owners import Owner
@@ -156,8 +155,7 @@ class Claims:
         owner = Owner.current()
         body = json.dumps({"host": socket.gethostname(), "host_tag": owner.host, "pid": owner.pid,
                            "process_start": owner.start, "token": token, "started": time.time(),
-                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lease_s": self.lease_s,
-                           "tsf_trt_version": __version__}) + "\n"
+                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lease_s": self.lease_s}) + "\n"
         with _held_lock:
             _held_tokens.add(token)  # before the file exists: no other thread may take it for dead
         claim = Claim(path, token, self)

@@ -54,7 +54,7 @@ def _slug(sources: tuple[str, ...]) -> str:
 
 def demo_paths(out_dir: Path, seed: int = DEMO_SEED) -> dict[str, Any]:
     """Every path the demo writes, so that all can be checked before any work."""
-    from .train.phantom import subject_name
+    from .phantoms import subject_name
 
     name = subject_name(seed, "brats2021")
     tasks = {s: OutputPaths.for_subject(out_dir / _slug(s), name, sequences.parse(TARGET), True) for s in TASKS}
@@ -64,7 +64,7 @@ def demo_paths(out_dir: Path, seed: int = DEMO_SEED) -> dict[str, Any]:
 
 def check_demo(out_dir: str | Path, overwrite: bool, seed: int = DEMO_SEED) -> None:
     """Refuse existing outputs (unless `overwrite`) before anything is computed."""
-    from .train.phantom import check_targets
+    from .phantoms import check_targets
 
     out_dir = Path(out_dir)
     check_targets(out_dir, 1, "brats2021", overwrite, seed)
@@ -83,7 +83,7 @@ def run_demo(synth: Synthesizer, out_dir: str | Path, *, overwrite: bool = False
     ``on_task(task)`` may return a progress callback for that task's slices.
     """
     from .figures import subject_figure
-    from .train.phantom import write_subjects
+    from .phantoms import write_subjects
 
     out_dir = Path(out_dir)
     check_demo(out_dir, overwrite, seed)

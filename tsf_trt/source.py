@@ -38,9 +38,9 @@ class ModelSource:
         if isinstance(spec, ModelSource):
             return spec
         if isinstance(spec, TSFSeq2Seq):
-            from .export.cache import model_key
+            from .model.checkpoint import weights_id
 
-            return cls("module", None, model_key(spec), spec.config, spec.has_fusion, spec)
+            return cls("module", None, weights_id(spec), spec.config, spec.has_fusion, spec)
         from .models import resolve_model
 
         path = resolve_model(spec)

@@ -118,9 +118,9 @@ def choose_backend(model, *, device: str = "cpu", threads: int | None = None) ->
     if isinstance(model, TSFSeq2Seq):
         return "torch"  # a live PyTorch model stays in PyTorch: no export behind the caller's back
     model = load_model(model)
-    from tsf_trt.export.cache import model_key
+    from tsf_trt.model.checkpoint import weights_id
 
-    record = cache_root() / "auto" / f"{model_key(model)}-{machine_key()}-t{threads or 0}-p2.json"  # p2: 240x240 probe
+    record = cache_root() / "auto" / f"{weights_id(model)}-{machine_key()}-t{threads or 0}-p2.json"  # p2: 240x240 probe
     try:
         return json.loads(record.read_text())["choice"]
     except (OSError, ValueError, KeyError):

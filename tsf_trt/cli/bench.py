@@ -1,4 +1,5 @@
-"""`tsf-trt bench`: latency, throughput, memory and efficiency of every backend, in one run."""
+"""`tsf-trt bench`: latency, throughput, memory, efficiency and agreement of every backend, in one run;
+`tsf-trt bench suite`: the README's performance table from the same measurements."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import typer
 
 from .app import app, err, out, progress_bar, user_errors
 
+bench_app = typer.Typer(name="bench", add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
+                        context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(bench_app, name="bench")
 
-@app.command("bench")
+
+@bench_app.callback(invoke_without_command=True)
 @user_errors
 def bench(
+    ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory or export directory "
                                                  "(an export runs on the ONNX Runtime backends only; the torch "
                                                  "rows are then skipped). Default: the bundled demo model.",
@@ -22,7 +28,15 @@ def bench(
                                           "the reason. 'reference' (the authors' way, batch 1) is added unless "
                                           "--no-reference.")] = "all",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Slices per network batch to measure, comma "
-                                             "separated; one row per backend and batch size.")] = "1,4,16",
+                                             "separated; one row per backend and batch size. 'auto': each "
+                                             "backend's own choice for the volume's size.")] = "1,4,16",
+    precisions: Annotated[str, typer.Option("--precisions", help="Comma list of fp32, bf16, fp16, best: each "
+                                            "backend runs those it takes (torch: fp32, bf16; ort-cuda, ort-trt: "
+                                            "fp32, fp16; trt: also best), one row each; a backend that takes none "
+                                            "is listed as skipped.")] = "fp32",
+    decoders: Annotated[str, typer.Option("--decoders", help="ONNX Runtime rows: baked (per-target decoders, "
+                                          "the runtime's default when the export has them), code (the "
+                                          "code-input decoder), or baked,code for one row each.")] = "baked",
     shape: Annotated[Optional[str], typer.Option("--shape", help="Phantom volume as Z x Y X: slices first, then "
                                                  "the in-plane size (the phantom is built as X, Y, Z = 240, 240, "
                                                  "155 for the default).", show_default="155x240x240")] = None,
@@ -55,17 +69,22 @@ def bench(
                                                  "throughput against batch size.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing report files.")] = False,
 ) -> None:
-    """Time every backend on one volume: per-stage latency (mean, p50, p90, p99, min), end-to-end seconds, throughput, peak memory, GFLOP/s against the machine's GEMM rate, ratios to torch and to the authors' way, and folder-mode I/O overlap.
+    """Time every backend on one volume: per-stage latency (mean, p50, p90, p99, min), end-to-end seconds, throughput, peak memory, GFLOP/s against the machine's GEMM rate, ratios to torch and to the authors' way, agreement with torch fp32 (PSNR, max differences of image, TSEM and ω), and folder-mode I/O overlap.
 
-    Each iteration is what `tsf-trt infer` does for one subject: read the NIfTI inputs, synthesise, write the outputs.
+    Each iteration is what `tsf-trt infer` does for one subject: read the NIfTI inputs, synthesise, write the outputs. `tsf-trt bench suite` regenerates the README's performance table (options of its own: tsf-trt bench suite --help).
 
     Example: tsf-trt bench --model models/small --backends torch,ort --batch-sizes 1,4 --shape 32x128x128 --json bench.json
     """
+    if ctx.invoked_subcommand is not None:
+        _refuse_own_options(ctx)
+        return
     from tsf_trt.bench.report import print_report, write_files
-    from tsf_trt.bench.runner import DEFAULT_SHAPE, BenchRun, BenchSettings, parse_backends, parse_batch_sizes
+    from tsf_trt.bench.runner import DEFAULT_SHAPE, BenchRun, BenchSettings
+    from tsf_trt.bench.variants import DECODERS, parse_backends, parse_batch_sizes, parse_list
     from tsf_trt.bench.workload import parse_shape
 
     from .. import sequences
+    from ..backends import PRECISIONS
     from ..errors import InputError, TsfError
     from ..models import resolve_model
     from ..atomic import check_writable
@@ -94,13 +113,16 @@ def bench(
         raise InputError(plot, "the plot is a PNG: give a file name ending in .png")
     for path in outputs:
         check_writable(path, overwrite)  # before minutes of measuring
+    all_precisions = tuple(dict.fromkeys(p for taken in PRECISIONS.values() for p in taken))
+    row_kinds = {"precisions": parse_list("--precisions", precisions, all_precisions),
+                 "decoders": parse_list("--decoders", decoders, DECODERS)}
     model_path = resolve_model(model)
     if not model_path.is_dir():
         raise InputError(model_path, "no such model or export directory")
     settings = BenchSettings(model=model_path, backends=parse_backends(backends, reference),
                              batch_sizes=parse_batch_sizes(batch_sizes), target=target_index, shape_zyx=shape_zyx,
                              subject=subject, n_inputs=inputs, tsem=tsem, warmup=warmup, iterations=iterations,
-                             threads=threads, device=_device(device), io_subjects=io_subjects)
+                             threads=threads, device=_device(device), io_subjects=io_subjects, **row_kinds)
     what = "the subject" if subject is not None else f"a {'x'.join(map(str, shape_zyx or DEFAULT_SHAPE))} phantom"
     with err.status(f"loading {model_path} and writing {what} ..."):
         bench_run = BenchRun(settings)
@@ -111,6 +133,74 @@ def bench(
     print_report(report, out)
     for path in write_files(report, json_path=json_path, markdown=markdown, png=plot, overwrite=overwrite):
         out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+def _refuse_own_options(ctx: typer.Context) -> None:
+    """`tsf-trt bench --threads 1 suite` would drop --threads silently: say so instead."""
+    from ..errors import TsfError
+
+    sources = {p.opts[0]: ctx.get_parameter_source(p.name) for p in ctx.command.params if p.name}
+    given = [opt for opt, source in sources.items() if source is not None and source.name == "COMMANDLINE"]
+    if given:
+        raise TsfError(f"{', '.join(given)} before '{ctx.invoked_subcommand}' belong(s) to `tsf-trt bench` itself; "
+                       f"give them after it (tsf-trt bench {ctx.invoked_subcommand} --help lists its options)")
+
+
+@bench_app.command("suite")
+@user_errors
+def suite(
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory to measure (default: "
+                                                  "seeded random weights of --config, as the README).",
+                                                  show_default=False)] = None,
+    config: Annotated[str, typer.Option("--config", help="Preset of the random-weight model: paper, small or "
+                                        "demo.")] = "paper",
+    shape: Annotated[str, typer.Option("--shape", help="Phantom volume as Z x Y x X (slices first).")]
+    = "155x240x240",
+    variants: Annotated[str, typer.Option("--variants", help="Comma list of the table's rows: reference, torch, "
+                                          "torch-bf16 (autocast), ort-code (code-input decoder), ort-baked "
+                                          "(per-target decoders); default: all five, in this order.",
+                                          show_default=False)] = "reference,torch,torch-bf16,ort-code,ort-baked",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for every variant (default: "
+                                                   "the runtimes' choice).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per network batch "
+                                                      "(default: each backend's own choice; reference is always "
+                                                      "1).", show_default=False)] = None,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed whole-volume runs per variant before "
+                                        "the timed one.")] = 1,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Markdown file (default: standard "
+                                                   "output).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output.")] = False,
+) -> None:
+    """Regenerate the README's performance table on this machine, as Markdown: every variant on the same phantom, in one run, same threads, on the CPU; seconds of in-memory synthesis per volume, the ratio to the authors' way, and the image's agreement with torch fp32.
+
+    The paper configuration at 155x240x240 takes hours on a few cores; --config small --shape 32x128x128 takes minutes.
+
+    Example: tsf-trt bench suite --config small --shape 32x128x128 --threads 2 -o performance.md
+    """
+    import sys
+
+    from tsf_trt.bench.suite import parse_variants, run_suite
+    from tsf_trt.bench.workload import parse_shape
+
+    from ..atomic import atomic_path, check_writable
+    from ..options import check_threads
+
+    check_threads(threads)
+    names, shape_zyx = parse_variants(variants), parse_shape(shape)
+    if output is not None:
+        check_writable(output, overwrite)  # before hours of measuring
+    with progress_bar() as bar:
+        task = bar.add_task("suite", total=None)
+        text = run_suite(model=model, config=config, shape_zyx=shape_zyx, variants=names, threads=threads,
+                         batch_size=batch_size, warmup=warmup,
+                         progress=lambda what, done, total: bar.update(task, description=what, completed=done,
+                                                                       total=total))
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        with atomic_path(output, overwrite) as path:
+            path.write_text(text)
+        err.print(f"wrote {output}", highlight=False, soft_wrap=True)
 
 
 def _device(device: str) -> str:

@@ -48,7 +48,7 @@ def phantom(
         raise TsfError(f"unknown --layout '{layout}': use brats2021 or brats2023")
     if not all(16 <= n <= 512 for n in shape):
         raise TsfError(f"--shape {' '.join(map(str, shape))}: each axis must be 16..512 voxels")
-    from tsf_trt.train.phantom import check_targets, write_subjects
+    from tsf_trt.phantoms import check_targets, write_subjects
 
     check_targets(output, subjects, layout, overwrite, seed, hard_fraction)  # before any work
     with progress_bar() as bar:

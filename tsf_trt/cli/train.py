@@ -1,117 +1,13 @@
-"""Training commands: `tsf-trt train seq2seq` (stage 1) then `tsf-trt train tsf` (stage 2).
+"""`tsf-trt train seq2seq | tsf | bundle`: the group is :data:`tsf_trt.train.commands.train_app`.
 
-Thin layers over :func:`tsf_trt.train.trainer.train`; they run unchanged under
-``torchrun --nproc-per-node K -m tsf_trt.train ...`` (DDP), where only rank 0 shows progress.
+It is defined in train/ so that torchrun can launch it (``-m tsf_trt.train``) without the
+CLI; registering it here keeps every import pointing from cli down to train.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Annotated, Optional
+from tsf_trt.train.commands import train_app
 
-import typer
+from .app import app
 
-from .app import app, err, progress_bar, user_errors
-
-train_app = typer.Typer(
-    name="train", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    rich_markup_mode="rich", context_settings={"help_option_names": ["-h", "--help"]},
-    help="Train TSF-Seq2Seq as the paper: stage 1 [bold]seq2seq[/] (one-to-one), then stage 2 [bold]tsf[/] "
-         "(fusion, encoder frozen). Multi-process: torchrun --nproc-per-node K -m tsf_trt.train ...",
-)
 app.add_typer(train_app, name="train")
-
-Data = Annotated[Path, typer.Option("--data", help="Folder of subjects (one sub-folder per subject, BraTS "
-                                    "names; missing sequences are allowed).", show_default=False)]
-Output = Annotated[Path, typer.Option("--output", "-o", help="Run folder: step_NNNNNN/ model directories, "
-                                      "last/ (resume state), log.csv, log.json, train.log, split.json.",
-                                      show_default=False)]
-Steps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps in all (also the target of "
-                                    "--resume).")]
-Batch = Annotated[int, typer.Option("--batch-size", min=1, help="Slices per step and process.")]
-Crop = Annotated[int, typer.Option("--crop", min=4, help="Random square crop of the training slices "
-                                   "(centred for validation); a multiple of 4 for the published sizes.")]
-Lr = Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate (betas 0.5, 0.999), constant.")]
-Every = Annotated[int, typer.Option("--checkpoint-every", min=1, help="Write step_NNNNNN/ and last/ every K steps "
-                                    "(and at the end).")]
-ValEvery = Annotated[int, typer.Option("--val-every", min=0, help="Validation PSNR/SSIM every K steps and at the "
-                                       "end; 0: never.")]
-ValSubjects = Annotated[int, typer.Option("--val-subjects", min=0, help="At most this many held-out subjects "
-                                          "are validated on.")]
-Vgg = Annotated[Optional[Path], typer.Option("--vgg-weights", help="torchvision VGG19 ImageNet weights "
-                                             "(vgg19-*.pth) for the perceptual loss. Without it the perceptual "
-                                             "term is off (said in the log): only SmoothL1 is used.")]
-Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes per process.")]
-Block = Annotated[int, typer.Option("--block-subjects", min=1, help="Shuffle within blocks of this many subjects "
-                                    "(each worker caches one block's volumes: BraTS ~140 MB per subject).")]
-Seed = Annotated[int, typer.Option("--seed", min=0, help="Fixes init, split, crops, order and tasks.")]
-Device = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when available).")]
-Amp = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (ignored on CPU).")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output from last/, "
-                                      "bit-compatibly (same data order, tasks, optimizer state).")]
-Split = Annotated[Optional[Path], typer.Option("--split", help="Split file {\"train\": [...], \"val\": [...], "
-                                               "\"test\": [...]}; default: a hash split by --seed "
-                                               "(80/10/10), saved as split.json.")]
-
-
-def _run(**kwargs) -> None:
-    from tsf_trt.train.trainer import TrainConfig, train
-
-    cfg = TrainConfig(**kwargs)
-    main = int(os.environ.get("RANK", "0")) == 0
-    if not main:
-        train(cfg)
-        return
-    with progress_bar() as bar:
-        task = bar.add_task(cfg.stage, total=cfg.steps)
-
-        def on_step(step: int, steps: int, losses: dict[str, float]) -> None:
-            loss = losses.get("loss")
-            bar.update(task, completed=step, description=f"{cfg.stage} loss {loss:.4f}" if loss else cfg.stage)
-
-        final = train(cfg, on_step=on_step, echo=lambda text: bar.console.print(text, highlight=False))
-    err.print(f"wrote {final}", highlight=False, soft_wrap=True)
-
-
-@train_app.command("seq2seq", no_args_is_help=True)
-@user_errors
-def seq2seq(
-    data: Data, output: Output,
-    config: Annotated[str, typer.Option("--config", help="Model sizes: 'paper', 'small' or a JSON file.")] = "paper",
-    steps: Steps = 10_000, batch_size: Batch = 8, crop: Crop = 192, lr: Lr = 1e-4, checkpoint_every: Every = 1000,
-    val_every: ValEvery = 1000, val_subjects: ValSubjects = 8, vgg_weights: Vgg = None, workers: Workers = 4,
-    block_subjects: Block = 4, seed: Seed = 0, device: Device = None, amp: Amp = True, resume: Resume = False,
-    split: Split = None,
-) -> None:
-    """Stage 1: one-to-one Seq2Seq (random source, random target per batch), loss 10·SmoothL1 + 0.01·VGG19.
-
-    Example: tsf-trt train seq2seq --data phantoms -o runs/s1 --config small --steps 2000
-    """
-    _run(stage="seq2seq", data=data, out=output, model_config=config, steps=steps, batch_size=batch_size,
-         crop=crop, lr=lr, checkpoint_every=checkpoint_every, val_every=val_every, val_subjects=val_subjects,
-         vgg_weights=vgg_weights, workers=workers, block_subjects=block_subjects, seed=seed, device=device,
-         amp=amp, resume=resume, split=split)
-
-
-@train_app.command("tsf", no_args_is_help=True)
-@user_errors
-def tsf(
-    data: Data,
-    init: Annotated[Path, typer.Option("--init", help="Model directory of stage 1 (e.g. RUN/step_010000); "
-                                       "its sizes are used.", show_default=False)],
-    output: Output,
-    steps: Steps = 10_000, batch_size: Batch = 8, crop: Crop = 192, lr: Lr = 1e-4, checkpoint_every: Every = 1000,
-    val_every: ValEvery = 1000, val_subjects: ValSubjects = 8, vgg_weights: Vgg = None, workers: Workers = 4,
-    block_subjects: Block = 4, seed: Seed = 0, device: Device = None, amp: Amp = True, resume: Resume = False,
-    split: Split = None,
-) -> None:
-    """Stage 2: task-specific fusion from random source subsets, encoder frozen; fusion and decoder trained on
-    decoder(fused) and decoder(fused_avg) (paper Eq. 5).
-
-    Example: tsf-trt train tsf --data phantoms --init runs/s1/step_002000 -o runs/s2 --steps 2000
-    """
-    _run(stage="tsf", data=data, out=output, init=init, steps=steps, batch_size=batch_size, crop=crop, lr=lr,
-         checkpoint_every=checkpoint_every, val_every=val_every, val_subjects=val_subjects,
-         vgg_weights=vgg_weights, workers=workers, block_subjects=block_subjects, seed=seed, device=device,
-         amp=amp, resume=resume, split=split)

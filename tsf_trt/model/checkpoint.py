@@ -8,6 +8,7 @@ by the table below (layout: ``docs/architecture.md``, "The authors' implementati
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -89,6 +90,18 @@ def read_model_meta(directory: str | Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise ModelError(directory, f"missing {CONFIG_FILE}: not a tsf-trt model directory")
     return read_tagged_json(cfg_path, FORMAT, FORMAT_VERSION, "config")
+
+
+def weights_id(model: TSFSeq2Seq) -> str:
+    """The id of a model: the one it was loaded with (a model directory's, from
+    config.json), else, for a model built in Python, a hash of its weights."""
+    if getattr(model, "id", ""):
+        return model.id
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def model_id(meta: dict[str, Any]) -> str:

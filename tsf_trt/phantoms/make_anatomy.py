@@ -1,11 +1,11 @@
-"""Derive ``train/anatomy/mni152_2009_tissues.npz`` from the MNI152 2009 maps inside nilearn (run once).
+"""Derive ``tsf_trt/phantoms/anatomy/mni152_2009_tissues.npz`` from the MNI152 2009 maps inside nilearn (run once).
 
-The phantom generator (:mod:`tsf_trt.train.phantom`) needs real brain anatomy but must not
+The phantom generator (:mod:`tsf_trt.phantoms.generator`) needs real brain anatomy but must not
 depend on nilearn at run time, so this script turns the templates nilearn ships into a
 small package-data file. It is kept here so the file can be rebuilt and audited:
 
     python3 -m venv /tmp/nl && /tmp/nl/bin/pip install nilearn     # a throwaway venv
-    /tmp/nl/bin/python train/make_anatomy.py                        # writes train/anatomy/*.npz
+    /tmp/nl/bin/python tsf_trt/phantoms/make_anatomy.py    # writes tsf_trt/phantoms/anatomy/*.npz
 
 (nilearn brings numpy, scipy and nibabel; the project's own venv needs none of it.)
 
@@ -19,7 +19,7 @@ like BraTS data.
 
 Output: fractions (3, X, Y, Z) uint8 (value/255 = tissue fraction; order WM, GM, CSF) on a
 1.5 mm RAS grid cropped to the brain, its 4x4 affine (MNI mm), and provenance strings.
-The template's licence notice is in ``train/anatomy/LICENSE-MNI152.txt``.
+The template's licence notice is in ``tsf_trt/phantoms/anatomy/LICENSE-MNI152.txt``.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
         source=np.array(f"MNI ICBM152 2009a nonlinear symmetric, from nilearn {nilearn.__version__}: {sources}"),
         derivation=np.array("mask = T1 template > 0; GM, WM clipped to the mask; CSF = mask - GM - WM "
                             f"(no CSF map in nilearn); Gaussian anti-alias sigma {sigma:.3f} mm, trilinear "
-                            f"to {SPACING} mm, x255 uint8; see train/make_anatomy.py"),
+                            f"to {SPACING} mm, x255 uint8; see tsf_trt/phantoms/make_anatomy.py"),
     )
     print(f"wrote {OUT}: fractions {fractions.shape} uint8, {OUT.stat().st_size} bytes")
 

@@ -1,0 +1,166 @@
+"""What one benchmark row runs (a backend at a precision, ONNX Runtime with either decoder), the
+options that name the rows, and how far each row's output is from torch fp32's.
+
+Why variants beside the backends: the README's performance table compares ways of running
+that `--backend` does not name apart — bf16 autocast, the code-input ONNX decoder beside the
+baked per-target ones — and a speed-up means little without the price in agreement, so every
+row also says how its image, TSEM and ω differ from torch fp32's on the same subject.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tsf_trt import metrics
+from tsf_trt.backends import NAMES, PRECISIONS, Backend, create_backend
+from tsf_trt.errors import TsfError
+from tsf_trt.pipeline import Result
+
+DECODERS = ("baked", "code")
+BASELINE, REFERENCE = "torch", "reference"  # what ratios and agreement compare with; the authors' way
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running: `backend` as `--backend` names it, its precision, and for ONNX Runtime
+    backends the decoder ('baked' per-target graphs when the export has them, or 'code')."""
+
+    backend: str
+    precision: str = "fp32"
+    decoder: str | None = None
+
+    @property
+    def name(self) -> str:
+        """'torch', 'torch-bf16', 'ort-code', 'ort-cuda-fp16-code': the defaults are left out."""
+        parts = [self.backend] + ([self.precision] if self.precision != "fp32" else [])
+        return "-".join(parts + (["code"] if self.decoder == "code" else []))
+
+    @property
+    def is_baseline(self) -> bool:
+        """torch fp32: what every ratio and every agreement is measured against."""
+        return self.backend == BASELINE and self.precision == "fp32"
+
+
+def expand(backends: list[str], precisions: list[str], decoders: list[str]) -> tuple[list[Variant], list[dict]]:
+    """backends x the precisions each takes x (ONNX Runtime backends) decoders, in that order; a backend
+    that takes none of `precisions` is returned as skipped with the reason."""
+    variants, skipped = [], []
+    for name in backends:
+        taken = [p for p in precisions if p in PRECISIONS[name]]
+        if not taken:
+            skipped.append({"backend": name, "reason": f"takes {', '.join(PRECISIONS[name])} only "
+                                                       f"(--precisions {','.join(precisions)})"})
+        kinds = decoders if name.startswith("ort") else [None]
+        variants += [Variant(name, p, d) for p in taken for d in kinds]
+    return variants, skipped
+
+
+def parse_backends(text: str, reference: bool = True) -> list[str]:
+    """'all' or a comma list -> backend names, `reference` last (added unless `reference` is False)."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    explicit = REFERENCE in names  # named by the user: kept even with reference=False
+    if names == ["all"]:
+        names = [n for n in NAMES if n != "auto"]
+    for name in names:
+        if name == "auto":
+            raise TsfError("--backends: 'auto' only picks one of the others; name them (or 'all')")
+        if name not in NAMES:
+            raise TsfError(f"--backends: unknown backend '{name}' (use all or some of "
+                           f"{', '.join(n for n in NAMES if n != 'auto')})")
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise TsfError("--backends: name at least one backend, or 'all'")
+    names = [n for n in names if n != REFERENCE]
+    return names + [REFERENCE] if reference or explicit else names
+
+
+def parse_batch_sizes(text: str) -> list[int | None]:
+    """'1,4,16' -> [1, 4, 16]; 'auto' (None) lets each backend choose for the volume's size."""
+    try:
+        sizes = [None if p.strip().lower() == "auto" else int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min((s for s in sizes if s is not None), default=1) < 1:
+        raise TsfError(f"--batch-sizes '{text}': expected positive integers (or auto) separated by commas, "
+                       "e.g. 1,4,16")
+    return list(dict.fromkeys(sizes))
+
+
+def parse_list(flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+    """'fp32,bf16' -> ['fp32', 'bf16'], each one of `allowed`, duplicates dropped."""
+    names = list(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
+    if not names or (unknown := [n for n in names if n not in allowed]):
+        raise TsfError(f"{flag} '{text}': use a comma list of {', '.join(allowed)}")
+    return names
+
+
+def create_variant(variant: Variant, model: Any, *, device: str, threads: int | None) -> Backend:
+    """The backend of `variant`. The code-input decoder is a choice of OrtBackend that
+    create_backend does not take, so that one variant is built here."""
+    if variant.decoder != "code":
+        return create_backend(variant.backend, model, device=device, threads=threads, precision=variant.precision)
+    from tsf_trt.backends.auto import gpu_index
+    from tsf_trt.backends.ort_backend import OrtBackend, require_provider
+    from tsf_trt.export.cache import ensure_export
+    from tsf_trt.export.manifest import is_export_dir
+
+    require_provider(variant.backend, gpu_index(device))  # a provider that cannot start fails before any export
+    export = model if isinstance(model, (str, Path)) and is_export_dir(model) else ensure_export(model)
+    return OrtBackend(export, name=variant.backend, threads=threads, precision=variant.precision,
+                      device=gpu_index(device), decoder="code")
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b).max())
+
+
+def compare(result: Result, base: Result, baseline: dict[str, Any]) -> dict[str, Any]:
+    """How far `result` is from `base` (torch fp32's output on the same subject)."""
+    psnr = metrics.psnr(result.image, base.image)  # the whole volume, network units
+    both = result.tsem is not None and base.tsem is not None
+    return {"baseline": baseline,
+            "image_max_abs_diff": _max_abs(result.image, base.image),
+            "image_psnr_db": psnr if np.isfinite(psnr) else None,  # strict JSON: identical images -> null
+            "tsem_max_abs_diff": _max_abs(result.tsem, base.tsem) if both else None,
+            "weights_max_abs_diff": max((abs(result.weights[i] - base.weights[i]) for i in result.weights),
+                                        default=0.0)}
+
+
+class Agreement:
+    """Fills each row's `agreement` against a torch fp32 row: the one of the same batch size, else the
+    first. A row's output is kept only until its baseline has run (torch runs first by default), and one
+    torch fp32 output per batch size, so whole volumes do not pile up."""
+
+    def __init__(self) -> None:
+        self.baselines: dict[int | None, tuple[dict[str, Any], Result]] = {}
+        self.pending: list[tuple[dict[str, Any], Result]] = []
+
+    def add(self, variant: Variant, row: dict[str, Any], result: Result) -> None:
+        if variant.is_baseline:
+            row["agreement"] = None  # the baseline itself
+            self.baselines.setdefault(row["batch_size"], (row, result))
+        elif row["batch_size"] in self.baselines:
+            self._fill(row, result, *self.baselines[row["batch_size"]])
+        else:
+            self.pending.append((row, result))
+
+    def finish(self) -> None:
+        """Rows still waiting: against a torch fp32 row of another batch size, or null without one."""
+        first = next(iter(self.baselines.values()), None)
+        for row, result in self.pending:
+            found = self.baselines.get(row["batch_size"], first)
+            if found is None:
+                row["agreement"] = None
+            else:
+                self._fill(row, result, *found)
+        self.pending.clear()
+        self.baselines.clear()
+
+    @staticmethod
+    def _fill(row: dict[str, Any], result: Result, base_row: dict[str, Any], base: Result) -> None:
+        row["agreement"] = compare(result, base, {"backend": base_row["backend"], "precision": "fp32",
+                                                  "batch_size": base_row["batch_size"]})

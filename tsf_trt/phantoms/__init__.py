@@ -1,0 +1,12 @@
+"""Phantom subjects with ground truth (:mod:`.generator`), from the MNI152 anatomy in ``anatomy/``.
+
+A package of its own, not part of training: `tsf-trt phantom`, `tsf-trt demo`,
+`tsf-trt bench` and the tests make phantoms, and none of them should import the trainer
+to do so. ``make_anatomy.py`` rebuilt ``anatomy/`` once, outside the project's venv.
+"""
+
+from .generator import (SEQUENCES, TISSUES, Phantom, check_targets, is_hard, make_subject, subject_name,
+                        write_subject, write_subjects)
+
+__all__ = ["SEQUENCES", "TISSUES", "Phantom", "check_targets", "is_hard", "make_subject", "subject_name",
+           "write_subject", "write_subjects"]
