@@ -91,18 +91,12 @@ class Ticker:
 
 
 def load_target(path: Path) -> tuple[Any, dict[str, Any]]:
-    """The model argument for create_backend (a loaded model, or the export directory) and its facts."""
-    from tsf_trt.export.manifest import is_export_dir, read_manifest
-    from tsf_trt.model import load_model
+    """The model (a ModelSource, what create_backend takes) and its facts for the report."""
+    from tsf_trt.source import ModelSource
 
-    path = Path(path)
-    if is_export_dir(path):
-        manifest = read_manifest(path)
-        return path, {"path": str(path), "kind": "export directory", "id": manifest.get("model_id", ""),
-                      "has_fusion": "fusion" in manifest["graphs"]}
-    model = load_model(path)
-    return model, {"path": str(path), "kind": "model directory", "id": getattr(model, "id", ""),
-                   "has_fusion": model.has_fusion}
+    source = ModelSource.resolve(Path(path))
+    kind = "export directory" if source.kind == "export" else "model directory"
+    return source, {"path": str(source.path), "kind": kind, "id": source.model_id, "has_fusion": source.has_fusion}
 
 
 class BenchRun:
@@ -285,16 +279,8 @@ def rates(slices: int, seconds: float) -> dict[str, float]:
 
 def _flops(model: Any, settings: BenchSettings, workload: Workload) -> dict[str, Any]:
     """FLOP counts from the export (the cached export of a model directory, made once if needed)."""
-    from tsf_trt.export.manifest import is_export_dir
-
     try:
-        if isinstance(model, Path) and is_export_dir(model):
-            export_dir = model
-        else:
-            from tsf_trt.export.cache import ensure_export
-
-            export_dir = ensure_export(model)
-        return flops_per_volume(export_dir, workload, settings.tsem)
+        return flops_per_volume(model.export_dir(), workload, settings.tsem)
     except (TsfError, ImportError, ValueError) as exc:  # ValueError: a graph the counter cannot follow
         return {"error": f"no FLOP counts: {exc}"}
 

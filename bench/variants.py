@@ -105,12 +105,10 @@ def create_variant(variant: Variant, model: Any, *, device: str, threads: int | 
         return create_backend(variant.backend, model, device=device, threads=threads, precision=variant.precision)
     from tsf_trt.backends.auto import gpu_index
     from tsf_trt.backends.ort_backend import OrtBackend, require_provider
-    from tsf_trt.export.cache import ensure_export
-    from tsf_trt.export.manifest import is_export_dir
+    from tsf_trt.source import ModelSource
 
     require_provider(variant.backend, gpu_index(device))  # a provider that cannot start fails before any export
-    export = model if isinstance(model, (str, Path)) and is_export_dir(model) else ensure_export(model)
-    return OrtBackend(export, name=variant.backend, threads=threads, precision=variant.precision,
+    return OrtBackend(ModelSource.resolve(model).export_dir(), name=variant.backend, threads=threads, precision=variant.precision,
                       device=gpu_index(device), decoder="code")
 
 

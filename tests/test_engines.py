@@ -395,7 +395,7 @@ def test_auto_order_and_fallback(small_export_dir, no_gpu_packages, monkeypatch)
         tried.append(name)
         if name != "ort":
             raise TsfError(f"{name} failed")
-        return OrtBackend(model, threads=1)
+        return OrtBackend(model.export_dir(), threads=1)
 
     monkeypatch.setattr(backends, "_create", fake_create)
     assert backends.create_backend("auto", small_export_dir, device="auto").name == "ort"

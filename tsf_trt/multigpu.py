@@ -26,6 +26,7 @@ from typing import Any
 
 from .errors import TsfError
 from .options import InferRequest, RunOptions
+from .source import ModelSource
 from .subjects import Subject, shard
 
 Event = tuple[str, int, Any]   # (kind, device, payload): start / end / ready / fatal / done
@@ -57,7 +58,7 @@ class WorkerJob:
     """What each worker needs to run its shard (picklable: it crosses to a new process).
     Inside a worker the one visible GPU is cuda:0, so `options.device` is "cuda" there."""
 
-    model: str
+    model: ModelSource
     options: RunOptions
     request: InferRequest
 
@@ -171,12 +172,8 @@ def _drain(events, workers: list, on_event: Callable[[Event], None]) -> None:
         process.join(timeout=10)
 
 
-def export_once(model: Path, backend: str) -> None:
+def export_once(source: ModelSource, backend: str) -> None:
     """Export a model directory into the cache before the workers start, so that they do
     not all export it at once (they find it there)."""
-    from .export.manifest import is_export_dir
-
-    if backend not in ("torch", "reference") and not is_export_dir(model):
-        from .export.cache import ensure_export
-
-        ensure_export(model)
+    if backend not in ("torch", "reference"):
+        source.export_dir()

@@ -70,22 +70,24 @@ class Result:
 
 
 class Synthesizer:
-    """Runs a model on whole volumes. `model` is a model directory, "demo" (the bundled model), a loaded
-    TSFSeq2Seq, or a ready :class:`~tsf_trt.backends.Backend`."""
+    """Runs a model on whole volumes. `model` is a :class:`~tsf_trt.source.ModelSource` or anything it
+    resolves (a model or export directory, "demo" for the bundled model, a loaded TSFSeq2Seq), or a
+    ready :class:`~tsf_trt.backends.Backend`."""
 
     def __init__(self, model, backend: str = "auto", *, batch_size: int | None = None, device: str = "cpu",
                  combine: str = "middle", threads: int | None = None, precision: str = "fp32"):
         from .options import RunOptions
 
         RunOptions(backend, device, precision, batch_size, threads, combine)  # every value checked before the model loads
-        if isinstance(model, (str, Path)):
-            from .models import resolve_model
+        if isinstance(model, Backend):
+            self.backend, self.label = model, "this model"
+        else:
+            from .source import ModelSource
 
-            model = resolve_model(model)  # "demo": the bundled model
-        self.backend: Backend = model if isinstance(model, Backend) else create_backend(
-            backend, model, device=device, threads=threads, precision=precision)
+            source = ModelSource.resolve(model)
+            self.backend = create_backend(backend, source, device=device, threads=threads, precision=precision)
+            self.label = source.label
         self.batch_size = batch_size  # None: the backend's choice for each volume's size
-        self.label = f"model {model}" if isinstance(model, (str, Path)) else "this model"
         self.combine = combine
 
     @property

@@ -1,17 +1,16 @@
 """Runtimes behind one interface; the pipeline never sees which one it drives.
 
-`create_backend` also decides what a model argument is: a loaded TSFSeq2Seq, a
-model directory (PyTorch weights; exported to ONNX into the cache once when an
-ONNX or TensorRT backend is asked for), or an export directory (ONNX graphs only).
+`create_backend` takes a :class:`~tsf_trt.source.ModelSource` (or anything
+`ModelSource.resolve` takes): a model directory is exported to ONNX into the cache
+once when an ONNX or TensorRT backend is asked for; an export directory has no
+PyTorch weights.
 GPU packages are imported only when a GPU backend is asked for; without them the
 request ends in a TsfError that names what is missing.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..errors import ModelError, TsfError
+from ..errors import TsfError
 from .base import Backend
 
 #: Every name `--backend` accepts. `reference` is the torch backend run the authors'
@@ -36,56 +35,49 @@ def create_backend(name: str, model, *, device: str = "cpu", threads: int | None
 
     `device`: 'cpu', 'cuda', 'cuda:N', or 'auto' (a GPU when one is visible and usable).
     """
+    from ..source import ModelSource
+
     if name not in NAMES:
         raise TsfError(f"unknown backend '{name}': use one of {', '.join(NAMES)}")
+    source = ModelSource.resolve(model)
     if name != "auto":
-        return _create(name, model, device=device, threads=threads, precision=precision)
+        return _create(name, source, device=device, threads=threads, precision=precision)
     from .auto import plan
 
     failure: TsfError | None = None
-    for choice, where in plan(model, device=device, threads=threads, precision=precision):
+    for choice, where in plan(source, device=device, threads=threads, precision=precision):
         try:
-            return _create(choice, model, device=where, threads=threads, precision=precision)
+            return _create(choice, source, device=where, threads=threads, precision=precision)
         except TsfError as exc:  # e.g. a GPU backend that is installed but does not start: next one
             failure = exc
     assert failure is not None  # plan() offers at least one option or raises
     raise failure
 
 
-def _create(name: str, model, *, device: str, threads: int | None, precision: str) -> Backend:
-    from tsf_trt.export.cache import ensure_export
-    from tsf_trt.export.manifest import is_export_dir
-
+def _create(name: str, source, *, device: str, threads: int | None, precision: str) -> Backend:
     from .auto import gpu_index
 
     if precision not in PRECISIONS[name]:
         raise TsfError(f"--precision {precision} is not available for --backend {name} "
                        f"(it takes {', '.join(PRECISIONS[name])})")
-    exported = isinstance(model, (str, Path)) and is_export_dir(model)
     if name == "trt":
         from tsf_trt.engines.gpu import require_trt
 
         require_trt()  # before exporting anything: a missing package is a one-line error at once
         from .trt_backend import TrtBackend
 
-        return TrtBackend.create(model if exported else ensure_export(model), precision=precision,
-                                 device=gpu_index(device))
+        return TrtBackend.create(source.export_dir(), precision=precision, device=gpu_index(device))
     if name.startswith("ort"):
         from .ort_backend import OrtBackend, require_provider
 
         require_provider(name, gpu_index(device))  # a provider that cannot start fails before any export
-        return OrtBackend(model if exported else ensure_export(model), name=name, threads=threads,
-                          precision=precision, device=gpu_index(device))
-    if exported:
-        raise ModelError(Path(model), f"is an export directory (ONNX graphs only): backend '{name}' needs the "
-                                      "PyTorch model directory; use --backend ort or trt for this one")
-    from ..model import TSFSeq2Seq, load_model
+        return OrtBackend(source.export_dir(), name=name, threads=threads, precision=precision,
+                          device=gpu_index(device))
     from .torch_backend import TorchBackend
 
-    if not isinstance(model, TSFSeq2Seq):
-        model = load_model(model)
-    return TorchBackend(model, device=_torch_device(device), threads=threads,
-                        mode="reference" if name == "reference" else "fast", precision=precision)
+    return TorchBackend(source.module(), device=_torch_device(device), threads=threads,
+                        mode="reference" if name == "reference" else "fast", precision=precision,
+                        model_id=source.model_id)
 
 
 def _torch_device(device: str) -> str:

@@ -1,7 +1,7 @@
 """`--backend auto`: the fastest backend that is installed and works here.
 
-On a GPU (`--device cuda`, or `auto` when one is visible) the order is the speed
-order the GPU backends' issue expects (not measured here: no GPU yet): trt,
+On a GPU (`--device cuda`, or `auto` when one is visible) the order is the expected
+speed order (README, "GPU"; not measured: no GPU has run it yet): trt,
 ort-trt, ort-cuda, torch on CUDA; each is checked before it is offered (packages present, a GPU
 visible, an ONNX Runtime provider that really starts), and one that still fails
 when created gives way to the next. On CPU, for a model directory, it times torch
@@ -16,18 +16,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 
 from .. import sequences
 from ..cache import cache_root, machine_key
 from ..errors import TsfError
+from ..source import ModelSource
 
 # Height, width of the timing batch: BraTS in-plane size, at each backend's own batch size. A small
 # probe misleads: at 4x128x128 torch beat ONNX Runtime on the demo model, at 240x240 ORT is 1.5x faster.
 PROBE = (240, 240)
-#: Fastest first, as the GPU backends' issue expects them (README, "GPU"; unmeasured here).
+#: Fastest first, as expected (README, "GPU"; unmeasured).
 GPU_ORDER = ("trt", "ort-trt", "ort-cuda", "torch-cuda")
 
 
@@ -41,21 +41,15 @@ def gpu_index(device: str) -> int:
     return 0
 
 
-def gpu_problem(candidate: str, model, index: int = 0) -> str | None:
-    """Why `candidate` (one of GPU_ORDER) cannot run `model` here; None when it can."""
-    from tsf_trt.export.manifest import is_export_dir
-
-    from ..model import TSFSeq2Seq
-
-    live = isinstance(model, TSFSeq2Seq)
-    exported = isinstance(model, (str, Path)) and is_export_dir(model)
+def gpu_problem(candidate: str, source: ModelSource, index: int = 0) -> str | None:
+    """Why `candidate` (one of GPU_ORDER) cannot run `source` here; None when it can."""
     if candidate == "torch-cuda":
-        if exported:
+        if source.kind == "export":
             return "an export directory has no PyTorch weights"
         import torch
 
         return None if torch.cuda.is_available() else "this PyTorch has no CUDA GPU"
-    if live:
+    if source.kind == "module":
         return "a model object from Python stays in PyTorch"
     if candidate == "trt":
         from tsf_trt.engines.gpu import missing_for_trt
@@ -70,13 +64,14 @@ def gpu_problem(candidate: str, model, index: int = 0) -> str | None:
         return str(exc)
 
 
-def plan(model, *, device: str = "cpu", threads: int | None = None, precision: str = "fp32"
+def plan(source: ModelSource, *, device: str = "cpu", threads: int | None = None, precision: str = "fp32"
          ) -> Iterator[tuple[str, str]]:
     """(backend, device) pairs to try, in order: usable GPU backends first (unless `device`
     is 'cpu'), then the measured CPU choice (unless `device` names a GPU). Lazy, so that
     the later GPU candidates are only probed when the earlier ones failed to start."""
     from . import PRECISIONS
 
+    source = ModelSource.resolve(source)
     offered, reasons = False, []
     if device != "cpu":
         index = gpu_index(device)
@@ -85,7 +80,7 @@ def plan(model, *, device: str = "cpu", threads: int | None = None, precision: s
             name = "torch" if candidate == "torch-cuda" else candidate
             if precision not in PRECISIONS[name]:
                 continue
-            problem = gpu_problem(candidate, model, index)
+            problem = gpu_problem(candidate, source, index)
             if problem is None:
                 offered = True
                 yield name, where
@@ -93,7 +88,7 @@ def plan(model, *, device: str = "cpu", threads: int | None = None, precision: s
                 reasons.append(f"{candidate}: {problem}")
     if device in ("cpu", "auto") and precision in ("fp32", "bf16"):
         offered = True
-        yield ("torch" if precision == "bf16" else choose_backend(model, device="cpu", threads=threads)), "cpu"
+        yield ("torch" if precision == "bf16" else choose_backend(source, device="cpu", threads=threads)), "cpu"
     if not offered and device == "cpu":
         raise TsfError(f"--precision {precision} runs on GPU backends only: use --device cuda (or auto)")
     if not offered:
@@ -102,30 +97,22 @@ def plan(model, *, device: str = "cpu", threads: int | None = None, precision: s
                        f"here ({detail})")
 
 
-def choose_backend(model, *, device: str = "cpu", threads: int | None = None) -> str:
-    from tsf_trt.export.manifest import is_export_dir
-
-    if isinstance(model, (str, Path)) and is_export_dir(model):
+def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | None = None) -> str:
+    source = ModelSource.resolve(source)
+    if source.kind == "export":
         return "ort"
-    if device != "cpu":
-        return "torch"
+    if device != "cpu" or source.kind == "module":
+        return "torch"  # a live PyTorch model stays in PyTorch: no export behind the caller's back
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return "torch"
-    from ..model import TSFSeq2Seq, load_model
-
-    if isinstance(model, TSFSeq2Seq):
-        return "torch"  # a live PyTorch model stays in PyTorch: no export behind the caller's back
-    model = load_model(model)
-    from tsf_trt.model.checkpoint import weights_id
-
-    record = cache_root() / "auto" / f"{weights_id(model)}-{machine_key()}-t{threads or 0}-p2.json"  # p2: 240x240 probe
+    record = cache_root() / "auto" / f"{source.model_id}-{machine_key()}-t{threads or 0}-p2.json"  # p2: 240x240 probe
     try:
         return json.loads(record.read_text())["choice"]
     except (OSError, ValueError, KeyError):
         pass
-    timings = measure(model, threads)
+    timings = measure(source, threads)
     choice = min(timings, key=timings.get)
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
@@ -135,24 +122,24 @@ def choose_backend(model, *, device: str = "cpu", threads: int | None = None) ->
     return choice
 
 
-def measure(model, threads: int | None) -> dict[str, float]:
+def measure(source: ModelSource, threads: int | None) -> dict[str, float]:
     """Best-of-3 seconds per slice (encode, fuse, decode 2N of one batch, at the backend's own
     batch size for a PROBE-sized slice) per backend."""
     from . import create_backend
 
     height, width = PROBE
     rng = np.random.default_rng(0)
-    sources = [0, 3] if model.has_fusion else [0]
+    sources = [0, 3] if source.has_fusion else [0]
     task = sequences.task_code(sources, 2)
-    code = sequences.target_code(2, model.config.style_dim)
+    code = sequences.target_code(2, source.config.style_dim)
     timings = {}
     for name in ("torch", "ort"):
         try:
-            backend = create_backend(name, model, threads=threads)
+            backend = create_backend(name, source, threads=threads)
         except TsfError:
             continue
         n = backend.preferred_batch_size(height, width)
-        images = rng.uniform(-1, 1, (n, model.config.in_channels, height, width)).astype(np.float32)
+        images = rng.uniform(-1, 1, (n, source.config.in_channels, height, width)).astype(np.float32)
         best = float("inf")
         for _ in range(3):  # the first run warms up
             start = time.perf_counter()

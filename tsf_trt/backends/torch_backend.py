@@ -16,6 +16,7 @@ import torch
 
 from ..errors import TsfError
 from ..model import TSFSeq2Seq
+from ..model.checkpoint import weights_id
 from .base import Backend
 
 
@@ -27,7 +28,7 @@ class TorchBackend(Backend):
     cpu_batch_bytes = 16 << 20
 
     def __init__(self, model: TSFSeq2Seq, device: str = "cpu", threads: int | None = None, mode: str = "fast",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", model_id: str | None = None):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise TsfError("--device cuda: this PyTorch has no CUDA GPU available (use --device cpu)")
         if mode not in ("fast", "reference"):
@@ -37,7 +38,7 @@ class TorchBackend(Backend):
         if threads:
             torch.set_num_threads(threads)
         self.precision = precision
-        super().__init__(model.config, model.has_fusion, getattr(model, "id", ""))
+        super().__init__(model.config, model.has_fusion, weights_id(model) if model_id is None else model_id)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.mode = mode

@@ -34,13 +34,13 @@ def demo(
     from rich.table import Table
 
     from ..demo import TARGET, check_demo, run_demo
-    from ..models import resolve_model
     from ..pipeline import Synthesizer
+    from ..source import ModelSource
 
     check_demo(output, overwrite)  # before the model loads
-    model_dir = resolve_model(model)
-    with err.status(f"loading model {model_dir} ..."):
-        synth = Synthesizer(model_dir, backend, threads=threads)
+    source = ModelSource.resolve(model)
+    with err.status(f"loading model {source.path} ..."):
+        synth = Synthesizer(source, backend, threads=threads)
     with progress_bar() as bar:
         def on_task(task: str):
             job = bar.add_task(task, total=None)

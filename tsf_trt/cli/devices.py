@@ -20,16 +20,16 @@ from .app import EXIT_ERROR, err, out, progress_bar
 def run_devices(devices_text: str, model: Path | None, options, request, subjects) -> None:
     from ..errors import TsfError
     from ..jobs import FolderSummary, SubjectOutcome
-    from ..models import resolve_model
+    from ..source import ModelSource
     from ..multigpu import WorkerJob, export_once, parse_devices, run_on_devices
 
     devices = parse_devices(devices_text)
     if options.device == "cpu":
         raise TsfError("--devices runs one worker per GPU: drop --device cpu")
-    model = resolve_model(model)
-    with err.status(f"preparing {model} for the workers (an ONNX export, once) ..."):
-        export_once(model, options.backend)
-    job = WorkerJob(str(model), replace(options, device="cuda"), request)
+    source = ModelSource.resolve(model)
+    with err.status(f"preparing {source.path} for the workers (an ONNX export, once) ..."):
+        export_once(source, options.backend)
+    job = WorkerJob(source, replace(options, device="cuda"), request)
     summary, broken = FolderSummary(), []
     start = time.perf_counter()
     with progress_bar() as bar:

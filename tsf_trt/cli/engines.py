@@ -82,17 +82,14 @@ def build(
     from ..engines.keys import Platform
     from ..engines.manager import BuildSettings, EngineManager
     from ..engines.profiles import make_profile
-    from ..export.cache import ensure_export
-    from ..export.manifest import is_export_dir
-    from ..models import resolve_model
+    from ..source import ModelSource
 
     require_trt("tsf-trt engines build")
     profile = make_profile(max_batch=max_batch, min_size=min_size, opt_size=opt_size, max_size=max_size)
     settings = BuildSettings(precision, profile, workspace)
-    source = resolve_model(model)
-    if not is_export_dir(source):
-        with err.status(f"exporting {source} to ONNX (once; cached) ..."):
-            source = ensure_export(source)
+    model_source = ModelSource.resolve(model)
+    with err.status(f"exporting {model_source.path} to ONNX (once; cached) ..."):
+        source = model_source.export_dir()  # an export directory is itself
     trt = import_tensorrt()
     info = device_info(device)
     with progress_bar() as bar:

@@ -108,14 +108,15 @@ def evaluate(
 
 def _synthesizer(model, backend: str, batch_size, device: str, precision: str, threads):
     from ..errors import TsfError
-    from ..models import resolve_model
     from ..pipeline import Synthesizer
+    from ..source import ModelSource
 
-    path = resolve_model(model)
+    source = ModelSource.resolve(model)
+    path = source.path
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise TsfError(f"--device must be cpu or cuda, got '{device}'")
     with err.status(f"loading model {path} ..."):
-        return Synthesizer(path, backend, batch_size=batch_size, device=device, threads=threads,
+        return Synthesizer(source, backend, batch_size=batch_size, device=device, threads=threads,
                            precision=precision), path
 
 

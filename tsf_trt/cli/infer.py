@@ -175,14 +175,14 @@ def _remove_if_empty(top: Path | None, leaf: Path | None) -> None:
 
 
 def _synthesizer(model: Path | None, options):
-    from ..models import resolve_model
     from ..pipeline import Synthesizer
+    from ..source import ModelSource
 
-    model = resolve_model(model)
+    source = ModelSource.resolve(model)
     note = " (auto: the first run on a model exports it to ONNX and times torch against ONNX Runtime, once)" \
         if options.backend == "auto" else ""
-    with err.status(f"loading model {model}{note} ..."):
-        return Synthesizer(model, options.backend, batch_size=options.batch_size, device=options.device,
+    with err.status(f"loading model {source.path}{note} ..."):
+        return Synthesizer(source, options.backend, batch_size=options.batch_size, device=options.device,
                            combine=options.combine, threads=options.threads, precision=options.precision)
 
 

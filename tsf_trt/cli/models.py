@@ -74,12 +74,10 @@ def export(
     """
     from .. import sequences
     from ..errors import TsfError
-    from ..model import load_model
+    from ..source import ModelSource
     from .app import progress_bar
 
-    from ..models import resolve_model
-
-    model = resolve_model(model)
+    source = ModelSource.resolve(model)
     chosen = {"all": list(range(sequences.N_SEQUENCES)), "none": []}.get(targets.strip().lower())
     if chosen is None:
         chosen = sequences.parse_list(targets)
@@ -87,7 +85,7 @@ def export(
         from tsf_trt.export.onnx_export import export_model
     except ImportError as exc:
         raise TsfError(f"export needs onnx, onnxruntime and onnxslim ({exc}); pip install tsf-trt") from None
-    loaded = load_model(model)
+    loaded = source.module()  # an export directory has no weights to export: one line
     steps = (2 + (loaded.fusion is not None) + len(chosen)) + 1 + int(verify)  # graphs, FLOPs, verification
     with progress_bar() as bar:
         task = bar.add_task("export", total=steps)
@@ -97,7 +95,7 @@ def export(
             bar.update(task, completed=next(done), description=message)
 
         manifest = export_model(loaded, output, targets=chosen, opset=opset, verify=verify, overwrite=overwrite,
-                                step=step, origin={"model_dir": str(model)})
+                                step=step, origin={"model_dir": str(source.path)}, model_id=source.model_id)
         bar.update(task, completed=steps, description="done")
     flops = manifest["flops_per_slice"]
     out.print(f"wrote {output}: {', '.join(g['file'] for g in manifest['graphs'].values())}", highlight=False,
