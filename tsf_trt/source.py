@@ -50,16 +50,11 @@ class ModelSource:
             manifest = read_manifest(path)
             return cls("export", path, str(manifest.get("model_id", "")), manifest_config(path, manifest),
                        "fusion" in manifest["graphs"])
-        from .model.checkpoint import CONFIG_FILE, model_id, read_model_meta
+        from .model.checkpoint import meta_config, model_id, read_model_meta
 
         meta = read_model_meta(path)
-        try:
-            config = ModelConfig.from_dict(meta["config"])
-        except (KeyError, TypeError) as exc:
-            raise ModelError(path / CONFIG_FILE, f"invalid model config ({exc})") from None
-        except TsfError as exc:
-            raise ModelError(path / CONFIG_FILE, str(exc)) from None
-        return cls("model", path, model_id(meta), config, "tsf" in meta.get("stages", ["seq2seq", "tsf"]))
+        return cls("model", path, model_id(meta), meta_config(path, meta),
+                   "tsf" in meta.get("stages", ["seq2seq", "tsf"]))
 
     @property
     def label(self) -> str:

@@ -92,6 +92,16 @@ def read_model_meta(directory: str | Path) -> dict[str, Any]:
     return read_tagged_json(cfg_path, FORMAT, FORMAT_VERSION, "config")
 
 
+def meta_config(directory: Path, meta: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig in a model directory's config.json; an invalid one names the file."""
+    try:
+        return ModelConfig.from_dict(meta["config"])
+    except (KeyError, TypeError) as exc:
+        raise ModelError(directory / CONFIG_FILE, f"invalid model config ({exc})") from None
+    except TsfError as exc:
+        raise ModelError(directory / CONFIG_FILE, str(exc)) from None
+
+
 def weights_id(model: TSFSeq2Seq) -> str:
     """The id of a model: the one it was loaded with (a model directory's, from
     config.json), else, for a model built in Python, a hash of its weights."""
@@ -114,12 +124,7 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu",
     """Load a model directory, in eval mode. Every mismatch is a ModelError naming the file."""
     directory = Path(directory)
     meta = read_model_meta(directory)
-    try:
-        config = ModelConfig.from_dict(meta["config"])
-    except (KeyError, TypeError) as exc:
-        raise ModelError(directory / CONFIG_FILE, f"invalid model config ({exc})") from None
-    except TsfError as exc:
-        raise ModelError(directory / CONFIG_FILE, str(exc)) from None
+    config = meta_config(directory, meta)
     weights = directory / meta.get("weights", WEIGHTS_FILE)
     if not weights.is_file():
         raise ModelError(directory, f"missing weights file {weights.name}")
