@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tsf_trt.model import PRESETS, load_model
-from tsf_trt.models import BUNDLED, resolve_model
+from tsf_trt.bundled import BUNDLED, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def test_model_card_states_how_it_was_made():
 def test_bundled_files_are_package_data():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    patterns = data["tsf_trt.models"]
+    patterns = data["tsf_trt.bundled"]
     for f in BUNDLED["demo"].iterdir():
         assert any(Path(f"demo/{f.name}").match(p) for p in patterns), f.name
 

@@ -379,7 +379,7 @@ def test_model_path_does_not_exist(case, tmp_path):
 
 def test_bundled_model_is_the_default(case):
     from tsf_trt.model import load_model
-    from tsf_trt.models import resolve_model
+    from tsf_trt.bundled import resolve_model
 
     inp, out, t1, flair = case
     result = cli("infer", "--inputs", t1, flair, "--target", "t2", "-o", out, "--backend", "torch")
@@ -389,9 +389,9 @@ def test_bundled_model_is_the_default(case):
 
 
 def test_missing_bundled_model_is_a_clean_error(case, tmp_path, monkeypatch):
-    import tsf_trt.models
+    import tsf_trt.bundled
 
-    monkeypatch.setitem(tsf_trt.models.BUNDLED, "demo", tmp_path / "gone")
+    monkeypatch.setitem(tsf_trt.bundled.BUNDLED, "demo", tmp_path / "gone")
     inp, out, t1, flair = case
     result = cli("infer", "--inputs", t1, flair, "--target", "t2", "-o", out)
     assert_clean_error(result, "bundled model is missing", "--model")

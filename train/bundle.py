@@ -81,7 +81,7 @@ def model_card(name: str, s1: dict[str, Any], s2: dict[str, Any], model, size_by
         "```bash", f"tsf-trt phantom -o phantoms --subjects {n} --seed 0",
         command(s1["config"]), command(s2["config"]),
         f"tsf-trt train bundle --stage1 runs/{stage1_name} --stage2 runs/{stage2_name} "
-        "--quality quality.md -o tsf_trt/models/demo", "```", "",
+        "--quality quality.md -o tsf_trt/bundled/demo", "```", "",
         f"* stage 1 (seq2seq): {s1['config']['steps']} steps, {_minutes(s1):.0f} min; stage 2 (tsf, encoder frozen): "
         f"{s2['config']['steps']} steps, {_minutes(s2):.0f} min — wall time on a 2-core AMD EPYC (shared with "
         "other work while it ran).",

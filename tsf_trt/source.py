@@ -41,7 +41,7 @@ class ModelSource:
             from .model.checkpoint import weights_id
 
             return cls("module", None, weights_id(spec), spec.config, spec.has_fusion, spec)
-        from .models import resolve_model
+        from .bundled import resolve_model
 
         path = resolve_model(spec)
         from .export.manifest import is_export_dir, manifest_config, read_manifest

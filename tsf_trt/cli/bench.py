@@ -86,7 +86,7 @@ def bench(
     from .. import sequences
     from ..backends import PRECISIONS
     from ..errors import InputError, TsfError
-    from ..models import resolve_model
+    from ..bundled import resolve_model
     from ..atomic import check_writable
     from ..options import check_threads
 

@@ -34,7 +34,7 @@ def infer(
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (from `tsf-trt "
                                                   "import-reference` or `tsf-trt train`) or export directory (from `tsf-trt "
                                                   "export`). Default: the bundled demo model (trained on phantoms; "
-                                                  "see tsf_trt/models/demo/MODEL_CARD.md).",
+                                                  "see tsf_trt/bundled/demo/MODEL_CARD.md).",
                                                   show_default=False)] = None,
     backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime: auto (the fastest here, measured once "
                                          "and cached), torch, ort (ONNX Runtime CPU; a model directory is exported "

@@ -122,7 +122,7 @@ PRESETS: dict[str, ModelConfig] = {
         decoder_weight_dim=8, enc_channels=(8, 16, 32), enc_res_blocks=2,
         dec_channels=(16, 8, 3), dec_res_blocks=2, fusion_channels=(32,),
     ),
-    # The bundled demo model (tsf_trt/models/demo): 16-32-64 wide, 3+3 residual blocks, a 4-deep
+    # The bundled demo model (tsf_trt/bundled/demo): 16-32-64 wide, 3+3 residual blocks, a 4-deep
     # decoder table (one entry per target). 4.1 M parameters; ~50 ms per 240x240 slice on 2 cores.
     "demo": ModelConfig(
         decoder_weight_dim=4, enc_channels=(16, 32, 64), enc_res_blocks=3,
