@@ -5,7 +5,7 @@ what changes is only how the work is laid out for deployment:
 
 * the ConvLSTMs run one step from the zero state (t = 1), folded exactly: the
   h-half of the input channels and the forget gate are cut out of the weights
-  (DESIGN.md §3), 3/8 of the cell's convolution work;
+  (docs/architecture.md, "Tensor contracts"), 3/8 of the cell's convolution work;
 * a decoder may be baked for one target: every HyperConv's kernel is computed once
   and stored as a constant, so the graph holds ordinary convolutions.
 """

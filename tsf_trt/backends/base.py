@@ -29,7 +29,7 @@ def activation_bytes(cfg: ModelConfig, height: int, width: int) -> int:
 
 
 class Backend(ABC):
-    """encode / fuse / decode on batches, with the tensor contracts of DESIGN.md §5."""
+    """encode / fuse / decode on batches, with the tensor contracts of docs/architecture.md."""
 
     name: ClassVar[str]
     #: Runs on a GPU: large batches pay there, while on a CPU they fall out of cache.

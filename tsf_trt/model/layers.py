@@ -2,7 +2,7 @@
 
 Padding is deliberately not uniform, to match the authors' weights: reflection for
 the image convolutions and hyperconvs, zeros inside the ConvLSTM and the spatial
-attention (``shared/reference/README.md``, quirk 3).
+attention (docs/architecture.md, "The authors' implementation", 2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """TSF-Seq2Seq: encoder E, task-specific fusion, decoder G (paper Fig. 1).
 
-The three submodules are exactly the three deployable graphs (DESIGN.md §5); this
+The three submodules are exactly the three deployable graphs (docs/architecture.md, "Tensor contracts"); this
 class only adds what ties them together for PyTorch users and tests.
 """
 
