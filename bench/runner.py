@@ -153,17 +153,16 @@ class BenchRun:
                 skipped.append({"backend": variant.backend, "variant": name, "reason": str(exc)})
                 tick(f"{name}: skipped", len(batches) * per_row)
                 continue
-            try:
-                for batch in batches:
-                    row, result = measure_row(variant, backend, batch, workload, settings,
-                                              self.tmp / "out" / f"{name}-{batch or 'auto'}", tick)
-                    rows.append(row)
-                    agreement.add(variant, row, result)
-            except TsfError as exc:
-                skipped.append({"backend": variant.backend, "variant": name,
-                                "reason": f"failed while running: {exc}"})
-            finally:
-                backend.close()
+            with backend:
+                try:
+                    for batch in batches:
+                        row, result = measure_row(variant, backend, batch, workload, settings,
+                                                  self.tmp / "out" / f"{name}-{batch or 'auto'}", tick)
+                        rows.append(row)
+                        agreement.add(variant, row, result)
+                except TsfError as exc:
+                    skipped.append({"backend": variant.backend, "variant": name,
+                                    "reason": f"failed while running: {exc}"})
         agreement.finish()
         tick("counting FLOPs")
         flops = _flops(model, settings, workload)
@@ -324,18 +323,16 @@ def io_overlap(rows: list[dict[str, Any]], model: Any, settings: BenchSettings, 
         return {"skipped": "no subjects asked for (--io-subjects 0)" if candidates else "no backend ran"}
     best = min(candidates, key=lambda r: r["end_to_end"]["mean"])
     subjects = copy_subjects(workload, settings.io_subjects, tmp / "io_in")
-    backend = create_variant(Variant(best["backend"], best["precision"], best["decoder"]), model,
-                             device=settings.device, threads=settings.threads)
-    try:
+    with create_variant(Variant(best["backend"], best["precision"], best["decoder"]), model,
+                        device=settings.device, threads=settings.threads) as backend:
         synth = Synthesizer(backend, batch_size=best["batch_size"])
         tick(f"folder mode: warming up {best['variant']}")
         synth.run({i: load_volume(p) for i, p in workload.subject.inputs.items()}, workload.target, tsem=settings.tsem)
         start = time.perf_counter()
-        summary = infer_folder(synth, subjects, InferRequest(workload.target, output=tmp / "io_out", tsem=settings.tsem),
-                               on_end=lambda o: tick(f"folder mode: {o.subject}", 1), backend_name=best["backend"])
+        request = InferRequest(workload.target, output=tmp / "io_out", tsem=settings.tsem)
+        summary = infer_folder(synth, subjects, request, on_end=lambda o: tick(f"folder mode: {o.subject}", 1),
+                               backend_name=best["backend"])
         seconds = time.perf_counter() - start
-    finally:
-        backend.close()
     if summary.failed:
         raise TsfError(f"folder mode failed on {summary.failed[0].subject}: {summary.failed[0].error}")
     count = settings.io_subjects

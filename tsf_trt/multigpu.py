@@ -102,14 +102,13 @@ def work(job: WorkerJob, subjects: Sequence[Subject], device: int, emit: Callabl
                      on_end=lambda o: emit(("end", device, {"subject": o.subject, "status": o.status,
                                                              "error": o.error, "removed": [str(p) for p in o.removed]})))
 
-    try:
-        with ThreadPoolExecutor(IO_THREADS) as pool:
-            for future in [pool.submit(run_part, subjects[t::IO_THREADS]) for t in range(IO_THREADS)]:
-                future.result()
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides the exit code
-        emit(("fatal", device, f"{type(exc).__name__}: {exc}"))
-    finally:
-        synth.backend.close()
+    with synth.backend:
+        try:
+            with ThreadPoolExecutor(IO_THREADS) as pool:
+                for future in [pool.submit(run_part, subjects[t::IO_THREADS]) for t in range(IO_THREADS)]:
+                    future.result()
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides the exit code
+            emit(("fatal", device, f"{type(exc).__name__}: {exc}"))
     emit(("done", device, None))
 
 

@@ -134,7 +134,6 @@ class Synthesizer:
         depth, height, width = next(iter(normed.values())).shape
         want_tsem = tsem and be.has_fusion
         task_code = sequences.task_code(sources, target)
-        target_code = sequences.target_code(target, be.config.style_dim)
         image = SliceAccumulator((depth, height, width), self.combine)
         tsem_map = SliceAccumulator((depth, height, width), "middle") if want_tsem else None
         weights = task_code[0, : sequences.N_SEQUENCES].copy()  # one-to-one: ω = 1 for the source
@@ -149,7 +148,7 @@ class Synthesizer:
                 else:
                     fused, fused_avg = features[sources[0]], None
             with timed(timings, "decode"):
-                out, out_avg = decode_numpy(be, fused, target_code, fused_avg if want_tsem else None)
+                out, out_avg = decode_numpy(be, fused, target, fused_avg if want_tsem else None)
             with timed(timings, "gather"):
                 image.add(centres, out)
                 if tsem_map is not None:
@@ -205,10 +204,10 @@ def encode_stacks(be: Backend, normed: Mapping[int, np.ndarray], sources: Sequen
     return {i: be.encode(stack_25d(normed[i], centres)) for i in sources}
 
 
-def decode_numpy(be: Backend, fused: Any, target_code: np.ndarray, fused_avg: Any | None = None
+def decode_numpy(be: Backend, fused: Any, target: int, fused_avg: Any | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode (with `fused_avg`: both as one 2N batch, for TSEM) and bring the images to the host."""
-    out, out_avg = be.decode(fused, target_code, fused_avg)
+    out, out_avg = be.decode(fused, target, fused_avg)
     return be.to_numpy(out), None if out_avg is None else be.to_numpy(out_avg)
 
 

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..errors import TsfError
 from ..model.config import ModelConfig
 
 
@@ -29,9 +30,16 @@ def activation_bytes(cfg: ModelConfig, height: int, width: int) -> int:
 
 
 class Backend(ABC):
-    """encode / fuse / decode on batches, with the tensor contracts of docs/architecture.md."""
+    """encode / fuse / decode on batches, with the tensor contracts of docs/architecture.md.
 
-    name: ClassVar[str]
+    The public methods check what every runtime shares (the backend is open, it has a
+    fusion stage, the target is a sequence) once, here; a runtime implements the
+    underscored ones. Use as a context manager, or call close(): both release it once.
+    """
+
+    #: The runtime as --backend spells it; a class that serves several (ort, ort-cuda,
+    #: ort-trt) sets it per instance.
+    name: str = ""
     #: Runs on a GPU: large batches pay there, while on a CPU they fall out of cache.
     on_gpu: bool = False
     #: CPU batch budget (bytes of a batch's largest activation): see preferred_batch_size.
@@ -41,24 +49,45 @@ class Backend(ABC):
         self.config = config
         self.has_fusion = has_fusion
         self.model_id = model_id
+        self._closed = False
 
-    @abstractmethod
     def encode(self, images: np.ndarray) -> Any:
         """(N, 3, H, W) float32 in [-1, 1] -> features (N, C, H/4, W/4)."""
+        self._check_open()
+        return self._encode(images)
 
-    @abstractmethod
     def fuse(self, features: Mapping[int, Any], task_code: np.ndarray) -> tuple[Any, Any, np.ndarray]:
         """Per-source features (missing sequences absent) + task code (1, 8)
         -> (fused, fused_avg, ω (4,) as numpy)."""
+        self._check_open()
+        if not self.has_fusion:
+            raise TsfError("this model has no fusion stage (Seq2Seq only): it cannot fuse inputs")
+        return self._fuse(features, task_code)
+
+    def decode(self, features: Any, target: int, features_avg: Any | None = None) -> tuple[Any, Any | None]:
+        """Features -> image (N, 3, H, W) of sequence `target` (an index); with `features_avg`,
+        both are decoded as one batch of 2N (for TSEM) and both images returned."""
+        self._check_open()
+        if not 0 <= int(target) < self.config.n_sequences:
+            raise TsfError(f"target {target} is not a sequence index (0..{self.config.n_sequences - 1})")
+        return self._decode(features, int(target), features_avg)
 
     @abstractmethod
-    def decode(self, features: Any, target_code: np.ndarray, features_avg: Any | None = None) -> tuple[Any, Any | None]:
-        """Features + target code (1, 64) -> image (N, 3, H, W); with `features_avg`,
-        both are decoded as one batch of 2N (for TSEM) and both images returned."""
+    def _encode(self, images: np.ndarray) -> Any: ...
+
+    @abstractmethod
+    def _fuse(self, features: Mapping[int, Any], task_code: np.ndarray) -> tuple[Any, Any, np.ndarray]: ...
+
+    @abstractmethod
+    def _decode(self, features: Any, target: int, features_avg: Any | None) -> tuple[Any, Any | None]: ...
 
     @abstractmethod
     def to_numpy(self, array: Any) -> np.ndarray:
         """A stage output as a float32 numpy array on the host."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TsfError(f"the {self.name} backend was closed")
 
     def preferred_batch_size(self, height: int, width: int) -> int:
         """Slices per batch when the caller does not say.
@@ -76,4 +105,16 @@ class Backend(ABC):
         return self.name
 
     def close(self) -> None:
-        """Release runtime resources (sessions, engines, device memory)."""
+        """Release runtime resources (sessions, engines, device memory), once."""
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        """What a runtime frees on close."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -112,7 +112,7 @@ class OrtBackend(Backend):
             raise TsfError(f"--precision {precision} is not available for --backend {name} "
                            f"(it takes {', '.join(PRECISIONS[name])})")
         self.ort = import_ort()
-        self.name = name  # type: ignore[misc]
+        self.name = name
         require_provider(name, device)
         self.directory = Path(export_dir)
         self.manifest = read_manifest(self.directory)
@@ -231,13 +231,11 @@ class OrtBackend(Backend):
         down = self.config.downsample
         return len(features), features.shape[-2] * down, features.shape[-1] * down
 
-    def encode(self, images: np.ndarray) -> np.ndarray:
+    def _encode(self, images: np.ndarray) -> np.ndarray:
         session = self.session("encoder", len(images), *images.shape[-2:])
         return session.run(None, {"image": np.ascontiguousarray(images, np.float32)})[0]
 
-    def fuse(self, features: Mapping[int, np.ndarray], task_code: np.ndarray):
-        if not self.has_fusion:
-            raise TsfError("this export has no fusion graph (Seq2Seq-only model): it cannot fuse inputs")
+    def _fuse(self, features: Mapping[int, np.ndarray], task_code: np.ndarray):
         some = next(iter(features.values()))
         stacked = np.zeros((some.shape[0], self.config.n_sequences, *some.shape[1:]), np.float32)
         for index, feats in features.items():
@@ -246,15 +244,15 @@ class OrtBackend(Backend):
             None, {"features": stacked, "task_code": np.ascontiguousarray(task_code, np.float32)})
         return fused, fused_avg, weights
 
-    def decode(self, features: np.ndarray, target_code: np.ndarray, features_avg: np.ndarray | None = None):
+    def _decode(self, features: np.ndarray, target: int, features_avg: np.ndarray | None):
         batch = features if features_avg is None else np.concatenate([features, features_avg])
-        baked = f"decoder_{sequences.NAMES[int(np.argmax(target_code[0, :sequences.N_SEQUENCES]))]}"
+        baked = f"decoder_{sequences.NAMES[target]}"
         fit = self._fit(features)
         if self.decoder_kind == "baked" and baked in self.manifest["graphs"]:
             image = self.session(baked, *fit).run(None, {"features": batch})[0]
         else:
             image = self.session("decoder", *fit).run(
-                None, {"features": batch, "target_code": np.ascontiguousarray(target_code, np.float32)})[0]
+                None, {"features": batch, "target_code": sequences.target_code(target, self.config.style_dim)})[0]
         if features_avg is None:
             return image, None
         return image[: len(features)], image[len(features):]

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from .. import sequences
 from ..errors import TsfError
 from ..model import TSFSeq2Seq
 from ..model.checkpoint import weights_id
@@ -44,7 +45,7 @@ class TorchBackend(Backend):
         self.mode = mode
         self.on_gpu = self.device.type == "cuda"
         if mode == "reference":
-            self.name = "reference"  # type: ignore[misc]
+            self.name = "reference"
             self.model = copy.deepcopy(self.model)  # the flag below must not touch the caller's model
             for cell in (*self.model.encoder.lstm.cells, *self.model.decoder.lstm.cells):
                 cell.fold_zero_state = False
@@ -57,7 +58,7 @@ class TorchBackend(Backend):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @torch.inference_mode()
-    def encode(self, images: np.ndarray) -> torch.Tensor:
+    def _encode(self, images: np.ndarray) -> torch.Tensor:
         x = self._tensor(images)
         with self._autocast():
             if self.mode == "reference":
@@ -65,9 +66,7 @@ class TorchBackend(Backend):
             return self.model.encoder(x)
 
     @torch.inference_mode()
-    def fuse(self, features: Mapping[int, torch.Tensor], task_code: np.ndarray):
-        if self.model.fusion is None:
-            raise TsfError("this model has no TSF stage (Seq2Seq only): it cannot fuse inputs")
+    def _fuse(self, features: Mapping[int, torch.Tensor], task_code: np.ndarray):
         stacked, code = self.model.stack_features(features), self._tensor(task_code)
         with self._autocast():
             if self.mode == "reference":
@@ -79,12 +78,12 @@ class TorchBackend(Backend):
         return fused, fused_avg, weights.float().cpu().numpy()
 
     @torch.inference_mode()
-    def decode(self, features: torch.Tensor, target_code: np.ndarray, features_avg: torch.Tensor | None = None):
-        code = self._tensor(target_code)
+    def _decode(self, features: torch.Tensor, target: int, features_avg: torch.Tensor | None):
+        code = self._tensor(sequences.target_code(target, self.config.style_dim))
         with self._autocast():
-            return self._decode(features, code, features_avg)
+            return self._decode_code(features, code, features_avg)
 
-    def _decode(self, features: torch.Tensor, code: torch.Tensor, features_avg: torch.Tensor | None):
+    def _decode_code(self, features: torch.Tensor, code: torch.Tensor, features_avg: torch.Tensor | None):
         if self.mode == "reference":
             def one_by_one(feats: torch.Tensor) -> torch.Tensor:
                 return torch.cat([self.model.decoder(feats[i : i + 1], code) for i in range(len(feats))])

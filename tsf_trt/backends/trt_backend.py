@@ -96,15 +96,13 @@ class TrtBackend(Backend):
         return outputs
 
     # -- the interface --------------------------------------------------------------------
-    def encode(self, images: np.ndarray):
+    def _encode(self, images: np.ndarray):
         n, _, height, width = images.shape
         runner = self.engines.runner("encoder", n, height, width)
         image = self.gpu.upload(np.ascontiguousarray(images, runner.dtypes["image"]))
         return self._run(runner, {"image": image})["features"]
 
-    def fuse(self, features: Mapping[int, object], task_code: np.ndarray):
-        if not self.has_fusion:
-            raise TsfError("this export has no fusion graph (Seq2Seq-only model): it cannot fuse inputs")
+    def _fuse(self, features: Mapping[int, object], task_code: np.ndarray):
         some = next(iter(features.values()))
         n, channels, h, w = some.shape
         runner = self.engines.runner("fusion", n, *self._size(some.shape))
@@ -123,9 +121,8 @@ class TrtBackend(Backend):
             self._omega[key] = self.gpu.download(outputs["weights"]).astype(np.float32)
         return fused, fused_avg, self._omega[key].copy()
 
-    def decode(self, features, target_code: np.ndarray, features_avg=None):
+    def _decode(self, features, target: int, features_avg):
         n = features.shape[0]
-        target = int(np.argmax(target_code[0, : sequences.N_SEQUENCES]))
         graph = self.manager.decoder_graph(target)
         runner = self.engines.runner(graph, n, *self._size(features.shape))
         batch = features
@@ -138,7 +135,7 @@ class TrtBackend(Backend):
                 self.gpu.copy(batch.rows(n, n), features_avg)
         inputs = {"features": batch}
         if "target_code" in runner.inputs:
-            inputs["target_code"] = self._device_code(target_code)
+            inputs["target_code"] = self._device_code(sequences.target_code(target, self.config.style_dim))
         image = self._run(runner, inputs)["image"]
         if features_avg is None:
             return image, None
@@ -154,6 +151,6 @@ class TrtBackend(Backend):
         return (f"TensorRT {platform.tensorrt} ({platform.gpu}, compute {platform.compute_capability}, "
                 f"{self.precision}; engines in {self.manager.cache.directory})")
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.engines.close()
         self.gpu.close()

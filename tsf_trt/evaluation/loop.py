@@ -136,7 +136,7 @@ def _run_network(be: Backend, normed: Mapping[int, np.ndarray], crop: tuple[slic
     acc = {t: [SliceAccumulator(shape) for _ in range(3 if with_avg else 1)] for t in tasks}
     acc_direct = {p: SliceAccumulator(shape) for p in direct}
     weights: dict[Task, dict[int, float]] = {}
-    codes = {t: (t.task_code(), sequences.target_code(t.target, be.config.style_dim)) for t in tasks}
+    codes = {t: t.task_code() for t in tasks}
     total = len(region.slices)
     for start in range(0, total, batch):
         positions = range(start, min(start + batch, total))
@@ -144,13 +144,13 @@ def _run_network(be: Backend, normed: Mapping[int, np.ndarray], crop: tuple[slic
         with timed(timings, "encode"):
             features = encode_stacks(be, normed, needed, centres)
         for task in tasks:
-            task_code, target_code = codes[task]
+            task_code = codes[task]
             if with_avg:
                 with timed(timings, "fuse"):
                     fused, fused_avg, omega = be.fuse({i: features[i] for i in task.sources}, task_code)
                 weights[task] = {i: float(omega[i]) for i in task.sources}
                 with timed(timings, "decode"):
-                    out, out_avg = decode_numpy(be, fused, target_code, fused_avg)
+                    out, out_avg = decode_numpy(be, fused, task.target, fused_avg)
                 assert out_avg is not None
                 out, out_avg = out[:, :, ry, rx], out_avg[:, :, ry, rx]
                 image, avg, tsem = acc[task]
@@ -160,11 +160,11 @@ def _run_network(be: Backend, normed: Mapping[int, np.ndarray], crop: tuple[slic
             else:  # Seq2Seq only: one-input tasks, the source's features decoded directly
                 weights[task] = {task.sources[0]: 1.0}
                 with timed(timings, "decode"):
-                    out, _ = decode_numpy(be, features[task.sources[0]], target_code)
+                    out, _ = decode_numpy(be, features[task.sources[0]], task.target)
                 acc[task][0].add(positions, out[:, :, ry, rx])
         for (source, target), accumulator in acc_direct.items():
             with timed(timings, "decode"):
-                out, _ = decode_numpy(be, features[source], sequences.target_code(target, be.config.style_dim))
+                out, _ = decode_numpy(be, features[source], target)
             accumulator.add(positions, out[:, :, ry, rx])
         if progress is not None:
             progress(positions.stop, total)
