@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tsf_trt import sequences
 from tsf_trt.errors import TsfError
 
 from .cache import CorruptEngine, EngineCache, Entry, engine_dir
@@ -75,8 +74,9 @@ class EngineManager:
     def decoder_graph(self, target: int) -> str:
         """The per-target decoder with baked kernels when the export has it (the TensorRT
         path: plain convolutions), else the code-input decoder."""
-        baked = f"decoder_{sequences.NAMES[target]}"
-        return baked if baked in self.manifest["graphs"] else "decoder"
+        from tsf_trt.export.manifest import decoder_graph
+
+        return decoder_graph(self.manifest, target)
 
     def precision_of(self, graph: str) -> str:
         return graph_precision(self.settings.precision, graph)

@@ -62,3 +62,13 @@ def graph_path(directory: str | Path, manifest: Mapping[str, Any], name: str) ->
         raise ModelError(Path(directory) / MANIFEST, f"this export has no '{name}' graph "
                                                      f"(it has: {', '.join(manifest['graphs'])})")
     return Path(directory) / manifest["graphs"][name]["file"]
+
+
+def decoder_graph(manifest: Mapping[str, Any], target: int, baked: bool = True) -> str:
+    """The decoder graph for `target`: the per-target one with its kernels baked in when the
+    export has it (plain convolutions: faster on ONNX Runtime, and TensorRT's path), else
+    the code-input decoder; `baked=False` asks for the code-input one."""
+    from tsf_trt import sequences
+
+    name = f"decoder_{sequences.NAMES[target]}"
+    return name if baked and name in manifest["graphs"] else "decoder"

@@ -59,9 +59,7 @@ def verify_export(model: TSFSeq2Seq, directory: Path, graphs: dict[str, Any], *,
                     record("encoder", ort_feats[i], feats[i])
                 if model.fusion is not None:
                     stacked = model.stack_features(feats)
-                    ort_stacked = np.zeros(stacked.shape, np.float32)
-                    for i in sources:
-                        ort_stacked[:, i] = ort_feats[i]
+                    ort_stacked = sequences.stack_by_index(ort_feats, model.config.n_sequences)
                     ref = model.fusion(stacked, torch.from_numpy(task))
                     got = sessions["fusion"].run(None, {"features": stacked.numpy(), "task_code": task})
                     for ours, theirs in zip(got, ref):

@@ -48,17 +48,18 @@ class RunOptions:
     combine: str = "middle"
 
     def __post_init__(self) -> None:
-        from .backends import NAMES, PRECISIONS
+        from .backends import NAMES, PRECISIONS, check_precision
 
         if self.backend not in NAMES:
             raise TsfError(f"--backend: unknown backend '{self.backend}' (use one of {', '.join(NAMES)})")
         if not _DEVICE.fullmatch(self.device):
             raise TsfError(f"--device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
-        every = sorted({p for ps in PRECISIONS.values() for p in ps})
-        allowed = PRECISIONS.get(self.backend, every)
-        if self.precision not in allowed:
-            raise TsfError(f"--precision {self.precision} is not available for --backend {self.backend} "
-                           f"(it takes {', '.join(allowed)})")
+        if self.backend == "auto":
+            every = sorted({p for ps in PRECISIONS.values() for p in ps})
+            if self.precision not in every:
+                raise TsfError(f"--precision {self.precision} is not one of {', '.join(every)}")
+        else:
+            check_precision(self.backend, self.precision)
         if self.batch_size is not None and self.batch_size < 1:
             raise TsfError(f"--batch-size must be at least 1, got {self.batch_size}")
         check_threads(self.threads)

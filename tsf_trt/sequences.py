@@ -6,7 +6,8 @@ Index order is fixed by the authors' checkpoints: T1=0, T1Gd=1, T2=2, FLAIR=3.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -105,3 +106,15 @@ def check_task(sources: Sequence[int], target: int) -> None:
 def describe(sources: Sequence[int], target: int) -> str:
     """A task as people write it: 'T1,FLAIR->T2'."""
     return ",".join(DISPLAY[s] for s in sources) + "->" + DISPLAY[target]
+
+
+def stack_by_index(features: Mapping[int, Any], n_sequences: int = N_SEQUENCES) -> Any:
+    """Per-sequence feature batches (N, C, h, w) -> (N, n_sequences, C, h, w), each at its
+    sequence's index and zeros where a sequence is missing: the fusion's input. Works on
+    numpy arrays and torch tensors alike (the result is of the features' kind)."""
+    some = next(iter(features.values()))
+    shape = (some.shape[0], n_sequences, *some.shape[1:])
+    stacked = some.new_zeros(shape) if hasattr(some, "new_zeros") else np.zeros(shape, some.dtype)
+    for index, feats in features.items():
+        stacked[:, index] = feats
+    return stacked

@@ -11,22 +11,13 @@ request ends in a TsfError that names what is missing.
 from __future__ import annotations
 
 from ..errors import TsfError
-from .base import Backend
+from .base import PRECISIONS, Backend, check_precision
 
 #: Every name `--backend` accepts. `reference` is the torch backend run the authors'
 #: way (full ConvLSTM, one slice per call): for measurements, not for use.
 NAMES = ("auto", "torch", "ort", "ort-cuda", "ort-trt", "trt", "reference")
 #: Every concrete backend of this version (whether it runs here depends on the machine).
 AVAILABLE = NAMES[1:]
-#: `--precision` values each backend takes (auto: those of the backend it picks).
-PRECISIONS = {
-    "torch": ("fp32", "bf16"),
-    "reference": ("fp32",),
-    "ort": ("fp32",),
-    "ort-cuda": ("fp32", "fp16"),
-    "ort-trt": ("fp32", "fp16"),
-    "trt": ("fp32", "fp16", "best"),
-}
 
 
 def create_backend(name: str, model, *, device: str = "cpu", threads: int | None = None,
@@ -57,9 +48,7 @@ def create_backend(name: str, model, *, device: str = "cpu", threads: int | None
 def _create(name: str, source, *, device: str, threads: int | None, precision: str) -> Backend:
     from .auto import gpu_index
 
-    if precision not in PRECISIONS[name]:
-        raise TsfError(f"--precision {precision} is not available for --backend {name} "
-                       f"(it takes {', '.join(PRECISIONS[name])})")
+    check_precision(name, precision)  # before exporting anything
     if name == "trt":
         from tsf_trt.engines.gpu import require_trt
 
@@ -88,4 +77,4 @@ def _torch_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-__all__ = ["AVAILABLE", "NAMES", "PRECISIONS", "Backend", "create_backend"]
+__all__ = ["AVAILABLE", "NAMES", "PRECISIONS", "Backend", "check_precision", "create_backend"]

@@ -17,7 +17,24 @@ from ..errors import TsfError
 from ..model.config import ModelConfig
 
 
+#: `--precision` values each backend takes (auto: those of the backend it picks).
+PRECISIONS = {
+    "torch": ("fp32", "bf16"),
+    "reference": ("fp32",),
+    "ort": ("fp32",),
+    "ort-cuda": ("fp32", "fp16"),
+    "ort-trt": ("fp32", "fp16"),
+    "trt": ("fp32", "fp16", "best"),
+}
 CPU_BATCH_BYTES = 32 << 20
+
+
+def check_precision(backend: str, precision: str) -> None:
+    """The one rule of which backend takes which --precision."""
+    allowed = PRECISIONS.get(backend, ())
+    if precision not in allowed:
+        raise TsfError(f"--precision {precision} is not available for --backend {backend} "
+                       f"(it takes {', '.join(allowed)})")
 GPU_BATCH = 16
 
 

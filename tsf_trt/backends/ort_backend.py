@@ -41,7 +41,7 @@ from .. import sequences
 from ..cache import machine_key, writable_dir
 from ..errors import TsfError
 from ..model.config import ModelConfig
-from .base import Backend
+from .base import Backend, check_precision
 
 PROVIDERS = {
     "ort": ["CPUExecutionProvider"],
@@ -106,11 +106,7 @@ class OrtBackend(Backend):
             raise TsfError(f"unknown ONNX Runtime backend '{name}' (use one of {', '.join(PROVIDERS)})")
         if decoder not in ("baked", "code"):
             raise TsfError(f"decoder must be 'baked' or 'code', got '{decoder}'")
-        from . import PRECISIONS
-
-        if precision not in PRECISIONS[name]:
-            raise TsfError(f"--precision {precision} is not available for --backend {name} "
-                           f"(it takes {', '.join(PRECISIONS[name])})")
+        check_precision(name, precision)
         self.ort = import_ort()
         self.name = name
         require_provider(name, device)
@@ -237,22 +233,20 @@ class OrtBackend(Backend):
 
     def _fuse(self, features: Mapping[int, np.ndarray], task_code: np.ndarray):
         some = next(iter(features.values()))
-        stacked = np.zeros((some.shape[0], self.config.n_sequences, *some.shape[1:]), np.float32)
-        for index, feats in features.items():
-            stacked[:, index] = feats
+        stacked = sequences.stack_by_index(features, self.config.n_sequences)
         fused, fused_avg, weights = self.session("fusion", *self._fit(some)).run(
             None, {"features": stacked, "task_code": np.ascontiguousarray(task_code, np.float32)})
         return fused, fused_avg, weights
 
     def _decode(self, features: np.ndarray, target: int, features_avg: np.ndarray | None):
         batch = features if features_avg is None else np.concatenate([features, features_avg])
-        baked = f"decoder_{sequences.NAMES[target]}"
-        fit = self._fit(features)
-        if self.decoder_kind == "baked" and baked in self.manifest["graphs"]:
-            image = self.session(baked, *fit).run(None, {"features": batch})[0]
-        else:
-            image = self.session("decoder", *fit).run(
-                None, {"features": batch, "target_code": sequences.target_code(target, self.config.style_dim)})[0]
+        from tsf_trt.export.manifest import decoder_graph
+
+        graph = decoder_graph(self.manifest, target, baked=self.decoder_kind == "baked")
+        inputs = {"features": batch}
+        if graph == "decoder":  # the code-input decoder computes its kernels from the target code
+            inputs["target_code"] = sequences.target_code(target, self.config.style_dim)
+        image = self.session(graph, *self._fit(features)).run(None, inputs)[0]
         if features_avg is None:
             return image, None
         return image[: len(features)], image[len(features):]

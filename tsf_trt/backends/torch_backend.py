@@ -18,7 +18,7 @@ from .. import sequences
 from ..errors import TsfError
 from ..model import TSFSeq2Seq
 from ..model.checkpoint import weights_id
-from .base import Backend
+from .base import Backend, check_precision
 
 
 class TorchBackend(Backend):
@@ -34,8 +34,7 @@ class TorchBackend(Backend):
             raise TsfError("--device cuda: this PyTorch has no CUDA GPU available (use --device cpu)")
         if mode not in ("fast", "reference"):
             raise TsfError(f"torch backend mode must be 'fast' or 'reference', got '{mode}'")
-        if precision not in ("fp32", "bf16"):
-            raise TsfError(f"torch precision must be fp32 or bf16, got '{precision}'")
+        check_precision("reference" if mode == "reference" else "torch", precision)
         if threads:
             torch.set_num_threads(threads)
         self.precision = precision

@@ -55,11 +55,7 @@ class TSFSeq2Seq(nn.Module):
 
     def stack_features(self, features: Mapping[int, Tensor]) -> Tensor:
         """Per-sequence features -> (N, 4, C, h, w), zeros where a sequence is missing."""
-        some = next(iter(features.values()))
-        stacked = some.new_zeros(some.shape[0], self.config.n_sequences, *some.shape[1:])
-        for index, feats in features.items():
-            stacked[:, index] = feats
-        return stacked
+        return sequences.stack_by_index(features, self.config.n_sequences)
 
     def synthesize(self, images: Mapping[int, Tensor], target: int, tsem: bool = True) -> Synthesis:
         """images: sequence index -> (N, 3, H, W) in [-1, 1]; any non-empty subset.
