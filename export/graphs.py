@@ -51,9 +51,7 @@ class UnfoldedConvLSTM(nn.Module):
 
     def __init__(self, lstm: ConvLSTM):
         super().__init__()
-        self.lstm = copy.deepcopy(lstm)
-        for cell in self.lstm.cells:
-            cell.fold_zero_state = False
+        self.lstm = lstm.unfolded()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.lstm(x.unsqueeze(1))[:, 0]

@@ -68,7 +68,8 @@ def test_codes_and_weights(small_model, golden, case):
     with torch.no_grad():
         logits = small_model.fusion.weight_fc(task)
         assert_close(torch.softmax(logits, dim=1), golden, f"case_{case}_fc_p_softmax")
-        weights = small_model.fusion.contribution_weights(task)
+        features = torch.zeros(1, 4, small_model.config.features, 4, 4)
+        weights = small_model.fusion(features, task)[2]  # ω as the fusion computes it (Eq. 2)
     assert_close(weights, golden, f"case_{case}_weights")
     assert float(weights.sum()) == pytest.approx(1.0, abs=1e-6)
     assert all(float(weights[i]) == 0.0 for i in range(4) if i not in sources)

@@ -132,7 +132,7 @@ def test_result_is_the_same_for_any_storage_orientation(small_model, small_model
     assert np.abs(outputs["lps"] - outputs["ras"]).max() <= 1e-2  # output units 0..1000
 
 
-def test_unimplemented_backends_are_refused_clearly(small_model, monkeypatch):
+def test_unavailable_and_unknown_backends_are_refused_clearly(small_model, monkeypatch):
     import tsf_trt.engines.gpu
     from tsf_trt.backends import create_backend
 

@@ -8,7 +8,6 @@ passes run separately — so that benchmarks can report every figure as a ratio 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -45,9 +44,7 @@ class TorchBackend(Backend):
         self.on_gpu = self.device.type == "cuda"
         if mode == "reference":
             self.name = "reference"
-            self.model = copy.deepcopy(self.model)  # the flag below must not touch the caller's model
-            for cell in (*self.model.encoder.lstm.cells, *self.model.decoder.lstm.cells):
-                cell.fold_zero_state = False
+            self.model = self.model.unfolded()  # a copy: the caller's model is untouched
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)

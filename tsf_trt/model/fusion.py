@@ -80,11 +80,6 @@ class TaskSpecificFusion(nn.Module):
             omega0 = torch.softmax(self.weight_fc(code), dim=1) + EPS     # Eq. 1
             return code[:, : self.n_sequences] * omega0
 
-    def contribution_weights(self, task_code: Tensor) -> Tensor:
-        """ω of Eq. 2: the masked weights normalised to sum to 1, shape (4,)."""
-        masked = self.masked_weights(task_code)
-        return (masked / masked.sum()).view(self.n_sequences)
-
     def forward(self, features: Tensor, task_code: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         masked = self.masked_weights(task_code)
         total = masked.sum()

@@ -146,14 +146,14 @@ class HyperResBlock(nn.Module):
 class ConvLSTMCell(nn.Module):
     """One ConvLSTM layer step: gates i, f, o, g from one conv over [x, h] (zero padding)."""
 
-    def __init__(self, c_in: int, hidden: int, kernel: int = 3):
+    def __init__(self, c_in: int, hidden: int, kernel: int = 3, fold_zero_state: bool = True):
         super().__init__()
         self.hidden = hidden
         self.c_in = c_in
         self.conv = nn.Conv2d(c_in + hidden, 4 * hidden, kernel, padding=kernel // 2)
         # From the zero state, skip the h-half and the forget gate (exact). False runs the
         # full cell, as the authors' code does: the `reference` mode measures that cost.
-        self.fold_zero_state = True
+        self.fold_zero_state = fold_zero_state
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         if state is None:
@@ -184,9 +184,18 @@ class ConvLSTMCell(nn.Module):
 class ConvLSTM(nn.Module):
     """Stacked ConvLSTM over time; returns the last layer's outputs (N, T, C, H, W)."""
 
-    def __init__(self, channels: int, layers: int):
+    def __init__(self, channels: int, layers: int, fold_zero_state: bool = True):
         super().__init__()
-        self.cells = nn.ModuleList(ConvLSTMCell(channels, channels) for _ in range(layers))
+        self.channels, self.layers = channels, layers
+        self.cells = nn.ModuleList(ConvLSTMCell(channels, channels, fold_zero_state=fold_zero_state)
+                                   for _ in range(layers))
+
+    def unfolded(self) -> "ConvLSTM":
+        """A copy with the same weights that runs the full cell from the zero state too (the
+        authors' way), to measure or count what folding saves; this one is unchanged."""
+        full = ConvLSTM(self.channels, self.layers, fold_zero_state=False)
+        full.load_state_dict(self.state_dict())
+        return full.to(next(self.parameters()).device)
 
     def forward(self, x: Tensor) -> Tensor:
         frames = list(x.unbind(dim=1))

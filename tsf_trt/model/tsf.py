@@ -6,6 +6,7 @@ class only adds what ties them together for PyTorch users and tests.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -52,6 +53,14 @@ class TSFSeq2Seq(nn.Module):
         task = torch.from_numpy(sequences.task_code(sources, target)).to(dev)
         style = torch.from_numpy(sequences.target_code(target, self.config.style_dim)).to(dev)
         return task, style
+
+    def unfolded(self) -> "TSFSeq2Seq":
+        """A copy whose ConvLSTMs run the full cell from the zero state, as the authors' code
+        does (the `reference` backend measures that cost); this model is unchanged."""
+        full = copy.deepcopy(self)
+        full.encoder.lstm = self.encoder.lstm.unfolded()
+        full.decoder.lstm = self.decoder.lstm.unfolded()
+        return full
 
     def stack_features(self, features: Mapping[int, Tensor]) -> Tensor:
         """Per-sequence features -> (N, 4, C, h, w), zeros where a sequence is missing."""
