@@ -69,6 +69,5 @@ def small_export_dir(tmp_path_factory, small_model) -> Path:
     from tsf_trt.export.onnx_export import export_model
 
     directory = tmp_path_factory.mktemp("exports") / "small"
-    small_model.id = "small-reference"
-    export_model(small_model, directory)
+    export_model(small_model, directory, model_id="small-reference")
     return directory

@@ -154,10 +154,9 @@ def test_markdown_and_plot(run):
 
 
 def test_export_directory_torch_skipped_no_reference(light, run, small_model_dir, tmp_path):
-    from tsf_trt.export.cache import ensure_export
-    from tsf_trt.model import load_model
+    from tsf_trt.source import ModelSource
 
-    export = ensure_export(load_model(small_model_dir))  # cached by the run above
+    export = ModelSource.resolve(small_model_dir).export_dir()  # cached by the run above
     result = cli("--model", export, "--backends", "torch,ort", "--no-reference", "--batch-sizes", 2,
                  "--shape", "3x16x20", "--inputs", 1, "--no-tsem", "--warmup", 0, "--iterations", 1,
                  "--threads", 1, "--io-subjects", 0, "--json", tmp_path / "e.json")

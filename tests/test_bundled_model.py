@@ -9,6 +9,7 @@ import pytest
 
 from tsf_trt.model import PRESETS, load_model
 from tsf_trt.bundled import BUNDLED, resolve_model
+from tsf_trt.source import ModelSource
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ def test_bundled_model_loads_with_the_demo_config_and_both_stages():
 def test_model_card_states_how_it_was_made():
     card = (BUNDLED["demo"] / "MODEL_CARD.md").read_text()
     for needle in ("tsf-trt train seq2seq", "tsf-trt train tsf", "never seen a real MRI", "| tsf | 2500 |",
-                   "Held-out quality", load_model(BUNDLED["demo"]).id):
+                   "Held-out quality", ModelSource.resolve("demo").model_id):
         assert needle in card, needle
     assert "(not measured)" not in card
 
@@ -76,4 +77,4 @@ def test_resolve_model_passes_paths_through(tmp_path):
 def test_synthesizer_takes_the_bundled_name():
     from tsf_trt.pipeline import Synthesizer
 
-    assert Synthesizer("demo", "torch").backend.model_id == load_model(BUNDLED["demo"]).id
+    assert Synthesizer("demo", "torch").backend.model_id == ModelSource.resolve("demo").model_id

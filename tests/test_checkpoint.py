@@ -72,12 +72,14 @@ def test_npz_and_pt_imports_agree(small_model):
 
 
 def test_save_and_load_round_trip(small_model, tmp_path):
+    from tsf_trt.source import ModelSource
+
     directory = save_model(small_model, tmp_path / "m", origin={"note": "test"})
     meta = read_model_meta(directory)
     assert meta["stages"] == ["seq2seq", "tsf"] and meta["config"] == PRESETS["small"].to_dict()
     assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]
     loaded = load_model(directory)
-    assert loaded.id == meta["weights_sha256"][:16] and not loaded.training
+    assert ModelSource.resolve(directory).model_id == meta["weights_sha256"][:16] and not loaded.training
     for (k, a), (k2, b) in zip(small_model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
     with pytest.raises(ModelError, match="exists"):

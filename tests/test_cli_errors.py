@@ -378,14 +378,13 @@ def test_model_path_does_not_exist(case, tmp_path):
 
 
 def test_bundled_model_is_the_default(case):
-    from tsf_trt.model import load_model
-    from tsf_trt.bundled import resolve_model
+    from tsf_trt.source import ModelSource
 
     inp, out, t1, flair = case
     result = cli("infer", "--inputs", t1, flair, "--target", "t2", "-o", out, "--backend", "torch")
     assert result.exit_code == 0, result.output
     report = json.loads(next(out.glob("*.json")).read_text())
-    assert report["model_id"] == load_model(resolve_model(None)).id
+    assert report["model_id"] == ModelSource.resolve(None).model_id
 
 
 def test_missing_bundled_model_is_a_clean_error(case, tmp_path, monkeypatch):

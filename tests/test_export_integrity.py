@@ -194,15 +194,14 @@ def test_export_cache_exports_an_old_export_again(small_model, small_export_dir,
         copy_export(small_export_dir, Path(directory))
 
     monkeypatch.setattr(export_cache, "export_model", fake_export)
-    monkeypatch.setattr(small_model, "id", "small-reference")
     directory = cache_root() / "exports" / "small-reference-opset17"
     copy_export(small_export_dir, directory)
     rewrite_graph(directory, "fusion", strip_metadata)
-    assert export_cache.ensure_export(small_model) == directory and exported == [directory]
-    assert export_cache.ensure_export(small_model) == directory and len(exported) == 1  # intact now: reused
+    assert export_cache.ensure_export(small_model, model_id="small-reference") == directory and exported == [directory]
+    assert export_cache.ensure_export(small_model, model_id="small-reference") == directory and len(exported) == 1
     swap("decoder_t2", "decoder_flair")(manifest := json.loads((directory / "manifest.json").read_text()))
     (directory / "manifest.json").write_text(json.dumps(manifest))
-    assert export_cache.ensure_export(small_model) == directory and len(exported) == 2
+    assert export_cache.ensure_export(small_model, model_id="small-reference") == directory and len(exported) == 2
 
 
 def test_ort_backend_checks_each_session(small_export_dir, tmp_path):

@@ -160,13 +160,15 @@ def test_cli_help_and_user_errors(tmp_path):
 
 
 def test_bundle_command_ships_the_last_step_with_its_card(data, stage1, tmp_path):
+    from tsf_trt.source import ModelSource
+
     stage2 = train(config(data, data / "b2", stage="tsf", init=stage1 / "step_000020", steps=2)).parent
     (tmp_path / "quality.md").write_text("| task | PSNR |\n|---|---|\n| ->t2 | 20.0 |\n")
     args = ["train", "bundle", "--stage1", str(stage1), "--stage2", str(stage2), "--quality",
             str(tmp_path / "quality.md"), "--name", "tiny", "-o", str(tmp_path / "m")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert load_model(tmp_path / "m").id == load_model(stage2 / "step_000002").id
+    assert ModelSource.resolve(tmp_path / "m").model_id == ModelSource.resolve(stage2 / "step_000002").model_id
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     assert "tsf-trt train bundle --stage1 runs/s1 --stage2 runs/b2" in card and "| ->t2 | 20.0 |" in card
     again = CliRunner().invoke(app, args)

@@ -15,7 +15,7 @@ from typing import Any
 
 from tsf_trt.errors import TsfError
 from tsf_trt.model import load_model, save_model
-from tsf_trt.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from tsf_trt.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, model_id, read_model_meta
 from tsf_trt.atomic import atomic_dir
 
 CARD = "MODEL_CARD.md"
@@ -56,7 +56,7 @@ def _minutes(run: dict[str, Any]) -> float:
     return max((r.get("seconds", 0.0) for r in run["log"]["records"]), default=0.0) / 60
 
 
-def model_card(name: str, s1: dict[str, Any], s2: dict[str, Any], model, size_bytes: int,
+def model_card(name: str, s1: dict[str, Any], s2: dict[str, Any], model, identity: str, size_bytes: int,
                quality: str, notes: str) -> str:
     cfg = model.config.to_dict()
     params = sum(p.numel() for p in model.parameters())
@@ -69,7 +69,7 @@ def model_card(name: str, s1: dict[str, Any], s2: dict[str, Any], model, size_by
         "`tsf-trt phantom`, on a 2-core CPU. **It has never seen a real MRI**: it is here so that the tool "
         "runs with no download and so that its behaviour can be checked against a known truth. Do not read "
         "patients' images with it; import the authors' weights or train on your data instead.", "",
-        f"* model id `{model.id}`, {params / 1e6:.2f} M parameters, {size_bytes / 2**20:.1f} MiB (fp32 safetensors)",
+        f"* model id `{identity}`, {params / 1e6:.2f} M parameters, {size_bytes / 2**20:.1f} MiB (fp32 safetensors)",
         "* config (`ModelConfig`, preset `demo`): " + ", ".join(f"{k}={v}" for k, v in cfg.items()), "",
         "## Data", "",
         f"Phantom subjects `Phantom_00000`..`Phantom_{n - 1:05d}` "
@@ -114,7 +114,8 @@ def bundle(stage1: Path, stage2: Path, out: Path, *, name: str = "demo", quality
         for item in (CONFIG_FILE, WEIGHTS_FILE):
             shutil.move(tmp / "model" / item, tmp / item)
         (tmp / "model").rmdir()
-        card = model_card(name, s1, s2, load_model(tmp), (tmp / WEIGHTS_FILE).stat().st_size,
-                          quality.read_text() if quality else "", notes.read_text() if notes else "")
+        card = model_card(name, s1, s2, load_model(tmp), model_id(read_model_meta(tmp)),
+                          (tmp / WEIGHTS_FILE).stat().st_size, quality.read_text() if quality else "",
+                          notes.read_text() if notes else "")
         (tmp / CARD).write_text(card, encoding="utf-8")
     return out

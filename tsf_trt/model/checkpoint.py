@@ -103,10 +103,8 @@ def meta_config(directory: Path, meta: dict[str, Any]) -> ModelConfig:
 
 
 def weights_id(model: TSFSeq2Seq) -> str:
-    """The id of a model: the one it was loaded with (a model directory's, from
-    config.json), else, for a model built in Python, a hash of its weights."""
-    if getattr(model, "id", ""):
-        return model.id
+    """The id of a model built in Python: a hash of its weights (a model directory's id is
+    its weights file's, from config.json: see :class:`tsf_trt.source.ModelSource`)."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
@@ -136,7 +134,6 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu",
         raise ModelError(weights, f"unreadable safetensors file ({exc})") from None
     model = _empty_model(config, with_fusion="tsf" in meta.get("stages", ["seq2seq", "tsf"]))
     _load_state(model, state, weights)
-    model.id = model_id(meta)  # type: ignore[attr-defined]
     return model.to(device).eval()
 
 
