@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tsf_trt import sequences
 from tsf_trt.errors import ModelError, TsfError
 from tsf_trt.fileformat import file_sha256, read_tagged_json
 from tsf_trt.model.config import ModelConfig
@@ -68,7 +69,5 @@ def decoder_graph(manifest: Mapping[str, Any], target: int, baked: bool = True) 
     """The decoder graph for `target`: the per-target one with its kernels baked in when the
     export has it (plain convolutions: faster on ONNX Runtime, and TensorRT's path), else
     the code-input decoder; `baked=False` asks for the code-input one."""
-    from tsf_trt import sequences
-
     name = f"decoder_{sequences.NAMES[target]}"
     return name if baked and name in manifest["graphs"] else "decoder"

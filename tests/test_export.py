@@ -1,4 +1,4 @@
-"""Export to ONNX: graph contracts (DESIGN.md §5), manifest, verification, ORT parity."""
+"""Export to ONNX: graph contracts (docs/architecture.md), manifest, verification, ORT parity."""
 
 from __future__ import annotations
 

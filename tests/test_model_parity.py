@@ -150,7 +150,7 @@ def test_style_code(small_model, golden, q):
 
 
 def test_first_step_simplification_is_exact(small_model):
-    """DESIGN §3: with t=1 and zero state the ConvLSTM is c = σ(i)·tanh(g), h = σ(o)·tanh(c)."""
+    """With t=1 and zero state the ConvLSTM is c = σ(i)·tanh(g), h = σ(o)·tanh(c) (docs/architecture.md)."""
     cell = small_model.encoder.lstm.cells[0]
     x = torch.randn(2, 32, 8, 8)
     zeros = torch.zeros(2, 32, 8, 8)

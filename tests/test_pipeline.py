@@ -155,16 +155,36 @@ def test_cuda_matches_cpu(small_model, volumes):
 
 
 def test_default_batch_follows_activation_size(small_model, volumes):
-    from tsf_trt.backends.base import CPU_BATCH_BYTES, activation_bytes
+    import copy
+
+    from tsf_trt.backends.base import Backend, activation_bytes
     from tsf_trt.model import PRESETS
 
+    class BatchRuleOnly(Backend):
+        """The base class's batch rule at its default CPU budget (ONNX Runtime's), no runtime."""
+
+        def _encode(self, images):
+            raise NotImplementedError
+
+        def _fuse(self, features, task_code):
+            raise NotImplementedError
+
+        def _decode(self, features, target, features_avg):
+            raise NotImplementedError
+
+        def to_numpy(self, array):
+            raise NotImplementedError
+
+    paper = PRESETS["paper"]
     # paper config at 240²: 64 channels at full resolution, 14 MiB per slice -> 2 slices on CPU
-    assert activation_bytes(PRESETS["paper"], 240, 240) == 4 * 64 * 240 * 240
-    assert CPU_BATCH_BYTES // activation_bytes(PRESETS["paper"], 240, 240) == 2
+    assert activation_bytes(paper, 240, 240) == 4 * 64 * 240 * 240
+    assert BatchRuleOnly(paper, True, "", name="ort").preferred_batch_size(240, 240) == 2
     synth = Synthesizer(small_model)  # a live model: torch, whose CPU budget is 16 MiB
     assert synth.backend.name == "torch" and synth.backend.preferred_batch_size(240, 240) == 9
     # in-plane the test volume is small (16, the cap, would fit), but it is 9 slices deep: 9 are used
     assert synth.run(volumes, 2).batch_size == 9
     assert Synthesizer(small_model, batch_size=10**23).run(volumes, 2).batch_size == 9  # reported as used
-    assert synth.backend.cpu_batch_bytes // activation_bytes(PRESETS["paper"], 240, 240) == 1
+    torch_paper = copy.copy(synth.backend)  # torch's own budget, for the paper config's sizes
+    torch_paper.config = paper
+    assert torch_paper.preferred_batch_size(240, 240) == 1
     assert Synthesizer(small_model, batch_size=3).run(volumes, 2).batch_size == 3

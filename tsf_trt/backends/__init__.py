@@ -11,13 +11,31 @@ request ends in a TsfError that names what is missing.
 from __future__ import annotations
 
 from ..errors import TsfError
-from .base import PRECISIONS, Backend, check_precision
+from .base import Backend
 
 #: Every name `--backend` accepts. `reference` is the torch backend run the authors'
 #: way (full ConvLSTM, one slice per call): for measurements, not for use.
 NAMES = ("auto", "torch", "ort", "ort-cuda", "ort-trt", "trt", "reference")
 #: Every concrete backend of this version (whether it runs here depends on the machine).
 AVAILABLE = NAMES[1:]
+#: `--precision` values each backend takes (auto: those of the backend it picks).
+PRECISIONS = {
+    "torch": ("fp32", "bf16"),
+    "reference": ("fp32",),
+    "ort": ("fp32",),
+    "ort-cuda": ("fp32", "fp16"),
+    "ort-trt": ("fp32", "fp16"),
+    "trt": ("fp32", "fp16", "best"),
+}
+
+
+def check_precision(backend: str, precision: str) -> None:
+    """The one rule of which backend takes which --precision (every Backend checks it when
+    it is built; RunOptions before anything loads)."""
+    allowed = PRECISIONS.get(backend, ())
+    if precision not in allowed:
+        raise TsfError(f"--precision {precision} is not available for --backend {backend} "
+                       f"(it takes {', '.join(allowed)})")
 
 
 def create_backend(name: str, model, *, device: str = "cpu", threads: int | None = None,
@@ -48,7 +66,7 @@ def create_backend(name: str, model, *, device: str = "cpu", threads: int | None
 def _create(name: str, source, *, device: str, threads: int | None, precision: str) -> Backend:
     from .auto import gpu_index
 
-    check_precision(name, precision)  # before exporting anything
+    check_precision(name, precision)  # the backend checks it too; here it fails before any export
     if name == "trt":
         from tsf_trt.engines.gpu import require_trt
 

@@ -16,25 +16,7 @@ import numpy as np
 from ..errors import TsfError
 from ..model.config import ModelConfig
 
-
-#: `--precision` values each backend takes (auto: those of the backend it picks).
-PRECISIONS = {
-    "torch": ("fp32", "bf16"),
-    "reference": ("fp32",),
-    "ort": ("fp32",),
-    "ort-cuda": ("fp32", "fp16"),
-    "ort-trt": ("fp32", "fp16"),
-    "trt": ("fp32", "fp16", "best"),
-}
 CPU_BATCH_BYTES = 32 << 20
-
-
-def check_precision(backend: str, precision: str) -> None:
-    """The one rule of which backend takes which --precision."""
-    allowed = PRECISIONS.get(backend, ())
-    if precision not in allowed:
-        raise TsfError(f"--precision {precision} is not available for --backend {backend} "
-                       f"(it takes {', '.join(allowed)})")
 GPU_BATCH = 16
 
 
@@ -54,15 +36,20 @@ class Backend(ABC):
     underscored ones. Use as a context manager, or call close(): both release it once.
     """
 
-    #: The runtime as --backend spells it; a class that serves several (ort, ort-cuda,
-    #: ort-trt) sets it per instance.
-    name: str = ""
     #: Runs on a GPU: large batches pay there, while on a CPU they fall out of cache.
     on_gpu: bool = False
     #: CPU batch budget (bytes of a batch's largest activation): see preferred_batch_size.
     cpu_batch_bytes: ClassVar[int] = CPU_BATCH_BYTES
 
-    def __init__(self, config: ModelConfig, has_fusion: bool, model_id: str):
+    def __init__(self, config: ModelConfig, has_fusion: bool, model_id: str, *, name: str,
+                 precision: str = "fp32"):
+        """`name` is the runtime as --backend spells it (one class may serve several: ort,
+        ort-cuda, ort-trt); `precision` is checked against the table of what it takes."""
+        from . import check_precision
+
+        check_precision(name, precision)
+        self.name = name
+        self.precision = precision
         self.config = config
         self.has_fusion = has_fusion
         self.model_id = model_id
@@ -90,13 +77,17 @@ class Backend(ABC):
         return self._decode(features, int(target), features_avg)
 
     @abstractmethod
-    def _encode(self, images: np.ndarray) -> Any: ...
+    def _encode(self, images: np.ndarray) -> Any:
+        """encode() on an open backend."""
 
     @abstractmethod
-    def _fuse(self, features: Mapping[int, Any], task_code: np.ndarray) -> tuple[Any, Any, np.ndarray]: ...
+    def _fuse(self, features: Mapping[int, Any], task_code: np.ndarray) -> tuple[Any, Any, np.ndarray]:
+        """fuse() on an open backend that has a fusion stage."""
 
     @abstractmethod
-    def _decode(self, features: Any, target: int, features_avg: Any | None) -> tuple[Any, Any | None]: ...
+    def _decode(self, features: Any, target: int, features_avg: Any | None) -> tuple[Any, Any | None]:
+        """decode() with `target` a valid sequence index; the runtime builds the target
+        code itself where its graph takes one (:func:`tsf_trt.sequences.target_code`)."""
 
     @abstractmethod
     def to_numpy(self, array: Any) -> np.ndarray:

@@ -41,7 +41,7 @@ from .. import sequences
 from ..cache import machine_key, writable_dir
 from ..errors import TsfError
 from ..model.config import ModelConfig
-from .base import Backend, check_precision
+from .base import Backend
 
 PROVIDERS = {
     "ort": ["CPUExecutionProvider"],
@@ -106,17 +106,15 @@ class OrtBackend(Backend):
             raise TsfError(f"unknown ONNX Runtime backend '{name}' (use one of {', '.join(PROVIDERS)})")
         if decoder not in ("baked", "code"):
             raise TsfError(f"decoder must be 'baked' or 'code', got '{decoder}'")
-        check_precision(name, precision)
         self.ort = import_ort()
-        self.name = name
         require_provider(name, device)
         self.directory = Path(export_dir)
         self.manifest = read_manifest(self.directory)
         config = ModelConfig.from_dict(self.manifest["model_config"])
-        super().__init__(config, "fusion" in self.manifest["graphs"], self.manifest.get("model_id", ""))
+        super().__init__(config, "fusion" in self.manifest["graphs"], self.manifest.get("model_id", ""),
+                         name=name, precision=precision)
         self.threads = threads
         self.decoder_kind = decoder
-        self.precision = precision
         self.device = device
         self.on_gpu = name != "ort"
         self.cache_dir = writable_dir(self.directory / ".ort-cache") if cache else None

@@ -17,11 +17,10 @@ from .. import sequences
 from ..errors import TsfError
 from ..model import TSFSeq2Seq
 from ..model.checkpoint import weights_id
-from .base import Backend, check_precision
+from .base import Backend
 
 
 class TorchBackend(Backend):
-    name = "torch"
     # Half ONNX Runtime's budget: torch's CPU convolutions lose more to cache misses on large
     # batches. Demo model at 240² (2 cores): 111 ms/slice at batch 2, 121 at 4, 154 at 9,
     # while ONNX Runtime is best at 9 (97 ms). 16 MiB gives 4 slices there, 1 for the paper config.
@@ -33,17 +32,15 @@ class TorchBackend(Backend):
             raise TsfError("--device cuda: this PyTorch has no CUDA GPU available (use --device cpu)")
         if mode not in ("fast", "reference"):
             raise TsfError(f"torch backend mode must be 'fast' or 'reference', got '{mode}'")
-        check_precision("reference" if mode == "reference" else "torch", precision)
+        super().__init__(model.config, model.has_fusion, weights_id(model) if model_id is None else model_id,
+                         name="reference" if mode == "reference" else "torch", precision=precision)
         if threads:
             torch.set_num_threads(threads)
-        self.precision = precision
-        super().__init__(model.config, model.has_fusion, weights_id(model) if model_id is None else model_id)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.mode = mode
         self.on_gpu = self.device.type == "cuda"
         if mode == "reference":
-            self.name = "reference"
             self.model = self.model.unfolded()  # a copy: the caller's model is untouched
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:

@@ -32,20 +32,18 @@ from .base import Backend
 
 
 class TrtBackend(Backend):
-    name = "trt"
     on_gpu = True
 
     def __init__(self, manager, engines, gpu, *, precision: str = "fp32"):
         """Takes its parts ready-made (see :meth:`create`), so tests can hand in stand-ins."""
         manifest = manager.manifest
         super().__init__(ModelConfig.from_dict(manifest["model_config"]), "fusion" in manifest["graphs"],
-                         manifest.get("model_id", ""))
+                         manifest.get("model_id", ""), name="trt", precision=precision)
         if self.has_fusion:
             manager.role("fusion")  # checked for its role first, so its declared outputs are the graph's
         if self.has_fusion and list(manifest["graphs"]["fusion"]["outputs"]["weights"]) != [self.config.n_sequences]:
             raise TsfError("this export's fusion graph gives ω per sample; this tsf-trt expects one ω per task")
         self.manager, self.engines, self.gpu = manager, engines, gpu
-        self.precision = precision
         self._omega: dict[bytes, np.ndarray] = {}
         self._codes: dict[bytes, object] = {}
         self._stacked: dict[tuple[int, ...], object] = {}

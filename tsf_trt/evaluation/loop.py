@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import sequences
 from ..backends import Backend
 from ..pipeline import decode_numpy, encode_stacks, load_arrays, normalize_inputs, timed
 from ..preprocess import SliceAccumulator
