@@ -74,7 +74,7 @@ def environment(threads: int | None) -> dict[str, Any]:
     import torch
 
     from tsf_trt import __version__
-    from tsf_trt.cache import cpu_name
+    from tsf_trt.cache_dir import cpu_name
 
     try:
         usable = len(os.sched_getaffinity(0))

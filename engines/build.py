@@ -22,7 +22,7 @@ from typing import Protocol
 
 from tsf_trt.errors import TsfError
 
-from .cache import write_atomic
+from .engine_cache import write_atomic
 from .gpu import import_tensorrt
 from .profiles import Shapes
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tsf_trt.errors import TsfError
 
-from .cache import CorruptEngine, EngineCache, Entry, engine_dir
+from .engine_cache import CorruptEngine, EngineCache, Entry, engine_dir
 from .keys import EngineKey, Platform
 from .precision import check_precision, graph_precision
 from .profiles import DEFAULT_PROFILE, Profile, input_shapes

@@ -18,7 +18,7 @@ import numpy as np
 from tsf_trt.errors import TsfError
 
 from .build import trt_logger
-from .cache import CorruptEngine
+from .engine_cache import CorruptEngine
 from .gpu import import_tensorrt
 from .manager import EngineManager
 from .profiles import Profile

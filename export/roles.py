@@ -13,7 +13,7 @@ of its role, which are fixed here by the role name, never taken from what the ma
 declares.
 
 Exports written before this check have no graph metadata: they are refused with "export
-again" (the export cache, :func:`tsf_trt.export.cache.ensure_export`, does that by itself).
+again" (the export cache, :func:`tsf_trt.export.cached_exports.ensure_export`, does that by itself).
 """
 
 from __future__ import annotations

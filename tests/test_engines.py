@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from tsf_trt import sequences
 from tsf_trt.engines import gpu as gpu_mod
-from tsf_trt.engines.cache import CorruptEngine, EngineCache
+from tsf_trt.engines.engine_cache import CorruptEngine, EngineCache
 from tsf_trt.engines.keys import EngineKey, Platform
 from tsf_trt.engines.manager import BuildSettings, EngineManager
 from tsf_trt.engines.precision import KEEP_FP32_OPS, graph_precision

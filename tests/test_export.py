@@ -97,7 +97,7 @@ def test_infer_ort_equals_torch(small_model_dir, small_export_dir):
 
 def test_model_dir_with_ort_backend_exports_once_into_the_cache(small_model_dir):
     from tsf_trt.backends import create_backend
-    from tsf_trt.cache import cache_root
+    from tsf_trt.cache_dir import cache_root
 
     first = create_backend("ort", small_model_dir)
     manifest = first.directory / "manifest.json"
@@ -178,7 +178,7 @@ def test_reference_mode_equals_fast_mode(small_model):
 
 def test_auto_measures_once_and_caches_its_choice(small_model_dir):
     from tsf_trt.backends import create_backend
-    from tsf_trt.cache import cache_root
+    from tsf_trt.cache_dir import cache_root
 
     backend = create_backend("auto", small_model_dir)
     records = list((cache_root() / "auto").glob(f"{backend.model_id}-*.json"))

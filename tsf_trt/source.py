@@ -78,7 +78,7 @@ class ModelSource:
         """An export directory of this model: itself, or its export in the cache (made once)."""
         if self.kind == "export":
             return self.path
-        from .export.cache import ensure_export
+        from .export.cached_exports import ensure_export
 
         return ensure_export(self.module(), model_id=self.model_id)
 

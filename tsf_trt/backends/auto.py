@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import sequences
-from ..cache import cache_root, machine_key
+from ..cache_dir import cache_root, machine_key
 from ..errors import TsfError
 from ..source import ModelSource
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .. import sequences
-from ..cache import machine_key, writable_dir
+from ..cache_dir import machine_key, writable_dir
 from ..errors import TsfError
 from ..model.config import ModelConfig
 from .base import Backend
@@ -141,7 +141,7 @@ class OrtBackend(Backend):
         path = graph_path(self.directory, self.manifest, graph)
         if self.precision != "fp16":
             return path
-        from tsf_trt.engines.cache import engine_dir
+        from tsf_trt.engines.engine_cache import engine_dir
         from tsf_trt.engines.fp16 import fp16_variant
 
         folder = engine_dir(self.directory, self.model_id) / "fp16"
@@ -155,7 +155,7 @@ class OrtBackend(Backend):
                                           "cudnn_conv_use_max_workspace": "1", "do_copy_in_default_stream": "1"})
         if self.name == "ort-cuda":
             return [cuda, "CPUExecutionProvider"]
-        from tsf_trt.engines.cache import engine_dir
+        from tsf_trt.engines.engine_cache import engine_dir
         from tsf_trt.engines.profiles import input_shapes, ort_profile_options
 
         folder = engine_dir(self.directory, self.model_id) / "ort-trt"

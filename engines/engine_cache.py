@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tsf_trt import __version__
-from tsf_trt.cache import cache_root, writable_dir
+from tsf_trt.cache_dir import cache_root, writable_dir
 from tsf_trt.errors import TsfError
 from tsf_trt.fileformat import file_sha256
 from tsf_trt.atomic import atomic_path

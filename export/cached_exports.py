@@ -7,7 +7,7 @@ older tsf-trt without graph metadata included, is exported again instead of fail
 
 from __future__ import annotations
 
-from tsf_trt.cache import cache_root
+from tsf_trt.cache_dir import cache_root
 from tsf_trt.errors import ModelError
 from tsf_trt.model import TSFSeq2Seq
 from tsf_trt.model.checkpoint import weights_id
