@@ -70,7 +70,9 @@ def export(
 ) -> None:
     """Export a model to three ONNX graphs (encoder, fusion with the task code as input, decoder) + manifest.
 
-    The ConvLSTMs are folded exactly for t = 1; per-target decoders have their HyperConv kernels folded into constants. Graphs are simplified with onnxslim, checked with onnx.checker and verified against PyTorch; a failing export leaves nothing behind.
+    The ConvLSTMs are folded exactly for t = 1; per-target decoders have their HyperConv kernels folded into constants. Graphs are simplified with onnxslim, checked with onnx.checker and verified against PyTorch; a failing export leaves nothing behind. Each graph records its role in its ONNX metadata, which every runtime checks.
+
+    Example: tsf-trt export --model tsf_trt/bundled/demo -o exports/demo --targets t2,flair
     """
     from .. import sequences
     from ..errors import TsfError
