@@ -74,6 +74,21 @@ def check_writable(path: str | Path, overwrite: bool) -> None:
     _probe_folder(path, folder)
 
 
+def link_exclusive(tmp: Path, path: Path) -> bool | None:
+    """Give `tmp` the name `path` only if no file has it (a hard link: atomic, also on NFS):
+    True when it was made, False when `path` exists, None on a file system without hard links."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        # NFS: the link was made, and a retried request answered EEXIST
+        return os.stat(tmp).st_nlink > 1 and _same_inode(tmp, path)
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        return None
+    return True
+
+
 def publish(tmp: Path, path: Path, overwrite: bool) -> None:
     """Move the finished temp file to its final name, without clobbering unless allowed."""
     if overwrite:
@@ -81,18 +96,13 @@ def publish(tmp: Path, path: Path, overwrite: bool) -> None:
             raise InputError(path, "is a directory; give a file name for the output")
         os.replace(tmp, path)
         return
-    try:
-        os.link(tmp, path)  # atomic "create only if absent"
-    except FileExistsError:
-        if os.stat(tmp).st_nlink > 1 and _same_inode(tmp, path):
-            return  # NFS: the link was made, and a retried request answered EEXIST
-        raise InputError(path, "exists; use --overwrite to replace it") from None
-    except OSError as exc:
-        if exc.errno not in _NO_LINKS:
-            raise
-        if path.exists() or path.is_symlink():  # no hard links on this file system: check, then rename
-            raise InputError(path, "exists; use --overwrite to replace it") from None
-        os.replace(tmp, path)
+    linked = link_exclusive(tmp, path)
+    if linked is None:  # no hard links on this file system: check, then rename
+        linked = not (path.exists() or path.is_symlink())
+        if linked:
+            os.replace(tmp, path)
+    if not linked:
+        raise InputError(path, "exists; use --overwrite to replace it")
 
 
 def _same_inode(a: Path, b: Path) -> bool:
@@ -134,28 +144,6 @@ def disk_full_as_error(path: Path, folder: Path | None = None) -> Iterator[None]
 
 
 @contextmanager
-def atomic_path(path: str | Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a hidden temp path beside ``path``; rename it into place only on success.
-
-    On any exception, including KeyboardInterrupt, the temp file is removed and nothing
-    appears under ``path``.
-    """
-    path = Path(path)
-    check_writable(path, overwrite)
-    tmp = temp_path(path)
-    try:
-        with disk_full_as_error(path):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # reserve the name; umask applies
-            os.close(fd)
-            yield tmp
-            if not tmp.exists():
-                raise RuntimeError(f"temporary file {tmp} vanished before it could be renamed")
-            publish(tmp, path, overwrite)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextmanager
 def atomic_group(paths: Sequence[Path], overwrite: bool) -> Iterator[list[Path]]:
     """Temp paths for files that belong together, published in the order given when the
     block ends without error (put the file that marks completion last).
@@ -169,12 +157,16 @@ def atomic_group(paths: Sequence[Path], overwrite: bool) -> Iterator[list[Path]]
     tmps = [temp_path(path) for path in paths]
     try:
         for tmp, path in zip(tmps, paths):
-            with disk_full_as_error(path):
+            with disk_full_as_error(path):  # reserve the name; umask applies
                 os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        yield tmps
+        # A full disk while the caller writes: name the file, or the folder of several files.
+        with disk_full_as_error(paths[0] if len(paths) == 1 else paths[0].parent):
+            yield tmps
         published: list[tuple[Path, int]] = []
         try:
             for tmp, path in zip(tmps, paths):
+                if not tmp.exists():
+                    raise RuntimeError(f"temporary file {tmp} vanished before it could be renamed")
                 inode = os.stat(tmp).st_ino
                 with disk_full_as_error(path):
                     publish(tmp, path, overwrite)
@@ -190,6 +182,17 @@ def atomic_group(paths: Sequence[Path], overwrite: bool) -> Iterator[list[Path]]
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a hidden temp path beside ``path``; rename it into place only on success.
+
+    On any exception, including KeyboardInterrupt, the temp file is removed and nothing
+    appears under ``path``: a group of one.
+    """
+    with atomic_group([Path(path)], overwrite) as (tmp,):
+        yield tmp
 
 
 @contextmanager

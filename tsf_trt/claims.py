@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import remove_stale, temp_path
+from .atomic import link_exclusive, remove_stale, temp_path
 from .errors import TsfError
 from .owners import Owner
 
@@ -39,6 +39,12 @@ DEFAULT_LEASE_S = 600.0
 _CLAIM = re.compile(r"^\.(?P<stem>.+)\.claim-(?P<gen>\d+)$")
 _held_tokens: set[str] = set()   # claims this process holds, over all threads
 _held_lock = threading.Lock()
+
+
+def check_lease(lease_s: float) -> None:
+    """The lease is a positive number of seconds."""
+    if not lease_s > 0:
+        raise TsfError(f"--claim-lease must be a positive number of seconds, got {lease_s:g}")
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,7 @@ class Claims:
     """Claims of one folder run, with the heartbeat that keeps them fresh."""
 
     def __init__(self, lease_s: float = DEFAULT_LEASE_S):
-        if not lease_s > 0:
-            raise TsfError(f"--claim-lease must be a positive number of seconds, got {lease_s}")
+        check_lease(lease_s)
         self.lease_s = float(lease_s)
         self._held: dict[str, Claim] = {}
         self._lock = threading.Lock()
@@ -163,24 +168,17 @@ class Claims:
         try:
             with open(tmp, "x") as handle:
                 handle.write(body)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                if os.stat(tmp).st_nlink < 2:  # (2: NFS made the link and a retry said EEXIST)
-                    claim._forget_token()
-                    return None
-            except OSError:  # no hard links here: exclusive create, then write
-                try:
-                    with open(path, "x") as handle:
-                        handle.write(body)
-                except FileExistsError:
-                    claim._forget_token()
-                    return None
+            won = link_exclusive(tmp, path)
+            if won is None:  # no hard links here: exclusive create, then write
+                won = _create_with(path, body)
         except BaseException:
             claim._forget_token()
             raise
         finally:
             tmp.unlink(missing_ok=True)
+        if not won:
+            claim._forget_token()  # another process took generation `gen` first
+            return None
         with self._lock:
             self._held[token] = claim
         self._start_heartbeat()
@@ -223,6 +221,16 @@ class Claims:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _create_with(path: Path, body: str) -> bool:
+    """Create `path` holding `body` only if it does not exist; False if it does."""
+    try:
+        with open(path, "x") as handle:
+            handle.write(body)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _generations(folder: Path, stem: str) -> dict[int, Path]:

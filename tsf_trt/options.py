@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .claims import DEFAULT_LEASE_S
+from .claims import DEFAULT_LEASE_S, check_lease
 from .errors import TsfError
 from .preprocess import COMBINE_RULES
 from .qc import QcCalibration, load_calibration
@@ -102,5 +102,4 @@ class InferRequest:
             raise TsfError("--qc scores the TSEM map, which --no-tsem turns off: drop one of them")
         if isinstance(self.qc, (str, Path)):
             object.__setattr__(self, "qc", load_calibration(Path(self.qc)))
-        if not self.lease_s > 0:
-            raise TsfError(f"--claim-lease must be a positive number of seconds, got {self.lease_s:g}")
+        check_lease(self.lease_s)

@@ -67,7 +67,7 @@ class OutputPaths:
 
     def refuse_inputs(self, inputs: Iterable[Path]) -> None:
         """An input is never written, with or without --overwrite (same name, link or hard link)."""
-        known = inputs if isinstance(inputs, Inputs) else Inputs(inputs)
+        known = Inputs.of(inputs)
         for path in self.all():
             source = known.holds(path)
             if source is not None:
@@ -90,6 +90,11 @@ class Inputs:
             except OSError:
                 continue
             self._inodes[(st.st_dev, st.st_ino)] = path
+
+    @classmethod
+    def of(cls, paths: "Inputs | Iterable[Path]") -> "Inputs":
+        """`paths` as Inputs (itself when it already is: built once per folder run)."""
+        return paths if isinstance(paths, Inputs) else cls(paths)
 
     def holds(self, path: Path) -> Path | None:
         """The input that `path` names or links to, None if none."""
@@ -146,7 +151,7 @@ def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict
     """
     if paths.tsem is not None and result.tsem is None:
         raise ValueError("TSEM output requested but the result has none")
-    inputs = inputs if isinstance(inputs, Inputs) else Inputs(inputs)
+    inputs = Inputs.of(inputs)
     paths.refuse_inputs(inputs)
     with atomic_group(paths.all(), overwrite) as tmps:
         files = dict(zip(paths.all(), tmps))

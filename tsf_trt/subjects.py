@@ -252,9 +252,10 @@ def gather(items: Sequence[str], target: int, *, subject: str | None = None, cha
     sequences.check_task(list(given), target)
     for path in given.values():  # a typo should fail fast
         check_input_file(path)
-    one = Subject(subject or subject_name(given), given)
-    check_subject_name(one.name)
-    return [one]
+    if subject is None:
+        subject = subject_name(given)
+        check_subject_name(subject)  # read from the file names: it must not lead out of -o either
+    return [Subject(subject, given)]
 
 
 def shard(subjects: Sequence[Subject], spec: str | None) -> list[Subject]:

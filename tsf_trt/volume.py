@@ -16,6 +16,7 @@ are programming errors and raise :class:`ValueError`.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -139,11 +140,13 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KiB", "MiB"):
         n /= 1024
-    raise AssertionError
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"
 
 
 def _available_memory() -> int | None:
@@ -169,9 +172,7 @@ def _check_claimed_size(path: Path, img: nib.Nifti1Image) -> None:
     """Refuse a header whose voxel count the file cannot hold (or memory cannot), before any
     allocation: a damaged header must not end in MemoryError."""
     shape, dtype = img.shape, img.get_data_dtype()
-    voxels = 1
-    for n in shape:
-        voxels *= int(n)
+    voxels = math.prod(int(n) for n in shape)
     stored = voxels * dtype.itemsize
     size = path.stat().st_size
     claims = f"its header claims {shape_text(shape)} voxels of {dtype} ({_size(stored)})"
