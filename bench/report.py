@@ -142,7 +142,7 @@ def print_report(report: dict[str, Any], console) -> None:
     console.print(_rich_table("mean milliseconds per stage", short, body))
     console.print()
     for line in summary_lines(report):
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)  # reasons hold "[gpu]"
 
 
 def _markdown_table(headers: list[str], body: list[list[str]]) -> list[str]:

@@ -60,7 +60,7 @@ class BenchSettings:
     target: int = 2
     shape_zyx: tuple[int, int, int] | None = None
     subject: Path | None = None
-    n_inputs: int | None = None
+    sources: tuple[int, ...] | None = None  # None: workload.choose_sources' default
     tsem: bool = True
     warmup: int = 1
     iterations: int = 3
@@ -127,8 +127,8 @@ class BenchRun:
     def _workload(self, has_fusion: bool) -> Workload:
         s = self.settings
         if s.subject is not None:
-            return subject_workload(s.subject, s.n_inputs, s.target, has_fusion)
-        return phantom_workload(s.shape_zyx or DEFAULT_SHAPE, s.n_inputs, s.target, has_fusion, self.tmp / "subject")
+            return subject_workload(s.subject, s.sources, s.target, has_fusion)
+        return phantom_workload(s.shape_zyx or DEFAULT_SHAPE, s.sources, s.target, has_fusion, self.tmp / "subject")
 
     def run(self, progress: ProgressFn | None = None) -> dict[str, Any]:
         """Measure every (backend, batch size) row, then FLOPs, ratios and folder-mode I/O."""

@@ -74,7 +74,7 @@ def run_suite(*, model: Path | None = None, config: str = "paper", shape_zyx: tu
     with tempfile.TemporaryDirectory(prefix="tsf-trt-suite-") as tmp:
         model_dir = model or make_model(config, Path(tmp))
         settings = BenchSettings(model=model_dir, backends=list(dict.fromkeys(v.backend for v in chosen)),
-                                 batch_sizes=[batch_size], target=TARGET, shape_zyx=shape_zyx, n_inputs=3,
+                                 batch_sizes=[batch_size], target=TARGET, shape_zyx=shape_zyx, sources=(0, 1, 3),
                                  warmup=warmup, iterations=1, threads=threads, device="cpu", io_subjects=0,
                                  variants=chosen)
         with BenchRun(settings) as bench:

@@ -99,17 +99,9 @@ def parse_list(flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
 
 
 def create_variant(variant: Variant, model: Any, *, device: str, threads: int | None) -> Backend:
-    """The backend of `variant`. The code-input decoder is a choice of OrtBackend that
-    create_backend does not take, so that one variant is built here."""
-    if variant.decoder != "code":
-        return create_backend(variant.backend, model, device=device, threads=threads, precision=variant.precision)
-    from tsf_trt.backends.auto import gpu_index
-    from tsf_trt.backends.ort_backend import OrtBackend, require_provider
-    from tsf_trt.source import ModelSource
-
-    require_provider(variant.backend, gpu_index(device))  # a provider that cannot start fails before any export
-    return OrtBackend(ModelSource.resolve(model).export_dir(), name=variant.backend, threads=threads, precision=variant.precision,
-                      device=gpu_index(device), decoder="code")
+    """The backend of `variant`."""
+    return create_backend(variant.backend, model, device=device, threads=threads, precision=variant.precision,
+                          decoder=variant.decoder or "baked")
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,16 +4,16 @@ Why files on disk even for a phantom: the per-stage figures include reading and
 writing NIfTI, and folder-mode throughput goes through the real folder path, so the
 phantom is written exactly as `tsf-trt phantom` writes subjects.
 
-Shapes: ``--shape`` is given as Z x Y x X ("155x240x240", slices first, the way the
-network sees a volume: (z, y, x) of the L,P,S grid). Phantoms are built in nibabel
-(x, y, z) order, so the phantom shape is the reverse, (X, Y, Z) = (240, 240, 155).
+Shapes: ``--shape X Y Z`` is given in the file's (x, y, z) order, as for `tsf-trt phantom`
+and `demo` ("240 240 155"); the network sees the reverse, (z, y, x) of the L,P,S grid,
+which is what the report's ``shape_zyx`` holds.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from tsf_trt.errors import InputError, TsfError
 from tsf_trt.pipeline import MIN_INPLANE
 from tsf_trt.subjects import Subject, find_subjects
 
-#: Sources taken first for `--inputs N` (the target itself is skipped): T1 + FLAIR is the
+#: Sources taken by default (the first three that are not the target): T1 + FLAIR is the
 #: README's main job; T1 + T1Gd + FLAIR -> T2 is its performance task.
 SOURCE_ORDER = (0, 3, 1, 2)  # t1, flair, t1gd, t2
 MAX_AXIS = 512
@@ -52,40 +52,35 @@ class Workload:
         return self.shape_zyx[0]
 
 
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """'155x240x240' (Z x Y x X) -> (155, 240, 240), checked against what the network accepts."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if len(shape) != 3:
-        raise TsfError(f"--shape '{text}': expected Z x Y x X, e.g. 155x240x240")
-    z, y, x = shape
+def check_shape(shape_xyz: tuple[int, int, int]) -> tuple[int, int, int]:
+    """`--shape X Y Z` -> (z, y, x), checked against what the network accepts."""
+    x, y, z = shape_xyz
     if not 1 <= z <= MAX_AXIS or not all(MIN_INPLANE <= n <= MAX_AXIS for n in (y, x)):
-        raise TsfError(f"--shape '{text}': slices must be 1..{MAX_AXIS} and Y, X {MIN_INPLANE}..{MAX_AXIS}")
-    return z, y, x  # type: ignore[return-value]
+        raise TsfError(f"--shape {x} {y} {z}: X and Y must be {MIN_INPLANE}..{MAX_AXIS} and Z 1..{MAX_AXIS}")
+    return z, y, x
 
 
-def choose_sources(available: Iterable[int], target: int, n_inputs: int | None, has_fusion: bool) -> list[int]:
-    """The first `n_inputs` of SOURCE_ORDER that are available and not the target.
-    None: 3 (as many as there are, up to 3) for a TSF model, 1 for a Seq2Seq-only one."""
-    ordered = [i for i in SOURCE_ORDER if i in set(available) and i != target]
+def choose_sources(available: Iterable[int], target: int, wanted: Sequence[int] | None, has_fusion: bool) -> list[int]:
+    """The `wanted` sources (`--sources`), each available and not the target; None: the first
+    three of SOURCE_ORDER that are (one for a Seq2Seq-only model)."""
+    have = set(available)
+    if wanted is not None:
+        if target in wanted:
+            raise TsfError(f"--sources: {sequences.DISPLAY[target]} is the target itself")
+        missing = [i for i in wanted if i not in have]
+        if missing:
+            raise TsfError(f"--sources: the subject has no {', '.join(sequences.DISPLAY[i] for i in missing)}")
+        if len(wanted) > 1 and not has_fusion:
+            raise TsfError(f"--sources {','.join(sequences.NAMES[i] for i in wanted)}: this model is Seq2Seq-only "
+                           "(no TSF stage): it takes exactly 1 input")
+        return sorted(wanted)
+    ordered = [i for i in SOURCE_ORDER if i in have and i != target]
     if not ordered:
         raise TsfError(f"no input sequence besides the target {sequences.DISPLAY[target]} is available")
-    if n_inputs is not None and not 1 <= n_inputs <= 3:
-        raise TsfError(f"--inputs must be 1, 2 or 3, got {n_inputs}")
-    wanted = n_inputs or (max(1, min(3, len(ordered))) if has_fusion else 1)
-    if wanted > 1 and not has_fusion:
-        raise TsfError(f"--inputs {wanted}: this model is Seq2Seq-only (no TSF stage): it takes exactly 1 input")
-    if len(ordered) < wanted:
-        have = ", ".join(sequences.DISPLAY[i] for i in ordered) or "none"
-        raise TsfError(f"--inputs {wanted}: only {len(ordered)} input sequence(s) besides the target "
-                       f"{sequences.DISPLAY[target]} are available ({have})")
-    return sorted(ordered[:wanted])
+    return sorted(ordered[:3 if has_fusion else 1])
 
 
-def phantom_workload(shape_zyx: tuple[int, int, int], n_inputs: int | None, target: int, has_fusion: bool,
+def phantom_workload(shape_zyx: tuple[int, int, int], sources: Sequence[int] | None, target: int, has_fusion: bool,
                      folder: Path) -> Workload:
     """Make the phantom subject of this shape and write it as gzip NIfTI under `folder`."""
     from tsf_trt.phantoms import make_subject, subject_name, write_subject
@@ -95,12 +90,12 @@ def phantom_workload(shape_zyx: tuple[int, int, int], n_inputs: int | None, targ
     (folder / name).mkdir(parents=True)
     write_subject(make_subject(PHANTOM_SEED, (x, y, z)), folder / name, name, "brats2021")
     subject = find_subjects(folder)[0]
-    chosen = choose_sources(subject.inputs, target, n_inputs, has_fusion)
+    chosen = choose_sources(subject.inputs, target, sources, has_fusion)
     return Workload(Subject(name, {i: subject.inputs[i] for i in chosen}), target, shape_zyx,
                     {"kind": "phantom", "seed": PHANTOM_SEED, "phantom_shape_xyz": [x, y, z]})
 
 
-def subject_workload(folder: Path, n_inputs: int | None, target: int, has_fusion: bool) -> Workload:
+def subject_workload(folder: Path, sources: Sequence[int] | None, target: int, has_fusion: bool) -> Workload:
     """One real subject's folder (any layout `tsf-trt infer` reads in folder mode)."""
     from tsf_trt.volume import load_volume
 
@@ -109,7 +104,7 @@ def subject_workload(folder: Path, n_inputs: int | None, target: int, has_fusion
         raise InputError(folder, f"holds {len(found)} subjects ({', '.join(s.name for s in found[:3])}"
                                  f"{', ...' if len(found) > 3 else ''}); give the folder of one subject")
     subject = found[0]
-    chosen = choose_sources(subject.inputs, target, n_inputs, has_fusion)
+    chosen = choose_sources(subject.inputs, target, sources, has_fusion)
     shape = load_volume(subject.inputs[chosen[0]]).shape
     return Workload(Subject(subject.name, {i: subject.inputs[i] for i in chosen}), target, shape,
                     {"kind": "subject", "folder": str(folder), "name": subject.name})

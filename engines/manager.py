@@ -11,7 +11,8 @@ and the role it records is part of the engine key.
 
 from __future__ import annotations
 
-import sys
+import logging
+
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,8 +30,15 @@ Builder = Callable[..., bytes]          # build_engine's signature
 ProgressFactory = Callable[[str], object]  # description -> a BuildProgress
 
 
-def stderr_reporter(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def log_reporter(message: str) -> None:
+    """Engine builds take minutes: their start and end are log lines (tsf_trt.console)."""
+    if message.startswith("warning: "):
+        _log.warning("%s", message.removeprefix("warning: "))
+    else:
+        _log.info("%s", message)
+
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,7 +55,7 @@ class BuildSettings:
 
 class EngineManager:
     def __init__(self, export_dir: str | Path, platform: Platform, settings: BuildSettings | None = None, *,
-                 builder: Builder | None = None, report: Reporter = stderr_reporter,
+                 builder: Builder | None = None, report: Reporter = log_reporter,
                  progress: ProgressFactory | None = None):
         from tsf_trt.export.manifest import read_manifest
         from tsf_trt.model.config import ModelConfig

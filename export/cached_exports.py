@@ -7,7 +7,11 @@ older tsf-trt without graph metadata included, is exported again instead of fail
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from tsf_trt.cache_dir import cache_root
+from tsf_trt.console import step
 from tsf_trt.errors import ModelError
 from tsf_trt.model import TSFSeq2Seq
 from tsf_trt.model.checkpoint import weights_id
@@ -34,5 +38,10 @@ def ensure_export(model: TSFSeq2Seq, *, model_id: str | None = None, opset: int 
                 return directory
         except ModelError:
             pass  # stale, damaged or from an older tsf-trt: export again below
-    export_model(model, directory, opset=opset, overwrite=True, origin={"exported_by": "cache"}, model_id=model_id)
+    with step(f"exporting model {model_id[:16]} to ONNX (once; cached in {directory})", _log):
+        export_model(model, directory, opset=opset, overwrite=True, origin={"exported_by": "cache"},
+                     model_id=model_id)
     return directory
+
+
+_log = logging.getLogger(__name__)

@@ -71,3 +71,12 @@ def small_export_dir(tmp_path_factory, small_model) -> Path:
     directory = tmp_path_factory.mktemp("exports") / "small"
     export_model(small_model, directory, model_id="small-reference")
     return directory
+
+
+def problem_lines(stderr: str) -> list[str]:
+    """stderr without the INFO lines of the log (tsf_trt.console: one timestamped line per step
+    when stderr is not a terminal): what is left is every warning and error."""
+    import re
+
+    info = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d INFO ")
+    return [line for line in stderr.splitlines() if line.strip() and not info.match(line)]

@@ -13,6 +13,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import problem_lines
 from tsf_trt.cli import app
 
 runner = CliRunner()
@@ -49,7 +50,7 @@ def run(light, small_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     files = {"json": out / "r.json", "markdown": out / "r.md", "plot": out / "r.png"}
     result = cli("--model", small_model_dir, "--backends", "torch,ort,ort-cuda,trt", "--batch-sizes", "1,2",
-                 "--shape", "4x32x32", "--warmup", 0, "--iterations", 2, "--threads", 1, "--io-subjects", 1,
+                 "--shape", 32, 32, 4, "--warmup", 0, "--iterations", 2, "--threads", 1, "--io-subjects", 1,
                  *(a for k, p in files.items() for a in (f"--{k}", p)))
     assert result.exit_code == 0, result.output
     return json.loads(files["json"].read_text(), parse_constant=pytest.fail), files, result
@@ -158,7 +159,7 @@ def test_export_directory_torch_skipped_no_reference(light, run, small_model_dir
 
     export = ModelSource.resolve(small_model_dir).export_dir()  # cached by the run above
     result = cli("--model", export, "--backends", "torch,ort", "--no-reference", "--batch-sizes", 2,
-                 "--shape", "3x16x20", "--inputs", 1, "--no-tsem", "--warmup", 0, "--iterations", 1,
+                 "--shape", 20, 16, 3, "--sources", "t1", "--no-tsem", "--warmup", 0, "--iterations", 1,
                  "--threads", 1, "--io-subjects", 0, "--json", tmp_path / "e.json")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "e.json").read_text())
@@ -173,7 +174,7 @@ def test_export_directory_torch_skipped_no_reference(light, run, small_model_dir
 def test_existing_files_are_refused_without_overwrite(run, small_model_dir):
     _, files, _ = run
     before = files["json"].read_bytes()
-    result = cli("--model", small_model_dir, "--shape", "4x32x32", "--json", files["json"])
+    result = cli("--model", small_model_dir, "--shape", 32, 32, 4, "--json", files["json"])
     assert_one_line_error(result, str(files["json"]), "--overwrite")
     assert files["json"].read_bytes() == before
 
@@ -182,7 +183,7 @@ def assert_one_line_error(result, *needles: str) -> None:
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = problem_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for needle in needles:
         assert needle.lower() in lines[0].lower(), (needle, lines[0])
@@ -193,9 +194,9 @@ def assert_one_line_error(result, *needles: str) -> None:
     (["--backends", "auto"], "'auto'"),
     (["--batch-sizes", "0,4"], "--batch-sizes"),
     (["--batch-sizes", "four"], "--batch-sizes"),
-    (["--shape", "4x32"], "--shape"),
-    (["--shape", "4x4x4"], "--shape"),
-    (["--inputs", "4"], "--inputs"),
+        (["--shape", "4", "4", "4"], "--shape"),
+    (["--sources", "t1,t2"], "--sources"),
+    (["--sources", "pd"], "--sources"),
     (["--target", "pd"], "--target"),
     (["--iterations", "0"], "--iterations"),
     (["--warmup", "-1"], "--warmup"),
@@ -212,7 +213,7 @@ def test_bad_options_are_one_line(args, needle, small_model_dir, tmp_path, monke
 def test_bad_model_and_subject_are_one_line(light, small_model_dir, tmp_path):
     assert_one_line_error(cli("--model", tmp_path / "nope"), "nope", "no such")
     assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path / "nope"), "no such subject")
-    assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path, "--shape", "4x32x32"),
+    assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path, "--shape", 32, 32, 4),
                           "only one")
     from tsf_trt.phantoms import write_subjects
 
@@ -223,8 +224,8 @@ def test_bad_model_and_subject_are_one_line(light, small_model_dir, tmp_path):
     for seq in ("t1", "flair"):
         name = f"Phantom_00000_{seq}.nii.gz"
         (partial / name).write_bytes((tmp_path / "two" / "Phantom_00000" / name).read_bytes())
-    assert_one_line_error(cli("--model", small_model_dir, "--subject", partial, "--inputs", 3), "--inputs 3",
-                          "only 2")
+    assert_one_line_error(cli("--model", small_model_dir, "--subject", partial, "--sources", "t1,t1gd,flair"),
+                          "--sources", "no T1Gd")
 
 
 def test_seq2seq_only_model_takes_one_input(light, tmp_path):
@@ -232,7 +233,8 @@ def test_seq2seq_only_model_takes_one_input(light, tmp_path):
     from tsf_trt.model import PRESETS, import_reference, save_model
 
     model = save_model(import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"]), tmp_path / "s2s")
-    assert_one_line_error(cli("--model", model, "--inputs", 2, "--shape", "3x16x16"), "--inputs 2", "Seq2Seq-only")
+    assert_one_line_error(cli("--model", model, "--sources", "t1,flair", "--shape", 16, 16, 3), "--sources t1,flair",
+                          "Seq2Seq-only")
 
 
 def test_real_subject_folder(light, small_model_dir, tmp_path):
@@ -241,7 +243,7 @@ def test_real_subject_folder(light, small_model_dir, tmp_path):
 
     (folder,) = write_subjects(tmp_path / "data", 1, shape=(20, 16, 3))
     settings = BenchSettings(model=small_model_dir, backends=["torch"], batch_sizes=[3], subject=folder,
-                             n_inputs=2, warmup=0, iterations=1, threads=1, io_subjects=1)
+                             sources=(0, 3), warmup=0, iterations=1, threads=1, io_subjects=1)
     report = run_bench(settings)
     assert report["workload"]["shape_zyx"] == [3, 16, 20] and report["workload"]["origin"]["kind"] == "subject"
     assert report["workload"]["sources"] == ["t1", "flair"]
@@ -252,12 +254,12 @@ def test_units_of_the_report():
     from tsf_trt.bench.runner import contention_warnings
     from tsf_trt.bench.variants import parse_backends
     from tsf_trt.bench.stats import summarize
-    from tsf_trt.bench.workload import parse_shape
+    from tsf_trt.bench.workload import check_shape
 
     stat = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
     assert stat == {"mean": 3.0, "p50": 3.0, "p90": pytest.approx(4.6), "p99": pytest.approx(4.96),
                     "min": 1.0, "max": 5.0}
-    assert parse_shape("155x240x200") == (155, 240, 200)
+    assert check_shape((200, 240, 155)) == (155, 240, 200)
     assert parse_backends("all") == ["torch", "ort", "ort-cuda", "ort-trt", "trt", "reference"]
     assert parse_backends("all", reference=False) == ["torch", "ort", "ort-cuda", "ort-trt", "trt"]
     assert parse_backends("reference,torch", reference=False) == ["torch", "reference"]
@@ -272,7 +274,7 @@ def test_suite_writes_the_readme_table(light, small_model_dir, tmp_path):
         return cli("suite", *args).exit_code
 
     out = tmp_path / "perf.md"
-    assert main(["--model", str(small_model_dir), "--shape", "3x16x16", "--variants", "reference,torch,ort-baked",
+    assert main(["--model", str(small_model_dir), "--shape", 16, 16, 3, "--variants", "reference,torch,ort-baked",
                  "--threads", "1", "-o", str(out)]) == 0
     text = out.read_text()
     assert "| variant | batch | s / volume | vs reference | image vs torch fp32 |" in text
@@ -285,7 +287,7 @@ def test_suite_writes_the_readme_table(light, small_model_dir, tmp_path):
 def test_bench_rows_of_every_variant_agree_with_torch_fp32(light, small_model_dir, tmp_path):
     """The variants `tsf-trt bench suite` compares are bench rows too, each with its agreement."""
     result = cli("--model", small_model_dir, "--backends", "torch,ort", "--precisions", "fp32,bf16", "--decoders",
-                 "baked,code", "--batch-sizes", "auto", "--shape", "3x16x16", "--warmup", 0, "--iterations", 1,
+                 "baked,code", "--batch-sizes", "auto", "--shape", 16, 16, 3, "--warmup", 0, "--iterations", 1,
                  "--threads", 1, "--io-subjects", 0, "--json", tmp_path / "v.json")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "v.json").read_text(), parse_constant=pytest.fail)

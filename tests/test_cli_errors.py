@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import AFFINE_LPS, DATA, make_head
+from tests.conftest import AFFINE_LPS, DATA, make_head, problem_lines
 from tsf_trt.cli import app
 
 SHAPE = (40, 36, 12)
@@ -63,7 +63,7 @@ def assert_clean_error(result, *needles: str, code: int = 1) -> str:
     # CliRunner maps an uncaught exception to exit code 1 too: make sure it was a clean exit.
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = problem_lines(result.stderr)
     assert len(lines) == 1, result.stderr
     message = lines[0]
     if code == 1:
@@ -580,7 +580,7 @@ def test_folder_with_one_bad_subject_and_resume(tmp_path, small_model_dir):
     # Rich folds long lines at 80 columns here (see test_folder_failure_is_one_line): read
     # the message with line breaks removed.
     assert result.stderr.count("failed") == 1, result.stderr
-    assert "failed sub02:" in result.stderr
+    assert "sub02: failed:" in result.stderr
     assert "sub02_t1.nii.gz" in result.stderr.replace("\n", "")
     assert "truncated or corrupt" in " ".join(result.stderr.split())
     assert "2 done, 0 skipped (already complete), 1 failed" in result.stdout
@@ -603,8 +603,8 @@ def test_folder_failure_is_one_line(tmp_path, small_model_dir):
     _truncated(data / "sub02" / "sub02_t1.nii.gz")
     result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out)
     assert result.exit_code == 1, result.output
-    failed = [line for line in result.stderr.splitlines() if line.startswith("failed")]
-    assert len(failed) == 1, result.stderr
+    failed = problem_lines(result.stderr)
+    assert len(failed) == 1 and "ERROR   sub02: failed: " in failed[0], result.stderr
     assert "sub02_t1.nii.gz" in failed[0] and "truncated or corrupt" in failed[0], result.stderr
 
 
@@ -653,7 +653,7 @@ def test_console_script_prints_no_traceback(case, small_model_dir):
     )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    lines = problem_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and "gone_t1.nii.gz" in lines[0] and "file not found" in lines[0]
     assert files_under(out) == []

@@ -326,7 +326,7 @@ def test_two_files_of_one_sequence_fail_that_subject_alone(tmp_path, small_model
     assert result.exit_code == 1, result.output
     assert "2 done, 0 skipped (already complete), 1 failed" in result.stdout
     message = " ".join(result.stderr.split())
-    assert "failed sub4:" in message and "sub4_t1.nii.gz" in message and "sub4-t1n.nii.gz" in message
+    assert "sub4: failed:" in message and "sub4_t1.nii.gz" in message and "sub4-t1n.nii.gz" in message
     assert (out / "sub1" / "sub1_t2.json").is_file() and (out / "sub2" / "sub2_t2.json").is_file()
     assert not (out / "sub4").exists()
 

@@ -1,4 +1,9 @@
-"""Our model against the authors' implementation: every golden tensor to <= 1e-5."""
+"""Our model against the authors' implementation: every golden tensor to <= 3e-5.
+
+The golden tensors are float32 results; how a CPU sums a convolution depends on its vector
+unit (oneDNN picks AVX-512 or AVX2 kernels), so the same code differs by float32 rounding:
+<= 1e-5 on an AVX-512 CPU, up to 1.4e-5 on an AVX2-only AMD EPYC (measured). Any real
+difference (a wrong layer, norm or weight) is orders of magnitude above 3e-5."""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-ATOL = 1e-5
+ATOL = 3e-5
 CASES = ["a", "b", "c"]
 
 

@@ -18,14 +18,18 @@ from tsf_trt.preprocess import normalize, pad_inplane, stack_25d
 def volumes():
     return {0: make_head((9, 40, 36), seed=1), 3: make_head((9, 40, 36), seed=2)}
 
+# float32 rounding of batched vs per-stack convolutions: up to 1.1e-5 on an AVX2-only CPU (measured),
+# as in tests/test_model_parity.py; a real difference is orders of magnitude above it.
+ATOL = 3e-5
+
 
 def test_each_slice_equals_the_model_on_its_stack(small_model, volumes):
     result = Synthesizer(small_model, batch_size=4).run(volumes, "t2")
     stacks = {i: torch.from_numpy(stack_25d(normalize(v), range(9))) for i, v in volumes.items()}
     with torch.no_grad():
         expected = small_model.synthesize(stacks, 2)
-    assert np.abs(result.image - expected.image[:, 1].numpy()).max() <= 1e-5
-    assert np.abs(result.tsem - expected.tsem.numpy()).max() <= 1e-5
+    assert np.abs(result.image - expected.image[:, 1].numpy()).max() <= ATOL
+    assert np.abs(result.tsem - expected.tsem.numpy()).max() <= ATOL
     assert result.weights == pytest.approx({i: float(expected.weights[i]) for i in (0, 3)}, abs=1e-7)
     assert sum(result.weights.values()) == pytest.approx(1.0, abs=1e-6)
     assert result.sources == [0, 3] and result.target == 2 and result.task == "T1,FLAIR->T2"
@@ -35,8 +39,8 @@ def test_each_slice_equals_the_model_on_its_stack(small_model, volumes):
 def test_batch_size_does_not_change_the_result(small_model, volumes):
     one = Synthesizer(small_model, batch_size=1).run(volumes, 2)
     many = Synthesizer(small_model, batch_size=64).run(volumes, 2)
-    assert np.abs(one.image - many.image).max() <= 1e-5
-    assert np.abs(one.tsem - many.tsem).max() <= 1e-5
+    assert np.abs(one.image - many.image).max() <= ATOL
+    assert np.abs(one.tsem - many.tsem).max() <= ATOL
 
 
 def test_progress_reports_every_batch(small_model, volumes):
@@ -53,7 +57,7 @@ def test_any_inplane_size_is_padded_and_restored(small_model):
     stacks = torch.from_numpy(stack_25d(padded, range(3)))
     with torch.no_grad():
         expected = small_model.synthesize({1: stacks}, 3).image[:, 1].numpy()[:, crop[0], crop[1]]
-    assert np.abs(result.image - expected).max() <= 1e-5
+    assert np.abs(result.image - expected).max() <= ATOL
 
 
 def test_single_input_has_weight_one_and_no_tsem_without_fusion(small_model, volumes):
@@ -73,7 +77,7 @@ def test_seq2seq_only_model(volumes):
         stacks = torch.from_numpy(stack_25d(normalize(volumes[0]), range(9)))
         _, code = model.codes([0], 2)
         expected = model.decoder(model.encoder(stacks), code)[:, 1].numpy()
-    assert np.abs(result.image - expected).max() <= 1e-5
+    assert np.abs(result.image - expected).max() <= ATOL
     with pytest.raises(TsfError, match="Seq2Seq-only"):
         synth.run(volumes, "t2")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tsf_trt.errors import InputError, TsfError
-from tsf_trt.subjects import Subject, find_subjects, parse_inputs, shard, subject_name
+from tsf_trt.subjects import Subject, discover, find_subjects, parse_inputs, shard, subject_name
 
 T1, T1GD, T2, FLAIR = 0, 1, 2, 3
 
@@ -144,6 +144,9 @@ def test_find_subjects_brats2021_folders(tmp_path: Path) -> None:
             T2: d / "BraTS2021_00000_t2.nii.gz",
             FLAIR: d / "BraTS2021_00000_flair.nii.gz",
         },
+        unused=((d / "BraTS2021_00000_seg.nii.gz", "a segmentation"),
+                (d / "BraTS2021_00000_t2_synth.nii.gz", "a tsf-trt output"),
+                (d / "BraTS2021_00000_tsem.nii.gz", "a tsf-trt output")),
     )
 
 
@@ -162,9 +165,10 @@ def test_find_subjects_folder_name_wins_and_skips_hidden_and_empty(tmp_path: Pat
     touch(tmp_path / ".cache", "x_t1.nii.gz")
     touch(tmp_path / "outputs", "p1_t2_synth.nii.gz")
     touch(tmp_path, ".DS_Store", "README.md")
-    got = find_subjects(tmp_path)
+    found = discover(tmp_path)
     p1 = tmp_path / "p1"
-    assert got == [Subject("p1", {T1: p1 / "t1.nii.gz", FLAIR: p1 / "flair.nii"})]
+    assert found.subjects == [Subject("p1", {T1: p1 / "t1.nii.gz", FLAIR: p1 / "flair.nii"})]
+    assert found.unused == ((tmp_path / "outputs" / "p1_t2_synth.nii.gz", "a tsf-trt output"),)
 
 
 def test_find_subjects_flat_grouped(tmp_path: Path) -> None:
@@ -172,8 +176,11 @@ def test_find_subjects_flat_grouped(tmp_path: Path) -> None:
     touch(tmp_path, "a-seg.nii.gz", "a_t1_synth.nii.gz", "b_tsem.nii.gz")
     got = find_subjects(tmp_path)
     assert got == [
-        Subject("a", {T1: tmp_path / "a-t1n.nii.gz", T2: tmp_path / "a-t2w.nii.gz"}),
-        Subject("b", {T1: tmp_path / "b_t1.nii.gz", FLAIR: tmp_path / "b_flair.nii.gz"}),
+        Subject("a", {T1: tmp_path / "a-t1n.nii.gz", T2: tmp_path / "a-t2w.nii.gz"},
+                unused=((tmp_path / "a-seg.nii.gz", "a segmentation"),
+                        (tmp_path / "a_t1_synth.nii.gz", "a tsf-trt output"))),
+        Subject("b", {T1: tmp_path / "b_t1.nii.gz", FLAIR: tmp_path / "b_flair.nii.gz"},
+                unused=((tmp_path / "b_tsem.nii.gz", "a tsf-trt output"),)),
     ]
 
 

@@ -16,9 +16,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from tsf_trt.console import LogFile, NoProgress, Quiet, progress_bar, setup_logging
 from tsf_trt.console import err as _err
+from tsf_trt.console import log as _log
 from tsf_trt.console import out as _out
-from tsf_trt.console import progress_bar, user_errors as _user_errors
+from tsf_trt.console import user_errors as _user_errors
 
 train_app = typer.Typer(
     name="train", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -60,9 +62,10 @@ Split = Annotated[Optional[Path], typer.Option("--split", help="Split file {\"tr
                                                "(80/10/10), saved as split.json.")]
 
 
-def _run(**kwargs: Any) -> None:
+def _run(log: tuple[bool, bool, Path | None], **kwargs: Any) -> None:
     from .trainer import TrainConfig, train
 
+    setup_logging(*log)
     cfg = TrainConfig(**kwargs)
     if int(os.environ.get("RANK", "0")) != 0:
         train(cfg)
@@ -74,7 +77,7 @@ def _run(**kwargs: Any) -> None:
             loss = losses.get("loss")
             bar.update(task, completed=step, description=f"{cfg.stage} loss {loss:.4f}" if loss else cfg.stage)
 
-        final = train(cfg, on_step=on_step, echo=lambda text: bar.console.print(text, highlight=False))
+        final = train(cfg, on_step=on_step, echo=lambda text: _log.info("%s", text))
     _err.print(f"wrote {final}", highlight=False, soft_wrap=True)
 
 
@@ -82,11 +85,12 @@ def _run(**kwargs: Any) -> None:
 @_user_errors
 def seq2seq(
     data: Data, output: Output,
-    config: Annotated[str, typer.Option("--config", help="Model sizes: 'paper', 'small' or a JSON file.")] = "paper",
+    config: Annotated[str, typer.Option("--config", help="Model sizes: 'paper', 'small', 'demo' or a JSON/YAML "
+                                        "file (ours or the authors' config).")] = "paper",
     steps: Steps = 10_000, batch_size: Batch = 8, crop: Crop = 192, lr: Lr = 1e-4, checkpoint_every: Every = 1000,
     val_every: ValEvery = 1000, val_subjects: ValSubjects = 8, vgg_weights: Vgg = None, workers: Workers = 4,
     block_subjects: Block = 4, seed: Seed = 0, device: Device = None, amp: Amp = True, resume: Resume = False,
-    split: Split = None,
+    split: Split = None, quiet: Quiet = False, no_progress: NoProgress = False, log_file: LogFile = None,
 ) -> None:
     """Stage 1: one-to-one Seq2Seq (random source, random target per batch), loss 10·SmoothL1 + 0.01·VGG19.
 
@@ -95,7 +99,7 @@ def seq2seq(
     _run(stage="seq2seq", data=data, out=output, model_config=config, steps=steps, batch_size=batch_size,
          crop=crop, lr=lr, checkpoint_every=checkpoint_every, val_every=val_every, val_subjects=val_subjects,
          vgg_weights=vgg_weights, workers=workers, block_subjects=block_subjects, seed=seed, device=device,
-         amp=amp, resume=resume, split=split)
+         amp=amp, resume=resume, split=split, log=(quiet, no_progress, log_file))
 
 
 @train_app.command("tsf", no_args_is_help=True)
@@ -108,7 +112,7 @@ def tsf(
     steps: Steps = 10_000, batch_size: Batch = 8, crop: Crop = 192, lr: Lr = 1e-4, checkpoint_every: Every = 1000,
     val_every: ValEvery = 1000, val_subjects: ValSubjects = 8, vgg_weights: Vgg = None, workers: Workers = 4,
     block_subjects: Block = 4, seed: Seed = 0, device: Device = None, amp: Amp = True, resume: Resume = False,
-    split: Split = None,
+    split: Split = None, quiet: Quiet = False, no_progress: NoProgress = False, log_file: LogFile = None,
 ) -> None:
     """Stage 2: task-specific fusion from random source subsets, encoder frozen; fusion and decoder trained on
     decoder(fused) and decoder(fused_avg) (paper Eq. 5).
@@ -118,7 +122,7 @@ def tsf(
     _run(stage="tsf", data=data, out=output, init=init, steps=steps, batch_size=batch_size, crop=crop, lr=lr,
          checkpoint_every=checkpoint_every, val_every=val_every, val_subjects=val_subjects,
          vgg_weights=vgg_weights, workers=workers, block_subjects=block_subjects, seed=seed, device=device,
-         amp=amp, resume=resume, split=split)
+         amp=amp, resume=resume, split=split, log=(quiet, no_progress, log_file))
 
 
 @train_app.command("bundle", no_args_is_help=True)

@@ -267,3 +267,29 @@ def remove_stale(folder: Path, names: Iterable[str] | Callable[[str], bool], lea
             continue  # another process cleaned it first
         removed.append(path)
     return removed
+
+
+def make_folder(path: Path) -> Path | None:
+    """Create an output folder; return the topmost folder this created (None if it existed),
+    for :func:`remove_empty_folders` when the run fails."""
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "output folder is a file")
+    top = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(path, f"cannot create the output folder ({exc.strerror})") from None
+    return top
+
+
+def remove_empty_folders(top: Path | None, leaf: Path | None) -> None:
+    """A failed run leaves no folders it created, as long as they are still empty."""
+    if top is None or leaf is None:
+        return
+    for folder in [leaf, *leaf.parents]:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == top:
+            return

@@ -7,21 +7,27 @@ inputs and output names, refuse bad requests before any heavy work, run the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import sequences
-from .atomic import DiskFullError, remove_stale
+from .atomic import DiskFullError, make_folder, remove_empty_folders, remove_stale
 from .claims import Claims, Holder
 from .errors import TsfError
-from .outputs import Inputs, OutputPaths, build_report, write_outputs
+from .outputs import (Inputs, OutputPaths, bids_sidecars, build_report, raw_root, write_dataset_description,
+                      write_outputs)
 from .options import InferRequest
 from .qc import qc_block
 from .pipeline import Progress, Result, Synthesizer
 from .subjects import Subject
+from .preflight import check_subject
+from .resample import needs_resampling, resample_subject, result_to_input_grid
 from .volume import load_volume
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +38,16 @@ class SubjectOutcome:
     result: Result | None = None
     error: str | None = None         # why it failed, or who has it when busy
     removed: list[Path] = field(default_factory=list)  # leftovers of dead runs cleaned up
+
+    def line(self, backend: str = "") -> str:
+        """The subject's one log line: name, task, backend, seconds, output or why not."""
+        if self.status == "done" and self.result is not None and self.paths is not None:
+            return (f"{self.subject}: {self.result.task}, {backend or 'done'}, {self.result.timings['total']:.1f} s, "
+                    f"wrote {self.paths.synth}")
+        if self.status == "skipped":
+            where = f" ({self.paths.report})" if self.paths is not None else ""
+            return f"{self.subject}: skipped, already complete{where}"
+        return f"{self.subject}: {self.status}: {self.error}"
 
 
 @dataclass
@@ -71,12 +87,12 @@ def choose_sources(subject: Subject, target: int, wanted: Sequence[int] | None) 
 
 
 def infer_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *, progress: Progress | None = None,
-                  backend_name: str = "", out_dir: Path | None = None, overwrite: bool | None = None,
+                  backend_name: str = "", paths: OutputPaths | None = None, overwrite: bool | None = None,
                   protected: Inputs | Iterable[Path] = (), before_publish: Callable[[], None] | None = None) -> SubjectOutcome:
-    """Synthesise `request.target` for one subject from all of `subject.inputs`; write three files.
+    """Synthesise `request.target` for one subject from all of `subject.inputs`; write its outputs.
 
-    Outputs go to `out_dir` (folder mode's per-subject folder), else `request.output`, else
-    beside the first input; `overwrite` overrides the request's (folder mode replaces a dead
+    Outputs go to `paths` (folder mode's), else where :meth:`OutputPaths.of` puts them for
+    `request.output`; `overwrite` overrides the request's (folder mode replaces a dead
     run's partial outputs). No output may be one of the subject's inputs or of `protected`
     (folder mode: an :class:`~tsf_trt.outputs.Inputs` of every input of the folder, which
     holds the subject's own). The report's "qc" block scores the TSEM with
@@ -85,27 +101,53 @@ def infer_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *
     overwrite = request.overwrite if overwrite is None else overwrite
     sources = list(subject.inputs)
     synth.check_task(sorted(sources), target)
-    folder = out_dir or request.output or subject.inputs[sources[0]].parent
     with_tsem = tsem and synth.has_fusion
-    paths = OutputPaths.for_subject(folder, subject.name, target, with_tsem)
+    paths = paths or OutputPaths.of(subject, request.output, target, with_tsem, own_folder=False)
+    folder = paths.folder
     inputs = protected if isinstance(protected, Inputs) else Inputs([*subject.inputs.values(), *protected])
     removed = remove_stale(folder, paths.names(), request.lease_s) if folder.is_dir() else []
     paths.check(overwrite, inputs)
     start = time.perf_counter()
     volumes = {i: load_volume(p) for i, p in subject.inputs.items()}
     read = time.perf_counter() - start
-    result = synth.run(volumes, target, tsem=with_tsem, progress=progress)
+    network, findings = _preflight(subject, volumes, request)
+    result = synth.run(network, target, tsem=with_tsem, progress=progress)
+    if network is not volumes:  # --resample: the outputs go back onto the first input's grid
+        result = result_to_input_grid(result, network[sources[0]], volumes[sources[0]])
     result.timings["read"] = read
+    extra: dict = {"tsem_note": None if with_tsem or not tsem else "no TSEM: the model has no TSF stage (Seq2Seq only)",
+                   "preflight": [{"file": str(f.path), "kind": f.kind, "message": f.message} for f in findings],
+                   "resampled": network is not volumes}
+    tsem_sidecar = None
+    if subject.bids is not None:
+        synth_sidecar, tsem_sidecar = bids_sidecars(subject, paths, result, raw_root(subject))
+        extra.update(synth_sidecar)
     report = build_report(result, paths, subject.inputs, subject=subject.name,
                           model_id=synth.backend.model_id, backend=backend_name or synth.backend.describe(),
-                          extra={"tsem_note": None if with_tsem or not tsem else
-                                 "no TSEM: the model has no TSF stage (Seq2Seq only)"},
-                          qc=qc_block(result.tsem, result.head_mask, request.qc))
+                          extra=extra, qc=qc_block(result.tsem, result.head_mask, request.qc))
     start = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
     write_outputs(result, volumes[sources[0]], paths, report, overwrite=overwrite, inputs=inputs,
-                  before_publish=before_publish)
+                  before_publish=before_publish, tsem_sidecar=tsem_sidecar)
     result.timings["write"] = time.perf_counter() - start
     return SubjectOutcome(subject.name, "done", paths, result, removed=removed)
+
+
+def _preflight(subject: Subject, volumes: dict, request: InferRequest) -> tuple[dict, list]:
+    """The preprocessing checks (tsf_trt.preflight): each finding is a warning line, or with
+    `request.strict` the subject's error; with `request.resample`, inputs on other grids or
+    far from 1 mm go to the network on one 1 mm grid (tsf_trt.resample)."""
+    findings = check_subject(volumes)
+    network = volumes
+    if request.resample and needs_resampling(volumes):
+        network = resample_subject(volumes)
+        findings = [f for f in findings if f.kind not in ("voxel-size", "different-grid")]
+        _log.info("%s: resampled to 1 mm isotropic for the network (--resample)", subject.name)
+    for finding in findings:
+        if request.strict:
+            raise finding.error()
+        _log.warning("%s: %s", subject.name, finding)
+    return network, findings
 
 
 def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: InferRequest, *,
@@ -124,6 +166,10 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     die (then this run takes them over): when it returns, every subject has an outcome.
     """
     run = _FolderRun(synth, request, backend_name, Inputs(p for s in subjects for p in s.inputs.values()), time.time())
+    bids = [s for s in subjects if s.bids is not None]
+    if bids and request.output is not None:  # a BIDS derivative dataset describes itself
+        make_folder(request.output)
+        write_dataset_description(request.output, synth.backend.model_id, raw_root(bids[0]))
     summary = FolderSummary()
     pending = list(subjects)
     with Claims(request.lease_s) as claims:
@@ -157,22 +203,19 @@ class _FolderRun:
 
     def one(self, subject: Subject, claims: Claims, on_start) -> SubjectOutcome:
         request = self.request
-        folder = request.output / subject.name if request.output is not None else None
-        created = False
+        created: Path | None = None
         try:
             if subject.problem:
                 raise TsfError(subject.problem)
-            chosen = Subject(subject.name, choose_sources(subject, request.target, request.sources))
-            where = folder if folder is not None else next(iter(chosen.inputs.values())).parent
-            paths = OutputPaths.for_subject(where, subject.name, request.target,
-                                            request.tsem and self.synth.has_fusion)
+            chosen = replace(subject, inputs=choose_sources(subject, request.target, request.sources))
+            paths = OutputPaths.of(chosen, request.output, request.target, request.tsem and self.synth.has_fusion,
+                                   own_folder=True)
+            where = paths.folder
             stem, since = paths.report.stem, self.started if request.overwrite else None
             removed = self._sweep(claims, where, stem, paths)
             if paths.complete(since):
                 return SubjectOutcome(subject.name, "skipped", paths, removed=removed)
-            if folder is not None and not folder.is_dir():
-                folder.mkdir(parents=True, exist_ok=True)
-                created = True
+            created = make_folder(where)
             held = claims.claim(where, stem)
             if isinstance(held, Holder):
                 return SubjectOutcome(subject.name, "busy", paths, error=held.describe(), removed=removed)
@@ -186,7 +229,7 @@ class _FolderRun:
                                        "on it (taken for dead: is --claim-lease shorter than a pause of this "
                                        "machine?); nothing was written")
 
-                outcome = infer_subject(self.synth, chosen, request, out_dir=where,
+                outcome = infer_subject(self.synth, chosen, request, paths=paths,
                                         overwrite=request.overwrite or any(p.exists() for p in paths.all()),
                                         progress=on_start(subject) if on_start else None,
                                         backend_name=self.backend_name, protected=self.protected,
@@ -197,11 +240,8 @@ class _FolderRun:
             raise  # not this subject's fault: every later one would fail the same way
         except (TsfError, OSError) as exc:
             message = str(exc) if isinstance(exc, TsfError) else f"{type(exc).__name__}: {exc}"
-            if created and folder is not None:
-                try:
-                    folder.rmdir()  # a failed subject leaves no empty folder behind (only if still empty)
-                except OSError:
-                    pass
+            if created is not None:  # a failed subject leaves no empty folder behind (only if still empty)
+                remove_empty_folders(created, paths.folder)
             return SubjectOutcome(subject.name, "failed", error=message)
 
     @staticmethod

@@ -100,7 +100,8 @@ def work(job: WorkerJob, subjects: Sequence[Subject], device: int, emit: Callabl
         infer_folder(shared, part, job.request, backend_name=name,
                      on_start=lambda subject: emit(("start", device, subject.name)),
                      on_end=lambda o: emit(("end", device, {"subject": o.subject, "status": o.status,
-                                                             "error": o.error, "removed": [str(p) for p in o.removed]})))
+                                                             "error": o.error, "removed": [str(p) for p in o.removed],
+                                                             "line": o.line(name)})))
 
     with synth.backend:
         try:

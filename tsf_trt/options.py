@@ -84,6 +84,8 @@ class InferRequest:
     qc: QcCalibration | Path | None = None  # a qc.json path is read when the request is built
     lease_s: float = DEFAULT_LEASE_S
     wait: bool = False
+    strict: bool = False    # the preprocessing checks' warnings fail the subject (tsf_trt.preflight)
+    resample: bool = False  # inputs off 1 mm or on different grids go through 1 mm isotropic (tsf_trt.resample)
 
     def __post_init__(self) -> None:
         from . import sequences

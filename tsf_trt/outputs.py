@@ -1,7 +1,8 @@
 """What `infer` leaves on disk for one subject, written so that it is all or nothing.
 
-Three files per subject and target: the synthesis, the TSEM and a JSON report. Each
-is written under a temporary name and renamed when complete; the report goes last,
+Three files per subject and target: the synthesis, the TSEM and a JSON report (in a BIDS
+derivative, the report is the synthesis's JSON sidecar and the TSEM has a sidecar too).
+Each is written under a temporary name and renamed when complete; the report goes last,
 so its presence marks a finished subject (what folder mode's resume relies on).
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from . import __version__, sequences
 from .pipeline import Result
+from .subjects import Subject
 from .preprocess import OUTPUT_SCALE, to_output_intensity
 from .atomic import atomic_group, check_writable, disk_full_as_error
 from .errors import InputError, TsfError
@@ -32,6 +34,7 @@ class OutputPaths:
     synth: Path
     tsem: Path | None
     report: Path
+    tsem_sidecar: Path | None = None  # BIDS derivatives only
 
     @classmethod
     def for_subject(cls, folder: str | Path, subject: str, target: int, tsem: bool) -> "OutputPaths":
@@ -40,9 +43,37 @@ class OutputPaths:
         return cls(Path(f"{stem}_synth.nii.gz"), Path(f"{stem}_tsem.nii.gz") if tsem else None,
                    Path(f"{stem}.json"))
 
+    @classmethod
+    def for_bids(cls, deriv_root: str | Path, subject: str, session: str | None, target: int,
+                 tsem: bool) -> "OutputPaths":
+        from .bids import derivative_paths
+
+        named = derivative_paths(deriv_root, subject, session, target)
+        return cls(named.synth, named.tsem if tsem else None, named.synth_sidecar,
+                   named.tsem_sidecar if tsem else None)
+
+    @classmethod
+    def of(cls, subject: Subject, root: Path | None, target: int, tsem: bool, *, own_folder: bool) -> "OutputPaths":
+        """Where `subject`'s outputs go, the one rule: a BIDS subject's by the derivatives naming
+        under `root`; another's in `root` (`root/<subject>/` with `own_folder`, folder mode), or
+        beside its first input when there is no `root`."""
+        if subject.bids is not None:
+            if root is None:
+                raise TsfError("a BIDS subject's outputs need an output folder (the derivatives dataset)")
+            return cls.for_bids(root, *subject.bids, target, tsem)
+        if root is None:
+            folder = next(iter(subject.inputs.values())).parent
+        else:
+            folder = root / subject.name if own_folder else root
+        return cls.for_subject(folder, subject.name, target, tsem)
+
+    @property
+    def folder(self) -> Path:
+        return self.report.parent
+
     def all(self) -> list[Path]:
         """Every output, in the order they are published: the report, which marks completion, last."""
-        return [p for p in (self.synth, self.tsem, self.report) if p is not None]
+        return [p for p in (self.synth, self.tsem, self.tsem_sidecar, self.report) if p is not None]
 
     def names(self) -> list[str]:
         return [p.name for p in self.all()]
@@ -140,8 +171,8 @@ def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
 
 
 def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict[str, Any], *,
-                  overwrite: bool, inputs: Iterable[Path] = (), before_publish: Callable[[], None] | None = None
-                  ) -> None:
+                  overwrite: bool, inputs: Iterable[Path] = (), before_publish: Callable[[], None] | None = None,
+                  tsem_sidecar: dict[str, Any] | None = None) -> None:
     """Write every file under a temporary name; publish them together when all are complete.
 
     The images go first and the report last, so the report marks a finished subject.
@@ -162,6 +193,9 @@ def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict
             with disk_full_as_error(paths.tsem):
                 write_volume(like, np.ascontiguousarray(result.tsem, dtype=np.float32), files[paths.tsem],
                              description=f"tsf-trt {result.task} TSEM")
+        if paths.tsem_sidecar is not None:
+            with disk_full_as_error(paths.tsem_sidecar):
+                files[paths.tsem_sidecar].write_text(json.dumps(tsem_sidecar or {}, indent=2) + "\n")
         with disk_full_as_error(paths.report):
             files[paths.report].write_text(json.dumps(report, indent=2) + "\n")
         paths.refuse_inputs(inputs)  # again: an input may have appeared under an output name
@@ -174,3 +208,54 @@ def check_subject_name(name: str) -> None:
     if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
         raise TsfError(f"subject name {name!r} cannot name output files: it must not be empty, start with '.', "
                        "or hold '/', '\\' or NUL")
+
+
+def bids_sidecars(subject: Subject, paths: OutputPaths, result: Result, raw_root: Path | None
+                  ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What a BIDS derivative's sidecars add to the report ("Sources", "Description";
+    Derivatives, "Common file level metadata fields"), and the TSEM's sidecar."""
+    from .bids import bids_uri
+
+    sources = [bids_uri(subject.inputs[i], raw_root) if raw_root is not None else str(subject.inputs[i])
+               for i in result.sources]
+    synth = {"Description": f"{sequences.DISPLAY[result.target]} synthesised by TSF-Seq2Seq from "
+                            f"{', '.join(sequences.DISPLAY[i] for i in result.sources)} (tsf-trt)",
+             "Sources": sources}
+    tsem = None if paths.tsem is None else {
+        "Description": "TSEM: |output with - output without task-specific attention| of the synthesis "
+                       "(paper Eq. 6), in network units; high where the network had to refine",
+        "Sources": [f"bids::{paths.synth.relative_to(paths.synth.parents[2 + (subject.bids[1] is not None)])}"
+                    if subject.bids is not None else paths.synth.name]}
+    return synth, tsem
+
+
+def raw_root(subject: Subject) -> Path | None:
+    """The raw BIDS dataset a BIDS subject's inputs are in (the folder above its sub-<label>/)."""
+    if subject.bids is None or not subject.inputs:
+        return None
+    for folder in next(iter(subject.inputs.values())).parents:
+        if folder.name == f"sub-{subject.bids[0]}":
+            return folder.parent
+    return None
+
+
+def write_dataset_description(deriv_root: Path, model_id: str, source: Path | None) -> Path | None:
+    """The derivative's dataset_description.json, written once (several runs may share the
+    folder: the first to finish it wins, an existing one is left as it is). Returns the
+    path when this call wrote it."""
+    from . import __version__
+    from .atomic import atomic_path
+    from .bids import dataset_description
+
+    path = deriv_root / "dataset_description.json"
+    if path.exists():
+        return None
+    described = dataset_description("tsf-trt synthesis", __version__, model_id, source, deriv_root)
+    try:
+        with atomic_path(path, overwrite=False) as tmp:
+            tmp.write_text(json.dumps(described, indent=2) + "\n")
+    except InputError:
+        if path.exists():
+            return None  # another run wrote it first
+        raise
+    return path

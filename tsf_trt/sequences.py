@@ -29,13 +29,6 @@ ALIASES: dict[str, int] = {
 }
 
 _NIFTI_EXT = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
-# A sequence token at the end of a file stem, after '_', '-' or '.', or the whole stem.
-_SUFFIX = re.compile(
-    r"^(?:(?P<subject>.*)[_\-.])?(?P<seq>" + "|".join(sorted(ALIASES, key=len, reverse=True)) + r")$",
-    re.IGNORECASE,
-)
-
-
 def parse(name: str) -> int:
     """Sequence index of a user-given name (any accepted spelling, any case)."""
     key = name.strip().lower()
@@ -57,18 +50,6 @@ def nifti_stem(filename: str) -> str:
     """File name without directory and without `.nii` / `.nii.gz`."""
     base = filename.replace("\\", "/").rsplit("/", 1)[-1]
     return _NIFTI_EXT.sub("", base)
-
-
-def from_filename(filename: str) -> tuple[str, int] | None:
-    """(subject, sequence index) read from a NIfTI file name, or None.
-
-    `BraTS2021_00000_t1ce.nii.gz` -> ("BraTS2021_00000", 1);
-    `BraTS-GLI-00000-000-t2f.nii.gz` -> ("BraTS-GLI-00000-000", 3); `flair.nii` -> ("", 3).
-    """
-    match = _SUFFIX.match(nifti_stem(filename))
-    if match is None:
-        return None
-    return match.group("subject") or "", ALIASES[match.group("seq").lower()]
 
 
 def task_code(sources: Sequence[int], target: int) -> np.ndarray:

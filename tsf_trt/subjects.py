@@ -1,8 +1,11 @@
 """From what the user typed to subjects: a name plus sequence index -> file path.
 
 Only names and the file system are looked at here; whether a file is a usable NIfTI
-volume is decided later, where it is opened. Sequence spellings and the reading of
-file names belong to :mod:`tsf_trt.sequences`.
+volume is decided later, where it is opened. Sequence spellings belong to
+:mod:`tsf_trt.sequences`, the reading of file names to :mod:`tsf_trt.naming`, BIDS
+datasets to :mod:`tsf_trt.bids`. Nothing is dropped silently: every NIfTI file of a
+folder that is not used is kept with the reason (`Subject.unused`, `Discovery.unused`),
+and every ambiguity is that subject's `problem`, naming the files.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sequences
+from . import naming, sequences
 from .errors import InputError, TsfError
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
@@ -26,16 +29,33 @@ _SEPARATORS = "_-."
 _UNNAMED = "cannot tell the sequence from the file name; write it as t1=PATH (one of {})"
 
 
+#: Sub-folders that hold outputs, never subjects (a BIDS derivatives folder, tsf-trt's default -o).
+OUTPUT_FOLDERS = ("derivatives",)
+
+
 @dataclass(frozen=True)
 class Subject:
     """One case to synthesise for; `inputs` may hold any subset of the four sequences.
 
     `problem` says why a subject found in a folder cannot run (two files of one sequence,
-    say): folder mode fails that subject alone and goes on with the others."""
+    say): folder mode fails that subject alone and goes on with the others. `unused` lists
+    the subject's files that are not inputs, each with why. `bids` is (subject label,
+    session label or None) for a subject of a BIDS dataset, whose outputs are named by the
+    BIDS derivatives rules."""
 
     name: str
     inputs: dict[int, Path]  # sequence index -> file
     problem: str | None = None
+    unused: tuple[tuple[Path, str], ...] = ()
+    bids: tuple[str, str | None] | None = None
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What a folder holds: its subjects, and the NIfTI files that belong to none (with why)."""
+
+    subjects: list[Subject]
+    unused: tuple[tuple[Path, str], ...] = ()
 
 
 def parse_inputs(items: Sequence[str]) -> dict[int, Path]:
@@ -75,7 +95,7 @@ def _parse_item(item: str) -> tuple[int, Path]:
     path = _path(item)
     if not _NIFTI.search(path.name):
         raise InputError(path, "not a NIfTI file (.nii or .nii.gz expected)")
-    found = sequences.from_filename(path.name)
+    found = naming.read_name(path.name)
     if found is None:
         raise InputError(path, _UNNAMED.format(", ".join(sequences.NAMES)))
     return found[1], path
@@ -97,7 +117,7 @@ def subject_name(inputs: Mapping[int, Path]) -> str:
         return "subject"
     parts = []
     for path in paths:
-        found = sequences.from_filename(path.name)
+        found = naming.read_name(path.name)
         parts.append(found[0] if found is not None else sequences.nifti_stem(path.name))
     name = os.path.commonprefix(parts).rstrip(_SEPARATORS)
     return name or _folder_name(paths[0].parent)
@@ -109,12 +129,19 @@ def _folder_name(folder: Path) -> str:
 
 
 def find_subjects(folder: str | Path, channels: Sequence[int] | None = None) -> list[Subject]:
-    """Every subject in `folder`, sorted by name.
+    """Every subject in `folder`, sorted by name (see :func:`discover`)."""
+    return discover(folder, channels).subjects
+
+
+def discover(folder: str | Path, channels: Sequence[int] | None = None) -> Discovery:
+    """Every subject in `folder`, sorted by name, and the files that are not inputs.
 
     Layouts, told apart by the names found: one sub-folder per subject; a flat folder of
-    files named `<subject>_<seq>.nii.gz` (any spelling sequences.from_filename reads);
+    files named `<subject>_<seq>.nii.gz` (any name :func:`tsf_trt.naming.read_name` reads);
     a flat nnU-Net folder `CASE_XXXX.nii.gz`, which needs `channels` (channel k is
-    sequence channels[k]). Unrecognised files (segmentations, our outputs) are ignored.
+    sequence channels[k]). Files that are not inputs (segmentations, T2*, unreadable
+    names) are listed as unused, each with why; `derivatives/` (outputs) is skipped.
+    A folder of DICOM files is refused with the advice to convert it.
     """
     root = Path(folder)
     if not root.exists():
@@ -124,11 +151,12 @@ def find_subjects(folder: str | Path, channels: Sequence[int] | None = None) -> 
 
     found = _Found()
     for entry in _entries(root):
-        if entry.is_dir():
+        if entry.is_dir() and entry.name not in OUTPUT_FOLDERS:
             found.add_named(_nifti_files(entry), entry.name)
-    found.add_named(_nifti_files(root), None, default=_folder_name(root.resolve()))
-
     nnunet = [p for p in _nifti_files(root) if _NNUNET.match(sequences.nifti_stem(p.name))]
+    found.add_named([p for p in _nifti_files(root) if p not in nnunet or channels is None], None,
+                    default=_folder_name(root.resolve()))
+
     if nnunet and channels is None and not found.names():
         raise TsfError(
             f"{root}: looks like nnU-Net naming (CASE_XXXX.nii.gz); say which channel is "
@@ -141,13 +169,39 @@ def find_subjects(folder: str | Path, channels: Sequence[int] | None = None) -> 
         found.add_nnunet(nnunet, _check_channels(channels))
 
     if not found.names():
+        refuse_dicom(root)
         raise InputError(
             root,
             "no subject found: expected one sub-folder per subject or files named like "
             "<subject>_t1.nii.gz / <subject>-t1n.nii.gz (or nnU-Net CASE_0000.nii.gz with --channels)",
         )
-    return [Subject(name, dict(sorted(found.inputs.get(name, {}).items())), found.problems.get(name))
-            for name in found.names()]
+    names = found.names()
+    subjects = [Subject(name, dict(sorted(found.inputs.get(name, {}).items())), found.problems.get(name),
+                        tuple(found.unused.get(name, ()))) for name in names]
+    orphans = [item for owner, items in found.unused.items() if owner not in names for item in items]
+    return Discovery(subjects, tuple(orphans))
+
+
+def refuse_dicom(folder: Path) -> None:
+    """A DICOM folder is not "no subject": say what it is and how to convert it."""
+    for path in [folder, *(p for p in _entries(folder) if p.is_dir())][:50]:
+        files = [p for p in _entries(path) if p.is_file()][:20] if path.is_dir() else []
+        if any(_is_dicom(p) for p in files):
+            raise InputError(path, "holds DICOM files: tsf-trt reads NIfTI. Convert them first, e.g. "
+                                   f"`dcm2niix -z y -o OUT {path}`, then co-register and skull-strip "
+                                   "(README, \"Preparing your data\")")
+
+
+def _is_dicom(path: Path) -> bool:
+    """DICOM Part 10: "DICM" at byte 128 (what dcm2niix looks for too); or a .dcm name."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 class _Found:
@@ -157,6 +211,7 @@ class _Found:
     def __init__(self) -> None:
         self.inputs: dict[str, dict[int, Path]] = {}
         self.problems: dict[str, str] = {}
+        self.unused: dict[str | None, list[tuple[Path, str]]] = {}  # None: the folder's, no subject's
 
     def names(self) -> list[str]:
         return sorted(set(self.inputs) | set(self.problems))
@@ -165,12 +220,18 @@ class _Found:
         """Files whose names say their sequence: all of one `subject` (a sub-folder), or
         grouped by the subject part of their names (a flat folder)."""
         batch: dict[str, dict[int, Path]] = {}
+        unread = []
         for path in files:
-            read = sequences.from_filename(path.name)
+            read = naming.read_name(path.name)
             if read is not None:
                 self._put(batch, subject if subject is not None else (read[0] or default), read[1], path)
+            else:
+                unread.append(path)
         for name, inputs in batch.items():
             self._add(name, inputs)
+        for path in unread:  # a flat folder's file goes to the subject its name starts with
+            owner = subject if subject is not None else _owner(path.name, batch)
+            self.unused.setdefault(owner, []).append((path, naming.why_not(path.name)))
 
     def add_nnunet(self, files: Sequence[Path], channels: Sequence[int]) -> None:
         batch: dict[str, dict[int, Path]] = {}
@@ -204,6 +265,13 @@ class _Found:
         self.inputs[name] = inputs
 
 
+def _owner(filename: str, subjects: Mapping[str, object]) -> str | None:
+    """The subject whose name (and a separator) begins `filename`; the longest such, or None."""
+    owners = [name for name in subjects if filename.startswith(name) and filename[len(name):][:1] in
+              tuple(_SEPARATORS)]
+    return max(owners, key=len, default=None)
+
+
 def _entries(folder: Path) -> list[Path]:
     """Visible entries, skipping hidden and editor/transfer temp files."""
     try:
@@ -228,24 +296,80 @@ def _check_channels(channels: Sequence[int]) -> list[int]:
     return out
 
 
-def gather(items: Sequence[str], target: int, *, subject: str | None = None, channels: Sequence[int] | None = None,
-           shard_spec: str | None = None) -> list[Subject]:
-    """The subjects of `infer --inputs ITEMS`: one folder is folder mode (every subject found,
-    then its `--shard` share), anything else one subject of command-line inputs, named `subject` or
-    after its files. Inputs are checked to exist and read, before any model loads."""
+@dataclass(frozen=True)
+class Intake:
+    """Where `infer` reads subjects from, as the user said it: files or one folder (`items`), a
+    BIDS dataset (`bids`, or a folder in `items` that has dataset_description.json), or a
+    `--map` CSV; with the options that narrow each."""
+
+    items: tuple[str, ...] = ()
+    subject: str | None = None              # single-subject mode: the output name
+    channels: tuple[int, ...] | None = None  # nnU-Net folders
+    shard: str | None = None
+    bids: Path | None = None
+    participants: tuple[str, ...] | None = None
+    sessions: tuple[str, ...] | None = None
+    bids_filter: tuple[tuple[str, str | None], ...] = ()
+    map_file: Path | None = None
+
+    @property
+    def mode(self) -> str:
+        """single, folder, bids or map: the one place this is decided."""
+        from .bids import is_bids_dataset
+
+        if self.map_file is not None:
+            return "map"
+        if self.bids is not None:
+            return "bids"
+        if len(self.items) == 1 and Path(self.items[0]).is_dir():
+            return "bids" if is_bids_dataset(self.items[0]) else "folder"
+        return "single"
+
+    @property
+    def root(self) -> Path:
+        """The data set's folder, under which the default output `derivatives/tsf-trt` goes."""
+        mode = self.mode
+        if mode == "map":
+            return Path(self.map_file).parent  # type: ignore[arg-type]
+        if mode == "bids":
+            return Path(self.bids or self.items[0])
+        if mode == "folder":
+            return Path(self.items[0])
+        return next(iter(parse_inputs(self.items).values())).parent
+
+
+@dataclass(frozen=True)
+class Gathered:
+    subjects: list[Subject]
+    unused: tuple[tuple[Path, str], ...] = ()  # files of the data set that belong to no subject
+
+
+def gather(intake: Intake, target: int) -> Gathered:
+    """The subjects of one `infer` run: every subject of a folder, BIDS dataset or map (then
+    its `--shard` share), or one subject of command-line inputs, named `intake.subject` or
+    after its files. Command-line inputs are checked to exist and read before any model loads."""
     from .outputs import check_subject_name
     from .volume import check_input_file
 
-    if not items:
-        raise TsfError("no input given: use --inputs FILE [FILE ...] or --inputs FOLDER")
-    if len(items) == 1 and Path(items[0]).is_dir():
-        return shard(find_subjects(items[0], channels), shard_spec)
+    mode = intake.mode
+    if mode == "folder":
+        found = discover(intake.items[0], intake.channels)
+        return Gathered(shard(found.subjects, intake.shard), found.unused)
+    if mode == "bids":
+        return Gathered(shard(_bids_subjects(intake), intake.shard))
+    if mode == "map":
+        from .mapfile import read_map
+
+        return Gathered(shard(read_map(intake.map_file), intake.shard))  # type: ignore[arg-type]
+    if not intake.items:
+        raise TsfError("no input given: use --inputs FILE [FILE ...], --inputs FOLDER, --bids DIR or --map CSV")
+    subject = intake.subject
     if subject is not None:
         try:
             check_subject_name(subject)
         except TsfError as exc:
             raise TsfError(f"--subject: {exc}") from None
-    given = parse_inputs(items)
+    given = parse_inputs(intake.items)
     if target in given:
         raise InputError(given[target], f"is the target {sequences.DISPLAY[target]} itself: nothing to "
                                         "synthesise (drop it or pick another --target)")
@@ -255,7 +379,16 @@ def gather(items: Sequence[str], target: int, *, subject: str | None = None, cha
     if subject is None:
         subject = subject_name(given)
         check_subject_name(subject)  # read from the file names: it must not lead out of -o either
-    return [Subject(subject, given)]
+    return Gathered([Subject(subject, given)])
+
+
+def _bids_subjects(intake: Intake) -> list[Subject]:
+    from .bids import find_cases
+
+    root = Path(intake.bids or intake.items[0])
+    cases = find_cases(root, intake.participants, intake.sessions, dict(intake.bids_filter) or None)
+    return [Subject(case.name, case.inputs, case.problem, tuple(case.unused), (case.subject, case.session))
+            for case in cases]
 
 
 def shard(subjects: Sequence[Subject], spec: str | None) -> list[Subject]:

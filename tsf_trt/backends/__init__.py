@@ -10,6 +10,8 @@ request ends in a TsfError that names what is missing.
 
 from __future__ import annotations
 
+import logging
+
 from ..errors import TsfError
 from .base import Backend
 
@@ -39,18 +41,24 @@ def check_precision(backend: str, precision: str) -> None:
 
 
 def create_backend(name: str, model, *, device: str = "cpu", threads: int | None = None,
-                   precision: str = "fp32") -> Backend:
+                   precision: str = "fp32", decoder: str = "baked") -> Backend:
     """Build the backend `name` for `model` (TSFSeq2Seq, model directory or export directory).
 
     `device`: 'cpu', 'cuda', 'cuda:N', or 'auto' (a GPU when one is visible and usable).
+    `decoder`: ONNX Runtime backends only: 'baked' (per-target graphs when the export has
+    them) or 'code' (the code-input decoder), which `bench --decoders` compares.
     """
     from ..source import ModelSource
 
     if name not in NAMES:
         raise TsfError(f"unknown backend '{name}': use one of {', '.join(NAMES)}")
+    if decoder not in ("baked", "code"):
+        raise TsfError(f"decoder must be 'baked' or 'code', got '{decoder}'")
+    if decoder == "code" and not name.startswith("ort"):
+        raise TsfError(f"the code-input decoder is a choice of the ONNX Runtime backends, not of '{name}'")
     source = ModelSource.resolve(model)
     if name != "auto":
-        return _create(name, source, device=device, threads=threads, precision=precision)
+        return _create(name, source, device=device, threads=threads, precision=precision, decoder=decoder)
     from .auto import plan
 
     failure: TsfError | None = None
@@ -58,12 +66,14 @@ def create_backend(name: str, model, *, device: str = "cpu", threads: int | None
         try:
             return _create(choice, source, device=where, threads=threads, precision=precision)
         except TsfError as exc:  # e.g. a GPU backend that is installed but does not start: next one
+            logging.getLogger(__name__).info("auto: %s on %s did not start (%s); trying the next", choice, where, exc)
             failure = exc
     assert failure is not None  # plan() offers at least one option or raises
     raise failure
 
 
-def _create(name: str, source, *, device: str, threads: int | None, precision: str) -> Backend:
+def _create(name: str, source, *, device: str, threads: int | None, precision: str,
+            decoder: str = "baked") -> Backend:
     from .auto import gpu_index
 
     check_precision(name, precision)  # the backend checks it too; here it fails before any export
@@ -79,7 +89,7 @@ def _create(name: str, source, *, device: str, threads: int | None, precision: s
 
         require_provider(name, gpu_index(device))  # a provider that cannot start fails before any export
         return OrtBackend(source.export_dir(), name=name, threads=threads, precision=precision,
-                          device=gpu_index(device))
+                          device=gpu_index(device), decoder=decoder)
     from .torch_backend import TorchBackend
 
     return TorchBackend(source.module(), device=_torch_device(device), threads=threads,

@@ -14,6 +14,7 @@ PyTorch (no export behind the caller's back).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 
@@ -21,12 +22,14 @@ import numpy as np
 
 from .. import sequences
 from ..cache_dir import cache_root, machine_key
+from ..console import step
 from ..errors import TsfError
 from ..source import ModelSource
 
 # Height, width of the timing batch: BraTS in-plane size, at each backend's own batch size. A small
 # probe misleads: at 4x128x128 torch beat ONNX Runtime on the demo model, at 240x240 ORT is 1.5x faster.
 PROBE = (240, 240)
+_log = logging.getLogger(__name__)
 #: Fastest first, as expected (README, "GPU"; unmeasured).
 GPU_ORDER = ("trt", "ort-trt", "ort-cuda", "torch-cuda")
 
@@ -83,12 +86,20 @@ def plan(source: ModelSource, *, device: str = "cpu", threads: int | None = None
             problem = gpu_problem(candidate, source, index)
             if problem is None:
                 offered = True
+                _log.info("auto: trying %s on %s (the first usable one in the GPU order %s)", candidate, where,
+                          ", ".join(GPU_ORDER))
                 yield name, where
             else:
                 reasons.append(f"{candidate}: {problem}")
     if device in ("cpu", "auto") and precision in ("fp32", "bf16"):
+        if reasons and not offered:
+            _log.info("auto: the CPU, as no GPU backend is usable here (%s)", _gpu_summary(reasons))
         offered = True
-        yield ("torch" if precision == "bf16" else choose_backend(source, device="cpu", threads=threads)), "cpu"
+        if precision == "bf16":
+            _log.info("auto: torch on the CPU (the only CPU backend that takes --precision bf16)")
+            yield "torch", "cpu"
+        else:
+            yield choose_backend(source, device="cpu", threads=threads), "cpu"
     if not offered and device == "cpu":
         raise TsfError(f"--precision {precision} runs on GPU backends only: use --device cuda (or auto)")
     if not offered:
@@ -97,29 +108,49 @@ def plan(source: ModelSource, *, device: str = "cpu", threads: int | None = None
                        f"here ({detail})")
 
 
+def _gpu_summary(reasons: list[str]) -> str:
+    """Every GPU candidate's reason, unless it is simply that there is no GPU."""
+    nogpu = [r for r in reasons if "no CUDA GPU" in r or "no NVIDIA GPU" in r]
+    return nogpu[0].split(": ", 1)[1] if nogpu else "; ".join(reasons)
+
+
 def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | None = None) -> str:
     source = ModelSource.resolve(source)
     if source.kind == "export":
+        _log.info("auto: ort (an export directory has no PyTorch weights)")
         return "ort"
     if device != "cpu" or source.kind == "module":
+        _log.info("auto: torch (%s)", "a model handed over from Python stays in PyTorch" if source.kind == "module"
+                  else f"on {device}")
         return "torch"  # a live PyTorch model stays in PyTorch: no export behind the caller's back
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
+        _log.info("auto: torch (onnxruntime is not installed)")
         return "torch"
     record = cache_root() / "auto" / f"{source.model_id}-{machine_key()}-t{threads or 0}-p2.json"  # p2: 240x240 probe
     try:
-        return json.loads(record.read_text())["choice"]
-    except (OSError, ValueError, KeyError):
+        cached = json.loads(record.read_text())
+        _log.info("auto: %s (measured earlier on this machine: %s; record %s)", cached["choice"],
+                  _timings_text(cached["seconds_per_slice"]), record)
+        return cached["choice"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    timings = measure(source, threads)
+    with step("auto: timing torch against ONNX Runtime on this model (once per model and machine)", _log):
+        timings = measure(source, threads)
     choice = min(timings, key=timings.get)
+    _log.info("auto: %s, the fastest here (%s)", choice, _timings_text(timings))
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"seconds_per_slice": timings, "probe_hw": PROBE, "choice": choice}, indent=2))
     except OSError:
         pass  # no cache: measure again next time
     return choice
+
+
+def _timings_text(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name} {1e3 * seconds:.1f} ms/slice" for name, seconds in sorted(timings.items(),
+                                                                                      key=lambda kv: kv[1]))
 
 
 def measure(source: ModelSource, threads: int | None) -> dict[str, float]:

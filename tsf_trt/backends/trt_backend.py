@@ -55,7 +55,7 @@ class TrtBackend(Backend):
         from tsf_trt.engines.cuda import GpuContext
         from tsf_trt.engines.gpu import device_info, import_tensorrt, require_trt
         from tsf_trt.engines.keys import Platform
-        from tsf_trt.engines.manager import BuildSettings, EngineManager, stderr_reporter
+        from tsf_trt.engines.manager import BuildSettings, EngineManager, log_reporter
         from tsf_trt.engines.profiles import DEFAULT_PROFILE
         from tsf_trt.engines.runtime import EngineSet
 
@@ -64,7 +64,7 @@ class TrtBackend(Backend):
         info = device_info(device)
         settings = BuildSettings(precision, profile or DEFAULT_PROFILE, workspace_gib)
         manager = EngineManager(export_dir, Platform(str(trt.__version__), info.name, info.compute_capability),
-                                settings, report=report or stderr_reporter, progress=progress)
+                                settings, report=report or log_reporter, progress=progress)
         gpu = GpuContext(device)
         return cls(manager, EngineSet(manager, trt), gpu, precision=precision)
 

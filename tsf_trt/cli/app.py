@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..console import EXIT_ERROR, EXIT_INTERRUPTED, err, out, progress_bar, user_errors
+from ..console import EXIT_ERROR, EXIT_INTERRUPTED, err, log, out, progress_bar, setup_logging, step, user_errors
 
 app = typer.Typer(
     name="tsf-trt",
@@ -31,6 +31,8 @@ def common(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """TSF-Seq2Seq MRI synthesis with TSEM (MICCAI 2023), as a fast, dependable command."""
+    setup_logging()  # each long command sets it up again with its --quiet, --no-progress, --log-file
 
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "app", "err", "out", "progress_bar", "user_errors"]
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "app", "err", "log", "out", "progress_bar", "setup_logging", "step",
+           "user_errors"]

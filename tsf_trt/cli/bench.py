@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import app, err, out, progress_bar, user_errors
+from . import params
+from .app import app, err, out, progress_bar, setup_logging, step, user_errors
 
 bench_app = typer.Typer(name="bench", add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
                         context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,10 +20,10 @@ app.add_typer(bench_app, name="bench")
 @user_errors
 def bench(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model directory or export directory "
-                                                 "(an export runs on the ONNX Runtime backends only; the torch "
-                                                 "rows are then skipped). Default: the bundled demo model.",
-                                                 show_default=False)] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory or export directory "
+                                                  "(an export runs on the ONNX Runtime backends only; the torch "
+                                                  "rows are then skipped). Default: the bundled demo model.",
+                                                  show_default=False)] = None,
     backends: Annotated[str, typer.Option("--backends", "-b", help="Comma list of torch, ort, ort-cuda, ort-trt, "
                                           "trt, reference, or 'all'. Unavailable ones are listed as skipped with "
                                           "the reason. 'reference' (the authors' way, batch 1) is added unless "
@@ -37,22 +38,21 @@ def bench(
     decoders: Annotated[str, typer.Option("--decoders", help="ONNX Runtime rows: baked (per-target decoders, "
                                           "the runtime's default when the export has them), code (the "
                                           "code-input decoder), or baked,code for one row each.")] = "baked",
-    shape: Annotated[Optional[str], typer.Option("--shape", help="Phantom volume as Z x Y X: slices first, then "
-                                                 "the in-plane size (the phantom is built as X, Y, Z = 240, 240, "
-                                                 "155 for the default).", show_default="155x240x240")] = None,
-    inputs: Annotated[Optional[int], typer.Option("--inputs", help="How many input sequences: 1, 2 or 3, taken "
-                                                  "in the order T1, FLAIR, T1Gd, T2 without the target (default 3; "
-                                                  "1 for a Seq2Seq-only model).", show_default=False)] = None,
-    target: Annotated[str, typer.Option("--target", "-t", help="Sequence to synthesise.")] = "t2",
+    shape: Annotated[Optional[tuple[int, int, int]], typer.Option("--shape", metavar="X Y Z", help="Voxels of "
+                                                                  "the phantom per axis, in the file's (x, y, z) "
+                                                                  "order, as for `tsf-trt phantom`.",
+                                                                  show_default="240 240 155")] = None,
+    sources: Annotated[Optional[str], typer.Option("--sources", help="Input sequences, e.g. t1,flair (default: "
+                                                   "the first three of T1, FLAIR, T1Gd, T2 that are not the "
+                                                   "target; T1 alone for a Seq2Seq-only model).",
+                                                   show_default=False)] = None,
+    target: params.Target = "t2",
     tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", help="Include TSEM (the decoder runs on 2N "
                                        "slices).")] = True,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed whole-volume runs per row first.")] = 1,
     iterations: Annotated[int, typer.Option("--iterations", help="Timed whole-volume runs per row.")] = 3,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for every runtime and the GEMM "
-                                                   "measurement (default: the runtimes' choice).",
-                                                   show_default=False)] = None,
-    device: Annotated[str, typer.Option("--device", help="torch and reference rows: auto (cuda when available), "
-                                        "cpu or cuda.")] = "auto",
+    threads: params.Threads = None,
+    device: params.Device = "auto",
     reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Add the reference row, so every "
                                             "figure is also a ratio to the authors' way.")] = True,
     io_subjects: Annotated[int, typer.Option("--io-subjects", help="Copies of the subject run in folder mode with "
@@ -68,12 +68,15 @@ def bench(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: latency per stage per row, and "
                                                  "throughput against batch size.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing report files.")] = False,
+    quiet: params.Quiet = False,
+    no_progress: params.NoProgress = False,
+    log_file: params.LogFile = None,
 ) -> None:
     """Time every backend on one volume: per-stage latency (mean, p50, p90, p99, min), end-to-end seconds, throughput, peak memory, GFLOP/s against the machine's GEMM rate, ratios to torch and to the authors' way, agreement with torch fp32 (PSNR, max differences of image, TSEM and ω), and folder-mode I/O overlap.
 
     Each iteration is what `tsf-trt infer` does for one subject: read the NIfTI inputs, synthesise, write the outputs. `tsf-trt bench suite` regenerates the README's performance table (options of its own: tsf-trt bench suite --help).
 
-    Example: tsf-trt bench --model models/small --backends torch,ort --batch-sizes 1,4 --shape 32x128x128 --json bench.json
+    Example: tsf-trt bench --backends torch,ort --batch-sizes 1,4 --shape 128 128 32 --json bench/small.json
     """
     if ctx.invoked_subcommand is not None:
         _refuse_own_options(ctx)
@@ -81,37 +84,41 @@ def bench(
     from tsf_trt.bench.report import print_report, write_files
     from tsf_trt.bench.runner import DEFAULT_SHAPE, BenchRun, BenchSettings
     from tsf_trt.bench.variants import DECODERS, parse_backends, parse_batch_sizes, parse_list
-    from tsf_trt.bench.workload import parse_shape
+    from tsf_trt.bench.workload import check_shape
 
     from .. import sequences
     from ..backends import PRECISIONS
     from ..errors import InputError, TsfError
     from ..bundled import resolve_model
-    from ..atomic import check_writable
-    from ..options import check_threads
+    from ..atomic import check_writable, make_folder
+    from ..options import RunOptions, check_threads
 
     for flag, value, low in (("--warmup", warmup, 0), ("--iterations", iterations, 1),
                              ("--io-subjects", io_subjects, 0)):
         if value is not None and value < low:
             raise TsfError(f"{flag} must be at least {low}, got {value}")
+    setup_logging(quiet, no_progress, log_file)
     check_threads(threads)
-    if inputs is not None and not 1 <= inputs <= 3:
-        raise TsfError(f"--inputs must be 1, 2 or 3, got {inputs}")
+    options = RunOptions(device=device, threads=threads)  # the one check of --device
     try:
         target_index = sequences.parse(target)
     except TsfError as exc:
         raise TsfError(f"--target: {exc}") from None
+    source_list = tuple(_sequences("--sources", sources)) if sources else None
+    if source_list and target_index in source_list:
+        raise TsfError(f"--sources: {sequences.DISPLAY[target_index]} is the target itself")
     if subject is not None and shape is not None:
         raise TsfError("--shape makes a phantom; --subject benchmarks a real one: give only one of them")
     if subject is not None and not subject.is_dir():
         raise InputError(subject, "no such subject folder")
-    shape_zyx = parse_shape(shape) if shape is not None else None
+    shape_zyx = check_shape(shape) if shape is not None else None
     outputs = [p for p in (json_path, markdown, plot) if p is not None]
     if len({p.resolve() for p in outputs}) < len(outputs):
         raise TsfError("--json, --markdown and --plot must name different files")
     if plot is not None and plot.suffix.lower() != ".png":
         raise InputError(plot, "the plot is a PNG: give a file name ending in .png")
     for path in outputs:
+        make_folder(path.parent)
         check_writable(path, overwrite)  # before minutes of measuring
     all_precisions = tuple(dict.fromkeys(p for taken in PRECISIONS.values() for p in taken))
     row_kinds = {"precisions": parse_list("--precisions", precisions, all_precisions),
@@ -121,10 +128,10 @@ def bench(
         raise InputError(model_path, "no such model or export directory")
     settings = BenchSettings(model=model_path, backends=parse_backends(backends, reference),
                              batch_sizes=parse_batch_sizes(batch_sizes), target=target_index, shape_zyx=shape_zyx,
-                             subject=subject, n_inputs=inputs, tsem=tsem, warmup=warmup, iterations=iterations,
-                             threads=threads, device=_device(device), io_subjects=io_subjects, **row_kinds)
-    what = "the subject" if subject is not None else f"a {'x'.join(map(str, shape_zyx or DEFAULT_SHAPE))} phantom"
-    with err.status(f"loading {model_path} and writing {what} ..."):
+                             subject=subject, sources=source_list, tsem=tsem, warmup=warmup, iterations=iterations,
+                             threads=threads, device=_device(options.device), io_subjects=io_subjects, **row_kinds)
+    what = "the subject" if subject is not None else f"a {' '.join(map(str, (shape_zyx or DEFAULT_SHAPE)[::-1]))} phantom"
+    with step(f"loading {model_path} and writing {what}"):
         bench_run = BenchRun(settings)
     with bench_run, progress_bar() as bar:
         task = bar.add_task("bench", total=None)
@@ -154,14 +161,12 @@ def suite(
                                                   show_default=False)] = None,
     config: Annotated[str, typer.Option("--config", help="Preset of the random-weight model: paper, small or "
                                         "demo.")] = "paper",
-    shape: Annotated[str, typer.Option("--shape", help="Phantom volume as Z x Y x X (slices first).")]
-    = "155x240x240",
+    shape: params.Shape = (240, 240, 155),
     variants: Annotated[str, typer.Option("--variants", help="Comma list of the table's rows: reference, torch, "
                                           "torch-bf16 (autocast), ort-code (code-input decoder), ort-baked "
                                           "(per-target decoders); default: all five, in this order.",
                                           show_default=False)] = "reference,torch,torch-bf16,ort-code,ort-baked",
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for every variant (default: "
-                                                   "the runtimes' choice).", show_default=False)] = None,
+    threads: params.Threads = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per network batch "
                                                       "(default: each backend's own choice; reference is always "
                                                       "1).", show_default=False)] = None,
@@ -170,24 +175,29 @@ def suite(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Markdown file (default: standard "
                                                    "output).", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output.")] = False,
+    quiet: params.Quiet = False,
+    no_progress: params.NoProgress = False,
+    log_file: params.LogFile = None,
 ) -> None:
     """Regenerate the README's performance table on this machine, as Markdown: every variant on the same phantom, in one run, same threads, on the CPU; seconds of in-memory synthesis per volume, the ratio to the authors' way, and the image's agreement with torch fp32.
 
-    The paper configuration at 155x240x240 takes hours on a few cores; --config small --shape 32x128x128 takes minutes.
+    The paper configuration at 240 240 155 takes hours on a few cores; --config small --shape 128 128 32 takes minutes.
 
-    Example: tsf-trt bench suite --config small --shape 32x128x128 --threads 2 -o performance.md
+    Example: tsf-trt bench suite --config small --shape 128 128 32 --threads 2 -o performance.md
     """
     import sys
 
     from tsf_trt.bench.suite import parse_variants, run_suite
-    from tsf_trt.bench.workload import parse_shape
+    from tsf_trt.bench.workload import check_shape
 
-    from ..atomic import atomic_path, check_writable
+    from ..atomic import atomic_path, check_writable, make_folder
     from ..options import check_threads
 
+    setup_logging(quiet, no_progress, log_file)
     check_threads(threads)
-    names, shape_zyx = parse_variants(variants), parse_shape(shape)
+    names, shape_zyx = parse_variants(variants), check_shape(shape)
     if output is not None:
+        make_folder(output.parent)
         check_writable(output, overwrite)  # before hours of measuring
     with progress_bar() as bar:
         task = bar.add_task("suite", total=None)
@@ -203,14 +213,20 @@ def suite(
         err.print(f"wrote {output}", highlight=False, soft_wrap=True)
 
 
-def _device(device: str) -> str:
+def _sequences(flag: str, text: str) -> list[int]:
+    from .. import sequences
     from ..errors import TsfError
 
+    try:
+        return sequences.parse_list(text)
+    except TsfError as exc:
+        raise TsfError(f"{flag}: {exc}") from None
+
+
+def _device(device: str) -> str:
+    """torch and reference rows run on one device: auto is CUDA when torch sees it."""
     if device == "auto":
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise TsfError(f"--device must be auto, cpu or cuda, got '{device}'")
     return device
-

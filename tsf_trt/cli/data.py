@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from .app import app, out, progress_bar, user_errors
+from . import params
+from .app import app, log, out, progress_bar, setup_logging, user_errors
 
 _LAYOUTS = ("brats2021", "brats2023")
 
@@ -21,10 +22,7 @@ def phantom(
                                           show_default=False)],
     seed: Annotated[int, typer.Option("--seed", min=0, help="Subject k is made from seed + k, so it is the same "
                                       "whatever --subjects is.")] = 0,
-    shape: Annotated[tuple[int, int, int], typer.Option("--shape", metavar="X Y Z", help="Voxels per axis. The "
-                                                        "field of view is always BraTS's 240x240x155 mm: the "
-                                                        "default gives 1 mm voxels, smaller shapes coarser ones.")
-                     ] = (240, 240, 155),
+    shape: params.Shape = (240, 240, 155),
     layout: Annotated[str, typer.Option("--layout", help="File naming: brats2021 (<subj>/<subj>_t1.nii.gz, _t1ce, "
                                         "_t2, _flair, _seg; labels 1 NCR, 2 ED, 4 ET) or brats2023 "
                                         "(<subj>/<subj>-t1n.nii.gz, -t1c, -t2w, -t2f, -seg; labels 1 NCR, 2 ED, "
@@ -34,6 +32,9 @@ def phantom(
                                                  "fraction of the subjects hard, to test a QC flag: tumour radii "
                                                  "x1.6 and noise x3, named PhantomHard_... Which seeds are hard "
                                                  "depends on the seed only (a golden-ratio sequence).")] = 0.0,
+    quiet: params.Quiet = False,
+    no_progress: params.NoProgress = False,
+    log_file: params.LogFile = None,
 ) -> None:
     """Write phantom subjects with ground truth: T1, T1Gd, T2 and FLAIR of one simulated brain, plus its tumour labels.
 
@@ -43,6 +44,7 @@ def phantom(
     """
     from ..errors import TsfError
 
+    setup_logging(quiet, no_progress, log_file)
     layout = layout.strip().lower()
     if layout not in _LAYOUTS:
         raise TsfError(f"unknown --layout '{layout}': use brats2021 or brats2023")
@@ -54,7 +56,7 @@ def phantom(
     with progress_bar() as bar:
         task = bar.add_task("phantom", total=subjects)
         folders = write_subjects(output, subjects, seed=seed, shape=shape, layout=layout, overwrite=overwrite,
-                                 on_subject=lambda folder: bar.update(task, advance=1, description=folder.name),
+                                 on_subject=lambda folder: (log.info("wrote %s", folder), bar.update(task, advance=1, description=folder.name)),
                                  hard_fraction=hard_fraction)
     voxel = "x".join(f"{mm / n:.3g}" for mm, n in zip((240, 240, 155), shape))
     out.print(f"wrote {len(folders)} subject(s) to {output} ({layout}, {'x'.join(map(str, shape))} voxels of "

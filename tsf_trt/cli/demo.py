@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import app, err, out, progress_bar, user_errors
+from . import params
+from .app import app, log, out, progress_bar, setup_logging, step, user_errors
 
 
 @app.command("demo")
@@ -15,15 +16,15 @@ from .app import app, err, out, progress_bar, user_errors
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the phantom subject, both syntheses, "
                                          "the figures and demo.json (created if missing).")] = Path("tsf-trt-demo"),
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model or export directory. Default: "
-                                                  "the bundled demo model.", show_default=False)] = None,
+    model: params.Model = None,
     backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime, as for infer (auto: the fastest here, "
                                          "measured once and cached).")] = "auto",
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: all cores).",
-                                                   show_default=False)] = None,
-    shape: Annotated[tuple[int, int, int], typer.Option("--shape", metavar="X Y Z", help="Voxels of the phantom "
-                                                        "(field of view 240x240x155 mm).")] = (240, 240, 155),
+    threads: params.Threads = None,
+    shape: params.Shape = (240, 240, 155),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the outputs of an earlier demo.")] = False,
+    quiet: params.Quiet = False,
+    no_progress: params.NoProgress = False,
+    log_file: params.LogFile = None,
 ) -> None:
     """Synthesise the T2 of a held-out phantom from T1 + FLAIR, then from T1 + T1Gd + FLAIR, and score both.
 
@@ -34,15 +35,20 @@ def demo(
     from rich.table import Table
 
     from ..demo import TARGET, check_demo, run_demo
+    from ..options import RunOptions
     from ..pipeline import Synthesizer
     from ..source import ModelSource
 
+    setup_logging(quiet, no_progress, log_file)
+    options = RunOptions(backend, threads=threads)  # every value, before any work
     check_demo(output, overwrite)  # before the model loads
     source = ModelSource.resolve(model)
-    with err.status(f"loading model {source.path} ..."):
-        synth = Synthesizer(source, backend, threads=threads)
+    with step(f"loading model {source.path}"):
+        synth = Synthesizer(source, options.backend, threads=options.threads)
+    log.info("backend: %s", synth.backend.describe())
     with progress_bar() as bar:
         def on_task(task: str):
+            log.info("demo: %s", task)
             job = bar.add_task(task, total=None)
             return lambda done, total: bar.update(job, completed=done, total=total)
 

@@ -12,9 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
-from rich.markup import escape
-
-from .app import EXIT_ERROR, err, out, progress_bar
+from .app import EXIT_ERROR, log, out, progress_bar, step
 
 
 def run_devices(devices_text: str, model: Path | None, options, request, subjects) -> None:
@@ -27,7 +25,7 @@ def run_devices(devices_text: str, model: Path | None, options, request, subject
     if options.device == "cpu":
         raise TsfError("--devices runs one worker per GPU: drop --device cpu")
     source = ModelSource.resolve(model)
-    with err.status(f"preparing {source.path} for the workers (an ONNX export, once) ..."):
+    with step(f"preparing {source.path} for the workers (an ONNX export, once)"):
         export_once(source, options.backend)
     job = WorkerJob(source, replace(options, device="cuda"), request)
     summary, broken = FolderSummary(), []
@@ -38,17 +36,17 @@ def run_devices(devices_text: str, model: Path | None, options, request, subject
         def on_event(event) -> None:
             kind, gpu, payload = event
             if kind == "ready":
-                bar.console.print(f"GPU {gpu}: {escape(payload)}", highlight=False, soft_wrap=True)
+                log.info("GPU %s: %s", gpu, payload)
             elif kind == "end":
-                summary.outcomes.append(SubjectOutcome(payload["subject"], payload["status"], error=payload["error"],
-                                                       removed=[Path(p) for p in payload.get("removed", [])]))
+                outcome = SubjectOutcome(payload["subject"], payload["status"], error=payload["error"],
+                                         removed=[Path(p) for p in payload.get("removed", [])])
+                summary.outcomes.append(outcome)
                 bar.advance(overall)
-                if payload["status"] == "failed":
-                    bar.console.print(f"[red]failed[/] {escape(payload['subject'])}: {escape(str(payload['error']))}",
-                                      highlight=False, soft_wrap=True)
+                (log.error if outcome.status == "failed" else log.info)("GPU %s: %s", gpu,
+                                                                        payload.get("line") or outcome.line())
             elif kind == "fatal":
                 broken.append(gpu)
-                bar.console.print(f"[red]GPU {gpu} stopped[/]: {escape(payload)}", highlight=False, soft_wrap=True)
+                log.error("GPU %s stopped: %s", gpu, payload)
 
         run_on_devices(job, subjects, devices, on_event)
     out.print(f"{summary.line(time.perf_counter() - start)}, on {len(devices)} GPUs"

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..engines.profiles import DEFAULT_PROFILE
-from .app import app, err, out, progress_bar, user_errors
+from .app import app, out, progress_bar, user_errors
 
 _D = DEFAULT_PROFILE
 
@@ -76,7 +76,7 @@ def build(
 
     Engines are keyed by graph hash, TensorRT version, GPU name and compute capability, precision and
     profile: a cached engine that matches is kept, any other is rebuilt, never loaded.
-    Example: tsf-trt engines build --model exports/paper --precision fp16 --opt-size 240x240
+    Example: tsf-trt engines build --model exports/demo --precision fp16 --opt-size 240x240
     """
     from ..engines.gpu import device_info, import_tensorrt, require_trt
     from ..engines.keys import Platform
@@ -88,13 +88,11 @@ def build(
     profile = make_profile(max_batch=max_batch, min_size=min_size, opt_size=opt_size, max_size=max_size)
     settings = BuildSettings(precision, profile, workspace)
     model_source = ModelSource.resolve(model)
-    with err.status(f"exporting {model_source.path} to ONNX (once; cached) ..."):
-        source = model_source.export_dir()  # an export directory is itself
+    source = model_source.export_dir()  # an export directory is itself; a model is exported once (logged)
     trt = import_tensorrt()
     info = device_info(device)
     with progress_bar() as bar:
         manager = EngineManager(source, Platform(str(trt.__version__), info.name, info.compute_capability), settings,
-                                report=lambda message: bar.console.print(message, highlight=False, soft_wrap=True),
                                 progress=lambda label: _PhaseDisplay(bar, label))
         profile.check(manager.downsample)
         decoders = [g for g in manager.graphs if g.startswith("decoder_")] or ["decoder"]

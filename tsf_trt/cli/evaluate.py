@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import EXIT_ERROR, EXIT_INTERRUPTED, app, err, out, progress_bar, user_errors
+from . import params
+from .app import EXIT_ERROR, EXIT_INTERRUPTED, app, err, log, out, progress_bar, setup_logging, step, user_errors
 
 
 @app.command("evaluate", no_args_is_help=True)
@@ -16,9 +17,8 @@ def evaluate(
     data: Annotated[Path, typer.Option("--data", "-d", help="Folder of subjects with all the sequences to score "
                                        "against: one sub-folder per subject (BraTS 2021/2023 names, or "
                                        "`tsf-trt phantom` output) or flat BraTS-named files.", show_default=False)],
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model or export directory. Default: the "
-                                                  "bundled demo model.", show_default=False)] = None,
-    tasks: Annotated[Optional[list[str]], typer.Option("--tasks", "-t", help="Tasks to score: 'all' (every "
+    model: params.Model = None,
+    tasks: Annotated[Optional[list[str]], typer.Option("--tasks", help="Tasks to score: 'all' (every "
                                                        "non-empty source subset x every other target: 28), 'single' "
                                                        "(the 12 one-input tasks), '->t2' "
                                                        "(every task with that target), or tasks such as "
@@ -28,8 +28,7 @@ def evaluate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder (created if missing): "
                                          "report.md, summary.json, results.csv, figures/, subjects/ (the "
                                          "resume cache), qc.json with --calibrate-qc.")] = Path("evaluation"),
-    backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime, as for `infer`: auto, torch, ort, "
-                                         "ort-cuda, ort-trt, reference.")] = "auto",
+    backend: params.Backend = "auto",
     slice_step: Annotated[int, typer.Option("--slice-step", min=1, help="Score only the axial slices z = 0, K, 2K, "
                                             "... that hold head voxels (about K times faster). The slices "
                                             "scored are what a full run gives for them: each output slice "
@@ -52,16 +51,16 @@ def evaluate(
                                                "syntheses on these (held-out) data.", show_default=False)] = None,
     calibrate_qc: Annotated[bool, typer.Option("--calibrate-qc", help="Choose the QC threshold on these data "
                                                "and write REPORT/qc.json, for `tsf-trt infer --qc`.")] = False,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per network batch "
-                                                      "(default: the backend's choice, as for `infer`).",
-                                                      show_default=False)] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda (torch backend).")] = "cpu",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 (torch backend).")] = "fp32",
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for the network "
-                                                   "(default: the runtime's choice).", show_default=False)] = None,
+    batch_size: params.BatchSize = None,
+    device: params.Device = "auto",
+    precision: params.Precision = "fp32",
+    threads: params.Threads = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh in a report folder that holds "
                                             "another run (by default a folder holding the same run is resumed: "
                                             "finished subjects are reused).")] = False,
+    quiet: params.Quiet = False,
+    no_progress: params.NoProgress = False,
+    log_file: params.LogFile = None,
 ) -> None:
     """Score a model against ground truth, as the paper's Tables 1-2 and Fig. 3, with a TSEM-based QC flag.
 
@@ -75,7 +74,8 @@ def evaluate(
     from ..qc import check_model, load_calibration
     from ..subjects import find_subjects
 
-    RunOptions(backend, device, precision, batch_size, threads)  # every value, before any work
+    setup_logging(quiet, no_progress, log_file)
+    options = RunOptions(backend, device, precision, batch_size, threads)  # every value, before any work
     chosen = parse_tasks(tasks)
     find_subjects(data)  # a wrong --data fails before the model loads
     figure_spec: int | list[str]
@@ -94,7 +94,7 @@ def evaluate(
 
         lpips = load_lpips(lpips_weights, lpips_net)
         lpips_label = f"{lpips_net}: {lpips_weights}"
-    synth, model_path = _synthesizer(model, backend, batch_size, device, precision, threads)
+    synth, model_path = _synthesizer(model, options)
     if calibration is not None:
         check_model(calibration, synth.backend.model_id)
     settings = Settings(tasks=chosen, slice_step=slice_step, compare=compare, figures=figure_spec, lpips=lpips,
@@ -106,18 +106,14 @@ def evaluate(
         raise typer.Exit(EXIT_ERROR)
 
 
-def _synthesizer(model, backend: str, batch_size, device: str, precision: str, threads):
-    from ..errors import TsfError
+def _synthesizer(model, options):
     from ..pipeline import Synthesizer
     from ..source import ModelSource
 
     source = ModelSource.resolve(model)
-    path = source.path
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise TsfError(f"--device must be cpu or cuda, got '{device}'")
-    with err.status(f"loading model {path} ..."):
-        return Synthesizer(source, backend, batch_size=batch_size, device=device, threads=threads,
-                           precision=precision), path
+    with step(f"loading model {source.path}"):
+        return Synthesizer(source, options.backend, batch_size=options.batch_size, device=options.device,
+                           threads=options.threads, precision=options.precision), source.path
 
 
 def _run(synth, data: Path, output: Path, settings, model_label: str):
@@ -147,9 +143,11 @@ def _run(synth, data: Path, output: Path, settings, model_label: str):
         bar.advance(ids[0], sizes.get(outcome.subject, 0) - scored.get(outcome.subject, 0))
         bar.update(ids[1], visible=False)
         if outcome.status == "failed":
-            bar.console.print(f"[red]failed[/] {outcome.subject}: {outcome.error}", highlight=False, soft_wrap=True)
+            log.error("%s: failed: %s", outcome.subject, outcome.error)
         elif outcome.status == "skipped":
-            bar.console.print(f"skipped {outcome.subject}: {outcome.error}", highlight=False, soft_wrap=True)
+            log.info("%s: skipped: %s", outcome.subject, outcome.error)
+        else:
+            log.info("%s: scored%s", outcome.subject, " (reused from an earlier run)" if outcome.status == "cached" else "")
 
     try:
         return run_evaluation(synth, data, output, settings, model_label=model_label,

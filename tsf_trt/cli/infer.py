@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
+from ..atomic import make_folder, remove_empty_folders
 from ..claims import DEFAULT_LEASE_S
 from ..errors import InputError
-from .app import EXIT_ERROR, app, err, out, progress_bar, user_errors
+from . import params
+from .app import EXIT_ERROR, app, log, out, progress_bar, setup_logging, step, user_errors
 
 HELP_INPUTS = ("Input volumes (.nii/.nii.gz). The sequence is read from the file name (BraTS _t1/_t1ce/_t2/_flair, "
                "-t1n/-t1c/-t2w/-t2f, or t1/t1gd/t2/flair) or given as t1=PATH. Several files may follow one "
@@ -22,39 +23,21 @@ HELP_INPUTS = ("Input volumes (.nii/.nii.gz). The sequence is read from the file
 @app.command("infer", no_args_is_help=True)
 @user_errors
 def infer(
-    target: Annotated[str, typer.Option("--target", "-t", help="Sequence to synthesise: t1, t1gd, t2 or flair "
-                                        "(aliases t1n, t1ce, t1c, t2w, t2f).", show_default=False)],
+    target: params.Target,
     inputs: Annotated[Optional[list[str]], typer.Option("--inputs", "-i", help=HELP_INPUTS, show_default=False)] = None,
     more_inputs: Annotated[Optional[list[str]], typer.Argument(help="More input files (same forms as --inputs).",
                                                                  show_default=False, metavar="FILE")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (created if missing). "
-                                                   "Default: the first input's folder; in folder mode each "
-                                                   "subject's own folder, or OUTPUT/<subject>/ when given.",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (created if missing); "
+                                                   "with many subjects OUTPUT/<subject>/ (a BIDS dataset: the "
+                                                   "derivatives layout). Default: derivatives/tsf-trt in the data "
+                                                   "set's folder (the folder or BIDS dataset given, or the first "
+                                                   "input's folder), never beside the raw files.",
                                                    show_default=False)] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory (from `tsf-trt "
-                                                  "import-reference` or `tsf-trt train`) or export directory (from `tsf-trt "
-                                                  "export`). Default: the bundled demo model (trained on phantoms; "
-                                                  "see tsf_trt/bundled/demo/MODEL_CARD.md).",
-                                                  show_default=False)] = None,
-    backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime: auto (the fastest here, measured once "
-                                         "and cached), torch, ort (ONNX Runtime CPU; a model directory is exported "
-                                         "into the cache once), ort-cuda, ort-trt (need onnxruntime-gpu), "
-                                         "trt (TensorRT engines, built once and cached beside the export; needs "
-                                         "the gpu extra), reference (torch run the authors' way, for "
-                                         "measurements). On a GPU auto tries trt, ort-trt, ort-cuda, torch in "
-                                         "that order.")] = "auto",
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Slices per network batch "
-                                                      "(default: on CPU as many as keep a batch's activations within "
-                                                      "32 MiB (ort) or 16 MiB (torch), e.g. 2 or 1 for the paper config at "
-                                                      "240x240; 16 on GPU). "
-                                                      "Memory grows with it, not with the volume.",
-                                                      show_default=False)] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (a GPU when one is usable, else the CPU), cpu, "
-                                        "cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="fp32; bf16 (torch: autocast; faster on CPUs with "
-                                           "bf16 instructions, less exact: README, Performance); fp16 (trt, ort-trt, "
-                                           "ort-cuda: FP16 graphs, InstanceNorm and ω in FP32); best (trt: fp16 "
-                                           "except the fusion graph).")] = "fp32",
+    model: params.Model = None,
+    backend: params.Backend = "auto",
+    batch_size: params.BatchSize = None,
+    device: params.Device = "auto",
+    precision: params.Precision = "fp32",
     tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", help="Also write the TSEM map (costs a second "
                                        "decoder pass, run in the same batch).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs; in folder mode, "
@@ -78,8 +61,7 @@ def infer(
     combine: Annotated[str, typer.Option("--combine", help="How the 3 output channels of neighbouring 2.5D "
                                          "samples make a slice: middle (the reference) or mean (of every "
                                          "prediction of the slice).")] = "middle",
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for the network "
-                                                   "(default: the runtime's choice).", show_default=False)] = None,
+    threads: params.Threads = None,
     qc: Annotated[Optional[Path], typer.Option("--qc", help="QC calibration (qc.json from `tsf-trt evaluate "
                                                "--calibrate-qc` on held-out data with ground truth, same model): "
                                                "its TSEM threshold scores the report's \"qc\" block and its cut "
@@ -94,6 +76,33 @@ def infer(
     wait: Annotated[bool, typer.Option("--wait", help="Folder mode: when other runs hold subjects, wait for them "
                                        "to finish those (or take them over if they die) instead of leaving them: "
                                        "when this run ends, every subject is done or failed.")] = False,
+    bids: Annotated[Optional[Path], typer.Option("--bids", help="A BIDS dataset: subjects sub-*/[ses-*/]anat/ "
+                                                 "with T1w (ce-*: T1Gd), T2w, FLAIR; outputs as a BIDS derivative "
+                                                 "dataset (default -o BIDS/derivatives/tsf-trt). A folder given "
+                                                 "to --inputs that has dataset_description.json is read the same "
+                                                 "way.", show_default=False)] = None,
+    participant_label: Annotated[Optional[list[str]], typer.Option("--participant-label", help="BIDS: only "
+                                                                   "these subjects (01 or sub-01; repeat, or "
+                                                                   "01,02).", show_default=False)] = None,
+    session: Annotated[Optional[list[str]], typer.Option("--session", help="BIDS: only these sessions (repeat, or "
+                                                         "pre,post).", show_default=False)] = None,
+    bids_filter: Annotated[Optional[list[str]], typer.Option("--bids-filter", help="BIDS: keep the candidates "
+                                                             "with ENTITY=LABEL (acq=mprage; t1.run=2 for one "
+                                                             "sequence; ce= for those without the entity) when "
+                                                             "a sequence has several; repeat for more.",
+                                                             show_default=False, metavar="ENTITY=LABEL")] = None,
+    map_file: Annotated[Optional[Path], typer.Option("--map", help="CSV of subject,sequence,path rows (paths "
+                                                     "relative to the CSV): subjects for any layout the naming "
+                                                     "rules do not read.", show_default=False)] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Make the preprocessing checks' warnings (voxel size "
+                                         "far from 1 mm, not skull-stripped, inputs not aligned) errors: that "
+                                         "subject fails.")] = False,
+    resample: Annotated[bool, typer.Option("--resample", help="Inputs on different grids or far from 1 mm: "
+                                           "resample them to 1 mm isotropic for the network and write the "
+                                           "outputs back on the first input's grid.")] = False,
+    quiet: params.Quiet = False,
+    no_progress: params.NoProgress = False,
+    log_file: params.LogFile = None,
 ) -> None:
     """Synthesise a missing sequence for whole volumes, with TSEM and contribution weights.
 
@@ -101,77 +110,112 @@ def infer(
 
     Folder mode is safe to run in many processes at once, on one machine or many sharing the folders: each subject is claimed before work, finished ones are skipped, claims of dead runs are taken over (README, "Many processes, many machines").
 
-    Example: tsf-trt infer --inputs sub_t1.nii.gz sub_flair.nii.gz --target t2 --model models/small
+    Example: tsf-trt infer --inputs phantoms/Phantom_00000/Phantom_00000_t1.nii.gz phantoms/Phantom_00000/Phantom_00000_flair.nii.gz --target t2
+
+    Example: tsf-trt infer --inputs phantoms --target t2 --sources t1,flair -o synth
     """
     from .. import sequences
     from ..errors import TsfError
     from ..options import InferRequest, RunOptions
     from ..qc import check_model
-    from ..subjects import gather
+    from ..subjects import Intake, gather
 
+    setup_logging(quiet, no_progress, log_file)
     options = RunOptions(backend, device, precision, batch_size, threads, combine)  # every value, before any work
-    items = [*(inputs or []), *(more_inputs or [])]
-    folder_mode = len(items) == 1 and Path(items[0]).is_dir()
-    flags = {"--channels": channels, "--sources": sources, "--shard": shard, "--devices": devices, "--wait": wait,
-             "--claim-lease": claim_lease != DEFAULT_LEASE_S}
-    if not folder_mode:
-        for flag in (f for f, value in flags.items() if value):
-            raise TsfError(f"{flag} is for folder mode (--inputs FOLDER)")
-    elif subject:
-        raise TsfError("--subject names one subject; folder mode takes names from the folder")
     try:
         target_index = sequences.parse(target)
     except TsfError as exc:
         raise TsfError(f"--target: {exc}") from None
+    intake = Intake(tuple([*(inputs or []), *(more_inputs or [])]), subject,
+                    tuple(sequences.parse_list(channels)) if channels else None, shard, bids,
+                    _labels(participant_label), _labels(session), _bids_filter(bids_filter), map_file)
+    _check_mode(intake, {"--channels": channels, "--sources": sources, "--shard": shard, "--devices": devices,
+                         "--wait": wait, "--claim-lease": claim_lease != DEFAULT_LEASE_S},
+                {"--participant-label": participant_label, "--session": session, "--bids-filter": bids_filter})
+    default_output = output is None
+    output = intake.root / "derivatives" / "tsf-trt" if output is None else output
     request = InferRequest(target_index, sequences.parse_list(sources) if sources else None, output, tsem,
-                           overwrite, qc, claim_lease, wait)
+                           overwrite, qc, claim_lease, wait, strict=strict, resample=resample)
     if devices:
         from ..multigpu import parse_devices
 
         parse_devices(devices)  # fails at once without GPUs, before any folder is scanned
-    subjects = gather(items, target_index, subject=subject,
-                      channels=sequences.parse_list(channels) if channels else None, shard_spec=shard)
-    created = _make_folder(output) if output is not None else None
+    gathered = gather(intake, target_index)
+    if default_output:
+        log.info("output: %s (the default, in the data set's folder; choose another with -o)", output)
+    _log_unused(gathered, intake)
+    created = make_folder(output)
     try:
         if devices:
             from .devices import run_devices
 
-            return run_devices(devices, model, options, request, subjects)
+            return run_devices(devices, model, options, request, gathered.subjects)
         synth = _synthesizer(model, options)
         if request.qc is not None:
             check_model(request.qc, synth.backend.model_id)
-        if folder_mode:
-            _run_folder(synth, subjects, request)
+        if intake.mode == "single":
+            _run_one(synth, gathered.subjects[0], request)
         else:
-            _run_one(synth, subjects[0], request)
+            _run_folder(synth, gathered.subjects, request)
     except BaseException:
-        _remove_if_empty(created, output)
+        remove_empty_folders(created, output)
         raise
 
 
-def _make_folder(path: Path) -> Path | None:
-    """Create the output folder; return the topmost folder this created (None if it existed)."""
-    if path.exists() and not path.is_dir():
-        raise InputError(path, "output folder is a file")
-    top = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(path, f"cannot create the output folder ({exc.strerror})") from None
-    return top
+def _check_mode(intake, many: dict, bids: dict) -> None:
+    """Options that do not apply to the mode are errors, not silently ignored."""
+    from ..errors import TsfError
 
-
-def _remove_if_empty(top: Path | None, leaf: Path | None) -> None:
-    """A failed run leaves no folders it created, as long as they are still empty."""
-    if top is None or leaf is None:
+    mode = intake.mode
+    if mode == "single":
+        for flag in (f for f, value in {**many, **bids}.items() if value):
+            raise TsfError(f"{flag} is for folder mode (many subjects: --inputs FOLDER, --bids DIR or --map CSV)")
         return
-    for folder in [leaf, *leaf.parents]:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        if folder == top:
-            return
+    if intake.subject:
+        raise TsfError("--subject names one subject; with many subjects the names come from the data")
+    if mode != "bids":
+        for flag in (f for f, value in bids.items() if value):
+            raise TsfError(f"{flag} is for a BIDS dataset (--bids DIR)")
+    if mode != "folder" and many["--channels"]:
+        raise TsfError("--channels is for a folder of nnU-Net files (--inputs FOLDER)")
+    if (intake.bids is not None or intake.map_file is not None) and intake.items:
+        raise TsfError(f"--inputs and {'--bids' if intake.bids is not None else '--map'} both name the data: "
+                       "give one of them")
+    if intake.bids is not None and intake.map_file is not None:
+        raise TsfError("--bids and --map both name the data: give one of them")
+
+
+def _labels(values: list[str] | None) -> tuple[str, ...] | None:
+    """`--participant-label 01 --participant-label 02` or `--participant-label 01,02`."""
+    if not values:
+        return None
+    return tuple(v.strip() for value in values for v in value.replace(",", " ").split() if v.strip())
+
+
+def _bids_filter(values: list[str] | None) -> tuple[tuple[str, str | None], ...]:
+    from ..errors import TsfError
+
+    pairs = []
+    for value in values or ():
+        key, sep, label = value.partition("=")
+        if not sep or not key.strip():
+            raise TsfError(f"--bids-filter '{value}': expected ENTITY=LABEL (e.g. acq=mprage, t1.run=1, or "
+                           "ce= for files without the entity)")
+        pairs.append((key.strip(), label.strip() or None))
+    return tuple(pairs)
+
+
+def _log_unused(gathered, intake) -> None:
+    """No silent drops: every file of the data set that is not used, one line per subject."""
+    for subject in gathered.subjects:
+        if subject.unused:
+            log.info("%s: not used: %s", subject.name, _files(subject.unused))
+    if gathered.unused:
+        log.info("%s: not used (no subject): %s", intake.root, _files(gathered.unused))
+
+
+def _files(items) -> str:
+    return "; ".join(f"{path.name} ({why})" for path, why in items)
 
 
 def _synthesizer(model: Path | None, options):
@@ -179,11 +223,11 @@ def _synthesizer(model: Path | None, options):
     from ..source import ModelSource
 
     source = ModelSource.resolve(model)
-    note = " (auto: the first run on a model exports it to ONNX and times torch against ONNX Runtime, once)" \
-        if options.backend == "auto" else ""
-    with err.status(f"loading model {source.path}{note} ..."):
-        return Synthesizer(source, options.backend, batch_size=options.batch_size, device=options.device,
-                           combine=options.combine, threads=options.threads, precision=options.precision)
+    with step(f"loading model {source.path}"):
+        synth = Synthesizer(source, options.backend, batch_size=options.batch_size, device=options.device,
+                            combine=options.combine, threads=options.threads, precision=options.precision)
+    log.info("backend: %s", synth.backend.describe())
+    return synth
 
 
 def _run_one(synth, subject, request) -> None:
@@ -205,6 +249,7 @@ def _run_one(synth, subject, request) -> None:
     finally:
         if slices:
             bar.stop()
+    log.info("%s", outcome.line(f"{synth.backend.name} {synth.backend.precision}"))
     _print_outcome(outcome, request.tsem and not synth.has_fusion)
 
 
@@ -236,18 +281,13 @@ def _run_folder(synth, subjects, request) -> None:
         def on_end(outcome):
             bar.advance(overall)
             bar.update(slices, visible=False)
-            if outcome.status == "failed":
-                bar.console.print(f"[red]failed[/] {escape(outcome.subject)}: {escape(str(outcome.error))}",
-                                  highlight=False, soft_wrap=True)
-            elif outcome.status == "busy":
-                bar.console.print(f"busy {escape(outcome.subject)}: {escape(str(outcome.error))}", highlight=False,
-                                  soft_wrap=True)
+            (log.error if outcome.status == "failed" else log.info)("%s", outcome.line(f"{synth.backend.name} {synth.backend.precision}"))
 
         waited = []
 
         def on_wait(busy) -> None:
             if len(busy) != (waited[-1] if waited else None):
-                bar.console.print(f"waiting for {len(busy)} subject(s) that other runs hold", highlight=False)
+                log.info("waiting for %d subject(s) that other runs hold", len(busy))
             waited.append(len(busy))
 
         summary = infer_folder(synth, subjects, request, on_start=on_start, on_end=on_end, on_wait=on_wait,

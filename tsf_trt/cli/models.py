@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import app, out, user_errors
+from . import params
+from .app import app, log, out, setup_logging, user_errors
 
 
 @app.command("import-reference", no_args_is_help=True)
@@ -17,7 +18,10 @@ def import_reference(
                                           "(.pth/.pt, e.g. seq2seq_brats_2d_missing.pth or ckpt_seq2seq_best.pth; "
                                           "an .npz of the same keys also works).", show_default=False)],
     config: Annotated[str, typer.Option("--config", help="Sizes the checkpoints were trained with: 'paper', "
-                                        "'small', or a JSON file (ours or the authors' config keys).")],
+                                        "'small', 'demo', or a config file: the authors' YAML as published (e.g. "
+                                        "seq2seq_brats_2d_missing.yaml, tsf_seq2seq_brats_2d.yaml) or JSON with their "
+                                        "keys, or ModelConfig fields in JSON/YAML. Training settings and paths in it "
+                                        "are ignored.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model directory to create "
                                          "(config.json + model.safetensors).", show_default=False)],
     tsf: Annotated[Optional[Path], typer.Option("--tsf", help="The authors' TSF_seq2seq state_dict "
@@ -29,6 +33,9 @@ def import_reference(
 
     The .pth files are read with torch.load(weights_only=True): no code from them runs.
     Every tensor is checked against the config, so a wrong --config is a clear error.
+    README, "The authors' weights, end to end", goes from their Seq2Seq weights to TSEM.
+
+    Example (from the repository root, with its small reference checkpoints): tsf-trt import-reference --seq2seq tests/data/small_seq2seq.pt --tsf tests/data/small_tsf.pt --config small -o models/small
     """
     from ..model import import_reference as do_import
     from ..model import resolve_config, save_model
@@ -67,18 +74,22 @@ def export(
                                          "against PyTorch on ONNX Runtime (max abs difference <= 1e-4) before "
                                          "anything is written.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export directory.")] = False,
+    quiet: params.Quiet = False,
+    no_progress: params.NoProgress = False,
+    log_file: params.LogFile = None,
 ) -> None:
     """Export a model to three ONNX graphs (encoder, fusion with the task code as input, decoder) + manifest.
 
     The ConvLSTMs are folded exactly for t = 1; per-target decoders have their HyperConv kernels folded into constants. Graphs are simplified with onnxslim, checked with onnx.checker and verified against PyTorch; a failing export leaves nothing behind. Each graph records its role in its ONNX metadata, which every runtime checks.
 
-    Example: tsf-trt export --model tsf_trt/bundled/demo -o exports/demo --targets t2,flair
+    Example: tsf-trt export -o exports/demo --targets t2,flair
     """
     from .. import sequences
     from ..errors import TsfError
     from ..source import ModelSource
     from .app import progress_bar
 
+    setup_logging(quiet, no_progress, log_file)
     source = ModelSource.resolve(model)
     chosen = {"all": list(range(sequences.N_SEQUENCES)), "none": []}.get(targets.strip().lower())
     if chosen is None:
@@ -94,6 +105,7 @@ def export(
         done = iter(range(steps + 1))
 
         def step(message: str) -> None:  # called as each step starts
+            log.info("export: %s", message)
             bar.update(task, completed=next(done), description=message)
 
         manifest = export_model(loaded, output, targets=chosen, opset=opset, verify=verify, overwrite=overwrite,

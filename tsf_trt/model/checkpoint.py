@@ -221,7 +221,7 @@ def import_reference(seq2seq: str | Path, tsf: str | Path | None, config: ModelC
         state.update(rename_keys(tsf_state, TSF_KEYS, tsf))
     model = _empty_model(config, with_fusion=tsf is not None)
     _load_state(model, state, tsf if tsf is not None and not _has_all(model, state, "fusion.") else seq2seq,
-                hint="were these weights trained with another config (--config paper, small or a JSON file)?")
+                hint="were these weights trained with another config (--config paper, small, or the authors' YAML/JSON config)?")
     return model.eval()
 
 

@@ -1,18 +1,18 @@
 """One dataclass holds every size of the network; presets name the published ones.
 
 Field names are ours; :meth:`ModelConfig.from_reference` reads the authors' YAML/JSON
-keys (``seq2seq.c_enc`` …, as in ``tests/data/small_config.json``) so that their
-checkpoints can be imported with the sizes they were trained with.
+keys (``seq2seq.c_enc`` …, as in ``tests/data/small_config.json``; the mapping lives in
+:mod:`.reference_config`) so that their checkpoints are imported with the sizes they
+were trained with.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import TsfError
+from ..errors import InputError, TsfError
 
 
 @dataclass(frozen=True)
@@ -92,26 +92,11 @@ class ModelConfig:
 
     @classmethod
     def from_reference(cls, ref: dict[str, Any]) -> "ModelConfig":
-        """Read the authors' config keys (``{"seq2seq": {...}, "TSF_seq2seq": {...}}``)."""
-        try:
-            s, t = ref["seq2seq"], ref.get("TSF_seq2seq", {})
-            if s.get("c_lstm", s["c_enc"][-1]) != s["c_enc"][-1]:
-                raise TsfError("invalid reference config: c_lstm must equal c_enc[-1]")
-            if int(s.get("ndims", 2)) != 2:
-                raise TsfError("invalid reference config: only the 2D (ndims: 2) model is supported")
-            norm = "none" if s.get("norm") in (None, "None", "none") else "instance"
-            tnorm = "none" if t.get("norm", "None") in (None, "None", "none") else "instance"
-            return cls(
-                in_channels=s["c_in"], style_dim=s["c_s"], decoder_weight_dim=s["c_w"],
-                enc_channels=s["c_enc"], enc_kernels=s["k_enc"], enc_strides=s["s_enc"],
-                enc_res_blocks=s["nres_enc"], dec_channels=s["c_dec"], dec_kernels=s["k_dec"],
-                dec_res_blocks=s["nres_dec"], norm=norm,
-                fusion_weight_dim=t.get("c_w", 4),
-                fusion_channels=t.get("c_enc", [s["c_enc"][-1]]),
-                fusion_kernels=t.get("k_enc", [3]), fusion_norm=tnorm,
-            )
-        except KeyError as exc:
-            raise TsfError(f"invalid reference config: missing key {exc}") from None
+        """Read the authors' config keys (``{"seq2seq": {...}, "TSF_seq2seq": {...}}``, as their
+        YAML files and ``tests/data/small_config.json``): :mod:`.reference_config`."""
+        from .reference_config import from_reference
+
+        return from_reference(ref)
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -132,16 +117,21 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def resolve_config(spec: str | Path) -> ModelConfig:
-    """A preset name, or a JSON file in our format or the authors' format."""
+    """A preset name, or a JSON or YAML file in our format or the authors' (their published
+    ``publications/config/{seq2seq,tsf}/*.yaml`` as they are: :mod:`.reference_config`)."""
+    from .reference_config import read_config_file
+
     if str(spec) in PRESETS:
         return PRESETS[str(spec)]
     path = Path(spec)
     if not path.is_file():
-        raise TsfError(f"config '{spec}': not a preset ({', '.join(PRESETS)}) nor an existing JSON file")
+        raise TsfError(f"config '{spec}': not a preset ({', '.join(PRESETS)}) nor an existing JSON or YAML file")
+    data = read_config_file(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TsfError(f"{path}: not a readable JSON config ({exc})") from None
-    if "seq2seq" in data:
-        return ModelConfig.from_reference(data)
-    return ModelConfig.from_dict(data)
+        if {"seq2seq", "TSF_seq2seq", "data", "train"} & set(data):  # the authors' sections
+            return ModelConfig.from_reference(data)
+        return ModelConfig.from_dict(data)
+    except TsfError as exc:
+        raise InputError(path, str(exc)) from None
+    except (TypeError, ValueError) as exc:  # a value of the wrong kind in our own format
+        raise InputError(path, f"invalid model config ({exc})") from None

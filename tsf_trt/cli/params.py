@@ -1,0 +1,61 @@
+"""The options several commands share, declared once: one name, one meaning and one help text
+per concept (`--target` is always the sequence to synthesise, `--sources` always a list of
+input sequences, `--shape` always X Y Z, `--device` always auto|cpu|cuda|cuda:N).
+
+Each is an `Annotated` type for a command parameter; a command whose use differs gives
+its own help with :func:`typer.Option` instead of reusing a misleading one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import console
+
+Model = Annotated[Optional[Path], typer.Option(
+    "--model", "-m", show_default=False,
+    help="Model directory (from `tsf-trt import-reference` or `tsf-trt train`) or export directory (from "
+         "`tsf-trt export`). Default: the bundled demo model (trained on phantoms; see "
+         "tsf_trt/bundled/demo/MODEL_CARD.md).")]
+
+Backend = Annotated[str, typer.Option(
+    "--backend", "-b",
+    help="Runtime: auto (the fastest here, measured once and cached), torch, ort (ONNX Runtime CPU; a model "
+         "directory is exported into the cache once), ort-cuda, ort-trt (need onnxruntime-gpu), trt (TensorRT "
+         "engines, built once and cached beside the export; needs the gpu extra), reference (torch run the "
+         "authors' way, for measurements). On a GPU auto tries trt, ort-trt, ort-cuda, torch in that order.")]
+
+Device = Annotated[str, typer.Option(
+    "--device", help="auto (a GPU when one is usable, else the CPU), cpu, cuda or cuda:N.")]
+
+Precision = Annotated[str, typer.Option(
+    "--precision",
+    help="fp32; bf16 (torch: autocast; faster on CPUs with bf16 instructions, less exact: README, Performance); "
+         "fp16 (trt, ort-trt, ort-cuda: FP16 graphs, InstanceNorm and ω in FP32); best (trt: fp16 except the "
+         "fusion graph).")]
+
+BatchSize = Annotated[Optional[int], typer.Option(
+    "--batch-size", min=1, show_default=False,
+    help="Slices per network batch (default: on CPU as many as keep a batch's activations within 32 MiB (ort) "
+         "or 16 MiB (torch), e.g. 2 or 1 for the paper config at 240x240; 16 on GPU). Memory grows with it, "
+         "not with the volume.")]
+
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, show_default=False,
+    help="CPU threads for the network, at most the cores this process may use (default: the runtime's "
+         "choice).")]
+
+Target = Annotated[str, typer.Option(
+    "--target", "-t", show_default=False,
+    help="Sequence to synthesise: t1, t1gd, t2 or flair (aliases t1n, t1ce, t1c, t2w, t2f).")]
+
+Shape = Annotated[tuple[int, int, int], typer.Option(
+    "--shape", metavar="X Y Z",
+    help="Voxels of the phantom per axis, in the file's (x, y, z) order; the field of view is BraTS's "
+         "240x240x155 mm.")]
+
+# The log options live with the log (tsf_trt.console), for the `train` group too.
+Quiet, NoProgress, LogFile = console.Quiet, console.NoProgress, console.LogFile
