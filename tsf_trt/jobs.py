@@ -143,6 +143,8 @@ def _preflight(subject: Subject, volumes: dict, request: InferRequest) -> tuple[
         network = resample_subject(volumes)
         findings = [f for f in findings if f.kind not in ("voxel-size", "different-grid")]
         _log.info("%s: resampled to 1 mm isotropic for the network (--resample)", subject.name)
+    else:  # inputs on different grids fail in the pipeline with their own one-line error
+        findings = [f for f in findings if f.kind != "different-grid"]
     for finding in findings:
         if request.strict:
             raise finding.error()
