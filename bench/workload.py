@@ -60,13 +60,19 @@ def check_shape(shape_xyz: tuple[int, int, int]) -> tuple[int, int, int]:
     return z, y, x
 
 
+def check_sources(wanted: Sequence[int], target: int) -> None:
+    """`--sources` may not hold the target: the one rule, which the CLI applies before any model
+    loads and choose_sources for every caller."""
+    if target in wanted:
+        raise TsfError(f"--sources: {sequences.DISPLAY[target]} is the target itself")
+
+
 def choose_sources(available: Iterable[int], target: int, wanted: Sequence[int] | None, has_fusion: bool) -> list[int]:
     """The `wanted` sources (`--sources`), each available and not the target; None: the first
     three of SOURCE_ORDER that are (one for a Seq2Seq-only model)."""
     have = set(available)
     if wanted is not None:
-        if target in wanted:
-            raise TsfError(f"--sources: {sequences.DISPLAY[target]} is the target itself")
+        check_sources(wanted, target)
         missing = [i for i in wanted if i not in have]
         if missing:
             raise TsfError(f"--sources: the subject has no {', '.join(sequences.DISPLAY[i] for i in missing)}")

@@ -14,14 +14,7 @@ from tsf_trt import bids
 from tsf_trt.bids import BidsName, find_cases, format_name, parse_name
 from tsf_trt.errors import InputError, TsfError
 
-T1, T1GD, T2, FLAIR = 0, 1, 2, 3
-
-
-def touch(folder: Path, *names: str) -> None:
-    for name in names:
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
+from tests.test_subjects import FLAIR, T1, T1GD, T2, touch  # empty files: only names matter here
 
 
 # --- names -----------------------------------------------------------------------------

@@ -126,7 +126,6 @@ def infer_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *
                           model_id=synth.backend.model_id, backend=backend_name or synth.backend.describe(),
                           extra=extra, qc=qc_block(result.tsem, result.head_mask, request.qc))
     start = time.perf_counter()
-    folder.mkdir(parents=True, exist_ok=True)
     write_outputs(result, volumes[sources[0]], paths, report, overwrite=overwrite, inputs=inputs,
                   before_publish=before_publish, tsem_sidecar=tsem_sidecar)
     result.timings["write"] = time.perf_counter() - start

@@ -15,15 +15,13 @@ from pathlib import Path
 
 from . import sequences
 from .errors import InputError, TsfError
-from .subjects import Subject
+from .subjects import Subject, check_subject_name
 
 HEADER = ("subject", "sequence", "path")
 
 
 def read_map(path: str | Path) -> list[Subject]:
     """The subjects of a map file, in the order they first appear."""
-    from .outputs import check_subject_name
-
     source = Path(path)
     try:
         text = source.read_text(encoding="utf-8-sig")

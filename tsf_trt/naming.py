@@ -93,7 +93,7 @@ def why_not(filename: str) -> str:
     for word in reversed(words):
         if word in KNOWN_OTHER:
             return KNOWN_OTHER[word]
-    tail = [w for w in words[-3:] if w in _WORDS]
-    if tail and {BASE.get(w) for w in tail} >= {0, 2}:
+    bases = {BASE[w] for w in words[-3:] if w in BASE}
+    if 2 in bases and bases & {0, 1}:
         return "names both a T1 and a T2: give it with --map"
     return "the name says no sequence tsf-trt reads: give it with --map, or as t1=PATH"

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__, sequences
 from .pipeline import Result
-from .subjects import Subject
+from .subjects import Subject, check_subject_name
 from .preprocess import OUTPUT_SCALE, to_output_intensity
 from .atomic import atomic_group, check_writable, disk_full_as_error
 from .errors import InputError, TsfError
@@ -201,13 +201,6 @@ def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict
         paths.refuse_inputs(inputs)  # again: an input may have appeared under an output name
         if before_publish is not None:
             before_publish()
-
-
-def check_subject_name(name: str) -> None:
-    """A subject name becomes part of output file names: it must never lead out of the folder."""
-    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
-        raise TsfError(f"subject name {name!r} cannot name output files: it must not be empty, start with '.', "
-                       "or hold '/', '\\' or NUL")
 
 
 def bids_sidecars(subject: Subject, paths: OutputPaths, result: Result, raw_root: Path | None

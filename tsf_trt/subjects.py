@@ -52,7 +52,7 @@ class Subject:
 
 @dataclass(frozen=True)
 class Discovery:
-    """What a folder holds: its subjects, and the NIfTI files that belong to none (with why)."""
+    """What a data set holds: its subjects, and the NIfTI files that belong to none (with why)."""
 
     subjects: list[Subject]
     unused: tuple[tuple[Path, str], ...] = ()
@@ -153,8 +153,9 @@ def discover(folder: str | Path, channels: Sequence[int] | None = None) -> Disco
     for entry in _entries(root):
         if entry.is_dir() and entry.name not in OUTPUT_FOLDERS:
             found.add_named(_nifti_files(entry), entry.name)
-    nnunet = [p for p in _nifti_files(root) if _NNUNET.match(sequences.nifti_stem(p.name))]
-    found.add_named([p for p in _nifti_files(root) if p not in nnunet or channels is None], None,
+    flat = _nifti_files(root)
+    nnunet = [p for p in flat if _NNUNET.match(sequences.nifti_stem(p.name))]
+    found.add_named([p for p in flat if p not in nnunet or channels is None], None,
                     default=_folder_name(root.resolve()))
 
     if nnunet and channels is None and not found.names():
@@ -296,101 +297,6 @@ def _check_channels(channels: Sequence[int]) -> list[int]:
     return out
 
 
-@dataclass(frozen=True)
-class Intake:
-    """Where `infer` reads subjects from, as the user said it: files or one folder (`items`), a
-    BIDS dataset (`bids`, or a folder in `items` that has dataset_description.json), or a
-    `--map` CSV; with the options that narrow each."""
-
-    items: tuple[str, ...] = ()
-    subject: str | None = None              # single-subject mode: the output name
-    channels: tuple[int, ...] | None = None  # nnU-Net folders
-    shard: str | None = None
-    bids: Path | None = None
-    participants: tuple[str, ...] | None = None
-    sessions: tuple[str, ...] | None = None
-    bids_filter: tuple[tuple[str, str | None], ...] = ()
-    map_file: Path | None = None
-
-    @property
-    def mode(self) -> str:
-        """single, folder, bids or map: the one place this is decided."""
-        from .bids import is_bids_dataset
-
-        if self.map_file is not None:
-            return "map"
-        if self.bids is not None:
-            return "bids"
-        if len(self.items) == 1 and Path(self.items[0]).is_dir():
-            return "bids" if is_bids_dataset(self.items[0]) else "folder"
-        return "single"
-
-    @property
-    def root(self) -> Path:
-        """The data set's folder, under which the default output `derivatives/tsf-trt` goes."""
-        mode = self.mode
-        if mode == "map":
-            return Path(self.map_file).parent  # type: ignore[arg-type]
-        if mode == "bids":
-            return Path(self.bids or self.items[0])
-        if mode == "folder":
-            return Path(self.items[0])
-        return next(iter(parse_inputs(self.items).values())).parent
-
-
-@dataclass(frozen=True)
-class Gathered:
-    subjects: list[Subject]
-    unused: tuple[tuple[Path, str], ...] = ()  # files of the data set that belong to no subject
-
-
-def gather(intake: Intake, target: int) -> Gathered:
-    """The subjects of one `infer` run: every subject of a folder, BIDS dataset or map (then
-    its `--shard` share), or one subject of command-line inputs, named `intake.subject` or
-    after its files. Command-line inputs are checked to exist and read before any model loads."""
-    from .outputs import check_subject_name
-    from .volume import check_input_file
-
-    mode = intake.mode
-    if mode == "folder":
-        found = discover(intake.items[0], intake.channels)
-        return Gathered(shard(found.subjects, intake.shard), found.unused)
-    if mode == "bids":
-        return Gathered(shard(_bids_subjects(intake), intake.shard))
-    if mode == "map":
-        from .mapfile import read_map
-
-        return Gathered(shard(read_map(intake.map_file), intake.shard))  # type: ignore[arg-type]
-    if not intake.items:
-        raise TsfError("no input given: use --inputs FILE [FILE ...], --inputs FOLDER, --bids DIR or --map CSV")
-    subject = intake.subject
-    if subject is not None:
-        try:
-            check_subject_name(subject)
-        except TsfError as exc:
-            raise TsfError(f"--subject: {exc}") from None
-    given = parse_inputs(intake.items)
-    if target in given:
-        raise InputError(given[target], f"is the target {sequences.DISPLAY[target]} itself: nothing to "
-                                        "synthesise (drop it or pick another --target)")
-    sequences.check_task(list(given), target)
-    for path in given.values():  # a typo should fail fast
-        check_input_file(path)
-    if subject is None:
-        subject = subject_name(given)
-        check_subject_name(subject)  # read from the file names: it must not lead out of -o either
-    return Gathered([Subject(subject, given)])
-
-
-def _bids_subjects(intake: Intake) -> list[Subject]:
-    from .bids import find_cases
-
-    root = Path(intake.bids or intake.items[0])
-    cases = find_cases(root, intake.participants, intake.sessions, dict(intake.bids_filter) or None)
-    return [Subject(case.name, case.inputs, case.problem, tuple(case.unused), (case.subject, case.session))
-            for case in cases]
-
-
 def shard(subjects: Sequence[Subject], spec: str | None) -> list[Subject]:
     """Share `i/n` of the subjects, round-robin over the name order, so that n
     independent runs cover every subject exactly once."""
@@ -402,3 +308,10 @@ def shard(subjects: Sequence[Subject], spec: str | None) -> list[Subject]:
     if not 1 <= i <= n:
         raise TsfError(f"--shard expects i/n with 1 <= i <= n, got '{spec}'")
     return [s for pos, s in enumerate(ordered) if pos % n == i - 1]
+
+
+def check_subject_name(name: str) -> None:
+    """A subject name becomes part of output file names: it must never lead out of the folder."""
+    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise TsfError(f"subject name {name!r} cannot name output files: it must not be empty, start with '.', "
+                       "or hold '/', '\\' or NUL")

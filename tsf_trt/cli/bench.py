@@ -84,29 +84,28 @@ def bench(
     from tsf_trt.bench.report import print_report, write_files
     from tsf_trt.bench.runner import DEFAULT_SHAPE, BenchRun, BenchSettings
     from tsf_trt.bench.variants import DECODERS, parse_backends, parse_batch_sizes, parse_list
-    from tsf_trt.bench.workload import check_shape
+    from tsf_trt.bench.workload import check_shape, check_sources
 
     from .. import sequences
     from ..backends import PRECISIONS
     from ..errors import InputError, TsfError
     from ..bundled import resolve_model
     from ..atomic import check_writable, make_folder
-    from ..options import RunOptions, check_threads
+    from ..options import RunOptions
 
     for flag, value, low in (("--warmup", warmup, 0), ("--iterations", iterations, 1),
                              ("--io-subjects", io_subjects, 0)):
         if value is not None and value < low:
             raise TsfError(f"{flag} must be at least {low}, got {value}")
     setup_logging(quiet, no_progress, log_file)
-    check_threads(threads)
-    options = RunOptions(device=device, threads=threads)  # the one check of --device
+    options = RunOptions(device=device, threads=threads)  # the one check of --device and --threads
     try:
         target_index = sequences.parse(target)
     except TsfError as exc:
         raise TsfError(f"--target: {exc}") from None
     source_list = tuple(_sequences("--sources", sources)) if sources else None
-    if source_list and target_index in source_list:
-        raise TsfError(f"--sources: {sequences.DISPLAY[target_index]} is the target itself")
+    if source_list:
+        check_sources(source_list, target_index)  # before any model loads
     if subject is not None and shape is not None:
         raise TsfError("--shape makes a phantom; --subject benchmarks a real one: give only one of them")
     if subject is not None and not subject.is_dir():

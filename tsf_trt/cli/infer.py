@@ -118,7 +118,7 @@ def infer(
     from ..errors import TsfError
     from ..options import InferRequest, RunOptions
     from ..qc import check_model
-    from ..subjects import Intake, gather
+    from ..intake import Intake, gather
 
     setup_logging(quiet, no_progress, log_file)
     options = RunOptions(backend, device, precision, batch_size, threads, combine)  # every value, before any work

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, TsfError
+from .reference_config import config_fields, read_config_file
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,7 @@ class ModelConfig:
     def from_reference(cls, ref: dict[str, Any]) -> "ModelConfig":
         """Read the authors' config keys (``{"seq2seq": {...}, "TSF_seq2seq": {...}}``, as their
         YAML files and ``tests/data/small_config.json``): :mod:`.reference_config`."""
-        from .reference_config import from_reference
-
-        return from_reference(ref)
+        return cls(**config_fields(ref))
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -119,8 +118,6 @@ PRESETS: dict[str, ModelConfig] = {
 def resolve_config(spec: str | Path) -> ModelConfig:
     """A preset name, or a JSON or YAML file in our format or the authors' (their published
     ``publications/config/{seq2seq,tsf}/*.yaml`` as they are: :mod:`.reference_config`)."""
-    from .reference_config import read_config_file
-
     if str(spec) in PRESETS:
         return PRESETS[str(spec)]
     path = Path(spec)

@@ -14,12 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import InputError, TsfError
 
-if TYPE_CHECKING:
-    from .config import ModelConfig
 
 # Keys read by Generator / Encoder / hyperDecoder (src/seq2seq/models/{seq2seq,encoder,decoder}.py).
 SEQ2SEQ_KEYS = ("ndims", "c_s", "c_w", "c_in", "c_enc", "k_enc", "s_enc", "nres_enc", "norm", "c_lstm",
@@ -104,10 +102,9 @@ def _norm(section: str, value: Any) -> str:
                    f"or none (seq2seq: null, TSF_seq2seq: None)")
 
 
-def from_reference(ref: Mapping[str, Any]) -> "ModelConfig":
-    """Map the authors' keys to :class:`ModelConfig`; a size tsf-trt cannot build is a TsfError."""
-    from .config import ModelConfig
-
+def config_fields(ref: Mapping[str, Any]) -> dict[str, Any]:
+    """The authors' keys as :class:`~.config.ModelConfig` fields (ModelConfig.from_reference builds
+    it); a size tsf-trt cannot build is a TsfError."""
     s = _section(ref, "seq2seq", SEQ2SEQ_KEYS, required=True)
     assert s is not None
     vq = [k for k in _VQ_KEYS if k in s]
@@ -147,7 +144,7 @@ def from_reference(ref: Mapping[str, Any]) -> "ModelConfig":
                       fusion_kernels=_ints(sec, "k_enc", t["k_enc"]), fusion_norm=_norm(sec, t["norm"]))
     else:
         fields.update(fusion_channels=[c_enc[-1]])
-    return ModelConfig(**fields)
+    return fields
 
 
 def training_crop(ref: Mapping[str, Any]) -> tuple[int, int] | None:
