@@ -8,11 +8,13 @@ taken from a datasheet, so that both see the same clocks, threads and contention
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,11 @@ from typing import Any
 import numpy as np
 
 NOT_INSTALLED = "not installed"
-GEMM_SIZE_CPU = 2048   # fp32: 17 GFLOP per product, a fraction of a second on two cores
+# CPU: 2.1 GFLOP per product. 1024 rather than 2048: up to 6 libraries x precisions are timed in
+# about 2 s on two cores, and on a 2-core AVX2 EPYC 2048 reached no higher rates (measured).
+GEMM_SIZE_CPU = 1024
 GEMM_SIZE_GPU = 8192   # fp16 on a GPU: large enough to reach tensor-core throughput
-GEMM_MIN_SECONDS = 0.3  # repeat until this much time is spent, best run counts
+GEMM_MIN_SECONDS = 0.25  # per library: repeat until this much time is spent, best run counts
 
 
 def package_version(*distributions: str) -> str:
@@ -35,11 +39,17 @@ def package_version(*distributions: str) -> str:
     return NOT_INSTALLED
 
 
+def _cpuinfo() -> str | None:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
 def physical_cores() -> int | None:
     """Distinct (package, core) pairs in /proc/cpuinfo; None where that file is not there."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    text = _cpuinfo()
+    if text is None:
         return None
     cores, package = set(), "0"
     for line in text.splitlines():
@@ -100,6 +110,7 @@ def environment(threads: int | None) -> dict[str, Any]:
             "torch": torch.__version__,
             "onnx": package_version("onnx"),
             "onnxruntime": package_version("onnxruntime", "onnxruntime-gpu"),
+            "openvino": package_version("openvino"),
             "tensorrt": package_version("tensorrt", "tensorrt-cu12", "tensorrt-cu11"),
         },
     }
@@ -119,26 +130,184 @@ def _best_seconds(run, sync=lambda: None) -> float:
     return best
 
 
+Product = Callable[[], object]
+#: (size, threads) -> one prepared n x n product; raises where its library cannot run it.
+Factory = Callable[[int, int | None], Product]
+
+
+@functools.lru_cache(maxsize=2)  # the same operands for every library: made once (read only)
+def _operands(n: int) -> tuple[np.ndarray, np.ndarray]:
+    gen = np.random.default_rng(0)
+    return gen.standard_normal((n, n), dtype=np.float32), gen.standard_normal((n, n), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _int8_operands(n: int) -> tuple[np.ndarray, np.ndarray]:
+    gen = np.random.default_rng(0)
+    return gen.integers(0, 256, (n, n), dtype=np.uint8), gen.integers(-64, 64, (n, n), dtype=np.int8)
+
+
+def _torch_matmul(dtype: str) -> Factory:
+    def make(n: int, threads: int | None) -> Product:
+        import torch  # threads: set once for torch by gemm_rate, as the torch rows run
+
+        a, b = (torch.from_numpy(x).to(getattr(torch, dtype)) for x in _operands(n))
+        return lambda: torch.matmul(a, b)
+    return make
+
+
+def _ort_session(nodes: list, inputs: list, output, threads: int | None):
+    """ONNX Runtime session of a one-node graph with the rows' thread settings (OrtBackend._open's)."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "gemm", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _ort_matmul(n: int, threads: int | None) -> Product:
+    from onnx import TensorProto, helper
+
+    info = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in "abc"]
+    session = _ort_session([helper.make_node("MatMul", ["a", "b"], ["c"])], info[:2], info[2], threads)
+    a, b = _operands(n)
+    return lambda: session.run(None, {"a": a, "b": b})
+
+
+def _ort_matmul_integer(n: int, threads: int | None) -> Product:
+    """uint8 x int8 -> int32, ONNX Runtime's quantised GEMM (what its int8 convolutions run on); the
+    int8 operand in [-64, 64), as ONNX Runtime's reduce_range: AVX2's u8 x s8 multiply-add saturates
+    at int16 otherwise (measured here: wrong products)."""
+    from onnx import TensorProto, helper
+
+    info = [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.INT8, [n, n]),
+            helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])]
+    session = _ort_session([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], info[:2], info[2], threads)
+    a, b = _int8_operands(n)
+    return lambda: session.run(None, {"a": a, "b": b})
+
+
+@functools.lru_cache(maxsize=1)
+def _openvino_core():
+    import openvino
+
+    return openvino.Core()
+
+
+def _openvino_matmul(precision: str) -> Factory:
+    """An f32 MatMul model compiled for the CPU at inference precision `precision` ('f32', 'bf16'),
+    checked on the compiled model: OpenVINO falls back to f32 where the CPU lacks bf16."""
+    def make(n: int, threads: int | None) -> Product:
+        import openvino
+        import openvino.opset13 as ops
+
+        a, b = (ops.parameter([n, n], np.float32) for _ in range(2))
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = _openvino_core().compile_model(openvino.Model([ops.matmul(a, b, False, False)], [a, b]),
+                                                  "CPU", config)
+        ran = compiled.get_property("INFERENCE_PRECISION_HINT")
+        if ran != getattr(openvino.Type, precision):
+            raise ValueError(f"OpenVINO compiled it at {ran.to_string()}, not {precision}")
+        request = compiled.create_infer_request()
+        for index, operand in enumerate(_operands(n)):
+            request.set_input_tensor(index, openvino.Tensor(operand))  # shares the array: no copy per run
+        return lambda: request.infer(share_outputs=True)
+    return make
+
+
+#: Every GEMM available per CPU precision; the fastest is the peak (torch's fp32 matmul runs at
+#: half of ONNX Runtime's and OpenVINO's on some CPUs). No OpenVINO int8: it needs a quantised graph.
+CPU_CANDIDATES: dict[str, list[tuple[str, Factory]]] = {
+    "fp32": [("torch", _torch_matmul("float32")), ("onnxruntime", _ort_matmul), ("openvino", _openvino_matmul("f32"))],
+    "bf16": [("torch", _torch_matmul("bfloat16")), ("openvino", _openvino_matmul("bf16"))],
+    "int8": [("onnxruntime", _ort_matmul_integer)],
+}
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> set[str]:
+    """The x86 feature flags of /proc/cpuinfo (empty where there is none)."""
+    text = _cpuinfo() or ""
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def openvino_capabilities() -> list[str] | None:
+    """OpenVINO's CPU OPTIMIZATION_CAPABILITIES (it lists BF16 where the CPU runs bf16); None without it."""
+    try:
+        return [str(c) for c in _openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    except (ImportError, RuntimeError):  # not installed, or no CPU plugin
+        return None
+
+
+def bf16_support() -> tuple[bool, str]:
+    """Whether this CPU multiplies bf16 natively, and the evidence. Why ask: elsewhere torch and
+    OpenVINO emulate it (torch measured at 0.1-0.4 GFLOP/s on an AVX2 CPU), which is no peak."""
+    flags, capabilities = sorted(BF16_FLAGS & cpu_flags()), openvino_capabilities()
+    native = bool(flags) or "BF16" in (capabilities or [])
+    listed = ", ".join(capabilities) if capabilities is not None else NOT_INSTALLED
+    return native, (f"CPU flags: {', '.join(flags) or 'no ' + ' or '.join(sorted(BF16_FLAGS))}; "
+                    f"OpenVINO CPU capabilities: {listed}")
+
+
+def measure_peak(candidates: list[tuple[str, Factory]], n: int, threads: int | None,
+                 seconds: Callable[[Product], float] = _best_seconds) -> dict[str, Any]:
+    """The fastest of `candidates` on n x n products: `gflops` and the `library` that won, every
+    candidate's rate, and why the others could not run."""
+    rates: dict[str, float] = {}
+    unavailable: dict[str, str] = {}
+    for library, make in candidates:
+        try:
+            rates[library] = 2 * n**3 / seconds(make(n, threads)) / 1e9
+        except ImportError:
+            unavailable[library] = NOT_INSTALLED
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the product is recorded, not fatal
+            unavailable[library] = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    winner = max(rates, key=rates.__getitem__, default=None)
+    reason = None if winner else "no library could run it: " + "; ".join(f"{k} {v}" for k, v in unavailable.items())
+    return {"gflops": rates[winner] if winner else None, "library": winner, "native": True,
+            "candidates": rates, "unavailable": unavailable, "reason": reason}
+
+
+def not_measured(reason: str, native: bool) -> dict[str, Any]:
+    """A peak entry without a figure (the same keys as measure_peak's)."""
+    return {"gflops": None, "library": None, "native": native, "candidates": {}, "unavailable": {}, "reason": reason}
+
+
 def gemm_rate(threads: int | None = None) -> dict[str, Any]:
-    """The machine's dense GEMM rate in GFLOP/s: fp32 torch.matmul on the CPU (with the
-    benchmark's threads), and fp16 on GPU 0 when CUDA exists."""
+    """The machine's dense GEMM peaks in GFLOP/s per precision (bench/SCHEMA.md, `gemm`): on the CPU
+    the fastest library at fp32, bf16 (only where native) and int8, with the benchmark's threads;
+    fp16 torch.matmul on GPU 0 when CUDA exists."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    n = GEMM_SIZE_CPU
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    cpu = 2 * n**3 / _best_seconds(lambda: torch.matmul(a, b)) / 1e9
-    result: dict[str, Any] = {"cpu_fp32_gflops": cpu, "cpu_size": n, "cpu_threads": torch.get_num_threads(),
-                              "gpu_fp16_gflops": None, "gpu_size": None}
+    start, n = time.perf_counter(), GEMM_SIZE_CPU
+    native, evidence = bf16_support()
+    bf16 = measure_peak(CPU_CANDIDATES["bf16"], n, threads) if native else not_measured(
+        "not native on this CPU (an emulated rate is no peak)", False)
+    peaks = {"cpu fp32": measure_peak(CPU_CANDIDATES["fp32"], n, threads),
+             "cpu bf16": {**bf16, "evidence": evidence},
+             "cpu int8": measure_peak(CPU_CANDIDATES["int8"], n, threads)}
+    gpu_size = None
     if torch.cuda.is_available():
-        m = GEMM_SIZE_GPU
-        x = torch.randn(m, m, device="cuda", dtype=torch.float16)
-        y = torch.randn(m, m, device="cuda", dtype=torch.float16)
-        seconds = _best_seconds(lambda: torch.matmul(x, y), torch.cuda.synchronize)
-        result.update(gpu_fp16_gflops=2 * m**3 / seconds / 1e9, gpu_size=m)
-    return result
+        gpu_size = GEMM_SIZE_GPU
+
+        def cuda_fp16(m: int, _threads: int | None) -> Product:
+            x, y = (torch.randn(m, m, device="cuda", dtype=torch.float16) for _ in range(2))
+            return lambda: torch.matmul(x, y)
+        peaks["gpu fp16"] = measure_peak([("torch", cuda_fp16)], gpu_size, None,
+                                         lambda run: _best_seconds(run, torch.cuda.synchronize))
+    return {"cpu_size": n, "threads": threads, "cpu_threads": torch.get_num_threads(), "gpu_size": gpu_size,
+            "peaks": peaks, "seconds": time.perf_counter() - start}
 
 
 class PeakMemory:

@@ -38,10 +38,20 @@ def _psnr(row: Row) -> str:
     return "identical" if agreement["image_psnr_db"] is None else f"{agreement['image_psnr_db']:.1f} dB"
 
 
+def _peak_of(efficiency: dict[str, Any] | None) -> str:
+    """What %GEMM divides by: 'cpu fp32 (openvino)', or the kind alone where it has no peak."""
+    if not efficiency:
+        return "—"
+    library = efficiency["gemm_library"]
+    return efficiency["gemm_kind"] + (f" ({library})" if library else "")
+
+
 #: (header, cell, shown on the terminal) for every (variant, batch size) row; Markdown shows all.
 COLUMNS: list[tuple[str, Callable[[Row], str], bool]] = [
     ("backend", lambda r: r["variant"], True),
     ("batch", _batch, True),
+    ("frame", lambda r: "x".join(map(str, r["frame_box"]["size"])) if r.get("frame_box") else r.get("frame", "—"),
+     False),
     ("s/vol", lambda r: f"{r['end_to_end']['mean']:.3g}", True),
     ("p50", lambda r: f"{r['end_to_end']['p50']:.3g}", False),
     ("p90", lambda r: f"{r['end_to_end']['p90']:.3g}", False),
@@ -52,10 +62,13 @@ COLUMNS: list[tuple[str, Callable[[Row], str], bool]] = [
     ("vol/min", lambda r: f"{r['throughput']['volumes_per_min']:.3g}", False),
     ("×torch", lambda r: _ratio((r["vs_torch"] or {}).get("end_to_end")), True),
     ("×ref", lambda r: _ratio((r["vs_reference"] or {}).get("end_to_end")), True),
+    ("×full", lambda r: _ratio((r.get("vs_full_frame") or {}).get("end_to_end")), False),
     ("GFLOP/s", lambda r: _maybe((r["efficiency"] or {}).get("gflops_per_s"), ".3g"), True),
     ("%GEMM", lambda r: _maybe((r["efficiency"] or {}).get("fraction_of_gemm"), ".0%"), True),
+    ("GEMM peak", lambda r: _peak_of(r["efficiency"]), False),
     ("RSS MiB", lambda r: f"{r['memory']['peak_rss_bytes'] / 2**20:.0f}", True),
     ("PSNR vs torch", _psnr, False),
+    ("PSNR vs truth", lambda r: _maybe(r.get("truth_psnr_db"), ".2f"), False),
     ("max abs vs torch", lambda r: _maybe((r.get("agreement") or {}).get("image_max_abs_diff"), ".1e"), False),
 ]
 
@@ -95,8 +108,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"task {work['task']}{' with TSEM' if work['tsem'] else ''}, volume {'x'.join(map(str, work['shape_zyx']))} "
         f"(Z×Y×X, {work['origin']['kind']}), warm-up runs: {report['settings']['warmup']}, "
         f"timed: {report['settings']['iterations']}",
-        f"GEMM: {gemm['cpu_fp32_gflops']:.1f} GFLOP/s fp32 CPU ({gemm['cpu_size']}², threads: {gemm['cpu_threads']})"
-        + (f", {gemm['gpu_fp16_gflops']:.0f} GFLOP/s fp16 GPU" if gemm.get("gpu_fp16_gflops") else ""),
+        *gemm_lines(gemm),
     ]
     if "per_volume" in flops:
         lines.append(f"FLOPs per volume: {flops['per_volume'] / 1e9:.2f} G (reference way "
@@ -104,6 +116,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      "GEMM rate")
     else:
         lines.append(flops.get("error", "no FLOP counts"))
+    lines += no_peak_lines(report["rows"])
     lines += [f"skipped {s.get('variant', s['backend'])}: {s['reason']}" for s in report["skipped"]]
     lines += [f"warning: {w}" for w in report["warnings"]]
     io = report["io_overlap"]
@@ -116,6 +129,37 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"folder mode: skipped ({io.get('skipped')})")
     return lines
+
+
+def _peak(kind: str, peak: dict[str, Any]) -> str:
+    """'cpu fp32 412 GFLOP/s (openvino, over torch 198, onnxruntime 405)', or why there is no figure."""
+    if peak["gflops"] is None:
+        return f"{kind} none: {peak['reason']}"
+    others = [f"{lib} {rate:.0f}" for lib, rate in peak["candidates"].items() if lib != peak["library"]]
+    others += [f"{lib}: {why}" for lib, why in peak["unavailable"].items()]
+    return f"{kind} {peak['gflops']:.0f} GFLOP/s ({peak['library']}" + (f", over {', '.join(others)})" if others else ")")
+
+
+def gemm_lines(gemm: dict[str, Any]) -> list[str]:
+    """The measured peaks, one line, and the bf16 evidence (whether the CPU runs it natively)."""
+    threads = gemm["threads"] or f"runtime default (torch {gemm['cpu_threads']})"
+    lines = [f"GEMM peaks, fastest library per precision ({gemm['cpu_size']}² on the CPU, threads: {threads}"
+             + (f", {gemm['gpu_size']}² on the GPU" if gemm["gpu_size"] else "") + "): "
+             + "; ".join(_peak(kind, peak) for kind, peak in gemm["peaks"].items())]
+    if "evidence" in gemm["peaks"].get("cpu bf16", {}):
+        lines.append(f"bf16 {'native' if gemm['peaks']['cpu bf16']['native'] else 'not native'} on this CPU, by "
+                     f"{gemm['peaks']['cpu bf16']['evidence']}")
+    return lines
+
+
+def no_peak_lines(rows: list[Row]) -> list[str]:
+    """Why a row has no %GEMM, once per reason."""
+    missing: dict[str, list[str]] = {}
+    for row in rows:
+        eff = row["efficiency"] or {}
+        if eff.get("no_peak_reason"):
+            missing.setdefault(f"{eff['gemm_kind']} {eff['no_peak_reason']}", []).append(row["variant"])
+    return [f"no %GEMM for {', '.join(dict.fromkeys(names))}: {reason}" for reason, names in missing.items()]
 
 
 def _rich_table(title: str, headers: list[str], body: list[list[str]]):

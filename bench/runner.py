@@ -30,7 +30,7 @@ from .stats import ratios, summarize
 from .variants import BASELINE, REFERENCE, Agreement, Variant, create_variant, expand
 from .workload import Workload, copy_subjects, flops_per_volume, padded, phantom_workload, subject_workload
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: efficiency against the GEMM peak of the row's own precision
 #: Report stage -> the Synthesizer / infer_subject timing keys it sums.
 STAGES = {"read": ("read",), "preprocess": ("preprocess",), "encoder": ("encode",), "fusion": ("fuse",),
           "decoder": ("decode",), "gather": ("gather",), "postprocess": ("postprocess",), "write": ("write",)}
@@ -40,9 +40,10 @@ NOTES = [
     "Times are seconds of wall clock. Speed-ups are baseline mean time / row mean time (> 1: faster).",
     "vs_torch compares with the torch fp32 row of the same batch size; vs_reference with the single reference row "
     "(the authors' way: full ConvLSTM, one slice per network call, two decoder passes; batch size 1).",
-    "gflops_per_s counts the graphs' FLOPs over the encoder + fusion + decoder time; fast convolution algorithms "
-    "(Winograd, FFT, implicit-GEMM variants) do fewer multiplications than counted, so this can exceed the "
-    "measured GEMM rate.",
+    "gflops_per_s counts the graphs' FLOPs over the encoder + fusion + decoder time; %GEMM divides it by the "
+    "fastest GEMM measured in this run at the row's own precision (null where that precision has no peak here); "
+    "fast convolution algorithms (Winograd, FFT, implicit-GEMM variants) do fewer multiplications than counted, "
+    "so it can exceed 100 %.",
     "Peak RSS is the whole process's resident high-water mark during the row (model, runtime, volumes).",
     "agreement compares the row's image, TSEM and weights with a torch fp32 row's (same batch size when one ran) "
     "on the same subject; PSNR over the whole volume in network units (data range 2), null when identical.",
@@ -69,13 +70,14 @@ class BenchSettings:
     io_subjects: int = 2
     precisions: list[str] = field(default_factory=lambda: ["fp32"])  # each backend runs those it takes
     decoders: list[str] = field(default_factory=lambda: ["baked"])  # ONNX Runtime backends only
+    frames: list[str] = field(default_factory=lambda: ["head"])  # tsf_trt.frame; the reference: full
     variants: list[Variant] | None = None  # exactly these (of `backends`), not backends x precisions x decoders
 
     def plan(self) -> tuple[list[Variant], list[dict[str, str]]]:
         """The variants to run, and the backends that none of them can run (with the reason)."""
         if self.variants is not None:
             return list(self.variants), []
-        return expand(self.backends, self.precisions, self.decoders)
+        return expand(self.backends, self.precisions, self.decoders, self.frames)
 
 
 class Ticker:
@@ -224,7 +226,7 @@ def measure_row(variant: Variant, backend: Backend, batch: int | None, workload:
     from tsf_trt.pipeline import Synthesizer
 
     name = variant.name
-    synth = Synthesizer(backend, batch_size=batch)
+    synth = Synthesizer(backend, batch_size=batch, frame=variant.frame)
     request = InferRequest(workload.target, output=out_dir, tsem=settings.tsem, overwrite=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples: dict[str, list[float]] = defaultdict(list)
@@ -256,8 +258,11 @@ def measure_row(variant: Variant, backend: Backend, batch: int | None, workload:
     return {
         "backend": variant.backend,
         "variant": name,
-        "precision": variant.precision,
+        "precision": backend.precision,  # what ran (auto resolved)
         "decoder": variant.decoder,
+        "frame": variant.frame,
+        "frame_box": outcome.result.frame,
+        "truth_psnr_db": truth_psnr(workload, outcome.result),
         "description": backend.describe(),
         "on_gpu": backend.on_gpu,
         "batch_size": batch,
@@ -270,6 +275,19 @@ def measure_row(variant: Variant, backend: Backend, batch: int | None, workload:
         "memory": {"peak_rss_bytes": memory.rss_bytes, "rss_method": memory.method,
                    "gpu_peak_bytes": memory.gpu_bytes},
     }, outcome.result
+
+
+def truth_psnr(workload: Workload, result: Result) -> float | None:
+    """PSNR of the synthesis against the subject's real target inside its head (network units, as
+    `evaluate`), when the subject has one: what a frame or a precision costs in quality."""
+    from tsf_trt.metrics import psnr
+    from tsf_trt.preprocess import normalize
+    from tsf_trt.volume import load_volume
+
+    if workload.truth is None:
+        return None
+    truth = load_volume(workload.truth).data
+    return round(psnr(result.image, normalize(truth), truth > 0), 3)
 
 
 def rates(slices: int, seconds: float) -> dict[str, float]:
@@ -285,28 +303,48 @@ def _flops(model: Any, settings: BenchSettings, workload: Workload) -> dict[str,
 
 
 def _derive(rows: list[dict[str, Any]], flops: dict[str, Any], gemm: dict[str, Any]) -> None:
-    """Add efficiency and the ratios to torch (same batch size) and to the reference row."""
+    """Add efficiency and the ratios to torch (same batch size), to the reference row, and at
+    another frame than full to the same row at full."""
     torch_rows = {r["batch_size"]: r for r in rows if r["backend"] == BASELINE and r["precision"] == "fp32"}
     reference = next((r for r in rows if r["backend"] == REFERENCE), None)
     for row in rows:
         baseline = torch_rows.get(row["batch_size"])
         row["vs_torch"] = ratios(baseline, row) if baseline else None
         row["vs_reference"] = ratios(reference, row) if reference else None
+        full = next((r for r in rows if r["frame"] == "full" and r["frame"] != row["frame"] and all(
+            r[k] == row[k] for k in ("backend", "precision", "decoder", "batch_size"))), None)
+        row["vs_full_frame"] = ratios(full, row) if full else None  # what the frame alone gives
         row["efficiency"] = efficiency(row, flops, gemm)
 
 
+#: Row precisions measured against the GPU's fp16 peak: TensorRT's `best` runs the convolutions in fp16.
+GPU_FP16 = ("fp16", "best")
+
+
+def peak_kind(row: dict[str, Any]) -> str:
+    """The `gemm.peaks` entry a row is measured against: its device and its own precision."""
+    precision = row.get("precision") or "fp32"
+    if row["on_gpu"]:
+        return "gpu fp16" if precision in GPU_FP16 else f"gpu {precision}"
+    return f"cpu {precision}"
+
+
 def efficiency(row: dict[str, Any], flops: dict[str, Any], gemm: dict[str, Any]) -> dict[str, Any] | None:
+    """GFLOP/s of the row's network stages, as a fraction of the GEMM peak of the row's precision;
+    `fraction_of_gemm` null, with `no_peak_reason`, where that precision has no measured peak."""
     if "per_volume" not in flops:
         return None
     executed = flops["reference_per_volume"] if row["backend"] == REFERENCE else flops["per_volume"]
     network = sum(row["stages"][s]["mean"] for s in NETWORK_STAGES)
-    use_gpu = row["on_gpu"] and gemm.get("gpu_fp16_gflops")
-    peak = gemm["gpu_fp16_gflops"] if use_gpu else gemm["cpu_fp32_gflops"]
+    kind = peak_kind(row)
+    found = gemm["peaks"].get(kind)
+    peak = found["gflops"] if found else None
+    reason = None if peak else (found["reason"] if found else f"not measured (peaks: {', '.join(gemm['peaks'])})")
     rate = executed / network / 1e9 if network > 0 else None
     return {"flops_per_volume": executed, "network_seconds": network, "gflops_per_s": rate,
             "end_to_end_gflops_per_s": executed / row["end_to_end"]["mean"] / 1e9,
-            "gemm_gflops": peak, "gemm_kind": "gpu fp16" if use_gpu else "cpu fp32",
-            "fraction_of_gemm": rate / peak if rate and peak else None}
+            "gemm_kind": kind, "gemm_gflops": peak, "gemm_library": found["library"] if found else None,
+            "fraction_of_gemm": rate / peak if rate and peak else None, "no_peak_reason": reason}
 
 
 def io_overlap(rows: list[dict[str, Any]], model: Any, settings: BenchSettings, workload: Workload, tmp: Path,
@@ -323,9 +361,9 @@ def io_overlap(rows: list[dict[str, Any]], model: Any, settings: BenchSettings, 
         return {"skipped": "no subjects asked for (--io-subjects 0)" if candidates else "no backend ran"}
     best = min(candidates, key=lambda r: r["end_to_end"]["mean"])
     subjects = copy_subjects(workload, settings.io_subjects, tmp / "io_in")
-    with create_variant(Variant(best["backend"], best["precision"], best["decoder"]), model,
+    with create_variant(Variant(best["backend"], best["precision"], best["decoder"], best["frame"]), model,
                         device=settings.device, threads=settings.threads) as backend:
-        synth = Synthesizer(backend, batch_size=best["batch_size"])
+        synth = Synthesizer(backend, batch_size=best["batch_size"], frame=best["frame"])
         tick(f"folder mode: warming up {best['variant']}")
         synth.run({i: load_volume(p) for i, p in workload.subject.inputs.items()}, workload.target, tsem=settings.tsem)
         start = time.perf_counter()

@@ -32,12 +32,15 @@ class Variant:
     backend: str
     precision: str = "fp32"
     decoder: str | None = None
+    frame: str = "head"  # tsf_trt.frame; the reference row is always "full" (the authors' way)
 
     @property
     def name(self) -> str:
-        """'torch', 'torch-bf16', 'ort-code', 'ort-cuda-fp16-code': the defaults are left out."""
+        """'torch', 'torch-bf16', 'ort-code', 'ort-cuda-fp16-code', 'ort-full': the defaults (fp32,
+        baked decoder, head frame; full for the reference) are left out."""
         parts = [self.backend] + ([self.precision] if self.precision != "fp32" else [])
-        return "-".join(parts + (["code"] if self.decoder == "code" else []))
+        parts += ["code"] if self.decoder == "code" else []
+        return "-".join(parts + ([self.frame] if self.frame != default_frame(self.backend) else []))
 
     @property
     def is_baseline(self) -> bool:
@@ -45,17 +48,25 @@ class Variant:
         return self.backend == BASELINE and self.precision == "fp32"
 
 
-def expand(backends: list[str], precisions: list[str], decoders: list[str]) -> tuple[list[Variant], list[dict]]:
-    """backends x the precisions each takes x (ONNX Runtime backends) decoders, in that order; a backend
-    that takes none of `precisions` is returned as skipped with the reason."""
+def default_frame(backend: str) -> str:
+    return "full" if backend == REFERENCE else "head"
+
+
+def expand(backends: list[str], precisions: list[str], decoders: list[str], frames: list[str] | None = None
+           ) -> tuple[list[Variant], list[dict]]:
+    """backends x the precisions each takes x (ONNX graph backends) decoders x frames, in that order
+    (the reference row: its one definition, full frame); a backend that takes none of `precisions`
+    is returned as skipped with the reason."""
     variants, skipped = [], []
+    frames = frames or ["head"]
     for name in backends:
         taken = [p for p in precisions if p in PRECISIONS[name]]
         if not taken:
             skipped.append({"backend": name, "reason": f"takes {', '.join(PRECISIONS[name])} only "
                                                        f"(--precisions {','.join(precisions)})"})
-        kinds = decoders if name.startswith("ort") else [None]
-        variants += [Variant(name, p, d) for p in taken for d in kinds]
+        kinds = decoders if name.startswith("ort") or name == "openvino" else [None]
+        shown = ["full"] if name == REFERENCE else frames
+        variants += [Variant(name, p, d, f) for f in shown for p in taken for d in kinds]
     return variants, skipped
 
 
@@ -121,28 +132,31 @@ def compare(result: Result, base: Result, baseline: dict[str, Any]) -> dict[str,
 
 
 class Agreement:
-    """Fills each row's `agreement` against a torch fp32 row: the one of the same batch size, else the
-    first. A row's output is kept only until its baseline has run (torch runs first by default), and one
-    torch fp32 output per batch size, so whole volumes do not pile up."""
+    """Fills each row's `agreement` against a torch fp32 row: the one of the same batch size and frame,
+    else the first. A row's output is kept only until its baseline has run (torch runs first by default),
+    and one torch fp32 output per batch size and frame, so whole volumes do not pile up."""
 
     def __init__(self) -> None:
         self.baselines: dict[int | None, tuple[dict[str, Any], Result]] = {}
         self.pending: list[tuple[dict[str, Any], Result]] = []
 
     def add(self, variant: Variant, row: dict[str, Any], result: Result) -> None:
+        key = (row["batch_size"], variant.frame)
         if variant.is_baseline:
             row["agreement"] = None  # the baseline itself
-            self.baselines.setdefault(row["batch_size"], (row, result))
-        elif row["batch_size"] in self.baselines:
-            self._fill(row, result, *self.baselines[row["batch_size"]])
+            self.baselines.setdefault(key, (row, result))
+        elif key in self.baselines:
+            self._fill(row, result, *self.baselines[key])
         else:
             self.pending.append((row, result))
 
     def finish(self) -> None:
-        """Rows still waiting: against a torch fp32 row of another batch size, or null without one."""
+        """Rows still waiting: against a torch fp32 row of the same frame and another batch size,
+        else of any frame, or null without one."""
         first = next(iter(self.baselines.values()), None)
         for row, result in self.pending:
-            found = self.baselines.get(row["batch_size"], first)
+            same_frame = next((b for (_, f), b in self.baselines.items() if f == row["frame"]), first)
+            found = self.baselines.get((row["batch_size"], row["frame"]), same_frame)
             if found is None:
                 row["agreement"] = None
             else:
@@ -153,4 +167,4 @@ class Agreement:
     @staticmethod
     def _fill(row: dict[str, Any], result: Result, base_row: dict[str, Any], base: Result) -> None:
         row["agreement"] = compare(result, base, {"backend": base_row["backend"], "precision": "fp32",
-                                                  "batch_size": base_row["batch_size"]})
+                                                  "batch_size": base_row["batch_size"], "frame": base_row["frame"]})

@@ -101,6 +101,8 @@ def build_engine(onnx_path: Path, shapes: Shapes, *, precision: str, workspace_g
     logger.errors.clear()
     builder = trt.Builder(logger)
     network = builder.create_network(strongly_typed_flags(trt))
+    if network is None:
+        raise TsfError(f"TensorRT {trt.__version__} refused the network flags: {logger.errors[-1] if logger.errors else 'no detail'}")
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or logger.errors
@@ -126,21 +128,32 @@ def build_engine(onnx_path: Path, shapes: Shapes, *, precision: str, workspace_g
         detail = logger.errors[-1] if logger.errors else "no detail from TensorRT"
         raise TsfError(f"{onnx_path}: TensorRT could not build an engine ({detail})")
     if timing_cache is not None and cache is not None:
-        write_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        _save_timing_cache(config, timing_cache)
     return bytes(memoryview(serialized))
 
 
 def _load_timing_cache(config, path: Path | None):
-    """The timing cache from `path` (an empty one when absent or unusable), set on `config`."""
+    """The timing cache from `path` set on `config`, or a fresh one when the file is absent,
+    damaged, or refused: `set_timing_cache` returns False for a cache made on another
+    device or by another TensorRT (ignore_mismatch=False), and the build must not depend on
+    it. None when TensorRT takes no cache at all: the build then runs without one."""
     if path is None:
         return None
-    data = b""
-    if path.is_file():
-        data = path.read_bytes()
-    cache = config.create_timing_cache(data)
-    if cache is None and data:  # damaged or from another TensorRT: start afresh
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data) if data else None
+    if cache is not None and not config.set_timing_cache(cache, ignore_mismatch=False):
+        cache = None
+    if cache is None:
         cache = config.create_timing_cache(b"")
-    if cache is not None:
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            return None
     return cache
 
+
+def _save_timing_cache(config, path: Path) -> None:
+    """Write the build's timing cache; a cache TensorRT does not hand back costs only the
+    next build's timing, never the engine just built."""
+    cache = config.get_timing_cache()
+    data = cache.serialize() if cache is not None else None
+    if data is not None:
+        write_atomic(path, bytes(memoryview(data)))

@@ -5,7 +5,7 @@ Written from the CUDA runtime and cuda-python documentation; NOT yet run on a GP
 Why cuda-python (`cuda.bindings.runtime`) and not pycuda: it is NVIDIA's maintained
 binding, shipped as wheels for each CUDA major version, and the one TensorRT's own
 Python samples moved to; pycuda compiles against a local CUDA toolkit at install
-time, which a `pip install 'tsf-trt[gpu]'` cannot count on.
+time, which a `pip install 'tsf-trt[gpu-cu12]'` cannot count on.
 
 What it provides to the `trt` backend:
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from tsf_trt.errors import TsfError
 
-from .gpu import import_cudart
+from .gpu import cuda_error_text, import_cudart
 
 STAGING_GRANULE = 1 << 20  # pinned slots are sized in MiB steps so that close sizes share a ring
 
@@ -53,10 +53,7 @@ class Cuda:
         result = getattr(self.rt, name)(*args)
         status, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
         if status != self.rt.cudaError_t.cudaSuccess:
-            text = self.rt.cudaGetErrorString(status)
-            text = text[1] if isinstance(text, tuple) else text
-            raise CudaError(f"CUDA {name} failed on GPU {self.device}: "
-                            f"{text.decode() if isinstance(text, bytes) else text}")
+            raise CudaError(f"CUDA {name} failed on GPU {self.device}: {cuda_error_text(self.rt, status)}")
         return values[0] if len(values) == 1 else values
 
 

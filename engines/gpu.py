@@ -1,7 +1,8 @@
 """What the GPU paths need, found lazily, and a clean error naming what is missing.
 
 The base install has no GPU package: `tensorrt`, `cuda-python` and `onnxruntime-gpu`
-come with the `[gpu]` extra and are imported only here, when a GPU path is asked for.
+come with the `[gpu-cu12]` or `[gpu-cu13]` extra (one per CUDA major: pyproject.toml) and
+are imported only here, when a GPU path is asked for.
 Without them (or without a GPU) every GPU command ends with one line that says what
 is missing and how to install it, never with an ImportError.
 """
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 
 from tsf_trt.errors import TsfError
 
-INSTALL_HINT = "pip install 'tsf-trt[gpu]' (TensorRT, cuda-python, onnxruntime-gpu; needs an NVIDIA driver)"
+INSTALL_HINT = ("pip install 'tsf-trt[gpu-cu12]' (CUDA 12, NVIDIA driver >= 525) or 'tsf-trt[gpu-cu13]' "
+                "(CUDA 13, driver >= 580), with --extra-index-url https://pypi.nvidia.com for TensorRT's libraries")
+NO_GPU = "no NVIDIA GPU is visible (no GPU, no driver, or CUDA_VISIBLE_DEVICES hides them)"
 
 
 def has_module(name: str) -> bool:
@@ -49,19 +52,54 @@ def import_cudart():
 
 def device_count() -> int:
     """NVIDIA GPUs visible to this process (0 when there is no driver or no usable package)."""
+    return cuda_devices()[0]
+
+
+def cuda_devices() -> tuple[int, str | None]:
+    """(visible GPUs, why there are none): the CUDA runtime's own error when counting fails,
+    so that a driver too old for the runtime is not reported as a missing GPU."""
     if has_cuda_python():
         try:
             cudart = import_cudart()
             err, count = cudart.cudaGetDeviceCount()
-            return int(count) if err == cudart.cudaError_t.cudaSuccess else 0
-        except Exception:  # noqa: BLE001 - no driver: the call itself may raise
-            return 0
+        except Exception as exc:  # noqa: BLE001 - a broken driver install may raise from the loader
+            return 0, f"the CUDA runtime cannot count GPUs ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        if err != cudart.cudaError_t.cudaSuccess:
+            return 0, cuda_error_reason(cudart, err)
+        return int(count), None if count else NO_GPU
     try:
         import torch
 
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # noqa: BLE001
-        return 0
+        count = 0
+    return count, None if count else NO_GPU
+
+
+def cuda_error_text(cudart, err) -> str:
+    """'cudaErrorInsufficientDriver (CUDA driver version is insufficient ...)': the name
+    and the description cuda-python gives for a status (both return (status, bytes))."""
+    def text(call) -> str:
+        try:
+            value = call(err)[1]
+        except Exception:  # noqa: BLE001 - an unknown code: keep the number
+            return ""
+        return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+    name = text(cudart.cudaGetErrorName) or f"CUDA error {int(err)}"
+    description = text(cudart.cudaGetErrorString)
+    return f"{name} ({description})" if description else name
+
+
+def cuda_error_reason(cudart, err) -> str:
+    """Why no GPU is usable, in words, from the status cudaGetDeviceCount returned."""
+    detail = cuda_error_text(cudart, err)
+    if err == cudart.cudaError_t.cudaErrorNoDevice:
+        return f"{NO_GPU}: {detail}"
+    if err == cudart.cudaError_t.cudaErrorInsufficientDriver:
+        return (f"the CUDA runtime cannot use the NVIDIA driver: {detail}; install a newer driver, or the "
+                "tsf-trt GPU extra of an older CUDA major (gpu-cu12 runs on drivers >= 525)")
+    return f"the CUDA runtime cannot count GPUs: {detail}"
 
 
 def has_cuda_python() -> bool:
@@ -75,8 +113,10 @@ def missing_for_trt() -> list[str]:
         missing.append("the Python package tensorrt is not installed")
     if not has_cuda_python():
         missing.append("the Python package cuda-python is not installed")
-    if not missing and device_count() == 0:
-        missing.append("no NVIDIA GPU is visible (no GPU, no driver, or CUDA_VISIBLE_DEVICES hides them)")
+    if not missing:
+        count, reason = cuda_devices()
+        if count == 0:
+            missing.append(reason or NO_GPU)
     return missing
 
 

@@ -14,16 +14,28 @@ DATA = Path(__file__).parent / "data"
 
 
 def pytest_collection_modifyitems(config, items):
-    """GPU tests skip cleanly on machines without an NVIDIA GPU (seen by cuda-python or torch:
-    the pinned torch is a CPU build, so torch alone never sees one)."""
-    from tsf_trt.engines.gpu import device_count
+    """GPU tests skip cleanly unless the runtime each one uses sees a GPU: `gpu("trt")` tests
+    need cuda-python to see one (TensorRT runs through it); other `gpu` tests run torch on
+    CUDA and need torch.cuda.is_available() (the pinned torch is a CPU build, so a machine
+    with a GPU and cuda-python may still have no torch CUDA)."""
+    reasons: dict[str, str | None] = {}
 
-    if device_count() > 0:
-        return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU")
+    def reason(need: str) -> str | None:
+        if need not in reasons:
+            if need == "trt":
+                from tsf_trt.engines.gpu import cuda_devices, has_cuda_python
+
+                count, why = cuda_devices() if has_cuda_python() else (0, "cuda-python is not installed")
+                reasons[need] = None if count > 0 else f"needs an NVIDIA GPU seen by cuda-python ({why})"
+            else:
+                reasons[need] = None if torch.cuda.is_available() else "needs a CUDA build of torch that sees a GPU"
+        return reasons[need]
+
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        marker = item.get_closest_marker("gpu")
+        why = reason(marker.args[0] if marker.args else "torch") if marker is not None else None
+        if why:
+            item.add_marker(pytest.mark.skip(reason=why))
 
 
 @pytest.fixture

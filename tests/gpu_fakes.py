@@ -1,33 +1,74 @@
-"""Stand-ins for the CUDA runtime and TensorRT, so the GPU code paths' logic runs on CPU.
+"""Stand-ins for the CUDA runtime and TensorRT that refuse what the real APIs refuse.
 
-FakeCudart implements the cuda-python runtime calls tsf_trt.engines.cuda makes, on host
-memory and synchronously (device pointers are host addresses). FakeEngines hands out
-runners that execute the export's ONNX graphs with ONNX Runtime on those addresses.
-What they test: buffer pooling, pinned staging, strided stacking, 2N batching, shapes,
-ω caching — the data flow. What they cannot test: the real CUDA and TensorRT calls.
+FakeCudart implements the cuda-python runtime calls tsf_trt.engines.cuda makes. Device
+memory lives in its own address space (256-byte aligned, like cudaMalloc's), reachable only
+through the fake's calls, never as host memory; pinned host memory is real host memory.
+Every *Async call and every engine execution is queued and runs only when the stream or
+an event recorded after it is synchronised, so a missing synchronisation shows up as stale
+host data. Status values and (status, value) returns are those of cuda-bindings 12.9
+(cudaGetErrorName/String return (cudaSuccess, bytes); cudaGetDeviceCount (error, None)).
+
+FakeTensorRT follows the TensorRT 10 and 11 Python bindings where tsf-trt touches them:
+real enum values (TensorIOMode NONE 0 / INPUT 1 / OUTPUT 2, a plain enum that never equals
+an int; NetworkDefinitionCreationFlag.STRONGLY_TYPED 1 on TensorRT 10 and 0 on 11, where
+EXPLICIT_BATCH is gone), create_network refusing unknown flag bits, set_shape with exactly
+(name, min, opt, max), a timing cache refused (False) when made on another device or
+version and get_timing_cache None until one is set, build_serialized_network None when it
+fails, get_tensor_shape per tensor (-1 until the inputs are set), set_tensor_address False
+for an address that is not 256-byte aligned, and execute_async_v3 queued on the stream.
+What they cannot show: that TensorRT and CUDA themselves behave as their documentation says.
 """
 
 from __future__ import annotations
 
 import ctypes
 import enum
+import json
 from types import SimpleNamespace
 
 import numpy as np
 
+ALIGNMENT = 256            # cudaMalloc's and TensorRT's tensor address alignment
+DEVICE_BASE = 0x7E00_0000_0000  # fake device addresses: never valid host memory here
+
 
 class Status(enum.IntEnum):
+    """cudaError_t values of the CUDA runtime (those the fakes produce)."""
+
     cudaSuccess = 0
+    cudaErrorInvalidValue = 1
     cudaErrorMemoryAllocation = 2
+    cudaErrorInitializationError = 3
+    cudaErrorInsufficientDriver = 35
+    cudaErrorNoDevice = 100
+    cudaErrorInvalidDevice = 101
+
+
+DESCRIPTIONS = {
+    Status.cudaSuccess: b"no error", Status.cudaErrorInvalidValue: b"invalid argument",
+    Status.cudaErrorMemoryAllocation: b"out of memory",
+    Status.cudaErrorInitializationError: b"initialization error",
+    Status.cudaErrorInsufficientDriver: b"CUDA driver version is insufficient for CUDA runtime version",
+    Status.cudaErrorNoDevice: b"no CUDA-capable device is detected",
+    Status.cudaErrorInvalidDevice: b"invalid device ordinal",
+}
 
 
 class FakeStream:
+    def __init__(self, handle: int):
+        self.handle = handle
+
     def __int__(self) -> int:
-        return 1234
+        return self.handle
+
+
+class FakeEvent:
+    def __init__(self) -> None:
+        self.done = True
 
 
 class FakeCudart:
-    """The subset of `cuda.bindings.runtime` that tsf_trt.engines.cuda uses."""
+    """The subset of `cuda.bindings.runtime` that tsf_trt uses, with deferred streams."""
 
     cudaError_t = Status
     cudaStreamNonBlocking = 1
@@ -36,87 +77,194 @@ class FakeCudart:
     cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2,
                                      cudaMemcpyDeviceToDevice=3)
 
-    def __init__(self) -> None:
-        self.buffers: dict[int, ctypes.Array] = {}
+    def __init__(self, devices: int = 1, count_error: Status | None = None) -> None:
+        self.devices, self.count_error = devices, count_error
+        self.device: dict[int, bytearray] = {}   # base address -> device memory
+        self.freed: set[int] = set()
+        self.pinned: dict[int, ctypes.Array] = {}
+        self.streams: dict[int, FakeStream] = {}
+        self.queue: list = []                    # deferred work, in stream order
+        self.current: int | None = None           # cudaSetDevice's GPU for this (one) thread
         self.calls: list[str] = []
         self.fail: set[str] = set()
+        self._next = DEVICE_BASE
 
     def __getattribute__(self, name: str):
         attr = object.__getattribute__(self, name)
         if name.startswith("cuda") and callable(attr) and not isinstance(attr, type):
             object.__getattribute__(self, "calls").append(name)
             if name in object.__getattribute__(self, "fail"):
-                return lambda *args: (Status.cudaErrorMemoryAllocation,)
+                return lambda *args: (Status.cudaErrorMemoryAllocation, None)
         return attr
 
-    def _alloc(self, nbytes: int) -> int:
-        buffer = (ctypes.c_uint8 * nbytes)()
-        address = ctypes.addressof(buffer)
-        self.buffers[address] = buffer
-        return address
+    # -- memory -------------------------------------------------------------------------------
+    def _region(self, ptr: int, nbytes: int) -> memoryview:
+        """The memory [ptr, ptr + nbytes): device memory of a live allocation, or host memory."""
+        if DEVICE_BASE <= ptr < self._next:
+            for base, buffer in self.device.items():
+                if base <= ptr and ptr + nbytes <= base + len(buffer):
+                    return memoryview(buffer)[ptr - base: ptr - base + nbytes]
+            raise AssertionError(f"device access [{ptr:#x}, +{nbytes}) outside any live allocation")
+        return memoryview((ctypes.c_uint8 * nbytes).from_address(ptr)).cast("B")
 
-    def cudaGetErrorString(self, status):
-        return Status.cudaSuccess, b"out of memory"
+    def is_device(self, ptr: int) -> bool:
+        return DEVICE_BASE <= ptr < self._next
+
+    def device_array(self, ptr: int, shape, dtype) -> np.ndarray:
+        """Device memory as a numpy array (a copy), as a GPU kernel would read it now."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        return np.frombuffer(self._region(ptr, nbytes), dtype=dtype).reshape(shape).copy()
+
+    def write_device(self, ptr: int, value: np.ndarray) -> None:
+        data = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+        self._region(ptr, data.nbytes)[:] = data.tobytes()
+
+    def _check_stream(self, stream) -> bool:
+        return int(stream) in self.streams
+
+    def _enqueue(self, stream, work) -> tuple:
+        if not self._check_stream(stream):
+            return (Status.cudaErrorInvalidValue,)
+        self.queue.append(work)
+        return (Status.cudaSuccess,)
+
+    def run_queue(self, until=None) -> None:
+        while self.queue:
+            work = self.queue.pop(0)
+            if work() is until and until is not None:
+                return
+
+    # -- the runtime calls ----------------------------------------------------------------------
+    def cudaGetErrorName(self, error):
+        return Status.cudaSuccess, Status(error).name.encode()
+
+    def cudaGetErrorString(self, error):
+        return Status.cudaSuccess, DESCRIPTIONS[Status(error)]
+
+    def cudaGetDeviceCount(self):
+        if self.count_error is not None:
+            return self.count_error, None
+        return Status.cudaSuccess, self.devices
 
     def cudaSetDevice(self, device):
+        if not 0 <= int(device) < self.devices:
+            return (Status.cudaErrorInvalidDevice,)
+        self.current = int(device)
         return (Status.cudaSuccess,)
 
     def cudaStreamCreateWithFlags(self, flags):
-        return Status.cudaSuccess, FakeStream()
+        stream = FakeStream(1000 + len(self.streams))
+        self.streams[int(stream)] = stream
+        return Status.cudaSuccess, stream
+
+    def cudaStreamDestroy(self, stream):
+        if self.streams.pop(int(stream), None) is None:
+            return (Status.cudaErrorInvalidValue,)
+        return (Status.cudaSuccess,)
+
+    def cudaStreamSynchronize(self, stream):
+        if not self._check_stream(stream):
+            return (Status.cudaErrorInvalidValue,)
+        self.run_queue()
+        return (Status.cudaSuccess,)
 
     def cudaMallocAsync(self, nbytes, stream):
-        return Status.cudaSuccess, self._alloc(nbytes)
-
-    def cudaHostAlloc(self, nbytes, flags):
-        return Status.cudaSuccess, self._alloc(nbytes)
+        if not self._check_stream(stream):
+            return Status.cudaErrorInvalidValue, None
+        ptr = self._next
+        self._next += -(-max(int(nbytes), 1) // ALIGNMENT) * ALIGNMENT
+        self.device[ptr] = bytearray(int(nbytes))
+        return Status.cudaSuccess, ptr
 
     def cudaFreeAsync(self, ptr, stream):
-        del self.buffers[ptr]
+        if ptr not in self.device or ptr in self.freed:
+            return (Status.cudaErrorInvalidValue,)
+        self.freed.add(ptr)
+
+        def work():
+            del self.device[ptr]
+        return self._enqueue(stream, work)
+
+    def cudaHostAlloc(self, nbytes, flags):
+        buffer = (ctypes.c_uint8 * int(nbytes))()
+        self.pinned[ctypes.addressof(buffer)] = buffer
+        return Status.cudaSuccess, ctypes.addressof(buffer)
+
+    def cudaFreeHost(self, ptr):
+        if self.pinned.pop(ptr, None) is None:
+            return (Status.cudaErrorInvalidValue,)
         return (Status.cudaSuccess,)
 
-    cudaFreeHost = lambda self, ptr: self.cudaFreeAsync(ptr, None)  # noqa: E731
+    def _kind_ok(self, kind, dst: int, src: int) -> bool:
+        want = {1: (True, False), 2: (False, True), 3: (True, True)}.get(int(kind))
+        return want == (self.is_device(dst), self.is_device(src))
 
     def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
-        ctypes.memmove(dst, src, nbytes)
-        return (Status.cudaSuccess,)
+        if not self._kind_ok(kind, dst, src):
+            return (Status.cudaErrorInvalidValue,)
+
+        def work():
+            self._region(dst, nbytes)[:] = self._region(src, nbytes).tobytes()
+        return self._enqueue(stream, work)
 
     def cudaMemcpy2DAsync(self, dst, dpitch, src, spitch, width, height, kind, stream):
-        for row in range(height):
-            ctypes.memmove(dst + row * dpitch, src + row * spitch, width)
-        return (Status.cudaSuccess,)
+        if not self._kind_ok(kind, dst, src) or width > dpitch or width > spitch:
+            return (Status.cudaErrorInvalidValue,)
+
+        def work():
+            for row in range(height):
+                self._region(dst + row * dpitch, width)[:] = self._region(src + row * spitch, width).tobytes()
+        return self._enqueue(stream, work)
 
     def cudaMemset2DAsync(self, ptr, pitch, value, width, height, stream):
-        for row in range(height):
-            ctypes.memset(ptr + row * pitch, value, width)
-        return (Status.cudaSuccess,)
+        if not self.is_device(ptr) or width > pitch:
+            return (Status.cudaErrorInvalidValue,)
+
+        def work():
+            for row in range(height):
+                self._region(ptr + row * pitch, width)[:] = bytes([value]) * width
+        return self._enqueue(stream, work)
 
     def cudaEventCreateWithFlags(self, flags):
-        return Status.cudaSuccess, object()
+        return Status.cudaSuccess, FakeEvent()
 
-    def _ok(self, *args):
+    def cudaEventRecord(self, event, stream):
+        event.done = False
+
+        def work():
+            event.done = True
+            return event
+        return self._enqueue(stream, work)
+
+    def cudaEventSynchronize(self, event):
+        if not event.done:
+            self.run_queue(until=event)
         return (Status.cudaSuccess,)
 
-    cudaEventRecord = cudaEventSynchronize = cudaEventDestroy = _ok
-    cudaStreamSynchronize = cudaStreamDestroy = _ok
+    def cudaEventDestroy(self, event):
+        return (Status.cudaSuccess,)
 
 
-def host_view(address: int, shape, dtype) -> np.ndarray:
-    """A numpy view of fake device memory."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    return np.frombuffer((ctypes.c_uint8 * nbytes).from_address(address), dtype=dtype).reshape(shape)
+def run_graph(session, feeds: dict) -> dict:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds)))
+
+
+def ort_session(path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class FakeRunner:
-    """An 'engine' that runs one ONNX graph with ONNX Runtime on fake device memory."""
+    """EngineRunner's interface over one ONNX graph run by ONNX Runtime on fake device memory:
+    addresses must be device memory and 256-byte aligned, and the run is queued on the stream."""
 
-    def __init__(self, path, label: str):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.label = label
+    def __init__(self, path, label: str, cudart: FakeCudart):
+        self.session, self.label, self.cudart = ort_session(path), label, cudart
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.dtypes = {n: np.dtype(np.float32) for n in (*self.inputs, *self.outputs)}
@@ -125,21 +273,31 @@ class FakeRunner:
 
     def output_shapes(self, shapes):
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
-        outs = self.session.run(None, {k: np.zeros(v, np.float32) for k, v in self.shapes.items()})
-        return {name: tuple(o.shape) for name, o in zip(self.outputs, outs)}
+        outs = run_graph(self.session, {k: np.zeros(v, np.float32) for k, v in self.shapes.items()})
+        return {name: tuple(o.shape) for name, o in outs.items()}
 
     def run(self, addresses, stream):
-        feeds = {n: host_view(addresses[n], self.shapes[n], np.float32).copy() for n in self.inputs}
-        for name, value in zip(self.outputs, self.session.run(None, feeds)):
-            host_view(addresses[name], value.shape, np.float32)[...] = value
-        self.runs += 1
+        from tsf_trt.errors import TsfError
+
+        for name in (*self.inputs, *self.outputs):
+            ptr = int(addresses[name])
+            if ptr % ALIGNMENT or not self.cudart.is_device(ptr):
+                raise TsfError(f"{self.label}: TensorRT refused the address of '{name}'")
+        shapes, cudart = dict(self.shapes), self.cudart
+
+        def work():
+            feeds = {n: cudart.device_array(addresses[n], shapes[n], np.float32) for n in self.inputs}
+            for name, value in run_graph(self.session, feeds).items():
+                cudart.write_device(addresses[name], value.astype(np.float32))
+            self.runs += 1
+        assert cudart._enqueue(stream, work)[0] == Status.cudaSuccess, "execution on an unknown stream"
 
 
 class FakeEngines:
     """EngineSet's interface: one FakeRunner per graph, created on first use."""
 
-    def __init__(self, manager):
-        self.manager = manager
+    def __init__(self, manager, cudart: FakeCudart):
+        self.manager, self.cudart = manager, cudart
         self.runners: dict[str, FakeRunner] = {}
         self.requests: list[tuple] = []
 
@@ -147,25 +305,51 @@ class FakeEngines:
         self.requests.append((graph, batch, height, width))
         if graph not in self.runners:  # through the manager, as EngineSet: the graph is checked for its role
             path, _ = self.manager.source(graph)
-            self.runners[graph] = FakeRunner(path, graph)
+            self.runners[graph] = FakeRunner(path, graph, self.cudart)
         return self.runners[graph]
 
     def close(self):
         self.runners.clear()
 
 
-class FakeTensorRT:
-    """The subset of the `tensorrt` module that tsf_trt.engines.build and .runtime use, as
-    tsf-trt reads TensorRT's documentation: it checks our call sequence runs, not TensorRT."""
+class TensorIOMode(enum.Enum):
+    """A plain enum, as pybind11's: TensorIOMode.INPUT == 1 is False."""
 
-    __version__ = "10.13.0"
-    NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=1)
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+class DataType(enum.Enum):
+    FLOAT = 0
+    HALF = 1
+
+
+class FakeTimingCache:
+    def __init__(self, origin: str, entries: int = 0):
+        self.origin, self.entries = origin, entries
+
+    def serialize(self):
+        return memoryview(f"trtcache|{self.origin}|{self.entries}".encode())
+
+
+class FakeTensorRT:
+    """The subset of the `tensorrt` module that tsf_trt.engines.build and .runtime use.
+
+    `version` picks TensorRT 10's or 11's flag values; `device` names the GPU a timing cache
+    belongs to; `fail_build` makes build_serialized_network return None, as on a failed build."""
+
     MemoryPoolType = SimpleNamespace(WORKSPACE=0)
-    BuilderFlag = SimpleNamespace(TF32=7)
-    TensorIOMode = SimpleNamespace(INPUT=0, OUTPUT=1)
+    TensorIOMode = TensorIOMode
+    DataType = DataType
 
     class ILogger:
-        Severity = SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2)
+        class Severity(enum.IntEnum):
+            INTERNAL_ERROR = 0
+            ERROR = 1
+            WARNING = 2
+            INFO = 3
+            VERBOSE = 4
 
         def __init__(self) -> None:
             pass
@@ -174,123 +358,223 @@ class FakeTensorRT:
         def __init__(self) -> None:
             pass
 
-    def __init__(self) -> None:
+    def __init__(self, version: str = "10.13.0", device: str = "NVIDIA H100 80GB HBM3",
+                 cudart: FakeCudart | None = None) -> None:
+        self.__version__, self.cudart, self.fail_build = version, cudart, False
+        major = int(version.split(".")[0])
+        if major >= 11:  # EXPLICIT_BATCH removed; STRONGLY_TYPED kept (ignored: always strongly typed)
+            self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",
+                                                              {"STRONGLY_TYPED": 0})
+        else:
+            self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",
+                                                              {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
+        self.BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "TF32": 6} if major < 11 else {"TF32": 6})
+        self.tag = f"{version}/{device}"
         self.built: list[dict] = []
-        trt = self
-
-        class Network:
-            def __init__(self, flags):
-                self.flags, self.inputs = flags, []
-
-            num_inputs = property(lambda self: len(self.inputs))
-
-            def get_input(self, index):
-                return SimpleNamespace(name=self.inputs[index])
-
-        class Parser:
-            def __init__(self, network, logger):
-                self.network, self.num_errors = network, 0
-
-            def parse_from_file(self, path):
-                import onnx
-
-                if "broken" in str(path):
-                    self.num_errors = 1
-                    return False
-                self.network.inputs = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
-                return True
-
-            def get_error(self, index):
-                return "In node 3 (importConv): unsupported"
-
-        class Config:
-            def __init__(self):
-                self.flags_cleared, self.pool, self.profiles, self.cache, self.progress_monitor = [], None, [], None, None
-
-            def set_memory_pool_limit(self, pool, size):
-                self.pool = size
-
-            def clear_flag(self, flag):
-                self.flags_cleared.append(flag)
-
-            def add_optimization_profile(self, profile):
-                self.profiles.append(profile)
-
-            def create_timing_cache(self, data):
-                return SimpleNamespace(serialize=lambda: b"timing:" + bytes(data))
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                self.cache = cache
-                return True
-
-            def get_timing_cache(self):
-                return self.cache
-
-        class Builder:
-            def __init__(self, logger):
-                self.logger = logger
-
-            def create_network(self, flags):
-                return Network(flags)
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return SimpleNamespace(shapes={}, set_shape=lambda name, *s: None)
-
-            def build_serialized_network(self, network, config):
-                monitor = config.progress_monitor
-                if monitor is not None:
-                    monitor.phase_start("Building", None, 1)
-                    monitor.step_complete("Building", 0)
-                    monitor.phase_finish("Building")
-                trt.built.append({"flags": network.flags, "inputs": network.inputs, "config": config})
-                return memoryview(b"serialized:" + ",".join(network.inputs).encode())
-
-        self.Builder, self.OnnxParser = Builder, Parser
+        self.Builder, self.OnnxParser = _builder_classes(self, major)
 
     @staticmethod
     def nptype(dtype):
-        return np.float32
+        return {DataType.FLOAT: np.float32, DataType.HALF: np.float16}[dtype]
 
     def Runtime(self, logger):  # noqa: N802 - TensorRT's name
-        return SimpleNamespace(deserialize_cuda_engine=lambda data: None if data == b"bad" else FakeEngine(data))
+        trt = self
+
+        def deserialize(data):
+            try:
+                spec = json.loads(bytes(data))
+            except ValueError:
+                return None
+            return FakeEngine(spec, trt.cudart)
+
+        return SimpleNamespace(deserialize_cuda_engine=deserialize)
+
+
+def _builder_classes(trt: FakeTensorRT, major: int):
+    flags = trt.NetworkDefinitionCreationFlag
+    known, strong = sum(1 << int(f) for f in flags), 1 << int(flags.STRONGLY_TYPED)
+
+    class Network:
+        def __init__(self, strongly_typed: bool):
+            self.strongly_typed, self.inputs, self.outputs, self.path = strongly_typed, [], [], None
+
+        num_inputs = property(lambda self: len(self.inputs))
+
+        def get_input(self, index):
+            return SimpleNamespace(name=self.inputs[index][0], shape=self.inputs[index][1])
+
+    class Parser:
+        def __init__(self, network, logger):
+            if not isinstance(network, Network):
+                raise TypeError("OnnxParser(): incompatible network argument")
+            self.network, self.num_errors = network, 0
+
+        def parse_from_file(self, path):
+            import onnx
+
+            if "broken" in str(path):
+                self.num_errors = 1
+                return False
+            graph = onnx.load(path, load_external_data=False).graph
+            dims = lambda v: tuple(d.dim_value if d.HasField("dim_value") else -1  # noqa: E731
+                                   for d in v.type.tensor_type.shape.dim)
+            self.network.inputs = [(i.name, dims(i)) for i in graph.input]
+            self.network.outputs = [o.name for o in graph.output]
+            self.network.path = str(path)
+            return True
+
+        def get_error(self, index):
+            return "In node 3 (importConv): unsupported"
+
+    class Profile:
+        def __init__(self):
+            self.shapes: dict[str, tuple] = {}
+
+        def set_shape(self, input, min, opt, max):  # noqa: A002 - TensorRT's parameter names
+            shapes = [tuple(int(d) for d in s) for s in (min, opt, max)]
+            if len({len(s) for s in shapes}) != 1 or any(
+                    not 0 <= a <= b <= c for a, b, c in zip(*shapes)):
+                raise ValueError(f"set_shape({input}): need min <= opt <= max of one rank, got {shapes}")
+            self.shapes[input] = tuple(shapes)
+
+    class Config:
+        def __init__(self):
+            self.flags_cleared, self.pool, self.profiles, self.cache, self.progress_monitor = [], None, [], None, None
+
+        def set_memory_pool_limit(self, pool, size):
+            self.pool = size
+
+        def clear_flag(self, flag):
+            self.flags_cleared.append(flag)
+
+        def add_optimization_profile(self, profile):
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+        def create_timing_cache(self, data):
+            data = bytes(data)
+            if not data:
+                return FakeTimingCache(trt.tag)
+            parts = data.decode(errors="replace").split("|")
+            if len(parts) != 3 or parts[0] != "trtcache" or not parts[2].isdigit():
+                return None  # not a timing cache
+            return FakeTimingCache(parts[1], int(parts[2]))
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            if cache.origin != trt.tag and not ignore_mismatch:
+                return False  # made on another device or by another TensorRT
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Builder:
+        def __init__(self, logger):
+            self.logger = logger
+
+        def create_network(self, flags=0):
+            if flags & ~known:
+                self.logger.log(trt.ILogger.Severity.ERROR, f"createNetworkV2: unknown flags {flags:#x}")
+                return None
+            return Network(major >= 11 or bool(flags & strong))  # 11: always strongly typed
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            monitor = config.progress_monitor
+            if monitor is not None:
+                monitor.phase_start("Building", None, 1)
+                monitor.step_complete("Building", 0)
+                monitor.phase_finish("Building")
+            profile = config.profiles[0].shapes if len(config.profiles) == 1 else None
+            if trt.fail_build or profile is None or any(
+                    name not in profile or len(profile[name][0]) != len(dims) for name, dims in network.inputs):
+                self.logger.log(trt.ILogger.Severity.ERROR, "IBuilder::buildSerializedNetwork: Error Code 4")
+                return None
+            if config.cache is not None:
+                config.cache.entries += 1  # the kernels timed in this build
+            trt.built.append({"network": network, "config": config})
+            spec = {"onnx": network.path, "inputs": [n for n, _ in network.inputs], "outputs": network.outputs,
+                    "profile": {k: [list(s) for s in v] for k, v in profile.items()}}
+            return memoryview(json.dumps(spec).encode())
+
+    return Builder, Parser
 
 
 class FakeEngine:
-    def __init__(self, data: bytes):
-        names = data.split(b":", 1)[1].decode().split(",") if b":" in data else ["image"]
-        self.names = [*names, "out"]
+    """A deserialised engine: its I/O from the ONNX graph, its profile from the build."""
+
+    def __init__(self, spec: dict, cudart: FakeCudart | None):
+        self.spec, self.cudart = spec, cudart
+        self.names = [*spec["inputs"], *spec["outputs"]]
         self.num_io_tensors = len(self.names)
-        self.context = SimpleNamespace(shapes={}, addresses={}, runs=0)
+        self.session = ort_session(spec["onnx"])
 
     def get_tensor_name(self, index):
         return self.names[index]
 
     def get_tensor_mode(self, name):
-        return 1 if name == "out" else 0
+        if name in self.spec["inputs"]:
+            return TensorIOMode.INPUT
+        return TensorIOMode.OUTPUT if name in self.spec["outputs"] else TensorIOMode.NONE
 
     def get_tensor_dtype(self, name):
-        return "float"
+        return DataType.FLOAT
 
     def create_execution_context(self):
-        engine, context = self, self.context
+        return FakeContext(self)
 
-        def set_input_shape(name, shape):
-            context.shapes[name] = shape
-            return True
 
-        def set_tensor_address(name, ptr):
-            context.addresses[name] = ptr
-            return True
+class FakeContext:
+    def __init__(self, engine: FakeEngine):
+        self.engine = engine
+        self.shapes: dict[str, tuple] = {}
+        self.addresses: dict[str, int] = {}
+        self.runs = 0
+        self._outputs: dict[str, tuple] | None = None
 
-        def execute(stream):
-            context.runs += 1
-            return True
+    def set_input_shape(self, name, shape):
+        shape = tuple(int(d) for d in shape)
+        low, _, high = self.engine.spec["profile"].get(name, [[], [], []])
+        if name not in self.engine.spec["inputs"] or len(shape) != len(low) or any(
+                not a <= d <= b for a, d, b in zip(low, shape, high)):
+            return False
+        self.shapes[name] = shape
+        self._outputs = None
+        return True
 
-        context.set_input_shape, context.set_tensor_address, context.execute_async_v3 = \
-            set_input_shape, set_tensor_address, execute
-        context.get_tensor_shape = lambda name: next(iter(context.shapes.values()))
-        context.engine = engine
-        return context
+    def get_tensor_shape(self, name):
+        if name in self.engine.spec["inputs"]:
+            return self.shapes.get(name, tuple(-1 for _ in self.engine.spec["profile"][name][0]))
+        if set(self.shapes) != set(self.engine.spec["inputs"]):
+            return (-1,)  # not all input shapes set: unknown
+        if self._outputs is None:
+            feeds = {k: np.zeros(v, np.float32) for k, v in self.shapes.items()}
+            self._outputs = {k: v.shape for k, v in run_graph(self.engine.session, feeds).items()}
+        return self._outputs[name]
+
+    def set_tensor_address(self, name, ptr):
+        if name not in self.engine.names or int(ptr) % ALIGNMENT:
+            return False
+        self.addresses[name] = int(ptr)
+        return True
+
+    def execute_async_v3(self, stream_handle):
+        engine, cudart = self.engine, self.engine.cudart
+        if set(self.shapes) != set(engine.spec["inputs"]) or set(self.addresses) != set(engine.names):
+            return False
+        shapes, addresses = dict(self.shapes), dict(self.addresses)
+        outputs = {n: self.get_tensor_shape(n) for n in engine.spec["outputs"]}
+
+        def work():
+            feeds = {n: cudart.device_array(addresses[n], shapes[n], np.float32) for n in engine.spec["inputs"]}
+            for name, value in run_graph(engine.session, feeds).items():
+                assert value.shape == outputs[name]
+                cudart.write_device(addresses[name], value.astype(np.float32))
+            self.runs += 1
+        return cudart is not None and cudart._enqueue(stream_handle, work)[0] == Status.cudaSuccess

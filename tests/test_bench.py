@@ -10,6 +10,7 @@ that user errors end as one line with exit code 1.
 from __future__ import annotations
 
 import json
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -18,6 +19,7 @@ from tsf_trt.cli import app
 
 runner = CliRunner()
 SUMMARY = {"mean", "p50", "p90", "p99", "min", "max"}
+PEAK = {"gflops", "library", "native", "candidates", "unavailable", "reason"}
 TOP = {"schema_version", "tool", "created", "environment", "model", "workload", "settings", "gemm", "flops", "rows",
        "skipped", "io_overlap", "warnings", "notes"}
 
@@ -62,14 +64,23 @@ def rows_by(report, backend):
 
 def test_report_has_every_documented_field(run):
     report, _, _ = run
-    assert set(report) == TOP and report["schema_version"] == 1
+    assert set(report) == TOP and report["schema_version"] == 2
     env = report["environment"]
     assert {"cpu", "logical_cpus", "usable_cpus", "physical_cores", "threads", "gpu", "versions", "precision",
             "model_id", "device"} <= set(env)
     assert {"torch", "onnxruntime", "tensorrt"} <= set(env["versions"]) and env["precision"] == "fp32"
     assert env["threads"] == 1 and env["model_id"] == report["model"]["id"] != ""
     assert report["settings"]["backends"] == ["torch", "ort", "ort-cuda", "trt", "reference"]
-    assert report["gemm"]["cpu_fp32_gflops"] > 0
+    gemm = report["gemm"]
+    assert set(gemm) == {"cpu_size", "threads", "cpu_threads", "gpu_size", "peaks", "seconds"}
+    assert gemm["threads"] == gemm["cpu_threads"] == 1 and gemm["gpu_size"] is None
+    assert set(gemm["peaks"]) == {"cpu fp32", "cpu bf16", "cpu int8"}
+    for peak in gemm["peaks"].values():
+        assert PEAK <= set(peak) and (peak["gflops"] is None) == (peak["reason"] is not None)
+    fp32 = gemm["peaks"]["cpu fp32"]
+    assert set(fp32["candidates"]) | set(fp32["unavailable"]) == {"torch", "onnxruntime", "openvino"}
+    assert fp32["gflops"] == max(fp32["candidates"].values()) == fp32["candidates"][fp32["library"]] > 0
+    assert "evidence" in gemm["peaks"]["cpu bf16"] and "openvino" in report["environment"]["versions"]
     expected = {("torch", 1), ("torch", 2), ("ort", 1), ("ort", 2), ("reference", 1)}
     assert {(r["backend"], r["batch_size"]) for r in report["rows"]} == expected
     for row in report["rows"]:
@@ -123,7 +134,10 @@ def test_throughput_and_efficiency_follow_from_the_times(run):
         network = sum(row["stages"][s]["mean"] for s in ("encoder", "fusion", "decoder"))
         assert eff["network_seconds"] == pytest.approx(network)
         assert eff["gflops_per_s"] == pytest.approx(eff["flops_per_volume"] / network / 1e9)
-        assert eff["fraction_of_gemm"] == pytest.approx(eff["gflops_per_s"] / report["gemm"]["cpu_fp32_gflops"])
+        peak = report["gemm"]["peaks"]["cpu fp32"]
+        assert eff["gemm_kind"] == "cpu fp32" and eff["gemm_library"] == peak["library"]
+        assert eff["fraction_of_gemm"] == pytest.approx(eff["gflops_per_s"] / peak["gflops"])
+        assert eff["no_peak_reason"] is None
         executed = flops["reference_per_volume"] if row["backend"] == "reference" else flops["per_volume"]
         assert eff["flops_per_volume"] == executed
 
@@ -260,8 +274,8 @@ def test_units_of_the_report():
     assert stat == {"mean": 3.0, "p50": 3.0, "p90": pytest.approx(4.6), "p99": pytest.approx(4.96),
                     "min": 1.0, "max": 5.0}
     assert check_shape((200, 240, 155)) == (155, 240, 200)
-    assert parse_backends("all") == ["torch", "ort", "ort-cuda", "ort-trt", "trt", "reference"]
-    assert parse_backends("all", reference=False) == ["torch", "ort", "ort-cuda", "ort-trt", "trt"]
+    assert parse_backends("all") == ["torch", "ort", "openvino", "ort-cuda", "ort-trt", "trt", "reference"]
+    assert parse_backends("all", reference=False) == ["torch", "ort", "openvino", "ort-cuda", "ort-trt", "trt"]
     assert parse_backends("reference,torch", reference=False) == ["torch", "reference"]
     assert parse_backends("torch,torch") == ["torch", "reference"]
     assert contention_warnings({"load_average_1m": 0.1, "usable_cpus": 2, "threads": 2}) == []
@@ -288,9 +302,17 @@ def test_bench_rows_of_every_variant_agree_with_torch_fp32(light, small_model_di
     """The variants `tsf-trt bench suite` compares are bench rows too, each with its agreement."""
     result = cli("--model", small_model_dir, "--backends", "torch,ort", "--precisions", "fp32,bf16", "--decoders",
                  "baked,code", "--batch-sizes", "auto", "--shape", 16, 16, 3, "--warmup", 0, "--iterations", 1,
-                 "--threads", 1, "--io-subjects", 0, "--json", tmp_path / "v.json")
+                 "--threads", 1, "--io-subjects", 0, "--json", tmp_path / "v.json", "--markdown", tmp_path / "v.md")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "v.json").read_text(), parse_constant=pytest.fail)
+    bf16, eff = report["gemm"]["peaks"]["cpu bf16"], report["rows"][1]["efficiency"]
+    assert report["rows"][1]["variant"] == "torch-bf16" and eff["gemm_kind"] == "cpu bf16"
+    if bf16["native"]:  # a CPU with native bf16: against its bf16 peak
+        assert eff["fraction_of_gemm"] == pytest.approx(eff["gflops_per_s"] / bf16["gflops"])
+    else:  # no figure, and the markdown says why
+        assert bf16["gflops"] is None and eff["fraction_of_gemm"] is None and eff["gemm_gflops"] is None
+        assert eff["no_peak_reason"] == bf16["reason"] and "not native" in bf16["reason"]
+        assert f"no %GEMM for torch-bf16: cpu bf16 {bf16['reason']}" in (tmp_path / "v.md").read_text()
     rows = {r["variant"]: r for r in report["rows"]}
     assert list(rows) == ["torch", "torch-bf16", "ort", "ort-code", "reference"]
     assert report["settings"]["precisions"] == ["fp32", "bf16"] and report["settings"]["decoders"] == ["baked", "code"]
@@ -298,7 +320,8 @@ def test_bench_rows_of_every_variant_agree_with_torch_fp32(light, small_model_di
     assert rows["torch-bf16"]["vs_torch"]["baseline"] == {"backend": "torch", "batch_size": None}
     for name in ("torch-bf16", "ort", "ort-code", "reference"):
         found = rows[name]["agreement"]
-        assert found["baseline"] == {"backend": "torch", "precision": "fp32", "batch_size": None}
+        # the reference (full frame) has no torch fp32 row at its frame: against the head one
+        assert found["baseline"] == {"backend": "torch", "precision": "fp32", "batch_size": None, "frame": "head"}
         assert found["image_max_abs_diff"] < (0.5 if name == "torch-bf16" else 1e-3)
         assert found["image_psnr_db"] is None or found["image_psnr_db"] > 20
         assert found["tsem_max_abs_diff"] is not None and found["weights_max_abs_diff"] >= 0
@@ -306,8 +329,133 @@ def test_bench_rows_of_every_variant_agree_with_torch_fp32(light, small_model_di
                if r["backend"] != "reference")
 
 
+def test_bench_rows_at_each_frame_and_the_reference_at_full(light, small_model_dir, tmp_path):
+    """--frame full,head: one row per frame, the head row's ratio to the full row, PSNR against the
+    phantom's real target, and the reference at its one definition (full frame)."""
+    result = cli("--model", small_model_dir, "--backends", "ort", "--frame", "full,head", "--batch-sizes", "4",
+                 "--shape", 128, 128, 5, "--warmup", 0, "--iterations", 1, "--threads", 1, "--io-subjects", 0,
+                 "--json", tmp_path / "f.json")
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "f.json").read_text())["rows"]}
+    assert list(rows) == ["ort-full", "ort", "reference"]
+    assert rows["reference"]["frame"] == "full" and rows["ort"]["frame"] == "head"
+    assert np.prod(rows["ort"]["frame_box"]["size"]) < 128 * 128 == np.prod(rows["ort-full"]["frame_box"]["size"])
+    assert rows["ort"]["vs_full_frame"]["baseline"] == {"backend": "ort", "batch_size": 4}
+    assert rows["ort-full"]["vs_full_frame"] is None
+    assert all(isinstance(r["truth_psnr_db"], float) for r in rows.values())
+
+
 def test_bench_options_before_suite_are_refused(small_model_dir):
     assert_one_line_error(cli("--threads", 1, "suite"), "--threads", "suite")
     assert_one_line_error(cli("suite", "--variants", "torch,bogus"), "--variants", "bogus")
     assert_one_line_error(cli("--model", small_model_dir, "--precisions", "fp64"), "--precisions")
     assert_one_line_error(cli("--model", small_model_dir, "--decoders", "fast"), "--decoders")
+
+
+def fake_factories(seconds: dict[str, float], calls: list):
+    """Candidates whose products return their names, timed by `seconds` (a missing name: not installed)."""
+    def factory(name):
+        def make(n, threads):
+            calls.append((name, n, threads))
+            if name not in seconds:
+                raise ImportError(name)
+            if seconds[name] < 0:
+                raise RuntimeError(f"{name} refused\nsecond line")
+            return lambda: name
+        return name, make
+    return [factory(name) for name in ("slow", "fast", "broken", "missing")]
+
+
+def test_the_peak_is_the_fastest_candidate():
+    from tsf_trt.bench.environment import measure_peak
+
+    timings, calls = {"slow": 2.0, "fast": 0.5, "broken": -1}, []
+    peak = measure_peak(fake_factories(timings, calls), 1000, 3, seconds=lambda run: timings[run()])
+    assert peak["library"] == "fast" and peak["gflops"] == pytest.approx(2 * 1000**3 / 0.5 / 1e9)
+    assert peak["candidates"] == {"slow": pytest.approx(1.0), "fast": pytest.approx(4.0)}
+    assert peak["unavailable"] == {"broken": "broken refused", "missing": "not installed"}
+    assert peak["reason"] is None and {c[1:] for c in calls} == {(1000, 3)}  # size and threads to every one
+    none = measure_peak(fake_factories({}, []), 10, None, seconds=lambda run: timings[run()])
+    assert none["gflops"] is None and none["library"] is None and "slow not installed" in none["reason"]
+
+
+@pytest.mark.parametrize("flags, capabilities, native", [
+    (set(), ["FP32", "INT8"], False), ({"avx512_bf16"}, None, True), (set(), ["FP32", "BF16"], True)])
+def test_bf16_is_measured_only_where_native(flags, capabilities, native, monkeypatch, one_torch_thread):
+    from tsf_trt.bench import environment
+
+    calls: list = []
+    candidates = fake_factories({"slow": 0, "fast": 0}, calls)[:2]
+    monkeypatch.setattr(environment, "CPU_CANDIDATES", {"fp32": candidates, "bf16": candidates, "int8": candidates})
+    monkeypatch.setattr(environment, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(environment, "openvino_capabilities", lambda: capabilities)
+    monkeypatch.setattr(environment, "GEMM_MIN_SECONDS", 0.0)
+    gemm = environment.gemm_rate(1)
+    bf16 = gemm["peaks"]["cpu bf16"]
+    assert len(calls) == (6 if native else 4) and {c[2] for c in calls} == {1}
+    assert bf16["native"] is native and (bf16["gflops"] is not None) is native
+    if native:
+        assert bf16["gflops"] == max(bf16["candidates"].values())
+    else:
+        assert bf16["candidates"] == {} and "not native" in bf16["reason"]
+    assert bf16["evidence"].startswith("CPU flags: avx512_bf16;") == bool(flags)
+    assert ("BF16" in bf16["evidence"]) == (capabilities is not None and "BF16" in capabilities)
+
+
+def test_every_candidate_computes_the_product(one_torch_thread):
+    """What is timed is the product itself, by each library (at a size too small to time)."""
+    import numpy as np
+    import torch
+
+    from tsf_trt.bench import environment
+
+    n = 64
+    a, b = environment._operands(n)
+    qa, qb = environment._int8_operands(n)
+    exact = {"fp32": a @ b, "bf16": a @ b, "int8": qa.astype(np.int32) @ qb.astype(np.int32)}
+    tolerance = {"fp32": 1e-4, "bf16": 0.5, "int8": 0}
+    native = environment.bf16_support()[0]
+    for precision, candidates in environment.CPU_CANDIDATES.items():
+        for library, make in candidates:
+            if precision == "bf16" and library == "openvino" and not native:
+                with pytest.raises(ValueError, match="not bf16"):  # OpenVINO's silent f32 fallback is caught
+                    make(n, 1)
+                continue
+            out = make(n, 1)()
+            out = out.float().numpy() if isinstance(out, torch.Tensor) else np.asarray(out[0])
+            assert np.abs(out - exact[precision]).max() <= tolerance[precision], (precision, library)
+
+
+def test_each_row_is_measured_against_its_own_precision():
+    from tsf_trt.bench.environment import measure_peak, not_measured
+    from tsf_trt.bench.runner import efficiency
+
+    def peak(gflops):
+        return measure_peak([("lib", lambda n, t: None)], 1000, None, seconds=lambda run: 2 / gflops)
+
+    gemm = {"peaks": {"cpu fp32": peak(100.0), "cpu bf16": not_measured("not native here", False),
+                      "cpu int8": peak(400.0), "gpu fp16": peak(1000.0)}}
+    flops = {"per_volume": 50e9, "reference_per_volume": 80e9}
+
+    def row(backend, precision, on_gpu=False):
+        stages = {s: {"mean": 0.1} for s in ("encoder", "fusion", "decoder")}
+        return {"backend": backend, "precision": precision, "on_gpu": on_gpu, "stages": stages,
+                "end_to_end": {"mean": 1.0}}
+
+    expected = [(row("ort", "fp32"), "cpu fp32"), (row("reference", "fp32"), "cpu fp32"),
+                (row("ort", "int8"), "cpu int8"), (row("trt", "fp16", True), "gpu fp16"),
+                (row("trt", "best", True), "gpu fp16")]
+    for r, kind in expected:
+        eff = efficiency(r, flops, gemm)
+        assert eff["gemm_kind"] == kind and eff["gemm_gflops"] == pytest.approx(gemm["peaks"][kind]["gflops"])
+        assert eff["fraction_of_gemm"] == pytest.approx(eff["gflops_per_s"] / eff["gemm_gflops"])
+        assert eff["gemm_library"] == "lib" and eff["no_peak_reason"] is None
+    assert efficiency(row("ort", "fp32"), flops, gemm)["fraction_of_gemm"] == pytest.approx(50 / 0.3 / 100)
+    assert efficiency(row("reference", "fp32"), flops, gemm)["fraction_of_gemm"] == pytest.approx(80 / 0.3 / 100)
+    bf16 = efficiency(row("torch", "bf16"), flops, gemm)
+    assert bf16["gemm_kind"] == "cpu bf16" and bf16["gflops_per_s"] == pytest.approx(50 / 0.3)
+    assert bf16["fraction_of_gemm"] is None and bf16["gemm_gflops"] is None
+    assert bf16["no_peak_reason"] == "not native here"
+    gpu32 = efficiency(row("ort-cuda", "fp32", True), flops, gemm)
+    assert gpu32["gemm_kind"] == "gpu fp32" and gpu32["fraction_of_gemm"] is None and "not measured" in \
+        gpu32["no_peak_reason"]

@@ -234,3 +234,24 @@ def test_resample_runs_at_1mm_and_writes_on_the_input_grid(tmp_path, small_model
     synth = nib.load(tmp_path / "out" / "p_t2_synth.nii.gz")
     assert synth.shape == nib.load(t1).shape and np.allclose(synth.affine, nib.load(t1).affine)
     assert json.loads((tmp_path / "out" / "p_t2.json").read_text())["resampled"] is True
+
+
+def test_unused_files_past_ten_subjects_are_summarised_by_reason(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from tsf_trt.cli.infer import UNUSED_LINES, _log_unused
+
+    subjects = [SimpleNamespace(name=f"s{i}", unused=((tmp_path / f"s{i}_seg.nii.gz", "a segmentation"),))
+                for i in range(UNUSED_LINES + 2)]
+    gathered = SimpleNamespace(subjects=subjects, unused=((tmp_path / "notes.nii", "no sequence in the name"),))
+    intake = SimpleNamespace(root=tmp_path)
+    with caplog.at_level("INFO", logger="tsf_trt"):
+        _log_unused(gathered, intake)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith(f"not used: {UNUSED_LINES + 2} file(s) (a segmentation), e.g. ")
+    assert lines[1].startswith("not used: 1 file(s) (no sequence in the name)") and len(lines) == 3
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tsf_trt"):
+        _log_unused(gathered, intake, verbose=True)
+    assert len(caplog.records) == UNUSED_LINES + 3
+    assert caplog.records[0].getMessage() == "s0: not used: s0_seg.nii.gz (a segmentation)"

@@ -8,6 +8,7 @@ inputs and output names, refuse bad requests before any heavy work, run the
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from . import sequences
 from .atomic import DiskFullError, make_folder, remove_empty_folders, remove_stale
-from .claims import Claims, Holder
+from .claims import Claim, Claims, Holder
 from .errors import TsfError
 from .outputs import (Inputs, OutputPaths, bids_sidecars, build_report, raw_root, write_dataset_description,
                       write_outputs)
@@ -25,7 +26,7 @@ from .pipeline import Progress, Result, Synthesizer
 from .subjects import Subject
 from .preflight import check_subject
 from .resample import needs_resampling, resample_subject, result_to_input_grid
-from .volume import load_volume
+from .volume import Volume, load_volume
 
 _log = logging.getLogger(__name__)
 
@@ -97,6 +98,40 @@ def infer_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *
     (folder mode: an :class:`~tsf_trt.outputs.Inputs` of every input of the folder, which
     holds the subject's own). The report's "qc" block scores the TSEM with
     `request.qc` (from `evaluate --calibrate-qc`), or with the default threshold and no flag."""
+    return synthesize_subject(synth, subject, request, progress=progress, backend_name=backend_name, paths=paths,
+                              overwrite=overwrite, protected=protected, before_publish=before_publish).write()
+
+
+@dataclass
+class Synthesized:
+    """A subject whose synthesis is done and whose outputs are not written yet: folder mode
+    writes it on a background thread while the next subject computes."""
+
+    subject: str
+    result: Result
+    like: Volume  # the outputs take this input's layout, affine and header
+    paths: OutputPaths
+    report: dict
+    overwrite: bool
+    inputs: Inputs
+    before_publish: Callable[[], None] | None
+    tsem_sidecar: dict | None
+    removed: list[Path]
+
+    def write(self) -> SubjectOutcome:
+        """Write and publish the outputs (all or nothing); the subject's outcome."""
+        start = time.perf_counter()
+        write_outputs(self.result, self.like, self.paths, self.report, overwrite=self.overwrite, inputs=self.inputs,
+                      before_publish=self.before_publish, tsem_sidecar=self.tsem_sidecar)
+        self.result.timings["write"] = time.perf_counter() - start
+        return SubjectOutcome(self.subject, "done", self.paths, self.result, removed=self.removed)
+
+
+def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *,
+                       progress: Progress | None = None, backend_name: str = "", paths: OutputPaths | None = None,
+                       overwrite: bool | None = None, protected: Inputs | Iterable[Path] = (),
+                       before_publish: Callable[[], None] | None = None) -> Synthesized:
+    """:func:`infer_subject` up to its outputs: every check, the synthesis and the report."""
     target, tsem = request.target, request.tsem
     overwrite = request.overwrite if overwrite is None else overwrite
     sources = list(subject.inputs)
@@ -125,11 +160,8 @@ def infer_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *
     report = build_report(result, paths, subject.inputs, subject=subject.name,
                           model_id=synth.backend.model_id, backend=backend_name or synth.backend.describe(),
                           extra=extra, qc=qc_block(result.tsem, result.head_mask, request.qc))
-    start = time.perf_counter()
-    write_outputs(result, volumes[sources[0]], paths, report, overwrite=overwrite, inputs=inputs,
-                  before_publish=before_publish, tsem_sidecar=tsem_sidecar)
-    result.timings["write"] = time.perf_counter() - start
-    return SubjectOutcome(subject.name, "done", paths, result, removed=removed)
+    return Synthesized(subject.name, result, volumes[sources[0]], paths, report, overwrite, inputs, before_publish,
+                       tsem_sidecar, removed)
 
 
 def _preflight(subject: Subject, volumes: dict, request: InferRequest) -> tuple[dict, list]:
@@ -165,6 +197,8 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     finished subjects are redone, except those another run finished since this one began.
     With `wait`, busy subjects are looked at again until their holders finish them or
     die (then this run takes them over): when it returns, every subject has an outcome.
+    A subject's outputs are written on a background thread while the next one computes
+    (:class:`_Writer`); `on_start` and `on_end` still come in subject order, from this thread.
     """
     run = _FolderRun(synth, request, backend_name, Inputs(p for s in subjects for p in s.inputs.values()), time.time())
     bids = [s for s in subjects if s.bids is not None]
@@ -172,24 +206,158 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
         make_folder(request.output)
         write_dataset_description(request.output, synth.backend.model_id, raw_root(bids[0]))
     summary = FolderSummary()
+
+    def emit(outcome: SubjectOutcome) -> None:
+        summary.outcomes.append(outcome)
+        if on_end:
+            on_end(outcome)
+
+    writer = _Writer(emit)
     pending = list(subjects)
     with Claims(request.lease_s) as claims:
-        while pending:
-            busy = []
-            for subject in pending:
-                outcome = run.one(subject, claims, on_start)
-                if request.wait and outcome.status == "busy":
-                    busy.append((subject, outcome))
-                    continue
-                summary.outcomes.append(outcome)
-                if on_end:
-                    on_end(outcome)
-            pending = [subject for subject, _ in busy]
-            if pending:
-                if on_wait:
-                    on_wait([outcome for _, outcome in busy])
-                time.sleep(min(5.0, max(0.2, request.lease_s / 4)))  # a dead holder on this host is seen at once
+        try:
+            while pending:
+                busy = []
+                for subject in pending:
+                    outcome = run.one(subject, claims, on_start, writer)
+                    if outcome is None:
+                        continue  # being written: the writer hands it on, in order
+                    if request.wait and outcome.status == "busy":
+                        busy.append((subject, outcome))
+                        continue
+                    writer.flush()
+                    emit(outcome)
+                writer.flush()
+                pending = [subject for subject, _ in busy]
+                if pending:
+                    if on_wait:
+                        on_wait([outcome for _, outcome in busy])
+                    time.sleep(min(5.0, max(0.2, request.lease_s / 4)))  # a dead holder on this host is seen at once
+        except BaseException:
+            writer.abandon()  # before Claims closes: the subject being written keeps its claim until it ends
+            raise
     return summary
+
+
+class _Abandoned(BaseException):
+    """The run stops (Ctrl-C, a full disk): the subject being written publishes nothing."""
+
+
+@dataclass
+class _Pending:
+    """One subject's outputs being written on the background thread; it holds the claim."""
+
+    job: Synthesized
+    claim: Claim
+    created: Path | None
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    outcome: SubjectOutcome | None = None
+    error: BaseException | None = None
+
+
+class _Writer:
+    """Writes one subject's outputs on a background thread while the next subject computes.
+
+    At most one subject is being written, so memory holds one more result, no more. Outcomes
+    are handed to `emit` in subject order, on the calling thread. The claim goes with the
+    outputs and is released once they are published, or have failed (that subject's error).
+    """
+
+    def __init__(self, emit: Callable[[SubjectOutcome], None]):
+        self._emit = emit
+        self._pending: _Pending | None = None
+
+    def submit(self, job: Synthesized, claim: Claim, created: Path | None) -> None:
+        self.flush()
+        pending = _Pending(job, claim, created)
+        checks = job.before_publish
+
+        def before_publish() -> None:
+            if pending.stop.is_set():
+                raise _Abandoned()
+            if checks is not None:
+                checks()
+
+        job.before_publish = before_publish
+        # Not a daemon: should the interpreter exit meanwhile, it waits for the group to end whole.
+        pending.thread = threading.Thread(target=self._write, args=(pending,), name="tsf-trt writer")
+        self._pending = pending
+        pending.thread.start()
+
+    @staticmethod
+    def _write(pending: _Pending) -> None:
+        try:
+            pending.outcome = _publish(pending.job, pending.claim, pending.created)
+        except BaseException as exc:  # noqa: BLE001 - raised again on the calling thread by flush()
+            pending.error = exc
+
+    def ready(self) -> bool:
+        """Nothing is being written any more (flush would not wait)."""
+        return self._pending is None or not self._pending.thread.is_alive()
+
+    def flush(self) -> None:
+        """Wait for the subject being written; hand on its outcome, or raise what stopped it."""
+        pending = self._pending
+        if pending is None:
+            return
+        pending.thread.join()
+        self._pending = None  # only now: a Ctrl-C while joining leaves it to abandon()
+        if pending.error is not None:
+            raise pending.error
+        self._emit(pending.outcome)
+
+    def abandon(self) -> None:
+        """The run stops: the subject being written publishes nothing unless it already has."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        pending.stop.set()
+        pending.thread.join()
+        if pending.outcome is not None:  # published before the stop: its files exist, so its line
+            self._emit(pending.outcome)
+
+
+def _publish(job: Synthesized, claim: Claim, created: Path | None) -> SubjectOutcome:
+    """Write a subject's outputs; its claim is released once they are published or have failed."""
+    try:
+        with claim:
+            return job.write()
+    except DiskFullError:
+        raise  # not this subject's fault: every later one would fail the same way
+    except (TsfError, OSError) as exc:
+        return _failed(job.subject, exc, created, job.paths)
+
+
+def _failed(name: str, exc: Exception, created: Path | None, paths: OutputPaths | None) -> SubjectOutcome:
+    message = str(exc) if isinstance(exc, TsfError) else f"{type(exc).__name__}: {exc}"
+    if created is not None and paths is not None:  # a failed subject leaves no empty folder (only if still empty)
+        remove_empty_folders(created, paths.folder)
+    return SubjectOutcome(name, "failed", error=message)
+
+
+class _Started:
+    """A subject's progress callback that calls `on_start` only once the subject before it
+    is handed on: at the first progress tick after its write has ended, at the latest when
+    this subject's synthesis ends. So callbacks keep subject order while the two overlap."""
+
+    def __init__(self, writer: _Writer, subject: Subject, on_start: Callable[[Subject], Progress | None] | None):
+        self._writer, self._subject, self._on_start = writer, subject, on_start
+        self._progress: Progress | None = None
+        self._started = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._started and self._writer.ready():
+            self.start()  # a write that failed for the whole run (a full disk) stops this one too
+        if self._progress is not None:
+            self._progress(done, total)
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._writer.flush()
+        self._started = True
+        self._progress = self._on_start(self._subject) if self._on_start else None
 
 
 @dataclass
@@ -202,9 +370,11 @@ class _FolderRun:
     protected: Inputs
     started: float  # time.time(): with overwrite, reports newer than this were written by a concurrent run
 
-    def one(self, subject: Subject, claims: Claims, on_start) -> SubjectOutcome:
+    def one(self, subject: Subject, claims: Claims, on_start, writer: _Writer) -> SubjectOutcome | None:
+        """The subject's outcome, or None once its outputs are handed to `writer` (with its claim)."""
         request = self.request
         created: Path | None = None
+        paths: OutputPaths | None = None
         try:
             if subject.problem:
                 raise TsfError(subject.problem)
@@ -220,7 +390,8 @@ class _FolderRun:
             held = claims.claim(where, stem)
             if isinstance(held, Holder):
                 return SubjectOutcome(subject.name, "busy", paths, error=held.describe(), removed=removed)
-            with held:
+            claim: Claim | None = held
+            try:
                 if paths.complete(since):  # finished by another run between our look and our claim
                     return SubjectOutcome(subject.name, "skipped", paths, removed=removed)
 
@@ -230,20 +401,28 @@ class _FolderRun:
                                        "on it (taken for dead: is --claim-lease shorter than a pause of this "
                                        "machine?); nothing was written")
 
-                outcome = infer_subject(self.synth, chosen, request, paths=paths,
-                                        overwrite=request.overwrite or any(p.exists() for p in paths.all()),
-                                        progress=on_start(subject) if on_start else None,
-                                        backend_name=self.backend_name, protected=self.protected,
-                                        before_publish=still_ours)  # (existing outputs: a dead run's, partial)
-                outcome.removed = removed + outcome.removed
-                return outcome
+                progress = _Started(writer, subject, on_start)
+                try:
+                    job = synthesize_subject(self.synth, chosen, request, paths=paths,
+                                             overwrite=request.overwrite or any(p.exists() for p in paths.all()),
+                                             progress=progress, backend_name=self.backend_name,
+                                             protected=self.protected,
+                                             before_publish=still_ours)  # (existing outputs: a dead run's, partial)
+                except Exception:
+                    progress.start()  # this subject's error line comes after the one before it
+                    raise
+                job.removed = removed + job.removed
+                progress.start()
+                writer.submit(job, held, created)
+                claim = None  # the writer releases it once the outputs are published
+                return None
+            finally:
+                if claim is not None:
+                    claim.release()
         except DiskFullError:
             raise  # not this subject's fault: every later one would fail the same way
         except (TsfError, OSError) as exc:
-            message = str(exc) if isinstance(exc, TsfError) else f"{type(exc).__name__}: {exc}"
-            if created is not None:  # a failed subject leaves no empty folder behind (only if still empty)
-                remove_empty_folders(created, paths.folder)
-            return SubjectOutcome(subject.name, "failed", error=message)
+            return _failed(subject.name, exc, created, paths)
 
     @staticmethod
     def _sweep(claims: Claims, where: Path, stem: str, paths: OutputPaths) -> list[Path]:

@@ -86,8 +86,7 @@ def work(job: WorkerJob, subjects: Sequence[Subject], device: int, emit: Callabl
 
     try:
         o = job.options
-        synth = Synthesizer(job.model, o.backend, batch_size=o.batch_size, device=o.device, combine=o.combine,
-                            threads=o.threads, precision=o.precision)
+        synth = Synthesizer.of(job.model, o)
     except TsfError as exc:
         emit(("fatal", device, str(exc)))
         emit(("done", device, None))

@@ -46,9 +46,11 @@ class RunOptions:
     batch_size: int | None = None   # None: the backend's choice for the volume's size
     threads: int | None = None      # None: the runtime's choice
     combine: str = "middle"
+    frame: str = "head"             # tsf_trt.frame: head, full or HxW
 
     def __post_init__(self) -> None:
         from .backends import NAMES, PRECISIONS, check_precision
+        from .frame import FrameSpec
 
         if self.backend not in NAMES:
             raise TsfError(f"--backend: unknown backend '{self.backend}' (use one of {', '.join(NAMES)})")
@@ -65,6 +67,7 @@ class RunOptions:
         check_threads(self.threads)
         if self.combine not in COMBINE_RULES:
             raise TsfError(f"--combine must be one of {', '.join(COMBINE_RULES)}, got '{self.combine}'")
+        object.__setattr__(self, "frame", str(FrameSpec.parse(self.frame)))
 
 
 @dataclass(frozen=True)

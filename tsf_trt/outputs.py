@@ -154,6 +154,7 @@ def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
         "model_id": model_id,
         "backend": backend,
         "batch_size": result.batch_size,
+        "frame": result.frame,
         "outputs": {
             "synth": paths.synth.name,
             "tsem": paths.tsem.name if paths.tsem else None,

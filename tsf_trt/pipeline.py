@@ -14,6 +14,7 @@ slices is encoded once per source, fused, and decoded as one batch of 2N
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,10 +27,12 @@ import numpy as np
 from . import sequences
 from .backends import Backend, create_backend
 from .errors import InputError, TsfError
-from .preprocess import SliceAccumulator, normalize, pad_inplane, stack_25d
+from .frame import FrameSpec, plan_frame
+from .preprocess import BACKGROUND, SliceAccumulator, normalize, stack_25d
 from .volume import Volume, check_same_grid, load_volume, shape_text
 
 Progress = Callable[[int, int], None]
+_log = logging.getLogger(__name__)
 MIN_INPLANE = 8  # reflection padding at 1/4 resolution needs at least 2 pixels
 
 
@@ -45,6 +48,7 @@ class Result:
     head_mask: np.ndarray              # voxels where any input is above its background
     timings: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0                # slices per network batch that were used
+    frame: dict[str, Any] = field(default_factory=dict)  # where the network ran (Frame.describe)
 
     @property
     def task(self) -> str:
@@ -75,10 +79,12 @@ class Synthesizer:
     ready :class:`~tsf_trt.backends.Backend`."""
 
     def __init__(self, model, backend: str = "auto", *, batch_size: int | None = None, device: str = "cpu",
-                 combine: str = "middle", threads: int | None = None, precision: str = "fp32"):
+                 combine: str = "middle", threads: int | None = None, precision: str = "fp32",
+                 frame: str | FrameSpec = "head"):
         from .options import RunOptions
 
-        RunOptions(backend, device, precision, batch_size, threads, combine)  # every value checked before the model loads
+        # every value checked before the model loads
+        RunOptions(backend, device, precision, batch_size, threads, combine, str(frame))
         if isinstance(model, Backend):
             self.backend, self.label = model, "this model"
         else:
@@ -89,6 +95,15 @@ class Synthesizer:
             self.label = source.label
         self.batch_size = batch_size  # None: the backend's choice for each volume's size
         self.combine = combine
+        self.frame = FrameSpec.parse(frame)
+        self.frame.check(self.backend.config.downsample)
+
+    @classmethod
+    def of(cls, model, options: "RunOptions") -> "Synthesizer":
+        """The Synthesizer a command's checked :class:`~tsf_trt.options.RunOptions` describe."""
+        return cls(model, options.backend, batch_size=options.batch_size, device=options.device,
+                   combine=options.combine, threads=options.threads, precision=options.precision,
+                   frame=options.frame)
 
     @property
     def has_fusion(self) -> bool:
@@ -114,22 +129,27 @@ class Synthesizer:
         timings = {"read": time.perf_counter() - t0}  # file reading, when given paths
 
         t = time.perf_counter()
-        normed, crop = normalize_inputs(arrays, self.backend.config.downsample)
-        head_mask = np.logical_or.reduce([raw > 0 for _, raw in arrays.values()])
+        head_mask = head_of(arrays)
+        frame = plan_frame(self.frame, head_mask, self.backend.config.downsample)
+        if frame.head_outside > 0:
+            _log.warning("--frame %s leaves %.2f %% of the head's voxels outside the frame: they are background "
+                         "in the output", frame.spec, 100 * frame.head_outside)
+        framed = {i: frame.take(v) for i, v in normalize_inputs(arrays).items()}
         timings["preprocess"] = time.perf_counter() - t
 
-        image, tsem_map, weights, batch = self._synthesize(normed, sources, target, tsem, progress, timings)
+        image, tsem_map, weights, batch = self._synthesize(framed, frame.slices, sources, target, tsem, progress,
+                                                           timings)
         t = time.perf_counter()
-        image = image[:, crop[0], crop[1]]
-        tsem_map = None if tsem_map is None else tsem_map[:, crop[0], crop[1]]
+        image = frame.place(image, head_mask.shape, BACKGROUND)
+        tsem_map = None if tsem_map is None else frame.place(tsem_map, head_mask.shape, 0.0)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         return Result(image, tsem_map, {i: float(weights[i]) for i in sources}, sources, target, head_mask,
-                      timings, batch)
+                      timings, batch, frame.describe())
 
     # -- steps ----------------------------------------------------------------------------
-    def _synthesize(self, normed: dict[int, np.ndarray], sources: list[int], target: int, tsem: bool,
-                    progress: Progress | None, timings: dict[str, float]):
+    def _synthesize(self, normed: dict[int, np.ndarray], slices: np.ndarray, sources: list[int], target: int,
+                    tsem: bool, progress: Progress | None, timings: dict[str, float]):
         be = self.backend
         depth, height, width = next(iter(normed.values())).shape
         want_tsem = tsem and be.has_fusion
@@ -137,9 +157,10 @@ class Synthesizer:
         image = SliceAccumulator((depth, height, width), self.combine)
         tsem_map = SliceAccumulator((depth, height, width), "middle") if want_tsem else None
         weights = task_code[0, : sequences.N_SEQUENCES].copy()  # one-to-one: ω = 1 for the source
-        batch = min(self.batch_size or be.preferred_batch_size(height, width), depth)  # what is really used
-        for start in range(0, depth, batch):
-            centres = range(start, min(start + batch, depth))
+        total = len(slices)
+        batch = max(1, min(self.batch_size or be.preferred_batch_size(height, width), total))  # what is really used
+        for start in range(0, total, batch):
+            centres = slices[start:start + batch]
             with timed(timings, "encode"):
                 features = encode_stacks(be, normed, sources, centres)
             with timed(timings, "fuse"):
@@ -154,7 +175,7 @@ class Synthesizer:
                 if tsem_map is not None:
                     tsem_map.add(centres, np.abs(out - out_avg))
             if progress is not None:
-                progress(centres.stop, depth)
+                progress(min(start + batch, total), total)
         return image.result(), None if tsem_map is None else tsem_map.result(), weights, batch
 
 
@@ -185,17 +206,21 @@ def load_arrays(keyed: Mapping[int, Volume | str | Path | np.ndarray]) -> dict[i
     return arrays
 
 
-def normalize_inputs(arrays: Mapping[int, tuple[Path, np.ndarray]], multiple: int
-                     ) -> tuple[dict[int, np.ndarray], tuple[slice, slice]]:
-    """Each volume normalised (an unusable one is an InputError naming its file) and padded
-    in-plane to `multiple`; returns the padded volumes and the (y, x) crop back."""
-    normed, crop = {}, (slice(None), slice(None))
+def normalize_inputs(arrays: Mapping[int, tuple[Path, np.ndarray]]) -> dict[int, np.ndarray]:
+    """Each volume normalised over the whole volume, whatever the frame (an unusable one is an
+    InputError naming its file)."""
+    normed = {}
     for index, (path, raw) in arrays.items():
         try:
-            normed[index], crop = pad_inplane(normalize(raw), multiple)
+            normed[index] = normalize(raw)
         except ValueError as exc:
             raise InputError(path, str(exc)) from None
-    return normed, crop
+    return normed
+
+
+def head_of(arrays: Mapping[int, tuple[Path, np.ndarray]]) -> np.ndarray:
+    """Voxels where any input is above 0 (skull-stripped inputs are 0 outside the head)."""
+    return np.logical_or.reduce([raw > 0 for _, raw in arrays.values()])
 
 
 def encode_stacks(be: Backend, normed: Mapping[int, np.ndarray], sources: Sequence[int],

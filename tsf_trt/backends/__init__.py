@@ -17,14 +17,15 @@ from .base import Backend
 
 #: Every name `--backend` accepts. `reference` is the torch backend run the authors'
 #: way (full ConvLSTM, one slice per call): for measurements, not for use.
-NAMES = ("auto", "torch", "ort", "ort-cuda", "ort-trt", "trt", "reference")
+NAMES = ("auto", "torch", "ort", "openvino", "ort-cuda", "ort-trt", "trt", "reference")
 #: Every concrete backend of this version (whether it runs here depends on the machine).
 AVAILABLE = NAMES[1:]
 #: `--precision` values each backend takes (auto: those of the backend it picks).
 PRECISIONS = {
-    "torch": ("fp32", "bf16"),
+    "torch": ("fp32", "bf16", "fp16"),  # fp16: CUDA only (TorchBackend says so on the CPU)
     "reference": ("fp32",),
     "ort": ("fp32",),
+    "openvino": ("fp32", "bf16"),
     "ort-cuda": ("fp32", "fp16"),
     "ort-trt": ("fp32", "fp16"),
     "trt": ("fp32", "fp16", "best"),
@@ -41,12 +42,12 @@ def check_precision(backend: str, precision: str) -> None:
 
 
 def create_backend(name: str, model, *, device: str = "cpu", threads: int | None = None,
-                   precision: str = "fp32", decoder: str = "baked") -> Backend:
+                   precision: str = "fp32", decoder: str = "baked", compile: bool = False) -> Backend:
     """Build the backend `name` for `model` (TSFSeq2Seq, model directory or export directory).
 
     `device`: 'cpu', 'cuda', 'cuda:N', or 'auto' (a GPU when one is visible and usable).
-    `decoder`: ONNX Runtime backends only: 'baked' (per-target graphs when the export has
-    them) or 'code' (the code-input decoder), which `bench --decoders` compares.
+    `decoder`: ONNX Runtime and OpenVINO backends only: 'baked' (per-target graphs when the
+    export has them) or 'code' (the code-input decoder), which `bench --decoders` compares.
     """
     from ..source import ModelSource
 
@@ -54,17 +55,19 @@ def create_backend(name: str, model, *, device: str = "cpu", threads: int | None
         raise TsfError(f"unknown backend '{name}': use one of {', '.join(NAMES)}")
     if decoder not in ("baked", "code"):
         raise TsfError(f"decoder must be 'baked' or 'code', got '{decoder}'")
-    if decoder == "code" and not name.startswith("ort"):
-        raise TsfError(f"the code-input decoder is a choice of the ONNX Runtime backends, not of '{name}'")
+    if decoder == "code" and not (name.startswith("ort") or name == "openvino"):
+        raise TsfError(f"the code-input decoder is a choice of the ONNX Runtime and OpenVINO backends, not of "
+                       f"'{name}'")
     source = ModelSource.resolve(model)
     if name != "auto":
-        return _create(name, source, device=device, threads=threads, precision=precision, decoder=decoder)
+        return _create(name, source, device=device, threads=threads, precision=precision, decoder=decoder,
+                       compile=compile)
     from .auto import plan
 
     failure: TsfError | None = None
     for choice, where in plan(source, device=device, threads=threads, precision=precision):
         try:
-            return _create(choice, source, device=where, threads=threads, precision=precision)
+            return _create(choice, source, device=where, threads=threads, precision=precision, compile=compile)
         except TsfError as exc:  # e.g. a GPU backend that is installed but does not start: next one
             logging.getLogger(__name__).info("auto: %s on %s did not start (%s); trying the next", choice, where, exc)
             failure = exc
@@ -73,10 +76,12 @@ def create_backend(name: str, model, *, device: str = "cpu", threads: int | None
 
 
 def _create(name: str, source, *, device: str, threads: int | None, precision: str,
-            decoder: str = "baked") -> Backend:
+            decoder: str = "baked", compile: bool = False) -> Backend:
     from .auto import gpu_index
 
     check_precision(name, precision)  # the backend checks it too; here it fails before any export
+    if compile and name not in ("torch", "reference"):
+        raise TsfError(f"--compile (torch.compile) is a choice of the torch backend, not of '{name}'")
     if name == "trt":
         from tsf_trt.engines.gpu import require_trt
 
@@ -84,6 +89,11 @@ def _create(name: str, source, *, device: str, threads: int | None, precision: s
         from .trt_backend import TrtBackend
 
         return TrtBackend.create(source.export_dir(), precision=precision, device=gpu_index(device))
+    if name == "openvino":
+        from .openvino_backend import OpenVinoBackend, import_openvino
+
+        import_openvino()  # before exporting anything: a missing package is a one-line error at once
+        return OpenVinoBackend(source.export_dir(), threads=threads, precision=precision, decoder=decoder)
     if name.startswith("ort"):
         from .ort_backend import OrtBackend, require_provider
 
@@ -94,7 +104,7 @@ def _create(name: str, source, *, device: str, threads: int | None, precision: s
 
     return TorchBackend(source.module(), device=_torch_device(device), threads=threads,
                         mode="reference" if name == "reference" else "fast", precision=precision,
-                        model_id=source.model_id)
+                        model_id=source.model_id, compile=compile)
 
 
 def _torch_device(device: str) -> str:

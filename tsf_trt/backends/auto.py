@@ -4,11 +4,11 @@ On a GPU (`--device cuda`, or `auto` when one is visible) the order is the expec
 speed order (README, "GPU"; not measured: no GPU has run it yet): trt,
 ort-trt, ort-cuda, torch on CUDA; each is checked before it is offered (packages present, a GPU
 visible, an ONNX Runtime provider that really starts), and one that still fails
-when created gives way to the next. On CPU, for a model directory, it times torch
-and ONNX Runtime on the same probe batch once, and caches the verdict per model,
-machine and thread count, so later runs start at once. An export directory can only
-run on ONNX Runtime or TensorRT; a model object handed over from Python stays in
-PyTorch (no export behind the caller's back).
+when created gives way to the next. On CPU it times every CPU backend that takes the
+precision and can run the model (torch, ONNX Runtime, OpenVINO; an export directory has
+no PyTorch weights, so not torch) on the same probe batch once, and caches the verdict
+per model, machine, thread count and precision, so later runs start at once. A model
+object handed over from Python stays in PyTorch (no export behind the caller's back).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -95,11 +95,7 @@ def plan(source: ModelSource, *, device: str = "cpu", threads: int | None = None
         if reasons and not offered:
             _log.info("auto: the CPU, as no GPU backend is usable here (%s)", _gpu_summary(reasons))
         offered = True
-        if precision == "bf16":
-            _log.info("auto: torch on the CPU (the only CPU backend that takes --precision bf16)")
-            yield "torch", "cpu"
-        else:
-            yield choose_backend(source, device="cpu", threads=threads), "cpu"
+        yield choose_backend(source, device="cpu", threads=threads, precision=precision), "cpu"
     if not offered and device == "cpu":
         raise TsfError(f"--precision {precision} runs on GPU backends only: use --device cuda (or auto)")
     if not offered:
@@ -114,21 +110,37 @@ def _gpu_summary(reasons: list[str]) -> str:
     return nogpu[0].split(": ", 1)[1] if nogpu else "; ".join(reasons)
 
 
-def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | None = None) -> str:
+#: The CPU backends auto times, in the order it tries them.
+CPU_CANDIDATES = ("torch", "ort", "openvino")
+
+
+def cpu_candidates(source: ModelSource, precision: str = "fp32") -> list[str]:
+    """The CPU backends that take `precision` and can run `source` (an export has no PyTorch weights)."""
+    from . import PRECISIONS
+
+    return [name for name in CPU_CANDIDATES if precision in PRECISIONS[name]
+            and not (name == "torch" and source.kind == "export")]
+
+
+def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | None = None,
+                   precision: str = "fp32") -> str:
     source = ModelSource.resolve(source)
-    if source.kind == "export":
-        _log.info("auto: ort (an export directory has no PyTorch weights)")
-        return "ort"
     if device != "cpu" or source.kind == "module":
         _log.info("auto: torch (%s)", "a model handed over from Python stays in PyTorch" if source.kind == "module"
                   else f"on {device}")
         return "torch"  # a live PyTorch model stays in PyTorch: no export behind the caller's back
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        _log.info("auto: torch (onnxruntime is not installed)")
-        return "torch"
-    record = cache_root() / "auto" / f"{source.model_id}-{machine_key()}-t{threads or 0}-p2.json"  # p2: 240x240 probe
+    candidates = cpu_candidates(source, precision)
+    if source.kind == "model":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:  # exports are verified with it: no ONNX graphs without it
+            _log.info("auto: torch (onnxruntime is not installed)")
+            return "torch"
+    if len(candidates) == 1:
+        _log.info("auto: %s (the only CPU backend for this model at --precision %s)", candidates[0], precision)
+        return candidates[0]
+    # p3: 240x240 probe, OpenVINO among the candidates
+    record = cache_root() / "auto" / f"{source.model_id}-{machine_key()}-t{threads or 0}-{precision}-p3.json"
     try:
         cached = json.loads(record.read_text())
         _log.info("auto: %s (measured earlier on this machine: %s; record %s)", cached["choice"],
@@ -136,13 +148,16 @@ def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | N
         return cached["choice"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    with step("auto: timing torch against ONNX Runtime on this model (once per model and machine)", _log):
-        timings = measure(source, threads)
+    with step(f"auto: timing {', '.join(candidates)} on this model (once per model and machine)", _log):
+        timings = measure(source, threads, candidates, precision)
+    if not timings:
+        raise TsfError(f"--backend auto: none of {', '.join(candidates)} could run this model on the CPU here")
     choice = min(timings, key=timings.get)
     _log.info("auto: %s, the fastest here (%s)", choice, _timings_text(timings))
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"seconds_per_slice": timings, "probe_hw": PROBE, "choice": choice}, indent=2))
+        record.write_text(json.dumps({"seconds_per_slice": timings, "probe_hw": PROBE, "choice": choice,
+                                      "precision": precision}, indent=2))
     except OSError:
         pass  # no cache: measure again next time
     return choice
@@ -153,9 +168,10 @@ def _timings_text(timings: dict[str, float]) -> str:
                                                                                       key=lambda kv: kv[1]))
 
 
-def measure(source: ModelSource, threads: int | None) -> dict[str, float]:
+def measure(source: ModelSource, threads: int | None, candidates: Sequence[str] = CPU_CANDIDATES,
+            precision: str = "fp32") -> dict[str, float]:
     """Best-of-3 seconds per slice (encode, fuse, decode 2N of one batch, at the backend's own
-    batch size for a PROBE-sized slice) per backend."""
+    batch size for a PROBE-sized slice) per backend that starts."""
     from . import create_backend
 
     height, width = PROBE
@@ -163,23 +179,25 @@ def measure(source: ModelSource, threads: int | None) -> dict[str, float]:
     sources = [0, 3] if source.has_fusion else [0]
     task = sequences.task_code(sources, 2)
     timings = {}
-    for name in ("torch", "ort"):
+    for name in candidates:
         try:
-            backend = create_backend(name, source, threads=threads)
-        except TsfError:
+            backend = create_backend(name, source, threads=threads, precision=precision)
+        except TsfError as exc:
+            _log.info("auto: %s cannot run here (%s)", name, exc)
             continue
-        n = backend.preferred_batch_size(height, width)
-        images = rng.uniform(-1, 1, (n, source.config.in_channels, height, width)).astype(np.float32)
-        best = float("inf")
-        for _ in range(3):  # the first run warms up
-            start = time.perf_counter()
-            feats = {i: backend.encode(images) for i in sources}
-            if backend.has_fusion:
-                fused, avg, _ = backend.fuse(feats, task)
-                out = backend.decode(fused, 2, avg)
-            else:
-                out = backend.decode(feats[0], 2)
-            backend.to_numpy(out[0])
-            best = min(best, (time.perf_counter() - start) / n)
+        with backend:
+            n = backend.preferred_batch_size(height, width)
+            images = rng.uniform(-1, 1, (n, source.config.in_channels, height, width)).astype(np.float32)
+            best = float("inf")
+            for _ in range(3):  # the first run warms up (and compiles, for OpenVINO)
+                start = time.perf_counter()
+                feats = {i: backend.encode(images) for i in sources}
+                if backend.has_fusion:
+                    fused, avg, _ = backend.fuse(feats, task)
+                    out = backend.decode(fused, 2, avg)
+                else:
+                    out = backend.decode(feats[0], 2)
+                backend.to_numpy(out[0])
+                best = min(best, (time.perf_counter() - start) / n)
         timings[name] = best
     return timings

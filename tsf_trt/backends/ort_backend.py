@@ -15,8 +15,13 @@ package; written from ONNX Runtime's documentation and NOT yet run on a GPU:
   CUDA EP then CPU behind it for anything TensorRT does not take;
 * `precision="fp16"` runs the FP16 variants of the graphs (InstanceNorm, reductions
   and ω in FP32: :mod:`tsf_trt.engines.fp16`) rather than `trt_fp16_enable`, which
-  TensorRT 11 no longer has; with FP16 off the TensorRT EP builds strongly typed, so
-  the graph's types decide;
+  TensorRT 11 no longer has. No provider option makes the TensorRT EP build a strongly
+  typed network: in ONNX Runtime's sources (pull request #24298) the EP sets
+  `kSTRONGLY_TYPED` itself, on TensorRT >= 9, when `trt_fp16_enable` and
+  `trt_int8_enable` are both off (as here), so the FP16 graph's types decide; ONNX
+  Runtime releases without that change build weakly typed networks, where TensorRT may
+  run FP16-typed layers in FP32 when FP16 is not enabled. Which the installed
+  onnxruntime-gpu does is NOT checked (no GPU here);
 * a provider that is listed but cannot start (missing CUDA/cuDNN/TensorRT libraries:
   ONNX Runtime then silently falls back to the CPU) is a clean error at creation.
 
@@ -37,11 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import sequences
 from ..cache_dir import machine_key, writable_dir
 from ..errors import TsfError
 from ..model.config import ModelConfig
 from .base import Backend
+from .onnx_graphs import decoder_feeds, fusion_feeds, split_decoded
 
 PROVIDERS = {
     "ort": ["CPUExecutionProvider"],
@@ -123,13 +128,18 @@ class OrtBackend(Backend):
 
             self.profile = profile or DEFAULT_PROFILE
         self._sessions: dict[str, Any] = {}
+        self._profiles: dict[str, Any] = {}  # ort-trt: a graph's profile once widened for it
+
+    def _profile(self, graph: str):
+        return self._profiles.get(graph, self.profile)
 
     # -- sessions -------------------------------------------------------------------------
     def session(self, graph: str, batch: int = 1, height: int = 0, width: int = 0):
         """The session of `graph`; for ort-trt, one whose profile takes this batch and size."""
-        if self.name == "ort-trt" and height and not self.profile.covers(batch, height, width):
-            self.profile = self.profile.widened(batch, height, width)
-            self._sessions.clear()  # rebuilt with the wider profile (engine cache keyed by it)
+        if self.name == "ort-trt" and height and not self._profile(graph).covers(batch, height, width):
+            # only this graph's engine is rebuilt (minutes each), with a profile widened for it
+            self._profiles[graph] = self._profile(graph).widened(batch, height, width)
+            self._sessions.pop(graph, None)
         if graph not in self._sessions:
             self._sessions[graph] = self._create(graph)
         return self._sessions[graph]
@@ -164,7 +174,7 @@ class OrtBackend(Backend):
         options = {"device_id": str(self.device), "trt_fp16_enable": "False", "trt_max_workspace_size":
                    str(TRT_WORKSPACE_BYTES), "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder),
                    "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(folder),
-                   **ort_profile_options(input_shapes(graph, inputs, self.profile, self.config.downsample), inputs)}
+                   **ort_profile_options(input_shapes(graph, inputs, self._profile(graph), self.config.downsample), inputs)}
         return [("TensorrtExecutionProvider", options), cuda, "CPUExecutionProvider"]
 
     def _create(self, graph: str):
@@ -231,23 +241,15 @@ class OrtBackend(Backend):
 
     def _fuse(self, features: Mapping[int, np.ndarray], task_code: np.ndarray):
         some = next(iter(features.values()))
-        stacked = sequences.stack_by_index(features, self.config.n_sequences)
         fused, fused_avg, weights = self.session("fusion", *self._fit(some)).run(
-            None, {"features": stacked, "task_code": np.ascontiguousarray(task_code, np.float32)})
+            None, fusion_feeds(features, task_code, self.config))
         return fused, fused_avg, weights
 
     def _decode(self, features: np.ndarray, target: int, features_avg: np.ndarray | None):
-        batch = features if features_avg is None else np.concatenate([features, features_avg])
-        from tsf_trt.export.manifest import decoder_graph
-
-        graph = decoder_graph(self.manifest, target, baked=self.decoder_kind == "baked")
-        inputs = {"features": batch}
-        if graph == "decoder":  # the code-input decoder computes its kernels from the target code
-            inputs["target_code"] = sequences.target_code(target, self.config.style_dim)
-        image = self.session(graph, *self._fit(features)).run(None, inputs)[0]
-        if features_avg is None:
-            return image, None
-        return image[: len(features)], image[len(features):]
+        graph, feeds = decoder_feeds(self.manifest, self.config, features, target, features_avg,
+                                     baked=self.decoder_kind == "baked")
+        image = self.session(graph, *self._fit(features)).run(None, feeds)[0]
+        return split_decoded(image, len(features), features_avg is not None)
 
     def to_numpy(self, array: np.ndarray) -> np.ndarray:
         return array

@@ -9,8 +9,9 @@ runtime (tests/test_engines.py), its TensorRT and CUDA calls are not.
   once; one execution context per engine, input shapes set only when they change.
 * Stage outputs stay on the GPU: encode returns device arrays, fuse stacks them into
   the fusion input with strided device copies, and writes `fused` and `fused_avg`
-  into the two halves of one buffer, so TSEM's decoder pass is one batch of 2N with
-  no copy at all.
+  into the two halves of one buffer when the second half is 256-byte aligned (as
+  TensorRT requires of every tensor address), so TSEM's decoder pass is one batch of
+  2N with no copy; otherwise into two buffers, joined by one device copy.
 * Buffers come from a pool (no allocation after the first batch of a shape), copies go
   through pinned host memory, all on one stream (:mod:`tsf_trt.engines.cuda`).
 * ω depends only on the task code (the fusion graph's `weights` output has no batch
@@ -29,6 +30,8 @@ from .. import sequences
 from ..errors import TsfError
 from ..model.config import ModelConfig
 from .base import Backend
+
+TENSOR_ALIGNMENT = 256  # bytes: TensorRT's requirement for every address given to set_tensor_address
 
 
 class TrtBackend(Backend):
@@ -93,6 +96,17 @@ class TrtBackend(Backend):
         runner.run({name: array.ptr for name, array in {**inputs, **outputs}.items()}, self.gpu.handle)
         return outputs
 
+    def _output_pair(self, shape: tuple[int, ...], dtype):
+        """Two (N, ...) fusion outputs: the halves of one 2N buffer when the second half starts
+        on a TensorRT tensor boundary (256 bytes), so the decoder takes both as one batch with
+        no copy; two buffers otherwise (e.g. C = 32 at an odd h*w), joined by one copy in
+        decode: TensorRT refuses tensor addresses that are not 256-byte aligned."""
+        both = self.gpu.empty((2 * shape[0], *shape[1:]), dtype)
+        first, second = both.rows(0, shape[0]), both.rows(shape[0], shape[0])
+        if second.ptr % TENSOR_ALIGNMENT == 0:
+            return first, second
+        return self.gpu.empty(shape, dtype), self.gpu.empty(shape, dtype)
+
     # -- the interface --------------------------------------------------------------------
     def _encode(self, images: np.ndarray):
         n, _, height, width = images.shape
@@ -110,8 +124,7 @@ class TrtBackend(Backend):
         stacked = self._stacked[shape]
         for index in range(self.config.n_sequences):
             self.gpu.put_slot(stacked, index, features.get(index))
-        both = self.gpu.empty((2 * n, channels, h, w), runner.dtypes["fused"])
-        fused, fused_avg = both.rows(0, n), both.rows(n, n)
+        fused, fused_avg = self._output_pair((n, channels, h, w), runner.dtypes["fused"])
         outputs = self._run(runner, {"features": stacked, "task_code": self._device_code(task_code)},
                             {"fused": fused, "fused_avg": fused_avg})
         key = np.ascontiguousarray(task_code, np.float32).tobytes()

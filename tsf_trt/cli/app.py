@@ -8,6 +8,7 @@ import typer
 
 from .. import __version__
 from ..console import EXIT_ERROR, EXIT_INTERRUPTED, err, log, out, progress_bar, setup_logging, step, user_errors
+from .doctor import doctor
 
 app = typer.Typer(
     name="tsf-trt",
@@ -32,6 +33,9 @@ def common(
 ) -> None:
     """TSF-Seq2Seq MRI synthesis with TSEM (MICCAI 2023), as a fast, dependable command."""
     setup_logging()  # each long command sets it up again with its --quiet, --no-progress, --log-file
+
+
+app.command("doctor")(doctor)  # defined apart from the app (it imports nothing from here), registered here
 
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "app", "err", "log", "out", "progress_bar", "setup_logging", "step",

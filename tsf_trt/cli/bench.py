@@ -24,17 +24,22 @@ def bench(
                                                   "(an export runs on the ONNX Runtime backends only; the torch "
                                                   "rows are then skipped). Default: the bundled demo model.",
                                                   show_default=False)] = None,
-    backends: Annotated[str, typer.Option("--backends", "-b", help="Comma list of torch, ort, ort-cuda, ort-trt, "
-                                          "trt, reference, or 'all'. Unavailable ones are listed as skipped with "
+    backends: Annotated[str, typer.Option("--backends", "-b", help="Comma list of torch, ort, openvino, ort-cuda, "
+                                          "ort-trt, trt, reference, or 'all'. Unavailable ones are listed as "
+                                          "skipped with "
                                           "the reason. 'reference' (the authors' way, batch 1) is added unless "
                                           "--no-reference.")] = "all",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Slices per network batch to measure, comma "
                                              "separated; one row per backend and batch size. 'auto': each "
                                              "backend's own choice for the volume's size.")] = "1,4,16",
-    precisions: Annotated[str, typer.Option("--precisions", help="Comma list of fp32, bf16, fp16, best: each "
-                                            "backend runs those it takes (torch: fp32, bf16; ort-cuda, ort-trt: "
-                                            "fp32, fp16; trt: also best), one row each; a backend that takes none "
-                                            "is listed as skipped.")] = "fp32",
+    precisions: Annotated[str, typer.Option("--precisions", "--precision", help="Comma list of fp32, bf16, "
+                                            "fp16, best: each backend runs those it takes (torch, openvino: "
+                                            "fp32, bf16; ort-cuda, ort-trt: fp32, fp16; trt: also best), one row "
+                                            "each; a backend that takes none is listed as skipped.")] = "fp32",
+    frames: Annotated[str, typer.Option("--frames", "--frame", help="Comma list of head, full or HxW (as infer's "
+                                        "--frame), one row each; the reference row is always the full frame "
+                                        "(its definition), and a row at head also gets its ratio to the same "
+                                        "row at full.")] = "head",
     decoders: Annotated[str, typer.Option("--decoders", help="ONNX Runtime rows: baked (per-target decoders, "
                                           "the runtime's default when the export has them), code (the "
                                           "code-input decoder), or baked,code for one row each.")] = "baked",
@@ -121,7 +126,7 @@ def bench(
         check_writable(path, overwrite)  # before minutes of measuring
     all_precisions = tuple(dict.fromkeys(p for taken in PRECISIONS.values() for p in taken))
     row_kinds = {"precisions": parse_list("--precisions", precisions, all_precisions),
-                 "decoders": parse_list("--decoders", decoders, DECODERS)}
+                 "decoders": parse_list("--decoders", decoders, DECODERS), "frames": _frames(frames)}
     model_path = resolve_model(model)
     if not model_path.is_dir():
         raise InputError(model_path, "no such model or export directory")
@@ -139,6 +144,12 @@ def bench(
     print_report(report, out)
     for path in write_files(report, json_path=json_path, markdown=markdown, png=plot, overwrite=overwrite):
         out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+def _frames(text: str) -> list[str]:
+    from ..frame import FrameSpec
+
+    return list(dict.fromkeys(str(FrameSpec.parse(f)) for f in text.split(",") if f.strip())) or ["head"]
 
 
 def _refuse_own_options(ctx: typer.Context) -> None:

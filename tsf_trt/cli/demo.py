@@ -20,6 +20,7 @@ def demo(
     backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime, as for infer (auto: the fastest here, "
                                          "measured once and cached).")] = "auto",
     threads: params.Threads = None,
+    frame: params.Frame = "head",
     shape: params.Shape = (240, 240, 155),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the outputs of an earlier demo.")] = False,
     quiet: params.Quiet = False,
@@ -40,11 +41,11 @@ def demo(
     from ..source import ModelSource
 
     setup_logging(quiet, no_progress, log_file)
-    options = RunOptions(backend, threads=threads)  # every value, before any work
+    options = RunOptions(backend, threads=threads, frame=frame)  # every value, before any work
     check_demo(output, overwrite)  # before the model loads
     source = ModelSource.resolve(model)
     with step(f"loading model {source.path}"):
-        synth = Synthesizer(source, options.backend, threads=options.threads)
+        synth = Synthesizer.of(source, options)
     log.info("backend: %s", synth.backend.describe())
     with progress_bar() as bar:
         def on_task(task: str):

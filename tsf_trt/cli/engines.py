@@ -21,7 +21,7 @@ engines_app = typer.Typer(
     name="engines", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     rich_markup_mode="rich", context_settings={"help_option_names": ["-h", "--help"]},
     help="TensorRT engines of an export: build them ahead of time (infer --backend trt builds missing ones "
-         "on demand). Needs the \\[gpu] extra and an NVIDIA GPU.",
+         "on demand). Needs the \\[gpu-cu12] or \\[gpu-cu13] extra and an NVIDIA GPU.",
 )
 app.add_typer(engines_app, name="engines")
 
@@ -78,6 +78,7 @@ def build(
     profile: a cached engine that matches is kept, any other is rebuilt, never loaded.
     Example: tsf-trt engines build --model exports/demo --precision fp16 --opt-size 240x240
     """
+    from ..engines.cuda import Cuda
     from ..engines.gpu import device_info, import_tensorrt, require_trt
     from ..engines.keys import Platform
     from ..engines.manager import BuildSettings, EngineManager
@@ -91,6 +92,7 @@ def build(
     source = model_source.export_dir()  # an export directory is itself; a model is exported once (logged)
     trt = import_tensorrt()
     info = device_info(device)
+    Cuda(device)  # TensorRT builds on this thread's current GPU: make it GPU `device`, not GPU 0
     with progress_bar() as bar:
         manager = EngineManager(source, Platform(str(trt.__version__), info.name, info.compute_capability), settings,
                                 progress=lambda label: _PhaseDisplay(bar, label))

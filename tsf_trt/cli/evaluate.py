@@ -55,6 +55,7 @@ def evaluate(
     device: params.Device = "auto",
     precision: params.Precision = "fp32",
     threads: params.Threads = None,
+    frame: params.Frame = "head",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh in a report folder that holds "
                                             "another run (by default a folder holding the same run is resumed: "
                                             "finished subjects are reused).")] = False,
@@ -75,7 +76,7 @@ def evaluate(
     from ..subjects import find_subjects
 
     setup_logging(quiet, no_progress, log_file)
-    options = RunOptions(backend, device, precision, batch_size, threads)  # every value, before any work
+    options = RunOptions(backend, device, precision, batch_size, threads, frame=frame)  # every value, before any work
     chosen = parse_tasks(tasks)
     find_subjects(data)  # a wrong --data fails before the model loads
     figure_spec: int | list[str]
@@ -99,7 +100,7 @@ def evaluate(
         check_model(calibration, synth.backend.model_id)
     settings = Settings(tasks=chosen, slice_step=slice_step, compare=compare, figures=figure_spec, lpips=lpips,
                         lpips_label=lpips_label, qc=calibration, calibrate_qc=calibrate_qc, batch_size=batch_size,
-                        overwrite=overwrite)
+                        overwrite=overwrite, frame=options.frame)
     result = _run(synth, data, output, settings, str(model_path))
     _print_result(result)
     if result.failed or result.qc_error:
@@ -112,8 +113,7 @@ def _synthesizer(model, options):
 
     source = ModelSource.resolve(model)
     with step(f"loading model {source.path}"):
-        return Synthesizer(source, options.backend, batch_size=options.batch_size, device=options.device,
-                           threads=options.threads, precision=options.precision), source.path
+        return Synthesizer.of(source, options), source.path
 
 
 def _run(synth, data: Path, output: Path, settings, model_label: str):

@@ -62,6 +62,7 @@ def infer(
                                          "samples make a slice: middle (the reference) or mean (of every "
                                          "prediction of the slice).")] = "middle",
     threads: params.Threads = None,
+    frame: params.Frame = "head",
     qc: Annotated[Optional[Path], typer.Option("--qc", help="QC calibration (qc.json from `tsf-trt evaluate "
                                                "--calibrate-qc` on held-out data with ground truth, same model): "
                                                "its TSEM threshold scores the report's \"qc\" block and its cut "
@@ -100,6 +101,9 @@ def infer(
     resample: Annotated[bool, typer.Option("--resample", help="Inputs on different grids or far from 1 mm: "
                                            "resample them to 1 mm isotropic for the network and write the "
                                            "outputs back on the first input's grid.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the files not used one line per "
+                                          "subject however many there are (default: past 10 subjects, one line "
+                                          "per reason, with a count and an example).")] = False,
     quiet: params.Quiet = False,
     no_progress: params.NoProgress = False,
     log_file: params.LogFile = None,
@@ -121,7 +125,7 @@ def infer(
     from ..intake import Intake, gather
 
     setup_logging(quiet, no_progress, log_file)
-    options = RunOptions(backend, device, precision, batch_size, threads, combine)  # every value, before any work
+    options = RunOptions(backend, device, precision, batch_size, threads, combine, frame)  # every value, before any work
     try:
         target_index = sequences.parse(target)
     except TsfError as exc:
@@ -143,7 +147,7 @@ def infer(
     gathered = gather(intake, target_index)
     if default_output:
         log.info("output: %s (the default, in the data set's folder; choose another with -o)", output)
-    _log_unused(gathered, intake)
+    _log_unused(gathered, intake, verbose)
     created = make_folder(output)
     try:
         if devices:
@@ -205,13 +209,27 @@ def _bids_filter(values: list[str] | None) -> tuple[tuple[str, str | None], ...]
     return tuple(pairs)
 
 
-def _log_unused(gathered, intake) -> None:
-    """No silent drops: every file of the data set that is not used, one line per subject."""
-    for subject in gathered.subjects:
-        if subject.unused:
-            log.info("%s: not used: %s", subject.name, _files(subject.unused))
+#: Subjects with unused files listed one line each; past this, a summary by reason (--verbose: all).
+UNUSED_LINES = 10
+
+
+def _log_unused(gathered, intake, verbose: bool = False) -> None:
+    """No silent drops: every file of the data set that is not used is named, one line per
+    subject, or past UNUSED_LINES subjects one line per reason with a count and an example."""
+    per_subject = [(subject.name, subject.unused) for subject in gathered.subjects if subject.unused]
     if gathered.unused:
-        log.info("%s: not used (no subject): %s", intake.root, _files(gathered.unused))
+        per_subject.append((f"{intake.root} (no subject)", gathered.unused))
+    if verbose or len(per_subject) <= UNUSED_LINES:
+        for name, items in per_subject:
+            log.info("%s: not used: %s", name, _files(items))
+        return
+    reasons: dict[str, list] = {}
+    for _, items in per_subject:
+        for path, why in items:
+            reasons.setdefault(why, []).append(path)
+    for why, paths in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+        log.info("not used: %d file(s) (%s), e.g. %s", len(paths), why, paths[0])
+    log.info("not used: files in %d subjects in all; --verbose lists them per subject", len(per_subject))
 
 
 def _files(items) -> str:
@@ -224,8 +242,7 @@ def _synthesizer(model: Path | None, options):
 
     source = ModelSource.resolve(model)
     with step(f"loading model {source.path}"):
-        synth = Synthesizer(source, options.backend, batch_size=options.batch_size, device=options.device,
-                            combine=options.combine, threads=options.threads, precision=options.precision)
+        synth = Synthesizer.of(source, options)
     log.info("backend: %s", synth.backend.describe())
     return synth
 

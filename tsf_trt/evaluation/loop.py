@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import Backend
-from ..pipeline import decode_numpy, encode_stacks, load_arrays, normalize_inputs, timed
-from ..preprocess import SliceAccumulator
+from ..frame import Frame, FrameSpec, cut, plan_frame
+from ..pipeline import decode_numpy, encode_stacks, head_of, load_arrays, normalize_inputs, timed
+from ..preprocess import BACKGROUND, SliceAccumulator
 from .tasks import Task
 
 #: In-plane margin around the head (pixels): more than the 5-pixel radius of SSIM's Gaussian
@@ -92,38 +93,41 @@ class SubjectImages:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def load_subject(inputs: Mapping[int, Path], multiple: int
-                 ) -> tuple[dict[int, np.ndarray], tuple[slice, slice], np.ndarray]:
-    """Normalised, padded volumes of every sequence, the crop back, and the head mask (voxels
-    where any of the subject's sequences is above 0: one mask for all of its tasks)."""
+def load_subject(inputs: Mapping[int, Path]) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Normalised volumes of every sequence and the head mask (voxels where any of the
+    subject's sequences is above 0: one mask, and so one frame, for all of its tasks)."""
     arrays = load_arrays(dict(inputs))
-    normed, crop = normalize_inputs(arrays, multiple)
-    head = np.logical_or.reduce([raw > 0 for _, raw in arrays.values()])
-    return normed, crop, head
+    return normalize_inputs(arrays), head_of(arrays)
 
 
 def evaluate_images(backend: Backend, inputs: Mapping[int, Path], tasks: Sequence[Task], *, slice_step: int = 1,
-                    batch_size: int | None = None, compare: bool = True,
+                    batch_size: int | None = None, compare: bool = True, frame: FrameSpec | str = "head",
                     progress: SliceProgress | None = None) -> SubjectImages:
-    """Run every task on one subject; see the module docstring for what is shared."""
+    """Run every task on one subject, the network on `frame` (as infer's --frame); see the module
+    docstring for what is shared."""
     t0 = time.perf_counter()
-    normed, crop, head = load_subject(inputs, backend.config.downsample)
+    normed, head = load_subject(inputs)
     region = Region.of(head, slice_step)
+    window = plan_frame(frame, head, backend.config.downsample)
     timings = {"load": time.perf_counter() - t0}
-    truth = {i: region.take(v[:, crop[0], crop[1]]) for i, v in normed.items()}
-    height, width = next(iter(normed.values())).shape[1:]
-    batch = batch_size or backend.preferred_batch_size(height, width)
-    images, one_to_one = _run_network(backend, normed, crop, region, tasks, batch, compare and backend.has_fusion,
+    truth = {i: region.take(v) for i, v in normed.items()}
+    framed = {i: window.take(v) for i, v in normed.items()}
+    batch = batch_size or backend.preferred_batch_size(*window.shape)
+    images, one_to_one = _run_network(backend, framed, window, region, tasks, batch, compare and backend.has_fusion,
                                       progress, timings)
     timings["network"] = time.perf_counter() - t0 - timings["load"]
     return SubjectImages(region, region.take(head), truth, images, one_to_one, batch, timings)
 
 
-def _run_network(be: Backend, normed: Mapping[int, np.ndarray], crop: tuple[slice, slice], region: Region,
+def _run_network(be: Backend, normed: Mapping[int, np.ndarray], window: Frame, region: Region,
                  tasks: Sequence[Task], batch: int, compare: bool, progress: SliceProgress | None,
                  timings: dict[str, float]) -> tuple[dict[Task, TaskImages], dict[tuple[int, int], np.ndarray]]:
-    ry = slice(crop[0].start + region.y.start, crop[0].start + region.y.stop)  # region in padded coordinates
-    rx = slice(crop[1].start + region.x.start, crop[1].start + region.x.stop)
+    box = (region.y.start - window.y0, region.y.stop - window.y0, region.x.start - window.x0,
+           region.x.stop - window.x0)  # the region in the frame's coordinates (background past its edge)
+
+    def scored(out: np.ndarray) -> np.ndarray:
+        return cut(out, *box, BACKGROUND)
+
     shape = region.shape
     needed = sorted({s for t in tasks for s in t.sources})
     singles = {(t.sources[0], t.target) for t in tasks if t.n_inputs == 1}
@@ -151,7 +155,7 @@ def _run_network(be: Backend, normed: Mapping[int, np.ndarray], crop: tuple[slic
                 with timed(timings, "decode"):
                     out, out_avg = decode_numpy(be, fused, task.target, fused_avg)
                 assert out_avg is not None
-                out, out_avg = out[:, :, ry, rx], out_avg[:, :, ry, rx]
+                out, out_avg = scored(out), scored(out_avg)
                 image, avg, tsem = acc[task]
                 image.add(positions, out)
                 avg.add(positions, out_avg)
@@ -160,11 +164,11 @@ def _run_network(be: Backend, normed: Mapping[int, np.ndarray], crop: tuple[slic
                 weights[task] = {task.sources[0]: 1.0}
                 with timed(timings, "decode"):
                     out, _ = decode_numpy(be, features[task.sources[0]], task.target)
-                acc[task][0].add(positions, out[:, :, ry, rx])
+                acc[task][0].add(positions, scored(out))
         for (source, target), accumulator in acc_direct.items():
             with timed(timings, "decode"):
                 out, _ = decode_numpy(be, features[source], target)
-            accumulator.add(positions, out[:, :, ry, rx])
+            accumulator.add(positions, scored(out))
         if progress is not None:
             progress(positions.stop, total)
     images = {}

@@ -41,6 +41,7 @@ class Settings:
     calibrate_qc: bool = False
     batch_size: int | None = None
     overwrite: bool = False
+    frame: str = "head"                  # where the network runs (tsf_trt.frame), as infer's --frame
 
 
 @dataclass
@@ -116,7 +117,8 @@ def figure_tasks(tasks: Sequence[Task]) -> list[Task]:
 def run_key(model_id: str, settings: Settings) -> dict[str, Any]:
     """What the rows depend on (see :mod:`.store`)."""
     return {"model_id": model_id, "tasks": [t.key for t in settings.tasks], "slice_step": settings.slice_step,
-            "compare": settings.compare, "lpips": settings.lpips_label, "metrics_version": METRICS_VERSION}
+            "compare": settings.compare, "lpips": settings.lpips_label, "metrics_version": METRICS_VERSION,
+            "frame": settings.frame}
 
 
 def evaluate(synth: Synthesizer, data: str | Path, report_dir: str | Path, settings: Settings, *,
@@ -162,7 +164,8 @@ def _one_subject(be: Backend, store: ReportDir, subject: Subject, settings: Sett
                                   backend=entry.get("backend", ""))
         progress = hooks.on_subject(subject, len(tasks)) if hooks.on_subject else None
         images = evaluate_images(be, subject.inputs, tasks, slice_step=settings.slice_step,
-                                 batch_size=settings.batch_size, compare=compare, progress=progress)
+                                 batch_size=settings.batch_size, compare=compare, frame=settings.frame,
+                                 progress=progress)
         on_task = (lambda task: hooks.on_task(subject, task)) if hooks.on_task else None
         rows = score_subject(subject.name, images, thresholds=thresholds, compare=compare, lpips=settings.lpips,
                              on_task=on_task)

@@ -1,0 +1,408 @@
+"""One prepared command for the first machine with an NVIDIA GPU: ``python bench/gpu_check.py``.
+
+Why one script: a GPU session is short and may come once, on a bare machine (a CUDA build of torch,
+cuda-bindings, CuPy and ONNX Runtime CPU preinstalled, no TensorRT, no network). Everything that
+needs a GPU is settled in one run under a time budget, each step timed and kept with its
+error, one failing step never stopping the others, into one JSON + Markdown report (``--out``,
+default $OUT). ``--list-wheels`` prints the wheels to carry there; ``--dry-run`` runs the same
+plan on the CPU with tiny shapes (CUDA graphs replaced by their eager stand-in, the CUDA runtime
+by tests/gpu_fakes.py), which CI runs: a dry run's figures say nothing about a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a file from a checkout, without an install
+    sys.path.insert(0, str(ROOT))
+
+SCHEMA = "tsf-trt-gpu-check/1"
+BUDGET_S = 450            # under the 8 minutes a session's one GPU run may take, with margin
+FULL_SHAPE_XYZ = (240, 240, 155)
+DRY_SHAPE_XYZ = (16, 16, 4)
+SOURCES, TARGET = (0, 1, 3), 2  # T1 + T1Gd + FLAIR -> T2, with TSEM (bench/suite.py's task)
+REFERENCE_SLICES = 31     # the authors' way is timed on this many slices and scaled to the volume
+# What such a machine has: these distributions and everything they depend on.
+PREINSTALLED = ("torch", "numpy", "onnxruntime", "cuda-python", "cuda-bindings", "cupy-cuda12x", "cupy-cuda13x")
+# The project's dependencies this script imports beyond those (checked by tests/test_gpu_check.py against
+# what a dry run really imports), and pytest for the `gpu`-marked tests.
+WHEELS = ("nibabel", "safetensors", "typer", "rich", "onnx", "scipy", "pyyaml", "pytest")
+# Imported when present, never needed: doctor probes openvino and tensorrt; torch._inductor tries colorama.
+OPTIONAL = ("openvino", "tensorrt", "colorama")
+NOT_BUILT = "trt backend data flow with each engine replaced by the equivalent torch module on the same CUDA stream"
+
+
+class Skip(Exception):
+    """A step that does not apply here (said in the report as skipped, with why)."""
+
+
+@dataclass
+class Check:
+    out: Path
+    dry_run: bool
+    budget_s: float
+    started: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.started = time.monotonic()
+        self.steps: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []
+
+    def left(self) -> float:
+        return self.budget_s - (time.monotonic() - self.started)
+
+    def step(self, name: str, run: Callable[[], dict[str, Any] | None], need_s: float = 0.0) -> None:
+        """Run one step, keeping its time, status and error; it never raises."""
+        record: dict[str, Any] = {"name": name, "status": "passed", "seconds": 0.0, "error": None, "details": {}}
+        if not self.dry_run and self.left() < need_s:
+            record.update(status="skipped", error=f"out of time: needs ~{need_s:.0f} s, {self.left():.0f} s left")
+        else:
+            start = time.monotonic()
+            try:
+                record["details"] = run() or {}
+                if record["details"].pop("failed", False):
+                    record["status"] = "failed"
+                    record["error"] = record["details"].pop("error", "see details")
+            except Skip as exc:
+                record.update(status="skipped", error=str(exc))
+            except BaseException as exc:  # noqa: BLE001 - a step's failure is the report's content
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                              traceback=traceback.format_exc(limit=8)[-3000:])
+            record["seconds"] = round(time.monotonic() - start, 3)
+        self.steps.append(record)
+        print(f"[{record['status']}] {name} ({record['seconds']} s){': ' + str(record['error']) if record['error'] else ''}",
+              flush=True)
+
+
+# -- steps --------------------------------------------------------------------------------------
+def versions() -> dict[str, Any]:
+    try:
+        from tsf_trt.doctor import collect
+    except ImportError:
+        from bench.environment import environment
+
+        return {"source": "bench.environment", **environment(None)}
+    return {"source": "tsf_trt.doctor", **collect().to_dict()}
+
+
+def gpu_tests(dry_run: bool) -> dict[str, Any]:
+    """`pytest -m gpu` on the test files that have such tests (collecting the others would need
+    packages a bare machine has no reason to carry)."""
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text())
+    if dry_run:
+        files = ["tests/test_torch_cuda.py"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rs", *files]
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300 if dry_run else 180)
+    except subprocess.TimeoutExpired as exc:
+        return {"failed": True, "error": "pytest ran past its time limit", "output": str(exc.stdout or "")[-4000:]}
+    tail = (done.stdout + done.stderr)[-4000:]
+    summary = next((line for line in reversed(tail.splitlines()) if " in " in line and ("passed" in line or
+                    "skipped" in line or "failed" in line or "error" in line)), "")
+    return {"failed": done.returncode != 0, "error": f"pytest exit {done.returncode}", "command": " ".join(cmd[1:]),
+            "summary": summary, "output": tail}
+
+
+def cuda_runtime(dry_run: bool) -> dict[str, Any]:
+    """engines/cuda.py's GpuContext on the real runtime (on a dry run: on tests/gpu_fakes.py)."""
+    import numpy as np
+
+    from tsf_trt.engines import cuda, gpu
+
+    fake = None
+    if dry_run or gpu.device_count() == 0:
+        if not dry_run:
+            raise Skip("no NVIDIA GPU visible to cuda-python")
+        from tests.gpu_fakes import FakeCudart
+
+        fake = FakeCudart()
+        cuda.import_cudart = gpu.import_cudart = lambda: fake
+    checks: dict[str, bool] = {}
+    oom_text = None
+    ctx = cuda.GpuContext(0)
+    try:
+        rng = np.random.default_rng(0)
+        for nbytes in (4, 1000, (1 << 20) + 12, 3 << 20):  # under, over and across the pinned granule
+            data = rng.standard_normal(nbytes // 4).astype(np.float32)
+            checks[f"round trip {nbytes} B"] = bool(np.array_equal(ctx.download(ctx.upload(data)), data))
+        first = ctx.empty((256, 256))
+        ptr = first.ptr
+        del first
+        checks["pooled buffer reused"] = ctx.empty((256, 256)).ptr == ptr
+        arrays = [rng.standard_normal((64, 1024)).astype(np.float32) for _ in range(5)]
+        uploaded = [ctx.upload(a) for a in arrays]  # five uploads through a ring of two pinned slots
+        checks["pinned ring keeps every upload"] = all(np.array_equal(ctx.download(d), a) for d, a in zip(uploaded, arrays))
+        whole = rng.standard_normal((6, 3, 5)).astype(np.float32)
+        dev = ctx.upload(whole)
+        checks["row offsets"] = bool(np.array_equal(ctx.download(dev.rows(2, 3)), whole[2:5]))
+        stacked = ctx.empty((2, 4, 3, 5))
+        parts = {i: rng.standard_normal((2, 3, 5)).astype(np.float32) for i in (0, 2)}
+        for i in range(4):
+            ctx.put_slot(stacked, i, ctx.upload(parts[i]) if i in parts else None)
+        expected = np.zeros((2, 4, 3, 5), np.float32)
+        for i, part in parts.items():
+            expected[:, i] = part
+        checks["strided slots (put_slot)"] = bool(np.array_equal(ctx.download(stacked), expected))
+        if fake is not None:
+            fake.fail.add("cudaMallocAsync")
+        try:
+            ctx.empty((1 << 50,), np.uint8)
+            checks["out-of-memory is a CudaError"] = False
+        except cuda.CudaError as exc:
+            checks["out-of-memory is a CudaError"] = "cudaMallocAsync" in str(exc)
+            oom_text = str(exc)
+        if fake is not None:
+            fake.fail.clear()
+        checks["usable after out-of-memory"] = bool(np.array_equal(ctx.download(ctx.upload(whole)), whole))
+    finally:
+        ctx.close()
+    failed = [name for name, ok in checks.items() if not ok]
+    return {"runtime": "tests/gpu_fakes.py (dry run)" if fake else "cuda-python", "checks": checks,
+            "out_of_memory_message": oom_text, "failed": bool(failed),
+            "error": f"failed: {', '.join(failed)}" if failed else None}
+
+
+# -- the torch CUDA backend on one volume -------------------------------------------------------
+VARIANTS = (  # name, precision, graphs + channels-last, mode
+    ("eager fp32", "fp32", False, "fast"),
+    ("graphs fp32", "fp32", True, "fast"),
+    ("graphs fp16", "fp16", True, "fast"),
+    ("graphs bf16", "bf16", True, "fast"),
+    ("reference fp32", "fp32", False, "reference"),
+)
+
+
+def phantom(shape_xyz: tuple[int, int, int]) -> dict[int, Any]:
+    from bench.workload import PHANTOM_SEED
+    from tsf_trt.phantoms import SEQUENCES, make_subject
+
+    subject = make_subject(PHANTOM_SEED, shape_xyz)
+    return {SEQUENCES.index(name): subject.volumes[name].transpose(2, 1, 0).copy()
+            for name in (SEQUENCES[i] for i in SOURCES)}
+
+
+def make_backend(module, precision: str, graphs: bool, mode: str, dry_run: bool, compile: bool = False):
+    """The torch backend as a variant asks; on a dry run, on the CPU, with the CUDA path's runner and
+    the eager stand-in for its graphs (as tests/test_torch_cuda.py does)."""
+    import torch
+
+    from tsf_trt.backends.torch_backend import PlainIO, StagedRunner, TorchBackend, eager_capture, prepared
+
+    if not dry_run:
+        return TorchBackend(module, device="cuda", precision=precision, mode=mode, graphs=graphs,
+                            channels_last=graphs, compile=compile)
+    backend = TorchBackend(module, precision="bf16" if precision == "bf16" else "fp32", mode=mode, compile=compile)
+    if graphs:
+        cpu = torch.device("cpu")
+        backend.runner = StagedRunner(prepared(backend.model, cpu, True), cpu, precision=precision, channels_last=True,
+                                      capture=eager_capture, io=PlainIO())
+    return backend
+
+
+def torch_rows(check: Check, model_name: str, volumes: dict[int, Any], compile_row: bool) -> dict[str, Any]:
+    from tsf_trt.source import ModelSource
+
+    if model_name == "paper":
+        from bench.suite import make_model
+
+        # A dry run stands the small preset in for the paper's (same code path, CPU-sized). Not under
+        # --out: what is written there comes back from the GPU machine.
+        with tempfile.TemporaryDirectory(prefix="tsf-trt-gpu-check-") as tmp:
+            source = ModelSource.resolve(make_model("small" if check.dry_run else "paper", Path(tmp)))
+            source.module()  # loaded while the folder exists
+            return _torch_rows(check, source, model_name, volumes, compile_row)
+    return _torch_rows(check, ModelSource.resolve(model_name), model_name, volumes, compile_row)
+
+
+def _torch_rows(check: Check, source, model_name: str, volumes: dict[int, Any], compile_row: bool) -> dict[str, Any]:
+    import numpy as np
+
+    from tsf_trt.metrics import psnr
+    from tsf_trt.pipeline import Synthesizer
+
+    depth = next(iter(volumes.values())).shape[0]
+    images: dict[str, Any] = {}
+    rows, errors = [], []
+    variants = list(VARIANTS) + ([("graphs fp16 + torch.compile", "fp16", True, "fast")] if compile_row else [])
+    for name, precision, graphs, mode in variants:
+        row: dict[str, Any] = {"model": model_name, "variant": name, "precision": precision}
+        try:
+            if not check.dry_run and check.left() < 30:
+                raise Skip(f"out of time ({check.left():.0f} s left)")
+            slices = min(depth, REFERENCE_SLICES) if mode == "reference" else depth
+            subset = {i: v[:slices] for i, v in volumes.items()}
+            backend = make_backend(source.module(), precision, graphs, mode, check.dry_run, compile="compile" in name)
+            synth = Synthesizer(backend)
+            start = time.perf_counter()
+            synth.run(subset, TARGET)  # warm-up: captures (and compiles) every batch shape
+            row["first_run_s"] = round(time.perf_counter() - start, 3)
+            samples = []
+            for _ in range(1 if check.dry_run or mode == "reference" else 2):
+                start = time.perf_counter()
+                result = synth.run(subset, TARGET)
+                samples.append(time.perf_counter() - start)
+            row.update(description=backend.describe(), batch=result.batch_size, slices_timed=slices,
+                       seconds_per_volume=round(min(samples) * depth / slices, 4), scaled=slices != depth)
+            if slices == depth:
+                images[name] = result
+            backend.close()
+        except Skip as exc:
+            row["skipped"] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
+            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
+            errors.append(f"{name}: {row['error']}")
+        rows.append(row)
+    timed = {r["variant"]: r["seconds_per_volume"] for r in rows if "seconds_per_volume" in r}
+    base = images.get("graphs fp32") or images.get("eager fp32")
+    for row in rows:
+        if row["variant"] in timed:
+            for key, ref in (("vs_eager_fp32", "eager fp32"), ("vs_reference", "reference fp32")):
+                row[key] = round(timed[ref] / timed[row["variant"]], 2) if ref in timed else None
+        result = images.get(row["variant"])
+        if result is not None and base is not None and result is not base:
+            row["psnr_vs_fp32_db"] = round(psnr(result.image, base.image, mask=result.head_mask), 2)
+            row["max_abs_vs_fp32"] = float(np.abs(result.image - base.image).max())
+    check.rows.extend(rows)
+    return {"rows": len(rows), "failed": bool(errors), "error": "; ".join(errors) or None}
+
+
+def trt_rows(check: Check) -> dict[str, Any]:
+    from tsf_trt.engines.gpu import has_module
+
+    if not has_module("tensorrt"):
+        raise Skip("tensorrt not importable")
+    if check.dry_run:
+        raise Skip("dry run: TensorRT engines need a GPU")
+    raise Skip("tensorrt is importable, but the trt rows are not built into this check yet: run "
+               "`tsf-trt bench --backends trt,torch --device cuda` by hand")
+
+
+def not_built() -> dict[str, Any]:
+    raise Skip("not built yet (it needs trt_backend.py to take its engines from outside; see the report notes)")
+
+
+# -- report -------------------------------------------------------------------------------------
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# GPU check ({'DRY RUN on the CPU: no figure here is a GPU figure' if report['dry_run'] else 'GPU'})",
+             "", f"Shape {report['shape_xyz']}, task {report['task']}, budget {report['budget_s']} s, "
+             f"took {report['seconds']} s.", "", "| step | status | s | error |", "|---|---|---|---|"]
+    for step in report["steps"]:
+        error = (step["error"] or "").replace("|", "/").replace("\n", " ")[:200]
+        lines.append(f"| {step['name']} | {step['status']} | {step['seconds']} | {error} |")
+    lines += ["", "| model | variant | batch | s / volume | vs eager fp32 | vs reference | PSNR vs fp32 (dB) | note |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        note = row.get("error") or row.get("skipped") or (
+            f"timed on {row['slices_timed']} slices, scaled" if row.get("scaled") else "")
+        lines.append(f"| {row['model']} | {row['variant']} | {row.get('batch', '—')} | {row.get('seconds_per_volume', '—')} | "
+                     f"{row.get('vs_eager_fp32') or '—'} | {row.get('vs_reference') or '—'} | "
+                     f"{row.get('psnr_vs_fp32_db', '—')} | {note} |")
+    lines += [""] + [f"- {note}" for note in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def imported_distributions() -> list[str]:
+    from importlib import metadata
+
+    owners = metadata.packages_distributions()
+    return sorted({d.lower().replace("_", "-") for name in list(sys.modules)
+                   for d in owners.get(name.partition(".")[0], [])})
+
+
+def closure(names: tuple[str, ...]) -> dict[str, str]:
+    """Installed distributions `names` and everything they require here (markers evaluated), with versions."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    found: dict[str, str] = {}
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        key = dist.metadata["Name"].lower().replace("_", "-")
+        if key in found:
+            continue
+        found[key] = dist.version
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return found
+
+
+def wheel_list() -> dict[str, str]:
+    """WHEELS with their dependencies, less what the machine has (PREINSTALLED and theirs)."""
+    have = closure(PREINSTALLED)
+    return {name: version for name, version in sorted(closure(WHEELS).items()) if name not in have}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=os.environ.get("OUT"), help="report folder (default: $OUT)")
+    parser.add_argument("--dry-run", action="store_true", help="the whole plan on the CPU with tiny shapes")
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole check")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (demo model, fp16)")
+    parser.add_argument("--list-wheels", action="store_true", help="print the wheels to carry to a bare GPU machine")
+    args = parser.parse_args(argv)
+    if args.list_wheels:
+        wheels = wheel_list()
+        print("\n".join(f"{n}=={v}" for n, v in wheels.items()))
+        print(f"# pip download --only-binary=:all: -d wheels {' '.join(f'{n}=={v}' for n, v in wheels.items())}",
+              file=sys.stderr)
+        return 0
+    if args.out is None:
+        parser.error("--out is required when $OUT is not set")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.dry_run:
+        import torch
+
+        torch.set_num_threads(1)  # tiny shapes: spinning OpenMP threads only slow them (tests/conftest.py)
+    check = Check(args.out, args.dry_run, args.budget)
+    shape = DRY_SHAPE_XYZ if args.dry_run else FULL_SHAPE_XYZ
+    check.step("versions", versions)
+    check.step("gpu-marked tests", lambda: gpu_tests(args.dry_run), need_s=60)
+    check.step("engines/cuda.py on the CUDA runtime", lambda: cuda_runtime(args.dry_run))
+    volumes: dict[int, Any] = {}
+    check.step(f"phantom {shape}", lambda: volumes.update(phantom(shape)) or {"sources": list(volumes)})
+    for model, need in (("demo", 40), ("paper", 90)):
+        check.step(f"torch backend on the GPU: {model}", lambda m=model: torch_rows(check, m, volumes,
+                   args.compile and m == "demo"), need_s=need)
+    check.step("trt rows", lambda: trt_rows(check))
+    check.step(NOT_BUILT, not_built)
+    report = {"schema": SCHEMA, "dry_run": args.dry_run, "shape_xyz": list(shape), "budget_s": args.budget,
+              "task": "T1 + T1Gd + FLAIR -> T2, TSEM", "seconds": round(time.monotonic() - check.started, 1),
+              "steps": check.steps, "rows": check.rows, "imported_distributions": imported_distributions(),
+              "notes": [f"reference rows are timed on the first {REFERENCE_SLICES} slices and scaled to the volume",
+                        "paper configuration: random weights, seed 0 (bench/suite.py make_model)",
+                        "PSNR vs fp32: against the graphs fp32 row over the head mask, data range 2",
+                        "the pipeline asks for all three output channels (pipeline.decode_numpy); the torch "
+                        "backend's middle-channel-only copy (to_numpy(..., channel=1)) is not used by it yet",
+                        f"'{NOT_BUILT}': not built yet"]}
+    if args.dry_run:
+        report["notes"].insert(0, "DRY RUN: CPU, tiny shapes, the small preset for 'paper', eager stand-in for "
+                                  "CUDA graphs, fake CUDA runtime")
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (args.out / "gpu_check.md").write_text(to_markdown(report))
+    print(f"report: {args.out / 'gpu_check.json'}, {args.out / 'gpu_check.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The torch backend's CUDA path: its data flow (static stages per shape, copies in and out of
+them, middle channel, ω once per task) runs here on CPU through the same StagedRunner with an
+eager stand-in for the capture; what needs a GPU is marked `gpu` and skips without one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import make_head
+from tsf_trt import sequences
+from tsf_trt.backends import create_backend
+from tsf_trt.backends.base import activation_bytes
+from tsf_trt.backends.torch_backend import (GPU_MAX_BATCH, DecodedImages, PlainIO, StagedRunner, TorchBackend, prepared,
+                                            batch_from_free_memory, eager_capture)
+from tsf_trt.errors import TsfError
+from tsf_trt.model import PRESETS
+from tsf_trt.pipeline import Synthesizer
+
+ATOL = 3e-5  # float32 rounding of one convolution order against another (tests/test_pipeline.py)
+CPU = torch.device("cpu")
+
+
+def counting_capture(log: list):
+    def capture(fn, inputs):
+        log.append(tuple(t.shape for t in inputs))
+        return eager_capture(fn, inputs)
+    return capture
+
+
+def staged(backend: TorchBackend, *, channels_last: bool = False, precision: str = "fp32", log=None) -> TorchBackend:
+    """The CPU backend with the CUDA path's runner put in (what TorchBackend does on CUDA)."""
+    backend.runner = StagedRunner(prepared(backend.model, CPU, channels_last), CPU, precision=precision,
+                                  channels_last=channels_last,
+                                  capture=counting_capture([] if log is None else log), io=PlainIO())
+    return backend
+
+
+def stacks(seed: int, n: int = 3, size: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 3, size, size)).astype(np.float32)
+
+
+def run_stages(backend: TorchBackend, n: int = 3, size: int = 16, seed: int = 0):
+    task = sequences.task_code([0, 1, 3], 2)
+    feats = {i: backend.encode(stacks(seed + i, n, size)) for i in (0, 1, 3)}
+    fused, fused_avg, omega = backend.fuse(feats, task)
+    image, image_avg = backend.decode(fused, 2, fused_avg)
+    return image, image_avg, omega
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_static_stages_give_the_eager_result(small_model, one_torch_thread, channels_last):
+    plain = TorchBackend(small_model)
+    image, image_avg, omega = run_stages(plain)
+    fast = staged(TorchBackend(small_model), channels_last=channels_last)
+    got, got_avg, got_omega = run_stages(fast)
+    assert isinstance(got, DecodedImages) and got.shape == (3, 3, 16, 16)
+    # Sources encoded one after the other through one static output: each must have been copied out.
+    assert np.abs(fast.to_numpy(got) - plain.to_numpy(image)).max() <= ATOL
+    assert np.abs(fast.to_numpy(got_avg) - plain.to_numpy(image_avg)).max() <= ATOL
+    np.testing.assert_array_equal(got_omega, omega)
+
+
+def test_one_capture_per_stage_and_shape(small_model, one_torch_thread):
+    log: list = []
+    backend = staged(TorchBackend(small_model), log=log)
+    for n in (3, 3, 2, 3):
+        run_stages(backend, n=n)
+    keys = sorted(backend.runner.cache.stages)
+    assert keys == [("decode", 4, 4, 4), ("decode", 6, 4, 4), ("encode", 2, 16, 16), ("encode", 3, 16, 16),
+                    ("fuse", 2, 4, 4), ("fuse", 3, 4, 4)]
+    assert len(log) == 6  # captured once each, replayed afterwards
+    assert backend.runner.cache.stages[("encode", 3, 16, 16)].runs == 9  # 3 sources x 3 batches of 3
+    assert backend.runner.cache.stages[("decode", 6, 4, 4)].runs == 3
+
+
+def test_only_the_middle_channel_comes_back_when_asked(small_model, one_torch_thread):
+    backend = staged(TorchBackend(small_model))
+    image, image_avg, _ = run_stages(backend, n=2)
+    middle, middle_avg = backend.to_numpy(image, channel=1), backend.to_numpy(image_avg, channel=1)
+    assert middle.shape == (2, 16, 16) and middle_avg.shape == (2, 16, 16)
+    np.testing.assert_array_equal(middle, backend.to_numpy(image)[:, 1])
+    np.testing.assert_array_equal(middle_avg, backend.to_numpy(image_avg)[:, 1])
+    assert image.middle is image_avg.middle  # one copy for the 2N batch, rows split on the host
+    plain = TorchBackend(small_model)
+    out, _ = plain.decode(plain.encode(stacks(0, 2)), 1)
+    assert plain.to_numpy(out, channel=1).shape == (2, 16, 16)
+
+
+def test_a_result_not_read_yet_survives_later_batches(small_model, one_torch_thread):
+    backend = staged(TorchBackend(small_model))
+    first, _, _ = run_stages(backend, n=2)
+    expected = backend.to_numpy(first)[:, 1].copy()
+    for seed in (10, 20, 30):  # the static decoder output and the download slots are reused meanwhile
+        run_stages(backend, n=2, seed=seed)
+    np.testing.assert_array_equal(backend.to_numpy(first, channel=1), expected)
+
+
+def test_the_pipeline_through_the_staged_path(small_model, one_torch_thread):
+    volumes = {0: make_head((5, 16, 16), seed=1), 3: make_head((5, 16, 16), seed=2)}
+    expected = Synthesizer(TorchBackend(small_model), batch_size=2).run(volumes, "t2")
+    got = Synthesizer(staged(TorchBackend(small_model), channels_last=True), batch_size=2).run(volumes, "t2")
+    assert np.abs(got.image - expected.image).max() <= ATOL
+    assert np.abs(got.tsem - expected.tsem).max() <= ATOL
+    assert got.weights == expected.weights
+
+
+def test_norms_and_omega_stay_fp32_under_bf16_autocast(small_model, one_torch_thread):
+    from tsf_trt.model.layers import InstanceNorm
+
+    seen: dict[str, set] = {"norm": set(), "conv": set()}
+    hooks = [m.register_forward_hook(lambda m, i, o: seen["norm"].add(o.dtype))
+             for m in small_model.modules() if isinstance(m, InstanceNorm)]
+    hooks += [m.register_forward_hook(lambda m, i, o: seen["conv"].add(o.dtype))
+              for m in small_model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        for backend in (TorchBackend(small_model, precision="bf16"),
+                        staged(TorchBackend(small_model, precision="bf16"), precision="bf16")):
+            seen["norm"].clear(), seen["conv"].clear()
+            image, _, omega = run_stages(backend, n=1)
+            assert seen["norm"] == {torch.float32} and seen["conv"] == {torch.bfloat16}
+            assert omega.dtype == np.float32 and backend.to_numpy(image).dtype == np.float32
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_batch_from_free_memory():
+    paper = PRESETS["paper"]
+    per_slice = 2 * 6 * activation_bytes(paper, 240, 240)
+    assert per_slice == 2 * 6 * 4 * 64 * 240 * 240
+    assert batch_from_free_memory(2 << 30, paper, 240, 240) == (1 << 30) // per_slice == 6
+    assert batch_from_free_memory(80 << 30, paper, 240, 240) == GPU_MAX_BATCH
+    assert batch_from_free_memory(100 << 20, paper, 240, 240) == 1
+
+
+def test_preferred_batch_counts_what_the_allocator_holds_unused(small_model, monkeypatch):
+    backend = TorchBackend(small_model)
+    calls = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: calls.append(device) or (1 << 30, 8 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 << 30)
+    backend.on_gpu = True
+    small = backend.config
+    assert backend.preferred_batch_size(240, 240) == batch_from_free_memory(2 << 30, small, 240, 240)
+    assert calls == [backend.device]
+
+
+def test_cuda_only_options_refuse_cleanly_on_the_cpu(small_model, small_model_dir):
+    for kwargs, match in (({"precision": "fp16"}, "fp16: CUDA only"), ({"graphs": True}, "CUDA graphs"),
+                          ({"channels_last": True}, "CUDA only")):
+        with pytest.raises(TsfError, match=match):
+            TorchBackend(small_model, **kwargs)
+    with pytest.raises(TsfError, match="fp16: CUDA only"):
+        create_backend("torch", small_model_dir, precision="fp16")
+    with pytest.raises(TsfError, match="not available for --backend reference"):
+        create_backend("reference", small_model_dir, precision="fp16")
+    with pytest.raises(TsfError, match="--compile"):
+        create_backend("ort", small_model_dir, compile=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(TsfError, match="no CUDA GPU"):
+            TorchBackend(small_model, device="cuda")
+
+
+def test_compile_wraps_each_stage(small_model, small_model_dir, monkeypatch, one_torch_thread):
+    """torch.compile's wiring (compiling itself is measured by bench/gpu_check.py on a GPU)."""
+    wrapped = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: wrapped.append(fn) or fn)
+    backend = create_backend("torch", small_model_dir, compile=True)
+    model = backend.model
+    assert wrapped == [model.encoder, model.decoder, model.fusion] and "torch.compile" in backend.describe()
+    image, _, _ = run_stages(backend, n=1)
+    assert backend.to_numpy(image).shape == (1, 3, 16, 16)
+
+
+# -- on a GPU ----------------------------------------------------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of torch and a GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision, atol", [("fp32", 2e-3), ("fp16", 5e-2), ("bf16", 1e-1)])
+def test_cuda_graphs_match_the_cpu(small_model, precision, atol):
+    cpu_image, cpu_avg, cpu_omega = run_stages(TorchBackend(small_model), n=3, size=32)
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    gpu = TorchBackend(small_model, device="cuda", precision=precision)
+    assert gpu.runner is not None and "CUDA graphs" in gpu.describe()
+    for _ in range(2):  # captured at the first batch, replayed at the second
+        image, image_avg, omega = run_stages(gpu, n=3, size=32)
+    assert gpu.runner.cache.stages[("encode", 3, 32, 32)].runs == 6
+    assert np.abs(gpu.to_numpy(image) - cpu_image.numpy()).max() <= atol
+    assert np.abs(gpu.to_numpy(image_avg, channel=1) - cpu_avg.numpy()[:, 1]).max() <= atol
+    np.testing.assert_allclose(omega, cpu_omega, atol=1e-6)
+    assert next(small_model.parameters()).device.type == "cpu"  # the caller's model was not moved
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_batch_from_free_memory_and_pipeline(small_model):
+    backend = TorchBackend(small_model, device="cuda")
+    batch = backend.preferred_batch_size(64, 64)
+    assert 1 <= batch <= GPU_MAX_BATCH
+    volumes = {0: make_head((7, 32, 32), seed=1), 3: make_head((7, 32, 32), seed=2)}
+    expected = Synthesizer(TorchBackend(small_model), batch_size=3).run(volumes, "t2")
+    got = Synthesizer(backend, batch_size=3).run(volumes, "t2")
+    assert np.abs(got.image - expected.image).max() <= 2e-3

@@ -1,0 +1,42 @@
+"""What the runtimes of an export's ONNX graphs (ONNX Runtime, OpenVINO) feed each graph and
+take back from it: one rule, so the two backends cannot drift apart on the same graphs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import sequences
+from ..model.config import ModelConfig
+
+
+def fusion_feeds(features: Mapping[int, np.ndarray], task_code: np.ndarray, config: ModelConfig
+                 ) -> dict[str, np.ndarray]:
+    """The fusion graph's inputs: per-source features at their sequence's index (zeros where
+    a sequence is missing) and the task code."""
+    return {"features": sequences.stack_by_index(features, config.n_sequences),
+            "task_code": np.ascontiguousarray(task_code, np.float32)}
+
+
+def decoder_feeds(manifest: Mapping[str, Any], config: ModelConfig, features: np.ndarray, target: int,
+                  features_avg: np.ndarray | None, baked: bool) -> tuple[str, dict[str, np.ndarray]]:
+    """(decoder graph, its inputs): the per-target graph when `baked` and the export has it,
+    else the code-input decoder with its target code; with `features_avg`, both feature
+    batches as one batch of 2N (TSEM), which :func:`split_decoded` takes apart again."""
+    from tsf_trt.export.manifest import decoder_graph
+
+    batch = features if features_avg is None else np.concatenate([features, features_avg])
+    graph = decoder_graph(manifest, target, baked=baked)
+    feeds = {"features": np.ascontiguousarray(batch, np.float32)}
+    if graph == "decoder":  # the code-input decoder computes its kernels from the target code
+        feeds["target_code"] = sequences.target_code(target, config.style_dim)
+    return graph, feeds
+
+
+def split_decoded(image: np.ndarray, n: int, paired: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The decoder's output of :func:`decoder_feeds` as (image, image of the averaged features or None)."""
+    if not paired:
+        return image, None
+    return image[:n], image[n:]

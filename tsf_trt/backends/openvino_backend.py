@@ -1,0 +1,204 @@
+"""OpenVINO on the CPU: the export's ONNX graphs, read directly (no conversion step).
+
+Each graph is read and checked for its role once (:mod:`tsf_trt.export.roles`, from the
+metadata OpenVINO keeps under `framework`), its instance norms centred first (see
+:func:`centre_norms`: fp32 exact to ONNX Runtime), then compiled once per input shape, with the
+shape made static: OpenVINO's CPU plugin plans memory and picks kernels for a known
+shape (README, "OpenVINO": at batch 1, 3-25 % faster per graph than one dynamic-shape
+compile on this 2-core AVX2 machine; at batch 9 within its noise). Compiled models are cached with OpenVINO's CACHE_DIR in the export's
+`.openvino-cache` folder, so a later run imports them instead of compiling.
+
+Precision: `fp32` asks INFERENCE_PRECISION_HINT f32 (exact: agrees with ONNX Runtime to
+1e-4); `bf16` asks bf16, which OpenVINO only runs on CPUs with native bf16 and otherwise
+silently runs in f32. So the backend never reports what it asked for: `runtime_precision`
+is read back from the compiled model (the runtime precision of its convolutions), first
+from a one-convolution probe when the backend is built (describe() is logged before
+anything runs), then from every graph compiled. A bf16 request that runs f32 is a warning
+and reads "fp32 (bf16 asked: ...)". The bf16 path itself has not run here (this CPU has
+no bf16); only what OpenVINO reports for it is checked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cache_dir import writable_dir
+from ..errors import TsfError
+from ..model.config import ModelConfig
+from .base import Backend
+from .onnx_graphs import decoder_feeds, fusion_feeds, split_decoded
+
+_log = logging.getLogger(__name__)
+
+#: --precision -> OpenVINO's INFERENCE_PRECISION_HINT.
+HINTS = {"fp32": "f32", "bf16": "bf16"}
+#: OpenVINO element types -> how tsf-trt spells a precision.
+PRECISION_OF = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+#: Runtime layers whose precision is the precision a graph runs at (the rest are reorders,
+#: inputs, norms that OpenVINO keeps in f32 in any mode).
+COMPUTE_LAYERS = ("Convolution", "Deconvolution", "FullyConnected", "MatMul")
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise TsfError("openvino is not installed: pip install openvino (x86-64 and ARM CPUs)") from None
+    return openvino
+
+
+def ran_precision(compiled: Any) -> str:
+    """The precision a compiled model really runs at: that of its convolutions and matrix
+    products in the runtime graph (bf16 if any of them is), else the compiled hint."""
+    seen = set()
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) in COMPUTE_LAYERS:
+            seen.add(info["runtimePrecision"].astype(str))
+    for kind in ("bf16", "f16", "f32"):
+        if kind in seen:
+            return PRECISION_OF[kind]
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return PRECISION_OF.get(hint, hint)
+
+
+def centre_norms(model: Any, ops: Any) -> Any:
+    """Subtract each instance norm's mean before OpenVINO's MVN (the same result in exact
+    arithmetic). Measured on the small test model: OpenVINO's CPU MVN, in the blocked
+    layout it runs between convolutions, lost precision where a channel's mean is large
+    against its spread (first encoder norm, mean/std up to 12: 1.2e-4 from a float64
+    reference, ONNX Runtime 7.8e-6), and the synthesised image ended 1.6e-4 from ONNX
+    Runtime's; centred first, the encoder agrees to 2.4e-6."""
+    for node in model.get_ordered_ops():
+        if node.get_type_name() == "MVN":
+            data = node.input_value(0)
+            mean = ops.reduce_mean(data, node.input_value(1), keep_dims=True)
+            node.input(0).replace_source_output(ops.subtract(data, mean).output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def _signature(model: Any) -> tuple[dict, dict, dict[str, str]]:
+    """(inputs, outputs, metadata) of a read OpenVINO model, for :func:`~tsf_trt.export.roles.check_graph`."""
+    def dims(port) -> list[int | None]:
+        return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+
+    meta = {}
+    if model.has_rt_info("framework"):  # the ONNX graph's metadata_props
+        meta = {k: v.astype(str) for k, v in model.get_rt_info("framework").astype(dict).items()}
+    return ({p.get_any_name(): dims(p) for p in model.inputs}, {p.get_any_name(): dims(p) for p in model.outputs},
+            meta)
+
+
+class OpenVinoBackend(Backend):
+    def __init__(self, export_dir: str | Path, *, threads: int | None = None, precision: str = "fp32",
+                 decoder: str = "baked", cache: bool = True):
+        from tsf_trt.export.manifest import read_manifest
+
+        if decoder not in ("baked", "code"):
+            raise TsfError(f"decoder must be 'baked' or 'code', got '{decoder}'")
+        self.ov = import_openvino()
+        self.directory = Path(export_dir)
+        self.manifest = read_manifest(self.directory)
+        config = ModelConfig.from_dict(self.manifest["model_config"])
+        super().__init__(config, "fusion" in self.manifest["graphs"], self.manifest.get("model_id", ""),
+                         name="openvino", precision=precision)
+        self.threads = threads
+        self.decoder_kind = decoder
+        self.core = self.ov.Core()
+        self.cache_dir = writable_dir(self.directory / ".openvino-cache") if cache else None
+        self.settings: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+                                         "NUM_STREAMS": 1}
+        if threads:
+            self.settings["INFERENCE_NUM_THREADS"] = threads
+        if self.cache_dir is not None:
+            self.settings["CACHE_DIR"] = str(self.cache_dir)
+        self._models: dict[str, Any] = {}       # graph -> read, role-checked model (dynamic shapes)
+        self._compiled: dict[tuple, Any] = {}   # (graph, input shapes) -> compiled model
+        self.runtime_precision = self._probe_precision()
+        if self.runtime_precision != precision:
+            _log.warning("openvino: --precision %s asked, but OpenVINO runs %s on this CPU (%s)", precision,
+                         self.runtime_precision, self._capabilities())
+
+    # -- models ---------------------------------------------------------------------------
+    def model(self, graph: str) -> Any:
+        """The read model of `graph`, checked once to be the graph of its role."""
+        if graph not in self._models:
+            from tsf_trt.export.manifest import graph_path
+            from tsf_trt.export.roles import check_graph
+
+            path = graph_path(self.directory, self.manifest, graph)
+            try:
+                model = self.core.read_model(str(path))
+            except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own types for broken graphs
+                raise TsfError(f"{path}: OpenVINO cannot read this graph ({str(exc).splitlines()[0]})") from None
+            check_graph(self.directory, self.manifest, graph, *_signature(model))
+            self._models[graph] = centre_norms(model, self.ov.opset13)
+        return self._models[graph]
+
+    def compiled(self, graph: str, feeds: Mapping[str, np.ndarray]) -> Any:
+        """`graph` compiled for the shapes of `feeds` (once; imported from CACHE_DIR when cached)."""
+        key = (graph, *((name, array.shape) for name, array in sorted(feeds.items())))
+        if key not in self._compiled:
+            model = self.model(graph).clone()
+            model.reshape({name: list(array.shape) for name, array in feeds.items()})
+            try:
+                compiled = self.core.compile_model(model, "CPU", self.settings)
+            except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError for what it cannot compile
+                shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in feeds.items())
+                raise TsfError(f"OpenVINO cannot compile the {graph} graph for {shapes} "
+                               f"({str(exc).splitlines()[0]})") from None
+            ran = ran_precision(compiled)
+            if ran != self.runtime_precision:  # the probe and a real graph disagree: the graph is the truth
+                _log.warning("openvino: the %s graph runs %s, not %s", graph, ran, self.runtime_precision)
+                self.runtime_precision = ran
+            self._compiled[key] = compiled
+        return self._compiled[key]
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> Any:
+        return self.compiled(graph, feeds)(feeds)  # outputs are copies (share_outputs=False)
+
+    def _probe_precision(self) -> str:
+        """What OpenVINO runs a convolution at with these settings on this CPU (a one-node
+        graph, not cached): known before the first real graph compiles."""
+        ops = self.ov.opset13
+        image = ops.parameter([1, 8, 8, 8], np.float32, name="x")
+        conv = ops.convolution(image, ops.constant(np.ones((8, 8, 3, 3), np.float32)), [1, 1], [1, 1], [1, 1], [1, 1])
+        settings = {k: v for k, v in self.settings.items() if k != "CACHE_DIR"}
+        return ran_precision(self.core.compile_model(self.ov.Model([conv], [image], "probe"), "CPU", settings))
+
+    def _capabilities(self) -> str:
+        caps = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        native = "BF16" in caps
+        return f"its OPTIMIZATION_CAPABILITIES are {', '.join(caps)}" + ("" if native else ": no native bf16")
+
+    # -- the interface --------------------------------------------------------------------
+    def _encode(self, images: np.ndarray) -> np.ndarray:
+        return self._run("encoder", {"image": np.ascontiguousarray(images, np.float32)})["features"]
+
+    def _fuse(self, features: Mapping[int, np.ndarray], task_code: np.ndarray):
+        out = self._run("fusion", fusion_feeds(features, task_code, self.config))
+        return out["fused"], out["fused_avg"], out["weights"]
+
+    def _decode(self, features: np.ndarray, target: int, features_avg: np.ndarray | None):
+        graph, feeds = decoder_feeds(self.manifest, self.config, features, target, features_avg,
+                                     baked=self.decoder_kind == "baked")
+        return split_decoded(self._run(graph, feeds)["image"], len(features), features_avg is not None)
+
+    def to_numpy(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def describe(self) -> str:
+        ran = self.runtime_precision
+        precision = ran if ran == self.precision else f"{ran} ({self.precision} asked: {self._capabilities()})"
+        threads = f", {self.threads} threads" if self.threads else ""
+        return f"openvino {self.ov.__version__.split('-')[0]} (CPU, {precision}{threads}, {self.decoder_kind} decoder)"
+
+    def _release(self) -> None:
+        self._compiled.clear()
+        self._models.clear()

@@ -1,0 +1,115 @@
+"""`--precision auto` (the default): bf16 where it costs nothing, fp32 everywhere else.
+
+Why a check and not a rule: bf16 keeps 8 bits of mantissa. On the trained demo model it cost
+-0.01 dB against the truth, but on random weights its output was only 39.5 dB from fp32's
+(issue 15's measurements), so whether bf16 is harmless depends on the model. It is also only
+faster where the CPU has bf16 instructions (AVX512-BF16, AMX, Arm BF16); elsewhere it is
+emulated and slower than fp32.
+
+So `auto` means: on a CPU backend that takes bf16 (torch, openvino), on a CPU with native bf16,
+run a held-out phantom's central slices in fp32 and in bf16 once per model, backend and
+machine; use bf16 when the synthesis is >= MIN_PSNR dB from fp32's inside the head and ω
+agree within MAX_OMEGA, else fp32. The verdict is cached (tsf_trt.cache_dir) and logged.
+GPU backends run fp32 under `auto`: their fp16 has not been measured on a GPU yet
+(README, "GPU"); ask for it with --precision fp16.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..cache_dir import cache_root, machine_key
+from ..console import step
+from ..cpu import native_bf16
+from ..errors import TsfError
+from ..source import ModelSource
+
+MIN_PSNR = 45.0        # dB, bf16 synthesis vs fp32, inside the head, network units
+MAX_OMEGA = 1e-3       # largest |ω bf16 - ω fp32|
+BF16_BACKENDS = ("torch", "openvino")
+#: The check's input: held-out phantom 5000 (training phantoms have lower seeds: README,
+#: "The bundled model"), at BraTS's in-plane size, its central CHECK_SLICES slices.
+CHECK_SEED, CHECK_SHAPE, CHECK_SLICES = 5000, (240, 240, 40), 8
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    precision: str
+    why: str
+    psnr_db: float | None = None
+    omega_diff: float | None = None
+
+
+def resolve(name: str, source: ModelSource, *, device: str, threads: int | None) -> Verdict:
+    """The precision `auto` means for backend `name` on `device` (see the module docstring)."""
+    if name not in BF16_BACKENDS:
+        return Verdict("fp32", f"{name} runs fp32 unless another precision is asked for")
+    if device != "cpu":
+        return Verdict("fp32", "on a GPU, auto runs fp32 (fp16 unmeasured there: ask for it)")
+    if not native_bf16():
+        return Verdict("fp32", "this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16)")
+    record = cache_root() / "precision" / f"{source.model_id}-{name}-{machine_key()}-v1.json"
+    try:
+        verdict = Verdict(**json.loads(record.read_text()))
+        _log.info("precision auto: %s (checked earlier on this machine: %s; record %s)", verdict.precision,
+                  verdict.why, record)
+        return verdict
+    except (OSError, ValueError, TypeError):
+        pass
+    with step(f"precision auto: checking bf16 against fp32 on {name} (once per model and machine)", _log):
+        verdict = check_bf16(name, source, threads)
+    _log.info("precision auto: %s (%s)", verdict.precision, verdict.why)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(asdict(verdict), indent=2))
+    except OSError:
+        pass  # no cache: check again next time
+    return verdict
+
+
+def check_bf16(name: str, source: ModelSource, threads: int | None) -> Verdict:
+    """Synthesise the check's slices in fp32 and bf16 on backend `name` and compare."""
+    from ..pipeline import Synthesizer
+
+    inputs, head = check_inputs(source.has_fusion)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        try:
+            synth = Synthesizer(source, name, device="cpu", threads=threads, precision=precision)
+        except TsfError as exc:
+            return Verdict("fp32", f"{precision} did not start: {exc}")
+        with synth.backend:
+            results[precision] = synth.run(inputs, 2, tsem=False)
+    return judge(results["fp32"].image, results["bf16"].image, head, results["fp32"].weights,
+                 results["bf16"].weights)
+
+
+def judge(fp32: np.ndarray, bf16: np.ndarray, head: np.ndarray, w32: dict[int, float],
+          w16: dict[int, float]) -> Verdict:
+    """The rule: both bounds hold, or fp32."""
+    from ..metrics import psnr
+
+    quality = psnr(bf16, fp32, head)
+    omega = max(abs(w32[i] - w16[i]) for i in w32)
+    figures = f"bf16 is {quality:.1f} dB from fp32, ω within {omega:.1e}"
+    if quality >= MIN_PSNR and omega <= MAX_OMEGA:
+        return Verdict("bf16", f"native bf16 on this CPU and {figures}", quality, omega)
+    return Verdict("fp32", f"{figures}: short of {MIN_PSNR:g} dB / {MAX_OMEGA:g}", quality, omega)
+
+
+def check_inputs(has_fusion: bool) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """T1, T1Gd, FLAIR (or T1 alone, for a Seq2Seq-only model) of the check phantom, (z, y, x)."""
+    from ..phantoms.generator import make_subject
+
+    phantom = make_subject(CHECK_SEED, CHECK_SHAPE)
+    middle = CHECK_SHAPE[2] // 2
+    keep = slice(middle - CHECK_SLICES // 2, middle + CHECK_SLICES // 2)
+    names = ("t1", "t1gd", "flair") if has_fusion else ("t1",)
+    volumes = {i: np.ascontiguousarray(phantom.volumes[n][:, :, keep].transpose(2, 1, 0))
+               for i, n in zip((0, 1, 3), names)}
+    return volumes, np.logical_or.reduce([v > 0 for v in volumes.values()])
