@@ -6,7 +6,7 @@ needs a GPU is settled in one run under a time budget, each step timed and kept 
 error, one failing step never stopping the others, into one JSON + Markdown report (``--out``,
 default $OUT). ``--list-wheels`` prints the wheels to carry there; ``--dry-run`` runs the same
 plan on the CPU with tiny shapes (CUDA graphs replaced by their eager stand-in, the CUDA runtime
-by tests/gpu_fakes.py), which CI runs: a dry run's figures say nothing about a GPU.
+by tests/fake_cuda.py), which CI runs: a dry run's figures say nothing about a GPU.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def gpu_tests(dry_run: bool) -> dict[str, Any]:
 
 
 def cuda_runtime(dry_run: bool) -> dict[str, Any]:
-    """engines/cuda.py's GpuContext on the real runtime (on a dry run: on tests/gpu_fakes.py)."""
+    """engines/cuda.py's GpuContext on the real runtime (on a dry run: on tests/fake_cuda.py)."""
     import numpy as np
 
     from tsf_trt.engines import cuda, gpu
@@ -126,7 +126,7 @@ def cuda_runtime(dry_run: bool) -> dict[str, Any]:
     if dry_run or gpu.device_count() == 0:
         if not dry_run:
             raise Skip("no NVIDIA GPU visible to cuda-python")
-        from tests.gpu_fakes import FakeCudart
+        from tests.fake_cuda import FakeCudart
 
         fake = FakeCudart()
         cuda.import_cudart = gpu.import_cudart = lambda: fake
@@ -170,7 +170,7 @@ def cuda_runtime(dry_run: bool) -> dict[str, Any]:
     finally:
         ctx.close()
     failed = [name for name, ok in checks.items() if not ok]
-    return {"runtime": "tests/gpu_fakes.py (dry run)" if fake else "cuda-python", "checks": checks,
+    return {"runtime": "tests/fake_cuda.py (dry run)" if fake else "cuda-python", "checks": checks,
             "out_of_memory_message": oom_text, "failed": bool(failed),
             "error": f"failed: {', '.join(failed)}" if failed else None}
 
@@ -199,7 +199,8 @@ def make_backend(module, precision: str, graphs: bool, mode: str, dry_run: bool,
     the eager stand-in for its graphs (as tests/test_torch_cuda.py does)."""
     import torch
 
-    from tsf_trt.backends.torch_backend import PlainIO, StagedRunner, TorchBackend, eager_capture, prepared
+    from tsf_trt.backends.torch_backend import TorchBackend
+    from tsf_trt.backends.torch_staged import PlainIO, StagedRunner, eager_capture, prepared
 
     if not dry_run:
         return TorchBackend(module, device="cuda", precision=precision, mode=mode, graphs=graphs,

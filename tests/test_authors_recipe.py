@@ -53,6 +53,7 @@ def test_authors_seq2seq_weights_to_tsem(tmp_path, monkeypatch):
     assert "Seq2Seq-only" in text
     meta = json.loads(Path("seq2seq_model/config.json").read_text())
     assert meta["stages"] == ["seq2seq"]
+    assert meta["training_crop"] == [192, 192]  # the YAML's train.crop_size, what --frame 192x192 matches
     same = save_model(import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"]), tmp_path / "check")
     assert meta["weights_sha256"] == json.loads((same / "config.json").read_text())["weights_sha256"]
     lap("import")
@@ -79,7 +80,8 @@ def test_authors_seq2seq_weights_to_tsem(tmp_path, monkeypatch):
         "--batch-size", "2", "--crop", "16", "--checkpoint-every", "2", "--val-every", "0", "--workers", "0",
         "--device", "cpu")
     trained = Path("tsf_run/step_000002")
-    assert json.loads((trained / "config.json").read_text())["stages"] == ["seq2seq", "tsf"]
+    trained_meta = json.loads((trained / "config.json").read_text())
+    assert trained_meta["stages"] == ["seq2seq", "tsf"] and trained_meta["training_crop"] == [16, 16]
     before, after = weights(Path("seq2seq_model")), weights(trained)
     assert all(k in after and (after[k] == v).all() for k, v in before.items() if k.startswith("encoder."))
     changed = [k for k, v in before.items() if k.startswith("decoder.") and not (after[k] == v).all()]

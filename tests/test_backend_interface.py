@@ -8,7 +8,7 @@ import pytest
 from tsf_trt.errors import TsfError
 
 
-@pytest.fixture(params=["torch", "ort"])
+@pytest.fixture(params=["torch", "ort", "openvino"])
 def backend(request, small_model_dir):
     from tsf_trt.backends import create_backend
 
@@ -20,6 +20,7 @@ def test_decode_takes_the_target_index(backend):
     features = backend.encode(images)
     image, none = backend.decode(features, 2)
     assert backend.to_numpy(image).shape == (2, 3, 16, 16) and none is None
+    assert np.array_equal(backend.to_numpy(image, 1), backend.to_numpy(image)[:, 1])  # the middle channel alone
     with pytest.raises(TsfError, match="not a sequence index"):
         backend.decode(features, 4)
 

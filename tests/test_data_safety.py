@@ -314,6 +314,9 @@ def test_report_batch_size_is_the_batch_used(case_inputs, small_model_dir):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "sub_t2.json").read_text())
     assert report["batch_size"] == SHAPE[2]  # the whole volume, 12 slices, in one batch
+    # with default options the report says the precision (and why) and the frame that ran
+    assert report["precision"]["ran"] == "fp32" and "--precision auto" in report["precision"]["why"]
+    assert report["frame"]["frame"] == "head" and report["frame"]["slices"] == SHAPE[2]
 
 
 # --- 13. one subject with two files of a sequence fails alone ---------------------------------------------

@@ -184,7 +184,7 @@ def test_auto_measures_once_and_caches_its_choice(small_model_dir):
     records = list((cache_root() / "auto").glob(f"{backend.model_id}-*.json"))
     assert len(records) == 1
     record = json.loads(records[0].read_text())
-    assert set(record["seconds_per_slice"]) == {"torch", "ort"}
+    assert set(record["seconds_per_slice"]) == {"torch", "ort", "openvino"}, record  # every candidate timed
     assert backend.name == record["choice"] == min(record["seconds_per_slice"], key=record["seconds_per_slice"].get)
     assert create_backend("auto", small_model_dir).name == backend.name
 
@@ -194,7 +194,7 @@ def test_export_dir_needs_an_onnx_backend(small_export_dir):
 
     with pytest.raises(ModelError, match="export directory"):
         create_backend("torch", small_export_dir)
-    assert create_backend("auto", small_export_dir).name == "ort"
+    assert create_backend("auto", small_export_dir).name in ("ort", "openvino")  # measured: either may win
 
 
 def test_cli_export_then_infer_on_the_export(small_model_dir, tmp_path):

@@ -36,7 +36,7 @@ def test_the_dry_run_runs_every_step(dry_report):
     assert steps["trt rows"]["error"] == "tensorrt not importable"
     assert steps[gpu_check.NOT_BUILT]["error"].startswith("not built yet")
     cuda = steps["engines/cuda.py on the CUDA runtime"]["details"]
-    assert cuda["runtime"].startswith("tests/gpu_fakes.py") and all(cuda["checks"].values()) and len(cuda["checks"]) == 10
+    assert cuda["runtime"].startswith("tests/fake_cuda.py") and all(cuda["checks"].values()) and len(cuda["checks"]) == 10
     assert "skipped" in steps["gpu-marked tests"]["details"]["summary"]
 
 

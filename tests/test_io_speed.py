@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tsf_trt.jobs as jobs
+import tsf_trt.writer as writer
 from tests.conftest import make_head
 from tests.test_cli_errors import files_under, write_nifti
 from tsf_trt.atomic import DiskFullError
@@ -131,7 +132,7 @@ def test_ctrl_c_while_writing_publishes_nothing(tmp_path, small_model, one_torch
     """Ctrl-C during sub02's synthesis while sub01 is written: sub01 is abandoned before its
     renames, every temp file and claim goes, and no line is printed."""
     stopping = threading.Event()
-    real_write, real_abandon, real_run = jobs.write_outputs, jobs._Writer.abandon, Synthesizer.run
+    real_write, real_abandon, real_run = jobs.write_outputs, writer.Writer.abandon, Synthesizer.run
 
     def write(*args, **kwargs):
         assert stopping.wait(60)
@@ -152,7 +153,7 @@ def test_ctrl_c_while_writing_publishes_nothing(tmp_path, small_model, one_torch
         return real_run(self, *args, **kwargs)
 
     monkeypatch.setattr(jobs, "write_outputs", write)
-    monkeypatch.setattr(jobs._Writer, "abandon", abandon)
+    monkeypatch.setattr(writer.Writer, "abandon", abandon)
     monkeypatch.setattr(Synthesizer, "run", run)
     ended = []
     with pytest.raises(KeyboardInterrupt):

@@ -192,3 +192,15 @@ def test_default_batch_follows_activation_size(small_model, volumes):
     torch_paper.config = paper
     assert torch_paper.preferred_batch_size(240, 240) == 1
     assert Synthesizer(small_model, batch_size=3).run(volumes, 2).batch_size == 3
+
+
+@pytest.mark.parametrize("combine, channels", [("middle", {1}), ("mean", {None})])
+def test_only_the_channels_the_rule_keeps_come_to_the_host(small_model, volumes, combine, channels, monkeypatch):
+    """The middle rule and TSEM use channel 1 alone: a GPU backend is asked for nothing else."""
+    synth = Synthesizer(small_model, "torch", combine=combine)
+    asked = []
+    original = type(synth.backend).to_numpy
+    monkeypatch.setattr(type(synth.backend), "to_numpy",
+                        lambda self, array, channel=None: asked.append(channel) or original(self, array, channel))
+    result = synth.run(volumes, 2)
+    assert set(asked) == channels and result.image.shape == volumes[0].shape

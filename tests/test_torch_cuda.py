@@ -12,8 +12,8 @@ from tests.conftest import make_head
 from tsf_trt import sequences
 from tsf_trt.backends import create_backend
 from tsf_trt.backends.base import activation_bytes
-from tsf_trt.backends.torch_backend import (GPU_MAX_BATCH, DecodedImages, PlainIO, StagedRunner, TorchBackend, prepared,
-                                            batch_from_free_memory, eager_capture)
+from tsf_trt.backends.torch_backend import GPU_MAX_BATCH, TorchBackend, batch_from_free_memory
+from tsf_trt.backends.torch_staged import DecodedImages, PlainIO, StagedRunner, eager_capture, prepared
 from tsf_trt.errors import TsfError
 from tsf_trt.model import PRESETS
 from tsf_trt.pipeline import Synthesizer

@@ -110,7 +110,8 @@ def bundle(stage1: Path, stage2: Path, out: Path, *, name: str = "demo", quality
         raise TsfError(f"{out}: exists; pass --overwrite to replace it")
     origin = {"bundled": name, "trained": {"stage1": command(s1["config"]), "stage2": command(s2["config"])}}
     with atomic_dir(out) as tmp:
-        save_model(model, tmp / "model", origin=origin)
+        crop = s2["config"].get("crop")
+        save_model(model, tmp / "model", origin=origin, training_crop=(crop, crop) if crop else None)
         for item in (CONFIG_FILE, WEIGHTS_FILE):
             shutil.move(tmp / "model" / item, tmp / item)
         (tmp / "model").rmdir()

@@ -362,7 +362,8 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, on_step, echo) -> P
             return
         origin = {"trained": {"stage": cfg.stage, "step": at, "data": str(cfg.data),
                               "init": str(cfg.init) if cfg.init else None}}
-        save_model(model, cfg.out / f"step_{at:06d}", overwrite=True, origin=origin)
+        save_model(model, cfg.out / f"step_{at:06d}", overwrite=True, origin=origin,
+                   training_crop=(cfg.crop, cfg.crop))
         state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "step": at,
                  "epoch": at // per_epoch, "rng": _rng_state(), "world_size": d.world}
         _save_last(cfg.out, model, state, origin)

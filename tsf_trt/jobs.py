@@ -8,7 +8,6 @@ inputs and output names, refuse bad requests before any heavy work, run the
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,7 +17,8 @@ from . import sequences
 from .atomic import DiskFullError, make_folder, remove_empty_folders, remove_stale
 from .claims import Claim, Claims, Holder
 from .errors import TsfError
-from .outputs import (Inputs, OutputPaths, bids_sidecars, build_report, raw_root, write_dataset_description,
+from .outputs import (Inputs, OutputPaths, bids_sidecars, build_report, precision_block, raw_root,
+                      write_dataset_description,
                       write_outputs)
 from .options import InferRequest
 from .qc import qc_block
@@ -27,6 +27,7 @@ from .subjects import Subject
 from .preflight import check_subject
 from .resample import needs_resampling, resample_subject, result_to_input_grid
 from .volume import Volume, load_volume
+from .writer import Started, Writer
 
 _log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ class SubjectOutcome:
     def line(self, backend: str = "") -> str:
         """The subject's one log line: name, task, backend, seconds, output or why not."""
         if self.status == "done" and self.result is not None and self.paths is not None:
-            return (f"{self.subject}: {self.result.task}, {backend or 'done'}, {self.result.timings['total']:.1f} s, "
-                    f"wrote {self.paths.synth}")
+            frame = self.result.frame
+            where = f", frame {frame['size'][0]}x{frame['size'][1]} ({frame['frame']})" if frame else ""
+            return (f"{self.subject}: {self.result.task}, {backend or 'done'}{where}, "
+                    f"{self.result.timings['total']:.1f} s, wrote {self.paths.synth}")
         if self.status == "skipped":
             where = f" ({self.paths.report})" if self.paths is not None else ""
             return f"{self.subject}: skipped, already complete{where}"
@@ -126,6 +129,11 @@ class Synthesized:
         self.result.timings["write"] = time.perf_counter() - start
         return SubjectOutcome(self.subject, "done", self.paths, self.result, removed=self.removed)
 
+    def failed(self, exc: Exception, created: Path | None) -> SubjectOutcome:
+        """The outcome of a write that failed for this subject alone (asked here by tsf_trt.writer,
+        which cannot import this module: jobs imports it)."""
+        return _failed(self.subject, exc, created, self.paths)
+
 
 def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *,
                        progress: Progress | None = None, backend_name: str = "", paths: OutputPaths | None = None,
@@ -159,7 +167,8 @@ def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferReque
         extra.update(synth_sidecar)
     report = build_report(result, paths, subject.inputs, subject=subject.name,
                           model_id=synth.backend.model_id, backend=backend_name or synth.backend.describe(),
-                          extra=extra, qc=qc_block(result.tsem, result.head_mask, request.qc))
+                          extra=extra, qc=qc_block(result.tsem, result.head_mask, request.qc),
+                          precision=precision_block(synth.backend))
     return Synthesized(subject.name, result, volumes[sources[0]], paths, report, overwrite, inputs, before_publish,
                        tsem_sidecar, removed)
 
@@ -198,7 +207,7 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     With `wait`, busy subjects are looked at again until their holders finish them or
     die (then this run takes them over): when it returns, every subject has an outcome.
     A subject's outputs are written on a background thread while the next one computes
-    (:class:`_Writer`); `on_start` and `on_end` still come in subject order, from this thread.
+    (:class:`~tsf_trt.writer.Writer`); `on_start` and `on_end` still come in subject order, from this thread.
     """
     run = _FolderRun(synth, request, backend_name, Inputs(p for s in subjects for p in s.inputs.values()), time.time())
     bids = [s for s in subjects if s.bids is not None]
@@ -212,7 +221,7 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
         if on_end:
             on_end(outcome)
 
-    writer = _Writer(emit)
+    writer = Writer(emit)
     pending = list(subjects)
     with Claims(request.lease_s) as claims:
         try:
@@ -239,125 +248,11 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     return summary
 
 
-class _Abandoned(BaseException):
-    """The run stops (Ctrl-C, a full disk): the subject being written publishes nothing."""
-
-
-@dataclass
-class _Pending:
-    """One subject's outputs being written on the background thread; it holds the claim."""
-
-    job: Synthesized
-    claim: Claim
-    created: Path | None
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-    outcome: SubjectOutcome | None = None
-    error: BaseException | None = None
-
-
-class _Writer:
-    """Writes one subject's outputs on a background thread while the next subject computes.
-
-    At most one subject is being written, so memory holds one more result, no more. Outcomes
-    are handed to `emit` in subject order, on the calling thread. The claim goes with the
-    outputs and is released once they are published, or have failed (that subject's error).
-    """
-
-    def __init__(self, emit: Callable[[SubjectOutcome], None]):
-        self._emit = emit
-        self._pending: _Pending | None = None
-
-    def submit(self, job: Synthesized, claim: Claim, created: Path | None) -> None:
-        self.flush()
-        pending = _Pending(job, claim, created)
-        checks = job.before_publish
-
-        def before_publish() -> None:
-            if pending.stop.is_set():
-                raise _Abandoned()
-            if checks is not None:
-                checks()
-
-        job.before_publish = before_publish
-        # Not a daemon: should the interpreter exit meanwhile, it waits for the group to end whole.
-        pending.thread = threading.Thread(target=self._write, args=(pending,), name="tsf-trt writer")
-        self._pending = pending
-        pending.thread.start()
-
-    @staticmethod
-    def _write(pending: _Pending) -> None:
-        try:
-            pending.outcome = _publish(pending.job, pending.claim, pending.created)
-        except BaseException as exc:  # noqa: BLE001 - raised again on the calling thread by flush()
-            pending.error = exc
-
-    def ready(self) -> bool:
-        """Nothing is being written any more (flush would not wait)."""
-        return self._pending is None or not self._pending.thread.is_alive()
-
-    def flush(self) -> None:
-        """Wait for the subject being written; hand on its outcome, or raise what stopped it."""
-        pending = self._pending
-        if pending is None:
-            return
-        pending.thread.join()
-        self._pending = None  # only now: a Ctrl-C while joining leaves it to abandon()
-        if pending.error is not None:
-            raise pending.error
-        self._emit(pending.outcome)
-
-    def abandon(self) -> None:
-        """The run stops: the subject being written publishes nothing unless it already has."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        pending.stop.set()
-        pending.thread.join()
-        if pending.outcome is not None:  # published before the stop: its files exist, so its line
-            self._emit(pending.outcome)
-
-
-def _publish(job: Synthesized, claim: Claim, created: Path | None) -> SubjectOutcome:
-    """Write a subject's outputs; its claim is released once they are published or have failed."""
-    try:
-        with claim:
-            return job.write()
-    except DiskFullError:
-        raise  # not this subject's fault: every later one would fail the same way
-    except (TsfError, OSError) as exc:
-        return _failed(job.subject, exc, created, job.paths)
-
-
 def _failed(name: str, exc: Exception, created: Path | None, paths: OutputPaths | None) -> SubjectOutcome:
     message = str(exc) if isinstance(exc, TsfError) else f"{type(exc).__name__}: {exc}"
     if created is not None and paths is not None:  # a failed subject leaves no empty folder (only if still empty)
         remove_empty_folders(created, paths.folder)
     return SubjectOutcome(name, "failed", error=message)
-
-
-class _Started:
-    """A subject's progress callback that calls `on_start` only once the subject before it
-    is handed on: at the first progress tick after its write has ended, at the latest when
-    this subject's synthesis ends. So callbacks keep subject order while the two overlap."""
-
-    def __init__(self, writer: _Writer, subject: Subject, on_start: Callable[[Subject], Progress | None] | None):
-        self._writer, self._subject, self._on_start = writer, subject, on_start
-        self._progress: Progress | None = None
-        self._started = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self._started and self._writer.ready():
-            self.start()  # a write that failed for the whole run (a full disk) stops this one too
-        if self._progress is not None:
-            self._progress(done, total)
-
-    def start(self) -> None:
-        if self._started:
-            return
-        self._writer.flush()
-        self._started = True
-        self._progress = self._on_start(self._subject) if self._on_start else None
 
 
 @dataclass
@@ -370,7 +265,7 @@ class _FolderRun:
     protected: Inputs
     started: float  # time.time(): with overwrite, reports newer than this were written by a concurrent run
 
-    def one(self, subject: Subject, claims: Claims, on_start, writer: _Writer) -> SubjectOutcome | None:
+    def one(self, subject: Subject, claims: Claims, on_start, writer: Writer) -> SubjectOutcome | None:
         """The subject's outcome, or None once its outputs are handed to `writer` (with its claim)."""
         request = self.request
         created: Path | None = None
@@ -401,7 +296,7 @@ class _FolderRun:
                                        "on it (taken for dead: is --claim-lease shorter than a pause of this "
                                        "machine?); nothing was written")
 
-                progress = _Started(writer, subject, on_start)
+                progress = Started(writer, subject, on_start)
                 try:
                     job = synthesize_subject(self.synth, chosen, request, paths=paths,
                                              overwrite=request.overwrite or any(p.exists() for p in paths.all()),

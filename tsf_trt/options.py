@@ -42,7 +42,7 @@ def check_threads(threads: int | None, flag: str = "--threads") -> None:
 class RunOptions:
     backend: str = "auto"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"         # bf16 where native and checked on this model, else fp32
     batch_size: int | None = None   # None: the backend's choice for the volume's size
     threads: int | None = None      # None: the runtime's choice
     combine: str = "middle"
@@ -57,7 +57,7 @@ class RunOptions:
         if not _DEVICE.fullmatch(self.device):
             raise TsfError(f"--device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
         if self.backend == "auto":
-            every = sorted({p for ps in PRECISIONS.values() for p in ps})
+            every = ["auto"] + sorted({p for ps in PRECISIONS.values() for p in ps})
             if self.precision not in every:
                 raise TsfError(f"--precision {self.precision} is not one of {', '.join(every)}")
         else:

@@ -141,7 +141,7 @@ class Inputs:
 
 def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
                  subject: str, model_id: str, backend: str, extra: dict[str, Any] | None = None,
-                 qc: dict[str, Any] | None = None) -> dict[str, Any]:
+                 qc: dict[str, Any] | None = None, precision: dict[str, str] | None = None) -> dict[str, Any]:
     """The JSON report; `qc` is the TSEM QC block (tsf_trt.qc.qc_block), None without TSEM."""
     return {
         "tsf_trt_version": __version__,
@@ -153,6 +153,7 @@ def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
         "weights": result.weights_by_name(),
         "model_id": model_id,
         "backend": backend,
+        "precision": precision,
         "batch_size": result.batch_size,
         "frame": result.frame,
         "outputs": {
@@ -169,6 +170,12 @@ def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
         **(extra or {}),
         "complete": True,
     }
+
+
+def precision_block(backend: Any) -> dict[str, str]:
+    """The report's precision: what the backend was built for, what really ran, and why."""
+    return {"precision": backend.precision, "ran": getattr(backend, "runtime_precision", backend.precision),
+            "why": getattr(backend, "precision_reason", "")}
 
 
 def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict[str, Any], *,

@@ -33,6 +33,7 @@ from .volume import Volume, check_same_grid, load_volume, shape_text
 
 Progress = Callable[[int, int], None]
 _log = logging.getLogger(__name__)
+MIDDLE = 1  # the centre slice of a 2.5D stack: the one the middle rule keeps
 MIN_INPLANE = 8  # reflection padding at 1/4 resolution needs at least 2 pixels
 
 
@@ -79,7 +80,7 @@ class Synthesizer:
     ready :class:`~tsf_trt.backends.Backend`."""
 
     def __init__(self, model, backend: str = "auto", *, batch_size: int | None = None, device: str = "cpu",
-                 combine: str = "middle", threads: int | None = None, precision: str = "fp32",
+                 combine: str = "middle", threads: int | None = None, precision: str = "auto",
                  frame: str | FrameSpec = "head"):
         from .options import RunOptions
 
@@ -168,12 +169,13 @@ class Synthesizer:
                     fused, fused_avg, weights = be.fuse(features, task_code)
                 else:
                     fused, fused_avg = features[sources[0]], None
-            with timed(timings, "decode"):
-                out, out_avg = decode_numpy(be, fused, target, fused_avg if want_tsem else None)
+            with timed(timings, "decode"):  # the middle rule keeps only channel 1 (TSEM always does)
+                out, out_avg = decode_numpy(be, fused, target, fused_avg if want_tsem else None,
+                                            channel=MIDDLE if self.combine == "middle" else None)
             with timed(timings, "gather"):
                 image.add(centres, out)
                 if tsem_map is not None:
-                    tsem_map.add(centres, np.abs(out - out_avg))
+                    tsem_map.add(centres, np.abs(_middle(out) - _middle(out_avg)))
             if progress is not None:
                 progress(min(start + batch, total), total)
         return image.result(), None if tsem_map is None else tsem_map.result(), weights, batch
@@ -229,11 +231,18 @@ def encode_stacks(be: Backend, normed: Mapping[int, np.ndarray], sources: Sequen
     return {i: be.encode(stack_25d(normed[i], centres)) for i in sources}
 
 
-def decode_numpy(be: Backend, fused: Any, target: int, fused_avg: Any | None = None
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode (with `fused_avg`: both as one 2N batch, for TSEM) and bring the images to the host."""
+def decode_numpy(be: Backend, fused: Any, target: int, fused_avg: Any | None = None, *,
+                 channel: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode (with `fused_avg`: both as one 2N batch, for TSEM) and bring the images to the host:
+    all 3 channels, or only `channel`, (N, H, W); the `fused_avg` image then only the middle one."""
     out, out_avg = be.decode(fused, target, fused_avg)
-    return be.to_numpy(out), None if out_avg is None else be.to_numpy(out_avg)
+    avg_channel = MIDDLE if channel is not None else None
+    return be.to_numpy(out, channel), None if out_avg is None else be.to_numpy(out_avg, avg_channel)
+
+
+def _middle(images: np.ndarray) -> np.ndarray:
+    """The middle channel of (N, 3, H, W) decoder images; (N, H, W) ones are that already."""
+    return images if images.ndim == 3 else images[:, MIDDLE]
 
 
 @contextmanager

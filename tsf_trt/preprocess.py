@@ -91,9 +91,10 @@ class SliceAccumulator:
         self.count = np.zeros(shape[0], dtype=np.float32) if rule == "mean" else None
 
     def add(self, centres: Sequence[int] | range, outputs: np.ndarray) -> None:
+        """`outputs` (n, 3, y, x); for the middle rule also (n, y, x), the middle channel alone."""
         z = np.asarray(centres)
         if self.count is None:
-            self.total[z] = outputs[:, 1]
+            self.total[z] = outputs if outputs.ndim == 3 else outputs[:, 1]
             return
         depth = self.total.shape[0]
         for channel, offset in enumerate((-1, 0, 1)):

@@ -32,11 +32,15 @@ PRECISIONS = {
 }
 
 
+#: --precision auto: every backend takes it, and resolves it when built (.precision_auto).
+AUTO = "auto"
+
+
 def check_precision(backend: str, precision: str) -> None:
     """The one rule of which backend takes which --precision (every Backend checks it when
-    it is built; RunOptions before anything loads)."""
+    it is built; RunOptions before anything loads). `auto` is taken by all."""
     allowed = PRECISIONS.get(backend, ())
-    if precision not in allowed:
+    if precision not in allowed and not (precision == AUTO and backend in PRECISIONS):
         raise TsfError(f"--precision {precision} is not available for --backend {backend} "
                        f"(it takes {', '.join(allowed)})")
 
@@ -44,6 +48,10 @@ def check_precision(backend: str, precision: str) -> None:
 def create_backend(name: str, model, *, device: str = "cpu", threads: int | None = None,
                    precision: str = "fp32", decoder: str = "baked", compile: bool = False) -> Backend:
     """Build the backend `name` for `model` (TSFSeq2Seq, model directory or export directory).
+
+    `precision`: one the backend takes, or 'auto': bf16 where it is native and passes this
+    model's check, else fp32 (:mod:`.precision_auto`); the built backend's `.precision` and
+    `.precision_reason` say what was chosen and why.
 
     `device`: 'cpu', 'cuda', 'cuda:N', or 'auto' (a GPU when one is visible and usable).
     `decoder`: ONNX Runtime and OpenVINO backends only: 'baked' (per-target graphs when the
@@ -77,11 +85,33 @@ def create_backend(name: str, model, *, device: str = "cpu", threads: int | None
 
 def _create(name: str, source, *, device: str, threads: int | None, precision: str,
             decoder: str = "baked", compile: bool = False) -> Backend:
-    from .auto import gpu_index
-
     check_precision(name, precision)  # the backend checks it too; here it fails before any export
     if compile and name not in ("torch", "reference"):
         raise TsfError(f"--compile (torch.compile) is a choice of the torch backend, not of '{name}'")
+    reason = "asked for (--precision)"
+    if precision == AUTO:
+        from .precision_auto import resolve
+
+        verdict = resolve(name, source, device="cpu" if _on_cpu(name, device) else "cuda", threads=threads)
+        precision, reason = verdict.precision, f"--precision auto: {verdict.why}"
+    backend = _build(name, source, device=device, threads=threads, precision=precision, decoder=decoder,
+                     compile=compile)
+    backend.precision_reason = reason
+    return backend
+
+
+def _on_cpu(name: str, device: str) -> bool:
+    if name in ("ort", "openvino"):
+        return True
+    if name in ("torch", "reference"):
+        return _torch_device(device) == "cpu"
+    return False
+
+
+def _build(name: str, source, *, device: str, threads: int | None, precision: str, decoder: str,
+           compile: bool) -> Backend:
+    from .auto import gpu_index
+
     if name == "trt":
         from tsf_trt.engines.gpu import require_trt
 

@@ -81,7 +81,7 @@ def plan(source: ModelSource, *, device: str = "cpu", threads: int | None = None
         where = f"cuda:{index}"
         for candidate in GPU_ORDER:
             name = "torch" if candidate == "torch-cuda" else candidate
-            if precision not in PRECISIONS[name]:
+            if precision != "auto" and precision not in PRECISIONS[name]:
                 continue
             problem = gpu_problem(candidate, source, index)
             if problem is None:
@@ -91,7 +91,7 @@ def plan(source: ModelSource, *, device: str = "cpu", threads: int | None = None
                 yield name, where
             else:
                 reasons.append(f"{candidate}: {problem}")
-    if device in ("cpu", "auto") and precision in ("fp32", "bf16"):
+    if device in ("cpu", "auto") and precision in ("fp32", "bf16", "auto"):
         if reasons and not offered:
             _log.info("auto: the CPU, as no GPU backend is usable here (%s)", _gpu_summary(reasons))
         offered = True
@@ -118,7 +118,7 @@ def cpu_candidates(source: ModelSource, precision: str = "fp32") -> list[str]:
     """The CPU backends that take `precision` and can run `source` (an export has no PyTorch weights)."""
     from . import PRECISIONS
 
-    return [name for name in CPU_CANDIDATES if precision in PRECISIONS[name]
+    return [name for name in CPU_CANDIDATES if (precision == "auto" or precision in PRECISIONS[name])
             and not (name == "torch" and source.kind == "export")]
 
 

@@ -50,6 +50,10 @@ class Backend(ABC):
         check_precision(name, precision)
         self.name = name
         self.precision = precision
+        #: What really runs (a runtime may fall back: OpenVINO runs bf16 as fp32 without native bf16).
+        self.runtime_precision = precision
+        #: Why this precision (create_backend sets it: asked for, or what --precision auto found).
+        self.precision_reason = "asked for (--precision)"
         self.config = config
         self.has_fusion = has_fusion
         self.model_id = model_id
@@ -90,8 +94,10 @@ class Backend(ABC):
         code itself where its graph takes one (:func:`tsf_trt.sequences.target_code`)."""
 
     @abstractmethod
-    def to_numpy(self, array: Any) -> np.ndarray:
-        """A stage output as a float32 numpy array on the host."""
+    def to_numpy(self, array: Any, channel: int | None = None) -> np.ndarray:
+        """A stage output as a float32 numpy array on the host; with `channel` (of a decoder
+        output) that channel alone, (N, H, W): the pipeline keeps only the middle one, so a
+        GPU backend need not copy the other two back."""
 
     def _check_open(self) -> None:
         if self._closed:

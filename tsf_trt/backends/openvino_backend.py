@@ -190,8 +190,8 @@ class OpenVinoBackend(Backend):
                                      baked=self.decoder_kind == "baked")
         return split_decoded(self._run(graph, feeds)["image"], len(features), features_avg is not None)
 
-    def to_numpy(self, array: np.ndarray) -> np.ndarray:
-        return array
+    def to_numpy(self, array: np.ndarray, channel: int | None = None) -> np.ndarray:
+        return array if channel is None else array[:, channel]
 
     def describe(self) -> str:
         ran = self.runtime_precision

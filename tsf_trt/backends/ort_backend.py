@@ -251,8 +251,8 @@ class OrtBackend(Backend):
         image = self.session(graph, *self._fit(features)).run(None, feeds)[0]
         return split_decoded(image, len(features), features_avg is not None)
 
-    def to_numpy(self, array: np.ndarray) -> np.ndarray:
-        return array
+    def to_numpy(self, array: np.ndarray, channel: int | None = None) -> np.ndarray:
+        return array if channel is None else array[:, channel]
 
     def describe(self) -> str:
         threads = f", {self.threads} threads" if self.threads else ""

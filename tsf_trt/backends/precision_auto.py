@@ -22,11 +22,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .. import sequences
 from ..cache_dir import cache_root, machine_key
 from ..console import step
 from ..cpu import native_bf16
 from ..errors import TsfError
+from ..frame import plan_frame
+from ..preprocess import normalize, stack_25d
 from ..source import ModelSource
+from .base import Backend
 
 MIN_PSNR = 45.0        # dB, bf16 synthesis vs fp32, inside the head, network units
 MAX_OMEGA = 1e-3       # largest |ω bf16 - ω fp32|
@@ -34,6 +38,7 @@ BF16_BACKENDS = ("torch", "openvino")
 #: The check's input: held-out phantom 5000 (training phantoms have lower seeds: README,
 #: "The bundled model"), at BraTS's in-plane size, its central CHECK_SLICES slices.
 CHECK_SEED, CHECK_SHAPE, CHECK_SLICES = 5000, (240, 240, 40), 8
+TARGET = 2  # T2
 _log = logging.getLogger(__name__)
 
 
@@ -74,19 +79,39 @@ def resolve(name: str, source: ModelSource, *, device: str, threads: int | None)
 
 def check_bf16(name: str, source: ModelSource, threads: int | None) -> Verdict:
     """Synthesise the check's slices in fp32 and bf16 on backend `name` and compare."""
-    from ..pipeline import Synthesizer
+    from . import create_backend
 
     inputs, head = check_inputs(source.has_fusion)
     results = {}
     for precision in ("fp32", "bf16"):
         try:
-            synth = Synthesizer(source, name, device="cpu", threads=threads, precision=precision)
+            backend = create_backend(name, source, device="cpu", threads=threads, precision=precision)
         except TsfError as exc:
             return Verdict("fp32", f"{precision} did not start: {exc}")
-        with synth.backend:
-            results[precision] = synth.run(inputs, 2, tsem=False)
-    return judge(results["fp32"].image, results["bf16"].image, head, results["fp32"].weights,
-                 results["bf16"].weights)
+        with backend:
+            results[precision] = synthesize(backend, inputs, head)
+    (image32, w32), (image16, w16) = results["fp32"], results["bf16"]
+    frame = plan_frame("head", head, source.config.downsample)
+    return judge(image32, image16, frame.take(head.astype(np.float32)) > 0, w32, w16)
+
+
+def synthesize(backend: Backend, inputs: dict[int, np.ndarray], head: np.ndarray
+               ) -> tuple[np.ndarray, dict[int, float]]:
+    """The middle slices of the check volume, T2 from `inputs`, on the head frame as `infer` runs
+    by default: (network-unit images, ω). The pipeline's own loop is not used here, as it
+    builds on the backends (this module is one of them)."""
+    frame = plan_frame("head", head, backend.config.downsample)
+    framed = {i: frame.take(normalize(v)) for i, v in inputs.items()}
+    centres = range(next(iter(framed.values())).shape[0])
+    features = {i: backend.encode(stack_25d(v, centres)) for i, v in framed.items()}
+    sources = sorted(inputs)
+    if backend.has_fusion:
+        fused, _, weights = backend.fuse(features, sequences.task_code(sources, TARGET))
+        omega = {i: float(weights[i]) for i in sources}
+    else:
+        fused, omega = features[sources[0]], {sources[0]: 1.0}
+    image, _ = backend.decode(fused, TARGET)
+    return backend.to_numpy(image, 1), omega
 
 
 def judge(fp32: np.ndarray, bf16: np.ndarray, head: np.ndarray, w32: dict[int, float],

@@ -152,10 +152,10 @@ class TrtBackend(Backend):
             return image, None
         return image.rows(0, n), image.rows(n, n)
 
-    def to_numpy(self, array) -> np.ndarray:
-        if isinstance(array, np.ndarray):
-            return array
-        return self.gpu.download(array).astype(np.float32, copy=False)
+    def to_numpy(self, array, channel: int | None = None) -> np.ndarray:
+        # One contiguous download, then the channel: a channel of (N, 3, H, W) is N strided pieces.
+        host = array if isinstance(array, np.ndarray) else self.gpu.download(array).astype(np.float32, copy=False)
+        return host if channel is None else host[:, channel]
 
     def describe(self) -> str:
         platform = self.manager.platform

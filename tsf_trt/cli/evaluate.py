@@ -53,7 +53,7 @@ def evaluate(
                                                "and write REPORT/qc.json, for `tsf-trt infer --qc`.")] = False,
     batch_size: params.BatchSize = None,
     device: params.Device = "auto",
-    precision: params.Precision = "fp32",
+    precision: params.Precision = "auto",
     threads: params.Threads = None,
     frame: params.Frame = "head",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh in a report folder that holds "

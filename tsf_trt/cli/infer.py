@@ -37,7 +37,7 @@ def infer(
     backend: params.Backend = "auto",
     batch_size: params.BatchSize = None,
     device: params.Device = "auto",
-    precision: params.Precision = "fp32",
+    precision: params.Precision = "auto",
     tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", help="Also write the TSEM map (costs a second "
                                        "decoder pass, run in the same batch).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs; in folder mode, "
@@ -243,7 +243,8 @@ def _synthesizer(model: Path | None, options):
     source = ModelSource.resolve(model)
     with step(f"loading model {source.path}"):
         synth = Synthesizer.of(source, options)
-    log.info("backend: %s", synth.backend.describe())
+    log.info("backend: %s; precision %s: %s", synth.backend.describe(), synth.backend.runtime_precision,
+             synth.backend.precision_reason)
     return synth
 
 
@@ -266,7 +267,7 @@ def _run_one(synth, subject, request) -> None:
     finally:
         if slices:
             bar.stop()
-    log.info("%s", outcome.line(f"{synth.backend.name} {synth.backend.precision}"))
+    log.info("%s", outcome.line(f"{synth.backend.name} {synth.backend.runtime_precision}"))
     _print_outcome(outcome, request.tsem and not synth.has_fusion)
 
 
@@ -298,7 +299,7 @@ def _run_folder(synth, subjects, request) -> None:
         def on_end(outcome):
             bar.advance(overall)
             bar.update(slices, visible=False)
-            (log.error if outcome.status == "failed" else log.info)("%s", outcome.line(f"{synth.backend.name} {synth.backend.precision}"))
+            (log.error if outcome.status == "failed" else log.info)("%s", outcome.line(f"{synth.backend.name} {synth.backend.runtime_precision}"))
 
         waited = []
 

@@ -49,7 +49,7 @@ def import_reference(
     model = do_import(seq2seq, tsf, cfg)
     origin = {"imported_from": {"seq2seq": str(seq2seq), "tsf": str(tsf) if tsf else None},
               "config": config}
-    save_model(model, output, overwrite=overwrite, origin=origin)
+    save_model(model, output, overwrite=overwrite, origin=origin, training_crop=_training_crop(config))
     meta = read_model_meta(output)
     kind = "TSF-Seq2Seq" if model.has_fusion else "Seq2Seq-only (one-to-one, no TSEM)"
     params = sum(p.numel() for p in model.parameters())
@@ -121,3 +121,19 @@ def export(
     if manifest["verification"]:
         worst = max(manifest["verification"]["max_abs_diff"].values())
         out.print(f"  verified against PyTorch on ONNX Runtime: max abs difference {worst:.2e}", highlight=False)
+
+
+#: The authors' published configs crop 192x192 for training (train.crop_size [1, 192, 192]).
+AUTHORS_CROP = (192, 192)
+
+
+def _training_crop(config: str) -> tuple[int, int]:
+    """The config file's own train.crop_size when it has one, else the authors' 192x192."""
+    from ..model.reference_config import read_config_file, training_crop
+
+    path = Path(config)
+    if path.is_file():
+        found = training_crop(read_config_file(path))
+        if found:
+            return found
+    return AUTHORS_CROP

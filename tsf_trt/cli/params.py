@@ -33,9 +33,11 @@ Device = Annotated[str, typer.Option(
 
 Precision = Annotated[str, typer.Option(
     "--precision",
-    help="fp32; bf16 (torch: autocast; faster on CPUs with bf16 instructions, less exact: README, Performance); "
-         "fp16 (trt, ort-trt, ort-cuda: FP16 graphs, InstanceNorm and ω in FP32); best (trt: fp16 except the "
-         "fusion graph).")]
+    help="auto: bf16 on the CPU backends that take it (torch, openvino) where the CPU has bf16 instructions and "
+         "this model's bf16 synthesis is within 45 dB of fp32 (checked once per model and machine), else fp32; "
+         "fp32 (exact); bf16 (faster only with native bf16: README, Performance); fp16 (torch on CUDA, trt, "
+         "ort-trt, ort-cuda: InstanceNorm and ω in FP32); best (trt: fp16 except the fusion graph). The report "
+         "says which ran and why.")]
 
 BatchSize = Annotated[Optional[int], typer.Option(
     "--batch-size", min=1, show_default=False,

@@ -55,8 +55,10 @@ TSF_KEYS: list[tuple[str, str]] = [
 
 # -- our format ---------------------------------------------------------------------
 def save_model(model: TSFSeq2Seq, directory: str | Path, *, overwrite: bool = False,
-               origin: dict[str, Any] | None = None) -> Path:
-    """Write a model directory atomically (a complete directory or none)."""
+               origin: dict[str, Any] | None = None, training_crop: tuple[int, int] | None = None) -> Path:
+    """Write a model directory atomically (a complete directory or none). `training_crop` (H, W):
+    the in-plane size it was trained on, kept because the frame it runs on matters
+    (tsf_trt.frame; `--frame HxW`)."""
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise ModelError(directory, "exists; use --overwrite to replace it")
@@ -73,6 +75,7 @@ def save_model(model: TSFSeq2Seq, directory: str | Path, *, overwrite: bool = Fa
             "weights": WEIGHTS_FILE,
             "weights_sha256": file_sha256(tmp / WEIGHTS_FILE),
             "origin": origin or {},
+            "training_crop": list(training_crop) if training_crop else None,
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / WEIGHTS_FILE).chmod(0o666 & ~umask)  # safetensors makes it private
