@@ -13,7 +13,14 @@ from tsf_trt.model import PRESETS, TSFSeq2Seq, import_reference
 DATA = Path(__file__).parent / "data"
 
 
+#: Run first, before any test loads OpenVINO: measured here, a process that had run OpenVINO and
+#: then forked DataLoader workers (test_train_data) crashed (SIGSEGV) while waiting for the next
+#: subprocess (test_trainer's torchrun). tsf-trt itself never trains in a process that ran OpenVINO.
+FIRST = ("test_train_data.py", "test_trainer.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the others keep their order
     """GPU tests skip cleanly unless the runtime each one uses sees a GPU: `gpu("trt")` tests
     need cuda-python to see one (TensorRT runs through it); other `gpu` tests run torch on
     CUDA and need torch.cuda.is_available() (the pinned torch is a CPU build, so a machine
