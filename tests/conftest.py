@@ -13,14 +13,15 @@ from tsf_trt.model import PRESETS, TSFSeq2Seq, import_reference
 DATA = Path(__file__).parent / "data"
 
 
-#: Run first, before any test loads OpenVINO: measured here, a process that had run OpenVINO and
-#: then forked DataLoader workers (test_train_data) crashed (SIGSEGV) while waiting for the next
-#: subprocess (test_trainer's torchrun). tsf-trt itself never trains in a process that ran OpenVINO.
-FIRST = ("test_train_data.py", "test_trainer.py")
+#: Order that avoids a measured crash of the pytest process (SIGSEGV, no Python frame): once a
+#: DataLoader with worker processes has run (test_train_data), torch's SIGCHLD handler stays
+#: installed, and a later child process exiting (torchrun, a stand-in nvidia-smi) crashed the
+#: process when OpenVINO was loaded in it. So the worker tests run last, the trainer's first.
+FIRST, LAST = ("test_trainer.py",), ("test_train_data.py",)
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the others keep their order
+    items.sort(key=lambda item: (item.path.name not in FIRST) + (item.path.name in LAST))  # stable otherwise
     """GPU tests skip cleanly unless the runtime each one uses sees a GPU: `gpu("trt")` tests
     need cuda-python to see one (TensorRT runs through it); other `gpu` tests run torch on
     CUDA and need torch.cuda.is_available() (the pinned torch is a CPU build, so a machine
