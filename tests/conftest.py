@@ -13,10 +13,11 @@ from tsf_trt.model import PRESETS, TSFSeq2Seq, import_reference
 DATA = Path(__file__).parent / "data"
 
 
-#: Order that avoids a measured crash of the pytest process (SIGSEGV, no Python frame): once a
-#: DataLoader with worker processes has run (test_train_data), torch's SIGCHLD handler stays
-#: installed, and a later child process exiting (torchrun, a stand-in nvidia-smi) crashed the
-#: process when OpenVINO was loaded in it. So the worker tests run last, the trainer's first.
+#: Order that avoided a measured crash of the pytest process (SIGSEGV in a non-Python thread):
+#: after tests/test_openvino_backend.py and the DataLoader-worker test of test_train_data, the
+#: process died when a later child process exited (test_trainer's torchrun; test_doctor's
+#: stand-in nvidia-smi). Cause not found (a plain OpenVINO + worker DataLoader + subprocess
+#: script does not crash); so the worker tests run last and the trainer's first.
 FIRST, LAST = ("test_trainer.py",), ("test_train_data.py",)
 
 
