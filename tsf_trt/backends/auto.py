@@ -129,6 +129,11 @@ def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | N
         _log.info("auto: torch (%s)", "a model handed over from Python stays in PyTorch" if source.kind == "module"
                   else f"on {device}")
         return "torch"  # a live PyTorch model stays in PyTorch: no export behind the caller's back
+    if precision == "auto":
+        from ..cpu import native_bf16
+
+        if not native_bf16():  # every backend's auto is fp32 here (precision_auto.resolve): one verdict, not two
+            precision = "fp32"
     candidates = cpu_candidates(source, precision)
     if source.kind == "model":
         try:
