@@ -29,6 +29,16 @@ GEMM_SIZE_GPU = 8192   # fp16 on a GPU: large enough to reach tensor-core throug
 GEMM_MIN_SECONDS = 0.25  # per library: repeat until this much time is spent, best run counts
 
 
+def optional_torch() -> Any | None:
+    """torch where it is installed (the [torch] extra), else None: the runtime install (ONNX Runtime,
+    OpenVINO) benchmarks without it, its torch rows skipped with the reason."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def package_version(*distributions: str) -> str:
     """Version of the first installed distribution among `distributions` (metadata only: no import)."""
     for name in distributions:
@@ -63,10 +73,9 @@ def physical_cores() -> int | None:
 
 
 def gpu_info() -> dict[str, Any] | None:
-    """Name, driver and CUDA version of GPU 0 as torch sees it; None without CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
+    """Name, driver and CUDA version of GPU 0 as torch sees it; None without CUDA (or torch)."""
+    torch = optional_torch()
+    if torch is None or not torch.cuda.is_available():
         return None
     driver = None
     if shutil.which("nvidia-smi"):
@@ -81,8 +90,6 @@ def gpu_info() -> dict[str, Any] | None:
 
 def environment(threads: int | None) -> dict[str, Any]:
     """The environment block of a report (see bench/SCHEMA.md)."""
-    import torch
-
     from tsf_trt import __version__
     from tsf_trt.cache_dir import cpu_name
 
@@ -94,12 +101,13 @@ def environment(threads: int | None) -> dict[str, Any]:
         load = round(os.getloadavg()[0], 2)
     except OSError:
         load = None
+    torch = optional_torch()
     return {
         "cpu": cpu_name(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "physical_cores": physical_cores(),
-        "threads": threads or torch.get_num_threads(),
+        "threads": threads or (torch.get_num_threads() if torch else usable),
         "load_average_1m": load,
         "gpu": gpu_info(),
         "platform": platform.platform(),
@@ -107,7 +115,7 @@ def environment(threads: int | None) -> dict[str, Any]:
             "tsf_trt": __version__,
             "python": platform.python_version(),
             "numpy": np.__version__,
-            "torch": torch.__version__,
+            "torch": torch.__version__ if torch else NOT_INSTALLED,
             "onnx": package_version("onnx"),
             "onnxruntime": package_version("onnxruntime", "onnxruntime-gpu"),
             "openvino": package_version("openvino"),
@@ -286,9 +294,8 @@ def gemm_rate(threads: int | None = None) -> dict[str, Any]:
     """The machine's dense GEMM peaks in GFLOP/s per precision (bench/SCHEMA.md, `gemm`): on the CPU
     the fastest library at fp32, bf16 (only where native) and int8, with the benchmark's threads;
     fp16 torch.matmul on GPU 0 when CUDA exists."""
-    import torch
-
-    if threads:
+    torch = optional_torch()
+    if threads and torch:
         torch.set_num_threads(threads)
     start, n = time.perf_counter(), GEMM_SIZE_CPU
     native, evidence = bf16_support()
@@ -298,7 +305,7 @@ def gemm_rate(threads: int | None = None) -> dict[str, Any]:
              "cpu bf16": {**bf16, "evidence": evidence},
              "cpu int8": measure_peak(CPU_CANDIDATES["int8"], n, threads)}
     gpu_size = None
-    if torch.cuda.is_available():
+    if torch and torch.cuda.is_available():
         gpu_size = GEMM_SIZE_GPU
 
         def cuda_fp16(m: int, _threads: int | None) -> Product:
@@ -306,7 +313,8 @@ def gemm_rate(threads: int | None = None) -> dict[str, Any]:
             return lambda: torch.matmul(x, y)
         peaks["gpu fp16"] = measure_peak([("torch", cuda_fp16)], gpu_size, None,
                                          lambda run: _best_seconds(run, torch.cuda.synchronize))
-    return {"cpu_size": n, "threads": threads, "cpu_threads": torch.get_num_threads(), "gpu_size": gpu_size,
+    return {"cpu_size": n, "threads": threads, "cpu_threads": torch.get_num_threads() if torch else None,
+            "gpu_size": gpu_size,
             "peaks": peaks, "seconds": time.perf_counter() - start}
 
 
@@ -331,17 +339,15 @@ class PeakMemory:
 
     def __enter__(self) -> "PeakMemory":
         self._reset_rss()
-        import torch
-
-        if torch.cuda.is_available():
+        torch = optional_torch()
+        if torch and torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         return self
 
     def __exit__(self, *exc) -> None:
-        import torch
-
+        torch = optional_torch()
         self.rss_bytes = self._peak_rss()
-        self.gpu_bytes = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+        self.gpu_bytes = int(torch.cuda.max_memory_allocated()) if torch and torch.cuda.is_available() else None
 
     @staticmethod
     def _peak_rss() -> int:

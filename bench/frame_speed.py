@@ -1,52 +1,150 @@
-"""What the frame and the runtime each give on the CPU, as README "Performance" reports it.
+"""What the runtime, the precision and the frame each give on the CPU, whole volume, files in and
+files out: README "Performance" (issue 15's Goal table).
 
-Every variant on the same held-out phantom (seed 5000, 240x240x40), bundled demo model,
-T1 + T1Gd + FLAIR -> T2 with TSEM, fp32, 2 threads, arrays in memory (no file I/O); the
-variants interleaved, the minimum of ROUNDS rounds (argument 1, default 3), so other load on
-a shared machine hurts every variant alike. Prints one Markdown row per variant: frame,
-slices computed, s/volume, network ms/slice, ratio to the reference, PSNR vs the truth.
+Every variant on the same held-out phantom (seed 5000, 240x240 slices), T1 + T1Gd + FLAIR -> T2
+with TSEM, each run exactly as `tsf-trt infer` runs one subject (tsf_trt.jobs.infer_subject:
+read the NIfTI inputs, preflight, synthesise, write the NIfTI outputs and the report). The
+variants are interleaved, one warm-up each, then the round with the smallest end-to-end time
+of --rounds counts, so other load on a shared machine hurts every variant alike. Prints one
+Markdown row per variant: what ran (runtime, precision read back from the backend), frame,
+slices computed, end-to-end seconds, network seconds (encoder + fusion + decoder), the share
+outside the network, the ratio to the reference, the ratio to the same variant at the full
+frame (what the frame alone gives), and PSNR against the phantom's true T2 inside the head.
 
-    python bench/frame_speed.py 3
+    python bench/frame_speed.py --rounds 3 --slices 40                 # bundled demo model
+    python bench/frame_speed.py --config paper --slices 12 --rounds 2  # paper configuration, random weights
 """
-import sys, time
-import numpy as np
-from tsf_trt.pipeline import Synthesizer
-from tsf_trt.phantoms.generator import make_subject
-from tsf_trt.preprocess import normalize
-from tsf_trt.metrics import psnr
-from tsf_trt.source import ModelSource
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+#: name -> (backend, precision, frame, batch size); "default" is `tsf-trt infer` with no options.
+VARIANTS = {
+    "reference": ("reference", "fp32", "full", 1),
+    "ort-full": ("ort", "fp32", "full", None),
+    "openvino-full": ("openvino", "fp32", "full", None),
+    "openvino-bf16-full": ("openvino", "bf16", "full", None),
+    "openvino-bf16": ("openvino", "bf16", "head", None),
+    "ort": ("ort", "fp32", "head", None),
+    "default-full": ("auto", "auto", "full", None),
+    "default": ("auto", "auto", "head", None),
+}
+LABELS = {
+    "reference": "`reference` (authors' way: full frame, fp32, full ConvLSTM, 1 slice per call, 2 decoder passes)",
+    "ort-full": "ORT fp32, `--frame full` (before issue 15)",
+    "openvino-full": "OpenVINO fp32, `--frame full`",
+    "openvino-bf16-full": "OpenVINO bf16, `--frame full`",
+    "openvino-bf16": "OpenVINO bf16, `--frame head`",
+    "ort": "ORT fp32, `--frame head`",
+    "default-full": "defaults at `--frame full` (auto backend, `--precision auto`)",
+    "default": "**defaults** (`tsf-trt infer`: auto backend, `--precision auto`, `--frame head`)",
+}
 
 
-def main(rounds: int) -> None:
-    src = ModelSource.resolve("demo")
-    ph = make_subject(5000, (240, 240, 40))
-    vols = {i: np.ascontiguousarray(ph.volumes[n].transpose(2, 1, 0)) for i, n in zip((0, 1, 3), ("t1", "t1gd", "flair"))}
-    truth = normalize(np.ascontiguousarray(ph.volumes["t2"].transpose(2, 1, 0)))
-    variants = {
-        "reference (full, fp32, 1 slice/call)": ("reference", "full"),
-        "torch fp32 full": ("torch", "full"),
-        "ort fp32 full": ("ort", "full"),
-        "openvino fp32 full": ("openvino", "full"),
-        "torch fp32 head": ("torch", "head"),
-        "ort fp32 head": ("ort", "head"),
-        "openvino fp32 head": ("openvino", "head"),
-    }
-    synths = {k: Synthesizer(src, b, frame=f, threads=2, precision="fp32", batch_size=1 if b == "reference" else None)
-              for k, (b, f) in variants.items()}
-    best = {k: float("inf") for k in variants}; net = {k: float("inf") for k in variants}; out = {}
-    for r in range(rounds):
-        for k, s in synths.items():
-            res = s.run(vols, 2)
-            best[k] = min(best[k], res.timings["total"])
-            net[k] = min(net[k], sum(res.timings[x] for x in ("encode", "fuse", "decode")))
-            out[k] = res
-        print(f"round {r + 1} done", flush=True)
-    ref = best["reference (full, fp32, 1 slice/call)"]
-    for k in variants:
-        r = out[k]
-        print(f"| {k} | {r.frame['size'][0]}x{r.frame['size'][1]} | {r.frame['slices_computed']} | {best[k]:.2f} | "
-              f"{1e3 * net[k] / 40:.0f} | {ref / best[k]:.2f}x | {psnr(r.image, truth, truth > 0):.2f} |")
+def phantom(folder: Path, slices: int):
+    """The held-out phantom's subject (T1, T1Gd, FLAIR) and its true T2, as gzip NIfTI files."""
+    from tsf_trt.phantoms import make_subject, subject_name, write_subject
+    from tsf_trt.subjects import Subject, find_subjects
+
+    name = subject_name(5000, "brats2021")
+    (folder / name).mkdir(parents=True)
+    write_subject(make_subject(5000, (240, 240, slices)), folder / name, name, "brats2021")
+    found = find_subjects(folder)[0]
+    return Subject(name, {i: found.inputs[i] for i in (0, 1, 3)}), found.inputs[2]
+
+
+def measure(model, names: list[str], slices: int, rounds: int, threads: int) -> list[dict]:
+    """Every variant `rounds` times after a warm-up, interleaved; per variant its fastest round."""
+    from tsf_trt.jobs import infer_subject
+    from tsf_trt.metrics import psnr
+    from tsf_trt.options import InferRequest
+    from tsf_trt.pipeline import Synthesizer
+    from tsf_trt.preprocess import normalize
+    from tsf_trt.volume import load_volume
+
+    tmp = Path(tempfile.mkdtemp(prefix="tsf-trt-frame-speed-"))
+    subject, truth_path = phantom(tmp / "in", slices)
+    truth = load_volume(truth_path).data
+    synths = {}
+    for name in names:
+        backend, precision, frame, batch = VARIANTS[name]
+        synths[name] = Synthesizer(model, backend, frame=frame, threads=threads, precision=precision,
+                                   batch_size=batch)
+    for name in names:
+        (tmp / "out" / name).mkdir(parents=True)
+    best: dict[str, dict] = {}
+    for round_ in range(rounds + 1):  # round 0 warms every variant up
+        for name, synth in synths.items():
+            request = InferRequest(2, output=tmp / "out" / name, overwrite=True)
+            start = time.perf_counter()
+            outcome = infer_subject(synth, subject, request, backend_name=name)
+            seconds = time.perf_counter() - start
+            t = outcome.result.timings
+            network = t["encode"] + t["fuse"] + t["decode"]
+            if round_ and seconds < best.get(name, {}).get("seconds", float("inf")):
+                be = synth.backend
+                best[name] = {"variant": name, "backend": be.name,
+                              "precision": getattr(be, "runtime_precision", be.precision),
+                              "frame": outcome.result.frame, "seconds": seconds, "network": network,
+                              "compute": t["total"], "read": t["read"], "write": t["write"],
+                              "psnr": round(psnr(outcome.result.image, normalize(truth), truth > 0), 2)}
+        print(f"round {round_} done" + (" (warm-up)" if not round_ else ""), flush=True)
+    rows = [best[name] for name in names]
+    reference = best.get("reference")
+    for row in rows:
+        row["vs_reference"] = reference["seconds"] / row["seconds"] if reference else None
+        full = best.get(f"{row['variant']}-full")
+        row["vs_full_frame"] = full["seconds"] / row["seconds"] if full else None
+    return rows
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| variant | ran | frame | slices computed | s / volume, files in → out | network s | outside the "
+             "network | × reference | × same at full frame | PSNR vs truth (dB) |", "|" + "---|" * 10]
+    for r in rows:
+        frame = r["frame"]
+        lines.append(f"| {LABELS[r['variant']]} | {r['backend']} {r['precision']} | {frame['size'][0]}×"
+                     f"{frame['size'][1]} | {frame['slices_computed']}/{frame['slices']} | {r['seconds']:.2f} | "
+                     f"{r['network']:.2f} | {1 - r['network'] / r['seconds']:.1%} | {_ratio(r['vs_reference'])} | "
+                     f"{_ratio(r['vs_full_frame'])} | {r['psnr']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="demo", help="demo (the bundled model) or a preset with random "
+                        "weights, seed 0 (paper)")
+    parser.add_argument("--slices", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default="reference,ort-full,openvino-full,default-full,default")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    logging.getLogger("tsf_trt").setLevel(logging.ERROR)  # the phantom's voxel-size warning, once per run, not here
+    names = [n for n in args.variants.split(",") if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {', '.join(unknown)} (use {', '.join(VARIANTS)})")
+    if args.config == "demo":
+        model = "demo"
+    else:
+        from tsf_trt.bench.suite import make_model
+
+        model = make_model(args.config, Path(tempfile.mkdtemp(prefix="tsf-trt-model-")))
+    rows = measure(model, names, args.slices, args.rounds, args.threads)
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    main()

@@ -36,11 +36,11 @@ REFERENCE_SLICES = 31     # the authors' way is timed on this many slices and sc
 # What such a machine has: these distributions and everything they depend on.
 PREINSTALLED = ("torch", "numpy", "onnxruntime", "cuda-python", "cuda-bindings", "cupy-cuda12x", "cupy-cuda13x")
 # The project's dependencies this script imports beyond those (checked by tests/test_gpu_check.py against
-# what a dry run really imports), and pytest for the `gpu`-marked tests.
-WHEELS = ("nibabel", "safetensors", "typer", "rich", "onnx", "scipy", "pyyaml", "pytest")
+# what a dry run really imports: onnxslim for the exports of the trt steps), and pytest for the `gpu` tests.
+WHEELS = ("nibabel", "safetensors", "typer", "rich", "onnx", "onnxslim", "scipy", "pyyaml", "pytest")
 # Imported when present, never needed: doctor probes openvino and tensorrt; torch._inductor tries colorama.
 OPTIONAL = ("openvino", "tensorrt", "colorama")
-NOT_BUILT = "trt backend data flow with each engine replaced by the equivalent torch module on the same CUDA stream"
+DATAFLOW = "trt backend data flow, each engine its torch module on the same CUDA stream, vs ONNX Runtime CPU"
 
 
 class Skip(Exception):
@@ -58,6 +58,7 @@ class Check:
         self.started = time.monotonic()
         self.steps: list[dict[str, Any]] = []
         self.rows: list[dict[str, Any]] = []
+        self.images: dict[tuple[str, str], tuple[Any, Any]] = {}  # (model, variant) -> (image, head mask)
 
     def left(self) -> float:
         return self.budget_s - (time.monotonic() - self.started)
@@ -118,71 +119,27 @@ def gpu_tests(dry_run: bool) -> dict[str, Any]:
 
 def cuda_runtime(dry_run: bool) -> dict[str, Any]:
     """engines/cuda.py's GpuContext on the real runtime (on a dry run: on tests/fake_cuda.py)."""
-    import numpy as np
+    from bench import trt_standin
+    from tsf_trt.engines import gpu
 
-    from tsf_trt.engines import cuda, gpu
-
-    fake = None
-    if dry_run or gpu.device_count() == 0:
-        if not dry_run:
-            raise Skip("no NVIDIA GPU visible to cuda-python")
-        from tests.fake_cuda import FakeCudart
-
-        fake = FakeCudart()
-        cuda.import_cudart = gpu.import_cudart = lambda: fake
-    checks: dict[str, bool] = {}
-    oom_text = None
-    ctx = cuda.GpuContext(0)
-    try:
-        rng = np.random.default_rng(0)
-        for nbytes in (4, 1000, (1 << 20) + 12, 3 << 20):  # under, over and across the pinned granule
-            data = rng.standard_normal(nbytes // 4).astype(np.float32)
-            checks[f"round trip {nbytes} B"] = bool(np.array_equal(ctx.download(ctx.upload(data)), data))
-        first = ctx.empty((256, 256))
-        ptr = first.ptr
-        del first
-        checks["pooled buffer reused"] = ctx.empty((256, 256)).ptr == ptr
-        arrays = [rng.standard_normal((64, 1024)).astype(np.float32) for _ in range(5)]
-        uploaded = [ctx.upload(a) for a in arrays]  # five uploads through a ring of two pinned slots
-        checks["pinned ring keeps every upload"] = all(np.array_equal(ctx.download(d), a) for d, a in zip(uploaded, arrays))
-        whole = rng.standard_normal((6, 3, 5)).astype(np.float32)
-        dev = ctx.upload(whole)
-        checks["row offsets"] = bool(np.array_equal(ctx.download(dev.rows(2, 3)), whole[2:5]))
-        stacked = ctx.empty((2, 4, 3, 5))
-        parts = {i: rng.standard_normal((2, 3, 5)).astype(np.float32) for i in (0, 2)}
-        for i in range(4):
-            ctx.put_slot(stacked, i, ctx.upload(parts[i]) if i in parts else None)
-        expected = np.zeros((2, 4, 3, 5), np.float32)
-        for i, part in parts.items():
-            expected[:, i] = part
-        checks["strided slots (put_slot)"] = bool(np.array_equal(ctx.download(stacked), expected))
-        if fake is not None:
-            fake.fail.add("cudaMallocAsync")
-        try:
-            ctx.empty((1 << 50,), np.uint8)
-            checks["out-of-memory is a CudaError"] = False
-        except cuda.CudaError as exc:
-            checks["out-of-memory is a CudaError"] = "cudaMallocAsync" in str(exc)
-            oom_text = str(exc)
-        if fake is not None:
-            fake.fail.clear()
-        checks["usable after out-of-memory"] = bool(np.array_equal(ctx.download(ctx.upload(whole)), whole))
-    finally:
-        ctx.close()
-    failed = [name for name, ok in checks.items() if not ok]
-    return {"runtime": "tests/fake_cuda.py (dry run)" if fake else "cuda-python", "checks": checks,
-            "out_of_memory_message": oom_text, "failed": bool(failed),
-            "error": f"failed: {', '.join(failed)}" if failed else None}
+    if not dry_run and gpu.device_count() == 0:
+        raise Skip("no NVIDIA GPU visible to cuda-python")
+    return trt_standin.cuda_checks(dry_run)
 
 
-# -- the torch CUDA backend on one volume -------------------------------------------------------
-VARIANTS = (  # name, precision, graphs + channels-last, mode
-    ("eager fp32", "fp32", False, "fast"),
-    ("graphs fp32", "fp32", True, "fast"),
-    ("graphs fp16", "fp16", True, "fast"),
-    ("graphs bf16", "bf16", True, "fast"),
-    ("reference fp32", "fp32", False, "reference"),
+# -- the torch CUDA and trt backends on one volume ------------------------------------------------
+VARIANTS = (  # name, backend, precision, graphs + channels-last, mode
+    ("eager fp32", "torch", "fp32", False, "fast"),
+    ("graphs fp32", "torch", "fp32", True, "fast"),
+    ("graphs fp16", "torch", "fp16", True, "fast"),
+    ("graphs bf16", "torch", "bf16", True, "fast"),
+    ("reference fp32", "torch", "fp32", False, "reference"),
 )
+COMPILED = ("graphs fp16 + torch.compile", "torch", "fp16", True, "fast")
+TRT_VARIANTS = (("trt fp32", "trt", "fp32", True, "fast"), ("trt fp16", "trt", "fp16", True, "fast"))
+# The issue's speed goal (paper configuration, one 240x240x155 volume, H100/H200): (variant, what, bound).
+GOALS = (("graphs fp16", "seconds_per_volume", "<=", 0.5), ("graphs fp16", "vs_eager_fp32", ">=", 3.0),
+         ("graphs fp16", "psnr_vs_fp32_db", ">=", 45.0), ("trt fp16", "seconds_per_volume", "<=", 0.25))
 
 
 def phantom(shape_xyz: tuple[int, int, int]) -> dict[int, Any]:
@@ -194,61 +151,62 @@ def phantom(shape_xyz: tuple[int, int, int]) -> dict[int, Any]:
             for name in (SEQUENCES[i] for i in SOURCES)}
 
 
-def make_backend(module, precision: str, graphs: bool, mode: str, dry_run: bool, compile: bool = False):
-    """The torch backend as a variant asks; on a dry run, on the CPU, with the CUDA path's runner and
+def make_backend(source, backend: str, precision: str, graphs: bool, mode: str, dry_run: bool,
+                 compile: bool = False):
+    """The backend a variant asks for; on a dry run, torch on the CPU with the CUDA path's runner and
     the eager stand-in for its graphs (as tests/test_torch_cuda.py does)."""
     import torch
 
     from tsf_trt.backends.torch_backend import TorchBackend
     from tsf_trt.backends.torch_staged import PlainIO, StagedRunner, eager_capture, prepared
 
+    if backend == "trt":
+        from tsf_trt.backends import create_backend
+
+        return create_backend("trt", source, device="cuda", precision=precision)
     if not dry_run:
-        return TorchBackend(module, device="cuda", precision=precision, mode=mode, graphs=graphs,
+        return TorchBackend(source.module(), device="cuda", precision=precision, mode=mode, graphs=graphs,
                             channels_last=graphs, compile=compile)
-    backend = TorchBackend(module, precision="bf16" if precision == "bf16" else "fp32", mode=mode, compile=compile)
+    made = TorchBackend(source.module(), precision="bf16" if precision == "bf16" else "fp32", mode=mode,
+                        compile=compile)
     if graphs:
         cpu = torch.device("cpu")
-        backend.runner = StagedRunner(prepared(backend.model, cpu, True), cpu, precision=precision, channels_last=True,
-                                      capture=eager_capture, io=PlainIO())
-    return backend
+        made.runner = StagedRunner(prepared(made.model, cpu, True), cpu, precision=precision, channels_last=True,
+                                   capture=eager_capture, io=PlainIO(), compile=compile)
+    return made
 
 
-def torch_rows(check: Check, model_name: str, volumes: dict[int, Any], compile_row: bool) -> dict[str, Any]:
+def model_rows(check: Check, model_name: str, volumes: dict[int, Any], variants) -> dict[str, Any]:
+    """`variants` on `model_name`: 'demo', or 'paper' (random weights, seed 0; on a dry run the small
+    preset stands in: same code path, CPU-sized)."""
     from tsf_trt.source import ModelSource
 
     if model_name == "paper":
         from bench.suite import make_model
 
-        # A dry run stands the small preset in for the paper's (same code path, CPU-sized). Not under
-        # --out: what is written there comes back from the GPU machine.
+        # Not under --out: what is written there comes back from the GPU machine.
         with tempfile.TemporaryDirectory(prefix="tsf-trt-gpu-check-") as tmp:
             source = ModelSource.resolve(make_model("small" if check.dry_run else "paper", Path(tmp)))
-            source.module()  # loaded while the folder exists
-            return _torch_rows(check, source, model_name, volumes, compile_row)
-    return _torch_rows(check, ModelSource.resolve(model_name), model_name, volumes, compile_row)
+            return _rows(check, source, model_name, volumes, variants)
+    return _rows(check, ModelSource.resolve(model_name), model_name, volumes, variants)
 
 
-def _torch_rows(check: Check, source, model_name: str, volumes: dict[int, Any], compile_row: bool) -> dict[str, Any]:
-    import numpy as np
-
-    from tsf_trt.metrics import psnr
+def _rows(check: Check, source, model_name: str, volumes: dict[int, Any], variants) -> dict[str, Any]:
     from tsf_trt.pipeline import Synthesizer
 
     depth = next(iter(volumes.values())).shape[0]
-    images: dict[str, Any] = {}
-    rows, errors = [], []
-    variants = list(VARIANTS) + ([("graphs fp16 + torch.compile", "fp16", True, "fast")] if compile_row else [])
-    for name, precision, graphs, mode in variants:
+    errors = []
+    for name, backend_name, precision, graphs, mode in variants:
         row: dict[str, Any] = {"model": model_name, "variant": name, "precision": precision}
         try:
             if not check.dry_run and check.left() < 30:
                 raise Skip(f"out of time ({check.left():.0f} s left)")
             slices = min(depth, REFERENCE_SLICES) if mode == "reference" else depth
             subset = {i: v[:slices] for i, v in volumes.items()}
-            backend = make_backend(source.module(), precision, graphs, mode, check.dry_run, compile="compile" in name)
+            backend = make_backend(source, backend_name, precision, graphs, mode, check.dry_run, "compile" in name)
             synth = Synthesizer(backend)
             start = time.perf_counter()
-            synth.run(subset, TARGET)  # warm-up: captures (and compiles) every batch shape
+            synth.run(subset, TARGET)  # warm-up: builds engines, captures graphs, compiles, per batch shape
             row["first_run_s"] = round(time.perf_counter() - start, 3)
             samples = []
             for _ in range(1 if check.dry_run or mode == "reference" else 2):
@@ -258,41 +216,66 @@ def _torch_rows(check: Check, source, model_name: str, volumes: dict[int, Any], 
             row.update(description=backend.describe(), batch=result.batch_size, slices_timed=slices,
                        seconds_per_volume=round(min(samples) * depth / slices, 4), scaled=slices != depth)
             if slices == depth:
-                images[name] = result
+                check.images[(model_name, name)] = (result.image, result.head_mask)
             backend.close()
         except Skip as exc:
             row["skipped"] = str(exc)
         except Exception as exc:  # noqa: BLE001 - one variant failing must not stop the others
             row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
             errors.append(f"{name}: {row['error']}")
-        rows.append(row)
-    timed = {r["variant"]: r["seconds_per_volume"] for r in rows if "seconds_per_volume" in r}
-    base = images.get("graphs fp32") or images.get("eager fp32")
-    for row in rows:
-        if row["variant"] in timed:
+        check.rows.append(row)
+    return {"rows": len(variants), "failed": bool(errors), "error": "; ".join(errors) or None}
+
+
+def compare_rows(check: Check) -> None:
+    """Each row's ratios to torch eager fp32 and to the reference mode of its model (same GPU, same
+    run), and its PSNR against graphs fp32's image (eager fp32's without it), head mask, range 2."""
+    import numpy as np
+
+    from tsf_trt.metrics import psnr
+
+    timed = {(r["model"], r["variant"]): r["seconds_per_volume"] for r in check.rows if "seconds_per_volume" in r}
+    for row in check.rows:
+        model, variant = row["model"], row["variant"]
+        if (model, variant) in timed:
             for key, ref in (("vs_eager_fp32", "eager fp32"), ("vs_reference", "reference fp32")):
-                row[key] = round(timed[ref] / timed[row["variant"]], 2) if ref in timed else None
-        result = images.get(row["variant"])
-        if result is not None and base is not None and result is not base:
-            row["psnr_vs_fp32_db"] = round(psnr(result.image, base.image, mask=result.head_mask), 2)
-            row["max_abs_vs_fp32"] = float(np.abs(result.image - base.image).max())
-    check.rows.extend(rows)
-    return {"rows": len(rows), "failed": bool(errors), "error": "; ".join(errors) or None}
+                row[key] = round(timed[(model, ref)] / timed[(model, variant)], 2) if (model, ref) in timed else None
+        base = check.images.get((model, "graphs fp32")) or check.images.get((model, "eager fp32"))
+        image = check.images.get((model, variant))
+        if image is not None and base is not None and image is not base:
+            row["psnr_vs_fp32_db"] = round(psnr(image[0], base[0], mask=image[1]), 2)
+            row["max_abs_vs_fp32"] = float(np.abs(image[0] - base[0]).max())
 
 
-def trt_rows(check: Check) -> dict[str, Any]:
+def goals(rows: list[dict[str, Any]], dry_run: bool) -> list[dict[str, Any]]:
+    """The speed goal's bounds against the paper configuration's rows (met: None where not measured)."""
+    found = {r["variant"]: r for r in rows if r["model"] == "paper"}
+    out = []
+    for variant, what, sign, bound in GOALS:
+        value = found.get(variant, {}).get(what)
+        met = None if value is None or dry_run else (value <= bound if sign == "<=" else value >= bound)
+        out.append({"goal": f"{variant} {what} {sign} {bound:g}", "measured": value, "met": met})
+    return out
+
+
+def trt_rows(check: Check, model_name: str, volumes: dict[int, Any]) -> dict[str, Any]:
     from tsf_trt.engines.gpu import has_module
 
     if not has_module("tensorrt"):
         raise Skip("tensorrt not importable")
     if check.dry_run:
         raise Skip("dry run: TensorRT engines need a GPU")
-    raise Skip("tensorrt is importable, but the trt rows are not built into this check yet: run "
-               "`tsf-trt bench --backends trt,torch --device cuda` by hand")
+    return model_rows(check, model_name, volumes, TRT_VARIANTS)
 
 
-def not_built() -> dict[str, Any]:
-    raise Skip("not built yet (it needs trt_backend.py to take its engines from outside; see the report notes)")
+def trt_dataflow(dry_run: bool) -> dict[str, Any]:
+    """bench/trt_standin.py: the trt backend's data flow, each engine its torch module, vs ONNX Runtime CPU."""
+    from bench import trt_standin
+
+    problem = trt_standin.unavailable(dry_run)
+    if problem:
+        raise Skip(problem)
+    return trt_standin.dataflow_check(dry_run, phantom)
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -303,14 +286,19 @@ def to_markdown(report: dict[str, Any]) -> str:
     for step in report["steps"]:
         error = (step["error"] or "").replace("|", "/").replace("\n", " ")[:200]
         lines.append(f"| {step['name']} | {step['status']} | {step['seconds']} | {error} |")
-    lines += ["", "| model | variant | batch | s / volume | vs eager fp32 | vs reference | PSNR vs fp32 (dB) | note |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | variant | batch | s / volume | first run s | vs eager fp32 | vs reference | "
+              "PSNR vs fp32 (dB) | note |", "|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         note = row.get("error") or row.get("skipped") or (
             f"timed on {row['slices_timed']} slices, scaled" if row.get("scaled") else "")
-        lines.append(f"| {row['model']} | {row['variant']} | {row.get('batch', '—')} | {row.get('seconds_per_volume', '—')} | "
-                     f"{row.get('vs_eager_fp32') or '—'} | {row.get('vs_reference') or '—'} | "
-                     f"{row.get('psnr_vs_fp32_db', '—')} | {note} |")
+        cells = [row.get(k) for k in ("batch", "seconds_per_volume", "first_run_s", "vs_eager_fp32", "vs_reference",
+                                      "psnr_vs_fp32_db")]
+        cells = [row["model"], row["variant"], *("—" if c is None else c for c in cells), note]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    met = {True: "yes", False: "no", None: "—"}
+    lines += ["", "| goal (paper configuration) | measured | met |", "|---|---|---|"] + [
+        f"| {g['goal']} | {'—' if g['measured'] is None else g['measured']} | {met[g['met']]} |"
+        for g in report["goals"]]
     lines += [""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
 
@@ -382,20 +370,27 @@ def main(argv: list[str] | None = None) -> int:
     check.step("engines/cuda.py on the CUDA runtime", lambda: cuda_runtime(args.dry_run))
     volumes: dict[int, Any] = {}
     check.step(f"phantom {shape}", lambda: volumes.update(phantom(shape)) or {"sources": list(volumes)})
+    torch_variants = list(VARIANTS) + ([COMPILED] if args.compile else [])
     for model, need in (("demo", 40), ("paper", 90)):
-        check.step(f"torch backend on the GPU: {model}", lambda m=model: torch_rows(check, m, volumes,
-                   args.compile and m == "demo"), need_s=need)
-    check.step("trt rows", lambda: trt_rows(check))
-    check.step(NOT_BUILT, not_built)
+        check.step(f"torch backend on the GPU: {model}", lambda m=model: model_rows(
+            check, m, volumes, torch_variants if m == "demo" else VARIANTS), need_s=need)
+    check.step(DATAFLOW, lambda: trt_dataflow(args.dry_run), need_s=30)
+    for model, need in (("demo", 120), ("paper", 240)):  # engine builds: minutes each (cached afterwards)
+        check.step(f"trt backend on the GPU: {model}", lambda m=model: trt_rows(check, m, volumes), need_s=need)
+    check.step("ratios and PSNR of the rows", lambda: compare_rows(check))
     report = {"schema": SCHEMA, "dry_run": args.dry_run, "shape_xyz": list(shape), "budget_s": args.budget,
               "task": "T1 + T1Gd + FLAIR -> T2, TSEM", "seconds": round(time.monotonic() - check.started, 1),
-              "steps": check.steps, "rows": check.rows, "imported_distributions": imported_distributions(),
+              "steps": check.steps, "rows": check.rows, "goals": goals(check.rows, args.dry_run),
+              "imported_distributions": imported_distributions(),
               "notes": [f"reference rows are timed on the first {REFERENCE_SLICES} slices and scaled to the volume",
                         "paper configuration: random weights, seed 0 (bench/suite.py make_model)",
+                        "ratios: torch eager fp32 (and reference) time of the same model in this run / the row's",
                         "PSNR vs fp32: against the graphs fp32 row over the head mask, data range 2",
-                        "the pipeline asks for all three output channels (pipeline.decode_numpy); the torch "
-                        "backend's middle-channel-only copy (to_numpy(..., channel=1)) is not used by it yet",
-                        f"'{NOT_BUILT}': not built yet"]}
+                        "first run: engine builds (trt), CUDA graph captures, torch.compile, per batch shape",
+                        "the pipeline asks for the middle output channel only (combine middle), which the torch "
+                        "CUDA path copies back alone; it reads each batch before it stacks the next, so the "
+                        "staged path's overlap across batches waits for a one-batch lookahead there "
+                        "(tsf_trt/backends/torch_staged.py)"]}
     if args.dry_run:
         report["notes"].insert(0, "DRY RUN: CPU, tiny shapes, the small preset for 'paper', eager stand-in for "
                                   "CUDA graphs, fake CUDA runtime")

@@ -38,6 +38,12 @@ def _psnr(row: Row) -> str:
     return "identical" if agreement["image_psnr_db"] is None else f"{agreement['image_psnr_db']:.1f} dB"
 
 
+def _precision(row: Row) -> str:
+    """What ran, and what was asked where that differs: 'bf16', or 'fp32 (bf16 asked)'."""
+    ran, asked = row.get("precision_ran") or row["precision"], row["precision"]
+    return ran if ran == asked else f"{ran} ({asked} asked)"
+
+
 def _peak_of(efficiency: dict[str, Any] | None) -> str:
     """What %GEMM divides by: 'cpu fp32 (openvino)', or the kind alone where it has no peak."""
     if not efficiency:
@@ -50,6 +56,7 @@ def _peak_of(efficiency: dict[str, Any] | None) -> str:
 COLUMNS: list[tuple[str, Callable[[Row], str], bool]] = [
     ("backend", lambda r: r["variant"], True),
     ("batch", _batch, True),
+    ("precision", _precision, True),
     ("frame", lambda r: "x".join(map(str, r["frame_box"]["size"])) if r.get("frame_box") else r.get("frame", "—"),
      False),
     ("s/vol", lambda r: f"{r['end_to_end']['mean']:.3g}", True),
@@ -121,11 +128,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines += [f"warning: {w}" for w in report["warnings"]]
     io = report["io_overlap"]
     if "surviving_fraction" in io:
+        steady = (f"; each further subject: {io['steady_throughput']['slices_per_s']:.2f} slices/s, "
+                  f"{io['steady_fraction']:.0%} (the run of {io['subjects']} less a run of one)"
+                  if io.get("steady_fraction") is not None else "")
         lines.append(f"folder mode ({io['variant']}, batch {io['batch_size'] or 'auto'}, "
                      f"subjects: {io['subjects']}): "
                      f"{io['folder_throughput']['slices_per_s']:.2f} slices/s against "
-                     f"{io['compute_throughput']['slices_per_s']:.2f} compute-only: "
-                     f"{io['surviving_fraction']:.0%} survives NIfTI reading and writing")
+                     f"{io['compute_throughput']['slices_per_s']:.2f} compute-only (same backend, just before): "
+                     f"{io['surviving_fraction']:.0%} survives NIfTI reading and writing over the whole run{steady}")
     else:
         lines.append(f"folder mode: skipped ({io.get('skipped')})")
     return lines
@@ -142,7 +152,7 @@ def _peak(kind: str, peak: dict[str, Any]) -> str:
 
 def gemm_lines(gemm: dict[str, Any]) -> list[str]:
     """The measured peaks, one line, and the bf16 evidence (whether the CPU runs it natively)."""
-    threads = gemm["threads"] or f"runtime default (torch {gemm['cpu_threads']})"
+    threads = gemm["threads"] or "runtime default" + (f" (torch {gemm['cpu_threads']})" if gemm["cpu_threads"] else "")
     lines = [f"GEMM peaks, fastest library per precision ({gemm['cpu_size']}² on the CPU, threads: {threads}"
              + (f", {gemm['gpu_size']}² on the GPU" if gemm["gpu_size"] else "") + "): "
              + "; ".join(_peak(kind, peak) for kind, peak in gemm["peaks"].items())]

@@ -5,7 +5,8 @@ Why through :func:`tsf_trt.jobs.infer_subject`: each iteration is exactly what
 write NIfTI and the JSON report), timed by the Synthesizer's own stage clocks, so the
 figures describe the real tool rather than a separate loop. A row is one
 :class:`~.variants.Variant` (backend, precision, ONNX decoder) at one batch size, and says how
-far its output is from torch fp32's. The report's layout is documented in bench/SCHEMA.md;
+far its output is from torch fp32's. Rows take turns, one iteration each (`interleave`), so that
+other load on a shared machine falls on every row alike. The report's layout is documented in bench/SCHEMA.md;
 `SCHEMA_VERSION` changes whenever a field changes meaning.
 """
 
@@ -15,36 +16,43 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from tsf_trt import sequences
-from tsf_trt.backends import Backend
+from tsf_trt.backends import PRECISIONS, Backend
 from tsf_trt.errors import TsfError
 from tsf_trt.pipeline import Result
 
-from .environment import PeakMemory, environment, gemm_rate, transfer_seconds
+from .environment import PeakMemory, environment, gemm_rate, optional_torch, transfer_seconds
 from .stats import ratios, summarize
 from .variants import BASELINE, REFERENCE, Agreement, Variant, create_variant, expand
-from .workload import Workload, copy_subjects, flops_per_volume, padded, phantom_workload, subject_workload
+from .workload import (Workload, efficiency, flops_per_volume, io_overlap, padded, phantom_workload, rates,
+                       subject_workload, truth_psnr)
 
-SCHEMA_VERSION = 2  # 2: efficiency against the GEMM peak of the row's own precision
+SCHEMA_VERSION = 3  # 2: efficiency against the GEMM peak of the row's own precision; 3: of the precision that
+#                     ran, FLOPs of the row's frame, `read` with the preflight checks, folder mode's steady state
 #: Report stage -> the Synthesizer / infer_subject timing keys it sums.
 STAGES = {"read": ("read",), "preprocess": ("preprocess",), "encoder": ("encode",), "fusion": ("fuse",),
           "decoder": ("decode",), "gather": ("gather",), "postprocess": ("postprocess",), "write": ("write",)}
-NETWORK_STAGES = ("encoder", "fusion", "decoder")
 DEFAULT_SHAPE = (155, 240, 240)
 NOTES = [
     "Times are seconds of wall clock. Speed-ups are baseline mean time / row mean time (> 1: faster).",
     "vs_torch compares with the torch fp32 row of the same batch size; vs_reference with the single reference row "
     "(the authors' way: full ConvLSTM, one slice per network call, two decoder passes; batch size 1).",
-    "gflops_per_s counts the graphs' FLOPs over the encoder + fusion + decoder time; %GEMM divides it by the "
-    "fastest GEMM measured in this run at the row's own precision (null where that precision has no peak here); "
-    "fast convolution algorithms (Winograd, FFT, implicit-GEMM variants) do fewer multiplications than counted, "
-    "so it can exceed 100 %.",
-    "Peak RSS is the whole process's resident high-water mark during the row (model, runtime, volumes).",
+    "precision is what the row asked for; precision_ran what ran (OpenVINO: read from the compiled models, which "
+    "run f32 where the CPU has no native bf16).",
+    "gflops_per_s counts the graphs' FLOPs of the row's frame and computed slices over the encoder + fusion + "
+    "decoder time; %GEMM divides it by the fastest GEMM measured in this run at the precision that ran (null where "
+    "that precision has no peak here); fast convolution algorithms (Winograd, FFT, implicit-GEMM variants) do "
+    "fewer multiplications than counted, so it can exceed 100 %.",
+    "Rows take turns (settings.interleave): iteration k of every row runs before iteration k+1 of any, so other "
+    "load on the machine falls on all rows alike; every backend is then loaded at once.",
+    "Peak RSS is the whole process's resident high-water mark during the row's timed iterations (model, runtime, "
+    "volumes; interleaved, every row's backend too).",
     "agreement compares the row's image, TSEM and weights with a torch fp32 row's (same batch size when one ran) "
     "on the same subject; PSNR over the whole volume in network units (data range 2), null when identical.",
 ]
@@ -72,12 +80,24 @@ class BenchSettings:
     decoders: list[str] = field(default_factory=lambda: ["baked"])  # ONNX Runtime backends only
     frames: list[str] = field(default_factory=lambda: ["head"])  # tsf_trt.frame; the reference: full
     variants: list[Variant] | None = None  # exactly these (of `backends`), not backends x precisions x decoders
+    interleave: bool = True  # rows take turns, one iteration each (every backend loaded at once)
+    compile: bool = False  # a torch.compile twin of each torch row (bench.variants.expand)
 
     def plan(self) -> tuple[list[Variant], list[dict[str, str]]]:
-        """The variants to run, and the backends that none of them can run (with the reason)."""
+        """The variants to run, and what was asked that no variant runs, with the reason: a backend
+        that takes none of the precisions, or one precision a backend does not take. The reference
+        row keeps its one definition (fp32, full frame) whatever --precisions says."""
         if self.variants is not None:
             return list(self.variants), []
-        return expand(self.backends, self.precisions, self.decoders, self.frames)
+        others = [b for b in self.backends if b != REFERENCE]
+        variants, skipped = expand(others, self.precisions, self.decoders, self.frames, compile=self.compile)
+        whole = {s["backend"] for s in skipped}
+        for backend in others:
+            taken = PRECISIONS[backend]
+            skipped += [{"backend": backend, "variant": Variant(backend, p).name,
+                         "reason": f"{backend} takes {', '.join(taken)} only: no {p} row"}
+                        for p in self.precisions if p not in taken and backend not in whole]
+        return variants + ([Variant(REFERENCE, frame="full")] if REFERENCE in self.backends else []), skipped
 
 
 class Ticker:
@@ -143,29 +163,9 @@ class BenchRun:
         env = environment(settings.threads)
         env.update(precision="fp32", device=settings.device, model_id=self.model_info["id"])
         gemm = gemm_rate(settings.threads)
-        rows: list[dict[str, Any]] = []
-        agreement = Agreement()
-        for variant, batches in plan:
-            name = variant.name
-            tick(f"{name}: loading" + (" (exported to ONNX into the cache on first use)"
-                                       if variant.backend.startswith("ort") else ""))
-            try:
-                backend = create_variant(variant, model, device=settings.device, threads=settings.threads)
-            except TsfError as exc:
-                skipped.append({"backend": variant.backend, "variant": name, "reason": str(exc)})
-                tick(f"{name}: skipped", len(batches) * per_row)
-                continue
-            with backend:
-                try:
-                    for batch in batches:
-                        row, result = measure_row(variant, backend, batch, workload, settings,
-                                                  self.tmp / "out" / f"{name}-{batch or 'auto'}", tick)
-                        rows.append(row)
-                        agreement.add(variant, row, result)
-                except TsfError as exc:
-                    skipped.append({"backend": variant.backend, "variant": name,
-                                    "reason": f"failed while running: {exc}"})
-        agreement.finish()
+        rows = self._rows(plan, per_row, skipped, tick)
+        tick("measuring the GEMM rate again")
+        gemm = faster_peaks(gemm, gemm_rate(settings.threads))
         tick("counting FLOPs")
         flops = _flops(model, settings, workload)
         _derive(rows, flops, gemm)
@@ -186,7 +186,8 @@ class BenchRun:
                          "decoders": list(dict.fromkeys(v.decoder for v in variants if v.decoder)),
                          "batch_sizes": settings.batch_sizes,
                          "warmup": settings.warmup, "iterations": settings.iterations, "threads": settings.threads,
-                         "device": settings.device, "io_subjects": settings.io_subjects},
+                         "device": settings.device, "io_subjects": settings.io_subjects,
+                         "interleave": settings.interleave},
             "gemm": gemm,
             "flops": flops,
             "rows": rows,
@@ -195,6 +196,60 @@ class BenchRun:
             "warnings": contention_warnings(env),
             "notes": NOTES,
         }
+
+    def _rows(self, plan: list[tuple[Variant, list[int | None]]], per_row: int, skipped: list, tick: Ticker
+              ) -> list[dict[str, Any]]:
+        """Every row of `plan` measured: interleaved, every backend loaded at once (rows that differ
+        by frame share one), else one backend at a time; a backend that cannot start is skipped."""
+        settings, workload = self.settings, self.workload
+        rows: list[dict[str, Any]] = []
+        agreement = Agreement()
+        with ExitStack() as loaded:
+            runs: list[RowRun] = []
+            opened: dict[Variant, Backend | None] = {}  # interleaved, rows that differ by frame share a backend
+            why: dict[Variant, str] = {}  # why one could not start
+            for variant, batches in plan:
+                if not settings.interleave:  # one backend at a time: its rows, then it closes
+                    loaded.close()
+                    runs, opened, why = [], {}, {}
+                key = replace(variant, frame="")
+                if key not in opened:
+                    opened[key] = self._open(variant, loaded, skipped, tick, len(batches) * per_row)
+                    why[key] = skipped[-1]["reason"] if opened[key] is None else ""
+                elif opened[key] is None:  # the same backend could not start for a row before
+                    skipped.append({"backend": variant.backend, "variant": variant.name, "reason": why[key]})
+                    tick(f"{variant.name}: skipped", len(batches) * per_row)
+                backend = opened[key]
+                runs += [RowRun(variant, backend, batch, workload, settings,
+                                self.tmp / "out" / f"{variant.name}-{batch or 'auto'}")
+                         for batch in (batches if backend is not None else [])]
+                if not settings.interleave:
+                    _take_turns(runs, per_row, skipped, tick, rows, agreement)
+            if settings.interleave:
+                _take_turns(runs, per_row, skipped, tick, rows, agreement)
+        agreement.finish()
+        return rows
+
+    def _open(self, variant: Variant, stack: ExitStack, skipped: list, tick: Ticker, steps: int) -> Backend | None:
+        """The variant's backend, closed with `stack`; None, with the reason in `skipped`, where it cannot start."""
+        tick(f"{variant.name}: loading" + (" (exported to ONNX into the cache on first use)"
+                                           if variant.backend.startswith("ort") else ""))
+        try:
+            backend = create_variant(variant, self.model, device=self.settings.device, threads=self.settings.threads)
+        except (TsfError, ImportError) as exc:  # ImportError: a package of an extra that is not installed
+            reason = str(exc) if isinstance(exc, TsfError) else f"cannot start here: {exc}"
+            skipped.append({"backend": variant.backend, "variant": variant.name, "reason": reason})
+            tick(f"{variant.name}: skipped", steps)
+            return None
+        return stack.enter_context(backend)
+
+
+def faster_peaks(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """The GEMM peaks measured before and after the rows, each kind's faster one (a peak is what the
+    machine can do: other load during one measurement only lowers it), `seconds` summed."""
+    peaks = {kind: max((first["peaks"][kind], second["peaks"][kind]), key=lambda p: p["gflops"] or 0.0)
+             for kind in first["peaks"]}
+    return {**first, "peaks": peaks, "seconds": first["seconds"] + second["seconds"], "measurements": 2}
 
 
 def contention_warnings(env: dict[str, Any]) -> list[str]:
@@ -215,83 +270,104 @@ def run_bench(settings: BenchSettings, progress: ProgressFn | None = None) -> di
         return bench.run(progress)
 
 
-def measure_row(variant: Variant, backend: Backend, batch: int | None, workload: Workload,
-                settings: BenchSettings, out_dir: Path, tick: Ticker) -> tuple[dict[str, Any], Result]:
-    """K warm-up and M timed iterations of one subject through `infer_subject` (files in, files out);
-    the row, and the last iteration's result (for the agreement with torch fp32)."""
-    import torch
+class RowRun:
+    """One row being measured: K warm-up and M timed iterations of one subject through `infer_subject`
+    (files in, files out), one iteration per `step`, so that rows can take turns (interleaved, a
+    shared machine's other load falls on every row alike)."""
 
-    from tsf_trt.jobs import infer_subject
-    from tsf_trt.options import InferRequest
-    from tsf_trt.pipeline import Synthesizer
+    def __init__(self, variant: Variant, backend: Backend, batch: int | None, workload: Workload,
+                 settings: BenchSettings, out_dir: Path):
+        from tsf_trt.options import InferRequest
+        from tsf_trt.pipeline import Synthesizer
 
-    name = variant.name
-    synth = Synthesizer(backend, batch_size=batch, frame=variant.frame)
-    request = InferRequest(workload.target, output=out_dir, tsem=settings.tsem, overwrite=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    samples: dict[str, list[float]] = defaultdict(list)
-    transfers = backend.on_gpu and torch.cuda.is_available()
-    plane = 3 * 4 * workload.depth * padded(workload.shape_zyx[1], backend.config.downsample) * \
-        padded(workload.shape_zyx[2], backend.config.downsample)  # bytes of one (z, 3, H, W) fp32 stack
-    with PeakMemory() as memory:
-        for i in range(settings.warmup + settings.iterations):
-            warm = i < settings.warmup
-            step = f"warm-up {i + 1}" if warm else f"iteration {i + 1 - settings.warmup}"
-            tick(f"{name} batch {batch}: {step}")
+        self.variant, self.backend, self.batch, self.workload, self.settings = variant, backend, batch, workload, settings
+        self.synth = Synthesizer(backend, batch_size=batch, frame=variant.frame)
+        self.request = InferRequest(workload.target, output=out_dir, tsem=settings.tsem, overwrite=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.samples: dict[str, list[float]] = defaultdict(list)
+        self.done, self.outcome = 0, None
+        self.rss, self.gpu_bytes, self.rss_method = 0, None, ""
+        torch = optional_torch()
+        self.transfers = backend.on_gpu and torch is not None and torch.cuda.is_available()
+
+    def step(self, tick: Ticker) -> None:
+        from tsf_trt.jobs import infer_subject
+
+        settings, name = self.settings, self.variant.name
+        warm = self.done < settings.warmup
+        tick(f"{name} batch {self.batch}: " + (f"warm-up {self.done + 1}" if warm else
+                                               f"iteration {self.done + 1 - settings.warmup}"))
+        with PeakMemory() as memory:
             start = time.perf_counter()
-            outcome = infer_subject(synth, workload.subject, request, backend_name=variant.backend)
+            self.outcome = infer_subject(self.synth, self.workload.subject, self.request,
+                                         backend_name=self.variant.backend)
             seconds = time.perf_counter() - start
-            tick(f"{name} batch {batch}", 1)
-            if warm:
-                continue
-            timings = outcome.result.timings
-            for stage, keys in STAGES.items():
-                samples[stage].append(sum(timings.get(k, 0.0) for k in keys))
-            if transfers:
-                passes = 2 if settings.tsem and backend.has_fusion else 1
-                h2d, d2h = transfer_seconds(plane * len(workload.sources), plane * passes)
-                samples["h2d"].append(h2d)
-                samples["d2h"].append(d2h)
-            samples["compute"].append(timings["total"])
-            samples["end_to_end"].append(seconds)
-    end_to_end, compute = summarize(samples.pop("end_to_end")), summarize(samples.pop("compute"))
-    return {
-        "backend": variant.backend,
-        "variant": name,
-        "precision": backend.precision,  # what ran (auto resolved)
-        "decoder": variant.decoder,
-        "frame": variant.frame,
-        "frame_box": outcome.result.frame,
-        "truth_psnr_db": truth_psnr(workload, outcome.result),
-        "description": backend.describe(),
-        "on_gpu": backend.on_gpu,
-        "batch_size": batch,
-        "effective_batch_size": outcome.result.batch_size,
-        "stages": {stage: summarize(values) for stage, values in samples.items()},
-        "end_to_end": end_to_end,
-        "compute": compute,
-        "throughput": rates(workload.depth, end_to_end["mean"]),
-        "compute_throughput": rates(workload.depth, compute["mean"]),
-        "memory": {"peak_rss_bytes": memory.rss_bytes, "rss_method": memory.method,
-                   "gpu_peak_bytes": memory.gpu_bytes},
-    }, outcome.result
+        self.done += 1
+        tick(f"{name} batch {self.batch}", 1)
+        if warm:
+            return
+        self.rss, self.rss_method = max(self.rss, memory.rss_bytes), memory.method
+        self.gpu_bytes = memory.gpu_bytes if self.gpu_bytes is None else max(self.gpu_bytes, memory.gpu_bytes or 0)
+        timings = self.outcome.result.timings
+        for stage, keys in STAGES.items():
+            self.samples[stage].append(sum(timings.get(k, 0.0) for k in keys))
+        if self.transfers:
+            down = self.backend.config.downsample
+            plane = 3 * 4 * self.workload.depth * padded(self.workload.shape_zyx[1], down) * \
+                padded(self.workload.shape_zyx[2], down)  # bytes of one (z, 3, H, W) fp32 stack
+            passes = 2 if settings.tsem and self.backend.has_fusion else 1
+            h2d, d2h = transfer_seconds(plane * len(self.workload.sources), plane * passes)
+            self.samples["h2d"].append(h2d)
+            self.samples["d2h"].append(d2h)
+        self.samples["compute"].append(timings["total"])
+        self.samples["end_to_end"].append(seconds)
+
+    def row(self) -> tuple[dict[str, Any], Result]:
+        """The row, and the last iteration's result (for the agreement with torch fp32)."""
+        variant, backend, result = self.variant, self.backend, self.outcome.result
+        samples = dict(self.samples)
+        end_to_end, compute = summarize(samples.pop("end_to_end")), summarize(samples.pop("compute"))
+        return {
+            "backend": variant.backend,
+            "variant": variant.name,
+            "compile": variant.compile,
+            "precision": variant.precision,  # what the row asked for
+            "precision_ran": getattr(backend, "runtime_precision", backend.precision),  # OpenVINO: compiled models'
+            "decoder": variant.decoder,
+            "frame": variant.frame,
+            "frame_box": result.frame,
+            "truth_psnr_db": truth_psnr(self.workload, result),
+            "description": backend.describe(),
+            "on_gpu": backend.on_gpu,
+            "batch_size": self.batch,
+            "effective_batch_size": result.batch_size,
+            "stages": {stage: summarize(values) for stage, values in samples.items()},
+            "end_to_end": end_to_end,
+            "compute": compute,
+            "throughput": rates(self.workload.depth, end_to_end["mean"]),
+            "compute_throughput": rates(self.workload.depth, compute["mean"]),
+            "memory": {"peak_rss_bytes": self.rss, "rss_method": self.rss_method, "gpu_peak_bytes": self.gpu_bytes},
+        }, result
 
 
-def truth_psnr(workload: Workload, result: Result) -> float | None:
-    """PSNR of the synthesis against the subject's real target inside its head (network units, as
-    `evaluate`), when the subject has one: what a frame or a precision costs in quality."""
-    from tsf_trt.metrics import psnr
-    from tsf_trt.preprocess import normalize
-    from tsf_trt.volume import load_volume
-
-    if workload.truth is None:
-        return None
-    truth = load_volume(workload.truth).data
-    return round(psnr(result.image, normalize(truth), truth > 0), 3)
-
-
-def rates(slices: int, seconds: float) -> dict[str, float]:
-    return {"slices_per_s": slices / seconds, "volumes_per_min": 60.0 / seconds}
+def _take_turns(runs: list[RowRun], steps: int, skipped: list, tick: Ticker, rows: list, agreement: Agreement) -> None:
+    """`steps` iterations of every row, the rows taking turns; then their rows, in order. A row
+    that fails is listed in `skipped` with the reason, and the others go on."""
+    alive = list(runs)
+    for _ in range(steps):
+        for run in list(alive):
+            try:
+                run.step(tick)
+            except TsfError as exc:
+                skipped.append({"backend": run.variant.backend, "variant": run.variant.name,
+                                "reason": f"failed while running (batch {run.batch or 'auto'}): {exc}"})
+                tick(f"{run.variant.name}: failed", steps - run.done)
+                alive.remove(run)
+    for run in alive:
+        row, result = run.row()
+        rows.append(row)
+        agreement.add(run.variant, row, result)
+    runs.clear()
 
 
 def _flops(model: Any, settings: BenchSettings, workload: Workload) -> dict[str, Any]:
@@ -305,78 +381,14 @@ def _flops(model: Any, settings: BenchSettings, workload: Workload) -> dict[str,
 def _derive(rows: list[dict[str, Any]], flops: dict[str, Any], gemm: dict[str, Any]) -> None:
     """Add efficiency and the ratios to torch (same batch size), to the reference row, and at
     another frame than full to the same row at full."""
-    torch_rows = {r["batch_size"]: r for r in rows if r["backend"] == BASELINE and r["precision"] == "fp32"}
+    torch_rows = {r["batch_size"]: r for r in rows
+                  if r["backend"] == BASELINE and r["precision"] == "fp32" and not r.get("compile")}
     reference = next((r for r in rows if r["backend"] == REFERENCE), None)
     for row in rows:
         baseline = torch_rows.get(row["batch_size"])
         row["vs_torch"] = ratios(baseline, row) if baseline else None
         row["vs_reference"] = ratios(reference, row) if reference else None
         full = next((r for r in rows if r["frame"] == "full" and r["frame"] != row["frame"] and all(
-            r[k] == row[k] for k in ("backend", "precision", "decoder", "batch_size"))), None)
+            r.get(k) == row.get(k) for k in ("backend", "precision", "decoder", "batch_size", "compile"))), None)
         row["vs_full_frame"] = ratios(full, row) if full else None  # what the frame alone gives
         row["efficiency"] = efficiency(row, flops, gemm)
-
-
-#: Row precisions measured against the GPU's fp16 peak: TensorRT's `best` runs the convolutions in fp16.
-GPU_FP16 = ("fp16", "best")
-
-
-def peak_kind(row: dict[str, Any]) -> str:
-    """The `gemm.peaks` entry a row is measured against: its device and its own precision."""
-    precision = row.get("precision") or "fp32"
-    if row["on_gpu"]:
-        return "gpu fp16" if precision in GPU_FP16 else f"gpu {precision}"
-    return f"cpu {precision}"
-
-
-def efficiency(row: dict[str, Any], flops: dict[str, Any], gemm: dict[str, Any]) -> dict[str, Any] | None:
-    """GFLOP/s of the row's network stages, as a fraction of the GEMM peak of the row's precision;
-    `fraction_of_gemm` null, with `no_peak_reason`, where that precision has no measured peak."""
-    if "per_volume" not in flops:
-        return None
-    executed = flops["reference_per_volume"] if row["backend"] == REFERENCE else flops["per_volume"]
-    network = sum(row["stages"][s]["mean"] for s in NETWORK_STAGES)
-    kind = peak_kind(row)
-    found = gemm["peaks"].get(kind)
-    peak = found["gflops"] if found else None
-    reason = None if peak else (found["reason"] if found else f"not measured (peaks: {', '.join(gemm['peaks'])})")
-    rate = executed / network / 1e9 if network > 0 else None
-    return {"flops_per_volume": executed, "network_seconds": network, "gflops_per_s": rate,
-            "end_to_end_gflops_per_s": executed / row["end_to_end"]["mean"] / 1e9,
-            "gemm_kind": kind, "gemm_gflops": peak, "gemm_library": found["library"] if found else None,
-            "fraction_of_gemm": rate / peak if rate and peak else None, "no_peak_reason": reason}
-
-
-def io_overlap(rows: list[dict[str, Any]], model: Any, settings: BenchSettings, workload: Workload, tmp: Path,
-               tick: Ticker) -> dict[str, Any]:
-    """Folder-mode throughput over copies of the subject against compute-only throughput, for the
-    fastest row: the fraction of compute throughput that survives reading and writing NIfTI."""
-    from tsf_trt.jobs import infer_folder
-    from tsf_trt.options import InferRequest
-    from tsf_trt.pipeline import Synthesizer
-    from tsf_trt.volume import load_volume
-
-    candidates = [r for r in rows if r["backend"] != REFERENCE] or rows
-    if settings.io_subjects < 1 or not candidates:
-        return {"skipped": "no subjects asked for (--io-subjects 0)" if candidates else "no backend ran"}
-    best = min(candidates, key=lambda r: r["end_to_end"]["mean"])
-    subjects = copy_subjects(workload, settings.io_subjects, tmp / "io_in")
-    with create_variant(Variant(best["backend"], best["precision"], best["decoder"], best["frame"]), model,
-                        device=settings.device, threads=settings.threads) as backend:
-        synth = Synthesizer(backend, batch_size=best["batch_size"], frame=best["frame"])
-        tick(f"folder mode: warming up {best['variant']}")
-        synth.run({i: load_volume(p) for i, p in workload.subject.inputs.items()}, workload.target, tsem=settings.tsem)
-        start = time.perf_counter()
-        request = InferRequest(workload.target, output=tmp / "io_out", tsem=settings.tsem)
-        summary = infer_folder(synth, subjects, request, on_end=lambda o: tick(f"folder mode: {o.subject}", 1),
-                               backend_name=best["backend"])
-        seconds = time.perf_counter() - start
-    if summary.failed:
-        raise TsfError(f"folder mode failed on {summary.failed[0].subject}: {summary.failed[0].error}")
-    count = settings.io_subjects
-    folder = rates(workload.depth, seconds / count)
-    compute = best["compute_throughput"]
-    return {"backend": best["backend"], "variant": best["variant"], "batch_size": best["batch_size"],
-            "subjects": count,
-            "folder_seconds": seconds, "folder_throughput": folder, "compute_throughput": compute,
-            "surviving_fraction": folder["slices_per_s"] / compute["slices_per_s"]}

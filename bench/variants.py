@@ -26,37 +26,39 @@ BASELINE, REFERENCE = "torch", "reference"  # what ratios and agreement compare 
 
 @dataclass(frozen=True)
 class Variant:
-    """One way of running: `backend` as `--backend` names it, its precision, and for ONNX Runtime
-    backends the decoder ('baked' per-target graphs when the export has them, or 'code')."""
+    """One way of running: `backend` as `--backend` names it, its precision, for ONNX Runtime
+    backends the decoder ('baked' per-target graphs when the export has them, or 'code'), and for
+    torch whether each stage is torch.compile'd (`compile`)."""
 
     backend: str
     precision: str = "fp32"
     decoder: str | None = None
     frame: str = "head"  # tsf_trt.frame; the reference row is always "full" (the authors' way)
+    compile: bool = False
 
     @property
     def name(self) -> str:
-        """'torch', 'torch-bf16', 'ort-code', 'ort-cuda-fp16-code', 'ort-full': the defaults (fp32,
-        baked decoder, head frame; full for the reference) are left out."""
+        """'torch', 'torch-bf16', 'torch-compile', 'ort-code', 'ort-cuda-fp16-code', 'ort-full': the
+        defaults (fp32, baked decoder, head frame; full for the reference; not compiled) are left out."""
         parts = [self.backend] + ([self.precision] if self.precision != "fp32" else [])
-        parts += ["code"] if self.decoder == "code" else []
+        parts += (["code"] if self.decoder == "code" else []) + (["compile"] if self.compile else [])
         return "-".join(parts + ([self.frame] if self.frame != default_frame(self.backend) else []))
 
     @property
     def is_baseline(self) -> bool:
-        """torch fp32: what every ratio and every agreement is measured against."""
-        return self.backend == BASELINE and self.precision == "fp32"
+        """torch fp32, eager: what every ratio and every agreement is measured against."""
+        return self.backend == BASELINE and self.precision == "fp32" and not self.compile
 
 
 def default_frame(backend: str) -> str:
     return "full" if backend == REFERENCE else "head"
 
 
-def expand(backends: list[str], precisions: list[str], decoders: list[str], frames: list[str] | None = None
-           ) -> tuple[list[Variant], list[dict]]:
+def expand(backends: list[str], precisions: list[str], decoders: list[str], frames: list[str] | None = None,
+           *, compile: bool = False) -> tuple[list[Variant], list[dict]]:
     """backends x the precisions each takes x (ONNX graph backends) decoders x frames, in that order
-    (the reference row: its one definition, full frame); a backend that takes none of `precisions`
-    is returned as skipped with the reason."""
+    (the reference row: its one definition, full frame), each torch row followed by its torch.compile
+    twin when `compile`; a backend that takes none of `precisions` is returned as skipped with the reason."""
     variants, skipped = [], []
     frames = frames or ["head"]
     for name in backends:
@@ -66,7 +68,8 @@ def expand(backends: list[str], precisions: list[str], decoders: list[str], fram
                                                        f"(--precisions {','.join(precisions)})"})
         kinds = decoders if name.startswith("ort") or name == "openvino" else [None]
         shown = ["full"] if name == REFERENCE else frames
-        variants += [Variant(name, p, d, f) for f in shown for p in taken for d in kinds]
+        twins = (False, True) if compile and name == BASELINE else (False,)
+        variants += [Variant(name, p, d, f, c) for f in shown for p in taken for d in kinds for c in twins]
     return variants, skipped
 
 
@@ -87,6 +90,13 @@ def parse_backends(text: str, reference: bool = True) -> list[str]:
         raise TsfError("--backends: name at least one backend, or 'all'")
     names = [n for n in names if n != REFERENCE]
     return names + [REFERENCE] if reference or explicit else names
+
+
+def check_compile(backends: list[str]) -> None:
+    """--compile adds a torch.compile twin to each torch row: without a torch row it would add nothing."""
+    if BASELINE not in backends:
+        raise TsfError(f"--compile times torch.compile'd torch rows: add torch to --backends "
+                       f"(got {','.join(backends)})")
 
 
 def parse_batch_sizes(text: str) -> list[int | None]:
@@ -112,7 +122,7 @@ def parse_list(flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
 def create_variant(variant: Variant, model: Any, *, device: str, threads: int | None) -> Backend:
     """The backend of `variant`."""
     return create_backend(variant.backend, model, device=device, threads=threads, precision=variant.precision,
-                          decoder=variant.decoder or "baked")
+                          decoder=variant.decoder or "baked", compile=variant.compile)
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:

@@ -17,6 +17,7 @@ from tsf_trt.fileformat import file_sha256, read_tagged_json
 from tsf_trt.model.config import ModelConfig
 
 FORMAT = "tsf-trt-export"
+DEFAULT_OPSET = 17  # the ONNX opset of `tsf-trt export` and of cached exports
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 

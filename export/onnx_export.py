@@ -29,10 +29,9 @@ from tsf_trt.model import TSFSeq2Seq
 from tsf_trt.atomic import atomic_dir
 
 from .graphs import BakedDecoderGraph, DecoderGraph, EncoderGraph, FusionGraph
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, sha256
+from .manifest import DEFAULT_OPSET, FORMAT, FORMAT_VERSION, MANIFEST, sha256
 from .roles import graph_metadata
 
-DEFAULT_OPSET = 17
 FLOPS_SIZE = (240, 240)  # FLOPs are reported per slice at the BraTS in-plane size
 Step = Callable[[str], None]
 

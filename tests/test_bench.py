@@ -64,7 +64,7 @@ def rows_by(report, backend):
 
 def test_report_has_every_documented_field(run):
     report, _, _ = run
-    assert set(report) == TOP and report["schema_version"] == 2
+    assert set(report) == TOP and report["schema_version"] == 3
     env = report["environment"]
     assert {"cpu", "logical_cpus", "usable_cpus", "physical_cores", "threads", "gpu", "versions", "precision",
             "model_id", "device"} <= set(env)
@@ -72,7 +72,8 @@ def test_report_has_every_documented_field(run):
     assert env["threads"] == 1 and env["model_id"] == report["model"]["id"] != ""
     assert report["settings"]["backends"] == ["torch", "ort", "ort-cuda", "trt", "reference"]
     gemm = report["gemm"]
-    assert set(gemm) == {"cpu_size", "threads", "cpu_threads", "gpu_size", "peaks", "seconds"}
+    assert set(gemm) == {"cpu_size", "threads", "cpu_threads", "gpu_size", "peaks", "seconds", "measurements"}
+    assert gemm["measurements"] == 2  # before the rows and after them, the faster of each kind
     assert gemm["threads"] == gemm["cpu_threads"] == 1 and gemm["gpu_size"] is None
     assert set(gemm["peaks"]) == {"cpu fp32", "cpu bf16", "cpu int8"}
     for peak in gemm["peaks"].values():
@@ -88,6 +89,7 @@ def test_report_has_every_documented_field(run):
             set(row["stages"])
         assert row["memory"]["peak_rss_bytes"] > 0 and row["memory"]["gpu_peak_bytes"] is None
         assert row["effective_batch_size"] == row["batch_size"]
+        assert row["precision"] == row["precision_ran"] == "fp32"
 
 
 def test_percentiles_are_ordered(run):
@@ -138,8 +140,10 @@ def test_throughput_and_efficiency_follow_from_the_times(run):
         assert eff["gemm_kind"] == "cpu fp32" and eff["gemm_library"] == peak["library"]
         assert eff["fraction_of_gemm"] == pytest.approx(eff["gflops_per_s"] / peak["gflops"])
         assert eff["no_peak_reason"] is None
-        executed = flops["reference_per_volume"] if row["backend"] == "reference" else flops["per_volume"]
-        assert eff["flops_per_volume"] == executed
+        whole = flops["reference_per_volume"] if row["backend"] == "reference" else flops["per_volume"]
+        box = row["frame_box"]  # FLOPs of the frame and the slices the row computed, not of the whole grid
+        share = np.prod(box["size"]) / np.prod(flops["padded_inplane"]) * box["slices_computed"] / box["slices"]
+        assert eff["flops_per_volume"] == round(whole * share)
 
 
 def test_unavailable_backends_are_skipped_with_the_reason(run):
@@ -158,6 +162,10 @@ def test_folder_mode_fraction(run):
     assert io["surviving_fraction"] == pytest.approx(io["folder_throughput"]["slices_per_s"]
                                                      / io["compute_throughput"]["slices_per_s"])
     assert io["folder_throughput"]["slices_per_s"] == pytest.approx(4 / io["folder_seconds"])
+    assert io["steady_fraction"] is None and io["steady_throughput"] is None  # one subject: no steady state
+    assert io["one_subject_seconds"] is None
+    assert io["row_compute_throughput"] == next(r for r in run[0]["rows"] if r["variant"] == io["variant"]
+                                                and r["batch_size"] == io["batch_size"])["compute_throughput"]
 
 
 def test_markdown_and_plot(run):
@@ -340,6 +348,8 @@ def test_bench_rows_at_each_frame_and_the_reference_at_full(light, small_model_d
     assert list(rows) == ["ort-full", "ort", "reference"]
     assert rows["reference"]["frame"] == "full" and rows["ort"]["frame"] == "head"
     assert np.prod(rows["ort"]["frame_box"]["size"]) < 128 * 128 == np.prod(rows["ort-full"]["frame_box"]["size"])
+    head, full = (rows[name]["efficiency"]["flops_per_volume"] for name in ("ort", "ort-full"))
+    assert head < full == json.loads((tmp_path / "f.json").read_text())["flops"]["per_volume"]  # the frame's FLOPs
     assert rows["ort"]["vs_full_frame"]["baseline"] == {"backend": "ort", "batch_size": 4}
     assert rows["ort-full"]["vs_full_frame"] is None
     assert all(isinstance(r["truth_psnr_db"], float) for r in rows.values())
@@ -452,6 +462,8 @@ def test_each_row_is_measured_against_its_own_precision():
         assert eff["gemm_library"] == "lib" and eff["no_peak_reason"] is None
     assert efficiency(row("ort", "fp32"), flops, gemm)["fraction_of_gemm"] == pytest.approx(50 / 0.3 / 100)
     assert efficiency(row("reference", "fp32"), flops, gemm)["fraction_of_gemm"] == pytest.approx(80 / 0.3 / 100)
+    asked = {**row("openvino", "bf16"), "precision_ran": "fp32"}  # OpenVINO's f32 fallback: the fp32 peak
+    assert efficiency(asked, flops, gemm)["gemm_kind"] == "cpu fp32"
     bf16 = efficiency(row("torch", "bf16"), flops, gemm)
     assert bf16["gemm_kind"] == "cpu bf16" and bf16["gflops_per_s"] == pytest.approx(50 / 0.3)
     assert bf16["fraction_of_gemm"] is None and bf16["gemm_gflops"] is None
@@ -459,3 +471,113 @@ def test_each_row_is_measured_against_its_own_precision():
     gpu32 = efficiency(row("ort-cuda", "fp32", True), flops, gemm)
     assert gpu32["gemm_kind"] == "gpu fp32" and gpu32["fraction_of_gemm"] is None and "not measured" in \
         gpu32["no_peak_reason"]
+
+
+@pytest.mark.parametrize("words, zyx", [(["40x240x240"], (40, 240, 240)), (["240", "240", "40"], (40, 240, 240)),
+                                        (["3X16x20"], (3, 16, 20)), (["20", "16", "3"], (3, 16, 20))])
+def test_shape_takes_both_spellings(words, zyx):
+    """--shape SxHxW (slices x height x width) and --shape X Y Z (the file's order) name one phantom."""
+    import typer
+
+    from tsf_trt.bench.workload import parse_shape
+    from tsf_trt.cli.bench import join_shape
+
+    group = typer.main.get_command(app).commands["bench"]
+    ctx = group.make_context("bench", ["--shape", *words, "--threads", "1"])
+    assert parse_shape(ctx.params["shape"]) == zyx and ctx.params["threads"] == 1
+    assert join_shape(["--threads", "1", "suite", "--shape", "1", "2", "3"], ["suite"])[-3:] == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("words", [["40x240"], ["240", "240"], ["240", "abc", "40"], ["40x240x240x1"], ["a"],
+                                   ["4x4x4"], ["0x240x240"], ["240", "240", "-40"]])
+def test_a_malformed_shape_is_one_line(words, small_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(cli("--model", small_model_dir, "--shape", *words), "--shape", " ".join(words[:2]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plan_says_which_precision_a_backend_skips():
+    """ONNX Runtime takes no bf16: that row is skipped with the reason; the reference stays fp32 at
+    the full frame whatever --precisions asks."""
+    from tsf_trt.bench.runner import BenchSettings
+
+    settings = BenchSettings(model=None, backends=["ort", "openvino", "reference"], batch_sizes=[1],
+                             precisions=["bf16"], frames=["full", "head"])
+    variants, skipped = settings.plan()
+    assert [v.name for v in variants] == ["openvino-bf16-full", "openvino-bf16", "reference"]
+    assert variants[-1].precision == "fp32" and variants[-1].frame == "full"
+    assert skipped == [{"backend": "ort", "reason": "takes fp32 only (--precisions bf16)"}]
+    variants, skipped = BenchSettings(model=None, backends=["ort", "reference"], batch_sizes=[1],
+                                      precisions=["fp32", "bf16"]).plan()
+    assert [v.name for v in variants] == ["ort", "reference"]
+    assert skipped == [{"backend": "ort", "variant": "ort-bf16", "reason": "ort takes fp32 only: no bf16 row"}]
+
+
+def test_compile_adds_a_torch_compile_twin_of_each_torch_row():
+    from tsf_trt.bench.runner import BenchSettings
+
+    variants, _ = BenchSettings(model=None, backends=["torch", "ort"], batch_sizes=[1], precisions=["fp32", "bf16"],
+                                frames=["head"], compile=True).plan()
+    assert [(v.name, v.compile) for v in variants] == [
+        ("torch", False), ("torch-compile", True), ("torch-bf16", False), ("torch-bf16-compile", True), ("ort", False)]
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_rows_take_turns_unless_asked_not_to(interleave, light, small_model_dir, monkeypatch):
+    """Interleaved, iteration k of every row runs before iteration k+1 of any (other load on a shared
+    machine falls on every row alike), and rows that differ by frame share one backend;
+    --no-interleave: one row's iterations after the other's, one backend per row."""
+    from tsf_trt import jobs
+    from tsf_trt.bench import runner
+    from tsf_trt.bench.runner import BenchSettings, run_bench
+
+    order, opened = [], []
+    real_infer, real_create = jobs.infer_subject, runner.create_variant
+
+    def infer_subject(synth, subject, request, **kwargs):
+        order.append(request.output.name)
+        return real_infer(synth, subject, request, **kwargs)
+
+    def create_variant(variant, *args, **kwargs):
+        opened.append(variant.name)
+        return real_create(variant, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "infer_subject", infer_subject)
+    monkeypatch.setattr(runner, "create_variant", create_variant)
+    settings = BenchSettings(model=small_model_dir, backends=["torch", "ort"], batch_sizes=[2], shape_zyx=(3, 16, 16),
+                             warmup=1, iterations=2, threads=1, io_subjects=0, interleave=interleave,
+                             frames=["full", "head"])
+    report = run_bench(settings)
+    rows = ["torch-full-2", "torch-2", "ort-full-2", "ort-2"]
+    assert order == (rows * 3 if interleave else [r for r in rows for _ in range(3)])
+    assert opened == (["torch-full", "ort-full"] if interleave else ["torch-full", "torch", "ort-full", "ort"])
+    assert [r["variant"] for r in report["rows"]] == ["torch-full", "torch", "ort-full", "ort"]
+    assert report["settings"]["interleave"] is interleave
+    assert all(r["memory"]["peak_rss_bytes"] > 0 for r in report["rows"])
+    assert report["rows"][3]["agreement"]["baseline"] == {"backend": "torch", "precision": "fp32", "batch_size": 2,
+                                                           "frame": "head"}
+
+
+def test_folder_mode_steady_state_is_the_cost_of_a_further_subject(light, small_model_dir):
+    from tsf_trt.bench.runner import BenchSettings, run_bench
+
+    report = run_bench(BenchSettings(model=small_model_dir, backends=["ort"], batch_sizes=[2], shape_zyx=(3, 16, 16),
+                                     warmup=0, iterations=1, threads=1, io_subjects=3))
+    io = report["io_overlap"]
+    per_subject = (io["folder_seconds"] - io["one_subject_seconds"]) / 2
+    assert io["steady_throughput"]["slices_per_s"] == pytest.approx(3 / per_subject)
+    assert io["steady_fraction"] == pytest.approx(io["steady_throughput"]["slices_per_s"]
+                                                  / io["compute_throughput"]["slices_per_s"])
+
+
+def test_the_peak_is_the_faster_of_two_measurements():
+    from tsf_trt.bench.environment import not_measured
+    from tsf_trt.bench.runner import faster_peaks
+
+    def gemm(fp32, bf16):
+        return {"peaks": {"cpu fp32": {"gflops": fp32}, "cpu bf16": bf16}, "seconds": 1.0}
+
+    none = not_measured("not native", False)
+    merged = faster_peaks(gemm(100.0, none), gemm(300.0, none))
+    assert merged["peaks"]["cpu fp32"]["gflops"] == 300.0 and merged["peaks"]["cpu bf16"] is none
+    assert merged["seconds"] == 2.0 and merged["measurements"] == 2

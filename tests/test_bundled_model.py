@@ -34,8 +34,10 @@ def test_bundled_files_are_package_data():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     patterns = data["tsf_trt.bundled"]
-    for f in BUNDLED["demo"].iterdir():
-        assert any(Path(f"demo/{f.name}").match(p) for p in patterns), f.name
+    for f in BUNDLED["demo"].rglob("*"):
+        if f.is_file():
+            name = f.relative_to(BUNDLED["demo"].parent).as_posix()
+            assert any(Path(name).match(p) for p in patterns), name
 
 
 @pytest.fixture(scope="module")

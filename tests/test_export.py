@@ -180,8 +180,8 @@ def test_auto_measures_once_and_caches_its_choice(small_model_dir):
     from tsf_trt.backends import create_backend
     from tsf_trt.cache_dir import cache_root
 
-    backend = create_backend("auto", small_model_dir)
-    records = list((cache_root() / "auto").glob(f"{backend.model_id}-*.json"))
+    backend = create_backend("auto", small_model_dir)  # precision fp32: other tests' `auto` records are others
+    records = list((cache_root() / "auto").glob(f"{backend.model_id}-*-t0-fp32-*.json"))
     assert len(records) == 1
     record = json.loads(records[0].read_text())
     assert set(record["seconds_per_slice"]) == {"torch", "ort", "openvino"}, record  # every candidate timed

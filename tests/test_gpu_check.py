@@ -30,24 +30,60 @@ def test_the_dry_run_runs_every_step(dry_report):
     assert status == {
         "versions": "passed", "gpu-marked tests": "passed", "engines/cuda.py on the CUDA runtime": "passed",
         f"phantom {gpu_check.DRY_SHAPE_XYZ}": "passed", "torch backend on the GPU: demo": "passed",
-        "torch backend on the GPU: paper": "passed", "trt rows": "skipped", gpu_check.NOT_BUILT: "skipped",
+        "torch backend on the GPU: paper": "passed", gpu_check.DATAFLOW: "passed",
+        "trt backend on the GPU: demo": "skipped", "trt backend on the GPU: paper": "skipped",
+        "ratios and PSNR of the rows": "passed",
     }, [(s["name"], s["error"]) for s in dry_report["steps"] if s["status"] == "failed"]
     steps = {step["name"]: step for step in dry_report["steps"]}
-    assert steps["trt rows"]["error"] == "tensorrt not importable"
-    assert steps[gpu_check.NOT_BUILT]["error"].startswith("not built yet")
+    assert steps["trt backend on the GPU: demo"]["error"] == "tensorrt not importable"
     cuda = steps["engines/cuda.py on the CUDA runtime"]["details"]
     assert cuda["runtime"].startswith("tests/fake_cuda.py") and all(cuda["checks"].values()) and len(cuda["checks"]) == 10
     assert "skipped" in steps["gpu-marked tests"]["details"]["summary"]
+
+
+def test_the_dry_run_checks_the_trt_data_flow_on_stand_in_engines(dry_report):
+    """Every engine of the trt backend a torch module on the fake runtime, against ONNX Runtime CPU:
+    both layouts of the fusion outputs, every graph run, within the tolerance."""
+    flow = next(s for s in dry_report["steps"] if s["name"] == gpu_check.DATAFLOW)["details"]
+    from bench import trt_standin
+
+    assert flow["runtime"].startswith("tests/fake_cuda.py") and flow["max_abs"] <= trt_standin.TOLERANCE
+    assert len(flow["cases"]) == len(trt_standin.DRY_CASES)
+    first = flow["cases"][0]  # 20x20, batches 2, 2, 1: the last one's fused_avg would start unaligned
+    assert first["fusion_outputs"] == {"one 2N buffer": 2, "two buffers + one copy": 1}
+    assert first["engine_runs"] == {"encoder": 9, "fusion": 3, "decoder_t2": 3}  # 3 sources x 3 batches
 
 
 def test_the_dry_run_times_every_variant(dry_report):
     rows = {(r["model"], r["variant"]): r for r in dry_report["rows"]}
     assert set(rows) == {(m, v[0]) for m in ("demo", "paper") for v in gpu_check.VARIANTS}
     for (model, variant), row in rows.items():
-        assert row["seconds_per_volume"] > 0 and row["vs_eager_fp32"] > 0, row
+        assert row["seconds_per_volume"] > 0 and row["vs_eager_fp32"] > 0 and row["vs_reference"] > 0, row
+        assert row["first_run_s"] > 0 and row["batch"] >= 1, row
         if variant != "graphs fp32":  # the base of the comparison
             assert row["psnr_vs_fp32_db"] > 30, row  # fp16/bf16 close; fp32 variants near-identical
     assert rows[("paper", "eager fp32")]["psnr_vs_fp32_db"] > 90
+    assert rows[("paper", "eager fp32")]["vs_eager_fp32"] == rows[("demo", "reference fp32")]["vs_reference"] == 1.0
+    goals = {g["goal"]: g for g in dry_report["goals"]}
+    assert len(goals) == len(gpu_check.GOALS) and all(g["met"] is None for g in goals.values())  # a dry run meets none
+    fp16 = rows[("paper", "graphs fp16")]["seconds_per_volume"]
+    assert goals["graphs fp16 seconds_per_volume <= 0.5"]["measured"] == fp16
+
+
+def test_goals_and_ratios_from_rows():
+    """compare_rows and goals on hand-made rows: ratios within a model, a goal met, missed, or not measured."""
+    check = gpu_check.Check(Path("."), dry_run=False, budget_s=1)
+    check.rows = [{"model": "paper", "variant": v, "seconds_per_volume": t} for v, t in
+                  (("eager fp32", 2.0), ("graphs fp16", 0.4), ("reference fp32", 8.0))] + \
+        [{"model": "demo", "variant": "eager fp32", "seconds_per_volume": 1.0}]
+    gpu_check.compare_rows(check)
+    fp16 = check.rows[1]
+    assert (fp16["vs_eager_fp32"], fp16["vs_reference"]) == (5.0, 20.0) and check.rows[3]["vs_reference"] is None
+    met = {g["goal"]: g["met"] for g in gpu_check.goals(check.rows, dry_run=False)}
+    assert met == {"graphs fp16 seconds_per_volume <= 0.5": True, "graphs fp16 vs_eager_fp32 >= 3": True,
+                   "graphs fp16 psnr_vs_fp32_db >= 45": None, "trt fp16 seconds_per_volume <= 0.25": None}
+    check.rows[1]["seconds_per_volume"] = 0.6
+    assert gpu_check.goals(check.rows, dry_run=False)[0]["met"] is False
 
 
 def test_a_dry_run_imports_only_what_the_machine_has_or_the_wheels_bring(dry_report):
@@ -63,3 +99,41 @@ def test_list_wheels_names_what_a_bare_machine_lacks():
     assert {"nibabel", "safetensors", "typer", "rich", "onnx", "pytest"} <= names
     assert not names & {"torch", "numpy", "onnxruntime", "sympy"}  # preinstalled, or brought by what is
     assert "pip download" in done.stderr
+
+
+@pytest.fixture
+def one_case(monkeypatch, one_torch_thread):
+    from bench import trt_standin
+
+    monkeypatch.setattr(trt_standin, "DRY_CASES", trt_standin.DRY_CASES[:1])  # 20x20: both fusion layouts
+    return trt_standin
+
+
+def test_the_data_flow_check_sees_a_missing_wait(one_case, monkeypatch):
+    """A download that does not wait for its copy reads the pinned slot before the deferred stream
+    wrote it: the check must fail, not pass on stale data."""
+    from tsf_trt.engines.cuda import GpuContext
+
+    def no_wait(self, array):
+        slot = self._slot("down", array.nbytes)
+        self._copy(slot.ptr, array.ptr, array.nbytes, "cudaMemcpyDeviceToHost")
+        self._mark(slot)
+        return slot.host[: array.nbytes].view(array.dtype).reshape(array.shape).copy()
+
+    monkeypatch.setattr(GpuContext, "download", no_wait)  # (the dry run above passes without it)
+    flow = one_case.dataflow_check(True, gpu_check.phantom)
+    assert flow["failed"] and flow["max_abs"] > one_case.TOLERANCE
+
+
+def test_the_stand_in_context_refuses_unaligned_addresses(one_case, monkeypatch):
+    """fused_avg bound at 3200 bytes into a buffer (defect 2 of issue 16) is refused as TensorRT would."""
+    from tsf_trt.backends.trt_backend import TrtBackend
+    from tsf_trt.errors import TsfError
+
+    def halves(self, shape, dtype):
+        both = self.gpu.empty((2 * shape[0], *shape[1:]), dtype)
+        return both.rows(0, shape[0]), both.rows(shape[0], shape[0])
+
+    monkeypatch.setattr(TrtBackend, "_output_pair", halves)
+    with pytest.raises(TsfError, match="refused the address of 'fused_avg'"):
+        one_case.dataflow_check(True, gpu_check.phantom)

@@ -1,9 +1,14 @@
-"""Phantom subjects: deterministic, physically ordered contrasts, BraTS files our own loader reads."""
+"""Phantom subjects: deterministic, physically ordered contrasts, BraTS files our own loader reads;
+the same subjects as the torch generator made, without torch."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -13,9 +18,12 @@ from typer.testing import CliRunner
 from tsf_trt.cli import app
 from tsf_trt.subjects import find_subjects
 from tsf_trt.phantoms import SEQUENCES, TISSUES, make_subject, write_subjects
+from tsf_trt.phantoms.resample import grid_sample_zeros, upsample_trilinear
+from tsf_trt.phantoms.torch_random import TorchCompatibleRandom
 from tsf_trt.volume import load_volume
 
 SHAPE = (64, 64, 40)
+GOLDEN = Path(__file__).parent / "data" / "phantom_golden.json"
 runner = CliRunner()
 
 
@@ -118,3 +126,88 @@ def test_cli_subject_k_independent_of_n_and_refuses_overwrite(tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(os.listdir(tmp_path / "a")) == ["Phantom_00007", "Phantom_00008"]  # no temp folders left
     assert runner.invoke(app, ["phantom", "-o", str(tmp_path / "c"), "-n", "1", "--layout", "brats2019"]).exit_code == 1
+
+
+def _golden() -> list[dict]:
+    return json.loads(GOLDEN.read_text())["subjects"]
+
+
+@pytest.mark.parametrize("case", _golden(), ids=lambda c: f"seed{c['seed']}{'-hard' if c['hard'] else ''}")
+def test_same_subjects_as_the_torch_generator(case):
+    """Training data and every measured figure come from phantoms the torch generator made; the numpy one
+    must make the same subjects (the golden comes from the torch generator: tests/data/phantom_golden.py)."""
+    ph = make_subject(case["seed"], tuple(case["shape"]), case["hard"])
+    assert ph.params == case["params"]  # numpy's own draws: exact
+    for labels, key in ((ph.label, "label_counts"), (ph.tissue, "tissue_counts")):
+        counts = np.bincount(labels.ravel(), minlength=len(case[key]))
+        assert np.abs(counts - case[key]).max() <= 2, key  # at most a voxel or two exactly on a tie
+    voxels = tuple(np.array(case["voxels"]).T)
+    for seq, ref in case["sequences"].items():
+        vol = ph.volumes[seq].astype(np.float64)
+        assert (vol.sum(), vol.std(), vol.max()) == pytest.approx((ref["sum"], ref["std"], ref["max"]), rel=1e-6)
+        np.testing.assert_allclose(vol[voxels], ref["values"], rtol=0, atol=1e-5 * ref["max"], err_msg=seq)
+
+
+NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+sys.meta_path.insert(0, NoTorch())
+try:
+    import torch
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("torch was not blocked")
+import numpy as np
+from tsf_trt.phantoms import make_subject
+ph = make_subject(5, (24, 24, 16))
+assert not [m for m in sys.modules if m.split(".")[0] == "torch"]
+print(repr(float(ph.volumes["t2"].sum(dtype=np.float64))))
+"""
+
+
+def test_phantoms_need_no_torch():
+    """torch is an optional extra: `tsf-trt phantom`, `demo` and `bench` make phantoms without it."""
+    run = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parents[1])
+    assert run.returncode == 0, run.stderr
+    assert float(run.stdout) == float(make_subject(5, (24, 24, 16)).volumes["t2"].sum(dtype=np.float64))
+
+
+def test_torch_random_is_torch_randn():
+    """Small draws (n < 16, a double each, the second Box-Muller value kept across calls) exactly;
+    larger ones up to the few ulp by which torch's vectorised log/sin/cos differ from numpy's."""
+    torch = pytest.importorskip("torch")
+    for seed in (0, 5000, 2**32 + 3):  # torch keeps the low 32 bits of the seed
+        gen, ours = torch.Generator().manual_seed(seed), TorchCompatibleRandom(seed)
+        for shape in [(5,), (3, 2), (16,), (1,), (1, 3, 6, 6, 5), (15,), (17,), (4, 33, 17, 9), (7,), (20000,)]:
+            want, got = torch.randn(shape, generator=gen).numpy(), ours.randn(*shape)
+            assert got.shape == want.shape and got.dtype == np.float32
+            if want.size < 16:
+                np.testing.assert_array_equal(got, want)
+            else:
+                np.testing.assert_allclose(got, want, rtol=0, atol=4e-6)
+    out = np.full(40, np.nan, np.float32)  # filled in place, the same numbers
+    assert TorchCompatibleRandom(1).randn(5, 8, out=out).base is out
+    np.testing.assert_array_equal(out, TorchCompatibleRandom(1).randn(40))
+
+
+def test_resampling_is_torchs():
+    """F.interpolate (trilinear, align_corners) and F.grid_sample (bilinear, zeros, align_corners),
+    out-of-volume points included: the same numbers (to the bit with torch's AVX2/AVX512 kernels)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    coarse = np.random.default_rng(1).standard_normal((3, 6, 6, 5)).astype(np.float32)
+    for shape in [(60, 60, 40), (33, 17, 9), (6, 7, 5), (1, 2, 3)]:
+        want = F.interpolate(torch.from_numpy(coarse)[None], size=shape, mode="trilinear", align_corners=True)[0]
+        np.testing.assert_allclose(upsample_trilinear(coarse, shape), want.numpy(), rtol=0, atol=1e-6)
+    rng = np.random.default_rng(2)
+    volume = rng.uniform(0, 1, (3, 20, 24, 17)).astype(np.float32)
+    grid = [rng.uniform(-1.3, 1.3, (30, 20, 10)).astype(np.float32) for _ in range(3)]
+    grid[0].flat[:6] = [-1, 1, -1.0000001, 1.0000001, -1.2, 1.2]  # on and beyond the edges
+    want = F.grid_sample(torch.from_numpy(volume)[None], torch.from_numpy(np.stack(grid, -1))[None], mode="bilinear",
+                         padding_mode="zeros", align_corners=True)[0]
+    np.testing.assert_allclose(grid_sample_zeros(volume, grid), want.numpy(), rtol=0, atol=1e-6)

@@ -44,7 +44,7 @@ def test_native_bf16_runs_the_check_once_and_caches_the_verdict(small_model, sma
     assert first.precision == ("bf16" if first.psnr_db >= 45 and first.omega_diff <= 1e-3 else "fp32")
     monkeypatch.setattr(precision_auto, "check_bf16", lambda *a: pytest.fail("checked twice"))
     assert precision_auto.resolve("torch", source, device="cpu", threads=1) == first
-    (record,) = (precision_auto.cache_root() / "precision").glob("*.json")
+    (record,) = (precision_auto.cache_root() / "precision").glob(f"{source.model_id}-torch-*.json")  # its own
     assert json.loads(record.read_text())["precision"] == first.precision
 
 

@@ -4,6 +4,9 @@ eager stand-in for the capture; what needs a GPU is marked `gpu` and skips witho
 
 from __future__ import annotations
 
+import contextlib
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +16,8 @@ from tsf_trt import sequences
 from tsf_trt.backends import create_backend
 from tsf_trt.backends.base import activation_bytes
 from tsf_trt.backends.torch_backend import GPU_MAX_BATCH, TorchBackend, batch_from_free_memory
-from tsf_trt.backends.torch_staged import DecodedImages, PlainIO, StagedRunner, eager_capture, prepared
+from tsf_trt.backends.torch_staged import (UPLOAD_SLOTS, DecodedImages, PinnedIO, PlainIO, StagedRunner, eager_capture,
+                                           prepared)
 from tsf_trt.errors import TsfError
 from tsf_trt.model import PRESETS
 from tsf_trt.pipeline import Synthesizer
@@ -29,11 +33,12 @@ def counting_capture(log: list):
     return capture
 
 
-def staged(backend: TorchBackend, *, channels_last: bool = False, precision: str = "fp32", log=None) -> TorchBackend:
+def staged(backend: TorchBackend, *, channels_last: bool = False, precision: str = "fp32", log=None, io=None,
+           capture=None) -> TorchBackend:
     """The CPU backend with the CUDA path's runner put in (what TorchBackend does on CUDA)."""
     backend.runner = StagedRunner(prepared(backend.model, CPU, channels_last), CPU, precision=precision,
                                   channels_last=channels_last,
-                                  capture=counting_capture([] if log is None else log), io=PlainIO())
+                                  capture=capture or counting_capture([] if log is None else log), io=io or PlainIO())
     return backend
 
 
@@ -172,6 +177,95 @@ def test_compile_wraps_each_stage(small_model, small_model_dir, monkeypatch, one
     assert wrapped == [model.encoder, model.decoder, model.fusion] and "torch.compile" in backend.describe()
     image, _, _ = run_stages(backend, n=1)
     assert backend.to_numpy(image).shape == (1, 3, 16, 16)
+
+
+# -- overlap across batches: who waits for what, on stand-in streams --------------------------------
+class StandInStreams:
+    """torch.cuda's Stream, Event, current_stream and stream() for PinnedIO on the CPU: each stream
+    a list of its operations (waits, records, and the stages' work, logged by `capture`), each host
+    wait kept with what the host was doing (`doing`). `needed(target)`: the work that must have run
+    before an event record completes, following the waits between the streams (CUDA's rules: a
+    wait or synchronize is on the event's latest record)."""
+
+    def __init__(self) -> None:
+        self.ops: dict[str, list] = {"compute": [], "side": []}
+        self.latest: dict[int, tuple[str, int]] = {}
+        self.host_waits: list[tuple] = []
+        self.doing = None
+
+    def current_stream(self, device):
+        return SimpleNamespace(name="compute", wait_event=lambda event: self._op("compute", "wait", event))
+
+    def Stream(self, device):  # noqa: N802 - torch.cuda's name
+        return SimpleNamespace(name="side", wait_event=lambda event: self._op("side", "wait", event))
+
+    def Event(self):  # noqa: N802
+        event = SimpleNamespace()
+        event.record = lambda stream: self._op(stream.name, "record", event)
+        event.synchronize = lambda: self.host_waits.append((self.doing, self.latest.get(id(event))))
+        return event
+
+    def stream(self, stream):
+        return contextlib.nullcontext()
+
+    def _op(self, stream: str, kind: str, payload) -> None:
+        ops = self.ops[stream]
+        if kind == "wait":
+            ops.append(("wait", self.latest.get(id(payload))))
+        else:
+            ops.append((kind, payload))
+            if kind == "record":
+                self.latest[id(payload)] = (stream, len(ops) - 1)
+
+    def capture(self, fn, inputs):
+        stage = eager_capture(fn, inputs)
+        replay = stage.replay
+        stage.replay = lambda: (self.ops["compute"].append(("work", self.doing)), replay())[1]
+        return stage
+
+    def needed(self, target, seen=None) -> set:
+        seen = set() if seen is None else seen
+        if target is None or target in seen:
+            return set()
+        seen.add(target)
+        stream, index = target
+        work = set()
+        for kind, payload in self.ops[stream][: index + 1]:
+            if kind == "work":
+                work.add(payload)
+            elif kind == "wait":
+                work |= self.needed(payload, seen)
+        return work
+
+
+@pytest.mark.parametrize("slots, overlaps", [(UPLOAD_SLOTS, True), (2, False)])
+def test_the_next_batch_is_prepared_while_the_gpu_works(small_model, one_torch_thread, slots, overlaps):
+    """A caller that queues batch k+1 before it reads batch k (a one-batch lookahead) never waits,
+    while it uploads batch k+1, for any of batch k's work (with 3 sources a batch, UPLOAD_SLOTS = 4
+    gives that; a ring of 2 does not), and every batch's middle channel still comes back right."""
+    streams = StandInStreams()
+    backend = staged(TorchBackend(small_model), io=PinnedIO(CPU, streams=streams, upload_slots=slots),
+                     capture=streams.capture)
+    plain, task = TorchBackend(small_model), sequences.task_code([0, 1, 3], 2)
+    batches = [{i: stacks(10 * k + i, n=2) for i in (0, 1, 3)} for k in range(4)]
+    pending, got = None, []
+    for k, batch in enumerate(batches + [None]):
+        if batch is not None:
+            streams.doing = k
+            fused, fused_avg, _ = backend.fuse({i: backend.encode(x) for i, x in batch.items()}, task)
+            image, _ = backend.decode(fused, 2, fused_avg)
+        if pending is not None:
+            streams.doing = ("read", k - 1)
+            got.append(backend.to_numpy(pending, channel=1))
+        pending = image if batch is not None else None
+    for batch, middle in zip(batches, got):
+        fused, fused_avg, _ = plain.fuse({i: plain.encode(x) for i, x in batch.items()}, task)
+        assert np.abs(middle - plain.to_numpy(plain.decode(fused, 2, fused_avg)[0], channel=1)).max() <= ATOL
+    waited_on_previous = [(doing, target) for doing, target in streams.host_waits
+                          if isinstance(doing, int) and doing - 1 in streams.needed(target)]
+    assert (waited_on_previous == []) == overlaps, waited_on_previous
+    reads = [streams.needed(t) for doing, t in streams.host_waits if isinstance(doing, tuple)]
+    assert len(reads) == 4 and all(max(r) == k for k, r in enumerate(reads))  # a read waits for its batch only
 
 
 # -- on a GPU ----------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +28,7 @@ from tsf_trt.train.data import (
 from tsf_trt.phantoms import write_subjects
 from tsf_trt.volume import load_volume
 
+ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (48, 48, 24)  # nibabel (x, y, z): canonical slices are (24, 48, 48)
 MISSING = "Phantom_00003"  # its T2 file is deleted
 
@@ -201,9 +205,9 @@ def same(a: list[dict], b: list[dict]) -> bool:
         for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_workers_give_the_same_batches(subjects, shuffle):
-    ds = SliceDataset(subjects[:2], crop=32, train=True, seed=1)
+def check_workers_give_the_same_batches(root: str, shuffle: bool) -> None:
+    """The body of the test below, in a fresh interpreter (`python -c`, argv: root, shuffle)."""
+    ds = SliceDataset(find_subjects(Path(root))[:2], crop=32, train=True, seed=1)
     serial = make_loader(ds, batch_size=4, shuffle=shuffle, workers=0, seed=2)
     parallel = make_loader(ds, batch_size=4, shuffle=shuffle, workers=2, seed=2)
     assert len(serial) == len(ds) // 4  # training drops the partial batch
@@ -214,6 +218,19 @@ def test_workers_give_the_same_batches(subjects, shuffle):
     assert same(epoch1, list(parallel)) and not same(epoch0, epoch1)
     order = [(s, int(z)) for b in epoch0 for s, z in zip(b["subject"], b["slice"])]
     assert (order == ds.index[: len(order)]) != shuffle
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_workers_give_the_same_batches(subjects, shuffle):
+    """In a fresh interpreter: forked DataLoader workers in the pytest process, after OpenVINO
+    had run in it, crashed it (SIGSEGV in a non-Python thread; tests/conftest.py). Training
+    processes run no OpenVINO."""
+    root = next(iter(subjects[0].inputs.values())).parent.parent  # the folder of the fixture's phantoms
+    code = ("import sys; from tests.test_train_data import check_workers_give_the_same_batches as check; "
+            "check(sys.argv[1], sys.argv[2] == 'True')")
+    result = subprocess.run([sys.executable, "-c", code, str(root), str(shuffle)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_eval_loader_keeps_last_batch_and_sampler_gets_epoch(subjects):

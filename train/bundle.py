@@ -15,7 +15,7 @@ from typing import Any
 
 from tsf_trt.errors import TsfError
 from tsf_trt.model import load_model, save_model
-from tsf_trt.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, model_id, read_model_meta
+from tsf_trt.model.meta import CONFIG_FILE, EXPORT_SUBDIR, WEIGHTS_FILE, model_id, read_model_meta
 from tsf_trt.atomic import atomic_dir
 
 CARD = "MODEL_CARD.md"
@@ -119,4 +119,15 @@ def bundle(stage1: Path, stage2: Path, out: Path, *, name: str = "demo", quality
                           (tmp / WEIGHTS_FILE).stat().st_size, quality.read_text() if quality else "",
                           notes.read_text() if notes else "")
         (tmp / CARD).write_text(card, encoding="utf-8")
+        add_export(tmp)
     return out
+
+
+def add_export(model_dir: Path) -> Path:
+    """Write the model directory's own ONNX export (`<model_dir>/export`, every target), so that
+    a runtime-only install, without PyTorch, runs it (:func:`tsf_trt.export.cached_exports.find_export`)."""
+    from tsf_trt.export.onnx_export import export_model
+
+    export_model(load_model(model_dir), model_dir / EXPORT_SUBDIR, overwrite=True, origin={"exported_by": "bundle"},
+                 model_id=model_id(read_model_meta(model_dir)))
+    return model_dir / EXPORT_SUBDIR

@@ -26,14 +26,16 @@ from typing import Any, Callable
 
 from .bench.environment import NOT_INSTALLED, package_version, physical_cores
 from .cpu import cpu_flags
+from .extras import TORCH_INSTALL
 
 #: `tsf-trt doctor`'s exit status when not one backend works here (0 otherwise: it is a report).
 EXIT_NO_BACKEND = 3
 #: The instruction-set extensions that decide CPU speed here (/proc/cpuinfo names).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-#: How to install what a CPU backend lacks (torch: the CPU build; `pip install torch` where a GPU is seen).
+#: How to install what a CPU backend lacks (torch: its CPU build first, then the extra; where a GPU is
+#: seen the extra alone, which takes PyPI's CUDA build).
 INSTALL = {
-    "torch": "pip install torch --index-url https://download.pytorch.org/whl/cpu",
+    "torch": f"pip install torch --index-url https://download.pytorch.org/whl/cpu && {TORCH_INSTALL}",
     "onnxruntime": "pip install onnxruntime",
     "openvino": "pip install openvino",
 }
@@ -289,7 +291,7 @@ def _module_status(name: str, module: str, install: str) -> BackendStatus | None
 
 
 def _torch_backend(name: str, report: Report) -> BackendStatus:
-    status = _module_status(name, "torch", "pip install torch" if report.gpus else INSTALL["torch"])
+    status = _module_status(name, "torch", TORCH_INSTALL if report.gpus else INSTALL["torch"])
     if status:
         return status
     import torch

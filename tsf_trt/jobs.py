@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,9 +24,9 @@ from .options import InferRequest
 from .qc import qc_block
 from .pipeline import Progress, Result, Synthesizer
 from .subjects import Subject
-from .preflight import check_subject
 from .resample import needs_resampling, resample_subject, result_to_input_grid
-from .volume import Volume, load_volume
+from .prefetch import Loaded, Prefetcher, load_subject
+from .volume import Volume
 from .writer import Started, Writer
 
 _log = logging.getLogger(__name__)
@@ -138,8 +138,11 @@ class Synthesized:
 def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *,
                        progress: Progress | None = None, backend_name: str = "", paths: OutputPaths | None = None,
                        overwrite: bool | None = None, protected: Inputs | Iterable[Path] = (),
-                       before_publish: Callable[[], None] | None = None) -> Synthesized:
-    """:func:`infer_subject` up to its outputs: every check, the synthesis and the report."""
+                       before_publish: Callable[[], None] | None = None,
+                       load: Callable[[Mapping[int, Path]], Loaded] = load_subject) -> Synthesized:
+    """:func:`infer_subject` up to its outputs: every check, the synthesis and the report. `load`
+    reads and checks the inputs (folder mode's :meth:`~tsf_trt.prefetch.Prefetcher.load`, which
+    has them read ahead)."""
     target, tsem = request.target, request.tsem
     overwrite = request.overwrite if overwrite is None else overwrite
     sources = list(subject.inputs)
@@ -151,9 +154,10 @@ def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferReque
     removed = remove_stale(folder, paths.names(), request.lease_s) if folder.is_dir() else []
     paths.check(overwrite, inputs)
     start = time.perf_counter()
-    volumes = {i: load_volume(p) for i, p in subject.inputs.items()}
-    read = time.perf_counter() - start
-    network, findings = _preflight(subject, volumes, request)
+    loaded = load(subject.inputs)
+    read = time.perf_counter() - start  # reading and checking; in folder mode, what is left of it
+    volumes = loaded.volumes
+    network, findings = _preflight(subject, loaded, request)
     result = synth.run(network, target, tsem=with_tsem, progress=progress)
     if network is not volumes:  # --resample: the outputs go back onto the first input's grid
         result = result_to_input_grid(result, network[sources[0]], volumes[sources[0]])
@@ -173,11 +177,11 @@ def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferReque
                        tsem_sidecar, removed)
 
 
-def _preflight(subject: Subject, volumes: dict, request: InferRequest) -> tuple[dict, list]:
-    """The preprocessing checks (tsf_trt.preflight): each finding is a warning line, or with
-    `request.strict` the subject's error; with `request.resample`, inputs on other grids or
-    far from 1 mm go to the network on one 1 mm grid (tsf_trt.resample)."""
-    findings = check_subject(volumes)
+def _preflight(subject: Subject, loaded: Loaded, request: InferRequest) -> tuple[dict, list]:
+    """The preprocessing checks (tsf_trt.preflight, found by `loaded`'s reader): each finding is a
+    warning line, or with `request.strict` the subject's error; with `request.resample`, inputs on
+    other grids or far from 1 mm go to the network on one 1 mm grid (tsf_trt.resample)."""
+    volumes, findings = loaded.volumes, loaded.findings
     network = volumes
     if request.resample and needs_resampling(volumes):
         network = resample_subject(volumes)
@@ -196,7 +200,7 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
                  on_start: Callable[[Subject], Progress | None] | None = None,
                  on_end: Callable[[SubjectOutcome], None] | None = None,
                  on_wait: Callable[[list[SubjectOutcome]], None] | None = None,
-                 backend_name: str = "") -> FolderSummary:
+                 backend_name: str = "", prefetch: bool = True) -> FolderSummary:
     """Every subject in turn, safe to run in many processes at once over one folder.
 
     Output goes to `request.output/<subject>/` or beside each subject's inputs. Each subject
@@ -207,9 +211,12 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     With `wait`, busy subjects are looked at again until their holders finish them or
     die (then this run takes them over): when it returns, every subject has an outcome.
     A subject's outputs are written on a background thread while the next one computes
-    (:class:`~tsf_trt.writer.Writer`); `on_start` and `on_end` still come in subject order, from this thread.
+    (:class:`~tsf_trt.writer.Writer`), and with `prefetch` the next one's inputs are read while
+    it computes (:class:`~tsf_trt.prefetch.Prefetcher`: what is read and every error stay as
+    without it); `on_start` and `on_end` still come in subject order, from this thread.
     """
-    run = _FolderRun(synth, request, backend_name, Inputs(p for s in subjects for p in s.inputs.values()), time.time())
+    run = _FolderRun(synth, request, backend_name, Inputs(p for s in subjects for p in s.inputs.values()), time.time(),
+                     Prefetcher() if prefetch else None)
     bids = [s for s in subjects if s.bids is not None]
     if bids and request.output is not None:  # a BIDS derivative dataset describes itself
         make_folder(request.output)
@@ -227,7 +234,8 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
         try:
             while pending:
                 busy = []
-                for subject in pending:
+                for k, subject in enumerate(pending):
+                    run.read_ahead(pending[k + 1:])
                     outcome = run.one(subject, claims, on_start, writer)
                     if outcome is None:
                         continue  # being written: the writer hands it on, in order
@@ -245,6 +253,8 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
         except BaseException:
             writer.abandon()  # before Claims closes: the subject being written keeps its claim until it ends
             raise
+        finally:
+            run.close()
     return summary
 
 
@@ -264,6 +274,40 @@ class _FolderRun:
     backend_name: str
     protected: Inputs
     started: float  # time.time(): with overwrite, reports newer than this were written by a concurrent run
+    prefetch: Prefetcher | None = None
+
+    @property
+    def since(self) -> float | None:
+        """With overwrite, only reports written since this run began mark a subject complete."""
+        return self.started if self.request.overwrite else None
+
+    def plan(self, subject: Subject) -> tuple[Subject, OutputPaths]:
+        """The subject with the inputs this run takes from it, and its outputs; raises what is wrong."""
+        request = self.request
+        if subject.problem:
+            raise TsfError(subject.problem)
+        chosen = replace(subject, inputs=choose_sources(subject, request.target, request.sources))
+        return chosen, OutputPaths.of(chosen, request.output, request.target,
+                                      request.tsem and self.synth.has_fusion, own_folder=True)
+
+    def read_ahead(self, upcoming: Sequence[Subject]) -> None:
+        """Name the first of `upcoming` that this run will compute (usable, not complete) as the
+        subject to read while the next one computes."""
+        if self.prefetch is None:
+            return
+        for subject in upcoming:
+            try:
+                chosen, paths = self.plan(subject)
+            except (TsfError, OSError):
+                continue  # `one` says why, in its turn
+            if not paths.complete(self.since):
+                self.prefetch.ahead(chosen.inputs)
+                return
+        self.prefetch.ahead(None)
+
+    def close(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
 
     def one(self, subject: Subject, claims: Claims, on_start, writer: Writer) -> SubjectOutcome | None:
         """The subject's outcome, or None once its outputs are handed to `writer` (with its claim)."""
@@ -271,13 +315,9 @@ class _FolderRun:
         created: Path | None = None
         paths: OutputPaths | None = None
         try:
-            if subject.problem:
-                raise TsfError(subject.problem)
-            chosen = replace(subject, inputs=choose_sources(subject, request.target, request.sources))
-            paths = OutputPaths.of(chosen, request.output, request.target, request.tsem and self.synth.has_fusion,
-                                   own_folder=True)
+            chosen, paths = self.plan(subject)
             where = paths.folder
-            stem, since = paths.report.stem, self.started if request.overwrite else None
+            stem, since = paths.report.stem, self.since
             removed = self._sweep(claims, where, stem, paths)
             if paths.complete(since):
                 return SubjectOutcome(subject.name, "skipped", paths, removed=removed)
@@ -301,8 +341,9 @@ class _FolderRun:
                     job = synthesize_subject(self.synth, chosen, request, paths=paths,
                                              overwrite=request.overwrite or any(p.exists() for p in paths.all()),
                                              progress=progress, backend_name=self.backend_name,
-                                             protected=self.protected,
-                                             before_publish=still_ours)  # (existing outputs: a dead run's, partial)
+                                             protected=self.protected, before_publish=still_ours,
+                                             load=self.prefetch.load if self.prefetch else load_subject)
+                    # (overwrite: existing outputs are a dead run's, partial)
                 except Exception:
                     progress.start()  # this subject's error line comes after the one before it
                     raise

@@ -47,6 +47,7 @@ class RunOptions:
     threads: int | None = None      # None: the runtime's choice
     combine: str = "middle"
     frame: str = "head"             # tsf_trt.frame: head, full or HxW
+    compile: bool = False           # torch.compile each stage (--backend torch only)
 
     def __post_init__(self) -> None:
         from .backends import NAMES, PRECISIONS, check_precision
@@ -68,6 +69,10 @@ class RunOptions:
         if self.combine not in COMBINE_RULES:
             raise TsfError(f"--combine must be one of {', '.join(COMBINE_RULES)}, got '{self.combine}'")
         object.__setattr__(self, "frame", str(FrameSpec.parse(self.frame)))
+        if self.compile and self.backend != "torch":
+            hint = " (auto may pick ONNX Runtime, OpenVINO or TensorRT: name --backend torch)" \
+                if self.backend == "auto" else ""
+            raise TsfError(f"--compile (torch.compile) is for --backend torch, not --backend {self.backend}{hint}")
 
 
 @dataclass(frozen=True)

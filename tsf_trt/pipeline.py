@@ -81,18 +81,19 @@ class Synthesizer:
 
     def __init__(self, model, backend: str = "auto", *, batch_size: int | None = None, device: str = "cpu",
                  combine: str = "middle", threads: int | None = None, precision: str = "auto",
-                 frame: str | FrameSpec = "head"):
+                 frame: str | FrameSpec = "head", compile: bool = False):
         from .options import RunOptions
 
         # every value checked before the model loads
-        RunOptions(backend, device, precision, batch_size, threads, combine, str(frame))
+        RunOptions(backend, device, precision, batch_size, threads, combine, str(frame), compile)
         if isinstance(model, Backend):
             self.backend, self.label = model, "this model"
         else:
             from .source import ModelSource
 
             source = ModelSource.resolve(model)
-            self.backend = create_backend(backend, source, device=device, threads=threads, precision=precision)
+            self.backend = create_backend(backend, source, device=device, threads=threads, precision=precision,
+                                          compile=compile)
             self.label = source.label
         self.batch_size = batch_size  # None: the backend's choice for each volume's size
         self.combine = combine
@@ -104,7 +105,7 @@ class Synthesizer:
         """The Synthesizer a command's checked :class:`~tsf_trt.options.RunOptions` describe."""
         return cls(model, options.backend, batch_size=options.batch_size, device=options.device,
                    combine=options.combine, threads=options.threads, precision=options.precision,
-                   frame=options.frame)
+                   frame=options.frame, compile=options.compile)
 
     @property
     def has_fusion(self) -> bool:
@@ -160,6 +161,19 @@ class Synthesizer:
         weights = task_code[0, : sequences.N_SEQUENCES].copy()  # one-to-one: ω = 1 for the source
         total = len(slices)
         batch = max(1, min(self.batch_size or be.preferred_batch_size(height, width), total))  # what is really used
+        channel = MIDDLE if self.combine == "middle" else None  # the middle rule keeps only channel 1 (TSEM always)
+
+        def gather(centres, decoded, done: int) -> None:
+            with timed(timings, "decode"):  # waits for a GPU backend's batch
+                out, out_avg = host_images(be, decoded, channel)
+            with timed(timings, "gather"):
+                image.add(centres, out)
+                if tsem_map is not None:
+                    tsem_map.add(centres, np.abs(_middle(out) - _middle(out_avg)))
+            if progress is not None:
+                progress(done, total)
+
+        pending = None  # the previous batch, decoded but not read: on a GPU still computing while the next is queued
         for start in range(0, total, batch):
             centres = slices[start:start + batch]
             with timed(timings, "encode"):
@@ -169,15 +183,13 @@ class Synthesizer:
                     fused, fused_avg, weights = be.fuse(features, task_code)
                 else:
                     fused, fused_avg = features[sources[0]], None
-            with timed(timings, "decode"):  # the middle rule keeps only channel 1 (TSEM always does)
-                out, out_avg = decode_numpy(be, fused, target, fused_avg if want_tsem else None,
-                                            channel=MIDDLE if self.combine == "middle" else None)
-            with timed(timings, "gather"):
-                image.add(centres, out)
-                if tsem_map is not None:
-                    tsem_map.add(centres, np.abs(_middle(out) - _middle(out_avg)))
-            if progress is not None:
-                progress(min(start + batch, total), total)
+            with timed(timings, "decode"):
+                decoded = be.decode(fused, target, fused_avg if want_tsem else None)
+            if pending is not None:
+                gather(*pending)
+            pending = (centres, decoded, min(start + batch, total))
+        if pending is not None:
+            gather(*pending)
         return image.result(), None if tsem_map is None else tsem_map.result(), weights, batch
 
 
@@ -235,7 +247,14 @@ def decode_numpy(be: Backend, fused: Any, target: int, fused_avg: Any | None = N
                  channel: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Decode (with `fused_avg`: both as one 2N batch, for TSEM) and bring the images to the host:
     all 3 channels, or only `channel`, (N, H, W); the `fused_avg` image then only the middle one."""
-    out, out_avg = be.decode(fused, target, fused_avg)
+    return host_images(be, be.decode(fused, target, fused_avg), channel)
+
+
+def host_images(be: Backend, decoded: tuple[Any, Any | None], channel: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A decoder output pair on the host: all 3 channels or only `channel`; the second image
+    (TSEM's) then only the middle one."""
+    out, out_avg = decoded
     avg_channel = MIDDLE if channel is not None else None
     return be.to_numpy(out, channel), None if out_avg is None else be.to_numpy(out_avg, avg_channel)
 

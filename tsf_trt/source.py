@@ -10,11 +10,13 @@ module, or an export of it (made once, into the cache).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelError, TsfError
+from .extras import TORCH_INSTALL, has_torch
 from .model.config import ModelConfig
 
 KINDS = ("model", "export", "module")
@@ -33,11 +35,10 @@ class ModelSource:
     @classmethod
     def resolve(cls, spec: "str | Path | ModelSource | Any | None") -> "ModelSource":
         """The source a user or caller named; a ModelError naming the path if it is none."""
-        from .model import TSFSeq2Seq
-
         if isinstance(spec, ModelSource):
             return spec
-        if isinstance(spec, TSFSeq2Seq):
+        network = sys.modules.get("tsf_trt.model.tsf")  # a live network means PyTorch is loaded already
+        if network is not None and isinstance(spec, network.TSFSeq2Seq):
             from .model.checkpoint import weights_id
 
             return cls("module", None, weights_id(spec), spec.config, spec.has_fusion, spec)
@@ -50,7 +51,7 @@ class ModelSource:
             manifest = read_manifest(path)
             return cls("export", path, str(manifest.get("model_id", "")), manifest_config(path, manifest),
                        "fusion" in manifest["graphs"])
-        from .model.checkpoint import meta_config, model_id, read_model_meta
+        from .model.meta import meta_config, model_id, read_model_meta
 
         meta = read_model_meta(path)
         return cls("model", path, model_id(meta), meta_config(path, meta),
@@ -69,6 +70,9 @@ class ModelSource:
             raise ModelError(self.path, "is an export directory (ONNX graphs only): this needs the PyTorch model "
                                         "directory; use --backend ort or trt for this one")
         if "module" not in self._loaded:
+            if not has_torch():
+                raise ModelError(self.path, f"loading these PyTorch weights needs torch, which is not installed: "
+                                            f"{TORCH_INSTALL} (or give an export directory from `tsf-trt export`)")
             from .model import load_model
 
             self._loaded["module"] = load_model(self.path)
@@ -78,8 +82,15 @@ class ModelSource:
         """An export directory of this model: itself, or its export in the cache (made once)."""
         if self.kind == "export":
             return self.path
-        from .export.cached_exports import ensure_export
+        from .export.cached_exports import ensure_export, find_export
 
+        if self.kind == "model":
+            from .model.meta import check_weights, read_model_meta
+
+            check_weights(self.path, read_model_meta(self.path))  # a damaged directory never runs from its export
+            found = find_export(self.model_id, self.path, config=self.config)
+            if found is not None:
+                return found
         return ensure_export(self.module(), model_id=self.model_id)
 
     def __getstate__(self) -> dict[str, Any]:

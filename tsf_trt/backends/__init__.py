@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import TsfError
+from ..extras import require_torch
 from .base import Backend
 
 #: Every name `--backend` accepts. `reference` is the torch backend run the authors'
@@ -86,6 +87,8 @@ def create_backend(name: str, model, *, device: str = "cpu", threads: int | None
 def _create(name: str, source, *, device: str, threads: int | None, precision: str,
             decoder: str = "baked", compile: bool = False) -> Backend:
     check_precision(name, precision)  # the backend checks it too; here it fails before any export
+    if name in ("torch", "reference"):
+        require_torch(f"--backend {name}")  # a runtime-only install: the one line that names the extra
     if compile and name not in ("torch", "reference"):
         raise TsfError(f"--compile (torch.compile) is a choice of the torch backend, not of '{name}'")
     reason = "asked for (--precision)"

@@ -1,18 +1,21 @@
 """`--backend auto`: the fastest backend that is installed and works here.
 
-On a GPU (`--device cuda`, or `auto` when one is visible) the order is the expected
-speed order (README, "GPU"; not measured: no GPU has run it yet): trt,
-ort-trt, ort-cuda, torch on CUDA; each is checked before it is offered (packages present, a GPU
-visible, an ONNX Runtime provider that really starts), and one that still fails
-when created gives way to the next. On CPU it times every CPU backend that takes the
-precision and can run the model (torch, ONNX Runtime, OpenVINO; an export directory has
-no PyTorch weights, so not torch) on the same probe batch once, and caches the verdict
-per model, machine, thread count and precision, so later runs start at once. A model
-object handed over from Python stays in PyTorch (no export behind the caller's back).
+On a GPU (`--device cuda`, or `auto` when one is visible) each GPU backend (trt, ort-trt,
+ort-cuda, torch on CUDA) is checked first (packages present, a GPU visible, an ONNX Runtime
+provider that really starts); when more than one passes, those are timed on one probe batch
+and offered fastest first (:func:`gpu_ranking`; one that fails to build or run is left out,
+with its reason in the record), and one that still fails when created gives way to the next.
+On CPU it times every CPU backend that takes the precision and can run the model (torch,
+ONNX Runtime, OpenVINO; an export directory has no PyTorch weights, so not torch) the same
+way. Either verdict is cached per model, machine (and GPU), thread count and precision, so
+later runs start at once. A model object handed over from Python stays in PyTorch (no
+export behind the caller's back). The GPU timing is tested here with stand-in backends
+(tests/test_auto_gpu.py); it has not run on a GPU.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -24,13 +27,14 @@ from .. import sequences
 from ..cache_dir import cache_root, machine_key
 from ..console import step
 from ..errors import TsfError
+from ..extras import TORCH_INSTALL, has_torch
 from ..source import ModelSource
 
 # Height, width of the timing batch: BraTS in-plane size, at each backend's own batch size. A small
 # probe misleads: at 4x128x128 torch beat ONNX Runtime on the demo model, at 240x240 ORT is 1.5x faster.
 PROBE = (240, 240)
 _log = logging.getLogger(__name__)
-#: Fastest first, as expected (README, "GPU"; unmeasured).
+#: The GPU candidates, in the order they are checked and, untimed, tried (the expected speed order).
 GPU_ORDER = ("trt", "ort-trt", "ort-cuda", "torch-cuda")
 
 
@@ -49,6 +53,8 @@ def gpu_problem(candidate: str, source: ModelSource, index: int = 0) -> str | No
     if candidate == "torch-cuda":
         if source.kind == "export":
             return "an export directory has no PyTorch weights"
+        if not has_torch():
+            return f"PyTorch is not installed ({TORCH_INSTALL})"
         import torch
 
         return None if torch.cuda.is_available() else "this PyTorch has no CUDA GPU"
@@ -69,9 +75,9 @@ def gpu_problem(candidate: str, source: ModelSource, index: int = 0) -> str | No
 
 def plan(source: ModelSource, *, device: str = "cpu", threads: int | None = None, precision: str = "fp32"
          ) -> Iterator[tuple[str, str]]:
-    """(backend, device) pairs to try, in order: usable GPU backends first (unless `device`
-    is 'cpu'), then the measured CPU choice (unless `device` names a GPU). Lazy, so that
-    the later GPU candidates are only probed when the earlier ones failed to start."""
+    """(backend, device) pairs to try, in order: the usable GPU backends fastest first (unless
+    `device` is 'cpu'), then the measured CPU choice (unless `device` names a GPU). Lazy, so
+    that nothing is checked or timed on the CPU while a GPU backend starts."""
     from . import PRECISIONS
 
     source = ModelSource.resolve(source)
@@ -79,18 +85,22 @@ def plan(source: ModelSource, *, device: str = "cpu", threads: int | None = None
     if device != "cpu":
         index = gpu_index(device)
         where = f"cuda:{index}"
+        usable = []
         for candidate in GPU_ORDER:
             name = "torch" if candidate == "torch-cuda" else candidate
             if precision != "auto" and precision not in PRECISIONS[name]:
                 continue
             problem = gpu_problem(candidate, source, index)
             if problem is None:
-                offered = True
-                _log.info("auto: trying %s on %s (the first usable one in the GPU order %s)", candidate, where,
-                          ", ".join(GPU_ORDER))
-                yield name, where
+                usable.append(name)
             else:
                 reasons.append(f"{candidate}: {problem}")
+        ranking, failed = gpu_ranking(source, usable, where, threads, precision) if usable else ([], {})
+        reasons += [f"{name}: {why}" for name, why in failed.items()]
+        for name in ranking:
+            offered = True
+            _log.info("auto: trying %s on %s", name, where)
+            yield name, where
     if device in ("cpu", "auto") and precision in ("fp32", "bf16", "auto"):
         if reasons and not offered:
             _log.info("auto: the CPU, as no GPU backend is usable here (%s)", _gpu_summary(reasons))
@@ -108,6 +118,62 @@ def _gpu_summary(reasons: list[str]) -> str:
     """Every GPU candidate's reason, unless it is simply that there is no GPU."""
     nogpu = [r for r in reasons if "no CUDA GPU" in r or "no NVIDIA GPU" in r]
     return nogpu[0].split(": ", 1)[1] if nogpu else "; ".join(reasons)
+
+
+def gpu_ranking(source: ModelSource, usable: Sequence[str], where: str, threads: int | None, precision: str
+                ) -> tuple[list[str], dict[str, str]]:
+    """`usable` (backend names that passed gpu_problem) fastest first on GPU `where`, and those that
+    failed to build or run on the probe, with why: timed once, then read from the record (keyed by
+    the model, this machine and GPU, the precision and the candidates, so a backend installed later
+    is timed then). A single candidate is not timed. TensorRT builds its engines during the timing
+    (cached beside the export, so the runs that follow find them)."""
+    if len(usable) < 2:
+        return list(usable), {}
+    key = hashlib.sha256(gpu_name(gpu_index(where)).encode()).hexdigest()[:12]
+    name = f"{source.model_id}-{machine_key()}-gpu{key}-{precision}-{'+'.join(usable)}-g1.json"
+    record = cache_root() / "auto" / name
+    try:
+        cached = json.loads(record.read_text())
+        _log.info("auto: %s on %s (measured earlier on this GPU: %s; record %s)", cached["ranking"][0], where,
+                  _timings_text(cached["seconds_per_slice"]), record)
+        return list(cached["ranking"]), dict(cached["failed"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        pass
+    failed: dict[str, str] = {}
+    with step(f"auto: timing {', '.join(usable)} on {where} (once per model and GPU; TensorRT builds its engines "
+              "now)", _log):
+        timings = measure(source, threads, usable, precision, device=where, failed=failed)
+    ranking = sorted(timings, key=timings.get)
+    if ranking:
+        _log.info("auto: %s, the fastest on %s (%s)", ranking[0], where, _timings_text(timings))
+        _save(record, {"seconds_per_slice": timings, "failed": failed, "ranking": ranking, "probe_hw": PROBE,
+                       "gpu": gpu_name(gpu_index(where)), "precision": precision})
+    return ranking, failed  # nothing worked: not recorded, so the next run tries the GPU again
+
+
+def gpu_name(index: int) -> str:
+    """GPU `index`'s model name (the GPU part of a timing record's key), from torch or the CUDA runtime."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(index)
+    except ImportError:
+        pass
+    try:
+        from tsf_trt.engines.gpu import device_info
+
+        return device_info(index).name
+    except TsfError:
+        return f"GPU {index}"
+
+
+def _save(record, verdict: dict) -> None:
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(verdict, indent=2))
+    except OSError:
+        pass  # no cache: measure again next time
 
 
 #: The CPU backends auto times, in the order it tries them.
@@ -153,18 +219,17 @@ def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | N
         return cached["choice"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
+    failed: dict[str, str] = {}
     with step(f"auto: timing {', '.join(candidates)} on this model (once per model and machine)", _log):
-        timings = measure(source, threads, candidates, precision)
+        timings = measure(source, threads, candidates, precision, failed=failed)
     if not timings:
-        raise TsfError(f"--backend auto: none of {', '.join(candidates)} could run this model on the CPU here")
+        why = set(failed.values())  # e.g. damaged weights: one reason for all
+        detail = next(iter(why)) if len(why) == 1 else "; ".join(f"{n}: {r}" for n, r in failed.items())
+        raise TsfError(f"--backend auto: none of {', '.join(candidates)} could run this model on the CPU here"
+                       + (f": {detail}" if detail else ""))
     choice = min(timings, key=timings.get)
     _log.info("auto: %s, the fastest here (%s)", choice, _timings_text(timings))
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"seconds_per_slice": timings, "probe_hw": PROBE, "choice": choice,
-                                      "precision": precision}, indent=2))
-    except OSError:
-        pass  # no cache: measure again next time
+    _save(record, {"seconds_per_slice": timings, "probe_hw": PROBE, "choice": choice, "precision": precision})
     return choice
 
 
@@ -174,35 +239,46 @@ def _timings_text(timings: dict[str, float]) -> str:
 
 
 def measure(source: ModelSource, threads: int | None, candidates: Sequence[str] = CPU_CANDIDATES,
-            precision: str = "fp32") -> dict[str, float]:
+            precision: str = "fp32", *, device: str = "cpu", failed: dict[str, str] | None = None
+            ) -> dict[str, float]:
     """Best-of-3 seconds per slice (encode, fuse, decode 2N of one batch, at the backend's own
-    batch size for a PROBE-sized slice) per backend that starts."""
+    batch size for a PROBE-sized slice, its middle channel brought to the host) per backend that
+    starts and runs on `device`; why each other one did not goes into `failed`."""
     from . import create_backend
 
     height, width = PROBE
     rng = np.random.default_rng(0)
     sources = [0, 3] if source.has_fusion else [0]
     task = sequences.task_code(sources, 2)
-    timings = {}
+    timings, failed = {}, {} if failed is None else failed
     for name in candidates:
         try:
-            backend = create_backend(name, source, threads=threads, precision=precision)
+            backend = create_backend(name, source, device=device, threads=threads, precision=precision)
         except TsfError as exc:
-            _log.info("auto: %s cannot run here (%s)", name, exc)
+            _log.info("auto: %s cannot run on %s (%s)", name, device, exc)
+            failed[name] = str(exc)
             continue
         with backend:
-            n = backend.preferred_batch_size(height, width)
-            images = rng.uniform(-1, 1, (n, source.config.in_channels, height, width)).astype(np.float32)
-            best = float("inf")
-            for _ in range(3):  # the first run warms up (and compiles, for OpenVINO)
-                start = time.perf_counter()
-                feats = {i: backend.encode(images) for i in sources}
-                if backend.has_fusion:
-                    fused, avg, _ = backend.fuse(feats, task)
-                    out = backend.decode(fused, 2, avg)
-                else:
-                    out = backend.decode(feats[0], 2)
-                backend.to_numpy(out[0])
-                best = min(best, (time.perf_counter() - start) / n)
-        timings[name] = best
+            try:
+                timings[name] = _probe(backend, rng, sources, task, height, width)
+            except (TsfError, RuntimeError, MemoryError) as exc:  # e.g. CUDA out of memory at the probe batch
+                _log.info("auto: %s failed on the probe batch on %s (%s)", name, device, exc)
+                failed[name] = f"failed on the probe batch: {(str(exc) or type(exc).__name__).splitlines()[0]}"
     return timings
+
+
+def _probe(backend, rng, sources: list[int], task: np.ndarray, height: int, width: int) -> float:
+    n = backend.preferred_batch_size(height, width)
+    images = rng.uniform(-1, 1, (n, backend.config.in_channels, height, width)).astype(np.float32)
+    best = float("inf")
+    for _ in range(3):  # the first run warms up (and compiles, for OpenVINO; captures CUDA graphs)
+        start = time.perf_counter()
+        feats = {i: backend.encode(images) for i in sources}
+        if backend.has_fusion:
+            fused, avg, _ = backend.fuse(feats, task)
+            out = backend.decode(fused, 2, avg)
+        else:
+            out = backend.decode(feats[0], 2)
+        backend.to_numpy(out[0], 1)  # waits for a GPU: the middle channel, as the pipeline asks
+        best = min(best, (time.perf_counter() - start) / n)
+    return best

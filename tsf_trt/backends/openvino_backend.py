@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache_dir import writable_dir
+from ..cache_dir import runtime_cache
 from ..errors import TsfError
 from ..model.config import ModelConfig
 from .base import Backend
@@ -111,7 +111,7 @@ class OpenVinoBackend(Backend):
         self.threads = threads
         self.decoder_kind = decoder
         self.core = self.ov.Core()
-        self.cache_dir = writable_dir(self.directory / ".openvino-cache") if cache else None
+        self.cache_dir = runtime_cache(self.directory, "openvino") if cache else None
         self.settings: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
                                          "NUM_STREAMS": 1}
         if threads:

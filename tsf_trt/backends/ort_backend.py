@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache_dir import machine_key, writable_dir
+from ..cache_dir import machine_key, runtime_cache
 from ..errors import TsfError
 from ..model.config import ModelConfig
 from .base import Backend
@@ -122,7 +122,7 @@ class OrtBackend(Backend):
         self.decoder_kind = decoder
         self.device = device
         self.on_gpu = name != "ort"
-        self.cache_dir = writable_dir(self.directory / ".ort-cache") if cache else None
+        self.cache_dir = runtime_cache(self.directory, "ort") if cache else None
         if self.on_gpu:
             from tsf_trt.engines.profiles import DEFAULT_PROFILE
 

@@ -2,8 +2,12 @@
 
 Each stage is captured once per (batch, height, width) as a CUDA graph with static buffers and
 replayed; channels-last; inputs staged through pinned host slots and copied on a side stream
-while the GPU still works on the previous call; the decoder's middle channel copied to the host
-on its own as soon as the decoder is queued (``to_numpy(images, channel=1)`` returns it). Apart
+while the GPU still works on earlier calls; the decoder's middle channel copied to the host
+on its own as soon as the decoder is queued (``to_numpy(images, channel=1)`` returns it).
+Across batches: nothing here waits for the GPU but ``to_numpy`` (and ω, once per task), and the
+upload ring is deep enough (UPLOAD_SLOTS) that a caller who queues batch k+1 before it reads
+batch k's images never waits in an upload for batch k's work; tsf_trt/pipeline.py reads each
+batch before it stacks the next, so it gets that overlap only once it looks one batch ahead. Apart
 from :class:`~tsf_trt.backends.torch_backend.TorchBackend` because it is a runner of its own,
 with its own buffer rules. Written from PyTorch's CUDA-graph and stream documentation and tested
 here on CPU through the same runner with an eager stand-in for the capture
@@ -147,24 +151,34 @@ class _Ring:
     turn: int = 0
 
 
-class PinnedIO:
-    """Two pinned host slots per shape and a side stream for uploads: the host fills one slot
-    while the copy from the other, and the GPU's work on the previous call, are still queued."""
+#: Upload slots per shape: upload j reuses the slot of upload j - UPLOAD_SLOTS, so the host waits
+#: only for that copy, whose side-stream copy waited for the GPU to read upload j - 2 * UPLOAD_SLOTS.
+#: With 3 sources per batch (a TSF task has at most 3), 4 slots let a caller queue batch k+1
+#: whole while the GPU still works on batch k.
+UPLOAD_SLOTS = 4
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.compute = torch.cuda.current_stream(device)
-        self.side = torch.cuda.Stream(device)
+
+class PinnedIO:
+    """Pinned host slots per shape (UPLOAD_SLOTS for uploads, two for downloads) and a side stream
+    for uploads: the host fills one slot while the copies from the others, and the GPU's work on
+    earlier calls, are still queued. `streams` (tests): a stand-in for torch.cuda's Stream, Event,
+    current_stream and stream(), with plain host memory, to check what waits for what on the CPU."""
+
+    def __init__(self, device: torch.device, streams: Any = None, upload_slots: int = UPLOAD_SLOTS):
+        self.device, self.cuda, self.pinned = device, streams or torch.cuda, streams is None
+        self.compute = self.cuda.current_stream(device)
+        self.side = self.cuda.Stream(device)
+        self.depth = {"up": upload_slots, "down": 2}
         self._rings: dict[tuple, _Ring] = {}
 
     def _slot(self, kind: str, shape: tuple[int, ...], with_device: bool) -> _Slot:
         ring = self._rings.setdefault((kind, shape), _Ring())
-        if len(ring.slots) < 2:
-            ring.slots.append(_Slot(torch.empty(shape, pin_memory=True),
+        if len(ring.slots) < self.depth[kind]:
+            ring.slots.append(_Slot(torch.empty(shape, pin_memory=self.pinned),
                                     torch.empty(shape, device=self.device) if with_device else None,
-                                    torch.cuda.Event(), torch.cuda.Event()))
+                                    self.cuda.Event(), self.cuda.Event()))
         slot = ring.slots[ring.turn]
-        ring.turn = (ring.turn + 1) % 2
+        ring.turn = (ring.turn + 1) % self.depth[kind]
         return slot
 
     def upload(self, array: np.ndarray, into: Tensor) -> None:
@@ -172,7 +186,7 @@ class PinnedIO:
         slot.copied.synchronize()  # the host may refill the pinned slot once its last copy is done
         slot.host.numpy()[...] = array
         self.side.wait_event(slot.consumed)  # (an event never recorded is no wait)
-        with torch.cuda.stream(self.side):
+        with self.cuda.stream(self.side):
             slot.device.copy_(slot.host, non_blocking=True)
             slot.copied.record(self.side)
         self.compute.wait_event(slot.copied)

@@ -3,16 +3,44 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from . import params
 from .app import app, err, out, progress_bar, setup_logging, step, user_errors
 
-bench_app = typer.Typer(name="bench", add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich",
-                        context_settings={"help_option_names": ["-h", "--help"]})
+
+def join_shape(args: list[str], commands: Sequence[str] = ()) -> list[str]:
+    """`--shape X Y Z` -> `--shape 'X Y Z'`, before click parses: click gives an option one fixed
+    number of values, and bench's --shape takes one word (SxHxW) or three (X Y Z). Only the
+    group's own words are looked at (a subcommand's --shape is its own); the words are joined
+    as typed, so a malformed value reaches the one-line check whole."""
+    joined: list[str] = []
+    for k, word in enumerate(args):
+        if word == "--" or word in commands:
+            return joined + args[k:]
+        if joined and joined[-1] == "--shape" and word.isascii() and word.isdigit():
+            rest = list(itertools.takewhile(lambda w: (not w.startswith("-") or w[1:].isdigit()) and w not in commands,
+                                            args[k + 1:k + 3]))  # a negative number is a bad Z, not an option
+            return joined + [" ".join([word, *rest])] + join_shape(args[k + 1 + len(rest):], commands)
+        joined.append(word)
+    return joined
+
+
+class BenchGroup(TyperGroup):
+    """`tsf-trt bench`, whose --shape takes one word or three (:func:`join_shape`)."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, join_shape(list(args), list(self.commands)))
+
+
+bench_app = typer.Typer(name="bench", cls=BenchGroup, add_completion=False, pretty_exceptions_enable=False,
+                        rich_markup_mode="rich", context_settings={"help_option_names": ["-h", "--help"]})
 app.add_typer(bench_app, name="bench")
 
 
@@ -43,10 +71,11 @@ def bench(
     decoders: Annotated[str, typer.Option("--decoders", help="ONNX Runtime rows: baked (per-target decoders, "
                                           "the runtime's default when the export has them), code (the "
                                           "code-input decoder), or baked,code for one row each.")] = "baked",
-    shape: Annotated[Optional[tuple[int, int, int]], typer.Option("--shape", metavar="X Y Z", help="Voxels of "
-                                                                  "the phantom per axis, in the file's (x, y, z) "
-                                                                  "order, as for `tsf-trt phantom`.",
-                                                                  show_default="240 240 155")] = None,
+    shape: Annotated[Optional[str], typer.Option("--shape", metavar="SxHxW|X Y Z", help="Voxels of the "
+                                                 "phantom: one word SxHxW, slices x height x width (40x240x240 "
+                                                 "is 40 slices of 240x240), or three numbers X Y Z in the file's "
+                                                 "(x, y, z) order, as for `tsf-trt phantom` (240 240 40 is the "
+                                                 "same phantom).", show_default="155x240x240")] = None,
     sources: Annotated[Optional[str], typer.Option("--sources", help="Input sequences, e.g. t1,flair (default: "
                                                    "the first three of T1, FLAIR, T1Gd, T2 that are not the "
                                                    "target; T1 alone for a Seq2Seq-only model).",
@@ -56,10 +85,19 @@ def bench(
                                        "slices).")] = True,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed whole-volume runs per row first.")] = 1,
     iterations: Annotated[int, typer.Option("--iterations", help="Timed whole-volume runs per row.")] = 3,
+    interleave: Annotated[bool, typer.Option("--interleave/--no-interleave", help="Rows take turns, one "
+                                             "whole-volume run each, so that other load on a shared machine "
+                                             "falls on every row alike (every backend is loaded at once, and a "
+                                             "row's peak RSS holds them all); --no-interleave: one row after the "
+                                             "other, one backend at a time (GPU rows that do not fit together).")
+                  ] = True,
     threads: params.Threads = None,
     device: params.Device = "auto",
     reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Add the reference row, so every "
                                             "figure is also a ratio to the authors' way.")] = True,
+    compile: Annotated[bool, typer.Option("--compile", help="Also time each torch row with torch.compile: a "
+                                          "torch-compile row beside each torch row (compiled in its warm-up runs: "
+                                          "minutes on a CPU; give --warmup 1 at least).")] = False,
     io_subjects: Annotated[int, typer.Option("--io-subjects", help="Copies of the subject run in folder mode with "
                                              "the fastest row, to measure how much throughput survives NIfTI "
                                              "reading and writing (0: skip).")] = 2,
@@ -81,15 +119,17 @@ def bench(
 
     Each iteration is what `tsf-trt infer` does for one subject: read the NIfTI inputs, synthesise, write the outputs. `tsf-trt bench suite` regenerates the README's performance table (options of its own: tsf-trt bench suite --help).
 
-    Example: tsf-trt bench --backends torch,ort --batch-sizes 1,4 --shape 128 128 32 --json bench/small.json
+    --shape takes either spelling: 32x128x128 (slices x height x width) is the phantom of --shape 128 128 32 (X Y Z).
+
+    Example: tsf-trt bench --backends torch,ort --batch-sizes 1,4 --shape 32x128x128 --json bench/small.json
     """
     if ctx.invoked_subcommand is not None:
         _refuse_own_options(ctx)
         return
     from tsf_trt.bench.report import print_report, write_files
     from tsf_trt.bench.runner import DEFAULT_SHAPE, BenchRun, BenchSettings
-    from tsf_trt.bench.variants import DECODERS, parse_backends, parse_batch_sizes, parse_list
-    from tsf_trt.bench.workload import check_shape, check_sources
+    from tsf_trt.bench.variants import DECODERS, check_compile, parse_backends, parse_batch_sizes, parse_list
+    from tsf_trt.bench.workload import check_sources, parse_shape
 
     from .. import sequences
     from ..backends import PRECISIONS
@@ -115,7 +155,7 @@ def bench(
         raise TsfError("--shape makes a phantom; --subject benchmarks a real one: give only one of them")
     if subject is not None and not subject.is_dir():
         raise InputError(subject, "no such subject folder")
-    shape_zyx = check_shape(shape) if shape is not None else None
+    shape_zyx = parse_shape(shape) if shape is not None else None
     outputs = [p for p in (json_path, markdown, plot) if p is not None]
     if len({p.resolve() for p in outputs}) < len(outputs):
         raise TsfError("--json, --markdown and --plot must name different files")
@@ -130,11 +170,15 @@ def bench(
     model_path = resolve_model(model)
     if not model_path.is_dir():
         raise InputError(model_path, "no such model or export directory")
-    settings = BenchSettings(model=model_path, backends=parse_backends(backends, reference),
+    backend_names = parse_backends(backends, reference)
+    if compile:
+        check_compile(backend_names)
+    settings = BenchSettings(model=model_path, backends=backend_names, compile=compile,
                              batch_sizes=parse_batch_sizes(batch_sizes), target=target_index, shape_zyx=shape_zyx,
                              subject=subject, sources=source_list, tsem=tsem, warmup=warmup, iterations=iterations,
-                             threads=threads, device=_device(options.device), io_subjects=io_subjects, **row_kinds)
-    what = "the subject" if subject is not None else f"a {' '.join(map(str, (shape_zyx or DEFAULT_SHAPE)[::-1]))} phantom"
+                             threads=threads, device=_device(options.device), io_subjects=io_subjects,
+                             interleave=interleave, **row_kinds)
+    what = "the subject" if subject is not None else f"a {'x'.join(map(str, shape_zyx or DEFAULT_SHAPE))} phantom"
     with step(f"loading {model_path} and writing {what}"):
         bench_run = BenchRun(settings)
     with bench_run, progress_bar() as bar:
@@ -234,9 +278,11 @@ def _sequences(flag: str, text: str) -> list[int]:
 
 
 def _device(device: str) -> str:
-    """torch and reference rows run on one device: auto is CUDA when torch sees it."""
+    """torch and reference rows run on one device: auto is CUDA when torch sees it (the CPU where
+    torch is not installed: its rows are then skipped with the extra named)."""
     if device == "auto":
-        import torch
+        from tsf_trt.bench.environment import optional_torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        torch = optional_torch()
+        return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
     return device

@@ -54,6 +54,7 @@ def evaluate(
     batch_size: params.BatchSize = None,
     device: params.Device = "auto",
     precision: params.Precision = "auto",
+    compile: params.Compile = False,
     threads: params.Threads = None,
     frame: params.Frame = "head",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh in a report folder that holds "
@@ -76,7 +77,8 @@ def evaluate(
     from ..subjects import find_subjects
 
     setup_logging(quiet, no_progress, log_file)
-    options = RunOptions(backend, device, precision, batch_size, threads, frame=frame)  # every value, before any work
+    # every value, before any work
+    options = RunOptions(backend, device, precision, batch_size, threads, frame=frame, compile=compile)
     chosen = parse_tasks(tasks)
     find_subjects(data)  # a wrong --data fails before the model loads
     figure_spec: int | list[str]

@@ -38,6 +38,7 @@ def infer(
     batch_size: params.BatchSize = None,
     device: params.Device = "auto",
     precision: params.Precision = "auto",
+    compile: params.Compile = False,
     tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", help="Also write the TSEM map (costs a second "
                                        "decoder pass, run in the same batch).")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs; in folder mode, "
@@ -125,7 +126,8 @@ def infer(
     from ..intake import Intake, gather
 
     setup_logging(quiet, no_progress, log_file)
-    options = RunOptions(backend, device, precision, batch_size, threads, combine, frame)  # every value, before any work
+    # every value, before any work
+    options = RunOptions(backend, device, precision, batch_size, threads, combine, frame, compile)
     try:
         target_index = sequences.parse(target)
     except TsfError as exc:

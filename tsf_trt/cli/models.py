@@ -39,7 +39,7 @@ def import_reference(
     """
     from ..model import import_reference as do_import
     from ..model import resolve_config, save_model
-    from ..model.checkpoint import read_model_meta
+    from ..model.meta import read_model_meta
 
     cfg = resolve_config(config)
     if output.exists() and not overwrite:
@@ -94,10 +94,7 @@ def export(
     chosen = {"all": list(range(sequences.N_SEQUENCES)), "none": []}.get(targets.strip().lower())
     if chosen is None:
         chosen = sequences.parse_list(targets)
-    try:
-        from tsf_trt.export.onnx_export import export_model
-    except ImportError as exc:
-        raise TsfError(f"export needs onnx, onnxruntime and onnxslim ({exc}); pip install tsf-trt") from None
+    from tsf_trt.export.onnx_export import export_model  # needs torch: without it, one line names the extra
     loaded = source.module()  # an export directory has no weights to export: one line
     steps = (2 + (loaded.fusion is not None) + len(chosen)) + 1 + int(verify)  # graphs, FLOPs, verification
     with progress_bar() as bar:

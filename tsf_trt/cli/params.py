@@ -26,7 +26,15 @@ Backend = Annotated[str, typer.Option(
     help="Runtime: auto (the fastest here, measured once and cached), torch, ort (ONNX Runtime CPU; a model "
          "directory is exported into the cache once), ort-cuda, ort-trt (need onnxruntime-gpu), trt (TensorRT "
          "engines, built once and cached beside the export; needs the gpu extra), reference (torch run the "
-         "authors' way, for measurements). On a GPU auto tries trt, ort-trt, ort-cuda, torch in that order.")]
+         "authors' way, for measurements). On a GPU auto times the GPU backends that work there (trt, ort-trt, "
+         "ort-cuda, torch) once per model and GPU, and picks the fastest, as on the CPU.")]
+
+Compile = Annotated[bool, typer.Option(
+    "--compile",
+    help="--backend torch only: torch.compile each stage, compiled at the first batch of each slice size "
+         "(measured: 89 s for the small config at 16x16 on one CPU thread; not yet measured on a GPU). "
+         "Whether it is faster afterwards depends on the machine (bench/gpu_check.py --compile times it on a "
+         "GPU). The report's backend says torch.compile when it ran.")]
 
 Device = Annotated[str, typer.Option(
     "--device", help="auto (a GPU when one is usable, else the CPU), cpu, cuda or cuda:N.")]

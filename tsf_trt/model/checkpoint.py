@@ -21,16 +21,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import ModelError, TsfError
-from ..fileformat import file_sha256, read_tagged_json
+from ..errors import ModelError
+from ..fileformat import file_sha256
 from ..atomic import atomic_dir
 from .config import ModelConfig
+from .meta import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, check_weights, meta_config, read_model_meta
 from .tsf import TSFSeq2Seq
 
-FORMAT = "tsf-trt-model"
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 # reference key (regex) -> our key; one table per checkpoint file.
 SEQ2SEQ_KEYS: list[tuple[str, str]] = [
@@ -82,29 +79,6 @@ def save_model(model: TSFSeq2Seq, directory: str | Path, *, overwrite: bool = Fa
     return directory
 
 
-def read_model_meta(directory: str | Path) -> dict[str, Any]:
-    """config.json of a model directory, checked for format; ModelError names the problem."""
-    directory = Path(directory)
-    if not directory.exists():
-        raise ModelError(directory, "model directory does not exist")
-    if not directory.is_dir():
-        raise ModelError(directory, "not a model directory (expected a folder with config.json and model.safetensors)")
-    cfg_path = directory / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise ModelError(directory, f"missing {CONFIG_FILE}: not a tsf-trt model directory")
-    return read_tagged_json(cfg_path, FORMAT, FORMAT_VERSION, "config")
-
-
-def meta_config(directory: Path, meta: dict[str, Any]) -> ModelConfig:
-    """The ModelConfig in a model directory's config.json; an invalid one names the file."""
-    try:
-        return ModelConfig.from_dict(meta["config"])
-    except (KeyError, TypeError) as exc:
-        raise ModelError(directory / CONFIG_FILE, f"invalid model config ({exc})") from None
-    except TsfError as exc:
-        raise ModelError(directory / CONFIG_FILE, str(exc)) from None
-
-
 def weights_id(model: TSFSeq2Seq) -> str:
     """The id of a model built in Python: a hash of its weights (a model directory's id is
     its weights file's, from config.json: see :class:`tsf_trt.source.ModelSource`)."""
@@ -115,22 +89,13 @@ def weights_id(model: TSFSeq2Seq) -> str:
     return digest.hexdigest()[:16]
 
 
-def model_id(meta: dict[str, Any]) -> str:
-    """Short stable identity of a model: the start of its weights' SHA-256."""
-    return str(meta.get("weights_sha256", ""))[:16]
-
-
 def load_model(directory: str | Path, *, device: str | torch.device = "cpu",
                verify: bool = True) -> TSFSeq2Seq:
     """Load a model directory, in eval mode. Every mismatch is a ModelError naming the file."""
     directory = Path(directory)
     meta = read_model_meta(directory)
     config = meta_config(directory, meta)
-    weights = directory / meta.get("weights", WEIGHTS_FILE)
-    if not weights.is_file():
-        raise ModelError(directory, f"missing weights file {weights.name}")
-    if verify and meta.get("weights_sha256") and file_sha256(weights) != meta["weights_sha256"]:
-        raise ModelError(weights, "weights do not match the hash in config.json (corrupt or replaced file)")
+    weights = check_weights(directory, meta, verify)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -13,6 +13,13 @@ Rician noise and a random global intensity scale. Outside the brain mask everyth
 (skull-stripped, like BraTS). All random fields are drawn on fixed low-resolution grids
 before any per-voxel noise, so a subject's anatomy does not depend on ``shape``: the field
 of view is always BraTS's 240 x 240 x 155 mm and ``shape`` only sets the voxel size.
+
+Written with torch at first, it needs only numpy and scipy now and makes the same subjects (training
+data and every measured figure depend on them): :mod:`.torch_random` draws torch's normals, :mod:`.resample`
+resamples as torch did, float32 arithmetic keeps torch's order. Left: last-bit differences of float32 sqrt,
+exp, sigmoid, tanh, log/sin/cos, <= 1.7e-5 of a volume's maximum on subjects 5000-5003 at 240 x 240 x 155
+with identical label and tissue maps; torch itself moves ~8e-6 between its CPU kernels (DEFAULT vs AVX2,
+measured at 60 x 60 x 40).
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from scipy.special import expit as _sigmoid  # float32 in, float32 out: the closest to torch.sigmoid (<= 4 ulp)
 
 from tsf_trt.atomic import atomic_dir
+
+from .resample import grid_sample_padded, upsample_trilinear, zero_border
+from .torch_random import TorchCompatibleRandom
 
 SEQUENCES = ("t1", "t1gd", "t2", "flair")  # tsf_trt.sequences.NAMES order
 TISSUES = ("csf", "gm", "wm", "necrosis", "rim", "oedema")  # tissue map codes 1..6
@@ -73,15 +82,17 @@ class Phantom:
 
 
 @lru_cache(maxsize=1)
-def _anatomy() -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """WM, GM, CSF fractions (1, 3, X, Y, Z) on the atlas grid, its affine, deep-WM centres (MNI mm)."""
+def _anatomy() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """WM, GM, CSF fractions (3, X, Y, Z) on the atlas grid with a zero border (:func:`.resample.zero_border`,
+    for sampling), the atlas affine (no border), deep-WM centres (MNI mm)."""
     with resources.as_file(resources.files(__package__) / "anatomy" / "mni152_2009_tissues.npz") as path:
         with np.load(path) as npz:
             frac, affine = npz["fractions"], npz["affine"].astype(np.float64)
     ijk = np.argwhere(frac[0] >= 230)  # nearly pure white matter
     xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
     keep = (np.abs(xyz[:, 0]) > 12) & (xyz[:, 1] > -75) & (xyz[:, 2] > -25)  # cerebral hemispheres
-    atlas = torch.from_numpy(frac.astype(np.float32) / 255.0)[None]
+    atlas = zero_border(frac.astype(np.float32) / np.float32(255.0))
+    atlas.flags.writeable = False  # cached: shared by every subject
     return atlas, affine, xyz[keep]
 
 
@@ -101,10 +112,25 @@ def _rotation(deg: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _smooth(gen: torch.Generator, channels: int, grid: tuple[int, int, int], shape: tuple[int, ...]) -> torch.Tensor:
+def _f32(x: float) -> np.float32:
+    """A Python scalar as the float32 that torch used for it (scalars meet float32 tensors as float32)."""
+    return np.float32(x)
+
+
+def _exp_(x: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """exp of a float32 array in place, correctly rounded like torch's kernel nearly always is (numpy's
+    float32 exp is not): via float64, a chunk at a time."""
+    flat = x.reshape(-1)
+    for start in range(0, flat.size, chunk):
+        part = flat[start:start + chunk]
+        part[...] = np.exp(part, dtype=np.float64)
+    return x
+
+
+def _smooth(normal: TorchCompatibleRandom, channels: int, grid: tuple[int, int, int],
+            shape: tuple[int, ...]) -> np.ndarray:
     """A smooth random field: N(0, 1) on a coarse grid, trilinear up to ``shape`` (same FOV)."""
-    coarse = torch.randn((1, channels, *grid), generator=gen)
-    return F.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)[0]
+    return upsample_trilinear(normal.randn(channels, *grid), shape)
 
 
 def _draw_params(rng: np.random.Generator, centres: np.ndarray) -> dict:
@@ -127,13 +153,12 @@ def _draw_params(rng: np.random.Generator, centres: np.ndarray) -> dict:
     }
 
 
-def _argmax0(x: torch.Tensor) -> torch.Tensor:
-    """argmax over the first axis as uint8; elementwise passes, several times faster than Tensor.argmax(0)."""
-    best, index = x[0].clone(), torch.zeros(x.shape[1:], dtype=torch.uint8)
+def _argmax0(x: np.ndarray) -> np.ndarray:
+    """argmax over the first axis as uint8 (the first on ties); elementwise passes, faster than argmax(0)."""
+    best, index = x[0].copy(), np.zeros(x.shape[1:], dtype=np.uint8)
     for k in range(1, x.shape[0]):
-        better = x[k] > best
-        index.masked_fill_(better, k)
-        best = torch.maximum(best, x[k])
+        index[x[k] > best] = k
+        np.maximum(best, x[k], out=best)
     return index
 
 
@@ -161,91 +186,138 @@ def is_hard(seed: int, fraction: float) -> bool:
     return fraction > 0 and (seed * _GOLDEN) % 1.0 < fraction
 
 
+def _centred_axes(shape: tuple[int, int, int]) -> list[np.ndarray]:
+    """Output voxel coordinates (mm, relative to the FOV centre) along each axis, float32."""
+    affine = lps_affine(shape)
+    c = np.array(FOV_CENTRE_MNI)
+    return [(affine[a, a] * np.arange(n) + affine[a, 3] - c[a]).astype(np.float32) for a, n in enumerate(shape)]
+
+
+def _atlas_points(p: dict, axes: list[np.ndarray], deform: np.ndarray) -> np.ndarray:
+    """Output voxel -> subject anatomy -> atlas (MNI) point: q = c + R S (x - c) + shift + d(x), (3, X, Y, Z)
+    for the voxels of ``axes`` (:func:`_centred_axes`); computed in ``deform``'s memory."""
+    c = np.array(FOV_CENTRE_MNI)
+    m = _rotation(p["rotation_deg"]) @ np.diag(p["scale"])
+    views = [axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]]
+    q = deform
+    for a in range(3):
+        linear = _f32(m[a, 0]) * views[0] + _f32(m[a, 1]) * views[1] + _f32(m[a, 2]) * views[2]
+        q[a] += linear + _f32(c[a] + p["shift_mm"][a])  # same order as (linear + offset) + deform
+    return q
+
+
+def _mass_effect(p: dict, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Push tissue away from the tumour (monotone radial map, k < 1): new points and the distance to its centre."""
+    tc = np.asarray(p["tumour_centre_mni"], dtype=np.float32)[:, None, None, None]
+    rel = np.subtract(q, tc, out=q)  # in place, here and below: q is not needed after this
+    dist = np.sqrt((rel[0] * rel[0] + rel[1] * rel[1]) + rel[2] * rel[2])
+    s = dist / _f32(p["oedema_radius_mm"])
+    rel *= _f32(1.0) - _f32(p["mass_effect"]) * _exp_(-(s * s) / _f32(2.0))
+    return np.add(rel, tc, out=rel), dist
+
+
+def _atlas_grid(q: np.ndarray, atlas_affine: np.ndarray, n_at: tuple[int, ...]) -> list[np.ndarray]:
+    """MNI points -> grid_sample's normalised coordinates of the atlas, x (W) = atlas axis 2 first (in place)."""
+    for a in range(3):
+        q[a] -= _f32(atlas_affine[a, 3])  # atlas voxel: (q - t) / step
+        q[a] /= _f32(atlas_affine[a, a])
+        q[a] *= _f32(2.0)  # normalised: 2 ijk / (n - 1) - 1
+        q[a] /= _f32(n_at[a] - 1)
+        q[a] -= _f32(1.0)
+    return [q[2], q[1], q[0]]
+
+
+def _fractions(p: dict, shape: tuple[int, int, int], deform: np.ndarray, outline: np.ndarray,
+               voxels_per_slab: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """(6, *shape) fractions of TISSUES and (*shape) the brain fraction. Given the coarse fields every voxel
+    is independent, so this goes a slab of x planes at a time: small temporaries, the same numbers."""
+    atlas, atlas_affine, _ = _anatomy()
+    n_atlas = tuple(n - 2 for n in atlas.shape[1:])  # without its zero border
+    outline = zero_border(outline)
+    axes = _centred_axes(shape)
+    fractions = np.empty((len(TISSUES), *shape), dtype=np.float32)
+    brain = np.empty(shape, dtype=np.float32)
+    step = max(1, voxels_per_slab // (shape[1] * shape[2]))
+    for x0 in range(0, shape[0], step):
+        part = slice(x0, x0 + step)
+        q, dist = _mass_effect(p, _atlas_points(p, [axes[0][part], *axes[1:]], deform[:, part]))
+        # Oedema stays in the tumour's hemisphere (the template is symmetric about x = 0).
+        same_side = _sigmoid(q[0] * _f32(math.copysign(1.0, p["tumour_centre_mni"][0])) / _f32(3.0))
+        grid = _atlas_grid(q, atlas_affine, n_atlas)
+        sampled, rough = grid_sample_padded(atlas, grid), grid_sample_padded(outline, grid)[0]
+        fractions[:, part], brain[part] = _tumour(p, sampled, rough, dist, same_side, shape)
+    return fractions, brain
+
+
+def _tumour(p: dict, sampled: np.ndarray, rough: np.ndarray, dist: np.ndarray, same_side: np.ndarray,
+            shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Fractions of TISSUES and of brain at some voxels: the tumour from the (irregular) distance, soft
+    edges of about half a voxel being partial volume. ``sampled``: atlas WM, GM, CSF there."""
+    wm, gm, csf = sampled
+    rough = np.tanh(rough, dtype=np.float64).astype(np.float32)  # bounded: radii vary by at most +-irregularity
+    width = _f32(0.4 * float(np.mean(np.array(FOV_MM) / np.array(shape))))
+
+    def inside(radius: float, r: np.ndarray) -> np.ndarray:
+        return _sigmoid((_f32(radius) - r) / width)
+
+    brain = wm + gm + csf
+    rho = dist * (_f32(1.0) + _f32(p["irregularity"]) * rough)
+    solid, core = inside(p["tumour_radius_mm"], rho), inside(p["core_radius_mm"], rho)
+    rho = dist * (_f32(1.0) + _f32(1.5 * p["irregularity"]) * rough)  # oedema spreads more unevenly
+    oedema = np.maximum(inside(p["oedema_radius_mm"], rho) * same_side - solid, _f32(0.0))
+    kept = _f32(1.0) - solid
+    wm, gm, csf = wm * kept, gm * kept, csf * kept
+    f_oed = oedema * (wm + _f32(0.3) * gm)  # vasogenic oedema follows white matter, spares cortex
+    wm, gm = wm * (_f32(1.0) - oedema), gm * (_f32(1.0) - _f32(0.3) * oedema)
+    return np.stack([csf, gm, wm, core * brain, (solid - core) * brain, f_oed]), brain
+
+
+def _images(p: dict, table: np.ndarray, fractions: np.ndarray, bias: np.ndarray, head: np.ndarray,
+            normal: TorchCompatibleRandom) -> np.ndarray:
+    """(4, *shape) images: partial-volume mix of pure-tissue signals, bias, Rician noise, global scale."""
+    clean = (table.astype(np.float32) @ fractions.reshape(len(TISSUES), -1)).reshape(bias.shape)
+    clean *= bias
+    sigma = (p["noise_sigma_wm"] * table[:, TISSUES.index("wm")]).astype(np.float32)[:, None, None, None]
+    noise = normal.randn(*clean.shape)
+    clean += np.multiply(noise, sigma, out=noise)
+    noise = normal.randn(*clean.shape, out=noise)  # the second draw reuses the first's memory
+    noisy = np.hypot(clean, np.multiply(noise, sigma, out=noise), out=clean)
+    noisy *= (1000.0 * p["intensity_scale"]).astype(np.float32)[:, None, None, None]
+    noisy *= head
+    return noisy
+
+
 def make_subject(seed: int, shape: tuple[int, int, int] = (240, 240, 155), hard: bool = False) -> Phantom:
     """Simulate one subject; the same seed gives the same subject, bit for bit. ``hard``: the same
     random draws, then tumour radii times HARD_TUMOUR and noise times HARD_NOISE."""
     shape = tuple(int(n) for n in shape)  # type: ignore[assignment]
-    atlas, atlas_affine, centres = _anatomy()
+    centres = _anatomy()[2]
     rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(int(seed))
+    normal = TorchCompatibleRandom(seed)  # the stream torch.Generator().manual_seed(seed) gave
     p = _draw_params(rng, centres)
     if hard:
         for name in ("tumour_radius_mm", "core_radius_mm", "oedema_radius_mm"):
             p[name] *= HARD_TUMOUR
         p.update(noise_sigma_wm=p["noise_sigma_wm"] * HARD_NOISE, hard=True)
     # Coarse fields first (shape-independent), per-voxel noise last.
-    deform = _smooth(gen, 3, (6, 6, 5), shape) * p["deform_mm"]
-    outline = torch.randn((1, 1, 20, 24, 20), generator=gen)  # tumour outline noise, atlas frame (~8 mm)
-    log_gain = torch.tensor(p["bias"], dtype=torch.float32)[:, None, None, None]
-    bias = torch.exp(_smooth(gen, 4, (4, 4, 3), shape) * log_gain)
+    deform = _smooth(normal, 3, (6, 6, 5), shape) * _f32(p["deform_mm"])
+    outline = normal.randn(1, 20, 24, 20)  # tumour outline noise, atlas frame (~8 mm)
+    bias = _exp_(_smooth(normal, 4, (4, 4, 3), shape) * p["bias"].astype(np.float32)[:, None, None, None])
 
-    # Output voxel -> subject anatomy -> atlas (MNI) point: q = c + R S (x - c) + shift + d(x).
-    affine = lps_affine(shape)
-    c = np.array(FOV_CENTRE_MNI)
-    m = _rotation(p["rotation_deg"]) @ np.diag(p["scale"])
-    axes = [torch.from_numpy((affine[a, a] * np.arange(n) + affine[a, 3] - c[a]).astype(np.float32))
-            for a, n in enumerate(shape)]
-    views = [axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]]
-    q = torch.stack([sum(float(m[a, b]) * views[b] for b in range(3)) + float(c[a] + p["shift_mm"][a]) + deform[a]
-                     for a in range(3)])
+    fractions, brain = _fractions(p, shape, deform, outline)
     del deform
-    tc = torch.tensor(p["tumour_centre_mni"], dtype=torch.float32)[:, None, None, None]
-    rel = q - tc
-    dist = rel.square().sum(0).sqrt_()
-    # Mass effect: tissue is pushed away from the tumour (monotone radial map, k < 1).
-    s = p["oedema_radius_mm"]
-    q = tc + rel * (1.0 - p["mass_effect"] * torch.exp(-(dist / s).square() / 2))
-    del rel
-    # Oedema stays in the tumour's hemisphere (the template is symmetric about x = 0).
-    same_side = torch.sigmoid(q[0] * math.copysign(1.0, p["tumour_centre_mni"][0]) / 3.0)
-    ijk = [(q[a] - float(atlas_affine[a, 3])) / float(atlas_affine[a, a]) for a in range(3)]
-    n_at = atlas.shape[2:]
-    grid = torch.stack([2 * ijk[a] / (n_at[a] - 1) - 1 for a in (2, 1, 0)], dim=-1)[None]
-    del q, ijk
-    wm, gm, csf = F.grid_sample(atlas, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-    rough = F.grid_sample(outline, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
-    del grid
-
-    # Tumour from the (irregular) distance; soft edges of about half a voxel are partial volume.
-    rough = torch.tanh(rough)  # bounded: radii vary by at most +-irregularity
-    rho = dist * (1 + p["irregularity"] * rough)
-    width = 0.4 * float(np.mean(np.array(FOV_MM) / np.array(shape)))
-
-    def inside(radius: float, r: torch.Tensor = rho) -> torch.Tensor:
-        return torch.sigmoid((radius - r) / width)
-
-    brain = wm + gm + csf
-    solid, core = inside(p["tumour_radius_mm"]), inside(p["core_radius_mm"])
-    rho_oedema = dist * (1 + 1.5 * p["irregularity"] * rough)  # oedema spreads more unevenly
-    oedema = (inside(p["oedema_radius_mm"], rho_oedema) * same_side - solid).clamp_(min=0)
-    wm, gm, csf = wm * (1 - solid), gm * (1 - solid), csf * (1 - solid)
-    f_oed = oedema * (wm + 0.3 * gm)  # vasogenic oedema follows white matter, spares cortex
-    wm, gm = wm * (1 - oedema), gm * (1 - 0.3 * oedema)
-    fractions = torch.stack([csf, gm, wm, core * brain, (solid - core) * brain, f_oed])
-    del wm, gm, csf, solid, core, oedema, f_oed, rho, rho_oedema, rough, dist, same_side
     head = brain >= 0.5
 
-    # Signals: partial-volume mix of pure-tissue signals, bias, Rician noise, global scale.
     table = signal_table(p)
-    clean = torch.einsum("sk,kxyz->sxyz", torch.from_numpy(table.astype(np.float32)), fractions) * bias
-    del bias
-    sigma = p["noise_sigma_wm"] * table[:, TISSUES.index("wm")]  # per sequence
-    sigma = torch.from_numpy(sigma.astype(np.float32))[:, None, None, None]
-    noisy = torch.hypot(clean + sigma * torch.randn(clean.shape, generator=gen),
-                        sigma * torch.randn(clean.shape, generator=gen))
-    del clean
-    scale = torch.from_numpy((1000.0 * p["intensity_scale"]).astype(np.float32))[:, None, None, None]
-    volumes = (noisy * scale * head).numpy()
-
+    volumes = _images(p, table, fractions, bias, head, normal)
     dominant = _argmax0(fractions)
-    tissue = torch.where(head, dominant + 1, 0).to(torch.uint8).numpy()
-    tumour_code = torch.tensor([0, 0, 0, LABELS_2021["necrosis"], LABELS_2021["rim"], LABELS_2021["oedema"]],
-                               dtype=torch.uint8)
-    label = torch.where(head, tumour_code[dominant.long()], 0).to(torch.uint8).numpy()
+    tissue = np.where(head, dominant + 1, 0).astype(np.uint8)
+    tumour_code = np.array([0, 0, 0, LABELS_2021["necrosis"], LABELS_2021["rim"], LABELS_2021["oedema"]], np.uint8)
+    label = np.where(head, tumour_code[dominant], 0).astype(np.uint8)
     p.update(seed=int(seed), shape=list(shape), voxel_mm=(np.array(FOV_MM) / np.array(shape)).tolist(),
              flair_ti_ms=FLAIR_TI, signal_table=table)
     return Phantom({name: np.ascontiguousarray(v) for name, v in zip(SEQUENCES, volumes)},
-                   label, tissue, affine, int(seed), _plain(p))
+                   label, tissue, lps_affine(shape), int(seed), _plain(p))
 
 
 def _plain(value):
