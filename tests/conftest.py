@@ -17,7 +17,9 @@ DATA = Path(__file__).parent / "data"
 #: after tests/test_openvino_backend.py and the DataLoader-worker test of test_train_data, the
 #: process died when a later child process exited (test_trainer's torchrun; test_doctor's
 #: stand-in nvidia-smi). Cause not found (a plain OpenVINO + worker DataLoader + subprocess
-#: script does not crash); so the worker tests run last and the trainer's first.
+#: script does not crash); so the worker tests run last and the trainer's first. On 3 Dec 2026
+#: the process crashed in the worker test itself, after 720 tests: it now runs its DataLoader
+#: workers in a fresh interpreter (test_train_data.py), and the full suite passes.
 FIRST, LAST = ("test_trainer.py",), ("test_train_data.py",)
 
 
