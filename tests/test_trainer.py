@@ -168,7 +168,9 @@ def test_bundle_command_ships_the_last_step_with_its_card(data, stage1, tmp_path
             str(tmp_path / "quality.md"), "--name", "tiny", "-o", str(tmp_path / "m")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert ModelSource.resolve(tmp_path / "m").model_id == ModelSource.resolve(stage2 / "step_000002").model_id
+    bundled = ModelSource.resolve(tmp_path / "m")
+    assert bundled.model_id == ModelSource.resolve(stage2 / "step_000002").model_id
+    assert bundled.export_dir() == tmp_path / "m" / "export"  # its own export: runs without torch
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     assert "tsf-trt train bundle --stage1 runs/s1 --stage2 runs/b2" in card and "| ->t2 | 20.0 |" in card
     again = CliRunner().invoke(app, args)
