@@ -50,8 +50,7 @@ def runtime_cache(export_dir: Path, name: str) -> Path | None:
     compiled models): `<export_dir>/.<name>-cache`, except for an export inside the installed
     tsf-trt package (the bundled demo's), which is never written: its caches go to the cache
     root. None when neither can be written (caching is optional)."""
-    package = Path(__file__).resolve().parent
-    export_dir = Path(export_dir)
-    if package in export_dir.resolve().parents:
-        return writable_dir(cache_root() / f"{name}-cache" / export_dir.resolve().relative_to(package).as_posix().replace("/", "-"))
-    return writable_dir(export_dir / f".{name}-cache")
+    package, where = Path(__file__).resolve().parent, Path(export_dir).resolve()
+    if package in where.parents:
+        return writable_dir(cache_root() / f"{name}-cache" / where.relative_to(package).as_posix().replace("/", "-"))
+    return writable_dir(Path(export_dir) / f".{name}-cache")

@@ -31,7 +31,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from .errors import TsfError
-from .extras import extra_for
+from .extras import extra_for, missing_extra
 
 try:
     from typer.main import get_current_context  # typer's own click (recent typer)
@@ -80,13 +80,11 @@ def user_errors(func: F) -> F:
             err.print("interrupted: no partial output was left behind", highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except ModuleNotFoundError as exc:
-            install = extra_for(exc)
-            if install is None:
+            if extra_for(exc) is None:
                 raise
             what = get_current_context(silent=True)
-            err.print(f"[bold red]error:[/] {escape(what.command_path if what else 'this command')} needs "
-                      f"{escape(exc.name.split('.')[0])}, which is not installed: {escape(install)}",
-                      highlight=False, markup=True, soft_wrap=True)
+            missing = missing_extra(what.command_path if what else "this command", exc.name)
+            err.print(f"[bold red]error:[/] {escape(str(missing))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
