@@ -3,7 +3,8 @@
 Why one module: the terminal table and the Markdown show the same columns, taken from
 one list (`COLUMNS`), so they cannot disagree; every file is written through
 :func:`tsf_trt.atomic.atomic_path`, so a failed or interrupted run leaves nothing
-half-written and existing files are only replaced with --overwrite.
+half-written and existing files are only replaced with --overwrite, and only when tsf-trt
+wrote them (the JSON's "tool", the Markdown's title, the PNG's Software text).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tsf_trt.atomic import atomic_path
+from tsf_trt.ownership import PNG_METADATA
 
 Row = dict[str, Any]
 
@@ -249,7 +251,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"tsf-trt bench: {report['workload']['task']}, {'x'.join(map(str, report['workload']['shape_zyx']))}"
                  f", {report['environment']['cpu']}", fontsize="medium")
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
+    fig.savefig(path, format="png", dpi=100, metadata=PNG_METADATA)  # marked: --overwrite may replace it
     plt.close(fig)
 
 

@@ -10,7 +10,8 @@ while it was written): README, "GPU: TensorRT and ONNX Runtime GPU".
 * FP32 engines clear the TF32 flag where it exists, so that "fp32" means FP32.
 * One optimisation profile per engine (:mod:`tsf_trt.engines.profiles`).
 * The timing cache file is loaded before and saved after every build, so the second
-  graph and every later build skip most kernel timing.
+  graph and every later build skip most kernel timing; it is a verified cache entry
+  (:mod:`tsf_trt.cache_entry`): a damaged one is removed with a warning and not used.
 * Progress: an `IProgressMonitor` forwards TensorRT's build phases to a callback.
 """
 
@@ -20,9 +21,9 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
+from tsf_trt import cache_entry
 from tsf_trt.errors import TsfError
 
-from .engine_cache import write_atomic
 from .gpu import import_tensorrt
 from .profiles import Shapes
 
@@ -133,13 +134,14 @@ def build_engine(onnx_path: Path, shapes: Shapes, *, precision: str, workspace_g
 
 
 def _load_timing_cache(config, path: Path | None):
-    """The timing cache from `path` set on `config`, or a fresh one when the file is absent,
-    damaged, or refused: `set_timing_cache` returns False for a cache made on another
-    device or by another TensorRT (ignore_mismatch=False), and the build must not depend on
-    it. None when TensorRT takes no cache at all: the build then runs without one."""
+    """The timing cache from `path` set on `config`, or a fresh one when the entry is absent,
+    damaged (removed, one warning), or refused: `set_timing_cache` returns False for a cache
+    made on another device or by another TensorRT (ignore_mismatch=False), and the build must
+    not depend on it. None when TensorRT takes no cache at all: the build then runs without one."""
     if path is None:
         return None
-    data = path.read_bytes() if path.is_file() else b""
+    stored = cache_entry.load_or_none(path)
+    data = stored.payload if stored is not None else b""
     cache = config.create_timing_cache(data) if data else None
     if cache is not None and not config.set_timing_cache(cache, ignore_mismatch=False):
         cache = None
@@ -156,4 +158,4 @@ def _save_timing_cache(config, path: Path) -> None:
     cache = config.get_timing_cache()
     data = cache.serialize() if cache is not None else None
     if data is not None:
-        write_atomic(path, bytes(memoryview(data)))
+        cache_entry.save(path, bytes(memoryview(data)), {"kind": "tensorrt-timing-cache"})

@@ -1,17 +1,20 @@
-"""The engine cache: serialized engines beside the export, each with a metadata JSON.
+"""The engine cache: serialized engines beside the export, each one verified cache entry.
 
 Layout of `<export>/engines/` (or, when the export folder is read-only, a folder under
 the tsf-trt cache named by the model id):
 
-    encoder.fp16.<digest16>.engine   the serialized engine
-    encoder.fp16.<digest16>.json     its key, SHA-256 and size, build time, versions
-    timing-<platform>.cache          TensorRT timing cache, reused by every build
-    fp16/                            FP16 variants of the graphs (tsf_trt.engines.fp16)
-    ort-trt/                         ONNX Runtime TensorRT EP engine and timing caches
+    encoder.fp16.<digest16>.tsfengine   the serialized engine, with its key, SHA-256, size,
+                                        build time and versions (tsf_trt.cache_entry)
+    timing-<platform>.cache             TensorRT timing cache (a verified entry too)
+    fp16/                               FP16 variants of the graphs (tsf_trt.engines.fp16)
+    ort-trt/                            ONNX Runtime TensorRT EP engine and timing caches
 
-An engine is returned only when its metadata holds exactly the key asked for and the
-file still has the SHA-256 recorded at build time: a stale, foreign, truncated or
-modified engine is never handed to TensorRT. Pure Python: tested without a GPU.
+An engine is returned only when its entry holds exactly the key asked for and the whole
+file still has the SHA-256 recorded at build time: a stale, foreign, truncated or modified
+engine is never handed to TensorRT. Engine and metadata are one file, written at once, so
+no torn or concurrent write can pair one build's engine with another's record (tsf-trt
+0.1 kept them in two files, `.engine` and `.json`: those are never used, and are deleted
+with the stale engines). Pure Python: tested without a GPU.
 """
 
 from __future__ import annotations
@@ -21,20 +24,19 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsf_trt import __version__
+from tsf_trt import __version__, cache_entry
 from tsf_trt.cache_dir import cache_root, writable_dir
 from tsf_trt.errors import TsfError
-from tsf_trt.fileformat import file_sha256
-from tsf_trt.atomic import atomic_path
 
 from .keys import EngineKey, Platform
 
 FORMAT = "tsf-trt-engine"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: engine and metadata in two files
+SUFFIX = ".tsfengine"
 
 
 class CorruptEngine(TsfError):
@@ -46,6 +48,7 @@ class Entry:
     key: EngineKey
     path: Path
     meta: dict[str, Any]
+    data: bytes = field(default=b"", repr=False)  # the checked engine (lookup, store); b"" in listings
 
 
 def engine_dir(export_dir: str | Path, model_id: str = "") -> Path:
@@ -67,49 +70,45 @@ class EngineCache:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
 
-    def paths(self, key: EngineKey) -> tuple[Path, Path]:
-        return self.directory / f"{key.stem}.engine", self.directory / f"{key.stem}.json"
+    def path(self, key: EngineKey) -> Path:
+        return self.directory / f"{key.stem}{SUFFIX}"
 
     def timing_cache_path(self, platform: Platform) -> Path:
+        """The timing cache entry of `platform` (read and written by tsf_trt.engines.build)."""
         return self.directory / f"timing-{platform.slug()}.cache"
 
     # -- reading ---------------------------------------------------------------------------
     def entries(self) -> list[Entry]:
-        """Every engine with readable metadata (unreadable metadata is skipped, never trusted)."""
+        """Every engine whose metadata reads as an engine's (without its data: listed, not checked;
+        `lookup` checks the one used). Unreadable metadata is skipped, never trusted."""
         found = []
-        for meta_path in sorted(self.directory.glob("*.json")):
-            try:
-                meta = json.loads(meta_path.read_text())
-                if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-                    continue
-                key = EngineKey.from_dict(meta["key"])
-            except (OSError, ValueError, KeyError, TypeError, TsfError):
-                continue
-            found.append(Entry(key, meta_path.with_suffix(".engine"), meta))
+        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+            meta = cache_entry.read_meta(path)
+            key = _key(meta)
+            if key is not None:
+                found.append(Entry(key, path, meta))  # type: ignore[arg-type]
         return found
 
     def lookup(self, key: EngineKey) -> Entry | None:
         """The engine stored under exactly `key`, checked; None when there is none.
 
-        Raises CorruptEngine (after removing the files) when the engine file is missing,
-        truncated or modified since it was built.
+        Raises CorruptEngine (after removing the file) when the entry is truncated or modified
+        since it was built, or holds no engine's metadata.
         """
-        engine, meta_path = self.paths(key)
+        path = self.path(key)
         try:
-            meta = json.loads(meta_path.read_text())
-            stored = EngineKey.from_dict(meta["key"])
-        except FileNotFoundError:
+            found = cache_entry.load(path)
+        except cache_entry.DamagedEntry as exc:
+            raise CorruptEngine(str(exc)) from None
+        if found is None:
             return None
-        except (OSError, ValueError, KeyError, TypeError, TsfError):
-            self.remove(key)  # unreadable metadata: the pair cannot be trusted
-            return None
+        stored = _key(found.meta)
+        if stored is None:
+            path.unlink(missing_ok=True)
+            raise CorruptEngine(f"{path}: its metadata is not an engine's; it was removed and will be rebuilt")
         if stored != key:
             return None  # a digest collision or a hand-copied file: not this engine
-        problem = self._verify(engine, meta)
-        if problem:
-            self.remove(key)
-            raise CorruptEngine(f"{engine}: {problem}; it was deleted and will be rebuilt")
-        return Entry(key, engine, meta)
+        return Entry(key, path, found.meta, found.payload)
 
     def find(self, like: EngineKey, batch: int, height: int, width: int) -> Entry | None:
         """A stored engine of the same build as `like` whose profile covers the request;
@@ -125,41 +124,37 @@ class EngineCache:
                 return checked
         return None
 
-    @staticmethod
-    def _verify(engine: Path, meta: dict[str, Any]) -> str | None:
-        if not engine.is_file():
-            return "the engine file is missing"
-        if engine.stat().st_size != meta.get("size"):
-            return f"size {engine.stat().st_size} bytes differs from the {meta.get('size')} recorded at build time"
-        if file_sha256(engine) != meta.get("sha256"):
-            return "SHA-256 differs from the one recorded at build time (modified or damaged)"
-        return None
-
     # -- writing ---------------------------------------------------------------------------
     def store(self, key: EngineKey, data: bytes, info: dict[str, Any] | None = None) -> Entry:
-        """Write the engine, then its metadata (a reader never sees metadata without its engine)."""
-        engine, meta_path = self.paths(key)
-        with atomic_path(engine, overwrite=True) as tmp:
-            tmp.write_bytes(data)
+        """Write the engine with its key and hash, as one file at once."""
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "key": key.to_dict(),
                 "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "tsf_trt_version": __version__,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {})}
-        with atomic_path(meta_path, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        return Entry(key, engine, meta)
+        saved = cache_entry.save(self.path(key), data, meta)
+        return Entry(key, saved.path, saved.meta, data)
 
     def remove(self, key: EngineKey) -> None:
-        for path in self.paths(key):
-            path.unlink(missing_ok=True)
+        self.path(key).unlink(missing_ok=True)
 
     def prune_stale(self, key: EngineKey) -> list[Path]:
         """Delete the engines `key` makes obsolete (same graph, precision and platform, other
-        graph file or builder); return what was deleted."""
+        graph file or builder), and the two-file engines of tsf-trt 0.1 (never read by this
+        version); return what was deleted."""
         removed = []
         for entry in self.entries():
             if entry.key.stale_for(key):
                 self.remove(entry.key)
                 removed.append(entry.path)
+        for meta_path in sorted(self.directory.glob("*.json")):
+            try:
+                old = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(old, dict) and old.get("format") == FORMAT and old.get("format_version") == 1:
+                engine = meta_path.with_suffix(".engine")
+                engine.unlink(missing_ok=True)
+                meta_path.unlink(missing_ok=True)
+                removed.append(engine)
         return removed
 
     @contextlib.contextmanager
@@ -180,8 +175,11 @@ class EngineCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` all at once (timing caches are rewritten after each build)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_bytes(data)
+def _key(meta: dict[str, Any] | None) -> EngineKey | None:
+    """The key an engine entry's metadata holds; None when it holds no engine of this format."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        return None
+    try:
+        return EngineKey.from_dict(meta["key"])
+    except (ValueError, KeyError, TypeError, TsfError):
+        return None

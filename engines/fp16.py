@@ -157,18 +157,20 @@ def _element_types(model) -> dict[str, int]:
 
 
 def fp16_variant(source: Path, source_sha256: str, directory: Path) -> tuple[Path, str | None]:
-    """The FP16 variant of `source` in `directory` (written once, atomically, checked);
-    returns its path and, when it was made now, the pass report."""
+    """The FP16 variant of `source` in `directory` (written once, checked with onnx.checker before
+    it is published); returns its path and, when it was made now, the pass report.
+
+    TensorRT's parser and ONNX Runtime read it by path, so it is a plain ONNX file whose name
+    holds its own SHA-256 (:func:`tsf_trt.cache_entry.find_named`): checked each time it is
+    found, a damaged one is removed with one warning and made again."""
     import onnx
 
-    from tsf_trt.atomic import atomic_path
+    from tsf_trt import cache_entry
 
-    path = Path(directory) / f"{source.stem}.{source_sha256[:16]}.fp16v{PASS_VERSION}.onnx"
-    if path.is_file():
-        return path, None
+    stem = f"{source.stem}.{source_sha256[:16]}.fp16v{PASS_VERSION}"
+    found = cache_entry.find_named(directory, stem, ".onnx")
+    if found is not None:
+        return found[0], None
     converted, report = convert_to_fp16(onnx.load(str(source)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, overwrite=True) as tmp:
-        onnx.save(converted, str(tmp))
-        onnx.checker.check_model(str(tmp), full_check=True)
-    return path, report.describe()
+    onnx.checker.check_model(converted, full_check=True)
+    return cache_entry.save_named(directory, stem, ".onnx", converted.SerializeToString()), report.describe()

@@ -76,7 +76,7 @@ class EngineSet:
         for _ in range(2):  # a refused engine is deleted and rebuilt once
             entry = self.manager.engine(graph, batch, height, width)
             try:
-                runner = EngineRunner(self.trt, self.runtime, entry.path.read_bytes(), str(entry.path))
+                runner = EngineRunner(self.trt, self.runtime, entry.data, str(entry.path))  # checked bytes
             except CorruptEngine as exc:
                 self.manager.discard(entry, str(exc))
                 continue

@@ -76,7 +76,7 @@ def ensure_export(model, *, model_id: str | None = None, opset: int = DEFAULT_OP
         return directory
     with step(f"exporting model {model_id[:16]} to ONNX (once; cached in {directory})", _log):
         export_model(model, directory, opset=opset, overwrite=True, origin={"exported_by": "cache"},
-                     model_id=model_id)
+                     model_id=model_id, own_location=True)  # the cache's own folder: a stale one is replaced
     return directory
 
 

@@ -26,7 +26,8 @@ from torch import nn
 from tsf_trt import __version__, sequences
 from tsf_trt.errors import ModelError, TsfError
 from tsf_trt.model import TSFSeq2Seq
-from tsf_trt.atomic import atomic_dir
+from tsf_trt.atomic import atomic_dir, check_folder_target
+from tsf_trt.ownership import EXPORT_DIR
 
 from .graphs import BakedDecoderGraph, DecoderGraph, EncoderGraph, FusionGraph
 from .manifest import DEFAULT_OPSET, FORMAT, FORMAT_VERSION, MANIFEST, sha256
@@ -145,21 +146,24 @@ def count_graph_flops(path: Path, spec: GraphSpec) -> dict[str, int]:
 def export_model(model: TSFSeq2Seq, out_dir: str | Path, *, targets: Sequence[int] | None = None,
                  opset: int = DEFAULT_OPSET, verify: bool = True, overwrite: bool = False,
                  simplify: bool = True, step: Step | None = None, origin: dict[str, Any] | None = None,
-                 model_id: str | None = None) -> dict[str, Any]:
+                 model_id: str | None = None, own_location: bool = False) -> dict[str, Any]:
     """Write an export directory; nothing is left under `out_dir` unless every step passed.
 
     `model_id` is the identity the graphs and manifest record (a ModelSource's); None: a
-    hash of the weights, for a model built in Python."""
+    hash of the weights, for a model built in Python. With `overwrite`, only an export
+    directory that holds nothing else is replaced (:data:`tsf_trt.ownership.EXPORT_DIR`),
+    anything at all with `own_location` (the cache's exports)."""
     from tsf_trt.model.checkpoint import weights_id
 
     out_dir = Path(out_dir)
-    model_id = model_id or weights_id(model)
-    step = step or (lambda message: None)
     if out_dir.exists() and not overwrite:
         raise ModelError(out_dir, "exists; use --overwrite to replace it")
+    check_folder_target(out_dir, overwrite, EXPORT_DIR, own_location=own_location)  # before any work
+    model_id = model_id or weights_id(model)
+    step = step or (lambda message: None)
     targets = list(range(sequences.N_SEQUENCES)) if targets is None else list(targets)
     model = model.float().eval()
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, EXPORT_DIR, own_location=own_location) as tmp:
         specs = graph_specs(model, targets)
         graphs: dict[str, Any] = {}
         for name, spec in specs.items():

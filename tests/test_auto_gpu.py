@@ -140,3 +140,32 @@ def test_nothing_that_works_on_the_gpu(gpu):
         list(auto.plan(gpu.source, device="cuda"))
     assert list(auto.plan(gpu.source, device="auto")) == [("ort", "cpu")]
     assert records(gpu) == []  # not recorded: the next run tries the GPU again
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda r: r.update(ranking=["trt", "torch"]), "fastest first"),
+    (lambda r: r.update(ranking=["reference"]), "ranks other backends"),
+    (lambda r: r["seconds_per_slice"].update(torch=-1.0), "finite and positive"),
+    (lambda r: r.update(failed={}), "once (timed or failed)"),
+    (lambda r: r.update(precision="fp16"), "not 'fp32'"),
+    (lambda r: r.update(ranking=42), "ranks other backends"),
+])
+def test_a_bad_ranking_record_is_measured_again(gpu, caplog, edit, problem):
+    """Issue 22: a GPU ranking record that is not what tsf-trt writes is named in one WARNING,
+    timed again and replaced."""
+    import logging
+
+    from tsf_trt.cache_dir import cache_root
+
+    first = list(auto.plan(gpu.source, device="cuda"))
+    (path,) = (cache_root() / "auto").glob(f"{gpu.source.model_id}-*")
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+    gpu.created.clear()
+    with caplog.at_level(logging.WARNING, logger="tsf_trt"):
+        assert list(auto.plan(gpu.source, device="cuda")) == first
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert str(path) in warning and problem in warning, warning
+    assert gpu.created  # timed again
+    assert records(gpu)[0]["ranking"] == ["torch", "trt"]

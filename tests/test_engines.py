@@ -10,6 +10,7 @@ data flow of the `trt` backend and of the CUDA buffer code on CPU stand-ins
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -109,22 +110,28 @@ def test_every_key_field_changes_the_engine():
 
 
 def test_cache_returns_only_exact_intact_engines(tmp_path):
+    """One file per engine (its key and SHA-256 with it, tsf_trt.cache_entry): the exact key,
+    intact, or nothing; a damaged entry is removed and named."""
     cache = EngineCache(tmp_path)
     stored = cache.store(key(), b"engine-bytes", {"build_seconds": 1.0})
-    assert cache.lookup(key()).path == stored.path and stored.path.read_bytes() == b"engine-bytes"
+    found = cache.lookup(key())
+    assert found.path == stored.path and found.data == b"engine-bytes" and found.meta["build_seconds"] == 1.0
     assert cache.lookup(key(platform=Platform("10.13.0", "NVIDIA A100", "8.0"))) is None  # foreign: never loaded
-    engine, meta = cache.paths(key())
-    engine.write_bytes(b"engine-bytez")  # same size, other content
+    engine = cache.path(key())
+    blob = engine.read_bytes()
+    engine.write_bytes(blob.replace(b"engine-bytes", b"engine-bytez"))  # same size, other content
     with pytest.raises(CorruptEngine, match="SHA-256"):
         cache.lookup(key())
-    assert not engine.exists() and not meta.exists()
+    assert not engine.exists()
     cache.store(key(), b"engine-bytes")
-    engine.write_bytes(b"engine")  # truncated
-    with pytest.raises(CorruptEngine, match="size"):
+    engine.write_bytes(engine.read_bytes()[:-3])  # truncated
+    with pytest.raises(CorruptEngine, match=str(engine)):
         cache.lookup(key())
     cache.store(key(), b"engine-bytes")
-    meta.write_text("{not json")
-    assert cache.lookup(key()) is None and not engine.exists()
+    engine.write_bytes(b"{not an entry")
+    with pytest.raises(CorruptEngine, match="not a tsf-trt cache entry"):
+        cache.lookup(key())
+    assert not engine.exists()
 
 
 def test_cache_finds_a_covering_profile_and_prunes_stale_engines(tmp_path):
@@ -135,7 +142,7 @@ def test_cache_finds_a_covering_profile_and_prunes_stale_engines(tmp_path):
     assert cache.find(key(), 8, 600, 600) is None
     cache.store(key(platform=Platform("10.13.0", "NVIDIA A100", "8.0")), b"foreign")
     newer = key(graph_sha256="c" * 64)
-    assert cache.prune_stale(newer) == [cache.paths(wide)[0]]
+    assert cache.prune_stale(newer) == [cache.path(wide)]
     assert len(cache.entries()) == 1  # the foreign engine stays (a shared export folder)
     import fcntl
 
@@ -192,14 +199,16 @@ def test_stale_and_corrupt_engines_are_rebuilt(export):
     entry = mgr.engine("fusion", 4, 240, 240)
     entry.path.write_bytes(entry.path.read_bytes()[:-3])
     rebuilt = mgr.engine("fusion", 4, 240, 240)
-    assert len(builder.calls) == 2 and rebuilt.path.read_bytes().startswith(b"engine of")
-    assert any("warning" in m and "deleted and will be rebuilt" in m for m in messages)
+    assert len(builder.calls) == 2 and rebuilt.data.startswith(b"engine of")
+    assert [m for m in messages if "warning" in m] == [
+        f"warning: {entry.path}: its SHA-256 differs from the one recorded when it was written (modified or damaged); "
+        "it was removed and will be rebuilt"]
     mgr.discard(rebuilt, "TensorRT could not deserialise it")  # what the runtime does on refusal
     assert not rebuilt.path.exists()
     stale = EngineKey(**{**rebuilt.key.__dict__, "graph_sha256": "0" * 64})
     mgr.cache.store(stale, b"old")
     mgr.build("fusion", force=True)
-    assert not mgr.cache.paths(stale)[0].exists()  # the old graph's engine is gone
+    assert not mgr.cache.path(stale).exists()  # the old graph's engine is gone
 
 
 def test_engine_key_holds_the_graph_role():
@@ -221,8 +230,8 @@ def test_manager_checks_each_graph_for_its_role(export):
     foreign = EngineKey(**{**mgr.key("decoder_t2").__dict__, "role": "decoder_flair"})
     mgr.cache.store(foreign, b"engine of another role")
     entry = mgr.engine("decoder_t2", 2, 64, 64)
-    assert entry.key.role == "decoder_t2" and len(builder.calls) == 1 and not mgr.cache.paths(foreign)[0].exists()
-    assert json.loads(mgr.cache.paths(entry.key)[1].read_text())["key"]["role"] == "decoder_t2"
+    assert entry.key.role == "decoder_t2" and len(builder.calls) == 1 and not mgr.cache.path(foreign).exists()
+    assert mgr.cache.lookup(entry.key).meta["key"]["role"] == "decoder_t2"
     path = export / "manifest.json"
     manifest = json.loads(path.read_text())
     graphs = manifest["graphs"]
@@ -287,27 +296,37 @@ def test_build_engine_is_strongly_typed_on_tensorrt_10_and_11(export, fake_trt, 
     assert fake.built[-1]["config"].flags_cleared == []
 
 
-def test_timing_cache_from_another_gpu_is_replaced(export, fake_trt, tmp_path):
+def test_timing_cache_from_another_gpu_is_replaced(export, fake_trt, tmp_path, caplog):
     """set_timing_cache returns False for a cache made on another device or TensorRT version,
     and get_timing_cache is then None: the build must still return its engine and leave a
     fresh cache of this GPU behind (defect 1)."""
     from tests.fake_trt import FakeTimingCache
     from tsf_trt.engines import build
 
+    from tsf_trt import cache_entry
+
     cache = tmp_path / "timing.cache"
-    cache.write_bytes(bytes(FakeTimingCache("10.13.0/NVIDIA A100", 7).serialize()))
+    cache_entry.save(cache, bytes(FakeTimingCache("10.13.0/NVIDIA A100", 7).serialize()))
     fake = fake_trt()
     data = build.build_engine(export / "encoder.onnx", encoder_shapes(export), precision="fp32", workspace_gib=1,
                               timing_cache=cache)
     assert json.loads(data)["inputs"] == ["image"]
-    assert cache.read_bytes() == bytes(FakeTimingCache(fake.tag, 1).serialize())
+    assert cache_entry.load(cache).payload == bytes(FakeTimingCache(fake.tag, 1).serialize())
     build.build_engine(export / "encoder.onnx", encoder_shapes(export), precision="fp32", workspace_gib=1,
                        timing_cache=cache)
-    assert cache.read_bytes() == bytes(FakeTimingCache(fake.tag, 2).serialize())  # this GPU's: reused
-    cache.write_bytes(b"garbage")
+    assert cache_entry.load(cache).payload == bytes(FakeTimingCache(fake.tag, 2).serialize())  # this GPU's: reused
+    cache_entry.save(cache, b"garbage")  # intact as an entry, but not a timing cache: TensorRT's refusal
     build.build_engine(export / "encoder.onnx", encoder_shapes(export), precision="fp32", workspace_gib=1,
                        timing_cache=cache)
-    assert cache.read_bytes() == bytes(FakeTimingCache(fake.tag, 1).serialize())
+    assert cache_entry.load(cache).payload == bytes(FakeTimingCache(fake.tag, 1).serialize())
+    blob = bytearray(cache.read_bytes())  # a damaged entry (issue 22): not handed to TensorRT, made anew
+    blob[-1] ^= 0x10
+    cache.write_bytes(bytes(blob))
+    with caplog.at_level(logging.WARNING, logger="tsf_trt"):
+        build.build_engine(export / "encoder.onnx", encoder_shapes(export), precision="fp32", workspace_gib=1,
+                           timing_cache=cache)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [str(cache)]
+    assert cache_entry.load(cache).payload == bytes(FakeTimingCache(fake.tag, 1).serialize())
 
 
 def test_failed_builds_are_one_line_errors(export, fake_trt, tmp_path):
@@ -520,7 +539,7 @@ def test_cli_engines_build_with_stand_ins(export, monkeypatch, fake_cuda):
     assert first.exit_code == 0, first.output
     assert built_on == [1] * 6, built_on  # not GPU 0, whose name is not in the engine key
     assert "fusion: " in first.output and "(fp32, 0 MiB, built in" in first.output and "batch 1-8" in first.output
-    assert len(list((export / "engines").glob("*.engine"))) == 2 + 4  # encoder, fusion, 4 baked decoders
+    assert len(list((export / "engines").glob("*.tsfengine"))) == 2 + 4  # encoder, fusion, 4 baked decoders
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and again.output.count("cached") == 6, again.output
     bad = CliRunner().invoke(app, [*args, "--max-size", "250x250"])

@@ -173,3 +173,38 @@ def test_parallel_reading_finds_what_check_subject_finds_and_fails_in_order(tmp_
     with pytest.raises(InputError) as first:
         prefetch.load_subject(files)
     assert first.value.path == files[3]
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link"])
+def test_one_file_as_two_sequences_is_refused_before_reading(tmp_path, monkeypatch, how):
+    """Whatever the subject's source (command line, folder, BIDS, --map), its inputs pass here: a
+    file given as two sequences (itself or through a link) fails the subject before any read."""
+    import os
+
+    t1 = write_nifti(tmp_path / "s_t1.nii.gz", make_head(SHAPE, seed=0))
+    second = t1 if how == "same path" else tmp_path / "s_flair.nii.gz"
+    if how == "symlink":
+        second.symlink_to(t1)
+    elif how == "hard link":
+        os.link(t1, second)
+    read = []
+    monkeypatch.setattr(prefetch, "load_volume", lambda p: read.append(p))
+    with pytest.raises(InputError) as error:
+        prefetch.load_subject({0: t1, 3: second})
+    assert error.value.path == second and read == []
+    assert ("given as both T1 and FLAIR" if how == "same path"
+            else f"the FLAIR input is the same file as the T1 input {t1}") in error.value.problem
+    # Read ahead in folder mode: the same error, on the subject's turn.
+    ahead = prefetch.Prefetcher()
+    ahead.ahead({0: t1, 3: second})
+    monkeypatch.setattr(prefetch, "load_volume", load_volume)
+    ahead.load({0: write_nifti(tmp_path / "other_t1.nii.gz", make_head(SHAPE, seed=2))})
+    with pytest.raises(InputError, match="one file cannot be two sequences"):
+        ahead.load({0: t1, 3: second})
+
+
+def test_two_files_with_the_same_voxels_are_a_finding(tmp_path):
+    t1 = write_nifti(tmp_path / "s_t1.nii.gz", make_head(SHAPE, seed=0))
+    copy = write_nifti(tmp_path / "s_flair.nii.gz", make_head(SHAPE, seed=0))
+    loaded = prefetch.load_subject({0: t1, 3: copy})
+    assert [(f.path, f.kind) for f in loaded.findings] == [(copy, "identical-inputs")]

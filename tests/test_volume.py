@@ -256,7 +256,12 @@ def test_check_writable(tmp_path: Path) -> None:
     out.write_bytes(b"old")
     with pytest.raises(InputError, match="exists; use --overwrite"):
         check_writable(out, overwrite=False)
-    check_writable(out, overwrite=True)
+    with pytest.raises(InputError, match="not written by tsf-trt"):  # --overwrite replaces only our own files
+        check_writable(out, overwrite=True)
+    check_writable(out, overwrite=True, own_location=True)  # a cache: the caller vouches for the place
+    ours = tmp_path / "ours.json"
+    ours.write_text('{"tsf_trt_version": "0.1.0"}')
+    check_writable(ours, overwrite=True)
     assert out.read_bytes() == b"old"
     with pytest.raises(InputError, match="directory"):
         check_writable(tmp_path, overwrite=True)
@@ -293,6 +298,11 @@ def test_atomic_path_rechecks_before_rename(tmp_path: Path) -> None:
             final.write_text("someone else")  # appeared while we were working
     assert final.read_text() == "someone else"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    with pytest.raises(InputError, match="not written by tsf-trt"):  # not ours: --overwrite never replaces it
+        with atomic_path(final, overwrite=True) as tmp:
+            tmp.write_text("new")
+    assert final.read_text() == "someone else"
+    final.write_text('{"tsf_trt_version": "0.1.0"}')
     with atomic_path(final, overwrite=True) as tmp:
         tmp.write_text("new")
     assert final.read_text() == "new"
@@ -310,10 +320,10 @@ def test_save_refuses_existing_and_own_input(tmp_path: Path) -> None:
         save_volume(vol, vol.data, tmp_path / "link.nii.gz", description="x", overwrite=True)
     assert src.read_bytes() == before
 
-    out = save_volume(vol, vol.data, tmp_path / "out.nii.gz", description="x")
+    out = save_volume(vol, vol.data, tmp_path / "out.nii.gz", description="tsf-trt x")
     with pytest.raises(InputError, match="exists"):
-        save_volume(vol, vol.data + 1, out, description="x")
-    save_volume(vol, vol.data + 1, out, description="x", overwrite=True)
+        save_volume(vol, vol.data + 1, out, description="tsf-trt x")
+    save_volume(vol, vol.data + 1, out, description="tsf-trt x", overwrite=True)
     np.testing.assert_array_equal(load_volume(out).data, vol.data + 1)
 
 

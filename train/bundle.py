@@ -13,10 +13,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tsf_trt.errors import TsfError
+from tsf_trt.errors import InputError, TsfError
 from tsf_trt.model import load_model, save_model
 from tsf_trt.model.meta import CONFIG_FILE, EXPORT_SUBDIR, WEIGHTS_FILE, model_id, read_model_meta
-from tsf_trt.atomic import atomic_dir
+from tsf_trt.atomic import atomic_dir, check_folder_target
+from tsf_trt.ownership import MODEL_DIR, refuse_input_overlap
 
 CARD = "MODEL_CARD.md"
 _FLAGS = ("model_config", "init", "steps", "batch_size", "crop", "lr", "workers", "block_subjects",
@@ -102,14 +103,20 @@ def model_card(name: str, s1: dict[str, Any], s2: dict[str, Any], model, identit
 
 def bundle(stage1: Path, stage2: Path, out: Path, *, name: str = "demo", quality: Path | None = None,
            notes: Path | None = None, overwrite: bool = False) -> Path:
-    """Write `out` from the last step of `stage2`, with its MODEL_CARD.md; the path written."""
+    """Write `out` from the last step of `stage2`, with its MODEL_CARD.md; the path written.
+    `out` is checked first: never one of the inputs, replaced only if a model directory."""
+    out = Path(out)
+    refuse_input_overlap(out, [("--stage1 run folder", stage1), ("--stage2 run folder", stage2),
+                               ("--quality file", quality), ("--notes file", notes)])
+    check_folder_target(out, overwrite, MODEL_DIR)
+    for flag, path in (("--quality", quality), ("--notes", notes)):
+        if path is not None and not Path(path).is_file():
+            raise InputError(path, f"no such file ({flag})")
     s1, s2 = _read_run(stage1), _read_run(stage2)
     final = stage2 / f"step_{s2['config']['steps']:06d}"
     model = load_model(final)
-    if out.exists() and not overwrite:
-        raise TsfError(f"{out}: exists; pass --overwrite to replace it")
     origin = {"bundled": name, "trained": {"stage1": command(s1["config"]), "stage2": command(s2["config"])}}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, MODEL_DIR) as tmp:
         crop = s2["config"].get("crop")
         save_model(model, tmp / "model", origin=origin, training_crop=(crop, crop) if crop else None)
         for item in (CONFIG_FILE, WEIGHTS_FILE):

@@ -57,7 +57,7 @@ def split_subjects(subjects: Sequence[Subject], *, val: float = 0.1, test: float
 def write_split(path: str | Path, split: Mapping[str, Sequence[Subject]]) -> None:
     """Save a split as JSON {"train": [names], "val": [...], "test": [...]}, atomically."""
     data = {k: sorted(s.name for s in split.get(k, ())) for k in SPLITS}
-    with atomic_path(path, overwrite=True) as tmp:
+    with atomic_path(path, overwrite=True, own_location=True) as tmp:  # the run folder's own (checked first)
         tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 

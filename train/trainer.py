@@ -38,11 +38,13 @@ from tsf_trt import sequences
 from tsf_trt.errors import TsfError
 from tsf_trt.model import TSFSeq2Seq, load_model, resolve_config, save_model
 from tsf_trt.subjects import find_subjects
-from tsf_trt.atomic import atomic_dir
+from tsf_trt.atomic import atomic_dir, atomic_path
+from tsf_trt.ownership import TRAIN_STATE
 
 from .data import (BlockShuffleSampler, SliceDataset, make_loader, read_split, sample_task, slice_index,
                    split_subjects, write_split)
 from .losses import LAMBDA_PER, LAMBDA_REC, SynthesisLoss, load_vgg19, psnr, ssim
+from .run_folder import CONFIG, check_run_folder, sweep_run_folder
 from .runlog import RunLog
 
 STAGES = ("seq2seq", "tsf")
@@ -261,7 +263,7 @@ def validate(model: TSFSeq2Seq, dataset: SliceDataset, stage: str, device: torch
 
 def _save_last(out: Path, model: TSFSeq2Seq, state: dict[str, Any], origin: dict[str, Any]) -> None:
     """last/ replaced as a whole: a crash mid-write leaves the previous one."""
-    with atomic_dir(out / "last") as tmp:
+    with atomic_dir(out / "last", TRAIN_STATE) as tmp:
         save_model(model, tmp / "model", origin=origin)
         torch.save(state, tmp / "trainer_state.pt")
 
@@ -286,6 +288,11 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, on_step, echo) -> P
         raise TsfError(f"{cfg.out}: nothing to resume (no last/trainer_state.pt)")
     if not cfg.resume and last.exists():
         raise TsfError(f"{cfg.out}: holds a run already; pass --resume to continue it or choose another -o")
+    if d.main:  # rank 0 writes the run folder (others would see its first files appear)
+        check_run_folder(cfg.out, inputs=[("--data folder", cfg.data), ("--init model directory", cfg.init),
+                                          ("--split file", cfg.split), ("--vgg-weights file", cfg.vgg_weights),
+                                          ("--config file", Path(cfg.model_config)
+                                           if Path(cfg.model_config).is_file() else None)])
     runlog = RunLog(cfg.out, enabled=d.main, echo=echo, resume=cfg.resume)
     log = runlog.message
     if cfg.resume:
@@ -296,7 +303,9 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, on_step, echo) -> P
                            "these fix the model and data and cannot change")
     split = _make_split(cfg, d, log)  # first: a wrong --data fails before anything is written
     if d.main:
-        (cfg.out / "train_config.json").write_text(json.dumps(cfg.to_json(), indent=1) + "\n")
+        sweep_run_folder(cfg.out)
+        with atomic_path(cfg.out / CONFIG, overwrite=True, own_location=True) as tmp:  # checked: ours
+            tmp.write_text(json.dumps(cfg.to_json(), indent=1) + "\n")
     model = _build_model(cfg, log)
     if cfg.resume:
         model.load_state_dict(load_model(last / "model").state_dict())

@@ -6,11 +6,17 @@ exports, engines, checkpoints. A temporary name beside the target carries its wr
 process left behind can be told from what a live one is writing, and removed
 (:func:`remove_stale`) without ever touching another live process's file. A full disk
 is reported as one line naming the file being written (:class:`DiskFullError`).
+
+`--overwrite` replaces only what tsf-trt wrote (:mod:`tsf_trt.ownership` recognises it): that
+is the default of every function here; writes into a location the caller has already
+recognised as tsf-trt's own (its caches, a report folder it resumes) say so with
+``own_location=True``.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import secrets
@@ -21,6 +27,7 @@ from pathlib import Path
 
 from .errors import InputError, TsfError
 from .owners import Owner
+from .ownership import FolderKind, refuse_foreign_file
 
 #: Errors of "this file system has no hard links": publish then checks and renames instead.
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EACCES}
@@ -32,6 +39,11 @@ _LOW_SPACE_BYTES = 1 << 20
 #: PID in names written by tsf-trt 0.1 (judged by age only, as if from another host).
 _LEFTOVER = re.compile(r"^\.(?P<final>.+)\.(?P<kind>tmp|probe|old)-"
                        r"(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)|(?P<old_pid>\d+))-[0-9a-f]{8}")
+
+
+def leftover_name(name: str) -> bool:
+    """Whether `name` is one of this module's temporary, probe or old names."""
+    return _LEFTOVER.match(name) is not None
 
 
 class DiskFullError(InputError):
@@ -46,24 +58,43 @@ def temp_path(path: Path, kind: str = "tmp") -> Path:
     return path.parent / f".{name}.{kind}-{Owner.current().tag}-{secrets.token_hex(4)}{suffix}"
 
 
-def _probe_folder(path: Path, folder: Path) -> None:
-    """Really create and delete a file: os.access says yes to root even on read-only mounts."""
-    probe = temp_path(path, "probe")
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        raise InputError(path, f"cannot write in folder {folder} ({exc.strerror})") from None
-    os.close(fd)
+def probe_folder(folder: Path, name: str = "write-check") -> None:
+    """Really create and delete a file in `folder` (OSError when it cannot): os.access says yes
+    to root even on read-only mounts. The probe is named as a temp file of this process beside
+    `name`, so a killed run's is swept like its other leftovers."""
+    probe = temp_path(folder / name, "probe")
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     os.unlink(probe)
 
 
-def check_writable(path: str | Path, overwrite: bool) -> None:
-    """Fail early (before any work) if ``path`` cannot be written as asked; modifies nothing."""
+def _probe_folder(path: Path, folder: Path) -> None:
+    """`path` can be created in `folder` (where it goes, or the nearest folder above it that exists)."""
+    try:
+        probe_folder(folder, path.name)
+    except OSError as exc:
+        raise InputError(path, f"cannot write in folder {folder} ({exc.strerror or exc})") from None
+
+
+def check_folder_writable(folder: Path) -> None:
+    """Outputs can be written in the existing output folder `folder` (a real probe)."""
+    try:
+        probe_folder(folder)
+    except OSError as exc:
+        raise InputError(folder, f"cannot write in the output folder ({exc.strerror or exc})") from None
+
+
+def check_writable(path: str | Path, overwrite: bool, *, own_location: bool = False) -> None:
+    """Fail early (before any work) if ``path`` cannot be written as asked; modifies nothing.
+    An existing file is replaced only with `overwrite`, and only when tsf-trt wrote it (or the
+    caller vouches for the location with `own_location`: a cache, a recognised report folder)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(path, "is a directory; give a file name for the output")
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise InputError(path, "exists; use --overwrite to replace it")
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise InputError(path, "exists; use --overwrite to replace it")
+        if not own_location:
+            refuse_foreign_file(path)
     folder = path.parent
     if not folder.exists():
         raise InputError(path, f"folder {folder} does not exist")
@@ -144,16 +175,17 @@ def disk_full_as_error(path: Path, folder: Path | None = None) -> Iterator[None]
 
 
 @contextmanager
-def atomic_group(paths: Sequence[Path], overwrite: bool) -> Iterator[list[Path]]:
+def atomic_group(paths: Sequence[Path], overwrite: bool, *, own_location: bool = False) -> Iterator[list[Path]]:
     """Temp paths for files that belong together, published in the order given when the
     block ends without error (put the file that marks completion last).
 
     Should publishing fail midway (Ctrl-C included), exactly the files this call put in
     place are removed again, each checked by inode: never a file another process wrote.
+    What may be replaced: :func:`check_writable`.
     """
     paths = [Path(p) for p in paths]
     for path in paths:
-        check_writable(path, overwrite)
+        check_writable(path, overwrite, own_location=own_location)
     tmps = [temp_path(path) for path in paths]
     try:
         for tmp, path in zip(tmps, paths):
@@ -185,34 +217,72 @@ def atomic_group(paths: Sequence[Path], overwrite: bool) -> Iterator[list[Path]]
 
 
 @contextmanager
-def atomic_path(path: str | Path, overwrite: bool) -> Iterator[Path]:
+def atomic_path(path: str | Path, overwrite: bool, *, own_location: bool = False) -> Iterator[Path]:
     """Yield a hidden temp path beside ``path``; rename it into place only on success.
 
     On any exception, including KeyboardInterrupt, the temp file is removed and nothing
     appears under ``path``: a group of one.
     """
-    with atomic_group([Path(path)], overwrite) as (tmp,):
+    with atomic_group([Path(path)], overwrite, own_location=own_location) as (tmp,):
         yield tmp
 
 
+def _existing_ancestor(path: Path) -> Path:
+    """`path` or the nearest folder above it that exists (where creating it starts)."""
+    return next(p for p in [path, *path.parents] if p.exists() or p.is_symlink() or p == p.parent)
+
+
+def check_folder_target(path: str | Path, overwrite: bool, kind: FolderKind | None, *,
+                        own_location: bool = False) -> None:
+    """Fail before any work unless :func:`atomic_dir` may write the folder `path`: absent, or
+    with `overwrite` a folder of `kind` holding nothing else (``own_location``: any folder
+    there is tsf-trt's own, a cache); its parent creatable and writable. Modifies nothing."""
+    path = Path(path)
+    if path.is_symlink():
+        raise InputError(path, "is a symbolic link: not replaced; give another output folder")
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(path, "is a file; give a folder for the output")
+        if not overwrite:
+            raise InputError(path, "exists; use --overwrite to replace it")
+        if not own_location:
+            if kind is None:
+                raise InputError(path, "exists and is not a folder tsf-trt may replace; choose another output")
+            kind.check(path)
+    base = _existing_ancestor(path.parent)
+    if not base.is_dir():
+        raise InputError(path, f"{base} is not a folder")
+    _probe_folder(path, base)
+
+
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, kind: FolderKind | None = None, *, own_location: bool = False) -> Iterator[Path]:
     """Yield a hidden temp folder beside ``path``; on success it replaces ``path`` whole.
 
     Model directories, exports, checkpoints and phantom subjects are written this way:
     a reader sees the complete old folder or the complete new one, never a mix. On any
     exception (KeyboardInterrupt included) the temp folder is removed and ``path`` is
-    untouched. Whether replacing is allowed is the caller's check, made before the work.
+    untouched. Whether replacing is allowed is the caller's check, made before the work
+    (:func:`check_folder_target`); it is made again just before the swap, so that an
+    existing folder is replaced only when it is of `kind` and holds nothing else (or
+    `own_location`), whatever appeared there meanwhile. Dead writers' leftovers of the same
+    name beside it are removed first.
     """
     path = Path(path)
     with disk_full_as_error(path, path.parent if path.parent.exists() else None):
         path.parent.mkdir(parents=True, exist_ok=True)
+    sweep(path.parent, [path.name])
     tmp = temp_path(path)
     try:
         with disk_full_as_error(path):
             tmp.mkdir()  # umask applies, so the published folder is not private
             yield tmp
             if path.exists() or path.is_symlink():
+                if not own_location:
+                    if kind is None or path.is_symlink() or not path.is_dir():
+                        raise InputError(path, "exists and is not a folder tsf-trt may replace; nothing was "
+                                               "written")
+                    kind.check(path)
                 old = temp_path(path, "old")
                 os.rename(path, old)
                 os.rename(tmp, path)
@@ -269,6 +339,19 @@ def remove_stale(folder: Path, names: Iterable[str] | Callable[[str], bool], lea
     return removed
 
 
+def sweep(folder: Path, names: Iterable[str] | Callable[[str], bool], lease_s: float | None = None) -> list[Path]:
+    """:func:`remove_stale` for a command's own outputs, logged; `lease_s` (for writers on other
+    hosts) defaults to the claim lease of folder runs."""
+    if lease_s is None:
+        from .claims import DEFAULT_LEASE_S
+
+        lease_s = DEFAULT_LEASE_S
+    removed = remove_stale(folder, names, lease_s) if folder.is_dir() else []
+    if removed:
+        _log.info("removed %d leftover(s) of killed runs in %s", len(removed), folder)
+    return removed
+
+
 def make_folder(path: Path) -> Path | None:
     """Create an output folder; return the topmost folder this created (None if it existed),
     for :func:`remove_empty_folders` when the run fails."""
@@ -293,3 +376,6 @@ def remove_empty_folders(top: Path | None, leaf: Path | None) -> None:
             return
         if folder == top:
             return
+
+
+_log = logging.getLogger(__name__)

@@ -377,8 +377,7 @@ def dataset_description(name: str, version: str, model_id: str, source: str | Pa
     described: dict = {
         "Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
         "GeneratedBy": [{"Name": PIPELINE_NAME, "Version": version,
-                         "Description": f"missing MRI sequence synthesised by TSF-Seq2Seq with its task-specific "
-                                        f"error map (TSEM); model {model_id}"}]}
+                         "Description": f"{_DESCRIBED}{model_id}"}]}
     if source is not None:
         url = Path(source).absolute().as_uri()
         origin = {"URL": url}
@@ -387,6 +386,19 @@ def dataset_description(name: str, version: str, model_id: str, source: str | Pa
         link = url if deriv_root is None else Path(os.path.relpath(source, deriv_root)).as_posix()
         described.update(SourceDatasets=[origin], DatasetLinks={"raw": link})
     return described
+
+
+#: GeneratedBy's description, which ends with the model id (read back by model_described).
+_DESCRIBED = "missing MRI sequence synthesised by TSF-Seq2Seq with its task-specific error map (TSEM); model "
+
+
+def model_described(described: object) -> str | None:
+    """The model id a tsf-trt derivative's dataset_description names, None where it names none."""
+    try:
+        text = next(e["Description"] for e in described["GeneratedBy"] if e.get("Name") == PIPELINE_NAME)
+    except (TypeError, KeyError, AttributeError, StopIteration):
+        return None
+    return text[len(_DESCRIBED):] if isinstance(text, str) and text.startswith(_DESCRIBED) else None
 
 
 def bids_uri(path: str | Path, root: str | Path, dataset: str = "raw") -> str:

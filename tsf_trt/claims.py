@@ -17,6 +17,10 @@ A holder refreshes its claim's mtime (the heartbeat) every quarter lease, and ch
 that its claim is still the one in force just before it publishes outputs, so even a
 holder wrongly taken for dead (a frozen machine) cannot overwrite its successor's work.
 Nothing here removes a file of a live process.
+
+A folder run also registers itself in the output folder, with its model (:meth:`Claims.join`,
+a claim of its own generation): the outputs of one folder and target are one model's, so the
+later of two runs with different models stops (:class:`ModelConflict`) instead of mixing them.
 """
 
 from __future__ import annotations
@@ -36,15 +40,31 @@ from .errors import TsfError
 from .owners import Owner
 
 DEFAULT_LEASE_S = 600.0
-_CLAIM = re.compile(r"^\.(?P<stem>.+)\.claim-(?P<gen>\d+)$")
+#: Bounds of the lease. Below a second, a live holder on another machine could be taken for dead
+#: between two heartbeats (one every quarter lease, at most every 0.2 s: Claims._beat) on any
+#: loaded machine. Above a week, a run that died on another machine keeps its subjects from every
+#: other run for longer than any pause a machine survives; the bound also keeps the heartbeat's
+#: wait finite (`inf` would end the heartbeat thread with an OverflowError).
+LEASE_BOUNDS_S = (1.0, 7 * 24 * 3600.0)
+# DOTALL: a subject named with a newline is refused before it is claimed, but a listing may hold any name.
+_CLAIM = re.compile(r"^\.(?P<stem>.+)\.claim-(?P<gen>\d+)\Z", re.DOTALL)
 _held_tokens: set[str] = set()   # claims this process holds, over all threads
 _held_lock = threading.Lock()
+#: The claim stem of folder mode's run registrations (Claims.join), in the output folder:
+#: `.tsf-trt-run_TARGET.claim-G`, so that no subject's claim (in a subject's own folder) shares it.
+RUN_STEM = "tsf-trt-run_{target}"
+
+
+class ModelConflict(TsfError):
+    """The output folder holds (or a live run writes there) another model's outputs of this
+    target: the whole run stops, in one line naming both models (each subject would fail alike)."""
 
 
 def check_lease(lease_s: float) -> None:
-    """The lease is a positive number of seconds."""
-    if not lease_s > 0:
-        raise TsfError(f"--claim-lease must be a positive number of seconds, got {lease_s:g}")
+    """The lease is a number of seconds within LEASE_BOUNDS_S."""
+    low, high = LEASE_BOUNDS_S
+    if not low <= lease_s <= high:
+        raise TsfError(f"--claim-lease must be between {low:g} and {high:g} seconds (a week), got {lease_s:g}")
 
 
 @dataclass(frozen=True)
@@ -56,10 +76,11 @@ class Holder:
     token: str
     host: str
     started: float
+    model_id: str | None = None  # the model of the holder's run (None: a claim without it)
 
-    def describe(self) -> str:
+    def describe(self, verb: str = "claimed") -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started)) if self.started else "?"
-        return f"claimed by pid {self.owner.pid} on {self.host or '?'} since {since} ({self.path.name})"
+        return f"{verb} by pid {self.owner.pid} on {self.host or '?'} since {since} ({self.path.name})"
 
 
 class Claim:
@@ -154,13 +175,40 @@ class Claims:
         claim_name = re.compile(rf"^\.{re.escape(stem)}\.claim-\d+$")
         return removed + remove_stale(folder, lambda name: bool(claim_name.match(name)), self.lease_s)
 
-    def _create(self, folder: Path, stem: str, gen: int) -> Claim | None:
+    # -- run registrations ------------------------------------------------------------------
+    def join(self, folder: Path, target: str, model_id: str) -> Claim:
+        """Register this run among the live runs that write `target` outputs in `folder`: a
+        ModelConflict (nothing held) when the earliest of them uses another model than `model_id`.
+
+        A registration is a claim of RUN_STEM, one generation per run, created exclusively as
+        max + 1, so generations order the runs as they registered, alike on every host (no
+        clock is compared): of two runs of different models the later one stops, and two that
+        register at once both see the same order. Dead runs' registrations go as dead claims do.
+        Released with the other claims (:meth:`close`)."""
+        stem = RUN_STEM.format(target=target)
+        for _ in range(1000):
+            gens = _generations(folder, stem)
+            claim = self._create(folder, stem, max(gens, default=0) + 1, model_id)
+            if claim is not None:
+                break
+        else:
+            raise TsfError(f"{folder}: could not register this run (registrations change faster than they can "
+                           "be read)")
+        self.sweep(folder, stem)  # dead runs' registrations (a live one's never)
+        first = next(iter(_live(folder, stem, self.is_dead)), None)
+        if first is not None and first.token != claim.token and first.model_id != model_id:
+            claim.release()
+            raise conflict_with_run(folder, target, first, model_id)
+        return claim
+
+    def _create(self, folder: Path, stem: str, gen: int, model_id: str | None = None) -> Claim | None:
         path = folder / f".{stem}.claim-{gen}"
         token = secrets.token_hex(8)
         owner = Owner.current()
         body = json.dumps({"host": socket.gethostname(), "host_tag": owner.host, "pid": owner.pid,
                            "process_start": owner.start, "token": token, "started": time.time(),
-                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lease_s": self.lease_s}) + "\n"
+                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lease_s": self.lease_s,
+                           **({"model_id": model_id} if model_id is not None else {})}) + "\n"
         with _held_lock:
             _held_tokens.add(token)  # before the file exists: no other thread may take it for dead
         claim = Claim(path, token, self)
@@ -223,6 +271,29 @@ class Claims:
         self.close()
 
 
+def live_runs(folder: Path, target: str, lease_s: float) -> list[Holder]:
+    """The live runs registered (:meth:`Claims.join`) to write `target` outputs in `folder`,
+    earliest first; reads only (what `infer` checks before its model loads)."""
+    check_lease(lease_s)
+    return _live(folder, RUN_STEM.format(target=target),
+                 lambda holder: holder.owner.is_dead(_mtime(holder.path) or 0.0, lease_s))
+
+
+def _live(folder: Path, stem: str, is_dead) -> list[Holder]:
+    found = []
+    for _, path in sorted(_generations(folder, stem).items()):
+        holder = _read(path)
+        if holder is not None and _mtime(path) is not None and not is_dead(holder):
+            found.append(holder)
+    return found
+
+
+def conflict_with_run(folder: Path, target: str, holder: Holder, model_id: str) -> ModelConflict:
+    return ModelConflict(f"{folder}: a run of model {holder.model_id or '?'} writes its {target} outputs here "
+                         f"({holder.describe('registered')}), and this run's model is {model_id}: an output folder "
+                         "holds one model's outputs; use another -o, or wait for that run to end")
+
+
 def _create_with(path: Path, body: str) -> bool:
     """Create `path` holding `body` only if it does not exist; False if it does."""
     try:
@@ -258,8 +329,10 @@ def _read(path: Path) -> Holder | None:
     try:
         data = json.loads(text)
         owner = Owner(str(data["host_tag"]), int(data["pid"]), int(data.get("process_start", 0)))
-        return Holder(path, owner, str(data["token"]), str(data.get("host", "")), float(data.get("started", 0)))
-    except (ValueError, KeyError, TypeError):
+        model = data.get("model_id")
+        return Holder(path, owner, str(data["token"]), str(data.get("host", "")), float(data.get("started", 0)),
+                      None if model is None else str(model))
+    except (ValueError, KeyError, TypeError, AttributeError):
         return Holder(path, Owner("", 0), "", "", 0.0)
 
 

@@ -26,9 +26,9 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
+from rich.text import Text
 
 from .errors import TsfError
 from .extras import extra_for, missing_extra
@@ -38,8 +38,12 @@ try:
 except ImportError:  # older typer, on click
     from click import get_current_context
 
-out = Console()
-err = Console(stderr=True)
+# Nothing printed is read as markup or emoji codes: what is shown holds paths and names as the
+# user gave them (a file `x[b]_t1.nii.gz`, an output folder `o[/i]`, a subject `a:b:`), which
+# rich would otherwise restyle, cut or refuse. Styled words are rich Text (error_text, the
+# doctor's table); the progress bars and the spinner below show their text as given too.
+out = Console(markup=False, emoji=False)
+err = Console(stderr=True, markup=False, emoji=False)
 log = logging.getLogger("tsf_trt")
 
 _LINE = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
@@ -66,6 +70,11 @@ LogFile = Annotated[Optional[Path], typer.Option(
 
 
 
+def error_text(message: str) -> Text:
+    """`error: <message>` as every command ends a failure, the message shown as given."""
+    return Text.assemble(("error:", "bold red"), " ", message)
+
+
 def user_errors(func: F) -> F:
     """User errors and Ctrl-C end as one line and an exit code, never a traceback."""
 
@@ -74,7 +83,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except TsfError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
+            err.print(error_text(str(exc)), highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_ERROR) from None
         except KeyboardInterrupt:
             err.print("interrupted: no partial output was left behind", highlight=False)
@@ -84,7 +93,7 @@ def user_errors(func: F) -> F:
                 raise
             what = get_current_context(silent=True)
             missing = missing_extra(what.command_path if what else "this command", exc.name)
-            err.print(f"[bold red]error:[/] {escape(str(missing))}", highlight=False, markup=True, soft_wrap=True)
+            err.print(error_text(str(missing)), highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
@@ -127,7 +136,7 @@ def setup_logging(quiet: bool = False, no_progress: bool = False, log_file: Path
 def progress_bar() -> Progress:
     """A bar on a terminal; nothing at all in a batch job or with --quiet/--no-progress (the
     log lines say what happens there)."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=not _show_progress)
 
 
@@ -139,7 +148,7 @@ def step(what: str, logger: logging.Logger = log) -> Iterator[None]:
     start = time.perf_counter()
     try:
         if _show_progress:
-            with err.status(f"{what} ..."):
+            with err.status(Text(f"{what} ...")):  # a str would be read as markup
                 yield
         else:
             yield

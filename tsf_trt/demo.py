@@ -10,12 +10,12 @@ much each input counted.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import metrics, sequences
+from . import __version__, metrics, sequences
 from .jobs import infer_subject
 from .options import InferRequest
 from .outputs import OutputPaths
@@ -23,7 +23,8 @@ from .pipeline import Progress, Synthesizer
 from .preprocess import normalize
 from .subjects import Subject
 from .errors import InputError
-from .atomic import atomic_path
+from .atomic import atomic_path, check_writable, sweep
+from .ownership import refuse_input_overlap
 from .volume import load_volume
 
 DEMO_SEED = 900_000
@@ -62,17 +63,24 @@ def demo_paths(out_dir: Path, seed: int = DEMO_SEED) -> dict[str, Any]:
             "figures": {s: out_dir / f"demo_{_slug(s)}.png" for s in TASKS}, "report": out_dir / "demo.json"}
 
 
-def check_demo(out_dir: str | Path, overwrite: bool, seed: int = DEMO_SEED) -> None:
-    """Refuse existing outputs (unless `overwrite`) before anything is computed."""
+def check_demo(out_dir: str | Path, overwrite: bool, seed: int = DEMO_SEED,
+               inputs: Sequence[tuple[str, Path | None]] = ()) -> None:
+    """Refuse, before anything is computed: an output folder that is or holds one of `inputs`
+    (the model), existing outputs without `overwrite`, and with it any that tsf-trt did not
+    write; an output folder that cannot be written."""
     from .phantoms import check_targets
 
     out_dir = Path(out_dir)
+    refuse_input_overlap(out_dir, inputs)
     check_targets(out_dir, 1, "brats2021", overwrite, seed)
     paths = demo_paths(out_dir, seed)
+    for slug in (_slug(s) for s in TASKS):
+        if (out_dir / slug).exists() and not (out_dir / slug).is_dir():
+            raise InputError(out_dir / slug, "is a file; the demo writes a folder of that name")
     files = [p for outputs in paths["tasks"].values() for p in outputs.all()]
     for path in [*files, *paths["figures"].values(), paths["report"]]:
-        if (path.exists() or path.is_symlink()) and not overwrite:
-            raise InputError(path, "exists; use --overwrite to replace it")
+        if path.exists() or path.is_symlink():
+            check_writable(path, overwrite)  # and with --overwrite, only tsf-trt's own files
 
 
 def run_demo(synth: Synthesizer, out_dir: str | Path, *, overwrite: bool = False, seed: int = DEMO_SEED,
@@ -88,6 +96,7 @@ def run_demo(synth: Synthesizer, out_dir: str | Path, *, overwrite: bool = False
     out_dir = Path(out_dir)
     check_demo(out_dir, overwrite, seed)
     paths = demo_paths(out_dir, seed)
+    sweep(out_dir, {paths["report"].name, *(p.name for p in paths["figures"].values())})  # killed demos' temps
     write_subjects(out_dir, 1, seed=seed, shape=shape, overwrite=overwrite)
     files = {sequences.parse(s): paths["subject"] / f"{paths['name']}_{suffix}.nii.gz"
              for s, suffix in (("t1", "t1"), ("t1gd", "t1ce"), ("t2", "t2"), ("flair", "flair"))}
@@ -114,7 +123,8 @@ def run_demo(synth: Synthesizer, out_dir: str | Path, *, overwrite: bool = False
             tsem_psnr_top1=regions and regions["psnr_top"], tsem_psnr_rest=regions and regions["psnr_rest"],
             seconds=r.timings["total"], figure=Path(figure).name,
             outputs=[str(p.relative_to(out_dir)) for p in outcome.paths.all()]))
-    report = {"subject": paths["name"], "seed": seed, "shape": list(shape), "target": TARGET,
+    report = {"tsf_trt_version": __version__,  # the mark by which --overwrite knows it as tsf-trt's
+              "subject": paths["name"], "seed": seed, "shape": list(shape), "target": TARGET,
               "model_id": synth.backend.model_id, "backend": synth.backend.describe(),
               "metric_note": "PSNR/SSIM inside the head mask, network units [-1, 1] (data range 2), truth = the "
                              "phantom's T2 after the reference normalisation; TSEM top 1 % of head voxels",

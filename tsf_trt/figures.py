@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path
+from .ownership import PNG_METADATA
 
 DPI = 110
 CELL_IN = 1.9  # inches per image cell
@@ -43,15 +44,17 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained", facecolor="white")
 
 
-def save_png(fig: Any, path: str | Path) -> Path:
-    """Render `fig` with the Agg canvas to `path`, atomically (a reader never sees half a PNG)."""
+def save_png(fig: Any, path: str | Path, *, own_location: bool = False) -> Path:
+    """Render `fig` with the Agg canvas to `path`, atomically (a reader never sees half a PNG),
+    marked as tsf-trt's (:data:`tsf_trt.ownership.PNG_METADATA`); an existing file is replaced
+    only when it is a tsf-trt figure too, or `own_location` (a folder recognised as ours)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+    with atomic_path(path, overwrite=True, own_location=own_location) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white", metadata=PNG_METADATA)
     return path
 
 
@@ -99,7 +102,7 @@ def _weights_axis(ax: Any, weights: Mapping[str, float]) -> None:
 def subject_figure(path: str | Path, *, inputs: dict[str, np.ndarray], synthesis: np.ndarray,
                    truth: np.ndarray | None, tsem: np.ndarray | None, weights: dict[str, float] | None,
                    title: str, slices: Sequence[int] | None = None,
-                   slice_labels: Sequence[str] | None = None) -> Path:
+                   slice_labels: Sequence[str] | None = None, own_location: bool = False) -> Path:
     """One row per axial slice; columns: each input, the synthesis, the truth, |error| and the
     TSEM over the synthesis (the last three when given), plus a bar chart of ω.
 
@@ -107,6 +110,7 @@ def subject_figure(path: str | Path, *, inputs: dict[str, np.ndarray], synthesis
     rows drawn (the 99.5th percentile of what is shown), so rows compare at a glance; TSEM below
     a fifth of its scale is left transparent so that the anatomy shows through.
     `slice_labels` names the rows (default 'slice z'), e.g. when the arrays are a subset.
+    `own_location`: see :func:`save_png`.
     """
     shape = synthesis.shape
     for name, array in (*inputs.items(), ("truth", truth), ("tsem", tsem)):
@@ -162,11 +166,11 @@ def subject_figure(path: str | Path, *, inputs: dict[str, np.ndarray], synthesis
     if weights:
         _weights_axis(fig.add_subplot(grid[:, -1]), weights)
     fig.suptitle(title, fontsize=10)
-    return save_png(fig, path)
+    return save_png(fig, path, own_location=own_location)
 
 
 def weights_chart(path: str | Path, rows: Sequence[tuple[str, dict[str, float]]], *,
-                  title: str = "Contribution weight ω of each input, per task") -> Path:
+                  title: str = "Contribution weight ω of each input, per task", own_location: bool = False) -> Path:
     """Paper Fig. 3's content: one horizontal bar per task, split into the ω of its inputs
     (they sum to 1), one colour per sequence."""
     if not rows:
@@ -194,4 +198,4 @@ def weights_chart(path: str | Path, rows: Sequence[tuple[str, dict[str, float]]]
               fontsize=8, frameon=False)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    return save_png(fig, path)
+    return save_png(fig, path, own_location=own_location)

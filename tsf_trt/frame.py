@@ -26,8 +26,14 @@ from .preprocess import BACKGROUND, pad_amounts
 #: within (tsf_trt.evaluation.loop.MARGIN), so a scored voxel never sees the frame's edge
 #: closer than the full frame would show it; measured in issue 15's table at +16 px.
 HEAD_MARGIN = 16
-_SIZE = re.compile(r"(\d+)x(\d+)")
+_SIZE = re.compile(r"(\d{1,12})x(\d{1,12})")  # digits bounded: int() of thousands of digits raises
 KINDS = ("head", "full")
+#: Largest side of a given frame: twice the finest in-plane matrix MRI is stored at (1024, e.g.
+#: 0.2 mm over 200 mm at 7 T), so any slice fits with room to spare; a frame past the slice is only
+#: background padding, and at 2048² the paper config's first encoder activation (64 channels,
+#: float32: tsf_trt/model/config.py) is already 1 GiB per slice. Larger sizes fail up front, not
+#: with an out-of-memory error after the model has loaded.
+MAX_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,9 @@ class FrameSpec:
         match = _SIZE.fullmatch(text)
         if not match or min(int(match[1]), int(match[2])) < 1:
             raise TsfError(f"--frame must be head, full or HxW (e.g. 192x192), got '{text}'")
+        if max(int(match[1]), int(match[2])) > MAX_SIDE:
+            raise TsfError(f"--frame {text}: each side must be at most {MAX_SIDE} pixels (twice the finest MRI "
+                           "matrix; use full for the whole slice)")
         return cls("size", (int(match[1]), int(match[2])))
 
     def __str__(self) -> str:

@@ -5,7 +5,8 @@ folder's layouts), :mod:`tsf_trt.bids` and :mod:`tsf_trt.mapfile`, which it choo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from .bids import find_cases, is_bids_dataset
 from .errors import InputError, TsfError
 from .mapfile import read_map
 from .volume import check_input_file
-from .subjects import Discovery, Subject, check_subject_name, discover, parse_inputs, shard, subject_name
+from .subjects import (Discovery, Subject, broken_link, check_subject_name, discover, parse_inputs, shard,
+                       subject_name)
 
 
 @dataclass(frozen=True)
@@ -57,18 +59,21 @@ class Intake:
         return next(iter(parse_inputs(self.items).values())).parent
 
 
-def gather(intake: Intake, target: int) -> Discovery:
+def gather(intake: Intake, target: int, sources: Sequence[int] | None = None) -> Discovery:
     """The subjects of one `infer` run: every subject of a folder, BIDS dataset or map (then
     its `--shard` share), or one subject of command-line inputs, named `intake.subject` or
-    after its files. Command-line inputs are checked to exist and read before any model loads."""
+    after its files. Command-line inputs are checked to exist and read before any model loads.
+    A symbolic link that leads to no file fails its subject, naming it, when the run would
+    read it (`sources`, else every sequence but the target); else it is listed as unused."""
     mode = intake.mode
     if mode == "folder":
         found = discover(intake.items[0], intake.channels)
-        return Discovery(shard(found.subjects, intake.shard), found.unused)
+        return Discovery(_links(shard(found.subjects, intake.shard), target, sources), found.unused)
     if mode == "bids":
-        return Discovery(shard(_bids_subjects(intake), intake.shard))
+        return Discovery(_links(shard(_bids_subjects(intake), intake.shard), target, sources))
     if mode == "map":
-        return Discovery(shard(read_map(intake.map_file), intake.shard))  # type: ignore[arg-type]
+        mapped = read_map(intake.map_file)  # type: ignore[arg-type]
+        return Discovery(_links(shard(mapped, intake.shard), target, sources))
     if not intake.items:
         raise TsfError("no input given: use --inputs FILE [FILE ...], --inputs FOLDER, --bids DIR or --map CSV")
     subject = intake.subject
@@ -83,6 +88,9 @@ def gather(intake: Intake, target: int) -> Discovery:
                                         "synthesise (drop it or pick another --target)")
     sequences.check_task(list(given), target)
     for path in given.values():  # a typo should fail fast
+        broken = broken_link(path)
+        if broken:
+            raise InputError(path, broken)
         check_input_file(path)
     if subject is None:
         subject = subject_name(given)
@@ -94,3 +102,22 @@ def _bids_subjects(intake: Intake) -> list[Subject]:
     cases = find_cases(intake.root, intake.participants, intake.sessions, dict(intake.bids_filter) or None)
     return [Subject(case.name, case.inputs, case.problem, tuple(case.unused), (case.subject, case.session))
             for case in cases]
+
+
+def _links(subjects: list[Subject], target: int, sources: Sequence[int] | None) -> list[Subject]:
+    """Broken symbolic links among the subjects' inputs: the subject's problem (one line naming
+    the link) if this run would read it, else moved to its unused files with why. A stat per input."""
+    out = []
+    for subject in subjects:
+        broken = {i: why for i, path in subject.inputs.items() if (why := broken_link(path))}
+        if not broken:
+            out.append(subject)
+            continue
+        read = [i for i in broken if (i in sources if sources else i != target)]
+        skipped = [i for i in broken if i not in read]
+        problem = subject.problem or next((f"{subject.inputs[i]}: {broken[i]}" for i in read), None)
+        unused = [*subject.unused, *((subject.inputs[i], f"{broken[i]}; not read ("
+                                      f"{'the target' if i == target else 'not in --sources'})") for i in skipped)]
+        inputs = {i: path for i, path in subject.inputs.items() if i not in skipped}
+        out.append(replace(subject, inputs=inputs, problem=problem, unused=tuple(unused)))
+    return out

@@ -15,15 +15,14 @@ from pathlib import Path
 
 from . import sequences
 from .atomic import DiskFullError, make_folder, remove_empty_folders, remove_stale
-from .claims import Claim, Claims, Holder
+from .claims import Claim, Claims, Holder, ModelConflict
 from .errors import TsfError
-from .outputs import (Inputs, OutputPaths, bids_sidecars, build_report, precision_block, raw_root,
-                      write_dataset_description,
-                      write_outputs)
+from .outputs import (Inputs, OutputPaths, bids_sidecars, build_report, check_folder_outputs, precision_block,
+                      raw_root, write_dataset_description, write_outputs)
 from .options import InferRequest
 from .qc import qc_block
 from .pipeline import Progress, Result, Synthesizer
-from .subjects import Subject
+from .subjects import Subject, shown
 from .resample import needs_resampling, resample_subject, result_to_input_grid
 from .prefetch import Loaded, Prefetcher, load_subject
 from .volume import Volume
@@ -43,15 +42,16 @@ class SubjectOutcome:
 
     def line(self, backend: str = "") -> str:
         """The subject's one log line: name, task, backend, seconds, output or why not."""
+        name = shown(self.subject)  # a name that is refused may hold a newline
         if self.status == "done" and self.result is not None and self.paths is not None:
             frame = self.result.frame
             where = f", frame {frame['size'][0]}x{frame['size'][1]} ({frame['frame']})" if frame else ""
-            return (f"{self.subject}: {self.result.task}, {backend or 'done'}{where}, "
+            return (f"{name}: {self.result.task}, {backend or 'done'}{where}, "
                     f"{self.result.timings['total']:.1f} s, wrote {self.paths.synth}")
         if self.status == "skipped":
             where = f" ({self.paths.report})" if self.paths is not None else ""
-            return f"{self.subject}: skipped, already complete{where}"
-        return f"{self.subject}: {self.status}: {self.error}"
+            return f"{name}: skipped, already complete{where}"
+        return f"{name}: {self.status}: {self.error}"
 
 
 @dataclass
@@ -210,6 +210,8 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     finished subjects are redone, except those another run finished since this one began.
     With `wait`, busy subjects are looked at again until their holders finish them or
     die (then this run takes them over): when it returns, every subject has an outcome.
+    The output folder holds one model's outputs: a live run of another model there, or
+    (without overwrite) another model's report, stops this run with a ModelConflict.
     A subject's outputs are written on a background thread while the next one computes
     (:class:`~tsf_trt.writer.Writer`), and with `prefetch` the next one's inputs are read while
     it computes (:class:`~tsf_trt.prefetch.Prefetcher`: what is read and every error stay as
@@ -217,10 +219,6 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     """
     run = _FolderRun(synth, request, backend_name, Inputs(p for s in subjects for p in s.inputs.values()), time.time(),
                      Prefetcher() if prefetch else None)
-    bids = [s for s in subjects if s.bids is not None]
-    if bids and request.output is not None:  # a BIDS derivative dataset describes itself
-        make_folder(request.output)
-        write_dataset_description(request.output, synth.backend.model_id, raw_root(bids[0]))
     summary = FolderSummary()
 
     def emit(outcome: SubjectOutcome) -> None:
@@ -232,6 +230,7 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     pending = list(subjects)
     with Claims(request.lease_s) as claims:
         try:
+            _join(claims, subjects, request, synth.backend.model_id)
             while pending:
                 busy = []
                 for k, subject in enumerate(pending):
@@ -258,6 +257,21 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     return summary
 
 
+def _join(claims: Claims, subjects: Sequence[Subject], request: InferRequest, model_id: str) -> None:
+    """Register this run in the output folder, whose outputs are one model's (a ModelConflict
+    stops the run otherwise, before any subject); a BIDS derivative dataset describes itself."""
+    root = request.output
+    if root is None:
+        return  # outputs beside each subject's inputs: no one folder to share
+    make_folder(root)
+    claims.join(root, sequences.NAMES[request.target], model_id)
+    check_folder_outputs(root, subjects, request.target, model_id, overwrite=request.overwrite,
+                         lease_s=request.lease_s)
+    bids = next((s for s in subjects if s.bids is not None), None)
+    if bids is not None:
+        write_dataset_description(root, model_id, raw_root(bids), overwrite=request.overwrite)
+
+
 def _failed(name: str, exc: Exception, created: Path | None, paths: OutputPaths | None) -> SubjectOutcome:
     message = str(exc) if isinstance(exc, TsfError) else f"{type(exc).__name__}: {exc}"
     if created is not None and paths is not None:  # a failed subject leaves no empty folder (only if still empty)
@@ -281,6 +295,11 @@ class _FolderRun:
         """With overwrite, only reports written since this run began mark a subject complete."""
         return self.started if self.request.overwrite else None
 
+    def complete(self, paths: OutputPaths) -> bool:
+        """Finished by a run of this model (another model's report: a ModelConflict, see
+        :meth:`OutputPaths.complete`)."""
+        return paths.complete(self.since, self.synth.backend.model_id)
+
     def plan(self, subject: Subject) -> tuple[Subject, OutputPaths]:
         """The subject with the inputs this run takes from it, and its outputs; raises what is wrong."""
         request = self.request
@@ -298,11 +317,12 @@ class _FolderRun:
         for subject in upcoming:
             try:
                 chosen, paths = self.plan(subject)
+                if self.complete(paths):
+                    continue
             except (TsfError, OSError):
                 continue  # `one` says why, in its turn
-            if not paths.complete(self.since):
-                self.prefetch.ahead(chosen.inputs)
-                return
+            self.prefetch.ahead(chosen.inputs)
+            return
         self.prefetch.ahead(None)
 
     def close(self) -> None:
@@ -317,9 +337,9 @@ class _FolderRun:
         try:
             chosen, paths = self.plan(subject)
             where = paths.folder
-            stem, since = paths.report.stem, self.since
+            stem = paths.report.stem
             removed = self._sweep(claims, where, stem, paths)
-            if paths.complete(since):
+            if self.complete(paths):
                 return SubjectOutcome(subject.name, "skipped", paths, removed=removed)
             created = make_folder(where)
             held = claims.claim(where, stem)
@@ -327,7 +347,7 @@ class _FolderRun:
                 return SubjectOutcome(subject.name, "busy", paths, error=held.describe(), removed=removed)
             claim: Claim | None = held
             try:
-                if paths.complete(since):  # finished by another run between our look and our claim
+                if self.complete(paths):  # finished by another run between our look and our claim
                     return SubjectOutcome(subject.name, "skipped", paths, removed=removed)
 
                 def still_ours() -> None:
@@ -355,7 +375,7 @@ class _FolderRun:
             finally:
                 if claim is not None:
                     claim.release()
-        except DiskFullError:
+        except (DiskFullError, ModelConflict):
             raise  # not this subject's fault: every later one would fail the same way
         except (TsfError, OSError) as exc:
             return _failed(subject.name, exc, created, paths)

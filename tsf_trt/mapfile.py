@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import sequences
 from .errors import InputError, TsfError
-from .subjects import Subject, check_subject_name
+from .subjects import Subject, broken_link, check_subject_name
 
 HEADER = ("subject", "sequence", "path")
 
@@ -49,7 +49,7 @@ def read_map(path: str | Path) -> list[Subject]:
         if index in found:
             problems.setdefault(name, f"{source} line {number}: {sequences.DISPLAY[index]} of {name} is given twice "
                                       f"({found[index]} and {where}); keep one")
-        elif not where.is_file():
+        elif not where.is_file() and not broken_link(where):  # a broken link: named by intake.gather
             problems.setdefault(name, f"{where}: no such file ({source} line {number})")
         else:
             found[index] = where

@@ -23,10 +23,13 @@ from .pipeline import Result
 from .subjects import Subject, check_subject_name
 from .preprocess import OUTPUT_SCALE, to_output_intensity
 from .atomic import atomic_group, check_writable, disk_full_as_error
+from .claims import ModelConflict, conflict_with_run, live_runs
 from .errors import InputError, TsfError
 from .volume import Volume, write_volume
 
 REPORT_VERSION = 1
+#: What a model conflict asks of the user (tsf_trt.claims.ModelConflict).
+ONE_MODEL = "an output folder holds one model's outputs; use another -o, or --overwrite to replace them"
 
 
 @dataclass(frozen=True)
@@ -78,17 +81,20 @@ class OutputPaths:
     def names(self) -> list[str]:
         return [p.name for p in self.all()]
 
-    def complete(self, since: float | None = None) -> bool:
+    def complete(self, since: float | None = None, model_id: str | None = None) -> bool:
         """True when a run finished this subject (the report goes last, so it marks the end);
-        with `since` (a time.time()), only a report written at or after it counts."""
-        if not all(p.is_file() for p in self.all()):
+        with `since` (a time.time(), --overwrite), only a report written at or after it counts.
+        With `model_id`, only a report of that model counts: another model's is a ModelConflict
+        naming both (with `since`, it is redone), whether or not its other files are there."""
+        report = finished_report(self.report, since)
+        if report is None:
             return False
-        try:
-            if since is not None and self.report.stat().st_mtime < since:
+        if model_id is not None and report.get("model_id") != model_id:
+            if since is not None:
                 return False
-            return json.loads(self.report.read_text()).get("complete") is True
-        except (OSError, ValueError):
-            return False
+            raise ModelConflict(f"{self.report}: written with model {report.get('model_id')}, and this run's model "
+                                f"is {model_id}: {ONE_MODEL}")
+        return all(p.is_file() for p in self.all())
 
     def check(self, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
         """Fail before any work when an output exists, is an input, or its folder is unwritable."""
@@ -105,6 +111,17 @@ class OutputPaths:
                 which = "" if path.absolute() == source.absolute() else f" (the same file as {source})"
                 raise InputError(path, f"is an input{which}: an input is never written, with or without "
                                        "--overwrite; choose another --output or --subject")
+
+
+def finished_report(path: Path, since: float | None = None) -> dict | None:
+    """The report at `path` of a finished run (written at or after `since`, if given), else None."""
+    try:
+        if since is not None and path.stat().st_mtime < since:
+            return None
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and report.get("complete") is True else None
 
 
 class Inputs:
@@ -223,6 +240,7 @@ def bids_sidecars(subject: Subject, paths: OutputPaths, result: Result, raw_root
                             f"{', '.join(sequences.DISPLAY[i] for i in result.sources)} (tsf-trt)",
              "Sources": sources}
     tsem = None if paths.tsem is None else {
+        "tsf_trt_version": __version__,  # what tells tsf-trt's own files (--overwrite replaces only those)
         "Description": "TSEM: |output with - output without task-specific attention| of the synthesis "
                        "(paper Eq. 6), in network units; high where the network had to refine",
         "Sources": [f"bids::{paths.synth.relative_to(paths.synth.parents[2 + (subject.bids[1] is not None)])}"
@@ -240,23 +258,71 @@ def raw_root(subject: Subject) -> Path | None:
     return None
 
 
-def write_dataset_description(deriv_root: Path, model_id: str, source: Path | None) -> Path | None:
+def write_dataset_description(deriv_root: Path, model_id: str, source: Path | None, *,
+                              overwrite: bool = False) -> Path | None:
     """The derivative's dataset_description.json, written once (several runs may share the
-    folder: the first to finish it wins, an existing one is left as it is). Returns the
-    path when this call wrote it."""
-    from . import __version__
+    folder: the first to finish it wins, an existing one is left as it is); with `overwrite`,
+    one that names another model is replaced (the run replaces that model's outputs). Returns
+    the path when this call wrote it."""
     from .atomic import atomic_path
     from .bids import dataset_description
 
     path = deriv_root / "dataset_description.json"
-    if path.exists():
+    replace = overwrite and described_model(path) not in (None, model_id)
+    if path.exists() and not replace:
         return None
     described = dataset_description("tsf-trt synthesis", __version__, model_id, source, deriv_root)
     try:
-        with atomic_path(path, overwrite=False) as tmp:
+        # own_location: described_model read tsf-trt's own GeneratedBy entry in it
+        with atomic_path(path, overwrite=replace, own_location=replace) as tmp:
             tmp.write_text(json.dumps(described, indent=2) + "\n")
     except InputError:
         if path.exists():
             return None  # another run wrote it first
         raise
     return path
+
+
+def described_model(path: Path) -> str | None:
+    """The model a derivative's dataset_description.json names; None if none is there."""
+    from .bids import model_described
+
+    try:
+        return model_described(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def check_folder_outputs(root: Path, subjects: Iterable[Subject], target: int, model_id: str, *, overwrite: bool,
+                         lease_s: float) -> None:
+    """Folder mode's outputs in `root` are one model's: a ModelConflict naming both models when
+    a live run of another model writes this target there (tsf_trt.claims.Claims.join), or,
+    without `overwrite`, when reports of this run's subjects (or a BIDS derivative's
+    dataset_description.json) are another model's. Checked before the model loads, and again
+    once this run has registered. Costs a stat per subject and a read per report found."""
+    name = sequences.NAMES[target]
+    runs = live_runs(root, name, lease_s)
+    if runs and runs[0].model_id != model_id:
+        raise conflict_with_run(root, name, runs[0], model_id)
+    if overwrite:
+        return
+    others: list[tuple[Path, object]] = []
+    bids = False
+    for subject in subjects:
+        bids = bids or subject.bids is not None
+        try:
+            report = OutputPaths.of(subject, root, target, False, own_folder=True).report
+        except TsfError:
+            continue  # a name that cannot name outputs: that subject fails alone, in its turn
+        if report.is_file():
+            found = finished_report(report)
+            if found is not None and found.get("model_id") != model_id:
+                others.append((report, found.get("model_id")))
+    if others:
+        raise ModelConflict(f"{root}: {len(others)} subject(s) of this run have {name} outputs of model {others[0][1]} "
+                            f"(e.g. {others[0][0]}), and this run's model is {model_id}: {ONE_MODEL}")
+    described = described_model(root / "dataset_description.json") if bids else None
+    if described not in (None, model_id):
+        raise ModelConflict(f"{root / 'dataset_description.json'}: describes outputs of model {described}, and this "
+                            f"run's model is {model_id}: {ONE_MODEL}")
+

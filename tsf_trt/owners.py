@@ -1,11 +1,14 @@
 """Who wrote a file, and whether that process still runs: what makes leftovers safe to remove.
 
-Temporary files and folder-mode claims carry their writer: a host tag (hostname and
-kernel boot id, so a rebooted machine is another host), the pid, and the process's start
-time in clock ticks since boot (so a reused pid is not taken for the writer). On the
-writer's own host that is decided exactly; a writer on another host (a cluster sharing
-the folder) is taken as dead only once its file is older than a lease, because its pid
-means nothing here.
+Temporary files and folder-mode claims carry their writer: a host tag (hostname, kernel
+boot id, so a rebooted machine is another host, and PID namespace), the pid, and the
+process's start time in clock ticks since boot (so a reused pid is not taken for the
+writer). On the writer's own host that is decided exactly; a writer on another host (a
+cluster sharing the folder) is taken as dead only once its file is older than a lease,
+because its pid means nothing here. A pid means nothing in another PID namespace either
+(containers sharing the host's hostname, Kubernetes `hostNetwork`): there pid 1 may be the
+writer, and here it is init, so the namespace is part of the host tag and another
+namespace counts as another host.
 """
 
 from __future__ import annotations
@@ -21,12 +24,22 @@ from pathlib import Path
 
 @functools.lru_cache(maxsize=1)
 def host_tag() -> str:
-    """8 hex digits naming this machine since its last boot."""
+    """8 hex digits naming this machine since its last boot, as seen from this PID namespace
+    (the hex form keeps temp names `.NAME.tmp-HOST-PID-START-RAND` as tsf_trt.atomic reads them)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot = ""
-    return hashlib.sha256(f"{socket.gethostname()}\0{boot}".encode()).hexdigest()[:8]
+    return hashlib.sha256(f"{socket.gethostname()}\0{boot}{pid_namespace()}".encode()).hexdigest()[:8]
+
+
+def pid_namespace() -> str:
+    """This process's PID namespace: the inode of /proc/self/ns/pid (namespaces(7)), the same
+    for every process of one namespace; '' where it cannot be read (not Linux)."""
+    try:
+        return f"\0pidns:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def _proc_stat(pid: int) -> list[str]:

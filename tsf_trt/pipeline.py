@@ -74,6 +74,16 @@ class Result:
         }
 
 
+def check_task(sources: list[int], target: int, has_fusion: bool, label: str) -> None:
+    """Refuse what a model (`has_fusion`, named `label`) cannot do; `infer` asks before it loads."""
+    sequences.check_task(sources, target)
+    if not has_fusion and len(sources) != 1:
+        raise TsfError(
+            f"{label} is Seq2Seq-only (no TSF stage): it synthesises from exactly one "
+            f"input, got {len(sources)} ({sequences.describe(sources, target)})"
+        )
+
+
 class Synthesizer:
     """Runs a model on whole volumes. `model` is a :class:`~tsf_trt.source.ModelSource` or anything it
     resolves (a model or export directory, "demo" for the bundled model, a loaded TSFSeq2Seq), or a
@@ -113,12 +123,7 @@ class Synthesizer:
 
     def check_task(self, sources: list[int], target: int) -> None:
         """Refuse what this model cannot do, before any volume is read."""
-        sequences.check_task(sources, target)
-        if not self.has_fusion and len(sources) != 1:
-            raise TsfError(
-                f"{self.label} is Seq2Seq-only (no TSF stage): it synthesises from exactly one "
-                f"input, got {len(sources)} ({sequences.describe(sources, target)})"
-            )
+        check_task(sources, target, self.has_fusion, self.label)
 
     def run(self, inputs: Mapping[int | str, Volume | str | Path | np.ndarray], target: int | str, *,
             tsem: bool = True, progress: Progress | None = None) -> Result:

@@ -33,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .preflight import Finding, check_alignment, check_subject
+from .errors import InputError
+from .preflight import Finding, check_across, check_subject, sequence_name
 from .volume import Volume, load_volume
 
 
@@ -52,16 +53,37 @@ def _read_one(path: Path) -> tuple[Volume, list[Finding]]:
     return volume, check_subject({0: volume})
 
 
+def check_distinct_files(inputs: Mapping[int, Path]) -> None:
+    """One file cannot be two sequences: an InputError naming both and the file, when two inputs
+    are one file (the same path, or a symbolic or hard link to it: same device and inode). A file
+    that cannot be stat'ed is left to the reader, which names its own problem."""
+    seen: dict[tuple[int, int], int] = {}
+    for i, path in inputs.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        first = seen.setdefault((st.st_dev, st.st_ino), i)
+        if first != i:
+            a, b, other = sequence_name(first), sequence_name(i), inputs[first]
+            same = os.path.abspath(other) == os.path.abspath(path)
+            problem = (f"given as both {a} and {b}" if same
+                       else f"the {b} input is the same file as the {a} input {other}")
+            raise InputError(path, f"{problem}: one file cannot be two sequences; give each sequence its own file")
+
+
 def load_subject(inputs: Mapping[int, Path]) -> Loaded:
     """Read and check one subject's inputs, one thread per file; the findings are check_subject's,
-    in its order (each file's by sequence index, then their alignment). The first file in `inputs`'
-    order that fails raises its error, as reading them one after the other would."""
+    in its order (each file's by sequence index, then those across the files). Two inputs that
+    are one file raise first (check_distinct_files); then the first file in `inputs`' order that
+    fails raises its error, as reading them one after the other would."""
+    check_distinct_files(inputs)
     with ThreadPoolExecutor(max_workers=max(1, len(inputs)), thread_name_prefix="tsf-trt read") as pool:
         futures = {i: pool.submit(_read_one, p) for i, p in inputs.items()}
     read = {i: future.result() for i, future in futures.items()}
     volumes = {i: volume for i, (volume, _) in read.items()}
     own = [finding for i in sorted(read) for finding in read[i][1]]
-    return Loaded(volumes, own + check_alignment(volumes))
+    return Loaded(volumes, own + check_across(volumes))
 
 
 Stamp = tuple[int, int, int, int, int]

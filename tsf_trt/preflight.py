@@ -24,7 +24,7 @@ from .errors import InputError
 from .volume import CANONICAL_AXCODES, Volume, check_same_grid
 
 _CANONICAL_ORNT = axcodes2ornt(CANONICAL_AXCODES)
-KINDS = ("voxel-size", "not-skull-stripped", "different-grid", "misaligned")
+KINDS = ("voxel-size", "not-skull-stripped", "different-grid", "misaligned", "identical-inputs")
 
 #: Voxel sizes accepted as "about 1 mm", per axis (README, "Preparing your data").
 VOXEL_MM_RANGE = (0.8, 1.25)
@@ -35,6 +35,15 @@ MAX_NONEMPTY_OUTSIDE = 0.05
 BACKGROUND_MARGIN_MM = 6.0
 #: Foreground larger than any brain mask: skull and scalp were kept (zero-background heads).
 MAX_BRAIN_ML = 3000.0
+#: The head is what stands out from the background by more than 5 % of the image's bright end,
+#: and by more than NOISE_FLOOR_FACTOR times the noise floor: the median deviation from the
+#: background value in the field of view's 8 corner blocks (CORNER_FRACTION of each axis),
+#: which hold no head even in a field of view cut to an ellipsoidal head's box. On a
+#: skull-stripped volume the corners are empty and the floor is 0; under a noise floor (a raw
+#: scan) it keeps the noise out of the head, which would otherwise fill the field of view
+#: (README, "Preparing your data", gives the measured rates: bench/skullstrip_check.py).
+NOISE_FLOOR_FACTOR = 4.0
+CORNER_FRACTION = 0.125
 #: Inputs whose NMI peaks this many voxels (or more) away from their stored alignment are
 #: reported as misaligned; the peak is searched within +-MAX_SHIFT voxels along each axis.
 MISALIGNED_VOXELS = 2.5
@@ -99,6 +108,14 @@ class BackgroundStats:
     background: float  # the value of the empty background (the FOV faces' most common value)
     nonempty_outside: float  # fraction of voxels far outside the head that differ from it (nan: none)
     foreground_ml: float  # volume of the head/brain region (holes filled), millilitres
+    noise_floor: float = 0.0  # median |value - background| in the FOV's corners (0: an empty background)
+
+
+def _corners(coarse: np.ndarray) -> np.ndarray:
+    """The values of the 8 corner blocks of a (z, y, x) array, CORNER_FRACTION of each axis."""
+    n = [max(1, int(round(CORNER_FRACTION * size))) for size in coarse.shape]
+    ends = [(slice(0, k), slice(size - k, size)) for k, size in zip(n, coarse.shape)]
+    return np.concatenate([coarse[block].ravel() for block in itertools.product(*ends)])
 
 
 def background_stats(volume: Volume) -> BackgroundStats:
@@ -110,18 +127,19 @@ def background_stats(volume: Volume) -> BackgroundStats:
                            + [coarse[:, :, i].ravel() for i in (0, -1)])
     values, counts = np.unique(faces, return_counts=True)
     bg = float(values[np.argmax(counts)])
-    rel = coarse - np.float32(bg)
-    nonempty = rel != 0
+    dev = np.abs(coarse - np.float32(bg))
+    nonempty = dev != 0
     if not nonempty.any():
         return BackgroundStats(bg, float("nan"), 0.0)
-    level = 0.05 * float(np.percentile(np.abs(rel[nonempty]), 99))
-    head = ndimage.binary_fill_holes(np.abs(rel) > level)
+    floor = float(np.median(_corners(dev)))
+    level = max(0.05 * float(np.percentile(dev[nonempty], 99)), NOISE_FLOOR_FACTOR * floor)
+    head = ndimage.binary_fill_holes(dev > level)
     cell_mm = np.array(steps) * np.array(zooms)
     grow = int(np.ceil(BACKGROUND_MARGIN_MM / float(cell_mm.min())))
     near = ndimage.binary_dilation(head, iterations=grow) if grow else head
     outside = ~near
     frac = float(nonempty[outside].mean()) if outside.sum() >= 0.02 * outside.size else float("nan")
-    return BackgroundStats(bg, frac, float(head.sum() * cell_mm.prod() / 1000.0))
+    return BackgroundStats(bg, frac, float(head.sum() * cell_mm.prod() / 1000.0), floor)
 
 
 def check_skull_stripped(volume: Volume) -> Finding | None:
@@ -239,7 +257,8 @@ def alignment(a: Volume, b: Volume, max_shift: int = MAX_SHIFT) -> Alignment:
     return Alignment(dice, score((0, 0, 0)), score(best), best)
 
 
-def _name(index: int) -> str:
+def sequence_name(index: int) -> str:
+    """How messages name the input of one sequence index (T1, T1Gd, T2, FLAIR)."""
     return sequences.DISPLAY[index] if 0 <= index < len(sequences.DISPLAY) else f"input {index}"
 
 
@@ -251,6 +270,35 @@ def _offset_text(vol: Volume, offset: tuple[int, int, int]) -> str:
         native[axis] = flip * xyz[int(target)]
     mm = float(np.linalg.norm(native * np.array(voxel_size_mm(vol))))
     return ", ".join(f"{int(v):+d}" if v else "0" for v in native) + f" voxels ({mm:.1f} mm)"
+
+
+# -- identical inputs ------------------------------------------------------------------------
+
+_PROBE = 4099  # stride of the sampled comparison that rules most pairs out before the full one
+
+
+def _same_voxels(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit for bit the same array: shapes first, a strided sample, then one whole comparison (of
+    the float32 bits, so no float arithmetic, and NaN equals NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    fa, fb = a.reshape(-1).view(np.uint32), b.reshape(-1).view(np.uint32)
+    return bool(np.array_equal(fa[::_PROBE], fb[::_PROBE]) and np.array_equal(fa, fb))
+
+
+def check_identical(volumes: Mapping[int, Volume]) -> list[Finding]:
+    """A finding for each input whose voxels are exactly those of an earlier one: most likely one
+    scan given (or copied) as two sequences, so the network gets one contrast twice. The same
+    file given twice is an error before anything is read (tsf_trt.prefetch)."""
+    order = sorted(volumes)
+    findings = []
+    for k, j in enumerate(order[1:], 1):
+        first = next((i for i in order[:k] if _same_voxels(volumes[i].data, volumes[j].data)), None)
+        if first is not None:
+            findings.append(Finding(volumes[j].path, "identical-inputs",
+                                    f"{sequence_name(j)} holds exactly the voxels of {sequence_name(first)} "
+                                    f"({volumes[first].path}): one scan given as two sequences? check the inputs"))
+    return findings
 
 
 def check_alignment(volumes: Mapping[int, Volume], threshold: float = MISALIGNED_VOXELS) -> list[Finding]:
@@ -288,11 +336,17 @@ def check_alignment(volumes: Mapping[int, Volume], threshold: float = MISALIGNED
 
 
 def _misaligned(vol: Volume, k: int, other: int, off: tuple[int, ...], al: Alignment, n_others: int) -> Finding:
-    against = f"the {n_others} other inputs" if n_others > 1 else _name(other)
+    against = f"the {n_others} other inputs" if n_others > 1 else sequence_name(other)
     return Finding(vol.path, "misaligned",
-                   f"{_name(k)} is not aligned with {against}: it looks shifted by {_offset_text(vol, off)} along "
-                   f"its voxel axes i, j, k (mutual information {al.nmi:.3f} as stored, {al.nmi_best:.3f} there): "
+                   f"{sequence_name(k)} is not aligned with {against}: it looks shifted by "
+                   f"{_offset_text(vol, off)} along its voxel axes i, j, k (mutual information {al.nmi:.3f} as "
+                   f"stored, {al.nmi_best:.3f} there): "
                    "co-register the inputs (see 'Preparing your data')", al.offset_voxels)
+
+
+def check_across(volumes: Mapping[int, Volume]) -> list[Finding]:
+    """The checks that compare one subject's inputs with each other."""
+    return check_identical(volumes) + check_alignment(volumes)
 
 
 def check_subject(volumes: Mapping[int, Volume]) -> list[Finding]:
@@ -303,4 +357,4 @@ def check_subject(volumes: Mapping[int, Volume]) -> list[Finding]:
             found = check(volumes[i])
             if found is not None:
                 findings.append(found)
-    return findings + check_alignment(volumes)
+    return findings + check_across(volumes)

@@ -86,17 +86,28 @@ def load_calibration(path: str | Path) -> QcCalibration:
                                "as `tsf-trt evaluate --calibrate-qc` writes)")
     if data.get("version") != VERSION:
         raise InputError(path, f"QC calibration version {data.get('version')!r}; this tsf-trt reads {VERSION}")
-    tau, cut = data.get("tsem_threshold"), data.get("flag_above")
-    if not isinstance(tau, (int, float)) or not tau > 0:
-        raise InputError(path, f"tsem_threshold must be a positive number, got {tau!r}")
-    if cut is not None and not isinstance(cut, (int, float)):
-        raise InputError(path, f"flag_above must be a number or null, got {cut!r}")
-    return QcCalibration(float(tau), None if cut is None else float(cut), str(data.get("model_id") or ""), str(path))
+    tau, cut, model_id = data.get("tsem_threshold"), data.get("flag_above"), data.get("model_id")
+    if not _number(tau) or not tau > 0:
+        raise InputError(path, f"tsem_threshold must be a positive finite number, got {json.dumps(tau)}")
+    if cut is not None and not (_number(cut) and 0 <= cut <= 1):
+        raise InputError(path, f"flag_above must be a fraction from 0 to 1 (of head voxels) or null, "
+                               f"got {json.dumps(cut)}")
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise InputError(path, f"model_id must name the model it was calibrated for (a threshold belongs to one "
+                               f"model), got {json.dumps(model_id)}")
+    return QcCalibration(float(tau), None if cut is None else float(cut), model_id, str(path))
+
+
+def _number(value: Any) -> bool:
+    """A finite JSON number: not a boolean (true is an int in Python), Infinity or NaN (which
+    Python's json reads)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_model(calibration: QcCalibration, model_id: str) -> None:
-    """A threshold belongs to one model: refuse another model's calibration."""
-    if calibration.model_id and model_id and calibration.model_id != model_id:
+    """A threshold belongs to one model: refuse another model's calibration (a model without
+    an id cannot be told to be the one)."""
+    if calibration.model_id and calibration.model_id != model_id:
         raise InputError(Path(calibration.source), f"calibrated for model {calibration.model_id}, but this is "
-                                                   f"model {model_id}: calibrate it with `tsf-trt evaluate "
-                                                   "--calibrate-qc`")
+                                                   f"model {model_id or '(without an id)'}: calibrate it with "
+                                                   "`tsf-trt evaluate --calibrate-qc`")

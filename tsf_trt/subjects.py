@@ -10,6 +10,7 @@ and every ambiguity is that subject's `problem`, naming the files.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -153,6 +154,8 @@ def discover(folder: str | Path, channels: Sequence[int] | None = None) -> Disco
     for entry in _entries(root):
         if entry.is_dir() and entry.name not in OUTPUT_FOLDERS:
             found.add_named(_nifti_files(entry), entry.name)
+        elif not entry.is_dir() and not _NIFTI.search(entry.name) and (broken := broken_link(entry)):
+            found.unused.setdefault(None, []).append((entry, f"{broken}: a subject folder?"))
     flat = _nifti_files(root)
     nnunet = [p for p in flat if _NNUNET.match(sequences.nifti_stem(p.name))]
     found.add_named([p for p in flat if p not in nnunet or channels is None], None,
@@ -232,7 +235,9 @@ class _Found:
             self._add(name, inputs)
         for path in unread:  # a flat folder's file goes to the subject its name starts with
             owner = subject if subject is not None else _owner(path.name, batch)
-            self.unused.setdefault(owner, []).append((path, naming.why_not(path.name)))
+            broken = broken_link(path)
+            why = naming.why_not(path.name)
+            self.unused.setdefault(owner, []).append((path, f"{why}; {broken}" if broken else why))
 
     def add_nnunet(self, files: Sequence[Path], channels: Sequence[int]) -> None:
         batch: dict[str, dict[int, Path]] = {}
@@ -283,7 +288,24 @@ def _entries(folder: Path) -> list[Path]:
 
 
 def _nifti_files(folder: Path) -> list[Path]:
-    return [p for p in _entries(folder) if _NIFTI.search(p.name) and p.is_file()]
+    """NIfTI names that are files, or symbolic links that lead to none (named, never dropped)."""
+    return [p for p in _entries(folder) if _NIFTI.search(p.name) and (p.is_file() or broken_link(p))]
+
+
+def broken_link(path: Path) -> str | None:
+    """Why `path` is a symbolic link that leads to no file (dangling, or a loop); None if it is
+    not one. What the user sees instead of a file silently missing."""
+    try:
+        os.stat(path)
+        return None
+    except OSError as exc:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return None  # not a link: whatever is wrong is said where the file is opened
+        if exc.errno == errno.ELOOP:
+            return f"a symbolic link loop (-> {target})"
+        return f"a broken symbolic link (-> {target}: {exc.strerror})"
 
 
 def _check_channels(channels: Sequence[int]) -> list[int]:
@@ -311,7 +333,19 @@ def shard(subjects: Sequence[Subject], spec: str | None) -> list[Subject]:
 
 
 def check_subject_name(name: str) -> None:
-    """A subject name becomes part of output file names: it must never lead out of the folder."""
-    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
+    """A subject name becomes part of output file names and of every line about the subject: it
+    must never lead out of the folder, nor break a line (control characters: newline, tab, ESC)."""
+    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0") \
+            or _CONTROL.search(name):
         raise TsfError(f"subject name {name!r} cannot name output files: it must not be empty, start with '.', "
-                       "or hold '/', '\\' or NUL")
+                       "or hold '/', '\\', NUL or control characters")
+
+
+#: Control characters (Unicode category Cc: C0, DEL and C1), which no output name may hold.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(name: str) -> str:
+    """A name as one line shows it: with its control characters escaped (a refused subject
+    folder's name may hold a newline)."""
+    return _CONTROL.sub(lambda found: repr(found[0])[1:-1], name)

@@ -38,6 +38,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from .atomic import atomic_path
 from .errors import InputError
+from .gunzip import checked_voxels, inflate
 
 CANONICAL_AXCODES = ("L", "P", "S")
 _CANONICAL_ORNT = axcodes2ornt(CANONICAL_AXCODES)
@@ -180,20 +181,52 @@ def _check_claimed_size(path: Path, img: nib.Nifti1Image) -> None:
     stored = voxels * dtype.itemsize
     size = path.stat().st_size
     claims = f"its header claims {shape_text(shape)} voxels of {dtype} ({_size(stored)})"
-    if _nifti_suffix(path) == ".nii.gz":
-        if stored > size * _MAX_DEFLATE_RATIO + (1 << 20):
-            raise InputError(path, f"is truncated or corrupt: {claims}, more than a {_size(size)} gzip file can hold")
-    elif int(img.header.get_data_offset()) + stored > size:
-        raise InputError(path, f"is truncated or corrupt: {claims}, but the file holds {_size(size)}")
     need = voxels * 4 * 2  # float32 voxels and their reoriented copy
+    if _nifti_suffix(path) == ".nii.gz":
+        contents = _contents_size(img)
+        if contents > size * _MAX_DEFLATE_RATIO + (1 << 20):
+            raise InputError(path, f"is truncated or corrupt: {claims}, more than a {_size(size)} gzip file can hold")
+        need += contents  # the decompressed file is held while its voxels are read (gunzip.inflate)
+    elif _data_offset(img) + stored > size:
+        raise InputError(path, f"is truncated or corrupt: {claims}, but the file holds {_size(size)}")
     available = _available_memory()
     if available is not None and need > available:
         raise InputError(path, f"is {shape_text(shape)} voxels: loading it needs about {_size(need)} of memory, "
                                f"more than the {_size(available)} available")
 
 
-def _read_voxels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Parse the file and force its voxels into memory as 3D float32 (slope/intercept applied)."""
+def _data_offset(img: nib.Nifti1Image) -> int:
+    """Where the voxels start in the (decompressed) file: the loaded proxy's offset (a loaded
+    image's own header has vox_offset reset to 0 by nibabel)."""
+    return max(0, int(getattr(img.dataobj, "offset", 0)))
+
+
+def _contents_size(img: nib.Nifti1Image) -> int:
+    """Bytes of the (decompressed) file up to the end of its voxels, as its header says."""
+    voxels = math.prod(int(n) for n in img.shape)
+    return _data_offset(img) + voxels * img.get_data_dtype().itemsize
+
+
+def _check_affine(path: Path, img: nib.Nifti1Image) -> None:
+    """Refuse NaN or infinity in the header's geometry (the affine nibabel derives, the voxel
+    sizes, and the sform and qform the header declares in use): orientation and voxel sizes come
+    from them, outputs carry them, and numpy's SVD fails on them (issue 22) where it should be
+    one line naming the file. A qform or sform whose code is 0 is unused and not looked at."""
+    header = img.header
+    fields = {"affine": img.affine, "voxel sizes (pixdim)": header["pixdim"][1:4]}
+    if int(header["sform_code"]):
+        fields["sform"] = header.get_sform()
+    if int(header["qform_code"]):
+        fields["qform"] = [float(header[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x",
+                                                       "qoffset_y", "qoffset_z")] + [float(header["pixdim"][0])]
+    bad = [name for name, value in fields.items() if not np.isfinite(np.asarray(value, np.float64)).all()]
+    if bad:
+        raise InputError(path, f"has NaN or infinite values in its header's {', '.join(bad)}: "
+                               "its orientation and voxel size are unknown")
+
+
+def _parse(path: Path) -> nib.Nifti1Image:
+    """The file's header, checked (voxels not read yet)."""
     try:
         img = nib.load(path, mmap=False)  # no memmap: read now, never keep a handle on the input
     except PermissionError:
@@ -205,13 +238,31 @@ def _read_voxels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     dtype = img.get_data_dtype()
     if dtype.fields is not None or dtype.kind == "c":
         raise InputError(path, f"has voxel type {dtype} (RGB or complex); real-valued voxels expected")
-    spatial = _spatial_shape(path, img.shape)
+    _spatial_shape(path, img.shape)
     _check_claimed_size(path, img)
+    _check_affine(path, img)
+    return img
+
+
+def _read_voxels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Parse the file and force its voxels into memory as 3D float32 (slope/intercept applied).
+
+    A .nii.gz is inflated once, whole, with its CRC-32 and length checked (:mod:`.gunzip`;
+    nibabel alone stops before the gzip trailer), and its voxels are read from those bytes.
+    When the header itself is refused, a damaged gzip stream is named as the cause instead."""
+    gz = _nifti_suffix(path) == ".nii.gz"
     try:
-        data = np.asarray(np.asanyarray(img.dataobj, dtype=np.float32))
+        img = _parse(path)
+    except InputError:
+        if gz and path.is_file() and os.access(path, os.R_OK):
+            inflate(path, 1)  # raises if the stream is damaged: the real cause of an odd header
+        raise
+    try:
+        data = checked_voxels(path, img, _contents_size(img)) if gz else \
+            np.asarray(np.asanyarray(img.dataobj, dtype=np.float32))
     except _READ_ERRORS as exc:
         raise InputError(path, f"is truncated or corrupt: its voxel data cannot be read ({_why(exc, path)})") from None
-    return img, data.reshape(spatial)  # drops a single-volume 4th axis, as a view
+    return img, data.reshape(_spatial_shape(path, img.shape))  # drops a single-volume 4th axis, as a view
 
 
 def _check_values(path: Path, data: np.ndarray) -> None:

@@ -8,7 +8,8 @@ with its reason in the record), and one that still fails when created gives way 
 On CPU it times every CPU backend that takes the precision and can run the model (torch,
 ONNX Runtime, OpenVINO; an export directory has no PyTorch weights, so not torch) the same
 way. Either verdict is cached per model, machine (and GPU), thread count and precision, so
-later runs start at once. A model object handed over from Python stays in PyTorch (no
+later runs start at once; a record is used only when it is valid (:mod:`.records`), else it
+is measured again and replaced. A model object handed over from Python stays in PyTorch (no
 export behind the caller's back). The GPU timing is tested here with stand-in backends
 (tests/test_auto_gpu.py); it has not run on a GPU.
 """
@@ -16,7 +17,6 @@ export behind the caller's back). The GPU timing is tested here with stand-in ba
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -29,6 +29,7 @@ from ..console import step
 from ..errors import TsfError
 from ..extras import TORCH_INSTALL, has_torch
 from ..source import ModelSource
+from . import records
 
 # Height, width of the timing batch: BraTS in-plane size, at each backend's own batch size. A small
 # probe misleads: at 4x128x128 torch beat ONNX Runtime on the demo model, at 240x240 ORT is 1.5x faster.
@@ -132,13 +133,11 @@ def gpu_ranking(source: ModelSource, usable: Sequence[str], where: str, threads:
     key = hashlib.sha256(gpu_name(gpu_index(where)).encode()).hexdigest()[:12]
     name = f"{source.model_id}-{machine_key()}-gpu{key}-{precision}-{'+'.join(usable)}-g1.json"
     record = cache_root() / "auto" / name
-    try:
-        cached = json.loads(record.read_text())
+    cached = records.read(record, lambda r: records.gpu_ranking_problem(r, usable, precision, PROBE))
+    if cached is not None:
         _log.info("auto: %s on %s (measured earlier on this GPU: %s; record %s)", cached["ranking"][0], where,
                   _timings_text(cached["seconds_per_slice"]), record)
         return list(cached["ranking"]), dict(cached["failed"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
-        pass
     failed: dict[str, str] = {}
     with step(f"auto: timing {', '.join(usable)} on {where} (once per model and GPU; TensorRT builds its engines "
               "now)", _log):
@@ -146,8 +145,8 @@ def gpu_ranking(source: ModelSource, usable: Sequence[str], where: str, threads:
     ranking = sorted(timings, key=timings.get)
     if ranking:
         _log.info("auto: %s, the fastest on %s (%s)", ranking[0], where, _timings_text(timings))
-        _save(record, {"seconds_per_slice": timings, "failed": failed, "ranking": ranking, "probe_hw": PROBE,
-                       "gpu": gpu_name(gpu_index(where)), "precision": precision})
+        records.write(record, {"seconds_per_slice": timings, "failed": failed, "ranking": ranking,
+                               "probe_hw": list(PROBE), "gpu": gpu_name(gpu_index(where)), "precision": precision})
     return ranking, failed  # nothing worked: not recorded, so the next run tries the GPU again
 
 
@@ -166,14 +165,6 @@ def gpu_name(index: int) -> str:
         return device_info(index).name
     except TsfError:
         return f"GPU {index}"
-
-
-def _save(record, verdict: dict) -> None:
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(verdict, indent=2))
-    except OSError:
-        pass  # no cache: measure again next time
 
 
 #: The CPU backends auto times, in the order it tries them.
@@ -212,13 +203,11 @@ def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | N
         return candidates[0]
     # p3: 240x240 probe, OpenVINO among the candidates
     record = cache_root() / "auto" / f"{source.model_id}-{machine_key()}-t{threads or 0}-{precision}-p3.json"
-    try:
-        cached = json.loads(record.read_text())
+    cached = records.read(record, lambda r: records.cpu_choice_problem(r, candidates, precision, PROBE))
+    if cached is not None:
         _log.info("auto: %s (measured earlier on this machine: %s; record %s)", cached["choice"],
                   _timings_text(cached["seconds_per_slice"]), record)
         return cached["choice"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
     failed: dict[str, str] = {}
     with step(f"auto: timing {', '.join(candidates)} on this model (once per model and machine)", _log):
         timings = measure(source, threads, candidates, precision, failed=failed)
@@ -229,7 +218,8 @@ def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | N
                        + (f": {detail}" if detail else ""))
     choice = min(timings, key=timings.get)
     _log.info("auto: %s, the fastest here (%s)", choice, _timings_text(timings))
-    _save(record, {"seconds_per_slice": timings, "probe_hw": PROBE, "choice": choice, "precision": precision})
+    records.write(record, {"seconds_per_slice": timings, "probe_hw": list(PROBE), "choice": choice,
+                           "precision": precision})
     return choice
 
 

@@ -5,8 +5,14 @@ metadata OpenVINO keeps under `framework`), its instance norms centred first (se
 :func:`centre_norms`: fp32 exact to ONNX Runtime), then compiled once per input shape, with the
 shape made static: OpenVINO's CPU plugin plans memory and picks kernels for a known
 shape (README, "OpenVINO": at batch 1, 3-25 % faster per graph than one dynamic-shape
-compile on this 2-core AVX2 machine; at batch 9 within its noise). Compiled models are cached with OpenVINO's CACHE_DIR in the export's
-`.openvino-cache` folder, so a later run imports them instead of compiling.
+compile on this 2-core AVX2 machine; at batch 9 within its noise). Compiled models are exported
+(`export_model`) into verified cache entries in the export's `.openvino-cache` folder
+(:mod:`tsf_trt.cache_entry`), keyed by graph hash, input shapes, settings, OpenVINO version and
+CPU, so a later run imports them (`import_model`) instead of compiling. Not OpenVINO's own
+CACHE_DIR: its blobs are loaded unchecked, and flipped bits in one changed the synthesis by up
+to 22 on the 0-1000 scale (issue 22); a damaged entry is rebuilt with one warning. The graph is
+still read and checked for its role first, so a swapped manifest never imports another
+graph's model.
 
 Precision: `fp32` asks INFERENCE_PRECISION_HINT f32 (exact: agrees with ONNX Runtime to
 1e-4); `bf16` asks bf16, which OpenVINO only runs on CPUs with native bf16 and otherwise
@@ -27,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ..cache_dir import runtime_cache
+from .. import cache_entry
+from ..cache_dir import machine_key, runtime_cache
 from ..errors import TsfError
 from ..model.config import ModelConfig
 from .base import Backend
@@ -42,6 +49,9 @@ PRECISION_OF = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 #: Runtime layers whose precision is the precision a graph runs at (the rest are reorders,
 #: inputs, norms that OpenVINO keeps in f32 in any mode).
 COMPUTE_LAYERS = ("Convolution", "Deconvolution", "FullyConnected", "MatMul")
+#: Bump when centre_norms (or any other change made to a read graph) changes: cached compiled
+#: models are keyed by it.
+CENTRE_NORMS_VERSION = 1
 
 
 def import_openvino():
@@ -116,8 +126,7 @@ class OpenVinoBackend(Backend):
                                          "NUM_STREAMS": 1}
         if threads:
             self.settings["INFERENCE_NUM_THREADS"] = threads
-        if self.cache_dir is not None:
-            self.settings["CACHE_DIR"] = str(self.cache_dir)
+        self.imported = 0  # compiled models taken from the cache (tests, bench)
         self._models: dict[str, Any] = {}       # graph -> read, role-checked model (dynamic shapes)
         self._compiled: dict[tuple, Any] = {}   # (graph, input shapes) -> compiled model
         self.runtime_precision = self._probe_precision()
@@ -142,23 +151,67 @@ class OpenVinoBackend(Backend):
         return self._models[graph]
 
     def compiled(self, graph: str, feeds: Mapping[str, np.ndarray]) -> Any:
-        """`graph` compiled for the shapes of `feeds` (once; imported from CACHE_DIR when cached)."""
+        """`graph` compiled for the shapes of `feeds` (once; imported from the cache when there)."""
         key = (graph, *((name, array.shape) for name, array in sorted(feeds.items())))
         if key not in self._compiled:
-            model = self.model(graph).clone()
-            model.reshape({name: list(array.shape) for name, array in feeds.items()})
-            try:
-                compiled = self.core.compile_model(model, "CPU", self.settings)
-            except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError for what it cannot compile
-                shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in feeds.items())
-                raise TsfError(f"OpenVINO cannot compile the {graph} graph for {shapes} "
-                               f"({str(exc).splitlines()[0]})") from None
+            model = self.model(graph)  # read and checked for its role, cached or not
+            shapes = {name: list(array.shape) for name, array in sorted(feeds.items())}
+            compiled = self._import(graph, shapes)
+            if compiled is None:
+                compiled = self._compile(graph, model, shapes)
             ran = ran_precision(compiled)
             if ran != self.runtime_precision:  # the probe and a real graph disagree: the graph is the truth
                 _log.warning("openvino: the %s graph runs %s, not %s", graph, ran, self.runtime_precision)
                 self.runtime_precision = ran
             self._compiled[key] = compiled
         return self._compiled[key]
+
+    def _entry_key(self, graph: str, shapes: dict[str, list[int]]) -> dict[str, Any]:
+        """Everything a compiled model depends on: checked in its cache entry before it is imported."""
+        return {"kind": "openvino-compiled-model", "graph": graph,
+                "graph_sha256": self.manifest["graphs"][graph]["sha256"], "shapes": shapes,
+                "settings": self.settings, "openvino": self.ov.__version__, "machine": machine_key(),
+                "centre_norms": CENTRE_NORMS_VERSION}
+
+    def _entry_path(self, graph: str, shapes: dict[str, list[int]]) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{graph}.{cache_entry.digest(self._entry_key(graph, shapes))}.compiled"
+
+    def _import(self, graph: str, shapes: dict[str, list[int]]) -> Any:
+        """The compiled model from its checked cache entry, or None."""
+        path = self._entry_path(graph, shapes)
+        entry = cache_entry.load_or_none(path, self._entry_key(graph, shapes)) if path is not None else None
+        if entry is None:
+            return None
+        try:
+            compiled = self.core.import_model(entry.payload, "CPU", self.settings)
+        except Exception as exc:  # noqa: BLE001 - intact but refused (e.g. another OpenVINO build)
+            cache_entry.discard(path, f"OpenVINO refused it ({str(exc).splitlines()[0]})")
+            return None
+        self.imported += 1
+        return compiled
+
+    def _compile(self, graph: str, model: Any, shapes: dict[str, list[int]]) -> Any:
+        """Compile `graph` for `shapes` and keep it in the cache (optional: a folder that cannot
+        take it costs the compile time next run)."""
+        model = model.clone()
+        model.reshape(shapes)
+        try:
+            compiled = self.core.compile_model(model, "CPU", self.settings)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError for what it cannot compile
+            text = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+            raise TsfError(f"OpenVINO cannot compile the {graph} graph for {text} "
+                           f"({str(exc).splitlines()[0]})") from None
+        path = self._entry_path(graph, shapes)
+        if path is not None:
+            try:
+                blob = compiled.export_model()
+                cache_entry.save(path, blob.getvalue() if hasattr(blob, "getvalue") else bytes(blob),
+                                 self._entry_key(graph, shapes))
+            except (OSError, TsfError, RuntimeError) as exc:
+                _log.info("openvino: the compiled %s graph was not cached (%s)", graph, exc)
+        return compiled
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> Any:
         return self.compiled(graph, feeds)(feeds)  # outputs are copies (share_outputs=False)
@@ -169,8 +222,7 @@ class OpenVinoBackend(Backend):
         ops = self.ov.opset13
         image = ops.parameter([1, 8, 8, 8], np.float32, name="x")
         conv = ops.convolution(image, ops.constant(np.ones((8, 8, 3, 3), np.float32)), [1, 1], [1, 1], [1, 1], [1, 1])
-        settings = {k: v for k, v in self.settings.items() if k != "CACHE_DIR"}
-        return ran_precision(self.core.compile_model(self.ov.Model([conv], [image], "probe"), "CPU", settings))
+        return ran_precision(self.core.compile_model(self.ov.Model([conv], [image], "probe"), "CPU", self.settings))
 
     def _capabilities(self) -> str:
         caps = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")

@@ -2,8 +2,9 @@
 
 Runs an export directory (three graphs + manifest). Sessions are created once per
 graph and reused; the graph optimiser runs at its full level and, on CPU, its result is
-cached beside the graphs (keyed by graph hash, ORT version and CPU), so later runs skip
-it. Per-target decoders with baked kernels are used when the export has them (measured
+cached beside the graphs (keyed by graph hash, ORT version and CPU; a file named by its own
+hash, checked before use, :mod:`tsf_trt.cache_entry`: a damaged one is rebuilt with one
+warning), so later runs skip it. Per-target decoders with baked kernels are used when the export has them (measured
 faster on CPU: README, "Performance"); `decoder="code"` forces the code-input decoder.
 
 `ort-cuda` and `ort-trt` (onnxruntime-gpu) are for users without the TensorRT Python
@@ -35,13 +36,14 @@ the `trt` backend keeps them on the GPU.
 from __future__ import annotations
 
 import functools
-import os
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import cache_entry
 from ..cache_dir import machine_key, runtime_cache
 from ..errors import TsfError
 from ..model.config import ModelConfig
@@ -56,6 +58,7 @@ PROVIDERS = {
 
 
 TRT_WORKSPACE_BYTES = 8 << 30
+_log = logging.getLogger(__name__)
 
 
 def import_ort():
@@ -202,32 +205,50 @@ class OrtBackend(Backend):
             options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        cached = self._cached_path(graph)
-        if cached is not None and cached.is_file():
-            # already optimised for this graph, runtime and CPU: skip the optimiser
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            try:
-                return ort.InferenceSession(str(cached), options, providers=providers)
-            except Exception:  # noqa: BLE001 - a stale or broken cache entry: rebuild it
-                cached.unlink(missing_ok=True)
-                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        stem = self._cached_stem(graph)
+        if stem is not None:
+            found = cache_entry.find_named(self.cache_dir, stem, ".onnx")
+            if found is not None:  # checked: already optimised for this graph, runtime and CPU
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+                try:
+                    return ort.InferenceSession(str(found[0]), options, providers=providers)
+                except Exception as exc:  # noqa: BLE001 - intact but refused (e.g. another build of ORT)
+                    cache_entry.discard(found[0], f"ONNX Runtime refused it ({str(exc).splitlines()[0]})")
+                    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         tmp = None
-        if cached is not None:
-            tmp = cached.with_name(f".{cached.name}.tmp-{os.getpid()}")
+        if stem is not None:  # ORT writes the optimised graph here; it is published under its hash
+            tmp = cache_entry.scratch(self.cache_dir / f"{stem}.onnx")
             options.optimized_model_filepath = str(tmp)
         try:
             session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own types for broken graphs
-            raise TsfError(f"{path}: ONNX Runtime cannot load this graph ({str(exc).splitlines()[0]})") from None
-        if tmp is not None and tmp.is_file():
-            os.replace(tmp, cached)
+        except BaseException as exc:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)  # nothing is published from a failed session
+            if isinstance(exc, Exception):  # ORT raises its own types for broken graphs
+                raise TsfError(f"{path}: ONNX Runtime cannot load this graph ({str(exc).splitlines()[0]})") from None
+            raise
+        if tmp is not None:
+            self._keep(graph, stem, tmp)
         return session
 
-    def _cached_path(self, graph: str) -> Path | None:
+    def _keep(self, graph: str, stem: str, written: Path) -> None:
+        """Publish the optimised graph ORT wrote to `written` (caching is optional: a folder that
+        cannot take it costs the optimiser's time next run)."""
+        try:
+            if written.is_file():
+                cache_entry.publish_named(written, self.cache_dir, stem, ".onnx")
+        except (OSError, TsfError) as exc:
+            _log.info("onnxruntime: the optimised %s graph was not cached (%s)", graph, exc)
+        finally:
+            written.unlink(missing_ok=True)
+
+    def _cached_stem(self, graph: str) -> str | None:
+        """The name of `graph`'s optimised graph in the cache, before its own hash: its key (graph
+        and its hash, ORT version, CPU). None when not cached (no cache folder, a GPU provider)."""
         if self.cache_dir is None or self.name != "ort":
             return None
         sha = self.manifest["graphs"][graph]["sha256"][:16]
-        return self.cache_dir / f"{graph}.{sha}.ort{self.ort.__version__}.{machine_key()}.onnx"
+        return f"{graph}.{sha}.ort{self.ort.__version__}.{machine_key()}"
 
     # -- the interface --------------------------------------------------------------------
     def _fit(self, features: np.ndarray) -> tuple[int, int, int]:

@@ -9,14 +9,14 @@ emulated and slower than fp32.
 So `auto` means: on a CPU backend that takes bf16 (torch, openvino), on a CPU with native bf16,
 run a held-out phantom's central slices in fp32 and in bf16 once per model, backend and
 machine; use bf16 when the synthesis is >= MIN_PSNR dB from fp32's inside the head and ω
-agree within MAX_OMEGA, else fp32. The verdict is cached (tsf_trt.cache_dir) and logged.
+agree within MAX_OMEGA, else fp32. The verdict is cached (tsf_trt.cache_dir; used again only
+when valid, :mod:`.records`) and logged.
 GPU backends run fp32 under `auto`: their fp16 has not been measured on a GPU yet
 (README, "GPU"); ask for it with --precision fp16.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 
@@ -30,6 +30,7 @@ from ..errors import TsfError
 from ..frame import plan_frame
 from ..preprocess import normalize, stack_25d
 from ..source import ModelSource
+from . import records
 from .base import Backend
 
 MIN_PSNR = 45.0        # dB, bf16 synthesis vs fp32, inside the head, network units
@@ -59,21 +60,16 @@ def resolve(name: str, source: ModelSource, *, device: str, threads: int | None)
     if not native_bf16():
         return Verdict("fp32", "this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16)")
     record = cache_root() / "precision" / f"{source.model_id}-{name}-{machine_key()}-v1.json"
-    try:
-        verdict = Verdict(**json.loads(record.read_text()))
+    cached = records.read(record, lambda r: records.verdict_problem(r, MIN_PSNR, MAX_OMEGA))
+    if cached is not None:
+        verdict = Verdict(**cached)
         _log.info("precision auto: %s (checked earlier on this machine: %s; record %s)", verdict.precision,
                   verdict.why, record)
         return verdict
-    except (OSError, ValueError, TypeError):
-        pass
     with step(f"precision auto: checking bf16 against fp32 on {name} (once per model and machine)", _log):
         verdict = check_bf16(name, source, threads)
     _log.info("precision auto: %s (%s)", verdict.precision, verdict.why)
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(asdict(verdict), indent=2))
-    except OSError:
-        pass  # no cache: check again next time
+    records.write(record, asdict(verdict))  # no cache: check again next time
     return verdict
 
 

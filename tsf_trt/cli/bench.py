@@ -121,7 +121,7 @@ def bench(
 
     --shape takes either spelling: 32x128x128 (slices x height x width) is the phantom of --shape 128 128 32 (X Y Z).
 
-    Example: tsf-trt bench --backends torch,ort --batch-sizes 1,4 --shape 32x128x128 --json bench/small.json
+    Example: tsf-trt bench --backends torch,ort --batch-sizes 1,4 --shape 16x96x96 --json bench/small.json
     """
     if ctx.invoked_subcommand is not None:
         _refuse_own_options(ctx)
@@ -135,8 +135,9 @@ def bench(
     from ..backends import PRECISIONS
     from ..errors import InputError, TsfError
     from ..bundled import resolve_model
-    from ..atomic import check_writable, make_folder
+    from ..atomic import check_writable, make_folder, sweep
     from ..options import RunOptions
+    from ..ownership import refuse_input_overlap
 
     for flag, value, low in (("--warmup", warmup, 0), ("--iterations", iterations, 1),
                              ("--io-subjects", io_subjects, 0)):
@@ -161,15 +162,17 @@ def bench(
         raise TsfError("--json, --markdown and --plot must name different files")
     if plot is not None and plot.suffix.lower() != ".png":
         raise InputError(plot, "the plot is a PNG: give a file name ending in .png")
-    for path in outputs:
-        make_folder(path.parent)
-        check_writable(path, overwrite)  # before minutes of measuring
     all_precisions = tuple(dict.fromkeys(p for taken in PRECISIONS.values() for p in taken))
     row_kinds = {"precisions": parse_list("--precisions", precisions, all_precisions),
                  "decoders": parse_list("--decoders", decoders, DECODERS), "frames": _frames(frames)}
     model_path = resolve_model(model)
     if not model_path.is_dir():
         raise InputError(model_path, "no such model or export directory")
+    for path in outputs:  # before minutes of measuring: never an input, replaced only if tsf-trt's
+        refuse_input_overlap(path, [("--model directory", model_path), ("--subject folder", subject)])
+        make_folder(path.parent)
+        sweep(path.parent, [path.name])
+        check_writable(path, overwrite)
     backend_names = parse_backends(backends, reference)
     if compile:
         check_compile(backend_names)
@@ -244,15 +247,18 @@ def suite(
     from tsf_trt.bench.suite import parse_variants, run_suite
     from tsf_trt.bench.workload import check_shape
 
-    from ..atomic import atomic_path, check_writable, make_folder
+    from ..atomic import atomic_path, check_writable, make_folder, sweep
     from ..options import check_threads
+    from ..ownership import refuse_input_overlap
 
     setup_logging(quiet, no_progress, log_file)
     check_threads(threads)
     names, shape_zyx = parse_variants(variants), check_shape(shape)
-    if output is not None:
+    if output is not None:  # before hours of measuring: never the model, replaced only if tsf-trt's
+        refuse_input_overlap(output, [("--model directory", model)])
         make_folder(output.parent)
-        check_writable(output, overwrite)  # before hours of measuring
+        sweep(output.parent, [output.name])
+        check_writable(output, overwrite)
     with progress_bar() as bar:
         task = bar.add_task("suite", total=None)
         text = run_suite(model=model, config=config, shape_zyx=shape_zyx, variants=names, threads=threads,

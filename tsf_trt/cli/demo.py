@@ -42,8 +42,8 @@ def demo(
 
     setup_logging(quiet, no_progress, log_file)
     options = RunOptions(backend, threads=threads, frame=frame)  # every value, before any work
-    check_demo(output, overwrite)  # before the model loads
-    source = ModelSource.resolve(model)
+    source = ModelSource.resolve(model)  # reads config.json only
+    check_demo(output, overwrite, inputs=[("--model directory", source.path)])  # before the model loads
     with step(f"loading model {source.path}"):
         synth = Synthesizer.of(source, options)
     log.info("backend: %s", synth.backend.describe())

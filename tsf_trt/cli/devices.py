@@ -15,7 +15,8 @@ import typer
 from .app import EXIT_ERROR, log, out, progress_bar, step
 
 
-def run_devices(devices_text: str, model: Path | None, options, request, subjects) -> None:
+def run_devices(devices_text: str, model, options, request, subjects) -> None:
+    """`model`: a ModelSource (resolved and checked by `infer`) or what resolves to one."""
     from ..errors import TsfError
     from ..jobs import FolderSummary, SubjectOutcome
     from ..source import ModelSource

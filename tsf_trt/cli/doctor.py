@@ -54,14 +54,14 @@ def _quiet_onnxruntime() -> None:
 
 
 def _print(report) -> None:
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     machine = Table(title="This machine", show_header=False)
     machine.add_column(style="bold", no_wrap=True)
     machine.add_column()
     for what, found in _machine_rows(report):
-        machine.add_row(escape(what), escape(found))
+        machine.add_row(what, found)  # shown as given: the console reads no markup
     out.print(machine)
     backends = Table(title="Backends (--backend)")
     for column in ("backend", "status", "missing, or where it runs", "install with"):
@@ -70,8 +70,7 @@ def _print(report) -> None:
     for b in report.backends:
         install = b.install or (b.note if b.status != "works" else "") or ""
         detail = b.missing or b.note or ""
-        backends.add_row(escape(b.name), f"[{colours.get(b.status, 'red')}]{b.status}[/]", escape(detail),
-                         escape(install))
+        backends.add_row(b.name, Text(b.status, style=colours.get(b.status, "red")), detail, install)
     out.print(backends)
     working = report.working()
     out.print(f"{len(working)} of {len(report.backends)} backends work here"

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..console import error_text
 from . import params
 from .app import EXIT_ERROR, EXIT_INTERRUPTED, app, err, log, out, progress_bar, setup_logging, step, user_errors
 
@@ -72,15 +73,15 @@ def evaluate(
     """
     from ..errors import TsfError
     from ..evaluation import Settings, parse_tasks
+    from ..evaluation.run import check_run
     from ..options import RunOptions
     from ..qc import check_model, load_calibration
-    from ..subjects import find_subjects
+    from ..source import ModelSource
 
     setup_logging(quiet, no_progress, log_file)
-    # every value, before any work
+    # every value and the report folder, before any model loads
     options = RunOptions(backend, device, precision, batch_size, threads, frame=frame, compile=compile)
     chosen = parse_tasks(tasks)
-    find_subjects(data)  # a wrong --data fails before the model loads
     figure_spec: int | list[str]
     try:
         figure_spec = int(figures)
@@ -91,18 +92,20 @@ def evaluate(
     calibration = load_calibration(qc) if qc is not None else None
     if calibration is not None and calibrate_qc:
         raise TsfError("--qc applies a calibration and --calibrate-qc makes one: give one of them")
-    lpips = lpips_label = None
+    source = ModelSource.resolve(model)
+    if calibration is not None:
+        check_model(calibration, source.model_id)
+    settings = Settings(tasks=chosen, slice_step=slice_step, compare=compare, figures=figure_spec,
+                        lpips_label=f"{lpips_net}: {lpips_weights}" if lpips_weights is not None else None,
+                        qc=calibration, calibrate_qc=calibrate_qc, batch_size=batch_size, overwrite=overwrite,
+                        frame=options.frame)
+    check_run(data, output, settings, model_id=source.model_id, has_fusion=source.has_fusion,
+              inputs=[("--model directory", source.path), ("--qc file", qc), ("--lpips-weights file", lpips_weights)])
     if lpips_weights is not None:
         from ..evaluation.lpips import load_lpips
 
-        lpips = load_lpips(lpips_weights, lpips_net)
-        lpips_label = f"{lpips_net}: {lpips_weights}"
-    synth, model_path = _synthesizer(model, options)
-    if calibration is not None:
-        check_model(calibration, synth.backend.model_id)
-    settings = Settings(tasks=chosen, slice_step=slice_step, compare=compare, figures=figure_spec, lpips=lpips,
-                        lpips_label=lpips_label, qc=calibration, calibrate_qc=calibrate_qc, batch_size=batch_size,
-                        overwrite=overwrite, frame=options.frame)
+        settings.lpips = load_lpips(lpips_weights, lpips_net)
+    synth, model_path = _synthesizer(source, options)
     result = _run(synth, data, output, settings, str(model_path))
     _print_result(result)
     if result.failed or result.qc_error:
@@ -181,7 +184,7 @@ def _print_result(result) -> None:
         out.print(f"  QC (τ = {qc['tsem_threshold']:g}): Spearman ρ(score, PSNR) {_fmt(rows['spearman'])}, "
                   f"AUC worst decile {_fmt(rows['auc_worst_decile'])}", highlight=False)
     if result.qc_error:
-        err.print(f"[bold red]error:[/] {result.qc_error}", highlight=False, soft_wrap=True)
+        err.print(error_text(str(result.qc_error)), highlight=False, soft_wrap=True)
     out.print(f"report: {result.report_dir / 'report.md'}", highlight=False, soft_wrap=True)
     if s.get("qc_file"):
         out.print(f"QC calibration: {result.report_dir / s['qc_file']} (use with `tsf-trt infer --qc`)",

@@ -71,10 +71,10 @@ def infer(
                                                show_default=False)] = None,
     claim_lease: Annotated[float, typer.Option("--claim-lease", help="Folder mode: seconds after which a claim "
                                                "of a run on another machine that stopped refreshing it counts as "
-                                               "dead and is taken over (claims of this machine's runs are checked "
-                                               "by pid). Longer than the longest pause a machine may have; clocks "
-                                               "of machines sharing a folder must agree to within a fraction of "
-                                               "it.")] = DEFAULT_LEASE_S,
+                                               "dead and is taken over (claims of this machine's runs, in this PID "
+                                               "namespace, are checked by pid). Longer than the longest pause a "
+                                               "machine may have; clocks of machines sharing a folder must agree to "
+                                               "within a fraction of it. From 1 s to a week.")] = DEFAULT_LEASE_S,
     wait: Annotated[bool, typer.Option("--wait", help="Folder mode: when other runs hold subjects, wait for them "
                                        "to finish those (or take them over if they die) instead of leaving them: "
                                        "when this run ends, every subject is done or failed.")] = False,
@@ -124,6 +124,7 @@ def infer(
     from ..options import InferRequest, RunOptions
     from ..qc import check_model
     from ..intake import Intake, gather
+    from ..source import ModelSource
 
     setup_logging(quiet, no_progress, log_file)
     # every value, before any work
@@ -146,19 +147,21 @@ def infer(
         from ..multigpu import parse_devices
 
         parse_devices(devices)  # fails at once without GPUs, before any folder is scanned
-    gathered = gather(intake, target_index)
+    gathered = gather(intake, target_index, request.sources)
+    source = ModelSource.resolve(model)  # its id and stages, read without loading weights
+    if request.qc is not None:
+        check_model(request.qc, source.model_id)
     if default_output:
         log.info("output: %s (the default, in the data set's folder; choose another with -o)", output)
     _log_unused(gathered, intake, verbose)
     created = make_folder(output)
     try:
+        _check_before_load(intake.mode, gathered.subjects, request, source, options)
         if devices:
             from .devices import run_devices
 
-            return run_devices(devices, model, options, request, gathered.subjects)
-        synth = _synthesizer(model, options)
-        if request.qc is not None:
-            check_model(request.qc, synth.backend.model_id)
+            return run_devices(devices, source, options, request, gathered.subjects)
+        synth = _synthesizer(source, options)
         if intake.mode == "single":
             _run_one(synth, gathered.subjects[0], request)
         else:
@@ -166,6 +169,31 @@ def infer(
     except BaseException:
         remove_empty_folders(created, output)
         raise
+
+
+def _check_before_load(mode: str, subjects, request, source, options) -> None:
+    """What needs the model's config but not its weights, and every output location, before
+    the model loads (which may take half a minute): --frame suits the model, a one-input model
+    gets one input; the output folder is writable; one subject's outputs do not exist (without
+    --overwrite) and are no input; a folder's outputs are not another model's
+    (tsf_trt.outputs.check_folder_outputs)."""
+    from ..frame import FrameSpec
+    from ..atomic import check_folder_writable
+    from ..outputs import OutputPaths, check_folder_outputs
+    from ..pipeline import check_task
+
+    FrameSpec.parse(options.frame).check(source.config.downsample)
+    if mode == "single" or request.sources:
+        sources = sorted(request.sources or subjects[0].inputs)
+        check_task(sources, request.target, source.has_fusion, source.label)
+    check_folder_writable(request.output)
+    if mode == "single":
+        subject = subjects[0]
+        OutputPaths.of(subject, request.output, request.target, request.tsem and source.has_fusion,
+                       own_folder=False).check(request.overwrite, subject.inputs.values())
+    else:
+        check_folder_outputs(request.output, subjects, request.target, source.model_id,
+                             overwrite=request.overwrite, lease_s=request.lease_s)
 
 
 def _check_mode(intake, many: dict, bids: dict) -> None:
@@ -218,7 +246,9 @@ UNUSED_LINES = 10
 def _log_unused(gathered, intake, verbose: bool = False) -> None:
     """No silent drops: every file of the data set that is not used is named, one line per
     subject, or past UNUSED_LINES subjects one line per reason with a count and an example."""
-    per_subject = [(subject.name, subject.unused) for subject in gathered.subjects if subject.unused]
+    from ..subjects import shown
+
+    per_subject = [(shown(subject.name), subject.unused) for subject in gathered.subjects if subject.unused]
     if gathered.unused:
         per_subject.append((f"{intake.root} (no subject)", gathered.unused))
     if verbose or len(per_subject) <= UNUSED_LINES:
@@ -238,11 +268,9 @@ def _files(items) -> str:
     return "; ".join(f"{path.name} ({why})" for path, why in items)
 
 
-def _synthesizer(model: Path | None, options):
+def _synthesizer(source, options):
     from ..pipeline import Synthesizer
-    from ..source import ModelSource
 
-    source = ModelSource.resolve(model)
     with step(f"loading model {source.path}"):
         synth = Synthesizer.of(source, options)
     log.info("backend: %s; precision %s: %s", synth.backend.describe(), synth.backend.runtime_precision,
@@ -288,6 +316,7 @@ def _print_outcome(outcome, tsem_unavailable: bool) -> None:
 
 def _run_folder(synth, subjects, request) -> None:
     from ..jobs import infer_folder
+    from ..subjects import shown
 
     start = time.perf_counter()
     with progress_bar() as bar:
@@ -295,7 +324,7 @@ def _run_folder(synth, subjects, request) -> None:
         slices = bar.add_task("", total=None, visible=False)
 
         def on_start(subject):
-            bar.reset(slices, description=f"  {subject.name}", total=None, visible=True)
+            bar.reset(slices, description=f"  {shown(subject.name)}", total=None, visible=True)
             return lambda done, total: bar.update(slices, completed=done, total=total)
 
         def on_end(outcome):

@@ -37,15 +37,17 @@ def import_reference(
 
     Example (from the repository root, with its small reference checkpoints): tsf-trt import-reference --seq2seq tests/data/small_seq2seq.pt --tsf tests/data/small_tsf.pt --config small -o models/small
     """
+    from ..atomic import check_folder_target
     from ..model import import_reference as do_import
     from ..model import resolve_config, save_model
     from ..model.meta import read_model_meta
+    from ..ownership import MODEL_DIR, refuse_input_overlap
 
     cfg = resolve_config(config)
-    if output.exists() and not overwrite:
-        from ..errors import ModelError
-
-        raise ModelError(output, "exists; use --overwrite to replace it")
+    # the output, before any checkpoint is read: never an input, replaced only if a model directory
+    refuse_input_overlap(output, [("--seq2seq checkpoint", seq2seq), ("--tsf checkpoint", tsf),
+                                  ("--config file", Path(config) if Path(config).is_file() else None)])
+    check_folder_target(output, overwrite, MODEL_DIR)
     model = do_import(seq2seq, tsf, cfg)
     origin = {"imported_from": {"seq2seq": str(seq2seq), "tsf": str(tsf) if tsf else None},
               "config": config}
@@ -85,7 +87,9 @@ def export(
     Example: tsf-trt export -o exports/demo --targets t2,flair
     """
     from .. import sequences
-    from ..errors import TsfError
+    from ..atomic import check_folder_target
+    from ..model.meta import EXPORT_SUBDIR
+    from ..ownership import EXPORT_DIR, refuse_input_overlap
     from ..source import ModelSource
     from .app import progress_bar
 
@@ -94,6 +98,11 @@ def export(
     chosen = {"all": list(range(sequences.N_SEQUENCES)), "none": []}.get(targets.strip().lower())
     if chosen is None:
         chosen = sequences.parse_list(targets)
+    # the output, before the model loads: never the model (its own export/ is the one place inside
+    # it meant for an export), replaced only if it is an export directory holding nothing else
+    own_export = [source.path / EXPORT_SUBDIR] if source.kind == "model" else []
+    refuse_input_overlap(output, [("--model directory", source.path)], allowed=own_export)
+    check_folder_target(output, overwrite, EXPORT_DIR)
     from tsf_trt.export.onnx_export import export_model  # needs torch: without it, one line names the extra
     loaded = source.module()  # an export directory has no weights to export: one line
     steps = (2 + (loaded.fusion is not None) + len(chosen)) + 1 + int(verify)  # graphs, FLOPs, verification

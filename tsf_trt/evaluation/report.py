@@ -3,7 +3,8 @@
 `summarize` computes Table 1 (mean ± std by number of inputs and by target, with the
 ablation), Table 2 (PSNR inside vs outside the top-1 % TSEM region), Fig. 3's ω per task
 and the QC statistics; the writers put them in `results.csv`, `summary.json` and
-`report.md`, each atomically.
+`report.md`, each atomically, into a report folder already recognised as tsf-trt's
+(:class:`tsf_trt.evaluation.store.ReportDir`).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def csv_row(row: Mapping[str, Any], threshold: float) -> dict[str, Any]:
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], threshold: float) -> None:
-    with atomic_path(path, overwrite=True) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_path(path, overwrite=True, own_location=True) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(csv_row(r, threshold) for r in rows)
@@ -149,7 +150,7 @@ def plain(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    with atomic_path(path, overwrite=True) as tmp:
+    with atomic_path(path, overwrite=True, own_location=True) as tmp:
         tmp.write_text(json.dumps(plain(data), indent=2, allow_nan=False) + "\n")
 
 
@@ -265,5 +266,5 @@ def _qc_markdown(qc: Mapping[str, Any]) -> list[str]:
 
 
 def write_markdown(path: Path, summary: Mapping[str, Any]) -> None:
-    with atomic_path(path, overwrite=True) as tmp:
+    with atomic_path(path, overwrite=True, own_location=True) as tmp:
         tmp.write_text(markdown(plain(summary)))

@@ -21,6 +21,7 @@ from . import qc as qcmod
 from .loop import SliceProgress, SubjectImages, evaluate_images
 from .report import summarize, write_csv, write_json, write_markdown
 from .scoring import Lpips, score_subject
+from ..ownership import refuse_input_overlap
 from .store import ReportDir, fingerprint, safe_name
 from .tasks import Task
 
@@ -121,6 +122,16 @@ def run_key(model_id: str, settings: Settings) -> dict[str, Any]:
             "frame": settings.frame}
 
 
+def check_run(data: str | Path, report_dir: str | Path, settings: Settings, *, model_id: str, has_fusion: bool,
+              inputs: Sequence[tuple[str, Path | None]] = ()) -> bool:
+    """Every refusal :func:`evaluate` makes about its data and report folder, made before a model
+    loads and modifying nothing (the report folder is never an input, and with --overwrite only a
+    report is cleared); True when the report folder holds this same run, to be resumed."""
+    plan(data, settings, has_fusion)
+    refuse_input_overlap(report_dir, [("--data folder", Path(data)), *inputs])
+    return ReportDir(report_dir, run_key(model_id, settings)).check(settings.overwrite)
+
+
 def evaluate(synth: Synthesizer, data: str | Path, report_dir: str | Path, settings: Settings, *,
              model_label: str = "", hooks: Hooks | None = None) -> Evaluation:
     """Score every subject of `data` on every task, resuming a compatible run in `report_dir`,
@@ -128,6 +139,7 @@ def evaluate(synth: Synthesizer, data: str | Path, report_dir: str | Path, setti
     hooks = hooks or Hooks()
     be = synth.backend
     subjects, figure_subjects = plan(data, settings, be.has_fusion)
+    refuse_input_overlap(report_dir, [("--data folder", Path(data))])
     active = settings.qc or qcmod.QcCalibration()
     thresholds = sorted({*qcmod.THRESHOLDS, active.tsem_threshold})
     store = ReportDir(report_dir, run_key(be.model_id, settings))
@@ -193,7 +205,8 @@ def _subject_figure(path: Path, subject: str, task: Task, images: SubjectImages,
     subject_figure(path, inputs={sequences.NAMES[s]: images.truth[s] for s in task.sources}, synthesis=out.image,
                    truth=truth, tsem=out.tsem, weights={sequences.NAMES[i]: w for i, w in out.weights.items()},
                    title=f"{subject}  {task.label}   PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f} (head)",
-                   slices=picked, slice_labels=[f"z {int(images.region.slices[k])}" for k in picked])
+                   slices=picked, slice_labels=[f"z {int(images.region.slices[k])}" for k in picked],
+                   own_location=True)  # the report folder, recognised as ours
 
 
 def _finish(store: ReportDir, outcomes: list[SubjectOutcome], settings: Settings, active: qcmod.QcCalibration,
@@ -242,7 +255,8 @@ def _finish(store: ReportDir, outcomes: list[SubjectOutcome], settings: Settings
     if weight_rows:
         weights_chart(store.figures / "weights.png", [(w["task"], w["weights"]) for w in weight_rows],
                       title="Contribution weight ω of each input, per task" +
-                            (" (tasks with several inputs)" if len(weight_rows) < len(summary["weights"]) else ""))
+                            (" (tasks with several inputs)" if len(weight_rows) < len(summary["weights"]) else ""),
+                      own_location=True)
         summary["figures"]["weights"] = f"{store.figures.name}/weights.png"
     by_name = {o.subject: o for o in outcomes}
     for subject in figure_subjects:

@@ -3,21 +3,27 @@
 Why: evaluating a data set takes hours on a CPU, so a run must survive an interruption.
 `run.json` records what the rows depend on (model, tasks, slice step, comparisons, LPIPS);
 `subjects/<name>.json` holds one finished subject's rows, written atomically when the
-subject is done, with the size and time stamp of its input files. Rerunning the same
-command finds them and computes only what is missing; a folder holding another run, or
-files that are not a report, is refused unless `--overwrite` (which starts afresh).
+subject is done, with the size and time stamp of its input files and a SHA-256 of its
+content. Rerunning the same command finds them and computes only what is missing; an entry
+that fails its checksum (or cannot be read) is computed again, with one WARNING naming it.
+A folder holding another run is refused unless `--overwrite` (which starts afresh); a folder
+that is not a report, or that holds anything a report does not, is refused even with it
+(:data:`REPORT`): `--overwrite` removes only what tsf-trt wrote.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_path, check_folder_target, check_writable, sweep
 from ..errors import InputError
-from ..atomic import atomic_path
+from ..ownership import FolderKind, first_foreign, is_leftover, read_tagged, unrecognised
 
 FORMAT = "tsf-trt-evaluation"
 VERSION = 1
@@ -41,6 +47,34 @@ def fingerprint(inputs: Mapping[int, Path]) -> list[list[Any]]:
     return out
 
 
+def _report_foreign(folder: Path) -> str | None:
+    """Why `folder` is not a tsf-trt report holding only a report's files (None when it is)."""
+    run = folder / RUN_FILE
+    if not run.is_file() or read_tagged(run, FORMAT) is None:
+        return unrecognised(folder, f"is not a tsf-trt evaluation report (no {RUN_FILE} with the {FORMAT} tag)")
+    inner = {SUBJECTS: ".json", FIGURES: ".png"}
+    culprit: list[str] = []  # why subjects/ or figures/ is not ours, when one is not
+
+    def allowed(name: str, path: Path) -> bool:
+        if name in inner and path.is_dir() and not path.is_symlink():
+            why = first_foreign(path, lambda n, p: n.endswith(inner[name]) and p.is_file() and not p.is_symlink())
+            culprit.extend([f"{name}/ {why}"] if why else [])
+            return why is None
+        return name in OUTPUTS and path.is_file() and not path.is_symlink()
+
+    why = first_foreign(folder, allowed)
+    return culprit[0] if why and culprit else why
+
+
+REPORT = FolderKind("a tsf-trt evaluation report", _report_foreign)
+
+
+def _digest(entry: Mapping[str, Any]) -> str:
+    """SHA-256 of an entry's content (its "sha256" field left out), as JSON with sorted keys."""
+    body = {k: v for k, v in entry.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 class ReportDir:
     """A report folder for one run (see the module docstring)."""
 
@@ -56,37 +90,61 @@ class ReportDir:
     def figures(self) -> Path:
         return self.path / FIGURES
 
-    def open(self, overwrite: bool) -> bool:
-        """Make the folder ready; True when it resumes a compatible earlier run."""
+    def check(self, overwrite: bool) -> bool:
+        """Every refusal :meth:`open` would make, before any work and modifying nothing; True
+        when the folder holds this same run (to be resumed), False when it starts afresh."""
+        if self.path.is_symlink() and not self.path.is_dir():
+            raise InputError(self.path, "is a link to nothing; give a folder for the report")
         if self.path.exists() and not self.path.is_dir():
             raise InputError(self.path, "is a file; give a folder for the report")
-        resumed = False
-        if self.path.is_dir() and any(self.path.iterdir()):
+        if self.path.is_dir() and any(not is_leftover(name) for name in _names(self.path)):
             if overwrite:
-                self.clear()
+                REPORT.check(self.path)
+                resumed = False
             else:
                 self._check_compatible()
                 resumed = True
+        else:
+            resumed = False
+        if self.path.is_dir():
+            check_writable(self.path / RUN_FILE, True, own_location=True)  # the folder can be written
+        else:
+            check_folder_target(self.path, False, None)  # it can be made
+        return resumed
+
+    def open(self, overwrite: bool) -> bool:
+        """Make the folder ready; True when it resumes a compatible earlier run. Dead writers'
+        leftovers are removed first, and with `overwrite` what an earlier run wrote."""
+        resumed = self.check(overwrite)
         try:
-            self.subjects.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(self.path, f"cannot create the report folder ({exc.strerror or exc})") from None
+        for folder in (self.path, self.subjects, self.figures):
+            sweep(folder, lambda name: True)  # the folder is ours (checked): every dead writer's leftover
+        if overwrite and not resumed:
+            self.clear()
+        with atomic_path(self.path / RUN_FILE, overwrite=True, own_location=True) as tmp:
+            tmp.write_text(json.dumps(self.key, indent=2) + "\n")  # first: the folder is a report from now on
+        try:
+            self.subjects.mkdir(exist_ok=True)
             self.figures.mkdir(exist_ok=True)
         except OSError as exc:
             raise InputError(self.path, f"cannot create the report folder ({exc.strerror or exc})") from None
-        with atomic_path(self.path / RUN_FILE, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(self.key, indent=2) + "\n")
         return resumed
 
     def _check_compatible(self) -> None:
         run = self.path / RUN_FILE
         if not run.is_file():
             raise InputError(self.path, "exists and is not a tsf-trt evaluation report (no run.json): give a new "
-                                        "or empty folder, or --overwrite to write the report into it")
+                                        "or empty folder")
         try:
             old = json.loads(run.read_text())
         except (OSError, ValueError) as exc:
             raise InputError(run, f"unreadable ({exc}); use --overwrite to start afresh") from None
-        if not isinstance(old, dict):
-            old = {}
+        if not isinstance(old, dict) or old.get("format") != FORMAT:
+            raise InputError(self.path, f"exists and is not a tsf-trt evaluation report ({RUN_FILE} has no "
+                                        f"{FORMAT} tag): give a new or empty folder")
         differ = [k for k in sorted(set(old) | set(self.key)) if old.get(k) != self.key.get(k)]
         if differ:
             detail = ", ".join(f"{k}: {_short(old.get(k))} there, {_short(self.key.get(k))} now" for k in differ)
@@ -94,35 +152,46 @@ class ReportDir:
                                         "or --output for another folder")
 
     def clear(self) -> None:
-        """Remove what an earlier run wrote here (only our own files)."""
+        """Remove what an earlier run wrote here: the folder holds nothing else (:data:`REPORT`)."""
+        REPORT.check(self.path)
         for name in OUTPUTS:
             (self.path / name).unlink(missing_ok=True)
-        for folder, pattern in ((self.subjects, "*.json"), (self.figures, "*.png")):
+        for folder, suffix in ((self.subjects, ".json"), (self.figures, ".png")):
             if folder.is_dir():
-                for path in folder.glob(pattern):
-                    path.unlink()
-                try:
-                    folder.rmdir()
-                except OSError:
-                    pass  # holds files that are not ours: leave them
+                for name in _names(folder):
+                    if name.endswith(suffix) and not is_leftover(name):
+                        (folder / name).unlink(missing_ok=True)
 
     def _cache(self, subject: str) -> Path:
         return self.subjects / f"{safe_name(subject)}.json"
 
     def cached(self, subject: str, inputs_fingerprint: Sequence[Any], thresholds: Sequence[str],
                figures: Sequence[Path] = ()) -> dict[str, Any] | None:
-        """The finished entry of `subject` when it still holds: same inputs, the QC thresholds asked
-        for, and the figures asked for on disk; None when the subject must be computed."""
-        try:
-            entry = json.loads(self._cache(subject).read_text())
-        except (OSError, ValueError):
+        """The finished entry of `subject` when it still holds: intact (its checksum), same inputs,
+        the QC thresholds asked for, and the figures asked for on disk; None when the subject must
+        be computed. A damaged entry is said in one WARNING line naming it."""
+        path = self._cache(subject)
+        if not path.exists():
             return None
-        if not isinstance(entry, dict) or entry.get("key") != self.key or entry.get("subject") != subject:
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            damage = None if isinstance(entry, dict) else "not a JSON object"
+        except (OSError, ValueError) as exc:
+            entry, damage = None, f"unreadable: {type(exc).__name__}"
+        if damage is None and entry.get("sha256") != _digest(entry):
+            damage = ("no checksum (written by an older tsf-trt)" if "sha256" not in entry
+                      else "its content does not match its SHA-256 (modified or damaged)")
+        if damage is None and not isinstance(entry.get("rows"), list):
+            damage = "no rows"
+        if damage is not None:
+            _log.warning("%s: damaged resume entry, %s; scoring %s again", path, damage, subject)
+            return None
+        if entry.get("key") != self.key or entry.get("subject") != subject:
             return None
         if entry.get("inputs") != [list(f) for f in inputs_fingerprint]:
             return None
-        for row in entry.get("rows", []):
-            have = row.get("tsem_exceedance") or {}
+        for row in entry["rows"]:
+            have = (row.get("tsem_exceedance") if isinstance(row, dict) else None) or {}
             if any(t not in have for t in thresholds):
                 return None
         if not all(p.is_file() for p in figures):
@@ -134,10 +203,23 @@ class ReportDir:
         """Record a finished subject (atomically: a crash leaves the old entry or none)."""
         entry = {"key": self.key, "subject": subject, "inputs": [list(f) for f in inputs_fingerprint],
                  "rows": list(rows), **extra}
-        with atomic_path(self._cache(subject), overwrite=True) as tmp:
+        # The checksum is of the entry as it is read back (JSON round trip: tuples become lists).
+        entry = json.loads(json.dumps(entry))
+        entry["sha256"] = _digest(entry)
+        with atomic_path(self._cache(subject), overwrite=True, own_location=True) as tmp:
             tmp.write_text(json.dumps(entry, indent=1) + "\n")  # nan/inf kept: read back by Python only
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in folder.iterdir())
+    except OSError:
+        return []
 
 
 def _short(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ModelError
 from ..fileformat import file_sha256
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, check_folder_target
+from ..ownership import MODEL_DIR
 from .config import ModelConfig
 from .meta import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, check_weights, meta_config, read_model_meta
 from .tsf import TSFSeq2Seq
@@ -55,13 +56,15 @@ def save_model(model: TSFSeq2Seq, directory: str | Path, *, overwrite: bool = Fa
                origin: dict[str, Any] | None = None, training_crop: tuple[int, int] | None = None) -> Path:
     """Write a model directory atomically (a complete directory or none). `training_crop` (H, W):
     the in-plane size it was trained on, kept because the frame it runs on matters
-    (tsf_trt.frame; `--frame HxW`)."""
+    (tsf_trt.frame; `--frame HxW`). With `overwrite`, only a model directory (holding nothing
+    else) is replaced (:data:`tsf_trt.ownership.MODEL_DIR`)."""
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise ModelError(directory, "exists; use --overwrite to replace it")
+    check_folder_target(directory, overwrite, MODEL_DIR)
     umask = os.umask(0)
     os.umask(umask)
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, MODEL_DIR) as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         meta = {

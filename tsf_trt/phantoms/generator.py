@@ -25,6 +25,9 @@ measured at 60 x 60 x 40).
 from __future__ import annotations
 
 import math
+import re
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,7 +37,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit as _sigmoid  # float32 in, float32 out: the closest to torch.sigmoid (<= 4 ulp)
 
-from tsf_trt.atomic import atomic_dir
+from tsf_trt.atomic import atomic_dir, check_folder_target, sweep
+from tsf_trt.ownership import FolderKind, first_foreign, nifti_descrip
 
 from .resample import grid_sample_padded, upsample_trilinear, zero_border
 from .torch_random import TorchCompatibleRandom
@@ -335,6 +339,11 @@ LAYOUTS = {  # file suffixes in SEQUENCES order + seg, separator, subject name, 
 }
 
 
+#: Start of the descrip of every NIfTI :func:`write_subject` writes: how a subject folder is
+#: recognised as a phantom's (and so may be replaced with --overwrite).
+DESCRIP = "tsf-trt phantom"
+
+
 def subject_name(seed: int, layout: str, hard: bool = False) -> str:
     """Named by its seed, so data sets made with different --seed never share a name
     (held-out test subjects are then recognisable as such); hard ones are PhantomHard_..."""
@@ -358,14 +367,41 @@ def write_subject(phantom: Phantom, folder: Path, name: str, layout: str) -> Non
     suffixes, seg, sep, _, et = LAYOUTS[layout]
     for seq, suffix in zip(SEQUENCES, suffixes):
         _save(phantom.volumes[seq].astype(np.float32), phantom.affine, folder / f"{name}{sep}{suffix}.nii.gz",
-              f"tsf-trt phantom seed {phantom.seed} {seq}")
+              f"{DESCRIP} seed {phantom.seed} {seq}")
     label = np.where(phantom.label == LABELS_2021["rim"], et, phantom.label).astype(np.uint8)
-    _save(label, phantom.affine, folder / f"{name}{sep}{seg}.nii.gz", f"tsf-trt phantom seed {phantom.seed} labels")
+    _save(label, phantom.affine, folder / f"{name}{sep}{seg}.nii.gz", f"{DESCRIP} seed {phantom.seed} labels")
+
+
+def _subject_files(name: str) -> set[str]:
+    """The files a phantom subject folder called `name` holds, in either layout."""
+    return {f"{name}{sep}{suffix}.nii.gz" for suffixes, seg, sep, _, _ in LAYOUTS.values()
+            for suffix in (*suffixes, seg)}
+
+
+def _phantom_foreign(folder: Path) -> str | None:
+    files = _subject_files(folder.name)
+
+    def allowed(name: str, path: Path) -> bool:
+        if name not in files or path.is_symlink() or not path.is_file():
+            return False
+        try:
+            return nifti_descrip(path).startswith(DESCRIP.encode())
+        except (OSError, EOFError, ValueError, zlib.error, struct.error):
+            return False
+
+    return first_foreign(folder, allowed)
+
+
+#: A subject folder written by :func:`write_subjects` (its five NIfTI files, marked by DESCRIP).
+PHANTOM_SUBJECT = FolderKind("a tsf-trt phantom subject folder", _phantom_foreign)
+_SUBJECT_NAME = re.compile(r"^(Phantom|PhantomHard)[_-]\d+(-000)?$")
 
 
 def check_targets(out_dir: str | Path, n: int, layout: str, overwrite: bool, seed: int = 0,
                   hard_fraction: float = 0.0) -> list[Path]:
-    """The subject folders to write; refuses a bad layout, a file as ``out_dir`` or existing folders."""
+    """The subject folders to write; refuses a bad layout, a file as ``out_dir``, an unwritable
+    one, and existing folders (with ``overwrite``, those that are not phantom subjects holding
+    nothing else). Modifies nothing."""
     from tsf_trt.errors import InputError, TsfError
 
     if layout not in LAYOUTS:
@@ -380,6 +416,8 @@ def check_targets(out_dir: str | Path, n: int, layout: str, overwrite: bool, see
     if taken and not overwrite:
         more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
         raise InputError(taken[0], f"exists{more}; use --overwrite to replace")
+    for folder in taken or folders[:1]:
+        check_folder_target(folder, overwrite, PHANTOM_SUBJECT)
     return folders
 
 
@@ -396,8 +434,9 @@ def write_subjects(out_dir: str | Path, n: int, seed: int = 0, shape: tuple[int,
     out = Path(out_dir)
     folders = check_targets(out, n, layout, overwrite, seed, hard_fraction)
     out.mkdir(parents=True, exist_ok=True)
+    sweep(out, lambda name: bool(_SUBJECT_NAME.match(name)))  # killed runs' half subjects
     for k, folder in enumerate(folders):
-        with atomic_dir(folder) as tmp:  # existing folders were refused above unless overwrite
+        with atomic_dir(folder, PHANTOM_SUBJECT) as tmp:  # checked above, and again before the swap
             write_subject(make_subject(seed + k, shape, is_hard(seed + k, hard_fraction)), tmp, folder.name, layout)
         if on_subject is not None:
             on_subject(folder)
