@@ -239,6 +239,24 @@ def test_broken_links_in_bids_and_map_fail_their_subject(tmp_path, small_model_d
     assert "b: failed" in line and "sub-02_FLAIR.nii.gz" in line and "broken symbolic link" in line, line
 
 
+def test_a_bids_subject_or_session_folder_that_is_a_broken_link_fails_alone(tmp_path, small_model_dir):
+    """A `sub-<label>` (or `ses-<label>`) entry that is a link to nothing is no silent drop either."""
+    bids = tmp_path / "bids"
+    (bids / "dataset_description.json").parent.mkdir(parents=True)
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.9.0"}))
+    for sub in ("01", "03"):
+        write_nifti(bids / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz", make_head(SHAPE, seed=0))
+    (bids / "sub-02").symlink_to(tmp_path / "gone")
+    (bids / "sub-03" / "ses-2").symlink_to(tmp_path / "gone-too")
+    result = cli("infer", "--bids", bids, "--target", "t2", "--model", small_model_dir, *TORCH)
+    assert result.exit_code == 1, result.output
+    lines = problem_lines(result.stderr)
+    assert len(lines) == 2, lines
+    assert "sub-02: failed" in lines[0] and "broken symbolic link" in lines[0] and "gone" in lines[0], lines
+    assert "ses-2" in lines[1] and "broken symbolic link" in lines[1], lines
+    assert "2 done" in result.stdout, result.stdout
+
+
 # --- 11. a subject folder named with a control character ------------------------------------------------
 
 

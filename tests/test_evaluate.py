@@ -296,3 +296,23 @@ def test_figures_check_their_inputs(tmp_path):
     with pytest.raises(ValueError, match="no task"):
         weights_chart(tmp_path / "w.png", [])
     assert Task((0, 3), 2).slug == "t1-flair_to_t2"
+
+
+def test_one_file_as_two_sequences_fails_its_subject_in_evaluate(phantoms, small_model_dir, tmp_path):
+    """infer's rule (tsf_trt.prefetch.check_distinct_files) holds where evaluate reads subjects too:
+    a FLAIR that is a link to the T1 fails that subject in one line, the others are scored."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(phantoms, data)
+    flair = data / "Phantom_00001" / "Phantom_00001_flair.nii.gz"
+    flair.unlink()
+    flair.symlink_to(data / "Phantom_00001" / "Phantom_00001_t1.nii.gz")
+    result = runner.invoke(app, ["evaluate", "--data", str(data), "--model", str(small_model_dir), "--backend",
+                                 "torch", "--tasks", "t1,flair->t2", "-o", str(tmp_path / "r"), "--figures", "0",
+                                 "--no-compare", "--slice-step", "4"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    failed = [line for line in result.stderr.splitlines() if "failed" in line]
+    assert len(failed) == 1 and "Phantom_00001" in failed[0] and "same file" in failed[0], result.stderr
+    assert "scored 2 subject(s)" in result.stdout, result.stdout

@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 from . import sequences
 from .errors import InputError, TsfError
+from .subjects import broken_link
 
 #: The release whose rules these are (its entity table and derivative rules are the current ones).
 BIDS_VERSION = "1.11.1"
@@ -188,13 +189,19 @@ def find_cases(root: str | Path, participants: Iterable[str] | None = None, sess
         subjects = {s: subjects[s] for s in want_sub}
     cases, seen = [], set()
     for label, folder in sorted(subjects.items()):
+        broken = broken_link(folder)
+        if broken:
+            cases.append(BidsCase(label, None, {}, f"{folder}: {broken}"))
+            continue
         places: list[tuple[str | None, Path]] = list(_labelled(folder, "ses"))
         if (folder / "anat").is_dir() or not places:
             places.insert(0, (None, folder))
         for ses, place in places:
             if want_ses is None or ses in want_ses:
                 seen.add(ses)
-                cases.append(_case(label, ses, place / "anat", rules))
+                broken = broken_link(place)
+                cases.append(BidsCase(label, ses, {}, f"{place}: {broken}") if broken
+                             else _case(label, ses, place / "anat", rules))
     missing = [f"ses-{s}" for s in want_ses or () if s not in seen]
     if missing:
         raise InputError(top, f"no folder for session {', '.join(missing)} among the chosen participants")
@@ -324,9 +331,11 @@ def _entries(folder: Path) -> list[Path]:
 
 
 def _labelled(folder: Path, prefix: str) -> list[tuple[str, Path]]:
-    """(label, path) of the `prefix-<label>` folders in `folder`."""
+    """(label, path) of the `prefix-<label>` folders in `folder`, and of the symbolic links so
+    named that lead nowhere (their case fails, naming the link: never a silent drop)."""
     return [(p.name[len(prefix) + 1:], p) for p in _entries(folder)
-            if p.name.startswith(f"{prefix}-") and _LABEL.fullmatch(p.name[len(prefix) + 1:]) and p.is_dir()]
+            if p.name.startswith(f"{prefix}-") and _LABEL.fullmatch(p.name[len(prefix) + 1:])
+            and (p.is_dir() or broken_link(p) is not None)]
 
 
 # --- derivatives --------------------------------------------------------------------

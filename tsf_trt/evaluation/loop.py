@@ -96,6 +96,9 @@ class SubjectImages:
 def load_subject(inputs: Mapping[int, Path]) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Normalised volumes of every sequence and the head mask (voxels where any of the
     subject's sequences is above 0: one mask, and so one frame, for all of its tasks)."""
+    from ..prefetch import check_distinct_files
+
+    check_distinct_files(inputs)  # one file given as two sequences: infer's rule
     arrays = load_arrays(dict(inputs))
     return normalize_inputs(arrays), head_of(arrays)
 
