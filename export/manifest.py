@@ -13,13 +13,13 @@ from typing import Any
 
 from tsf_trt import sequences
 from tsf_trt.errors import ModelError, TsfError
+from tsf_trt.fileformat import EXPORT_FORMAT as FORMAT
+from tsf_trt.fileformat import EXPORT_MANIFEST as MANIFEST
 from tsf_trt.fileformat import file_sha256, read_tagged_json
 from tsf_trt.model.config import ModelConfig
 
-FORMAT = "tsf-trt-export"
 DEFAULT_OPSET = 17  # the ONNX opset of `tsf-trt export` and of cached exports
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 
 sha256 = file_sha256

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError, TsfError
-from .owners import Owner
+from .owners import DEFAULT_LEASE_S, Owner, leftover_owner
 from .ownership import FolderKind, refuse_foreign_file
 
 #: Errors of "this file system has no hard links": publish then checks and renames instead.
@@ -35,17 +34,6 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 #: Messages of libraries that report a full disk without an OSError (safetensors, torch).
 _DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "storagefull", "os error 28")
 _LOW_SPACE_BYTES = 1 << 20
-#: A leftover beside NAME: `.NAME.KIND-OWNER-RAND...`; OWNER is HOST-PID-START, or a bare
-#: PID in names written by tsf-trt 0.1 (judged by age only, as if from another host).
-_LEFTOVER = re.compile(r"^\.(?P<final>.+)\.(?P<kind>tmp|probe|old)-"
-                       r"(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)|(?P<old_pid>\d+))-[0-9a-f]{8}")
-
-
-def leftover_name(name: str) -> bool:
-    """Whether `name` is one of this module's temporary, probe or old names."""
-    return _LEFTOVER.match(name) is not None
-
-
 class DiskFullError(InputError):
     """The file system filled up while a file was written; nothing partial was left."""
 
@@ -307,13 +295,10 @@ def stale_leftovers(folder: Path, names: Iterable[str] | Callable[[str], bool], 
         return []
     found = []
     for entry in entries:
-        match = _LEFTOVER.match(entry)
-        if match is None or not wanted(match["final"]):
+        found_owner = leftover_owner(entry)
+        if found_owner is None or not wanted(found_owner[0]):
             continue
-        if match["host"]:
-            owner = Owner(match["host"], int(match["pid"]), int(match["start"]))
-        else:
-            owner = Owner("", int(match["old_pid"]))  # unknown host: by age only
+        owner = found_owner[1]
         path = folder / entry
         try:
             mtime = path.lstat().st_mtime
@@ -343,8 +328,6 @@ def sweep(folder: Path, names: Iterable[str] | Callable[[str], bool], lease_s: f
     """:func:`remove_stale` for a command's own outputs, logged; `lease_s` (for writers on other
     hosts) defaults to the claim lease of folder runs."""
     if lease_s is None:
-        from .claims import DEFAULT_LEASE_S
-
         lease_s = DEFAULT_LEASE_S
     removed = remove_stale(folder, names, lease_s) if folder.is_dir() else []
     if removed:

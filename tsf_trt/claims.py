@@ -37,9 +37,8 @@ from pathlib import Path
 
 from .atomic import link_exclusive, remove_stale, temp_path
 from .errors import TsfError
-from .owners import Owner
+from .owners import DEFAULT_LEASE_S, Owner
 
-DEFAULT_LEASE_S = 600.0
 #: Bounds of the lease. Below a second, a live holder on another machine could be taken for dead
 #: between two heartbeats (one every quarter lease, at most every 0.2 s: Claims._beat) on any
 #: loaded machine. Above a week, a run that died on another machine keeps its subjects from every

@@ -10,6 +10,13 @@ from typing import Any
 
 from .errors import ModelError
 
+#: A model directory (tsf_trt.model.meta): config.json with this tag beside its weights, and
+#: optionally its own ONNX export in export/ (the bundled demo ships one).
+MODEL_FORMAT, MODEL_CONFIG, MODEL_WEIGHTS = "tsf-trt-model", "config.json", "model.safetensors"
+MODEL_EXPORT_SUBDIR = "export"
+#: An export directory (tsf_trt.export.manifest): manifest.json with this tag beside its graphs.
+EXPORT_FORMAT, EXPORT_MANIFEST = "tsf-trt-export", "manifest.json"
+
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()

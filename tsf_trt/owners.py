@@ -16,10 +16,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+
+#: How long a writer on another host may leave its file untouched before it counts as dead: the
+#: default claim lease of folder runs (--claim-lease) and of every command's sweep of leftovers.
+DEFAULT_LEASE_S = 600.0
+#: A leftover beside NAME (tsf_trt.atomic.temp_path): `.NAME.KIND-OWNER-RAND...`; OWNER is
+#: HOST-PID-START, or a bare PID in names written by tsf-trt 0.1 (judged by age only, as if from
+#: another host).
+_LEFTOVER = re.compile(r"^\.(?P<final>.+)\.(?P<kind>tmp|probe|old)-"
+                       r"(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)|(?P<old_pid>\d+))-[0-9a-f]{8}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,3 +118,14 @@ class Owner:
 @functools.lru_cache(maxsize=4)
 def _current(pid: int) -> Owner:
     return Owner(host_tag(), pid, process_start(pid))
+
+
+def leftover_owner(name: str) -> tuple[str, Owner] | None:
+    """(the final name, its writer) of a temporary, probe or old name that tsf-trt's writers
+    give (:func:`tsf_trt.atomic.temp_path`); None for any other name."""
+    match = _LEFTOVER.match(name)
+    if match is None:
+        return None
+    if match["host"]:
+        return match["final"], Owner(match["host"], int(match["pid"]), int(match["start"]))
+    return match["final"], Owner("", int(match["old_pid"]))  # unknown host: by age only

@@ -35,12 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .errors import InputError
+from .fileformat import (EXPORT_FORMAT, EXPORT_MANIFEST, MODEL_CONFIG, MODEL_EXPORT_SUBDIR, MODEL_FORMAT,
+                         MODEL_WEIGHTS)
+from .owners import leftover_owner
 
 MARK = "tsf-trt"
 #: PNG text chunks of every figure tsf-trt draws (matplotlib's `savefig(metadata=...)`).
-PNG_METADATA = {"Software": f"{MARK} {__version__}"}
+PNG_METADATA = {"Software": MARK}
 _MAX_JSON = 64 << 20  # a bigger file is not one of ours: never read it whole
 _TEXT_PREFIXES = ("# tsf-trt", "Measured with `tsf-trt")  # bench --markdown, bench suite -o
 #: Caches tsf-trt keeps inside an export directory (tsf_trt.cache_dir.runtime_cache, engines/).
@@ -134,7 +136,7 @@ def _in_own_cache(path: Path) -> bool:
     if root in where.parents:
         return True
     for folder in list(where.parents)[:3]:
-        if _CACHE_DIR.match(folder.name) and _tagged(folder.parent / "manifest.json", "tsf-trt-export"):
+        if _CACHE_DIR.match(folder.name) and _tagged(folder.parent / EXPORT_MANIFEST, EXPORT_FORMAT):
             return True
     return False
 
@@ -159,9 +161,7 @@ def read_tagged(path: Path, fmt: str) -> dict[str, Any] | None:
 def is_leftover(name: str) -> bool:
     """A hidden file of one of tsf-trt's writers: a temp file or folder, a write probe, an old
     folder being replaced (:mod:`tsf_trt.atomic`), a runtime's probe."""
-    from .atomic import leftover_name
-
-    return leftover_name(name) or bool(_PROBE.match(name))
+    return leftover_owner(name) is not None or bool(_PROBE.match(name))
 
 
 @dataclass(frozen=True)
@@ -216,42 +216,40 @@ def _real_file(path: Path) -> bool:
 
 
 def _export_foreign(folder: Path) -> str | None:
-    from .export.manifest import FORMAT, MANIFEST
-
-    manifest = folder / MANIFEST
-    data = read_tagged(manifest, FORMAT) if _real_file(manifest) else None
+    manifest = folder / EXPORT_MANIFEST
+    data = read_tagged(manifest, EXPORT_FORMAT) if _real_file(manifest) else None
     if data is None:
-        return unrecognised(folder, f"is not a tsf-trt export directory (no {MANIFEST} with the {FORMAT} tag)")
+        return unrecognised(folder, f"is not a tsf-trt export directory (no {EXPORT_MANIFEST} with the "
+                                    f"{EXPORT_FORMAT} tag)")
     graphs = data.get("graphs")
     files = {g.get("file") for g in graphs.values() if isinstance(g, dict)} if isinstance(graphs, dict) else set()
 
     def allowed(name: str, path: Path) -> bool:
         if _CACHE_DIR.match(name):
             return _real_dir(path)
-        return (name == MANIFEST or name in files) and _real_file(path)
+        return (name == EXPORT_MANIFEST or name in files) and _real_file(path)
 
     return first_foreign(folder, allowed)
 
 
 def _model_foreign(folder: Path) -> str | None:
-    from .model.meta import CONFIG_FILE, EXPORT_SUBDIR, FORMAT, WEIGHTS_FILE
-
-    config = folder / CONFIG_FILE
-    data = read_tagged(config, FORMAT) if _real_file(config) else None
+    config = folder / MODEL_CONFIG
+    data = read_tagged(config, MODEL_FORMAT) if _real_file(config) else None
     if data is None:
-        return unrecognised(folder, f"is not a tsf-trt model directory (no {CONFIG_FILE} with the {FORMAT} tag)")
-    files = {CONFIG_FILE, str(data.get("weights", WEIGHTS_FILE)), WEIGHTS_FILE, "MODEL_CARD.md"}
+        return unrecognised(folder, f"is not a tsf-trt model directory (no {MODEL_CONFIG} with the "
+                                    f"{MODEL_FORMAT} tag)")
+    files = {MODEL_CONFIG, str(data.get("weights", MODEL_WEIGHTS)), MODEL_WEIGHTS, "MODEL_CARD.md"}
 
     inner: list[str] = []  # why its export/ is not ours, when it is not
 
     def allowed(name: str, path: Path) -> bool:
-        if name == EXPORT_SUBDIR and _real_dir(path):
+        if name == MODEL_EXPORT_SUBDIR and _real_dir(path):
             inner.extend(filter(None, [_export_foreign(path)]))
             return not inner
         return name in files and _real_file(path)
 
     why = first_foreign(folder, allowed)
-    return f"{EXPORT_SUBDIR}/ {inner[0]}" if why is not None and inner else why
+    return f"{MODEL_EXPORT_SUBDIR}/ {inner[0]}" if why is not None and inner else why
 
 
 def _train_state_foreign(folder: Path) -> str | None:

@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, TsfError
+from ..fileformat import MODEL_CONFIG as CONFIG_FILE
+from ..fileformat import MODEL_EXPORT_SUBDIR
+from ..fileformat import MODEL_FORMAT as FORMAT
+from ..fileformat import MODEL_WEIGHTS as WEIGHTS_FILE
 from ..fileformat import file_sha256, read_tagged_json
 from .config import ModelConfig
 
-FORMAT = "tsf-trt-model"
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 #: A model directory may carry its own ONNX export here (the bundled demo does), so that a
 #: runtime without PyTorch runs it; it is used only when its manifest names this model's id.
-EXPORT_SUBDIR = "export"
+EXPORT_SUBDIR = MODEL_EXPORT_SUBDIR
+__all__ = ["CONFIG_FILE", "EXPORT_SUBDIR", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE"]
 
 
 def read_model_meta(directory: str | Path) -> dict[str, Any]:
