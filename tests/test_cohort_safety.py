@@ -218,12 +218,17 @@ def test_a_broken_link_given_as_an_input_is_one_line(tmp_path, no_model_load):
     assert files_under(tmp_path / "out") == []
 
 
-def test_broken_links_in_bids_and_map_fail_their_subject(tmp_path, small_model_dir):
-    bids = tmp_path / "bids"
-    (bids / "dataset_description.json").parent.mkdir(parents=True)
+def _bids_t1s(bids: Path, subjects: tuple[str, ...]) -> Path:
+    """A BIDS dataset whose subjects have a T1w each."""
+    bids.mkdir(parents=True)
     (bids / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.9.0"}))
-    for sub in ("01", "02"):
+    for sub in subjects:
         write_nifti(bids / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz", make_head(SHAPE, seed=0))
+    return bids
+
+
+def test_broken_links_in_bids_and_map_fail_their_subject(tmp_path, small_model_dir):
+    bids = _bids_t1s(tmp_path / "bids", ("01", "02"))
     (bids / "sub-02" / "anat" / "sub-02_FLAIR.nii.gz").symlink_to(tmp_path / "x.nii.gz")
     result = cli("infer", "--bids", bids, "--target", "t2", "--model", small_model_dir, *TORCH)
     assert result.exit_code == 1
@@ -241,11 +246,7 @@ def test_broken_links_in_bids_and_map_fail_their_subject(tmp_path, small_model_d
 
 def test_a_bids_subject_or_session_folder_that_is_a_broken_link_fails_alone(tmp_path, small_model_dir):
     """A `sub-<label>` (or `ses-<label>`) entry that is a link to nothing is no silent drop either."""
-    bids = tmp_path / "bids"
-    (bids / "dataset_description.json").parent.mkdir(parents=True)
-    (bids / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.9.0"}))
-    for sub in ("01", "03"):
-        write_nifti(bids / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz", make_head(SHAPE, seed=0))
+    bids = _bids_t1s(tmp_path / "bids", ("01", "03"))
     (bids / "sub-02").symlink_to(tmp_path / "gone")
     (bids / "sub-03" / "ses-2").symlink_to(tmp_path / "gone-too")
     result = cli("infer", "--bids", bids, "--target", "t2", "--model", small_model_dir, *TORCH)

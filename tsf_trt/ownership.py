@@ -215,9 +215,14 @@ def _real_file(path: Path) -> bool:
     return path.is_file() and not path.is_symlink()
 
 
+def _marker(folder: Path, name: str, fmt: str) -> dict[str, Any] | None:
+    """The JSON file `name` that makes `folder` one of tsf-trt's (a real file tagged `fmt`), or None."""
+    path = folder / name
+    return read_tagged(path, fmt) if _real_file(path) else None
+
+
 def _export_foreign(folder: Path) -> str | None:
-    manifest = folder / EXPORT_MANIFEST
-    data = read_tagged(manifest, EXPORT_FORMAT) if _real_file(manifest) else None
+    data = _marker(folder, EXPORT_MANIFEST, EXPORT_FORMAT)
     if data is None:
         return unrecognised(folder, f"is not a tsf-trt export directory (no {EXPORT_MANIFEST} with the "
                                     f"{EXPORT_FORMAT} tag)")
@@ -233,8 +238,7 @@ def _export_foreign(folder: Path) -> str | None:
 
 
 def _model_foreign(folder: Path) -> str | None:
-    config = folder / MODEL_CONFIG
-    data = read_tagged(config, MODEL_FORMAT) if _real_file(config) else None
+    data = _marker(folder, MODEL_CONFIG, MODEL_FORMAT)
     if data is None:
         return unrecognised(folder, f"is not a tsf-trt model directory (no {MODEL_CONFIG} with the "
                                     f"{MODEL_FORMAT} tag)")
