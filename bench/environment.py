@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from tsf_trt.cpu import BF16_FLAGS, cpu_flags, cpu_name, native_bf16_flags, physical_cores
+
 NOT_INSTALLED = "not installed"
 # CPU: 2.1 GFLOP per product. 1024 rather than 2048: up to 6 libraries x precisions are timed in
 # about 2 s on two cores, and on a 2-core AVX2 EPYC 2048 reached no higher rates (measured).
@@ -49,29 +51,6 @@ def package_version(*distributions: str) -> str:
     return NOT_INSTALLED
 
 
-def _cpuinfo() -> str | None:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-
-
-def physical_cores() -> int | None:
-    """Distinct (package, core) pairs in /proc/cpuinfo; None where that file is not there."""
-    text = _cpuinfo()
-    if text is None:
-        return None
-    cores, package = set(), "0"
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "physical id":
-            package = value.strip()
-        elif key == "core id":
-            cores.add((package, value.strip()))
-    return len(cores) or None
-
-
 def gpu_info() -> dict[str, Any] | None:
     """Name, driver and CUDA version of GPU 0 as torch sees it; None without CUDA (or torch)."""
     torch = optional_torch()
@@ -91,7 +70,6 @@ def gpu_info() -> dict[str, Any] | None:
 def environment(threads: int | None) -> dict[str, Any]:
     """The environment block of a report (see bench/SCHEMA.md)."""
     from tsf_trt import __version__
-    from tsf_trt.cache_dir import cpu_name
 
     try:
         usable = len(os.sched_getaffinity(0))
@@ -238,14 +216,6 @@ CPU_CANDIDATES: dict[str, list[tuple[str, Factory]]] = {
     "bf16": [("torch", _torch_matmul("bfloat16")), ("openvino", _openvino_matmul("bf16"))],
     "int8": [("onnxruntime", _ort_matmul_integer)],
 }
-BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-
-
-def cpu_flags() -> set[str]:
-    """The x86 feature flags of /proc/cpuinfo (empty where there is none)."""
-    text = _cpuinfo() or ""
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
 
 
 def openvino_capabilities() -> list[str] | None:
@@ -259,7 +229,7 @@ def openvino_capabilities() -> list[str] | None:
 def bf16_support() -> tuple[bool, str]:
     """Whether this CPU multiplies bf16 natively, and the evidence. Why ask: elsewhere torch and
     OpenVINO emulate it (torch measured at 0.1-0.4 GFLOP/s on an AVX2 CPU), which is no peak."""
-    flags, capabilities = sorted(BF16_FLAGS & cpu_flags()), openvino_capabilities()
+    flags, capabilities = native_bf16_flags(cpu_flags()), openvino_capabilities()
     native = bool(flags) or "BF16" in (capabilities or [])
     listed = ", ".join(capabilities) if capabilities is not None else NOT_INSTALLED
     return native, (f"CPU flags: {', '.join(flags) or 'no ' + ' or '.join(sorted(BF16_FLAGS))}; "

@@ -10,7 +10,6 @@ row also says how its image, TSEM and ω differ from torch fp32's on the same su
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""A stand-in for TensorRT that refuses what the real one refuses, on tests/fake_cuda.py's memory.
+"""The one stand-in for TensorRT: it refuses what the real one refuses.
 
 FakeTensorRT follows the TensorRT 10 and 11 Python bindings where tsf-trt touches them:
 real enum values (TensorIOMode NONE 0 / INPUT 1 / OUTPUT 2, a plain enum that never equals
@@ -6,10 +6,15 @@ an int; NetworkDefinitionCreationFlag.STRONGLY_TYPED 1 on TensorRT 10 and 0 on 1
 EXPLICIT_BATCH is gone), create_network refusing unknown flag bits, set_shape with exactly
 (name, min, opt, max), a timing cache refused (False) when made on another device or
 version and get_timing_cache None until one is set, build_serialized_network None when it
-fails, get_tensor_shape per tensor (-1 until the inputs are set), set_tensor_address False
-for an address that is not 256-byte aligned, and execute_async_v3 queued on the stream.
-FakeRunner and FakeEngines stand for tsf_trt's EngineRunner and EngineSet; every engine runs
-its ONNX graph with ONNX Runtime. What they cannot show: that TensorRT itself behaves as its
+fails, get_tensor_shape per tensor (-1 until the inputs are set), set_input_shape False
+outside the engine's profile, set_tensor_address False for an address that is not 256-byte
+aligned or not device memory, and execute_async_v3 queued on the stream.
+
+Its engines (FakeEngine, FakeContext) run any graph on any device memory: the tests run each
+ONNX graph with ONNX Runtime (OnnxGraph) on tests/fake_cuda.py's memory (FakeMemory), and
+scripts/gpu_check_trt.py runs the torch module each graph was exported from, on that memory or
+on a real GPU's. FakeEngines stands for tsf_trt's EngineSet: the real EngineRunner over one such
+engine per graph, with no build. What they cannot show: that TensorRT itself behaves as its
 documentation says.
 """
 
@@ -17,11 +22,16 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any, Protocol
 
 import numpy as np
 
 from tests.fake_cuda import ALIGNMENT, FakeCudart, Status
+
+
+OPEN = 2**31 - 1  # the largest dimension a profile of a dynamic axis allows here
 
 
 def run_graph(session, feeds: dict) -> dict:
@@ -37,53 +47,90 @@ def ort_session(path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class FakeRunner:
-    """EngineRunner's interface over one ONNX graph run by ONNX Runtime on fake device memory:
-    addresses must be device memory and 256-byte aligned, and the run is queued on the stream."""
+class Graph(Protocol):
+    """What an engine runs: its inputs (name -> dims, an int a fixed dimension) and outputs."""
 
-    def __init__(self, path, label: str, cudart: FakeCudart):
-        self.session, self.label, self.cudart = ort_session(path), label, cudart
-        self.inputs = [i.name for i in self.session.get_inputs()]
+    inputs: dict[str, list]
+    outputs: list[str]
+
+    def output_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]: ...
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class Memory(Protocol):
+    """Device memory as an engine reaches it: at bound addresses, with work enqueued on a stream."""
+
+    def read(self, ptr: int, shape: tuple[int, ...], dtype: Any) -> Any: ...
+
+    def write(self, ptr: int, value: Any) -> None: ...
+
+    def enqueue(self, stream: int, work: Callable[[], None]) -> bool: ...
+
+    def is_device(self, ptr: int) -> bool: ...
+
+
+class OnnxGraph:
+    """An ONNX graph run by ONNX Runtime on the CPU (numpy in and out)."""
+
+    def __init__(self, path) -> None:
+        self.session = ort_session(path)
+        self.inputs = {i.name: list(i.shape) for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.dtypes = {n: np.dtype(np.float32) for n in (*self.inputs, *self.outputs)}
-        self.shapes: dict[str, tuple] = {}
-        self.runs = 0
 
-    def output_shapes(self, shapes):
-        self.shapes = {k: tuple(v) for k, v in shapes.items()}
-        outs = run_graph(self.session, {k: np.zeros(v, np.float32) for k, v in self.shapes.items()})
-        return {name: tuple(o.shape) for name, o in outs.items()}
+    def output_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        return {k: v.shape for k, v in self.run({k: np.zeros(v, np.float32) for k, v in shapes.items()}).items()}
 
-    def run(self, addresses, stream):
-        from tsf_trt.errors import TsfError
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        return run_graph(self.session, feeds)
 
-        for name in (*self.inputs, *self.outputs):
-            ptr = int(addresses[name])
-            if ptr % ALIGNMENT or not self.cudart.is_device(ptr):
-                raise TsfError(f"{self.label}: TensorRT refused the address of '{name}'")
-        shapes, cudart = dict(self.shapes), self.cudart
 
-        def work():
-            feeds = {n: cudart.device_array(addresses[n], shapes[n], np.float32) for n in self.inputs}
-            for name, value in run_graph(self.session, feeds).items():
-                cudart.write_device(addresses[name], value.astype(np.float32))
-            self.runs += 1
-        assert cudart._enqueue(stream, work)[0] == Status.cudaSuccess, "execution on an unknown stream"
+class FakeMemory:
+    """tests/fake_cuda.py's device memory: read and written as numpy, work queued on its deferred streams."""
+
+    def __init__(self, cudart: FakeCudart) -> None:
+        self.cudart = cudart
+
+    def read(self, ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return self.cudart.device_array(ptr, shape, dtype)
+
+    def write(self, ptr: int, value: Any) -> None:
+        self.cudart.write_device(ptr, np.asarray(value, dtype=np.float32))
+
+    def enqueue(self, stream: int, work: Callable[[], None]) -> bool:
+        return self.cudart._enqueue(stream, work)[0] == Status.cudaSuccess  # False for an unknown stream
+
+    def is_device(self, ptr: int) -> bool:
+        return self.cudart.is_device(ptr)
+
+
+def open_profile(inputs: dict[str, list]) -> dict[str, list[list[int]]]:
+    """The profile an engine of `inputs` accepts without a build: each fixed dimension exactly (as
+    TensorRT's set_shape requires min = opt = max there), each dynamic one from 1 up."""
+    return {name: [[d if isinstance(d, int) else low for d in dims] for low in (1, 1, OPEN)]
+            for name, dims in inputs.items()}
 
 
 class FakeEngines:
-    """EngineSet's interface: one FakeRunner per graph, created on first use."""
+    """EngineSet's interface (tsf_trt/engines/runtime.py): a real EngineRunner per graph, created on
+    first use, over a FakeEngine of its ONNX graph (or of `graphs[name]`) on `memory`."""
 
-    def __init__(self, manager, cudart: FakeCudart):
-        self.manager, self.cudart = manager, cudart
-        self.runners: dict[str, FakeRunner] = {}
+    def __init__(self, manager, memory: Memory, graphs: dict[str, Graph] | None = None, trt=None):
+        self.manager, self.memory, self.graphs = manager, memory, graphs
+        self.trt = trt or FakeTensorRT()
+        self.runners: dict[str, Any] = {}
         self.requests: list[tuple] = []
 
     def runner(self, graph, batch, height, width):
+        from tsf_trt.engines.runtime import EngineRunner
+
         self.requests.append((graph, batch, height, width))
-        if graph not in self.runners:  # through the manager, as EngineSet: the graph is checked for its role
-            path, _ = self.manager.source(graph)
-            self.runners[graph] = FakeRunner(path, graph, self.cudart)
+        if graph not in self.runners:
+            self.manager.role(graph)  # checked for its role first, as EngineSet's engines are
+            made = self.graphs[graph] if self.graphs is not None else OnnxGraph(self.manager.source(graph)[0])
+            engine = FakeEngine(made, open_profile(made.inputs), self.memory)
+            runtime = SimpleNamespace(deserialize_cuda_engine=lambda data: engine)
+            self.runners[graph] = EngineRunner(self.trt, runtime, graph.encode(), f"{graph} (stand-in)")
         return self.runners[graph]
 
     def close(self):
@@ -163,7 +210,8 @@ class FakeTensorRT:
                 spec = json.loads(bytes(data))
             except ValueError:
                 return None
-            return FakeEngine(spec, trt.cudart)
+            memory = FakeMemory(trt.cudart) if trt.cudart is not None else None
+            return FakeEngine(OnnxGraph(spec["onnx"]), spec["profile"], memory)
 
         return SimpleNamespace(deserialize_cuda_engine=deserialize)
 
@@ -285,24 +333,23 @@ def _builder_classes(trt: FakeTensorRT, major: int):
 
 
 class FakeEngine:
-    """A deserialised engine: its I/O from the ONNX graph, its profile from the build."""
+    """A deserialised engine: its I/O from its graph, its profile from the build (or open_profile)."""
 
-    def __init__(self, spec: dict, cudart: FakeCudart | None):
-        self.spec, self.cudart = spec, cudart
-        self.names = [*spec["inputs"], *spec["outputs"]]
+    def __init__(self, graph: Graph, profile: dict[str, list], memory: Memory | None):
+        self.graph, self.profile, self.memory = graph, profile, memory
+        self.names = [*graph.inputs, *graph.outputs]
         self.num_io_tensors = len(self.names)
-        self.session = ort_session(spec["onnx"])
 
     def get_tensor_name(self, index):
         return self.names[index]
 
     def get_tensor_mode(self, name):
-        if name in self.spec["inputs"]:
+        if name in self.graph.inputs:
             return TensorIOMode.INPUT
-        return TensorIOMode.OUTPUT if name in self.spec["outputs"] else TensorIOMode.NONE
+        return TensorIOMode.OUTPUT if name in self.graph.outputs else TensorIOMode.NONE
 
     def get_tensor_dtype(self, name):
-        return DataType.FLOAT
+        return DataType.FLOAT  # an fp32 export's I/O
 
     def create_execution_context(self):
         return FakeContext(self)
@@ -318,8 +365,8 @@ class FakeContext:
 
     def set_input_shape(self, name, shape):
         shape = tuple(int(d) for d in shape)
-        low, _, high = self.engine.spec["profile"].get(name, [[], [], []])
-        if name not in self.engine.spec["inputs"] or len(shape) != len(low) or any(
+        low, _, high = self.engine.profile.get(name, [[], [], []])
+        if name not in self.engine.graph.inputs or len(shape) != len(low) or any(
                 not a <= d <= b for a, d, b in zip(low, shape, high)):
             return False
         self.shapes[name] = shape
@@ -327,32 +374,34 @@ class FakeContext:
         return True
 
     def get_tensor_shape(self, name):
-        if name in self.engine.spec["inputs"]:
-            return self.shapes.get(name, tuple(-1 for _ in self.engine.spec["profile"][name][0]))
-        if set(self.shapes) != set(self.engine.spec["inputs"]):
+        graph = self.engine.graph
+        if name in graph.inputs:
+            return self.shapes.get(name, tuple(-1 for _ in self.engine.profile[name][0]))
+        if set(self.shapes) != set(graph.inputs):
             return (-1,)  # not all input shapes set: unknown
         if self._outputs is None:
-            feeds = {k: np.zeros(v, np.float32) for k, v in self.shapes.items()}
-            self._outputs = {k: v.shape for k, v in run_graph(self.engine.session, feeds).items()}
+            self._outputs = {k: tuple(v) for k, v in graph.output_shapes(dict(self.shapes)).items()}
         return self._outputs[name]
 
     def set_tensor_address(self, name, ptr):
-        if name not in self.engine.names or int(ptr) % ALIGNMENT:
+        memory = self.engine.memory
+        if name not in self.engine.names or int(ptr) % ALIGNMENT or (memory is not None and not memory.is_device(ptr)):
             return False
         self.addresses[name] = int(ptr)
         return True
 
     def execute_async_v3(self, stream_handle):
-        engine, cudart = self.engine, self.engine.cudart
-        if set(self.shapes) != set(engine.spec["inputs"]) or set(self.addresses) != set(engine.names):
+        engine, memory, graph = self.engine, self.engine.memory, self.engine.graph
+        if set(self.shapes) != set(graph.inputs) or set(self.addresses) != set(engine.names):
             return False
         shapes, addresses = dict(self.shapes), dict(self.addresses)
-        outputs = {n: self.get_tensor_shape(n) for n in engine.spec["outputs"]}
+        outputs = {n: self.get_tensor_shape(n) for n in graph.outputs}
 
         def work():
-            feeds = {n: cudart.device_array(addresses[n], shapes[n], np.float32) for n in engine.spec["inputs"]}
-            for name, value in run_graph(engine.session, feeds).items():
-                assert value.shape == outputs[name]
-                cudart.write_device(addresses[name], value.astype(np.float32))
+            feeds = {n: memory.read(addresses[n], shapes[n], np.float32) for n in graph.inputs}
+            for name, value in graph.run(feeds).items():
+                if tuple(value.shape) != outputs[name]:
+                    raise AssertionError(f"{name}: the graph gave {tuple(value.shape)}, the context {outputs[name]}")
+                memory.write(addresses[name], value)
             self.runs += 1
-        return cudart is not None and cudart._enqueue(stream_handle, work)[0] == Status.cudaSuccess
+        return memory is not None and memory.enqueue(stream_handle, work)

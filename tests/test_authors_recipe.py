@@ -18,8 +18,7 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from tests.conftest import DATA
-from tests.test_reference_config import small_yaml
+from tests.helpers import DATA, small_yaml
 from tsf_trt.cli import app
 from tsf_trt.model import PRESETS, import_reference, save_model
 

@@ -37,7 +37,7 @@ def test_a_backend_is_a_context_manager_closed_once(backend):
 
 
 def test_a_seq2seq_only_model_cannot_fuse():
-    from tests.conftest import DATA
+    from tests.helpers import DATA
     from tsf_trt.backends import create_backend
     from tsf_trt.model import PRESETS, import_reference
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import problem_lines
+from tests.helpers import problem_lines
 from tsf_trt.cli import app
 
 runner = CliRunner()
@@ -251,7 +251,7 @@ def test_bad_model_and_subject_are_one_line(light, small_model_dir, tmp_path):
 
 
 def test_seq2seq_only_model_takes_one_input(light, tmp_path):
-    from tests.conftest import DATA
+    from tests.helpers import DATA
     from tsf_trt.model import PRESETS, import_reference, save_model
 
     model = save_model(import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"]), tmp_path / "s2s")

@@ -14,7 +14,7 @@ from tsf_trt import bids
 from tsf_trt.bids import BidsName, find_cases, format_name, parse_name
 from tsf_trt.errors import InputError, TsfError
 
-from tests.test_subjects import FLAIR, T1, T1GD, T2, touch  # empty files: only names matter here
+from tests.helpers import FLAIR, T1, T1GD, T2, touch  # empty files: only names matter here
 
 
 # --- names -----------------------------------------------------------------------------

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import DATA
+from tests.helpers import DATA, paper_keys
 from tsf_trt.errors import ModelError, TsfError
 from tsf_trt.model import PRESETS, ModelConfig, TSFSeq2Seq, import_reference, load_model, resolve_config, save_model
 from tsf_trt.model.checkpoint import SEQ2SEQ_KEYS, TSF_KEYS, read_model_meta, rename_keys
-
-
-def paper_keys() -> dict[str, dict[str, tuple[int, ...]]]:
-    """{'seq2seq'|'tsf': {reference key: shape}} parsed from checkpoint_keys_paper.txt."""
-    found: dict[str, dict[str, tuple[int, ...]]] = {"seq2seq": {}, "tsf": {}}
-    section = None
-    for line in (DATA / "checkpoint_keys_paper.txt").read_text().splitlines():
-        if line.startswith("MODEL Seq2Seq"):
-            section = "seq2seq"
-        elif line.startswith("MODEL TSF"):
-            section = "tsf"
-        match = re.match(r"^\s+([\w.]+)\s+\(([\d, ]*)\)\s+float32$", line)
-        if section and match:
-            found[section][match.group(1)] = tuple(int(v) for v in match.group(2).split(",") if v.strip())
-    return found
 
 
 def test_paper_config_has_every_reference_tensor_with_its_shape():

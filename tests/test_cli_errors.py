@@ -3,8 +3,8 @@
 Every bad input ends with exit code 1 (2 for Click's own usage errors), one error line on
 stderr that names the offending file and the problem, no traceback, and nothing new in
 the output folder (not even a hidden temp file). Bad input files, sequences and folders are
-in tests/test_cli_inputs.py, Ctrl-C in tests/test_cli_interrupt.py; the helpers below serve
-all three (and other tests).
+in tests/test_cli_inputs.py, Ctrl-C in tests/test_cli_interrupt.py; the helpers all three use
+are in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -13,86 +13,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from tests.conftest import AFFINE_LPS, DATA, make_head, problem_lines
-from tsf_trt.cli import app
-
-SHAPE = (40, 36, 12)
-runner = CliRunner()
-
+from tests.helpers import (DATA, SCRIPT, SHAPE, assert_clean_error, cli, files_under, infer, problem_lines,
+                           snapshot)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every entry under folder (hidden ones included) -> (size, mtime_ns) of a file, or
-    (-1, 0) of a folder (whose mtime a harmless write probe changes); {} if absent."""
-    if not folder.exists():
-        return {}
-    found = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            path = Path(root) / name
-            st = path.stat()
-            found[str(path.relative_to(folder))] = (st.st_size, st.st_mtime_ns) if path.is_file() else (-1, 0)
-    return found
-
-
-def files_under(folder: Path) -> list[str]:
-    """Files (not folders) under folder, hidden ones included."""
-    if not folder.exists():
-        return []
-    return sorted(str((Path(r) / f).relative_to(folder)) for r, _, fs in os.walk(folder) for f in fs)
-
-
-def assert_clean_error(result, *needles: str, code: int = 1) -> str:
-    """Exit `code`, no traceback, exactly one non-blank stderr line holding every needle."""
-    assert result.exit_code == code, (result.exit_code, result.output)
-    # CliRunner maps an uncaught exception to exit code 1 too: make sure it was a clean exit.
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = problem_lines(result.stderr)
-    assert len(lines) == 1, result.stderr
-    message = lines[0]
-    if code == 1:
-        assert message.startswith("error: "), message
-    for needle in needles:
-        assert needle.lower() in message.lower(), (needle, message)
-    return message
-
-
-def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE_LPS) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(data), affine), path)
-    return path
-
-
-@pytest.fixture
-def case(tmp_path):
-    """Two good inputs (sub_t1, sub_flair) in tmp/in and an empty output folder tmp/out."""
-    inp, out = tmp_path / "in", tmp_path / "out"
-    out.mkdir()
-    t1 = write_nifti(inp / "sub_t1.nii.gz", make_head(SHAPE, seed=0))
-    flair = write_nifti(inp / "sub_flair.nii.gz", make_head(SHAPE, seed=1))
-    return inp, out, t1, flair
-
-
-def infer(model, out, *inputs, target="t2", extra=()):
-    return cli("infer", "--inputs", *inputs, "--target", target, "--model", model, "-o", out, *extra)
 
 
 # --- outputs ---------------------------------------------------------------------------------
@@ -285,10 +215,9 @@ def test_import_reference_output_exists(tmp_path):
 
 def test_console_script_prints_no_traceback(case, small_model_dir):
     inp, out, t1, flair = case
-    script = Path(sys.executable).with_name("tsf-trt")
-    assert script.exists()
+    assert SCRIPT.exists()
     proc = subprocess.run(
-        [str(script), "infer", "--inputs", str(inp / "gone_t1.nii.gz"), str(flair), "--target", "t2",
+        [str(SCRIPT), "infer", "--inputs", str(inp / "gone_t1.nii.gz"), str(flair), "--target", "t2",
          "--model", str(small_model_dir), "-o", str(out)],
         capture_output=True, text=True, timeout=120,
     )

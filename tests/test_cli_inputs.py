@@ -15,9 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import AFFINE_LPS, make_head, problem_lines
-from tests.test_cli_errors import case  # noqa: F401 - a fixture, found by pytest here
-from tests.test_cli_errors import SHAPE, assert_clean_error, cli, files_under, infer, snapshot, write_nifti
+from tests.helpers import (AFFINE_LPS, SHAPE, assert_clean_error, cli, files_under, infer, make_head, problem_lines,
+                           snapshot, subject_folder, write_nifti)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -215,15 +214,8 @@ def test_missing_target_is_a_usage_error(case, small_model_dir):
 # --- folder mode -----------------------------------------------------------------------------
 
 
-def _folder(root: Path, names=("sub01", "sub02", "sub03")) -> Path:
-    for name in names:
-        write_nifti(root / name / f"{name}_t1.nii.gz", make_head(SHAPE, seed=0))
-        write_nifti(root / name / f"{name}_flair.nii.gz", make_head(SHAPE, seed=1))
-    return root
-
-
 def test_folder_with_one_bad_subject_and_resume(tmp_path, small_model_dir):
-    data, out = _folder(tmp_path / "data"), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data"), tmp_path / "out"
     _truncated(data / "sub02" / "sub02_t1.nii.gz")
     args = ("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out)
 
@@ -252,7 +244,7 @@ def test_folder_with_one_bad_subject_and_resume(tmp_path, small_model_dir):
 
 
 def test_folder_failure_is_one_line(tmp_path, small_model_dir):
-    data, out = _folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
     _truncated(data / "sub02" / "sub02_t1.nii.gz")
     result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out)
     assert result.exit_code == 1, result.output
@@ -262,7 +254,7 @@ def test_folder_failure_is_one_line(tmp_path, small_model_dir):
 
 
 def test_folder_shards_cover_every_subject_once(tmp_path, small_model_dir):
-    data = _folder(tmp_path / "data")
+    data = subject_folder(tmp_path / "data")
     done = []
     for i in (1, 2):
         out = tmp_path / f"out{i}"
@@ -275,7 +267,7 @@ def test_folder_shards_cover_every_subject_once(tmp_path, small_model_dir):
 
 @pytest.mark.parametrize("spec", ["0/2", "3/2", "x"])
 def test_folder_bad_shard(tmp_path, small_model_dir, spec):
-    data, out = _folder(tmp_path / "data", ["sub01"]), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data", ["sub01"]), tmp_path / "out"
     result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out,
                  "--shard", spec)
     assert_clean_error(result, "--shard", spec)

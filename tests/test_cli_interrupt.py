@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli_errors import case  # noqa: F401 - a fixture, found by pytest here
-from tests.test_cli_errors import files_under, infer
+from tests.helpers import files_under, infer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -25,43 +25,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_head, problem_lines
-from tests.test_cli_errors import assert_clean_error, cli, files_under, snapshot, write_nifti
-from tests.test_folder_processes import _cohort
+from tests.helpers import (SCRIPT, SHAPE, assert_clean_error, cli, cohort, files_under, hidden_files, make_head,
+                           problem_lines, snapshot, subject_folder, write_nifti, write_pair)
+from tests.helpers import FAST as TORCH
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SHAPE = (40, 36, 12)
-SCRIPT = Path(sys.executable).with_name("tsf-trt")
-TORCH = ("--backend", "torch", "--threads", "1")
 ORT = ("--backend", "ort", "--threads", "1")
 LOADING = "loading model"  # the log line of the model's load (cli/infer.py _synthesizer)
 
 
-def _subjects(root: Path, names=("sub01", "sub02", "sub03")) -> Path:
-    for k, name in enumerate(names):
-        write_nifti(root / name / f"{name}_t1.nii.gz", make_head(SHAPE, seed=2 * k))
-        write_nifti(root / name / f"{name}_flair.nii.gz", make_head(SHAPE, seed=2 * k + 1))
-    return root
-
-
 def _model_ids(out: Path, pattern: str = "*/*_t2.json") -> dict[str, str]:
     return {p.parent.name: json.loads(p.read_text())["model_id"] for p in sorted(out.glob(pattern))}
-
-
-def _hidden(folder: Path) -> list[str]:
-    return [f for f in files_under(folder) if any(part.startswith(".") for part in Path(f).parts)]
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Loading a model fails the test: what it checks must come before the load."""
-    from tsf_trt.pipeline import Synthesizer
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the error")
-
-    monkeypatch.setattr(Synthesizer, "of", classmethod(refuse))
 
 
 def _model_id(model_dir: Path) -> str:
@@ -75,7 +50,7 @@ def _model_id(model_dir: Path) -> str:
 
 def test_a_second_model_on_a_finished_folder_is_one_error_before_its_model_loads(
         tmp_path, small_model_dir, small_export_dir, monkeypatch):
-    data, out = _subjects(tmp_path / "data"), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data"), tmp_path / "out"
     first = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *TORCH)
     assert first.exit_code == 0, first.output
     ours, theirs = _model_id(small_model_dir), _model_id(small_export_dir)
@@ -96,14 +71,14 @@ def test_a_second_model_on_a_finished_folder_is_one_error_before_its_model_loads
                    "--overwrite")
     assert replaced.exit_code == 0, replaced.output
     assert "3 done, 0 skipped" in replaced.stdout
-    assert set(_model_ids(out).values()) == {theirs} and _hidden(out) == []
+    assert set(_model_ids(out).values()) == {theirs} and hidden_files(out) == []
 
 
 def test_two_concurrent_runs_with_different_models_never_mix(tmp_path, small_model_dir, small_export_dir):
     """Two real processes, one per model, started together on one output folder: one of them
     does every subject; the other stops in one line naming both models (before or after its
     model loads, whichever it reaches first) and writes nothing."""
-    names = _cohort(tmp_path / "data", 6)
+    names = cohort(tmp_path / "data", 6)
     out = tmp_path / "out"
     ids = {_model_id(small_model_dir), _model_id(small_export_dir)}
     procs = [subprocess.Popen([str(SCRIPT), "infer", "--inputs", str(tmp_path / "data"), "--target", "t2",
@@ -120,7 +95,7 @@ def test_two_concurrent_runs_with_different_models_never_mix(tmp_path, small_mod
     winner = next(r for r in results if r[0] == 0)
     assert f"{len(names)} done, 0 skipped" in winner[1]
     assert sorted(_model_ids(out)) == names and len(set(_model_ids(out).values())) == 1
-    assert _hidden(out) == []  # no claim, no registration left
+    assert hidden_files(out) == []  # no claim, no registration left
 
 
 def test_a_bids_derivative_names_one_model(tmp_path, small_model_dir, small_export_dir):
@@ -175,7 +150,7 @@ def test_a_report_of_another_model_is_never_taken_as_done(tmp_path, small_model_
     from tsf_trt.pipeline import Synthesizer
     from tsf_trt.subjects import find_subjects
 
-    data, out = _subjects(tmp_path / "data", ("sub01",)), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data", ("sub01",)), tmp_path / "out"
     synth = Synthesizer(load_model(small_model_dir), batch_size=4)
     assert infer_folder(synth, find_subjects(data), InferRequest(2, output=out)).count("done") == 1
     report = out / "sub01" / "sub01_t2.json"
@@ -191,7 +166,7 @@ def test_a_report_of_another_model_is_never_taken_as_done(tmp_path, small_model_
 
 
 def test_broken_links_in_a_folder_are_named(tmp_path, small_model_dir):
-    data, out = _subjects(tmp_path / "data"), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data"), tmp_path / "out"
     (data / "sub02" / "sub02_flair.nii.gz").unlink()
     (data / "sub02" / "sub02_flair.nii.gz").symlink_to(tmp_path / "moved" / "sub02_flair.nii.gz")  # read: fails
     (data / "sub03" / "sub03_t2.nii.gz").symlink_to(tmp_path / "gone_t2.nii.gz")  # the target: not read
@@ -262,7 +237,7 @@ def test_a_bids_subject_or_session_folder_that_is_a_broken_link_fails_alone(tmp_
 
 
 def test_a_subject_named_with_a_newline_fails_alone(tmp_path, small_model_dir):
-    data, out = _subjects(tmp_path / "data", ("a1", "bad\nname", "z9")), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data", ("a1", "bad\nname", "z9")), tmp_path / "out"
     result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *TORCH)
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
@@ -270,7 +245,7 @@ def test_a_subject_named_with_a_newline_fails_alone(tmp_path, small_model_dir):
     assert "bad\\nname: failed: subject name 'bad\\nname'" in line
     assert "control characters" in line
     assert "2 done, 0 skipped (already complete), 1 failed" in result.stdout
-    assert sorted(_model_ids(out)) == ["a1", "z9"] and _hidden(out) == []
+    assert sorted(_model_ids(out)) == ["a1", "z9"] and hidden_files(out) == []
 
 
 # --- 12. PID namespaces ---------------------------------------------------------------------------------
@@ -302,7 +277,7 @@ def test_runs_in_two_pid_namespaces_never_take_each_others_live_subjects(tmp_pat
     removes the other's live claims as a killed run's (today each read the other's pid in its
     own namespace: dead, or init), so no subject fails and each is done once."""
     unshare = _unshare()
-    names = _cohort(tmp_path / "data", 8)
+    names = cohort(tmp_path / "data", 8)
     out = tmp_path / "out"
     command = [str(SCRIPT), "infer", "--inputs", str(tmp_path / "data"), "--target", "t2", "--model",
                str(small_model_dir), "-o", str(out), *TORCH]
@@ -314,7 +289,7 @@ def test_runs_in_two_pid_namespaces_never_take_each_others_live_subjects(tmp_pat
         assert code == 0 and "Traceback" not in stderr and "took this subject over" not in stderr, (stdout, stderr)
         assert problem_lines(stderr) == [], stderr
         done += int(stdout.split(" done,")[0].split()[-1])
-    assert done == len(names) and sorted(_model_ids(out)) == names and _hidden(out) == []
+    assert done == len(names) and sorted(_model_ids(out)) == names and hidden_files(out) == []
 
 
 # --- 14. bounds ------------------------------------------------------------------------------------------
@@ -329,7 +304,7 @@ def test_runs_in_two_pid_namespaces_never_take_each_others_live_subjects(tmp_pat
     (("--frame", "30x30"), ("--frame 30x30", "multiples of 4")),  # the model's config, read without its weights
 ])
 def test_sizes_and_leases_are_bounded_up_front(tmp_path, no_model_load, args, words):
-    data = _subjects(tmp_path / "data", ("sub01",))
+    data = subject_folder(tmp_path / "data", ("sub01",))
     result = cli("infer", "--inputs", data, "--target", "t2", "-o", tmp_path / "out", *TORCH, *args)
     assert_clean_error(result, *words)
     assert not (tmp_path / "out").exists()
@@ -338,17 +313,12 @@ def test_sizes_and_leases_are_bounded_up_front(tmp_path, no_model_load, args, wo
 # --- 15. every check before the model loads ----------------------------------------------------------------
 
 
-def _one(tmp_path: Path) -> tuple[Path, Path]:
-    return (write_nifti(tmp_path / "in" / "s_t1.nii.gz", make_head(SHAPE, seed=0)),
-            write_nifti(tmp_path / "in" / "s_flair.nii.gz", make_head(SHAPE, seed=1)))
-
-
 def test_an_existing_output_is_refused_before_the_model_loads(tmp_path, small_model_dir, no_model_load):
     out = tmp_path / "out"
     (out / "s_t2_tsem.nii.gz").parent.mkdir(parents=True)
     (out / "s_t2_tsem.nii.gz").write_bytes(b"mine")
-    result = cli("infer", "--inputs", *_one(tmp_path), "--target", "t2", "--model", small_model_dir, "-o", out,
-                 *TORCH)
+    result = cli("infer", "--inputs", *write_pair(tmp_path / "in", "s"), "--target", "t2", "--model", small_model_dir,
+                 "-o", out, *TORCH)
     assert_clean_error(result, "s_t2_tsem.nii.gz", "exists", "--overwrite")
     assert LOADING not in result.stderr and files_under(out) == ["s_t2_tsem.nii.gz"]
 
@@ -376,7 +346,8 @@ def test_an_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path,
     broken = tmp_path / "broken-model"
     shutil.copytree(small_model_dir, broken)
     (broken / "model.safetensors").write_bytes(b"damaged")
-    inputs = [str(p) for p in _one(tmp_path)] if mode == "single" else [str(_subjects(tmp_path / "data"))]
+    given = write_pair(tmp_path / "in", "s") if mode == "single" else [subject_folder(tmp_path / "data")]
+    inputs = [str(p) for p in given]
     out = tmp_path / "out"
     command = [str(SCRIPT), "infer", "--inputs", *inputs, "--target", "t2", "--model", str(broken), "-o", str(out),
                *TORCH]
@@ -398,7 +369,7 @@ def _qc(tmp_path: Path, **fields) -> Path:
 def test_a_calibration_of_another_model_is_refused_before_the_model_loads(tmp_path, small_model_dir,
                                                                           no_model_load):
     qc = _qc(tmp_path, model_id="another-model")
-    result = cli("infer", "--inputs", *_one(tmp_path), "--target", "t2", "--model", small_model_dir,
+    result = cli("infer", "--inputs", *write_pair(tmp_path / "in", "s"), "--target", "t2", "--model", small_model_dir,
                  "-o", tmp_path / "out", "--qc", qc, *TORCH)
     assert_clean_error(result, str(qc), "another-model", _model_id(small_model_dir))
     assert LOADING not in result.stderr and files_under(tmp_path / "out") == []
@@ -415,13 +386,14 @@ def test_a_calibration_of_another_model_is_refused_before_the_model_loads(tmp_pa
 ])
 def test_a_damaged_calibration_is_one_line_naming_it(tmp_path, no_model_load, fields, words):
     qc = _qc(tmp_path, **fields)
-    result = cli("infer", "--inputs", *_one(tmp_path), "--target", "t2", "-o", tmp_path / "out", "--qc", qc, *TORCH)
+    result = cli("infer", "--inputs", *write_pair(tmp_path / "in", "s"), "--target", "t2", "-o", tmp_path / "out",
+                 "--qc", qc, *TORCH)
     assert_clean_error(result, str(qc), *words)
 
 
 def test_folder_mode_checks_come_before_the_model_loads_too(tmp_path, small_model_dir, no_model_load):
     """A finished folder of another model: the error names both, and no model was loaded."""
-    data, out = _subjects(tmp_path / "data", ("sub01",)), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data", ("sub01",)), tmp_path / "out"
     report = out / "sub01" / "sub01_t2.json"
     report.parent.mkdir(parents=True)
     report.write_text(json.dumps({"complete": True, "model_id": "another-model", "tsf_trt_version": "0"}))

@@ -24,42 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, make_head, problem_lines
-from tests.test_cli_errors import assert_clean_error, cli, files_under, snapshot, write_nifti
+from tests.helpers import (DATA, FAST, SCRIPT, SHAPE, assert_clean_error, cli, files_under, make_head, problem_lines,
+                           snapshot, write_nifti)
 
-SHAPE = (40, 36, 12)
 PHANTOM_SHAPE = ("32", "32", "16")
-SCRIPT = Path(sys.executable).with_name("tsf-trt")
 FAST_EXPORT = ("--targets", "none", "--no-verify")
-FAST_EVALUATE = ("--tasks", "t1->t2", "--no-compare", "--slice-step", "4", "--backend", "torch", "--threads", "1")
+FAST_EVALUATE = ("--tasks", "t1->t2", "--no-compare", "--slice-step", "4", *FAST)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Loading a model (or doing a command's heavy work) fails the test: what is checked before
-    it is checked before any model loads."""
-    import tsf_trt.bench.runner
-    import tsf_trt.bench.suite
-    import tsf_trt.model
-    import tsf_trt.phantoms.generator
-    import tsf_trt.pipeline
-    import tsf_trt.source
-    import tsf_trt.train.bundle
-    import tsf_trt.train.trainer
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("the model was loaded (or the heavy work started) before the checks")
-
-    monkeypatch.setattr(tsf_trt.source.ModelSource, "module", loaded)
-    monkeypatch.setattr(tsf_trt.pipeline.Synthesizer, "of", loaded)
-    monkeypatch.setattr(tsf_trt.model, "import_reference", loaded)
-    monkeypatch.setattr(tsf_trt.train.bundle, "load_model", loaded)
-    monkeypatch.setattr(tsf_trt.train.trainer, "_build_model", loaded)
-    monkeypatch.setattr(tsf_trt.bench.runner.BenchRun, "__init__", loaded)
-    monkeypatch.setattr(tsf_trt.bench.suite, "run_suite", loaded)
-    monkeypatch.setattr(tsf_trt.phantoms.generator, "make_subject", loaded)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +66,7 @@ def commands(model: Path, tmp_path: Path, phantoms: Path) -> dict[str, list]:
                              DATA / "small_tsf.pt", "--config", "small"],
         "train bundle": ["train", "bundle", "--stage1", tmp_path / "runs" / "s1", "--stage2", tmp_path / "runs" / "s2"],
         "evaluate": ["evaluate", "--data", phantoms, "--model", model, *FAST_EVALUATE],
-        "demo": ["demo", "--model", model, "--backend", "torch", "--threads", "1", "--shape", *PHANTOM_SHAPE],
+        "demo": ["demo", "--model", model, *FAST, "--shape", *PHANTOM_SHAPE],
     }
 
 

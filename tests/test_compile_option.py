@@ -12,10 +12,9 @@ import os
 import pytest
 import torch
 
-from bench import variants
-from bench.variants import Variant, check_compile, create_variant, expand
-from tests.test_cli_errors import assert_clean_error, case, cli, files_under  # noqa: F401 - `case` is a fixture
-from tests.test_torch_cuda import run_stages
+from tsf_trt.bench import variants
+from tsf_trt.bench.variants import Variant, check_compile, create_variant, expand
+from tests.helpers import assert_clean_error, cli, files_under, run_stages
 from tsf_trt.backends.torch_backend import TorchBackend
 from tsf_trt.errors import TsfError
 from tsf_trt.options import RunOptions

@@ -27,12 +27,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import AFFINE_LPS, make_head, problem_lines
-from tests.test_cli_errors import SHAPE, cli, files_under, snapshot, write_nifti
+from tests.helpers import (AFFINE_LPS, FAST, SCRIPT, SHAPE, cli, files_under, make_head, payload_start, problem_lines,
+                           snapshot, subject_folder, write_nifti)
 from tsf_trt.errors import InputError
 from tsf_trt.volume import load_volume
 
-FAST = ("--backend", "torch", "--threads", "1")
 SMALL = (16, 14, 6)  # a tiny volume: a few hundred flips load in about a second
 
 
@@ -170,10 +169,7 @@ def test_members_padding_and_trailing_garbage_as_gzip_takes_them(tmp_path, infla
 def test_a_damaged_nii_gz_fails_its_subject_in_one_line(tmp_path, small_model_dir):
     """Through the CLI, in folder mode: a bit flipped in one input's gzip CRC (a byte nibabel never
     reads) fails that subject alone in one line naming the file; the others are synthesised."""
-    data, out = tmp_path / "data", tmp_path / "out"
-    for name in ("sub01", "sub02", "sub03"):
-        write_nifti(data / name / f"{name}_t1.nii.gz", make_head(SHAPE, seed=0))
-        write_nifti(data / name / f"{name}_flair.nii.gz", make_head(SHAPE, seed=1))
+    data, out = subject_folder(tmp_path / "data"), tmp_path / "out"
     bad = data / "sub02" / "sub02_t1.nii.gz"
     blob = bad.read_bytes()
     bad.write_bytes(_flip(blob, len(blob) - 7, 3))  # inside the CRC-32 of the trailer
@@ -240,10 +236,7 @@ def test_non_finite_geometry_is_one_line(tmp_path, case):
 def test_a_nan_sform_fails_its_subject_and_the_folder_goes_on(tmp_path, small_model_dir):
     """Through the CLI: 3 subjects, one with a NaN sform: exit 1, 2 done, one line naming the
     file; a rerun does the same (skips the 2 done, fails the same one in one line)."""
-    data, out = tmp_path / "data", tmp_path / "out"
-    for name in ("sub01", "sub02", "sub03"):
-        write_nifti(data / name / f"{name}_t1.nii.gz", make_head(SHAPE, seed=0))
-        write_nifti(data / name / f"{name}_flair.nii.gz", make_head(SHAPE, seed=1))
+    data, out = subject_folder(tmp_path / "data"), tmp_path / "out"
     bad = _with_header(data / "sub02" / "sub02_flair.nii.gz", _nan_sform)
     args = ("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *FAST)
     for attempt, summary in ((1, "2 done, 0 skipped (already complete), 1 failed"),
@@ -264,17 +257,6 @@ def test_a_nan_sform_fails_its_subject_and_the_folder_goes_on(tmp_path, small_mo
 # --- 7. cache entries are checked before use ---------------------------------------------------------------
 
 
-def _payload_start(blob: bytes) -> int:
-    """Where the runtime's own bytes begin in a cache file: after the 3 header lines of a verified
-    entry (tsf_trt.cache_entry), at 0 in a plain file (tsf-trt before issue 22)."""
-    if not blob.startswith(b"tsf-trt cache entry"):
-        return 0
-    at = 0
-    for _ in range(3):
-        at = blob.index(b"\n", at) + 1
-    return at
-
-
 def _scale_weights(path: Path, factor: float = 4.0) -> None:
     """Scale every float initializer of the ONNX graph held in `path` by `factor`, keeping the
     entry's header (as a damaged or tampered file would): the issue's "weights scaled x4"."""
@@ -282,7 +264,7 @@ def _scale_weights(path: Path, factor: float = 4.0) -> None:
     from onnx import numpy_helper
 
     blob = path.read_bytes()
-    start = _payload_start(blob)
+    start = payload_start(blob)
     model = onnx.load_from_string(blob[start:])
     for init in model.graph.initializer:
         array = numpy_helper.to_array(init)
@@ -397,8 +379,7 @@ def test_processes_building_one_ort_cache_at_once_leave_valid_entries(small_expo
     export = shutil.copytree(small_export_dir, tmp_path / "export", ignore=shutil.ignore_patterns(".*-cache"))
     t1 = write_nifti(tmp_path / "in" / "sub_t1.nii.gz", make_head(SHAPE, seed=0))
     flair = write_nifti(tmp_path / "in" / "sub_flair.nii.gz", make_head(SHAPE, seed=1))
-    script = Path(sys.executable).with_name("tsf-trt")
-    procs = [subprocess.Popen([str(script), "infer", "--inputs", str(t1), str(flair), "--target", "t2", "--model",
+    procs = [subprocess.Popen([str(SCRIPT), "infer", "--inputs", str(t1), str(flair), "--target", "t2", "--model",
                                str(export), "-o", str(tmp_path / f"out{k}"), "--backend", "ort", "--threads", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(3)]
     for proc in procs:
@@ -508,7 +489,7 @@ def test_a_bad_precision_verdict_is_checked_again(small_model_dir, tmp_path, mon
     t1 = write_nifti(tmp_path / "in" / "sub_t1.nii.gz", make_head(SHAPE, seed=0))
     flair = write_nifti(tmp_path / "in" / "sub_flair.nii.gz", make_head(SHAPE, seed=1))
     result = cli("infer", "--inputs", t1, flair, "--target", "t2", "--model", small_model_dir,
-                 "-o", tmp_path / "out", "--backend", "torch", "--threads", "1")
+                 "-o", tmp_path / "out", *FAST)
     assert result.exit_code == 0, result.output
     lines = problem_lines(result.stderr)
     assert len(lines) == 1 and str(record) in lines[0] and "fp16" in lines[0], result.stderr

@@ -21,31 +21,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, make_head
-from tests.test_cli_errors import SHAPE, assert_clean_error, cli, files_under, snapshot, write_nifti
-
-FAST = ("--backend", "torch", "--threads", "1")
-
-
-def _folder(root: Path, names=("sub01", "sub02", "sub03")) -> Path:
-    for name in names:
-        write_nifti(root / name / f"{name}_t1.nii.gz", make_head(SHAPE, seed=0))
-        write_nifti(root / name / f"{name}_flair.nii.gz", make_head(SHAPE, seed=1))
-    return root
+from tests.helpers import (DATA, FAST, SCRIPT, SHAPE, assert_clean_error, cli, dead_pid, files_under, hidden_files,
+                           make_head, snapshot, subject_folder, write_nifti)
 
 
 def _folder_infer(data: Path, out: Path, model: Path, *extra):
     return cli("infer", "--inputs", data, "--target", "t2", "--model", model, "-o", out, *FAST, *extra)
-
-
-def _hidden(folder: Path) -> list[str]:
-    return [f for f in files_under(folder) if any(part.startswith(".") for part in Path(f).parts)]
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 # --- 2. an input is never written ---------------------------------------------------------------
@@ -95,10 +76,10 @@ def test_subject_name_cannot_leave_the_output_folder(tmp_path, small_model_dir, 
 def test_rerun_removes_leftovers_of_dead_runs_only(tmp_path, small_model_dir):
     from tsf_trt.owners import Owner, host_tag, process_start
 
-    data, out = _folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
     folder = out / "sub01"
     folder.mkdir(parents=True)
-    dead = Owner(host_tag(), _dead_pid(), 0).tag
+    dead = Owner(host_tag(), dead_pid(), 0).tag
     live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         live = Owner(host_tag(), live_proc.pid, process_start(live_proc.pid)).tag
@@ -119,7 +100,7 @@ def test_rerun_removes_leftovers_of_dead_runs_only(tmp_path, small_model_dir):
         assert "2 done" in result.stdout and "leftovers of killed runs removed" in result.stdout
         assert not any(p.exists() for p in [*stale, claim])
         assert kept.read_bytes() == b"being written"
-        assert _hidden(out) == [f"sub01/{kept.name}"]
+        assert hidden_files(out) == [f"sub01/{kept.name}"]
     finally:
         live_proc.kill()
         live_proc.wait()
@@ -129,7 +110,7 @@ def test_a_live_claim_is_left_alone(tmp_path, small_model_dir):
     """A subject claimed by a live process elsewhere is not done twice, and its claim stays."""
     from tsf_trt.owners import Owner, host_tag, process_start
 
-    data, out = _folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
     live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         owner = Owner(host_tag(), live_proc.pid, process_start(live_proc.pid))
@@ -147,7 +128,7 @@ def test_a_live_claim_is_left_alone(tmp_path, small_model_dir):
         live_proc.wait()
     result = _folder_infer(data, out, small_model_dir)  # its holder is gone now: taken over
     assert result.exit_code == 0 and "1 done, 1 skipped" in result.stdout, result.output
-    assert _hidden(out) == []
+    assert hidden_files(out) == []
 
 
 def test_wait_takes_over_when_the_holder_dies(tmp_path, small_model_dir):
@@ -156,7 +137,7 @@ def test_wait_takes_over_when_the_holder_dies(tmp_path, small_model_dir):
 
     from tsf_trt.owners import Owner, host_tag, process_start
 
-    data, out = _folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     owner = Owner(host_tag(), holder.pid, process_start(holder.pid))
     claim = out / "sub01" / ".sub01_t2.claim-1"
@@ -174,11 +155,11 @@ def test_wait_takes_over_when_the_holder_dies(tmp_path, small_model_dir):
     assert result.exit_code == 0, result.output
     assert "2 done, 0 skipped (already complete), 0 failed" in result.stdout, result.output
     assert "waiting for 1 subject(s) that other runs hold" in result.stderr
-    assert (out / "sub01" / "sub01_t2.json").is_file() and _hidden(out) == []
+    assert (out / "sub01" / "sub01_t2.json").is_file() and hidden_files(out) == []
 
 
-def test_folder_only_options_are_refused_for_one_subject(case_inputs, small_model_dir):
-    t1, flair, out = case_inputs
+def test_folder_only_options_are_refused_for_one_subject(case, small_model_dir):
+    _, out, t1, flair = case
     for extra in (("--wait",), ("--claim-lease", "30")):
         result = cli("infer", "--inputs", t1, flair, "--target", "t2", "-o", out, "--model", small_model_dir, *extra)
         assert_clean_error(result, extra[0], "folder mode")
@@ -208,10 +189,10 @@ def test_header_claiming_a_huge_volume_is_one_line(tmp_path, small_model_dir, su
 # --- 6. a full disk --------------------------------------------------------------------------------------
 
 
-def test_disk_full_while_writing_outputs_is_one_line(case_inputs, small_model_dir, monkeypatch):
+def test_disk_full_while_writing_outputs_is_one_line(case, small_model_dir, monkeypatch):
     import tsf_trt.outputs
 
-    t1, flair, out = case_inputs
+    _, out, t1, flair = case
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -235,18 +216,17 @@ def _unshare_ok() -> bool:
 @pytest.mark.skipif(not _unshare_ok(), reason="needs unshare and a tmpfs mount in a private mount namespace")
 @pytest.mark.parametrize("size,what", [("40k", "infer"), ("100k", "infer"), ("3m", "import-reference"),
                                        ("3m", "export")])
-def test_really_full_disk_is_one_line(case_inputs, small_model_dir, tmp_path, size, what):
+def test_really_full_disk_is_one_line(case, small_model_dir, tmp_path, size, what):
     """A real file system that fills up (a tmpfs of `size`, mounted for this process only)."""
-    t1, flair, _ = case_inputs
+    _, _, t1, flair = case
     full = tmp_path / "full"
     full.mkdir()
-    script = Path(sys.executable).with_name("tsf-trt")
     command = {
-        "infer": [script, "infer", "--inputs", t1, flair, "--target", "t2", "-o", full, "--model", small_model_dir,
+        "infer": [SCRIPT, "infer", "--inputs", t1, flair, "--target", "t2", "-o", full, "--model", small_model_dir,
                   *FAST],
-        "import-reference": [script, "import-reference", "--seq2seq", DATA / "small_seq2seq.pt", "--tsf",
+        "import-reference": [SCRIPT, "import-reference", "--seq2seq", DATA / "small_seq2seq.pt", "--tsf",
                              DATA / "small_tsf.pt", "--config", "small", "-o", full / "model"],
-        "export": [script, "export", "--model", small_model_dir, "-o", full / "export"],
+        "export": [SCRIPT, "export", "--model", small_model_dir, "-o", full / "export"],
     }[what]
     shell = f"mount -t tmpfs -o size={size} tmpfs {full} && " + " ".join(f"'{c}'" for c in command) \
         + f"; rc=$?; find {full} -mindepth 1; exit $rc"
@@ -256,14 +236,6 @@ def test_really_full_disk_is_one_line(case_inputs, small_model_dir, tmp_path, si
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no space left on device" in errors[0] and str(full) in errors[0], proc.stderr
     assert not [line for line in proc.stdout.splitlines() if line.startswith(str(full))], proc.stdout
-
-
-@pytest.fixture
-def case_inputs(tmp_path):
-    inp, out = tmp_path / "in", tmp_path / "out"
-    out.mkdir()
-    return (write_nifti(inp / "sub_t1.nii.gz", make_head(SHAPE, seed=0)),
-            write_nifti(inp / "sub_flair.nii.gz", make_head(SHAPE, seed=1)), out)
 
 
 # --- 8, 9, 11, 12: options are checked before any work, and reported as used -----------------------------
@@ -280,7 +252,7 @@ def case_inputs(tmp_path):
 ])
 def test_bad_options_fail_before_the_model_loads(tmp_path, args, words):
     """The model path does not even exist: the option is refused before anything looks at it."""
-    data = _folder(tmp_path / "data", ["sub01"])
+    data = subject_folder(tmp_path / "data", ["sub01"])
     result = cli("infer", "--inputs", data, "--target", "t2", "--model", tmp_path / "no-model", "-o",
                  tmp_path / "out", *args)
     assert_clean_error(result, *words)
@@ -294,21 +266,21 @@ def test_threads_are_bounded_in_every_command(tmp_path):
 
 
 def test_channels_on_a_brats_folder_is_an_error(tmp_path, small_model_dir):
-    data = _folder(tmp_path / "data", ["sub01"])
+    data = subject_folder(tmp_path / "data", ["sub01"])
     result = _folder_infer(data, tmp_path / "out", small_model_dir, "--channels", "t1,t1")
     assert_clean_error(result, "--channels", "nnU-Net")
     assert not (tmp_path / "out").exists()
 
 
 def test_target_among_sources_in_folder_mode_is_refused_once_before_the_model(tmp_path):
-    data = _folder(tmp_path / "data")
+    data = subject_folder(tmp_path / "data")
     result = cli("infer", "--inputs", data, "--target", "t2", "--sources", "t1,t2", "--model",
                  tmp_path / "no-model", "-o", tmp_path / "out")
     assert_clean_error(result, "--sources", "target T2")
 
 
-def test_report_batch_size_is_the_batch_used(case_inputs, small_model_dir):
-    t1, flair, out = case_inputs
+def test_report_batch_size_is_the_batch_used(case, small_model_dir):
+    _, out, t1, flair = case
     result = cli("infer", "--inputs", t1, flair, "--target", "t2", "-o", out, "--model", small_model_dir,
                  "--batch-size", "99999999999999999999999", *FAST)
     assert result.exit_code == 0, result.output
@@ -323,7 +295,7 @@ def test_report_batch_size_is_the_batch_used(case_inputs, small_model_dir):
 
 
 def test_two_files_of_one_sequence_fail_that_subject_alone(tmp_path, small_model_dir):
-    data, out = _folder(tmp_path / "data", ["sub1", "sub2", "sub4"]), tmp_path / "out"
+    data, out = subject_folder(tmp_path / "data", ["sub1", "sub2", "sub4"]), tmp_path / "out"
     write_nifti(data / "sub4" / "sub4-t1n.nii.gz", make_head(SHAPE, seed=3))
     result = _folder_infer(data, out, small_model_dir)
     assert result.exit_code == 1, result.output

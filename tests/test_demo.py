@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_cli_errors import assert_clean_error
+from tests.helpers import assert_clean_error
 from tsf_trt import metrics
 from tsf_trt.cli import app
 from tsf_trt.demo import DEMO_SEED, TASKS

@@ -371,6 +371,8 @@ def test_engine_runner_on_the_stand_ins(export, fake_trt, fake_cuda):
     arrays.update({k: gpu.empty(v) for k, v in got.items()})
     with pytest.raises(TsfError, match="refused the address of 'fused_avg'"):
         runner.run({**{k: a.ptr for k, a in arrays.items()}, "fused_avg": arrays["fused_avg"].ptr + 128}, gpu.handle)
+    host = np.zeros(2 * 256, np.uint8)  # aligned host memory: no engine can read it
+    assert not runner.context.set_tensor_address("fused", host.ctypes.data - host.ctypes.data % 256 + 256)
     runner.run({k: a.ptr for k, a in arrays.items()}, gpu.handle)
     assert fake_cuda.queue and runner.context.runs == 0  # enqueued, not run: the host must wait
     want = dict(zip(runner.outputs, ort_session(export / "fusion.onnx").run(None, feeds)))
@@ -551,7 +553,7 @@ def test_cli_engines_build_refuses_a_swapped_export(export, monkeypatch, fake_cu
     error line naming manifest.json and the role the graph has, nothing built."""
     from types import SimpleNamespace
 
-    from tests.test_cli_errors import assert_clean_error
+    from tests.helpers import assert_clean_error
     from tsf_trt.cli import app
     from tsf_trt.engines import build
 
@@ -678,7 +680,7 @@ def test_trt_backend_data_flow_matches_onnx_runtime(export, fake_cuda, width):
     """The trt backend's copies, offsets and synchronisation on the deferred fake runtime. At
     20x20 the small config's feature maps are 32x5x5: for the last batch of one slice, the
     second half of a 2N buffer would start 3200 bytes in, which TensorRT refuses (defect 2)."""
-    from tests.fake_trt import FakeEngines
+    from tests.fake_trt import FakeEngines, FakeMemory
     from tsf_trt.backends.ort_backend import OrtBackend
     from tsf_trt.backends.trt_backend import TrtBackend
     from tsf_trt.engines.cuda import GpuContext
@@ -686,7 +688,7 @@ def test_trt_backend_data_flow_matches_onnx_runtime(export, fake_cuda, width):
     from tests.sample_subject import make_head
 
     mgr, builder, _ = manager(export)
-    engines = FakeEngines(mgr, fake_cuda)
+    engines = FakeEngines(mgr, FakeMemory(fake_cuda))
     backend = TrtBackend(mgr, engines, GpuContext(0), precision="fp32")
     volumes = {0: make_head((5, 20, width), seed=1), 3: make_head((5, 20, width), seed=2)}
     got = Synthesizer(backend, batch_size=2).run(volumes, 2)
@@ -695,15 +697,16 @@ def test_trt_backend_data_flow_matches_onnx_runtime(export, fake_cuda, width):
     assert got.weights == pytest.approx(want.weights, abs=1e-7)
     graphs = {r[0] for r in engines.requests}
     assert graphs == {"encoder", "fusion", "decoder_t2"} and not builder.calls
-    assert engines.runners["decoder_t2"].shapes["features"][0] == 2  # last batch: 1 slice + its TSEM twin, one 2N run
-    assert engines.runners["fusion"].runs == 3
+    # last batch: 1 slice + its TSEM twin, one 2N run
+    assert engines.runners["decoder_t2"].context.shapes["features"][0] == 2
+    assert engines.runners["fusion"].context.runs == 3
     assert "TensorRT 10.13.0" in backend.describe()
     backend.close()
 
 
 def test_trt_backend_refuses_a_swapped_fusion_graph(export, fake_cuda):
     """The fusion graph is checked before its declared outputs are read (a KeyError before)."""
-    from tests.fake_trt import FakeEngines
+    from tests.fake_trt import FakeEngines, FakeMemory
     from tsf_trt.backends.trt_backend import TrtBackend
     from tsf_trt.engines.cuda import GpuContext
     from tsf_trt.errors import ModelError
@@ -715,7 +718,7 @@ def test_trt_backend_refuses_a_swapped_fusion_graph(export, fake_cuda):
     path.write_text(json.dumps(manifest))
     mgr, builder, _ = manager(export)
     with pytest.raises(ModelError, match="lists encoder.onnx as the 'fusion' graph"):
-        TrtBackend(mgr, FakeEngines(mgr, fake_cuda), GpuContext(0))
+        TrtBackend(mgr, FakeEngines(mgr, FakeMemory(fake_cuda)), GpuContext(0))
     assert not builder.calls
 
 

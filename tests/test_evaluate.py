@@ -221,7 +221,7 @@ def test_resume_reuses_finished_subjects(run, synth, phantoms, monkeypatch):
 
 
 def test_seq2seq_only_model_scores_one_input_tasks(phantoms, tmp_path):
-    from tests.conftest import DATA
+    from tests.helpers import DATA
     from tsf_trt.model import PRESETS, import_reference
 
     synth = Synthesizer(import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"]), "torch")

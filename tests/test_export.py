@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from tests.conftest import DATA
+from tests.helpers import DATA
 from tsf_trt import sequences
 from tsf_trt.errors import ModelError, TsfError
 from tsf_trt.export.manifest import read_manifest, sha256
@@ -82,7 +82,7 @@ def test_ort_graphs_match_torch_on_fresh_inputs(small_model, small_export_dir, o
 
 
 def test_infer_ort_equals_torch(small_model_dir, small_export_dir):
-    from tests.conftest import make_head
+    from tests.helpers import make_head
     from tsf_trt.pipeline import Synthesizer
 
     vols = {0: make_head((7, 44, 40), seed=11), 1: make_head((7, 44, 40), seed=12), 3: make_head((7, 44, 40), 13)}
@@ -165,7 +165,7 @@ def test_seq2seq_only_export(tmp_path):
 
 
 def test_reference_mode_equals_fast_mode(small_model):
-    from tests.conftest import make_head
+    from tests.helpers import make_head
     from tsf_trt.pipeline import Synthesizer
 
     vols = {0: make_head((5, 32, 32), seed=3), 3: make_head((5, 32, 32), seed=4)}
@@ -200,7 +200,7 @@ def test_export_dir_needs_an_onnx_backend(small_export_dir):
 def test_cli_export_then_infer_on_the_export(small_model_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from tests.sample_subject import write_subject
+    from tests.helpers import write_subject
     from tsf_trt.cli import app
 
     runner = CliRunner()

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from tests.test_cli_errors import SHAPE, assert_clean_error, cli, files_under, make_head, write_nifti
+from tests.helpers import SHAPE, assert_clean_error, cli, files_under, make_head, write_nifti
 from tsf_trt.errors import ModelError
 from tsf_trt.export.manifest import sha256
 from tsf_trt.export.roles import CONFIG_KEY, MODEL_ID_KEY, OLD_EXPORT, ROLE_KEY, TARGET_KEY

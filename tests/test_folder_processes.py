@@ -13,7 +13,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,24 +20,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import make_head
-from tests.test_cli_errors import files_under, write_nifti
-
-SHAPE = (48, 44, 14)
-SCRIPT = Path(sys.executable).with_name("tsf-trt")
-
-
-def _cohort(root: Path, count: int) -> list[str]:
-    names = [f"sub{k:02d}" for k in range(count)]
-    for k, name in enumerate(names):
-        write_nifti(root / name / f"{name}_t1.nii.gz", make_head(SHAPE, seed=2 * k))
-        write_nifti(root / name / f"{name}_flair.nii.gz", make_head(SHAPE, seed=2 * k + 1))
-    return names
+from tests.helpers import COHORT_SHAPE, FAST, SCRIPT, cohort, hidden_files
 
 
 def _start(data: Path, out: Path, model: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([str(SCRIPT), "infer", "--inputs", str(data), "--target", "t2", "--model", str(model),
-                             "-o", str(out), "--backend", "torch", "--threads", "1", *extra],
+                             "-o", str(out), *FAST, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -63,8 +50,8 @@ def _assert_all_complete_and_clean(out: Path, names: list[str]) -> dict[str, dic
         for kind in ("synth", "tsem"):
             image = nib.load(out / name / f"{name}_t2_{kind}.nii.gz")
             data = np.asarray(image.dataobj)  # reads (and gunzips) every voxel: a torn file fails here
-            assert data.shape == SHAPE and np.isfinite(data).all()
-    hidden = [f for f in files_under(out) if any(part.startswith(".") for part in Path(f).parts)]
+            assert data.shape == COHORT_SHAPE and np.isfinite(data).all()
+    hidden = hidden_files(out)
     assert hidden == [], hidden  # no temp file, no claim, no probe
     return reports
 
@@ -87,7 +74,7 @@ def _wait_for_temp_file(out: Path, proc: subprocess.Popen, timeout: float = 60) 
 
 @pytest.mark.parametrize("runs", [2, 3])
 def test_concurrent_runs_finish_every_subject_once(tmp_path, small_model_dir, runs):
-    names = _cohort(tmp_path / "data", 8)
+    names = cohort(tmp_path / "data", 8)
     out = tmp_path / "out"
     procs = [_start(tmp_path / "data", out, small_model_dir) for _ in range(runs)]
     results = [_finish(p) for p in procs]
@@ -101,7 +88,7 @@ def test_concurrent_runs_finish_every_subject_once(tmp_path, small_model_dir, ru
 
 def test_killed_at_random_moments_then_rerun_leaves_nothing_behind(tmp_path, small_model_dir):
     """The chaos test: several runs SIGKILLed at random moments, then one that completes."""
-    names = _cohort(tmp_path / "data", 10)
+    names = cohort(tmp_path / "data", 10)
     out, rng = tmp_path / "out", random.Random(12)
     left = 0
     for round_ in range(6):
@@ -122,7 +109,7 @@ def test_killed_at_random_moments_then_rerun_leaves_nothing_behind(tmp_path, sma
 
 def test_workers_with_sigkills_in_between_finish_every_subject_once(tmp_path, small_model_dir):
     """Three workers over one cohort; one is killed mid-way and a fourth takes its place."""
-    names = _cohort(tmp_path / "data", 12)
+    names = cohort(tmp_path / "data", 12)
     out = tmp_path / "out"
     workers = [_start(tmp_path / "data", out, small_model_dir) for _ in range(3)]
     _wait_for_new_reports(out, 3, workers[1])

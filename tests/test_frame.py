@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_head
+from tests.helpers import make_head
 from tsf_trt.errors import TsfError
 from tsf_trt.frame import FrameSpec, cut, plan_frame, stacks_with_head
 from tsf_trt.options import RunOptions

@@ -1,4 +1,4 @@
-"""bench/gpu_check.py: its dry run (the whole plan on the CPU, tiny shapes) and its wheel list."""
+"""scripts/gpu_check.py: its dry run (the whole plan on the CPU, tiny shapes) and its wheel list."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from scripts import gpu_check
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import gpu_check  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def dry_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
-    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--out", str(out)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "scripts.gpu_check", "--dry-run", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "gpu_check.md").read_text().startswith("# GPU check (DRY RUN")
@@ -45,10 +45,10 @@ def test_the_dry_run_checks_the_trt_data_flow_on_stand_in_engines(dry_report):
     """Every engine of the trt backend a torch module on the fake runtime, against ONNX Runtime CPU:
     both layouts of the fusion outputs, every graph run, within the tolerance."""
     flow = next(s for s in dry_report["steps"] if s["name"] == gpu_check.DATAFLOW)["details"]
-    from bench import trt_standin
+    from scripts import gpu_check_trt
 
-    assert flow["runtime"].startswith("tests/fake_cuda.py") and flow["max_abs"] <= trt_standin.TOLERANCE
-    assert len(flow["cases"]) == len(trt_standin.DRY_CASES)
+    assert flow["runtime"].startswith("tests/fake_cuda.py") and flow["max_abs"] <= gpu_check_trt.TOLERANCE
+    assert len(flow["cases"]) == len(gpu_check_trt.DRY_CASES)
     first = flow["cases"][0]  # 20x20, batches 2, 2, 1: the last one's fused_avg would start unaligned
     assert first["fusion_outputs"] == {"one 2N buffer": 2, "two buffers + one copy": 1}
     assert first["engine_runs"] == {"encoder": 9, "fusion": 3, "decoder_t2": 3}  # 3 sources x 3 batches
@@ -93,7 +93,7 @@ def test_a_dry_run_imports_only_what_the_machine_has_or_the_wheels_bring(dry_rep
 
 
 def test_list_wheels_names_what_a_bare_machine_lacks():
-    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--list-wheels"], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "scripts.gpu_check", "--list-wheels"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     names = {line.split("==")[0] for line in done.stdout.split()}
     assert {"nibabel", "safetensors", "typer", "rich", "onnx", "pytest"} <= names
@@ -103,10 +103,10 @@ def test_list_wheels_names_what_a_bare_machine_lacks():
 
 @pytest.fixture
 def one_case(monkeypatch, one_torch_thread):
-    from bench import trt_standin
+    from scripts import gpu_check_trt
 
-    monkeypatch.setattr(trt_standin, "DRY_CASES", trt_standin.DRY_CASES[:1])  # 20x20: both fusion layouts
-    return trt_standin
+    monkeypatch.setattr(gpu_check_trt, "DRY_CASES", gpu_check_trt.DRY_CASES[:1])  # 20x20: both fusion layouts
+    return gpu_check_trt
 
 
 def test_the_data_flow_check_sees_a_missing_wait(one_case, monkeypatch):

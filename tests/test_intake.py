@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from tests.conftest import AFFINE_LPS, make_head, problem_lines
-from tsf_trt.cli import app
+from tests.helpers import AFFINE_LPS, FAST, SCRIPT, cli, lps, make_head, phantom_volumes, problem_lines
 from tsf_trt.errors import InputError
 from tsf_trt.mapfile import read_map
 from tsf_trt.naming import read_name, why_not
@@ -23,11 +20,6 @@ from tsf_trt.subjects import discover
 
 T1, T1GD, T2, FLAIR = range(4)
 SHAPE = (24, 20, 6)
-FAST = ("--backend", "torch", "--threads", "1")
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def head(path: Path, seed: int = 0) -> Path:
@@ -170,8 +162,7 @@ def test_default_output_is_a_derivatives_folder_and_the_log_is_one_line_per_subj
         head(data / name / f"{name}_t1.nii.gz")
         head(data / name / f"{name}_flair.nii.gz", seed=1)
     log = tmp_path / "logs" / "run.log"
-    script = Path(sys.executable).with_name("tsf-trt")
-    proc = subprocess.run([str(script), "infer", "--inputs", str(data), "--target", "t2", "--model",
+    proc = subprocess.run([str(SCRIPT), "infer", "--inputs", str(data), "--target", "t2", "--model",
                            str(small_model_dir), *FAST, "--log-file", str(log)],
                           capture_output=True, text=True, timeout=300)  # pipes, as in a batch job
     assert proc.returncode == 0, proc.stderr
@@ -187,7 +178,7 @@ def test_default_output_is_a_derivatives_folder_and_the_log_is_one_line_per_subj
     assert [line.split(" ", 1)[1] for line in log.read_text().splitlines()] == [
         line.split(" ", 1)[1] for line in lines]  # the file holds the same lines
 
-    quiet = subprocess.run([str(script), "infer", "--inputs", str(data), "--target", "t2", "--model",
+    quiet = subprocess.run([str(SCRIPT), "infer", "--inputs", str(data), "--target", "t2", "--model",
                             str(small_model_dir), *FAST, "--quiet"], capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == "" and "0 done, 2 skipped" in quiet.stdout
 
@@ -198,9 +189,7 @@ def test_default_output_is_a_derivatives_folder_and_the_log_is_one_line_per_subj
 def _phantom_files(folder: Path, voxel_mm: float, shift: int = 0) -> list[Path]:
     """T1 and FLAIR of one phantom (96 x 96 x 40 voxels of `voxel_mm`), FLAIR shifted by
     `shift` voxels along x with the same header."""
-    from tests.test_preflight import _phantom, lps
-
-    vols = _phantom()
+    vols = phantom_volumes()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in ("t1", "flair"):

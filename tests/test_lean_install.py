@@ -109,6 +109,14 @@ def test_what_needs_torch_says_which_extra(no_torch, subject, tmp_path, args, co
     assert not (tmp_path / "exp").exists() and not (tmp_path / "run").exists() and not (tmp_path / "m").exists()
 
 
+def test_the_tests_shared_code_imports_without_torch(no_torch):
+    """tests/conftest.py and tests/helpers.py import torch only inside what needs it: the fixtures
+    and helpers of the torch-less tests must not need it."""
+    done = subprocess.run([sys.executable, "-c", "import tests.conftest, tests.helpers"], env=no_torch, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_the_shipped_export_is_the_bundled_model_s():
     """Same id, intact, complete, packaged, and numerically the model's graphs."""
     demo = resolve_model(None)

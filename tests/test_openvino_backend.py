@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import AFFINE_LPS, DATA, make_head
+from tests.helpers import AFFINE_LPS, DATA, cli, make_head, payload_start, problem_lines, write_nifti
 from tsf_trt.errors import ModelError, TsfError
 from tsf_trt.pipeline import Synthesizer
 
@@ -244,10 +244,6 @@ def test_a_damaged_compiled_model_is_rebuilt_with_one_warning(small_export_dir, 
     run names it in one WARNING, rebuilds it, and synthesises what the first run did (the same
     OpenVINO compile of the same graphs on the same machine, one thread: 1e-5 of the 0-1000
     scale allows for nothing else)."""
-    from tests.conftest import problem_lines
-    from tests.test_cli_errors import cli, write_nifti
-    from tests.test_damaged_bytes import _payload_start
-
     export = shutil.copytree(small_export_dir, tmp_path / "export", ignore=shutil.ignore_patterns(".*-cache"))
     t1 = write_nifti(tmp_path / "in" / "sub_t1.nii.gz", make_head((40, 36, 12), seed=0))
     flair = write_nifti(tmp_path / "in" / "sub_flair.nii.gz", make_head((40, 36, 12), seed=1))
@@ -261,7 +257,7 @@ def test_a_damaged_compiled_model_is_rebuilt_with_one_warning(small_export_dir, 
     assert run(tmp_path / "first")[0] == []
     damaged = max((export / ".openvino-cache").iterdir(), key=lambda p: p.stat().st_size)
     blob = bytearray(damaged.read_bytes())
-    start = _payload_start(bytes(blob))
+    start = payload_start(bytes(blob))
     for at in range(start + (len(blob) - start) // 4, len(blob) - (len(blob) - start) // 4, 97):
         blob[at] ^= 0x08
     damaged.write_bytes(bytes(blob))

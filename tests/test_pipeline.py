@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import AFFINE_LPS, make_head
+from tests.helpers import AFFINE_LPS, make_head
 from tsf_trt.errors import InputError, TsfError
 from tsf_trt.pipeline import Synthesizer
 from tsf_trt.preprocess import normalize, pad_inplane, stack_25d
@@ -66,7 +66,7 @@ def test_single_input_has_weight_one_and_no_tsem_without_fusion(small_model, vol
 
 
 def test_seq2seq_only_model(volumes):
-    from tests.conftest import DATA
+    from tests.helpers import DATA
     from tsf_trt.model import PRESETS, import_reference
 
     model = import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"])

@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 
 import tsf_trt.prefetch as prefetch
-from tests.conftest import make_head
-from tests.test_cli_errors import files_under, write_nifti
-from tests.test_io_speed import NAMES, SHAPE, _folder, _hidden
+from tests.helpers import AFFINE_LPS, SHAPE, SUBJECTS, files_under, hidden_files, make_head, subject_folder, write_nifti
 from tsf_trt import jobs
 from tsf_trt.errors import InputError
 from tsf_trt.options import InferRequest
@@ -70,14 +68,14 @@ def test_the_next_subject_is_read_while_one_computes(tmp_path, small_model, one_
 
     monkeypatch.setattr(prefetch, "load_volume", load)
     overlapped = _while_computing(monkeypatch, "sub01", lambda: reading.wait(10))
-    summary = _run(_folder(tmp_path / "data"), tmp_path / "out", small_model)
+    summary = _run(subject_folder(tmp_path / "data"), tmp_path / "out", small_model)
     assert overlapped == [True] and summary.count("done") == 3
     assert [thread for thread, _ in reads] == [MAIN] * 2 + [AHEAD] * 4  # sub01 first, then each one ahead
     assert [name.split("_")[0] for _, name in reads] == ["sub01"] * 2 + ["sub02"] * 2 + ["sub03"] * 2
 
 
 def test_prefetched_outputs_equal_unprefetched_bit_for_bit(tmp_path, small_model, one_torch_thread, reads):
-    data = _folder(tmp_path / "data")
+    data = subject_folder(tmp_path / "data")
     assert _run(data, tmp_path / "ahead", small_model).count("done") == 3
     assert {thread for thread, _ in reads} == {MAIN, AHEAD}
     reads.clear()
@@ -96,7 +94,7 @@ def test_prefetched_outputs_equal_unprefetched_bit_for_bit(tmp_path, small_model
 
 
 def test_a_corrupt_file_fails_only_its_subject_with_one_line(tmp_path, small_model, one_torch_thread, reads):
-    data = _folder(tmp_path / "data")
+    data = subject_folder(tmp_path / "data")
     bad = data / "sub02" / "sub02_t1.nii.gz"
     bad.write_bytes(b"\x1f\x8b" + b"not a volume" * 50)
     with pytest.raises(InputError) as direct:
@@ -106,12 +104,12 @@ def test_a_corrupt_file_fails_only_its_subject_with_one_line(tmp_path, small_mod
     assert [o.status for o in summary.outcomes] == ["done", "failed", "done"]
     assert lines[1] == f"sub02: failed: {direct.value}" and str(bad) in lines[1] and "\n" not in lines[1]
     assert (AHEAD, bad.name) in reads and (MAIN, bad.name) in reads  # failed ahead, read again in its turn
-    assert not (tmp_path / "out" / "sub02").exists() and _hidden(tmp_path / "out") == []
+    assert not (tmp_path / "out" / "sub02").exists() and hidden_files(tmp_path / "out") == []
 
 
 def test_a_file_changed_after_it_was_read_ahead_is_read_again(tmp_path, small_model, one_torch_thread, monkeypatch,
                                                               reads):
-    data = _folder(tmp_path / "data")
+    data = subject_folder(tmp_path / "data")
     changed = data / "sub02" / "sub02_flair.nii.gz"
 
     def change():  # sub02 has been read ahead by now (sub01's load started it): write it anew
@@ -126,7 +124,7 @@ def test_a_file_changed_after_it_was_read_ahead_is_read_again(tmp_path, small_mo
     monkeypatch.undo()
     fresh = _run(data, tmp_path / "fresh", small_model, prefetch=False)  # the changed file from the start
     assert fresh.count("done") == 3
-    for name in NAMES:
+    for name in SUBJECTS:
         ours, theirs = (root / name / f"{name}_t2_synth.nii.gz" for root in (tmp_path / "out", tmp_path / "fresh"))
         assert ours.read_bytes() == theirs.read_bytes(), name
 
@@ -147,7 +145,7 @@ def test_ctrl_c_while_the_next_subject_is_read_leaves_nothing(tmp_path, small_mo
     _while_computing(monkeypatch, "sub01", interrupt)
     ended = []
     with pytest.raises(KeyboardInterrupt):
-        _run(_folder(tmp_path / "data"), tmp_path / "out", small_model, on_end=ended.append)
+        _run(subject_folder(tmp_path / "data"), tmp_path / "out", small_model, on_end=ended.append)
     ahead = [t for t in threading.enumerate() if t.name == AHEAD]
     assert ended == [] and files_under(tmp_path / "out") == []
     assert ahead and all(t.daemon for t in ahead)  # never holds the interpreter's exit
@@ -158,8 +156,6 @@ def test_parallel_reading_finds_what_check_subject_finds_and_fails_in_order(tmp_
     """Each file read and checked in its own thread: the findings are check_subject's, in its order
     (a different grid included), and of two bad files the first in the subject's order raises."""
     from tsf_trt.preflight import check_subject
-
-    from tests.sample_subject import AFFINE_LPS
 
     shifted = AFFINE_LPS.copy()
     shifted[0, 3] += 5.0

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from tests.helpers import PREFLIGHT_SHAPE, lps, phantom_volumes
 from tsf_trt import preflight
-from tsf_trt.bench import skullstrip_check as bench
-from tsf_trt.phantoms.generator import SEQUENCES, make_subject
+from scripts import skullstrip_check as bench
+from tsf_trt.phantoms.generator import SEQUENCES
 from tsf_trt.resample import (
     needs_resampling,
     reference_grid,
@@ -27,33 +28,14 @@ from tsf_trt.resample import (
 )
 from tsf_trt.volume import Volume, load_volume, save_volume
 
-SHAPE = (96, 96, 40)  # (x, y, z)
-
-
-def lps(voxel_mm: float | tuple[float, float, float], shape=SHAPE) -> np.ndarray:
-    """An L,P,S affine with the given voxel size, centred on the origin."""
-    v = np.broadcast_to(np.asarray(voxel_mm, dtype=float), (3,))
-    aff = np.diag([-v[0], -v[1], v[2], 1.0])
-    aff[:3, 3] = -aff[:3, :3] @ ((np.array(shape) - 1) / 2)
-    return aff
-
-
+SHAPE = PREFLIGHT_SHAPE  # (x, y, z)
 TRUE_SHAPE = (96, 96, 62)  # the phantom's 240 x 240 x 155 mm field of view at 2.5 mm: real head sizes
-
-
-@lru_cache(maxsize=4)
-def _make(seed: int, shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
-    return make_subject(seed, shape).volumes  # (x, y, z), L,P,S
-
-
-def _phantom(seed: int = 0, shape=SHAPE) -> dict[str, np.ndarray]:
-    return _make(seed, tuple(shape))
 
 
 def subject(voxel_mm=1.0, seed: int = 0, arrays: dict[int, np.ndarray] | None = None,
             shape=SHAPE) -> dict[int, Volume]:
     """The phantom's four sequences as Volumes (no files), on an L,P,S grid of ``voxel_mm``."""
-    vols = _phantom(seed, shape)
+    vols = phantom_volumes(seed, shape)
     out = {}
     for i, name in enumerate(SEQUENCES):
         data = vols[name] if arrays is None or i not in arrays else arrays[i]
@@ -104,7 +86,7 @@ def test_voxel_size_far_from_1mm():
 
 
 def test_skull_scalp_and_noise_is_not_skull_stripped():
-    raw = with_scalp(_phantom()["t1"], 1.0)
+    raw = with_scalp(phantom_volumes()["t1"], 1.0)
     found = preflight.check_subject(subject(arrays={0: raw}))
     assert kinds(found) == [("sub_t1.nii.gz", "not-skull-stripped")]
     assert found[0].message.startswith("not skull-stripped? 100% of the voxels more than 6 mm outside the head")
@@ -116,7 +98,7 @@ def test_head_masked_scan_is_not_skull_stripped():
     so on a phantom of real size (2.5 mm voxels, which are reported too)."""
     clean = subject(voxel_mm=2.5, shape=TRUE_SHAPE)
     masked = subject(voxel_mm=2.5, shape=TRUE_SHAPE,
-                     arrays={0: with_scalp(_phantom(0, TRUE_SHAPE)["t1"], 2.5, zero_background=True)})
+                     arrays={0: with_scalp(phantom_volumes(0, TRUE_SHAPE)["t1"], 2.5, zero_background=True)})
     assert {f.kind for f in preflight.check_subject(clean)} == {"voxel-size"}
     found = [f for f in preflight.check_subject(masked) if f.kind != "voxel-size"]
     assert kinds(found) == [("sub_t1.nii.gz", "not-skull-stripped")]
@@ -129,9 +111,9 @@ def test_head_masked_scan_is_not_skull_stripped():
 def test_background_statistic_measures_what_it_says():
     clean = preflight.background_stats(subject()[0])
     assert clean.background == 0 and clean.nonempty_outside == 0
-    raw = preflight.background_stats(subject(arrays={0: with_scalp(_phantom()["t1"], 1.0)})[0])
+    raw = preflight.background_stats(subject(arrays={0: with_scalp(phantom_volumes()["t1"], 1.0)})[0])
     assert raw.nonempty_outside > 0.99  # Rician noise is non-zero almost everywhere
-    offset = subject(arrays={0: _phantom()["t1"] - 5.0})[0]  # a constant background is still empty
+    offset = subject(arrays={0: phantom_volumes()["t1"] - 5.0})[0]  # a constant background is still empty
     assert preflight.background_stats(offset).nonempty_outside == 0
     assert preflight.check_skull_stripped(offset) is None
 
@@ -141,7 +123,7 @@ def _bench_head() -> bench.Head:
     return bench.make_head(bench.FIRST_SEED, bench.COARSE_SHAPE)
 
 
-#: bench/skullstrip_check.py's phantoms, one subject: a skull kept with a zeroed background is
+#: scripts/skullstrip_check.py's phantoms, one subject: a skull kept with a zeroed background is
 #: caught by the size rule alone, which misses small heads (the README's table), so it is not here.
 NOISE_CASES = [case for case in bench.CASES if "head mask" not in case]
 
@@ -218,7 +200,7 @@ def test_different_grid_is_reported_and_needs_resampling():
     assert not needs_resampling(vols)
     moved = vols[1].affine.copy()
     moved[0, 3] += 2.0
-    vols[1] = volume_from_image(nib.Nifti1Image(_phantom()["t1gd"], moved), vols[1].path)
+    vols[1] = volume_from_image(nib.Nifti1Image(phantom_volumes()["t1gd"], moved), vols[1].path)
     assert kinds(preflight.check_subject(vols)) == [("sub_t1gd.nii.gz", "different-grid")]
     assert needs_resampling(vols)
 
@@ -230,7 +212,7 @@ def test_resample_2_5mm_to_1mm_and_back_round_trips(tmp_path):
     flip[:2, 3] = np.array(SHAPE[:2]) - 1
     ras = lps(2.5) @ flip
     assert nib.aff2axcodes(ras) == ("R", "A", "S")
-    t2 = volume_from_image(nib.Nifti1Image(np.ascontiguousarray(_phantom()["t2"][::-1, ::-1, :]), ras),
+    t2 = volume_from_image(nib.Nifti1Image(np.ascontiguousarray(phantom_volumes()["t2"][::-1, ::-1, :]), ras),
                            every[2].path)
     np.testing.assert_array_equal(t2.data, every[2].data)
     coarse = {0: every[0], 2: t2}
@@ -269,7 +251,8 @@ def test_resample_2_5mm_to_1mm_and_back_round_trips(tmp_path):
 def test_resample_round_trip_of_a_smooth_image_is_close():
     """Without per-voxel noise to smooth away, the round trip is almost exact (measured 1.1 %;
     2.5 mm off: 6.2 %)."""
-    smooth = volume_from_image(nib.Nifti1Image(ndimage.gaussian_filter(_phantom()["t1"], 2.0), lps(2.5)), "/s.nii.gz")
+    blurred = ndimage.gaussian_filter(phantom_volumes()["t1"], 2.0)
+    smooth = volume_from_image(nib.Nifti1Image(blurred, lps(2.5)), "/s.nii.gz")
     fine = resample_subject({0: smooth})[0]
     back = to_input_grid(fine.data, fine, smooth)
     head = smooth.data > 0.05 * smooth.data.max()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import DATA
+from tests.helpers import DATA
 from tsf_trt.preprocess import (OUTPUT_SCALE, SliceAccumulator, normalize, pad_amounts, pad_inplane, stack_25d,
                                 to_output_intensity)
 

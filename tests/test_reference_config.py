@@ -1,10 +1,7 @@
 """The authors' published YAML configs, read as published, map exactly to ModelConfig.
 
-The three texts below are copied byte for byte from github.com/fiy2W/mri_seq2seq at commit
-0414c07 (the commit tests/data was generated from): the files have no final newline, and
-the blank line after their data: section holds two spaces (written \\x20\\x20 below). Their
-`seq2seq_brats_2d_complete.yaml` is published on Google Drive only (publications/src/seq2seq/
-README.md, "Pre-trained Models"), not in the repository, so it is not copied here.
+The three texts (tests/helpers.py, "the authors' published configs") are copied byte for byte
+from github.com/fiy2W/mri_seq2seq at commit 0414c07, the commit tests/data was generated from.
 """
 
 from __future__ import annotations
@@ -15,155 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import DATA
-from tests.test_checkpoint import paper_keys
+from tests.helpers import DATA, SEQ2SEQ_MISSING_YAML, TSF_YAML, VQ_YAML, paper_keys, small_yaml
 from tsf_trt.cli import app
 from tsf_trt.errors import InputError, TsfError
 from tsf_trt.model import PRESETS, ModelConfig, TSFSeq2Seq, resolve_config
 from tsf_trt.model.checkpoint import SEQ2SEQ_KEYS, TSF_KEYS, rename_keys
 from tsf_trt.model.reference_config import read_config_file, training_crop
 
-# publications/config/seq2seq/seq2seq_brats_2d_missing.yaml
-SEQ2SEQ_MISSING_YAML = """data:
-  image: /root/to/brats/image
-  train: publications/data_list/brats/gen/train.csv
-  valid: publications/data_list/brats/gen/valid.csv
-  test:  publications/data_list/brats/gen/test.csv
-  nomiss: False
-\x20\x20
-seq2seq:
-  ndims: 2                # 2D model
-  c_s: 64                 # sequence code length
-  c_w: 16                 # hyperconv weight length
-  c_in: 3                 # input channels
-  c_enc: [64, 128, 256]   # channels for encoder
-  k_enc: [7, 3, 3]        # ksize for encoder
-  s_enc: [1, 2, 2]        # strides for encoder
-  nres_enc: 6             # number of resblocks in encoder
-  norm: InstanceNorm      # normalization
-  c_lstm: 256             # channels for convlstm
-  c_dec: [128, 64, 3]     # channels for decoder
-  k_dec: [3, 3, 7]        # ksize for decoder
-  s_dec: [1, 1, 1]        # strides for decoder
-  nres_dec: 6             # number of resblocks in decoder
-
-train:
-  epochs: 1000
-  total_steps: 1000000
-  lr: 2e-4
-  rep_step: 8
-  crop_size: [1, 192, 192]
-  valid_size: [16, 192, 192]
-  lambda_rec: 10
-  lambda_per: 0.01
-  lambda_cyc: 10
-  vis_steps: 128
-  ckpt_steps: 1280
-  vis: outputs/vis/seq2seq/brats/2d
-  ckpt: outputs/ckpt/seq2seq/brats/2d"""
-
-# publications/config/tsf/tsf_seq2seq_brats_2d.yaml
-TSF_YAML = """data:
-  image: /root/to/brats/image
-  train: publications/data_list/brats/gen/train.csv
-  valid: publications/data_list/brats/gen/valid.csv
-  test:  publications/data_list/brats/gen/test.csv
-  nomiss: True
-\x20\x20
-seq2seq:
-  ndims: 2                # 2D model
-  c_s: 64                 # sequence code length
-  c_w: 16                 # hyperconv weight length
-  c_in: 3                 # input channels
-  c_enc: [64, 128, 256]   # channels for encoder
-  k_enc: [7, 3, 3]        # ksize for encoder
-  s_enc: [1, 2, 2]        # strides for encoder
-  nres_enc: 6             # number of resblocks in encoder
-  norm: InstanceNorm      # normalization
-  c_lstm: 256             # channels for convlstm
-  c_dec: [128, 64, 3]     # channels for decoder
-  k_dec: [3, 3, 7]        # ksize for decoder
-  s_dec: [1, 1, 1]        # strides for decoder
-  nres_dec: 6             # number of resblocks in decoder
-  pretrain: /path/to/pretrain/seq2seq/ckpt_best.pth
-
-TSF_seq2seq:
-  c_s_source: 4
-  c_s_target: 4
-  c_w: 4
-  c_enc: [256]            # channels for encoder
-  k_enc: [3]              # ksize for encoder
-  s_enc: [1]              # strides for encoder
-  norm: None              # normalization
-
-train:
-  epochs: 500
-  total_steps: 300000
-  lr: 1e-4
-  rep_step: 4
-  crop_size: [1, 192, 192]
-  valid_size: [16, 192, 192]
-  lambda_rec: 10
-  lambda_per: 0.01
-  lambda_cyc: 10
-  vis_steps: 128
-  ckpt_steps: 1280
-  vis: outputs/vis/tsf_seq2seq/brats/2d
-  ckpt: outputs/ckpt/tsf_seq2seq/brats/2d"""
-
-# publications/config/vq/vqseq2seq_brats_2d_missing_3_256.yaml: VQ-Seq2Seq, another network
-VQ_YAML = """data:
-  image: /root/to/brats/image
-  train: publications/data_list/brats/gen/train.csv
-  valid: publications/data_list/brats/gen/valid.csv
-  test:  publications/data_list/brats/gen/test.csv
-\x20\x20
-seq2seq:
-  ndims: 2                # 2D model
-  c_s: 64                 # sequence code length
-  c_w: 16                 # hyperconv weight length
-  c_in: 1                 # input channels
-  c_enc: [64, 128, 256]   # channels for encoder
-  k_enc: [7, 3, 3]        # ksize for encoder
-  s_enc: [1, 2, 2]        # strides for encoder
-  nres_enc: 6             # number of resblocks in encoder
-  norm: InstanceNorm      # normalization
-  c_dec: [128, 64, 1]     # channels for decoder
-  k_dec: [3, 3, 7]        # ksize for decoder
-  s_dec: [1, 1, 1]        # strides for decoder
-  nres_dec: 6             # number of resblocks in decoder
-  embed_dim: 3            # vq-vae latent space dim
-  n_embed: 256            # vq-vae cookbook
-  beta: 0.25              # vq-vae beta
-
-train:
-  epochs: 1000
-  pretrain_epochs_contrast: 100
-  pretrain_epochs_rand: 200
-  total_steps: 1000000
-  lr: 1e-4
-  rep_step: 4
-  crop_size: [1, 192, 192]
-  valid_size: [16, 192, 192]
-  lambda_rec: 10
-  lambda_ssim: 1
-  lambda_per: 0.1
-  lambda_con: 10
-  lambda_vq: 10
-  vis_steps: 128
-  ckpt_steps: 1280
-  vis: outputs/vis/vqseq2seq/brats/2d
-  ckpt: outputs/ckpt/vqseq2seq/brats/2d"""
-
 runner = CliRunner()
-
-
-def small_yaml() -> str:
-    """tests/data/small_config.json written as the authors write configs (the published TSF layout)."""
-    return (TSF_YAML.replace("c_w: 16 ", "c_w: 8  ").replace("[64, 128, 256]", "[8, 16, 32]")
-            .replace("nres_enc: 6", "nres_enc: 2").replace("c_lstm: 256", "c_lstm: 32")
-            .replace("[128, 64, 3]", "[16, 8, 3]").replace("nres_dec: 6", "nres_dec: 2")
-            .replace("c_enc: [256]", "c_enc: [32]"))
 
 
 def write(tmp_path, text: str, name: str = "config.yaml"):

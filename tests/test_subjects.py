@@ -6,18 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import FLAIR, T1, T1GD, T2, touch
 from tsf_trt.errors import InputError, TsfError
 from tsf_trt.subjects import Subject, discover, find_subjects, parse_inputs, shard, subject_name
-
-T1, T1GD, T2, FLAIR = 0, 1, 2, 3
-
-
-def touch(folder: Path, *names: str) -> None:
-    for name in names:
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-
 
 # --- parse_inputs -------------------------------------------------------------------
 

@@ -14,24 +14,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import make_head, problem_lines
-from tests.test_cli_errors import case  # noqa: F401 - a fixture, found by pytest here
-from tests.test_cli_errors import SHAPE, assert_clean_error, cli, files_under, infer, write_nifti
+from tests.helpers import (FAST, SCRIPT, SHAPE, assert_clean_error, cli, files_under, infer, make_head, problem_lines,
+                           subject_folder, write_nifti)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SCRIPT = Path(sys.executable).with_name("tsf-trt")
 OUTPUTS = ("{}_t2.json", "{}_t2_synth.nii.gz", "{}_t2_tsem.nii.gz")
-
-
-def _torch(*extra: str) -> tuple[str, ...]:
-    return ("--backend", "torch", "--threads", "1", *extra)
 
 
 # --- one file as two sequences (item 9) -----------------------------------------------------
@@ -53,27 +46,19 @@ def _same_file(t1: Path, how: str) -> Path:
 def test_one_file_as_two_sequences_is_an_error(case, small_model_dir, how):
     inp, out, t1, flair = case
     second = _same_file(t1, how)
-    result = infer(small_model_dir, out, f"t1={t1}", f"flair={second}", extra=_torch())
+    result = infer(small_model_dir, out, f"t1={t1}", f"flair={second}", extra=FAST)
     words = ("given as both T1 and FLAIR",) if how == "same path" else (
         "the FLAIR input is the same file as the T1 input", str(t1))
     assert_clean_error(result, str(second), *words, "one file cannot be two sequences")
     assert files_under(out) == []
 
 
-def _subject(root: Path, name: str, seeds=(0, 1)) -> Path:
-    folder = root / name
-    write_nifti(folder / f"{name}_t1.nii.gz", make_head(SHAPE, seed=seeds[0]))
-    write_nifti(folder / f"{name}_flair.nii.gz", make_head(SHAPE, seed=seeds[1]))
-    return folder
-
-
 def test_one_file_as_two_sequences_fails_its_subject_in_a_folder(tmp_path, small_model_dir):
     data, out = tmp_path / "data", tmp_path / "out"
-    _subject(data, "sub01")
-    bad = _subject(data, "sub02")
+    bad = subject_folder(data, ("sub01", "sub02")) / "sub02"
     (bad / "sub02_flair.nii.gz").unlink()
     (bad / "sub02_flair.nii.gz").symlink_to("sub02_t1.nii.gz")
-    result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *_torch())
+    result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *FAST)
     assert result.exit_code == 1, result.output
     failed = problem_lines(result.stderr)
     assert len(failed) == 1 and "sub02: failed: " in failed[0], result.stderr
@@ -90,7 +75,7 @@ def test_one_file_as_two_sequences_in_a_map(tmp_path, small_model_dir):
         csv.writer(f).writerows([("subject", "sequence", "path"), ("a", "t1", "scan.nii.gz"),
                                  ("a", "flair", "./scan.nii.gz")])
     result = cli("infer", "--map", data / "map.csv", "--target", "t2", "--model", small_model_dir, "-o", out,
-                 *_torch())
+                 *FAST)
     assert result.exit_code == 1, result.output
     text = " ".join(result.stderr.split())
     assert f"a: failed: {data / 'scan.nii.gz'}: given as both T1 and FLAIR" in text  # ./scan.nii.gz is scan.nii.gz
@@ -101,7 +86,7 @@ def test_identical_voxels_warn_and_fail_with_strict(case, small_model_dir):
     inp, out, t1, flair = case
     copy = inp / "copy.nii.gz"
     shutil.copyfile(t1, copy)  # another file, the same voxels
-    result = infer(small_model_dir, out, f"t1={t1}", f"flair={copy}", extra=_torch())
+    result = infer(small_model_dir, out, f"t1={t1}", f"flair={copy}", extra=FAST)
     assert result.exit_code == 0, result.output
     warned = problem_lines(result.stderr)
     assert len(warned) == 1, result.stderr
@@ -109,7 +94,7 @@ def test_identical_voxels_warn_and_fail_with_strict(case, small_model_dir):
     assert "FLAIR holds exactly the voxels of T1" in warned[0]
 
     strict = tmp_path_out = out.parent / "strict"
-    result = infer(small_model_dir, strict, f"t1={t1}", f"flair={copy}", extra=_torch("--strict"))
+    result = infer(small_model_dir, strict, f"t1={t1}", f"flair={copy}", extra=(*FAST, "--strict"))
     assert_clean_error(result, str(copy), "FLAIR holds exactly the voxels of T1")
     assert files_under(tmp_path_out) == []
 
@@ -120,7 +105,7 @@ def test_identical_voxels_warn_and_fail_with_strict(case, small_model_dir):
 def test_output_folder_that_looks_like_markup(case, small_model_dir, tmp_path):
     inp, out, t1, flair = case
     odd = tmp_path / "o[" / "i]"  # the path .../o[/i]: a closing tag to rich
-    result = infer(small_model_dir, odd, t1, flair, extra=_torch())
+    result = infer(small_model_dir, odd, t1, flair, extra=FAST)
     assert result.exit_code == 0, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     for name in OUTPUTS:
@@ -133,7 +118,7 @@ def test_input_names_that_look_like_markup(case, small_model_dir, tmp_path):
     t1b, flairb = inp / "x[b]_t1.nii.gz", inp / "x[b]_flair.nii.gz"
     os.rename(t1, t1b)
     os.rename(flair, flairb)
-    result = infer(small_model_dir, out, t1b, flairb, extra=_torch())
+    result = infer(small_model_dir, out, t1b, flairb, extra=FAST)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("x[b]: T1,FLAIR->T2"), result.stdout
     for name in OUTPUTS:
@@ -189,10 +174,9 @@ def test_terminal_run_with_names_that_look_like_markup(tmp_path, small_model_dir
     model = tmp_path / "m[" / "i]"  # .../m[/i]: the spinner's text would be a closing tag
     shutil.copytree(small_model_dir, model)
     data, out = tmp_path / "data", tmp_path / "o[" / "i]"
-    _subject(data, "x[b]")
-    _subject(data, "y[bold]", seeds=(2, 3))
+    subject_folder(data, ("x[b]", "y[bold]"))
     code, raw = _in_terminal([str(SCRIPT), "infer", "--inputs", str(data), "--target", "t2", "--model", str(model),
-                              "-o", str(out), *_torch()])
+                              "-o", str(out), *FAST])
     shown = _ANSI.sub("", raw)
     assert code == 0, shown[-3000:]
     assert "Traceback" not in shown and "MarkupError" not in shown
@@ -212,18 +196,18 @@ def test_head_in_a_noise_floor_warns(tmp_path, small_model_dir):
     """A raw head (skull and scalp kept) in uniform 50-200 noise, a 40 mm slab (far less than a
     brain's volume, so the size rule cannot see it): a warning naming the file, an error with
     --strict; the skull-stripped input beside it gets none."""
-    from tsf_trt.bench import skullstrip_check as bench
+    from scripts import skullstrip_check as bench
 
     h = bench.make_head(bench.FIRST_SEED, bench.COARSE_SHAPE)
     rng = np.random.default_rng(0)
     raw = bench.slab(bench.uniform_outside(bench.with_skull(h, h.volumes["t1"], rng), h.head, rng), h)
     t1 = write_nifti(tmp_path / "in" / "s_t1.nii.gz", raw)
     flair = write_nifti(tmp_path / "in" / "s_flair.nii.gz", bench.slab(h.volumes["flair"], h))
-    result = infer(small_model_dir, tmp_path / "out", t1, flair, extra=_torch())
+    result = infer(small_model_dir, tmp_path / "out", t1, flair, extra=FAST)
     assert result.exit_code == 0, result.output
     warned = problem_lines(result.stderr)
     assert len(warned) == 1 and "WARNING" in warned[0], result.stderr
     assert f"{t1}: not skull-stripped? " in warned[0], warned
-    result = infer(small_model_dir, tmp_path / "strict", t1, flair, extra=_torch("--strict"))
+    result = infer(small_model_dir, tmp_path / "strict", t1, flair, extra=(*FAST, "--strict"))
     assert_clean_error(result, str(t1), "not skull-stripped?")
     assert files_under(tmp_path / "strict") == []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_head
+from tests.helpers import make_head, run_stages, stacks
 from tsf_trt import sequences
 from tsf_trt.backends import create_backend
 from tsf_trt.backends.base import activation_bytes
@@ -40,18 +40,6 @@ def staged(backend: TorchBackend, *, channels_last: bool = False, precision: str
                                   channels_last=channels_last,
                                   capture=capture or counting_capture([] if log is None else log), io=io or PlainIO())
     return backend
-
-
-def stacks(seed: int, n: int = 3, size: int = 16) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-1, 1, (n, 3, size, size)).astype(np.float32)
-
-
-def run_stages(backend: TorchBackend, n: int = 3, size: int = 16, seed: int = 0):
-    task = sequences.task_code([0, 1, 3], 2)
-    feats = {i: backend.encode(stacks(seed + i, n, size)) for i in (0, 1, 3)}
-    fused, fused_avg, omega = backend.fuse(feats, task)
-    image, image_avg = backend.decode(fused, 2, fused_avg)
-    return image, image_avg, omega
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -169,7 +157,7 @@ def test_cuda_only_options_refuse_cleanly_on_the_cpu(small_model, small_model_di
 
 
 def test_compile_wraps_each_stage(small_model, small_model_dir, monkeypatch, one_torch_thread):
-    """torch.compile's wiring (compiling itself is measured by bench/gpu_check.py on a GPU)."""
+    """torch.compile's wiring (compiling itself is measured by scripts/gpu_check.py on a GPU)."""
     wrapped = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: wrapped.append(fn) or fn)
     backend = create_backend("torch", small_model_dir, compile=True)

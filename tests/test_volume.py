@@ -1,4 +1,5 @@
-"""Tests for tsf_trt.volume: loading, validation, orientation and atomic saving."""
+"""tsf_trt.volume: loading, validation, orientation and saving (what saving shares with every
+write, tsf_trt.atomic, is in tests/test_atomic.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tsf_trt.atomic import atomic_path, check_writable
 from tsf_trt.errors import InputError
 from tsf_trt.volume import CANONICAL_AXCODES, check_same_grid, load_volume, save_volume
 
@@ -247,65 +247,6 @@ def test_to_native_rejects_wrong_shape(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ writing
-
-
-def test_check_writable(tmp_path: Path) -> None:
-    out = tmp_path / "out.nii.gz"
-    check_writable(out, overwrite=False)
-    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
-    out.write_bytes(b"old")
-    with pytest.raises(InputError, match="exists; use --overwrite"):
-        check_writable(out, overwrite=False)
-    with pytest.raises(InputError, match="not written by tsf-trt"):  # --overwrite replaces only our own files
-        check_writable(out, overwrite=True)
-    check_writable(out, overwrite=True, own_location=True)  # a cache: the caller vouches for the place
-    ours = tmp_path / "ours.json"
-    ours.write_text('{"tsf_trt_version": "0.1.0"}')
-    check_writable(ours, overwrite=True)
-    assert out.read_bytes() == b"old"
-    with pytest.raises(InputError, match="directory"):
-        check_writable(tmp_path, overwrite=True)
-    with pytest.raises(InputError, match="does not exist"):
-        check_writable(tmp_path / "missing" / "out.nii", overwrite=False)
-
-
-@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
-def test_atomic_path_cleans_up_on_error(tmp_path: Path, exc: type[BaseException]) -> None:
-    final = tmp_path / "out.nii.gz"
-    with pytest.raises(exc):
-        with atomic_path(final, overwrite=False) as tmp:
-            assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.name.endswith(".nii.gz")
-            tmp.write_bytes(b"half")
-            raise exc()
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("name,suffix", [("a.nii.gz", ".nii.gz"), ("a.nii", ".nii"), ("m.json", ".json")])
-def test_atomic_path_success(tmp_path: Path, name: str, suffix: str) -> None:
-    final = tmp_path / name
-    with atomic_path(final, overwrite=False) as tmp:
-        assert tmp.name.endswith(suffix) and not tmp.name.endswith(".nii" + suffix)
-        tmp.write_text("done")
-    assert final.read_text() == "done"
-    assert [p.name for p in tmp_path.iterdir()] == [name]
-
-
-def test_atomic_path_rechecks_before_rename(tmp_path: Path) -> None:
-    final = tmp_path / "out.json"
-    with pytest.raises(InputError, match="exists"):
-        with atomic_path(final, overwrite=False) as tmp:
-            tmp.write_text("new")
-            final.write_text("someone else")  # appeared while we were working
-    assert final.read_text() == "someone else"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
-    with pytest.raises(InputError, match="not written by tsf-trt"):  # not ours: --overwrite never replaces it
-        with atomic_path(final, overwrite=True) as tmp:
-            tmp.write_text("new")
-    assert final.read_text() == "someone else"
-    final.write_text('{"tsf_trt_version": "0.1.0"}')
-    with atomic_path(final, overwrite=True) as tmp:
-        tmp.write_text("new")
-    assert final.read_text() == "new"
 
 
 def test_save_refuses_existing_and_own_input(tmp_path: Path) -> None:

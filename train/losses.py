@@ -1,9 +1,15 @@
 """Training losses and validation metrics: SmoothL1 + VGG19 perceptual (paper §2.2), PSNR, SSIM.
 
-Why here and not from a library: torchvision and a maintained SSIM are not dependencies,
-so the VGG19 ``features`` stack is rebuilt with torchvision's exact layout (its
-``vgg19-*.pth`` state dict loads into it, ``weights_only=True``) and SSIM is written out
-(Wang et al. 2004). Images are in [-1, 1] throughout.
+Why here and not from a library: torchvision is not a dependency, so the VGG19 ``features``
+stack is rebuilt with torchvision's exact layout (its ``vgg19-*.pth`` state dict loads into
+it, ``weights_only=True``). Images are in [-1, 1] throughout.
+
+Why a second SSIM beside tsf_trt/metrics.py's (scikit-image's, which `evaluate` and the demo
+score with): validation scores whole batches of torch tensors on the training device, and
+metrics.py is numpy on the CPU, one slice at a time, in the base install that has no torch.
+Both are Wang et al. 2004 with the same window, constants and data range; this one keeps the
+"valid" part of the map (no padding), which is scikit-image's map inside a 5-pixel border:
+tests/test_trainer.py checks the two agree there.
 """
 
 from __future__ import annotations
@@ -146,7 +152,9 @@ def ssim(output: Tensor, target: Tensor, data_range: float = DATA_RANGE, window:
     """SSIM per image, (N, H, W) or (N, 1, H, W) -> (N,), as Wang et al. 2004.
 
     Gaussian window 11, σ 1.5, K1 0.01, K2 0.03, "valid" filtering (no padding), the mean of
-    the SSIM map; data range 2 for [-1, 1] images. H and W must be at least `window`.
+    the SSIM map; data range 2 for [-1, 1] images. H and W must be at least `window`. The
+    same map as tsf_trt.metrics.ssim's (scikit-image truncates its σ 1.5 Gaussian at 3.5 σ:
+    11 taps) away from the border; why training has its own: the module docstring.
     """
     x, y = (t.float().reshape(t.shape[0], 1, *t.shape[-2:]) for t in (output, target))
     if min(x.shape[-2:]) < window:

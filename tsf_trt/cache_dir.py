@@ -8,6 +8,8 @@ import os
 import platform
 from pathlib import Path
 
+from .cpu import cpu_name
+
 
 def cache_root() -> Path:
     env = os.environ.get("TSF_TRT_CACHE")
@@ -15,17 +17,6 @@ def cache_root() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "tsf-trt"
-
-
-def cpu_name() -> str:
-    """The processor model: runtime-optimised graphs may use its instruction set."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_key() -> str:

@@ -24,8 +24,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from .bench.environment import NOT_INSTALLED, package_version, physical_cores
-from .cpu import cpu_flags
+from .bench.environment import NOT_INSTALLED, package_version
+from .cpu import cpu_flags, cpu_name, physical_cores
 from .extras import TORCH_INSTALL
 
 #: `tsf-trt doctor`'s exit status when not one backend works here (0 otherwise: it is a report).
@@ -124,8 +124,6 @@ def _system() -> dict[str, Any]:
 
 
 def _cpu() -> dict[str, Any]:
-    from .cache_dir import cpu_name
-
     try:
         usable: int | None = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -14,44 +14,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import sequences
-from .atomic import DiskFullError, make_folder, remove_empty_folders, remove_stale
+from .atomic import DiskFullError, make_folder, remove_stale
 from .claims import Claim, Claims, Holder, ModelConflict
 from .errors import TsfError
 from .outputs import (Inputs, OutputPaths, bids_sidecars, build_report, check_folder_outputs, precision_block,
-                      raw_root, write_dataset_description, write_outputs)
+                      raw_root, write_dataset_description)
 from .options import InferRequest
 from .qc import qc_block
-from .pipeline import Progress, Result, Synthesizer
-from .subjects import Subject, shown
+from .pipeline import Progress, Synthesizer
+from .subjects import Subject
 from .resample import needs_resampling, resample_subject, result_to_input_grid
 from .prefetch import Loaded, Prefetcher, load_subject
-from .volume import Volume
+from .outcomes import SubjectOutcome, Synthesized, failed
 from .writer import Started, Writer
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass
-class SubjectOutcome:
-    subject: str
-    status: str                      # "done", "skipped", "failed" or "busy" (a live run elsewhere has it)
-    paths: OutputPaths | None = None
-    result: Result | None = None
-    error: str | None = None         # why it failed, or who has it when busy
-    removed: list[Path] = field(default_factory=list)  # leftovers of dead runs cleaned up
-
-    def line(self, backend: str = "") -> str:
-        """The subject's one log line: name, task, backend, seconds, output or why not."""
-        name = shown(self.subject)  # a name that is refused may hold a newline
-        if self.status == "done" and self.result is not None and self.paths is not None:
-            frame = self.result.frame
-            where = f", frame {frame['size'][0]}x{frame['size'][1]} ({frame['frame']})" if frame else ""
-            return (f"{name}: {self.result.task}, {backend or 'done'}{where}, "
-                    f"{self.result.timings['total']:.1f} s, wrote {self.paths.synth}")
-        if self.status == "skipped":
-            where = f" ({self.paths.report})" if self.paths is not None else ""
-            return f"{name}: skipped, already complete{where}"
-        return f"{name}: {self.status}: {self.error}"
 
 
 @dataclass
@@ -103,36 +80,6 @@ def infer_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *
     `request.qc` (from `evaluate --calibrate-qc`), or with the default threshold and no flag."""
     return synthesize_subject(synth, subject, request, progress=progress, backend_name=backend_name, paths=paths,
                               overwrite=overwrite, protected=protected, before_publish=before_publish).write()
-
-
-@dataclass
-class Synthesized:
-    """A subject whose synthesis is done and whose outputs are not written yet: folder mode
-    writes it on a background thread while the next subject computes."""
-
-    subject: str
-    result: Result
-    like: Volume  # the outputs take this input's layout, affine and header
-    paths: OutputPaths
-    report: dict
-    overwrite: bool
-    inputs: Inputs
-    before_publish: Callable[[], None] | None
-    tsem_sidecar: dict | None
-    removed: list[Path]
-
-    def write(self) -> SubjectOutcome:
-        """Write and publish the outputs (all or nothing); the subject's outcome."""
-        start = time.perf_counter()
-        write_outputs(self.result, self.like, self.paths, self.report, overwrite=self.overwrite, inputs=self.inputs,
-                      before_publish=self.before_publish, tsem_sidecar=self.tsem_sidecar)
-        self.result.timings["write"] = time.perf_counter() - start
-        return SubjectOutcome(self.subject, "done", self.paths, self.result, removed=self.removed)
-
-    def failed(self, exc: Exception, created: Path | None) -> SubjectOutcome:
-        """The outcome of a write that failed for this subject alone (asked here by tsf_trt.writer,
-        which cannot import this module: jobs imports it)."""
-        return _failed(self.subject, exc, created, self.paths)
 
 
 def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *,
@@ -272,13 +219,6 @@ def _join(claims: Claims, subjects: Sequence[Subject], request: InferRequest, mo
         write_dataset_description(root, model_id, raw_root(bids), overwrite=request.overwrite)
 
 
-def _failed(name: str, exc: Exception, created: Path | None, paths: OutputPaths | None) -> SubjectOutcome:
-    message = str(exc) if isinstance(exc, TsfError) else f"{type(exc).__name__}: {exc}"
-    if created is not None and paths is not None:  # a failed subject leaves no empty folder (only if still empty)
-        remove_empty_folders(created, paths.folder)
-    return SubjectOutcome(name, "failed", error=message)
-
-
 @dataclass
 class _FolderRun:
     """What every subject of one folder run shares."""
@@ -378,7 +318,7 @@ class _FolderRun:
         except (DiskFullError, ModelConflict):
             raise  # not this subject's fault: every later one would fail the same way
         except (TsfError, OSError) as exc:
-            return _failed(subject.name, exc, created, paths)
+            return failed(subject.name, exc, created, paths)
 
     @staticmethod
     def _sweep(claims: Claims, where: Path, stem: str, paths: OutputPaths) -> list[Path]:

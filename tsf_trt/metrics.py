@@ -4,7 +4,8 @@ Both images are in network units, [-1, 1] (``preprocess.normalize`` of the truth
 network output for the synthesis), so the data range is 2. Scores are taken inside a head
 mask. SSIM is scikit-image's (Wang et al. 2004: Gaussian window σ 1.5, K1 0.01, K2 0.03),
 computed per axial slice, its map averaged over the mask's voxels: a maintained
-implementation, not ours.
+implementation, not ours. Training validates with a torch SSIM of the same map
+(train/losses.py says why it needs its own).
 """
 
 from __future__ import annotations

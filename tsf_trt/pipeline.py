@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,14 @@ import numpy as np
 
 from . import sequences
 from .backends import Backend, create_backend
+from .batches import MIDDLE, Decoded, encoded_batches, host_images, middle, run_task, timed
 from .errors import InputError, TsfError
 from .frame import FrameSpec, plan_frame
-from .preprocess import BACKGROUND, SliceAccumulator, normalize, stack_25d
+from .preprocess import BACKGROUND, SliceAccumulator, normalize
 from .volume import Volume, check_same_grid, load_volume, shape_text
 
 Progress = Callable[[int, int], None]
 _log = logging.getLogger(__name__)
-MIDDLE = 1  # the centre slice of a 2.5D stack: the one the middle rule keeps
 MIN_INPLANE = 8  # reflection padding at 1/4 resolution needs at least 2 pixels
 
 
@@ -157,48 +156,41 @@ class Synthesizer:
     # -- steps ----------------------------------------------------------------------------
     def _synthesize(self, normed: dict[int, np.ndarray], slices: np.ndarray, sources: list[int], target: int,
                     tsem: bool, progress: Progress | None, timings: dict[str, float]):
+        """The batch loop (tsf_trt.batches) over the frame's slices; each batch's images are brought
+        to the host only after the next batch is queued, so a GPU computes while the host gathers."""
         be = self.backend
         depth, height, width = next(iter(normed.values())).shape
         want_tsem = tsem and be.has_fusion
-        task_code = sequences.task_code(sources, target)
         image = SliceAccumulator((depth, height, width), self.combine)
         tsem_map = SliceAccumulator((depth, height, width), "middle") if want_tsem else None
-        weights = task_code[0, : sequences.N_SEQUENCES].copy()  # one-to-one: ω = 1 for the source
+        weights = sequences.task_code(sources, target)[0, : sequences.N_SEQUENCES].copy()  # no batch: ω = 1 each
         total = len(slices)
         batch = max(1, min(self.batch_size or be.preferred_batch_size(height, width), total))  # what is really used
         channel = MIDDLE if self.combine == "middle" else None  # the middle rule keeps only channel 1 (TSEM always)
 
-        def gather(centres, decoded, done: int) -> None:
+        def gather(centres, decoded: Decoded, done: int) -> None:
             with timed(timings, "decode"):  # waits for a GPU backend's batch
                 out, out_avg = host_images(be, decoded, channel)
             with timed(timings, "gather"):
                 image.add(centres, out)
                 if tsem_map is not None:
-                    tsem_map.add(centres, np.abs(_middle(out) - _middle(out_avg)))
+                    tsem_map.add(centres, np.abs(middle(out) - middle(out_avg)))
             if progress is not None:
                 progress(done, total)
 
         pending = None  # the previous batch, decoded but not read: on a GPU still computing while the next is queued
-        for start in range(0, total, batch):
-            centres = slices[start:start + batch]
-            with timed(timings, "encode"):
-                features = encode_stacks(be, normed, sources, centres)
-            with timed(timings, "fuse"):
-                if be.has_fusion:
-                    fused, fused_avg, weights = be.fuse(features, task_code)
-                else:
-                    fused, fused_avg = features[sources[0]], None
-            with timed(timings, "decode"):
-                decoded = be.decode(fused, target, fused_avg if want_tsem else None)
+        for positions, centres, features in encoded_batches(be, normed, sources, slices, batch, timings):
+            decoded = run_task(be, features, sources, target, with_avg=want_tsem, timings=timings)
+            weights = decoded.weights
             if pending is not None:
                 gather(*pending)
-            pending = (centres, decoded, min(start + batch, total))
+            pending = (centres, decoded, positions.stop)
         if pending is not None:
             gather(*pending)
         return image.result(), None if tsem_map is None else tsem_map.result(), weights, batch
 
 
-# -- steps shared with tsf_trt.evaluation (one code path for what a slice's output is) ------
+# -- reading shared with tsf_trt.evaluation (one code path for what goes into the network) ---
 def load_arrays(keyed: Mapping[int, Volume | str | Path | np.ndarray]) -> dict[int, tuple[Path, np.ndarray]]:
     """Sequence index -> (path for messages, (z, y, x) array), all of one shape and grid."""
     loaded = {i: (load_volume(v) if isinstance(v, (str, Path)) else v) for i, v in keyed.items()}
@@ -240,40 +232,3 @@ def normalize_inputs(arrays: Mapping[int, tuple[Path, np.ndarray]]) -> dict[int,
 def head_of(arrays: Mapping[int, tuple[Path, np.ndarray]]) -> np.ndarray:
     """Voxels where any input is above 0 (skull-stripped inputs are 0 outside the head)."""
     return np.logical_or.reduce([raw > 0 for _, raw in arrays.values()])
-
-
-def encode_stacks(be: Backend, normed: Mapping[int, np.ndarray], sources: Sequence[int],
-                  centres: Sequence[int] | range) -> dict[int, Any]:
-    """Features of the 2.5D stacks centred on `centres`, one encoder batch per source."""
-    return {i: be.encode(stack_25d(normed[i], centres)) for i in sources}
-
-
-def decode_numpy(be: Backend, fused: Any, target: int, fused_avg: Any | None = None, *,
-                 channel: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode (with `fused_avg`: both as one 2N batch, for TSEM) and bring the images to the host:
-    all 3 channels, or only `channel`, (N, H, W); the `fused_avg` image then only the middle one."""
-    return host_images(be, be.decode(fused, target, fused_avg), channel)
-
-
-def host_images(be: Backend, decoded: tuple[Any, Any | None], channel: int | None = None
-                ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A decoder output pair on the host: all 3 channels or only `channel`; the second image
-    (TSEM's) then only the middle one."""
-    out, out_avg = decoded
-    avg_channel = MIDDLE if channel is not None else None
-    return be.to_numpy(out, channel), None if out_avg is None else be.to_numpy(out_avg, avg_channel)
-
-
-def _middle(images: np.ndarray) -> np.ndarray:
-    """The middle channel of (N, 3, H, W) decoder images; (N, H, W) ones are that already."""
-    return images if images.ndim == 3 else images[:, MIDDLE]
-
-
-@contextmanager
-def timed(timings: dict[str, float], key: str) -> Iterator[None]:
-    """Add the wall time of the block to timings[key]."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start

@@ -41,7 +41,7 @@ MAX_BRAIN_ML = 3000.0
 #: which hold no head even in a field of view cut to an ellipsoidal head's box. On a
 #: skull-stripped volume the corners are empty and the floor is 0; under a noise floor (a raw
 #: scan) it keeps the noise out of the head, which would otherwise fill the field of view
-#: (README, "Preparing your data", gives the measured rates: bench/skullstrip_check.py).
+#: (README, "Preparing your data", gives the measured rates: scripts/skullstrip_check.py).
 NOISE_FLOOR_FACTOR = 4.0
 CORNER_FRACTION = 0.125
 #: Inputs whose NMI peaks this many voxels (or more) away from their stored alignment are

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 from .atomic import DiskFullError
 from .claims import Claim
 from .errors import TsfError
+from .outcomes import SubjectOutcome, Synthesized
 
-if TYPE_CHECKING:  # jobs imports this module: its classes are needed here for the type hints only
-    from .jobs import SubjectOutcome, Synthesized
+if TYPE_CHECKING:
     from .pipeline import Progress
     from .subjects import Subject
 

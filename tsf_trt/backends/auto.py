@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .. import sequences
+from ..batches import MIDDLE, encoded_batches, host_images, run_task
 from ..cache_dir import cache_root, machine_key
 from ..console import step
 from ..errors import TsfError
@@ -239,7 +239,6 @@ def measure(source: ModelSource, threads: int | None, candidates: Sequence[str] 
     height, width = PROBE
     rng = np.random.default_rng(0)
     sources = [0, 3] if source.has_fusion else [0]
-    task = sequences.task_code(sources, 2)
     timings, failed = {}, {} if failed is None else failed
     for name in candidates:
         try:
@@ -250,25 +249,23 @@ def measure(source: ModelSource, threads: int | None, candidates: Sequence[str] 
             continue
         with backend:
             try:
-                timings[name] = _probe(backend, rng, sources, task, height, width)
+                timings[name] = _probe(backend, rng, sources, height, width)
             except (TsfError, RuntimeError, MemoryError) as exc:  # e.g. CUDA out of memory at the probe batch
                 _log.info("auto: %s failed on the probe batch on %s (%s)", name, device, exc)
                 failed[name] = f"failed on the probe batch: {(str(exc) or type(exc).__name__).splitlines()[0]}"
     return timings
 
 
-def _probe(backend, rng, sources: list[int], task: np.ndarray, height: int, width: int) -> float:
+def _probe(backend, rng, sources: list[int], height: int, width: int) -> float:
+    """Best of 3 seconds per slice of one batch at the backend's own batch size, through the one
+    batch loop (tsf_trt.batches) as the pipeline runs it: encoded per source, fused, decoded with
+    TSEM's second half, the middle channel brought to the host (which waits for a GPU)."""
     n = backend.preferred_batch_size(height, width)
-    images = rng.uniform(-1, 1, (n, backend.config.in_channels, height, width)).astype(np.float32)
+    volumes = {i: rng.uniform(-1, 1, (n, height, width)).astype(np.float32) for i in sources}
     best = float("inf")
     for _ in range(3):  # the first run warms up (and compiles, for OpenVINO; captures CUDA graphs)
         start = time.perf_counter()
-        feats = {i: backend.encode(images) for i in sources}
-        if backend.has_fusion:
-            fused, avg, _ = backend.fuse(feats, task)
-            out = backend.decode(fused, 2, avg)
-        else:
-            out = backend.decode(feats[0], 2)
-        backend.to_numpy(out[0], 1)  # waits for a GPU: the middle channel, as the pipeline asks
+        for _, _, features in encoded_batches(backend, volumes, sources, range(n), n):
+            host_images(backend, run_task(backend, features, sources, 2, with_avg=True), MIDDLE)
         best = min(best, (time.perf_counter() - start) / n)
     return best

@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .. import sequences
+from ..batches import MIDDLE, encoded_batches, host_images, run_task
 from ..cache_dir import cache_root, machine_key
 from ..console import step
 from ..cpu import native_bf16
 from ..errors import TsfError
 from ..frame import plan_frame
-from ..preprocess import normalize, stack_25d
+from ..preprocess import normalize
 from ..source import ModelSource
 from . import records
 from .base import Backend
@@ -94,20 +94,15 @@ def check_bf16(name: str, source: ModelSource, threads: int | None) -> Verdict:
 def synthesize(backend: Backend, inputs: dict[int, np.ndarray], head: np.ndarray
                ) -> tuple[np.ndarray, dict[int, float]]:
     """The middle slices of the check volume, T2 from `inputs`, on the head frame as `infer` runs
-    by default: (network-unit images, ω). The pipeline's own loop is not used here, as it
-    builds on the backends (this module is one of them)."""
+    by default, in one batch of the one batch loop (tsf_trt.batches): (network-unit images, ω)."""
     frame = plan_frame("head", head, backend.config.downsample)
     framed = {i: frame.take(normalize(v)) for i, v in inputs.items()}
-    centres = range(next(iter(framed.values())).shape[0])
-    features = {i: backend.encode(stack_25d(v, centres)) for i, v in framed.items()}
     sources = sorted(inputs)
-    if backend.has_fusion:
-        fused, _, weights = backend.fuse(features, sequences.task_code(sources, TARGET))
-        omega = {i: float(weights[i]) for i in sources}
-    else:
-        fused, omega = features[sources[0]], {sources[0]: 1.0}
-    image, _ = backend.decode(fused, TARGET)
-    return backend.to_numpy(image, 1), omega
+    centres = range(next(iter(framed.values())).shape[0])
+    (_, _, features), = encoded_batches(backend, framed, sources, centres, len(centres))
+    decoded = run_task(backend, features, sources, TARGET, with_avg=False)
+    image, _ = host_images(backend, decoded, MIDDLE)
+    return image, {i: float(decoded.weights[i]) for i in sources}
 
 
 def judge(fp32: np.ndarray, bf16: np.ndarray, head: np.ndarray, w32: dict[int, float],

@@ -31,7 +31,7 @@ from .torch_staged import (CudaGraphCapture, DecodedImages, PinnedIO, PlainIO, S
 # Batch from free GPU memory: a share of what is free, over the live maps of one slice (a conv's
 # input, its padded copy and output, InstanceNorm's fp32 copy and output, the residual: about 6
 # of the largest activation), twice for TSEM's 2N decoder batch. A first estimate, to be checked
-# on a GPU (bench/gpu_check.py measures batch sizes side by side).
+# on a GPU (scripts/gpu_check.py measures batch sizes side by side).
 GPU_FREE_SHARE = 0.5
 GPU_LIVE_MAPS = 6
 GPU_MAX_BATCH = 64

@@ -11,7 +11,7 @@ batch before it stacks the next, so it gets that overlap only once it looks one 
 from :class:`~tsf_trt.backends.torch_backend.TorchBackend` because it is a runner of its own,
 with its own buffer rules. Written from PyTorch's CUDA-graph and stream documentation and tested
 here on CPU through the same runner with an eager stand-in for the capture
-(tests/test_torch_cuda.py); ``bench/gpu_check.py`` runs it on a GPU.
+(tests/test_torch_cuda.py); ``scripts/gpu_check.py`` runs it on a GPU.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from .app import EXIT_ERROR, log, out, progress_bar, step
 def run_devices(devices_text: str, model, options, request, subjects) -> None:
     """`model`: a ModelSource (resolved and checked by `infer`) or what resolves to one."""
     from ..errors import TsfError
-    from ..jobs import FolderSummary, SubjectOutcome
+    from ..jobs import FolderSummary
+    from ..outcomes import SubjectOutcome
     from ..source import ModelSource
     from ..multigpu import WorkerJob, export_once, parse_devices, run_on_devices
 

@@ -10,7 +10,6 @@ import typer
 
 from ..atomic import make_folder, remove_empty_folders
 from ..claims import DEFAULT_LEASE_S
-from ..errors import InputError
 from . import params
 from .app import EXIT_ERROR, app, log, out, progress_bar, setup_logging, step, user_errors
 

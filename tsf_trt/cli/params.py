@@ -33,7 +33,7 @@ Compile = Annotated[bool, typer.Option(
     "--compile",
     help="--backend torch only: torch.compile each stage, compiled at the first batch of each slice size "
          "(measured: 89 s for the small config at 16x16 on one CPU thread; not yet measured on a GPU). "
-         "Whether it is faster afterwards depends on the machine (bench/gpu_check.py --compile times it on a "
+         "Whether it is faster afterwards depends on the machine (python -m scripts.gpu_check --compile times it on a "
          "GPU). The report's backend says torch.compile when it ran.")]
 
 Device = Annotated[str, typer.Option(

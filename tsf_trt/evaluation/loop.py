@@ -26,7 +26,8 @@ import numpy as np
 
 from ..backends import Backend
 from ..frame import Frame, FrameSpec, cut, plan_frame
-from ..pipeline import decode_numpy, encode_stacks, head_of, load_arrays, normalize_inputs, timed
+from ..batches import encoded_batches, host_images, run_task, timed
+from ..pipeline import head_of, load_arrays, normalize_inputs
 from ..preprocess import BACKGROUND, SliceAccumulator
 from .tasks import Task
 
@@ -142,21 +143,14 @@ def _run_network(be: Backend, normed: Mapping[int, np.ndarray], window: Frame, r
     acc = {t: [SliceAccumulator(shape) for _ in range(3 if with_avg else 1)] for t in tasks}
     acc_direct = {p: SliceAccumulator(shape) for p in direct}
     weights: dict[Task, dict[int, float]] = {}
-    codes = {t: t.task_code() for t in tasks}
     total = len(region.slices)
-    for start in range(0, total, batch):
-        positions = range(start, min(start + batch, total))
-        centres = region.slices[start:positions.stop]
-        with timed(timings, "encode"):
-            features = encode_stacks(be, normed, needed, centres)
-        for task in tasks:
-            task_code = codes[task]
+    for positions, _, features in encoded_batches(be, normed, needed, region.slices, batch, timings):
+        for task in tasks:  # every task from the one encoding of this batch
+            decoded = run_task(be, features, task.sources, task.target, with_avg=with_avg, timings=timings)
+            weights[task] = {i: float(decoded.weights[i]) for i in task.sources}
+            with timed(timings, "decode"):
+                out, out_avg = host_images(be, decoded)
             if with_avg:
-                with timed(timings, "fuse"):
-                    fused, fused_avg, omega = be.fuse({i: features[i] for i in task.sources}, task_code)
-                weights[task] = {i: float(omega[i]) for i in task.sources}
-                with timed(timings, "decode"):
-                    out, out_avg = decode_numpy(be, fused, task.target, fused_avg)
                 assert out_avg is not None
                 out, out_avg = scored(out), scored(out_avg)
                 image, avg, tsem = acc[task]
@@ -164,13 +158,11 @@ def _run_network(be: Backend, normed: Mapping[int, np.ndarray], window: Frame, r
                 avg.add(positions, out_avg)
                 tsem.add(positions, np.abs(out - out_avg))
             else:  # Seq2Seq only: one-input tasks, the source's features decoded directly
-                weights[task] = {task.sources[0]: 1.0}
-                with timed(timings, "decode"):
-                    out, _ = decode_numpy(be, features[task.sources[0]], task.target)
                 acc[task][0].add(positions, scored(out))
-        for (source, target), accumulator in acc_direct.items():
+        for (source, target), accumulator in acc_direct.items():  # the Seq2Seq stage, one-to-one
+            decoded = run_task(be, features, [source], target, with_avg=False, fuse=False, timings=timings)
             with timed(timings, "decode"):
-                out, _ = decode_numpy(be, features[source], target)
+                out, _ = host_images(be, decoded)
             accumulator.add(positions, scored(out))
         if progress is not None:
             progress(positions.stop, total)

@@ -1,4 +1,4 @@
-"""One prepared command for the first machine with an NVIDIA GPU: ``python bench/gpu_check.py``.
+"""One prepared command for the first machine with an NVIDIA GPU: ``python -m scripts.gpu_check``.
 
 Why one script: a GPU session is short and may come once, on a bare machine (a CUDA build of torch,
 cuda-bindings, CuPy and ONNX Runtime CPU preinstalled, no TensorRT, no network). Everything that
@@ -6,7 +6,8 @@ needs a GPU is settled in one run under a time budget, each step timed and kept 
 error, one failing step never stopping the others, into one JSON + Markdown report (``--out``,
 default $OUT). ``--list-wheels`` prints the wheels to carry there; ``--dry-run`` runs the same
 plan on the CPU with tiny shapes (CUDA graphs replaced by their eager stand-in, the CUDA runtime
-by tests/fake_cuda.py), which CI runs: a dry run's figures say nothing about a GPU.
+by tests/fake_cuda.py), which CI runs: a dry run's figures say nothing about a GPU. Run it from
+the checkout's root after ``pip install -e .`` (scripts/__init__.py says why as a module).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a file from a checkout, without an install
-    sys.path.insert(0, str(ROOT))
 
 SCHEMA = "tsf-trt-gpu-check/1"
 BUDGET_S = 450            # under the 8 minutes a session's one GPU run may take, with margin
@@ -93,9 +92,9 @@ def versions() -> dict[str, Any]:
     try:
         from tsf_trt.doctor import collect
     except ImportError:
-        from bench.environment import environment
+        from tsf_trt.bench.environment import environment
 
-        return {"source": "bench.environment", **environment(None)}
+        return {"source": "tsf_trt.bench.environment", **environment(None)}
     return {"source": "tsf_trt.doctor", **collect().to_dict()}
 
 
@@ -119,12 +118,12 @@ def gpu_tests(dry_run: bool) -> dict[str, Any]:
 
 def cuda_runtime(dry_run: bool) -> dict[str, Any]:
     """engines/cuda.py's GpuContext on the real runtime (on a dry run: on tests/fake_cuda.py)."""
-    from bench import trt_standin
+    from scripts import gpu_check_trt
     from tsf_trt.engines import gpu
 
     if not dry_run and gpu.device_count() == 0:
         raise Skip("no NVIDIA GPU visible to cuda-python")
-    return trt_standin.cuda_checks(dry_run)
+    return gpu_check_trt.cuda_checks(dry_run)
 
 
 # -- the torch CUDA and trt backends on one volume ------------------------------------------------
@@ -143,7 +142,7 @@ GOALS = (("graphs fp16", "seconds_per_volume", "<=", 0.5), ("graphs fp16", "vs_e
 
 
 def phantom(shape_xyz: tuple[int, int, int]) -> dict[int, Any]:
-    from bench.workload import PHANTOM_SEED
+    from tsf_trt.bench.workload import PHANTOM_SEED
     from tsf_trt.phantoms import SEQUENCES, make_subject
 
     subject = make_subject(PHANTOM_SEED, shape_xyz)
@@ -182,7 +181,7 @@ def model_rows(check: Check, model_name: str, volumes: dict[int, Any], variants)
     from tsf_trt.source import ModelSource
 
     if model_name == "paper":
-        from bench.suite import make_model
+        from tsf_trt.bench.suite import make_model
 
         # Not under --out: what is written there comes back from the GPU machine.
         with tempfile.TemporaryDirectory(prefix="tsf-trt-gpu-check-") as tmp:
@@ -269,13 +268,13 @@ def trt_rows(check: Check, model_name: str, volumes: dict[int, Any]) -> dict[str
 
 
 def trt_dataflow(dry_run: bool) -> dict[str, Any]:
-    """bench/trt_standin.py: the trt backend's data flow, each engine its torch module, vs ONNX Runtime CPU."""
-    from bench import trt_standin
+    """scripts/gpu_check_trt.py: the trt backend's data flow, each engine its torch module, vs ONNX Runtime CPU."""
+    from scripts import gpu_check_trt
 
-    problem = trt_standin.unavailable(dry_run)
+    problem = gpu_check_trt.unavailable(dry_run)
     if problem:
         raise Skip(problem)
-    return trt_standin.dataflow_check(dry_run, phantom)
+    return gpu_check_trt.dataflow_check(dry_run, phantom)
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -401,4 +400,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if not __package__:  # run as a file: tests/ (the stand-ins) is not importable then
+        sys.exit("run it from the checkout's root as a module: python -m scripts.gpu_check")
     sys.exit(main())

@@ -1,19 +1,21 @@
 """The `trt` path on a GPU without TensorRT: tsf_trt/engines/cuda.py on the CUDA runtime
 (:func:`cuda_checks`), and the `trt` backend's whole data flow with each TensorRT engine replaced by
 the torch module it was exported from, on the backend's own CUDA stream, checked against ONNX
-Runtime CPU (:func:`dataflow_check`); both are steps of bench/gpu_check.py.
+Runtime CPU (:func:`dataflow_check`); both are steps of scripts/gpu_check.py.
 
 Why: TensorRT's library wheels are often not installable where a GPU is, but everything around the
 engines can still be proven there — tsf_trt/engines/cuda.py's pooled buffers, pinned rings, row
 offsets, strided slot copies and event waits; tsf_trt/engines/runtime.py's EngineRunner (input
 shapes, 256-byte aligned tensor addresses, execute_async_v3 on the stream); trt_backend.py's stacking,
-fused / fused_avg halves and downloads. Only the engine is swapped: :class:`StandInContext` reads
-the device buffers at the addresses bound to it, runs the graph's torch module (export/graphs.py,
-what `tsf-trt export` traces) and writes the outputs at the bound addresses, enqueued on the stream
-execute_async_v3 is given, so it is ordered with every copy around it exactly as an engine would be.
+fused / fused_avg halves and downloads. Only the engine is swapped, for the tests' TensorRT stand-in
+(tests/fake_trt.py, the one stand-in: the same refusals the tests hold the code to): its context
+reads the device buffers at the addresses bound to it, runs the graph's torch module
+(:class:`TorchGraph`; export/graphs.py, what `tsf-trt export` traces) and writes the outputs at the
+bound addresses, enqueued on the stream execute_async_v3 is given, so it is ordered with every copy
+around it exactly as an engine would be.
 
-On a GPU (``bench/gpu_check.py``) the buffers are read as torch tensors over the CUDA pointers
-(``__cuda_array_interface__``, zero-copy) and the modules run on ``torch.cuda.ExternalStream`` of
+On a GPU the buffers are read as torch tensors over the CUDA pointers (:class:`CudaMemory`,
+``__cuda_array_interface__``, zero-copy) and the modules run on ``torch.cuda.ExternalStream`` of
 the backend's stream, TF32 off so that 1e-4 against the CPU is a fair bound. On a dry run the CUDA
 runtime is tests/fake_cuda.py (device memory apart from host memory, work deferred until a
 synchronisation), so a missing wait shows up as stale data there too. NOT yet run on a GPU.
@@ -22,12 +24,10 @@ synchronisation), so a missing wait shows up as stale data there too. NOT yet ru
 from __future__ import annotations
 
 import copy
-import enum
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ import torch
 
 TARGET = 2                # T2, with TSEM, from the sources the caller's volumes hold
 TOLERANCE = 1e-4          # max |trt data flow - ONNX Runtime CPU| of image, TSEM and ω
-TENSOR_ALIGNMENT = 256    # TensorRT's rule for set_tensor_address (tsf_trt/backends/trt_backend.py)
+STANDIN_VERSION = "stand-in (torch modules)"  # the engines' "TensorRT version" in their keys and descriptions
 # (model, phantom shape x y z, batch): the small preset's C = 32 at 20x20 gives 5x5 feature maps,
 # whose 1-slice last batch puts fused_avg 3200 bytes in (unaligned: two buffers and a copy), its
 # 2-slice batches at 6400 (aligned: one 2N buffer); the demo model at the BraTS slice size.
@@ -43,22 +43,42 @@ DRY_CASES = (("small", (20, 20, 5), 2), ("small", (24, 20, 5), 2))
 GPU_CASES = DRY_CASES + (("demo", (240, 240, 8), 3),)
 
 
-class StandInTensorRT:
-    """What EngineRunner reads from the tensorrt module: TensorIOMode (TensorRT's values) and nptype."""
+# -- the graphs and device memory of the stand-in engines ----------------------------------------
+class TorchGraph:
+    """A graph's torch module (export/graphs.py, what `tsf-trt export` traces) on `device`, as
+    tests/fake_trt.py's engines run it: output shapes from the graph's axis names."""
 
-    __version__ = "stand-in (torch modules)"
+    def __init__(self, spec: Any, downsample: int, device: torch.device):
+        self.spec, self.downsample, self.device = spec, downsample, device
+        self.inputs, self.outputs = dict(spec.inputs), list(spec.outputs)
 
-    class TensorIOMode(enum.Enum):
-        NONE = 0
-        INPUT = 1
-        OUTPUT = 2
+    def output_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        sizes = {d: n for key, dims in self.inputs.items() for d, n in zip(dims, shapes[key]) if isinstance(d, str)}
+        for full, low in (("H", "h"), ("W", "w")):
+            sizes.setdefault(full, sizes.get(low, 0) * self.downsample)
+            sizes.setdefault(low, sizes[full] // self.downsample)
+        return {name: tuple(d if isinstance(d, int) else sizes[d] for d in dims)
+                for name, dims in self.spec.outputs.items()}
 
-    @staticmethod
-    def nptype(dtype: Any) -> Any:
-        return dtype
+    def run(self, feeds: dict[str, Any]) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            outputs = self.spec.module(*(torch.as_tensor(feeds[n], device=self.device) for n in self.inputs))
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {name: value.float().contiguous() for name, value in zip(self.outputs, outputs)}
 
 
-# -- device memory: the real one, or tests/fake_cuda.py's ------------------------------------------
+def torch_graphs(model: Any, downsample: int, device: torch.device) -> dict[str, TorchGraph]:
+    """Every graph of an export of `model` (all targets), as its torch module on `device`."""
+    from tsf_trt import sequences
+    from tsf_trt.export.onnx_export import graph_specs
+
+    model = copy.deepcopy(model).float().eval().to(device)
+    specs = graph_specs(model, range(sequences.N_SEQUENCES))
+    for spec in specs.values():
+        spec.module.to(device).eval()  # FoldedConvLSTM makes its convolutions on the CPU
+    return {name: TorchGraph(spec, downsample, device) for name, spec in specs.items()}
+
+
 class _CudaArray:
     """A device pointer as torch.as_tensor takes it (zero-copy)."""
 
@@ -68,7 +88,7 @@ class _CudaArray:
 
 
 class CudaMemory:
-    """Device memory of GPU `index` through torch; work runs on the stream it is enqueued on."""
+    """tests/fake_trt.py's Memory on GPU `index` through torch; work runs on the stream it is enqueued on."""
 
     def __init__(self, index: int = 0):
         self.device = torch.device("cuda", index)
@@ -85,142 +105,22 @@ class CudaMemory:
             work()
         return True
 
-
-class HostMemory:
-    """tests/fake_cuda.py's device memory: work is queued on its deferred streams."""
-
-    def __init__(self, cudart: Any):
-        self.cudart, self.device = cudart, torch.device("cpu")
-
-    def read(self, ptr: int, shape: tuple[int, ...], dtype: Any) -> torch.Tensor:
-        return torch.from_numpy(self.cudart.device_array(ptr, shape, dtype))
-
-    def write(self, ptr: int, value: torch.Tensor) -> None:
-        self.cudart.write_device(ptr, value.detach().numpy())
-
-    def enqueue(self, stream: int, work: Callable[[], None]) -> bool:
-        return int(self.cudart._enqueue(stream, work)[0]) == 0  # cudaSuccess; False for an unknown stream
+    def is_device(self, ptr: int) -> bool:
+        return True  # cudaMalloc'd by engines/cuda.py; not checked on a real GPU
 
 
-# -- the engine and its execution context ---------------------------------------------------------
-class StandInEngine:
-    """ICudaEngine's calls that EngineRunner makes, for one export graph (its GraphSpec's I/O)."""
-
-    def __init__(self, spec: Any, memory: Any, downsample: int):
-        self.spec, self.memory, self.downsample = spec, memory, downsample
-        self.names = [*spec.inputs, *spec.outputs]
-        self.num_io_tensors = len(self.names)
-
-    def get_tensor_name(self, index: int) -> str:
-        return self.names[index]
-
-    def get_tensor_mode(self, name: str) -> StandInTensorRT.TensorIOMode:
-        mode = StandInTensorRT.TensorIOMode
-        return mode.INPUT if name in self.spec.inputs else mode.OUTPUT if name in self.spec.outputs else mode.NONE
-
-    def get_tensor_dtype(self, name: str) -> np.dtype:
-        return np.dtype(np.float32)  # an fp32 export's I/O
-
-    def create_execution_context(self) -> StandInContext:
-        return StandInContext(self)
-
-
-class StandInContext:
-    """IExecutionContext's calls: shapes of the declared rank and fixed dims, output shapes from the
-    graph's axis names, addresses refused when not 256-byte aligned, and execute_async_v3 enqueued
-    on the given stream, reading and writing the memory at the bound addresses when it runs."""
-
-    def __init__(self, engine: StandInEngine):
-        self.engine = engine
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.addresses: dict[str, int] = {}
-        self.runs = 0
-
-    def set_input_shape(self, name: str, shape: Any) -> bool:
-        dims, shape = self.engine.spec.inputs.get(name), tuple(int(d) for d in shape)
-        if dims is None or len(shape) != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims, shape)):
-            return False
-        self.shapes[name] = shape
-        return True
-
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        spec = self.engine.spec
-        if name in spec.inputs:
-            return self.shapes.get(name, tuple(-1 for _ in spec.inputs[name]))
-        if set(self.shapes) != set(spec.inputs):
-            return (-1,)  # not every input shape set yet, as TensorRT says
-        sizes = {d: n for key, dims in spec.inputs.items() for d, n in zip(dims, self.shapes[key])
-                 if isinstance(d, str)}
-        ds = self.engine.downsample
-        for full, low in (("H", "h"), ("W", "w")):
-            sizes.setdefault(full, sizes.get(low, 0) * ds)
-            sizes.setdefault(low, sizes[full] // ds)
-        return tuple(d if isinstance(d, int) else sizes[d] for d in spec.outputs[name])
-
-    def set_tensor_address(self, name: str, ptr: int) -> bool:
-        if name not in self.engine.names or int(ptr) % TENSOR_ALIGNMENT:
-            return False
-        self.addresses[name] = int(ptr)
-        return True
-
-    def execute_async_v3(self, stream_handle: int) -> bool:
-        engine, spec = self.engine, self.engine.spec
-        if set(self.shapes) != set(spec.inputs) or set(self.addresses) != set(engine.names):
-            return False
-        shapes = {**self.shapes, **{n: self.get_tensor_shape(n) for n in spec.outputs}}
-        addresses = dict(self.addresses)
-
-        def work() -> None:
-            with torch.inference_mode():
-                outputs = spec.module(*(engine.memory.read(addresses[n], shapes[n], np.float32) for n in spec.inputs))
-                for name, value in zip(spec.outputs, outputs if isinstance(outputs, tuple) else (outputs,)):
-                    if tuple(value.shape) != shapes[name]:
-                        raise AssertionError(f"{name}: the module gave {tuple(value.shape)}, the context said "
-                                             f"{shapes[name]}")
-                    engine.memory.write(addresses[name], value.float().contiguous())
-            self.runs += 1
-        return engine.memory.enqueue(stream_handle, work)
-
-
-class StandInEngines:
-    """EngineSet's interface (tsf_trt/engines/runtime.py): one real EngineRunner per graph, over a
-    StandInEngine running that graph's torch module (export/graphs.py) on `memory`'s device."""
-
-    def __init__(self, manager: Any, model: Any, memory: Any):
-        from tsf_trt import sequences
-        from tsf_trt.export.onnx_export import graph_specs
-
-        model = copy.deepcopy(model).float().eval().to(memory.device)
-        self.specs = graph_specs(model, range(sequences.N_SEQUENCES))
-        for spec in self.specs.values():
-            spec.module.to(memory.device).eval()  # FoldedConvLSTM makes its convolutions on the CPU
-        self.manager, self.memory = manager, memory
-        self.runners: dict[str, Any] = {}
-        self.requests: list[tuple] = []
-
-    def runner(self, graph: str, batch: int, height: int, width: int) -> Any:
-        from tsf_trt.engines.runtime import EngineRunner
-
-        self.requests.append((graph, batch, height, width))
-        if graph not in self.runners:
-            self.manager.role(graph)  # checked for its role first, as EngineSet's engines are
-            engine = StandInEngine(self.specs[graph], self.memory, self.manager.downsample)
-            runtime = SimpleNamespace(deserialize_cuda_engine=lambda data: engine)
-            self.runners[graph] = EngineRunner(StandInTensorRT, runtime, graph.encode(), f"{graph} (stand-in)")
-        return self.runners[graph]
-
-    def close(self) -> None:
-        self.runners.clear()
-
-
-def standin_backend(export_dir: Path, model: Any, memory: Any, gpu: Any, gpu_name: str = "stand-in"):
-    """The real TrtBackend over `gpu` (an engines/cuda.py GpuContext), its engines stand-ins."""
+def standin_backend(export_dir: Path, model: Any, memory: Any, device: torch.device, gpu: Any,
+                    gpu_name: str = "stand-in"):
+    """The real TrtBackend over `gpu` (an engines/cuda.py GpuContext), its engines tests/fake_trt.py's
+    running each graph's torch module on `memory` (the GPU's, or tests/fake_cuda.py's)."""
+    from tests.fake_trt import FakeEngines
     from tsf_trt.backends.trt_backend import TrtBackend
     from tsf_trt.engines.keys import Platform
     from tsf_trt.engines.manager import EngineManager
 
-    manager = EngineManager(export_dir, Platform(StandInTensorRT.__version__, gpu_name, "-"), report=lambda m: None)
-    return TrtBackend(manager, StandInEngines(manager, model, memory), gpu, precision="fp32")
+    manager = EngineManager(export_dir, Platform(STANDIN_VERSION, gpu_name, "-"), report=lambda m: None)
+    engines = FakeEngines(manager, memory, torch_graphs(model, manager.downsample, device))
+    return TrtBackend(manager, engines, gpu, precision="fp32")
 
 
 # -- the gpu_check steps --------------------------------------------------------------------------
@@ -309,10 +209,12 @@ def dataflow_check(dry_run: bool, volumes_of: Callable[[tuple[int, int, int]], d
                    ) -> dict[str, Any]:
     """Each case through the stand-in trt backend and through ONNX Runtime CPU; failed when any
     difference exceeds TOLERANCE or when the cases did not use both fusion-output layouts."""
+    from tests.fake_trt import FakeMemory
+
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         with cuda_runtime(dry_run) as fake, tempfile.TemporaryDirectory(prefix="tsf-trt-standin-") as tmp:
-            memory = HostMemory(fake) if dry_run else CudaMemory(0)
+            memory = FakeMemory(fake) if dry_run else CudaMemory(0)
             torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
             exports: dict[str, tuple[Any, Path]] = {}
             cases = [_case(name, _exported(name, Path(tmp), exports), shape, batch, memory, volumes_of(shape))
@@ -337,7 +239,7 @@ def _exported(name: str, tmp: Path, done: dict[str, tuple[Any, Path]]) -> tuple[
         if name == "demo":
             source = ModelSource.resolve("demo")
         else:
-            from bench.suite import make_model
+            from tsf_trt.bench.suite import make_model
 
             source = ModelSource.resolve(make_model(name, tmp / "models"))
         export = tmp / f"export-{name}"
@@ -352,9 +254,10 @@ def _case(name: str, model: tuple[Any, Path], shape_xyz: tuple[int, int, int], b
     from tsf_trt.engines.cuda import GpuContext
     from tsf_trt.pipeline import Synthesizer
 
-    (source, export), on_gpu = model, memory.device.type == "cuda"
-    backend = standin_backend(export, source.module(), memory, GpuContext(0),
-                              torch.cuda.get_device_name(memory.device) if on_gpu else "fake")
+    (source, export), on_gpu = model, isinstance(memory, CudaMemory)
+    device = memory.device if on_gpu else torch.device("cpu")
+    backend = standin_backend(export, source.module(), memory, device, GpuContext(0),
+                              torch.cuda.get_device_name(device) if on_gpu else "fake")
     halves = {"one 2N buffer": 0, "two buffers + one copy": 0}
     pair = backend._output_pair
 
@@ -368,7 +271,7 @@ def _case(name: str, model: tuple[Any, Path], shape_xyz: tuple[int, int, int], b
         got = Synthesizer(backend, batch_size=batch).run(volumes, TARGET)
         runs = {graph: runner.context.runs for graph, runner in backend.engines.runners.items()}
         if on_gpu:
-            torch.cuda.synchronize(memory.device)
+            torch.cuda.synchronize(device)
             torch.cuda.empty_cache()  # blocks of the backend's stream, before close() destroys it
     finally:
         backend.close()

@@ -12,8 +12,8 @@ exactly as `infer` runs it; the figure is how many volumes warned. Subjects are 
 generator's 2.5 mm (96x96x62: the BraTS field of view) and at 1 mm (240x240x155), where the
 check's time per volume is measured too.
 
-    python -m tsf_trt.bench.skullstrip_check                     # 8 + 2 subjects, about a minute
-    python -m tsf_trt.bench.skullstrip_check --seeds 2 --full 0  # a quick look
+    python -m scripts.skullstrip_check                     # 8 + 2 subjects, about a minute
+    python -m scripts.skullstrip_check --seeds 2 --full 0  # a quick look
 """
 
 from __future__ import annotations
@@ -23,12 +23,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-if __package__ in (None, ""):  # run as a file from a checkout: python bench/skullstrip_check.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 COARSE_SHAPE = (96, 96, 62)  # 2.5 mm voxels over the BraTS field of view
 FULL_SHAPE = (240, 240, 155)  # 1 mm

@@ -1,5 +1,6 @@
-"""Faster output writing changes nothing that is written, and folder mode's background writer
-keeps every data-safety rule: claims held until publish, one error line per subject, order."""
+"""Output writing (tsf_trt.writer, tsf_trt.volume): the faster gzip (isal) changes nothing that is
+written, and folder mode's background writer keeps every data-safety rule: claims held until
+publish, one error line per subject, order."""
 
 from __future__ import annotations
 
@@ -13,29 +14,14 @@ import numpy as np
 import pytest
 
 import tsf_trt.jobs as jobs
+import tsf_trt.outcomes as outcomes  # where a finished subject's outputs are written
 import tsf_trt.writer as writer
-from tests.conftest import make_head
-from tests.test_cli_errors import files_under, write_nifti
+from tests.helpers import SHAPE, SUBJECTS, files_under, hidden_files, make_head, subject_folder, write_nifti
 from tsf_trt.atomic import DiskFullError
 from tsf_trt.options import InferRequest
 from tsf_trt.pipeline import Synthesizer
 from tsf_trt.subjects import find_subjects
 from tsf_trt.volume import load_volume, save_volume
-
-SHAPE = (40, 36, 12)
-NAMES = ("sub01", "sub02", "sub03")
-
-
-def _folder(root: Path) -> Path:
-    for k, name in enumerate(NAMES):
-        write_nifti(root / name / f"{name}_t1.nii.gz", make_head(SHAPE, seed=2 * k))
-        write_nifti(root / name / f"{name}_flair.nii.gz", make_head(SHAPE, seed=2 * k + 1))
-    return root
-
-
-def _hidden(folder: Path) -> list[str]:
-    return [f for f in files_under(folder) if any(part.startswith(".") for part in Path(f).parts)]
-
 
 def _image(tmp_path: Path) -> tuple[object, np.ndarray]:
     like = load_volume(write_nifti(tmp_path / "in_t1.nii.gz", make_head(SHAPE, seed=3)))
@@ -66,7 +52,7 @@ def test_without_isal_nibabel_writes(tmp_path, monkeypatch):
 
 
 def _run(tmp_path: Path, small_model, **callbacks):
-    subjects = find_subjects(_folder(tmp_path / "data"))
+    subjects = find_subjects(subject_folder(tmp_path / "data"))
     request = InferRequest(2, output=tmp_path / "out")  # t2 from t1 + flair
     return jobs.infer_folder(Synthesizer(small_model, batch_size=4), subjects, request, **callbacks)
 
@@ -77,14 +63,14 @@ def _claims(folder: Path) -> list[Path]:
 
 def test_overlap_keeps_order_and_publishes_before_the_line(tmp_path, small_model, one_torch_thread, monkeypatch):
     events, writers = [], []
-    real = jobs.write_outputs
+    real = outcomes.write_outputs
 
     def write(result, like, paths, *args, **kwargs):
         assert _claims(paths.folder), "the claim is held while the outputs are written"
         writers.append(threading.current_thread().name)
         real(result, like, paths, *args, **kwargs)
 
-    monkeypatch.setattr(jobs, "write_outputs", write)
+    monkeypatch.setattr(outcomes, "write_outputs", write)
 
     def on_end(outcome):
         events.append(("end", outcome.subject))
@@ -92,47 +78,47 @@ def test_overlap_keeps_order_and_publishes_before_the_line(tmp_path, small_model
         assert _claims(outcome.paths.folder) == []  # released once published
 
     summary = _run(tmp_path, small_model, on_start=lambda s: events.append(("start", s.name)), on_end=on_end)
-    assert events == [(kind, name) for name in NAMES for kind in ("start", "end")]
+    assert events == [(kind, name) for name in SUBJECTS for kind in ("start", "end")]
     assert writers == ["tsf-trt writer"] * 3  # written off the computing thread
-    assert [o.subject for o in summary.outcomes] == list(NAMES) and summary.count("done") == 3
-    assert _hidden(tmp_path / "out") == []
+    assert [o.subject for o in summary.outcomes] == list(SUBJECTS) and summary.count("done") == 3
+    assert hidden_files(tmp_path / "out") == []
 
 
 def test_a_failing_background_write_is_that_subjects_error(tmp_path, small_model, one_torch_thread, monkeypatch):
-    real = jobs.write_outputs
+    real = outcomes.write_outputs
 
     def write(result, like, paths, *args, **kwargs):
         if paths.folder.name == "sub02":
             raise OSError(5, "Input/output error")
         real(result, like, paths, *args, **kwargs)
 
-    monkeypatch.setattr(jobs, "write_outputs", write)
+    monkeypatch.setattr(outcomes, "write_outputs", write)
     lines = []
     summary = _run(tmp_path, small_model, on_end=lambda o: lines.append(o.line()))
     assert [o.status for o in summary.outcomes] == ["done", "failed", "done"]
     assert lines[1] == "sub02: failed: OSError: [Errno 5] Input/output error"
     assert "1 failed" in summary.line(1.0) and summary.count("done") == 2
     assert not (tmp_path / "out" / "sub02").exists()  # no outputs, no claim, not even its empty folder
-    assert _hidden(tmp_path / "out") == []
+    assert hidden_files(tmp_path / "out") == []
 
 
 def test_a_full_disk_in_the_background_stops_the_run_cleanly(tmp_path, small_model, one_torch_thread, monkeypatch):
     def write(result, like, paths, *args, **kwargs):
         raise DiskFullError(paths.synth, "no space left on device while writing it")
 
-    monkeypatch.setattr(jobs, "write_outputs", write)
+    monkeypatch.setattr(outcomes, "write_outputs", write)
     ended = []
     with pytest.raises(DiskFullError):
         _run(tmp_path, small_model, on_end=ended.append)
     assert ended == []
-    assert _hidden(tmp_path / "out") == [] and not list((tmp_path / "out").glob("*/*.nii.gz"))
+    assert hidden_files(tmp_path / "out") == [] and not list((tmp_path / "out").glob("*/*.nii.gz"))
 
 
 def test_ctrl_c_while_writing_publishes_nothing(tmp_path, small_model, one_torch_thread, monkeypatch):
     """Ctrl-C during sub02's synthesis while sub01 is written: sub01 is abandoned before its
     renames, every temp file and claim goes, and no line is printed."""
     stopping = threading.Event()
-    real_write, real_abandon, real_run = jobs.write_outputs, writer.Writer.abandon, Synthesizer.run
+    real_write, real_abandon, real_run = outcomes.write_outputs, writer.Writer.abandon, Synthesizer.run
 
     def write(*args, **kwargs):
         assert stopping.wait(60)
@@ -152,7 +138,7 @@ def test_ctrl_c_while_writing_publishes_nothing(tmp_path, small_model, one_torch
             raise KeyboardInterrupt
         return real_run(self, *args, **kwargs)
 
-    monkeypatch.setattr(jobs, "write_outputs", write)
+    monkeypatch.setattr(outcomes, "write_outputs", write)
     monkeypatch.setattr(writer.Writer, "abandon", abandon)
     monkeypatch.setattr(Synthesizer, "run", run)
     ended = []

@@ -11,8 +11,8 @@ slices computed, end-to-end seconds, network seconds (encoder + fusion + decoder
 outside the network, the ratio to the reference, the ratio to the same variant at the full
 frame (what the frame alone gives), and PSNR against the phantom's true T2 inside the head.
 
-    python bench/frame_speed.py --rounds 3 --slices 40                 # bundled demo model
-    python bench/frame_speed.py --config paper --slices 12 --rounds 2  # paper configuration, random weights
+    python -m scripts.frame_speed --rounds 3 --slices 40                 # bundled demo model
+    python -m scripts.frame_speed --config paper --slices 12 --rounds 2  # paper configuration, random weights
 """
 from __future__ import annotations
 

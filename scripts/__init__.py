@@ -1,0 +1,13 @@
+"""One-off measurement scripts: the GPU check and the figures behind README tables.
+
+Why here: they measure tsf-trt rather than being part of it, so this folder is not installed
+(pyproject.toml packages `tsf_trt` and its mapped folders only), and `tsf-trt bench` and the
+library never import it. Run them from a checkout's root after `pip install -e .`, as modules:
+
+    python -m scripts.gpu_check --dry-run --out /tmp/gpu-check   # the first GPU's one command
+    python -m scripts.frame_speed --rounds 3 --slices 40         # README "Performance"
+    python -m scripts.skullstrip_check                           # README "Preparing your data"
+
+As modules because gpu_check runs TensorRT's stand-in from tests/fake_trt.py, which only the
+checkout's root puts on the import path (this file makes `scripts` a package found there).
+"""
