@@ -4,8 +4,8 @@ Every caller that runs the network goes through here, so that what a slice's out
 cannot differ between them: the pipeline (whole volumes, :mod:`tsf_trt.pipeline`),
 evaluation (every task of a subject from one encoding, :mod:`tsf_trt.evaluation.loop`), the
 `auto` backend probe and the `--precision auto` check (:mod:`tsf_trt.backends.auto`,
-:mod:`tsf_trt.backends.precision_auto`). It needs a :class:`~tsf_trt.backends.Backend` only
-as an object, so the backend package itself may use it.
+:mod:`tsf_trt.backends.precision_auto`). It asks a backend only for its interface
+(:class:`Backend` here), so the backend package itself may use it.
 
 One step, as the paper's Eq. 1-6 chain it (docs/architecture.md, "Tensor contracts"):
 
@@ -22,15 +22,25 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import sequences
 from .preprocess import stack_25d
 
-if TYPE_CHECKING:
-    from .backends.base import Backend
+
+class Backend(Protocol):
+    """What the loop asks of a :class:`tsf_trt.backends.Backend` (its interface, not the package:
+    the backends' own `auto` probe and precision check run this loop)."""
+
+    has_fusion: bool
+
+    def encode(self, images: np.ndarray) -> Any: ...
+    def fuse(self, features: Mapping[int, Any], task_code: np.ndarray) -> tuple[Any, Any, np.ndarray]: ...
+    def decode(self, features: Any, target: int, features_avg: Any | None = None) -> tuple[Any, Any | None]: ...
+    def to_numpy(self, array: Any, channel: int | None = None) -> np.ndarray: ...
+
 
 MIDDLE = 1  # the centre slice of a 2.5D stack: the one the middle rule keeps, and TSEM's channel
 
