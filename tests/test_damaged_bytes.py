@@ -507,7 +507,7 @@ def test_a_bad_precision_verdict_is_checked_again(small_model_dir, tmp_path, mon
 def test_verdict_records_are_checked_against_the_rule(record, problem):
     from tsf_trt.backends import precision_auto, records
 
-    found = records.verdict_problem(record, precision_auto.MIN_PSNR, precision_auto.MAX_OMEGA)
+    found = records.verdict_problem(record, precision_auto.passes)
     assert found is not None and problem in found, found
     good = {"precision": "bf16", "why": "x", "psnr_db": float("inf"), "omega_diff": 0.0}  # bf16 equal to fp32
-    assert records.verdict_problem(good, precision_auto.MIN_PSNR, precision_auto.MAX_OMEGA) is None
+    assert records.verdict_problem(good, precision_auto.passes) is None

@@ -40,6 +40,7 @@ from typing import Any
 
 from .atomic import disk_full_as_error, remove_stale, temp_path
 from .errors import TsfError
+from .fileformat import file_sha256
 
 _log = logging.getLogger(__name__)
 MAGIC = b"tsf-trt cache entry 1\n"
@@ -199,12 +200,6 @@ def _remove(path: Path, inode: int) -> None:
 # -- plain files named by their own hash (for consumers that read a path) -------------------------------
 
 
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read through one small buffer (no copy of the whole file in memory)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def save_named(folder: Path, stem: str, suffix: str, payload: bytes) -> Path:
     """Publish `payload` as `folder/<stem>.<sha>.<suffix>` (sha: of the payload) and return it."""
     sha = hashlib.sha256(payload).hexdigest()[:_NAME_DIGITS]
@@ -216,7 +211,7 @@ def save_named(folder: Path, stem: str, suffix: str, payload: bytes) -> Path:
 def publish_named(written: Path, folder: Path, stem: str, suffix: str) -> Path:
     """Publish the file a runtime wrote at `written` (a :func:`scratch` name in `folder`) as
     `folder/<stem>.<sha>.<suffix>`, by renaming it: no copy."""
-    path = Path(folder) / f"{stem}.{_file_sha256(written)[:_NAME_DIGITS]}{suffix}"
+    path = Path(folder) / f"{stem}.{file_sha256(written)[:_NAME_DIGITS]}{suffix}"
     with disk_full_as_error(path):
         with open(written, "rb") as handle:
             os.fsync(handle.fileno())
@@ -233,7 +228,7 @@ def find_named(folder: Path, stem: str, suffix: str) -> tuple[Path, str] | None:
         if len(recorded) != _NAME_DIGITS or not all(c in "0123456789abcdef" for c in recorded):
             continue  # not one of ours
         try:
-            sha = _file_sha256(path)
+            sha = file_sha256(path)
         except FileNotFoundError:
             continue
         except OSError as exc:

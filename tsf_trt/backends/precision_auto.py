@@ -60,7 +60,7 @@ def resolve(name: str, source: ModelSource, *, device: str, threads: int | None)
     if not native_bf16():
         return Verdict("fp32", "this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16)")
     record = cache_root() / "precision" / f"{source.model_id}-{name}-{machine_key()}-v1.json"
-    cached = records.read(record, lambda r: records.verdict_problem(r, MIN_PSNR, MAX_OMEGA))
+    cached = records.read(record, lambda r: records.verdict_problem(r, passes))
     if cached is not None:
         verdict = Verdict(**cached)
         _log.info("precision auto: %s (checked earlier on this machine: %s; record %s)", verdict.precision,
@@ -105,6 +105,12 @@ def synthesize(backend: Backend, inputs: dict[int, np.ndarray], head: np.ndarray
     return image, {i: float(decoded.weights[i]) for i in sources}
 
 
+def passes(psnr_db: float, omega_diff: float) -> bool:
+    """The rule: bf16 when its synthesis is within MIN_PSNR of fp32's and ω within MAX_OMEGA (what
+    `judge` decides, and what a recorded verdict is checked against: tsf_trt.backends.records)."""
+    return psnr_db >= MIN_PSNR and omega_diff <= MAX_OMEGA
+
+
 def judge(fp32: np.ndarray, bf16: np.ndarray, head: np.ndarray, w32: dict[int, float],
           w16: dict[int, float]) -> Verdict:
     """The rule: both bounds hold, or fp32."""
@@ -113,7 +119,7 @@ def judge(fp32: np.ndarray, bf16: np.ndarray, head: np.ndarray, w32: dict[int, f
     quality = psnr(bf16, fp32, head)
     omega = max(abs(w32[i] - w16[i]) for i in w32)
     figures = f"bf16 is {quality:.1f} dB from fp32, ω within {omega:.1e}"
-    if quality >= MIN_PSNR and omega <= MAX_OMEGA:
+    if passes(quality, omega):
         return Verdict("bf16", f"native bf16 on this CPU and {figures}", quality, omega)
     return Verdict("fp32", f"{figures}: short of {MIN_PSNR:g} dB / {MAX_OMEGA:g}", quality, omega)
 

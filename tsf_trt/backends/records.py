@@ -115,9 +115,9 @@ def gpu_ranking_problem(record: dict[str, Any], usable: Sequence[str], precision
     return None
 
 
-def verdict_problem(record: dict[str, Any], min_psnr: float, max_omega: float) -> Problem:
-    """The `--precision auto` verdict: fp32 or bf16, with figures that agree with the rule
-    (bf16 only when PSNR >= min_psnr and ω within max_omega)."""
+def verdict_problem(record: dict[str, Any], passes: Callable[[float, float], bool]) -> Problem:
+    """The `--precision auto` verdict: fp32 or bf16, with figures that agree with the rule that made
+    it (`passes(psnr_db, omega_diff)`: tsf_trt.backends.precision_auto.passes)."""
     precision, why = record.get("precision"), record.get("why")
     psnr, omega = record.get("psnr_db"), record.get("omega_diff")
     if precision not in ("fp32", "bf16"):
@@ -131,9 +131,9 @@ def verdict_problem(record: dict[str, Any], min_psnr: float, max_omega: float) -
         return f"records a PSNR of {psnr!r}"
     if omega is not None and (not _number(omega) or not math.isfinite(omega) or omega < 0):
         return f"records an ω difference of {omega!r}"
-    passes = psnr is not None and omega is not None and psnr >= min_psnr and omega <= max_omega
-    if precision == "bf16" and not passes:
+    ok = psnr is not None and omega is not None and passes(psnr, omega)
+    if precision == "bf16" and not ok:
         return "says bf16 without figures that pass the check"
-    if precision == "fp32" and passes:
+    if precision == "fp32" and ok:
         return "says fp32 although its figures pass the check for bf16"
     return None

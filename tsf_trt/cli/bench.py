@@ -135,9 +135,7 @@ def bench(
     from ..backends import PRECISIONS
     from ..errors import InputError, TsfError
     from ..bundled import resolve_model
-    from ..atomic import check_writable, make_folder, sweep
     from ..options import RunOptions
-    from ..ownership import refuse_input_overlap
 
     for flag, value, low in (("--warmup", warmup, 0), ("--iterations", iterations, 1),
                              ("--io-subjects", io_subjects, 0)):
@@ -168,11 +166,8 @@ def bench(
     model_path = resolve_model(model)
     if not model_path.is_dir():
         raise InputError(model_path, "no such model or export directory")
-    for path in outputs:  # before minutes of measuring: never an input, replaced only if tsf-trt's
-        refuse_input_overlap(path, [("--model directory", model_path), ("--subject folder", subject)])
-        make_folder(path.parent)
-        sweep(path.parent, [path.name])
-        check_writable(path, overwrite)
+    for path in outputs:  # before minutes of measuring
+        _check_output(path, overwrite, [("--model directory", model_path), ("--subject folder", subject)])
     backend_names = parse_backends(backends, reference)
     if compile:
         check_compile(backend_names)
@@ -191,6 +186,18 @@ def bench(
     print_report(report, out)
     for path in write_files(report, json_path=json_path, markdown=markdown, png=plot, overwrite=overwrite):
         out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+def _check_output(path: Path, overwrite: bool, inputs: list[tuple[str, Path | None]]) -> None:
+    """A report file of bench or bench suite, before any measuring: never an input, its folder made
+    and swept of killed runs' leftovers, replaced only with --overwrite and only if tsf-trt's."""
+    from ..atomic import check_writable, make_folder, sweep
+    from ..ownership import refuse_input_overlap
+
+    refuse_input_overlap(path, inputs)
+    make_folder(path.parent)
+    sweep(path.parent, [path.name])
+    check_writable(path, overwrite)
 
 
 def _frames(text: str) -> list[str]:
@@ -247,18 +254,14 @@ def suite(
     from tsf_trt.bench.suite import parse_variants, run_suite
     from tsf_trt.bench.workload import check_shape
 
-    from ..atomic import atomic_path, check_writable, make_folder, sweep
+    from ..atomic import atomic_path
     from ..options import check_threads
-    from ..ownership import refuse_input_overlap
 
     setup_logging(quiet, no_progress, log_file)
     check_threads(threads)
     names, shape_zyx = parse_variants(variants), check_shape(shape)
-    if output is not None:  # before hours of measuring: never the model, replaced only if tsf-trt's
-        refuse_input_overlap(output, [("--model directory", model)])
-        make_folder(output.parent)
-        sweep(output.parent, [output.name])
-        check_writable(output, overwrite)
+    if output is not None:  # before hours of measuring
+        _check_output(output, overwrite, [("--model directory", model)])
     with progress_bar() as bar:
         task = bar.add_task("suite", total=None)
         text = run_suite(model=model, config=config, shape_zyx=shape_zyx, variants=names, threads=threads,
