@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tsf_trt.cpu import BF16_FLAGS, cpu_flags, cpu_name, native_bf16_flags, physical_cores
+from tsf_trt.machine.cpu import BF16_FLAGS, cpu_flags, cpu_name, native_bf16_flags, physical_cores
 
 NOT_INSTALLED = "not installed"
 # CPU: 2.1 GFLOP per product. 1024 rather than 2048: up to 6 libraries x precisions are timed in
@@ -69,7 +69,7 @@ def gpu_info() -> dict[str, Any] | None:
 
 def environment(threads: int | None) -> dict[str, Any]:
     """The environment block of a report (see bench/SCHEMA.md)."""
-    from tsf_trt import __version__
+    from tsf_trt.version import __version__
 
     try:
         usable = len(os.sched_getaffinity(0))

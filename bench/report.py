@@ -2,7 +2,7 @@
 
 Why one module: the terminal table and the Markdown show the same columns, taken from
 one list (`COLUMNS`), so they cannot disagree; every file is written through
-:func:`tsf_trt.atomic.atomic_path`, so a failed or interrupted run leaves nothing
+:func:`tsf_trt.files.atomic.atomic_path`, so a failed or interrupted run leaves nothing
 half-written and existing files are only replaced with --overwrite, and only when tsf-trt
 wrote them (the JSON's "tool", the Markdown's title, the PNG's Software text).
 """
@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tsf_trt.atomic import atomic_path
-from tsf_trt.ownership import PNG_METADATA
+from tsf_trt.files.atomic import atomic_path
+from tsf_trt.files.ownership import PNG_METADATA
 
 Row = dict[str, Any]
 

@@ -1,6 +1,6 @@
 """The benchmark itself: every backend x batch size on one subject, in one run, as one report.
 
-Why through :func:`tsf_trt.jobs.infer_subject`: each iteration is exactly what
+Why through :func:`tsf_trt.runs.jobs.infer_subject`: each iteration is exactly what
 `tsf-trt infer` does (read NIfTI, preprocess, encode, fuse, decode 2N, reassemble,
 write NIfTI and the JSON report), timed by the Synthesizer's own stage clocks, so the
 figures describe the real tool rather than a separate loop. A row is one
@@ -25,13 +25,14 @@ from typing import Any
 from tsf_trt import sequences
 from tsf_trt.backends import PRECISIONS, Backend
 from tsf_trt.errors import TsfError
-from tsf_trt.pipeline import Result
+from tsf_trt.synthesis.pipeline import Result
 
-from .environment import PeakMemory, environment, gemm_rate, optional_torch, transfer_seconds
-from .stats import ratios, summarize
-from .variants import BASELINE, REFERENCE, Agreement, Variant, create_variant, expand
-from .workload import (Workload, efficiency, flops_per_volume, io_overlap, padded, phantom_workload, rates,
-                       subject_workload, truth_psnr)
+from tsf_trt.bench.environment import PeakMemory, environment, gemm_rate, optional_torch, transfer_seconds
+from tsf_trt.bench.stats import ratios, summarize
+from tsf_trt.bench.variants import BASELINE, REFERENCE, Agreement, Variant, create_variant, expand
+from tsf_trt.bench.workload import (Workload, efficiency, flops_per_volume, io_overlap, padded, phantom_workload,
+                                    rates, subject_workload, truth_psnr)
+from tsf_trt.synthesis.options import RunOptions
 
 SCHEMA_VERSION = 3  # 2: efficiency against the GEMM peak of the row's own precision; 3: of the precision that
 #                     ran, FLOPs of the row's frame, `read` with the preflight checks, folder mode's steady state
@@ -78,7 +79,7 @@ class BenchSettings:
     io_subjects: int = 2
     precisions: list[str] = field(default_factory=lambda: ["fp32"])  # each backend runs those it takes
     decoders: list[str] = field(default_factory=lambda: ["baked"])  # ONNX Runtime backends only
-    frames: list[str] = field(default_factory=lambda: ["head"])  # tsf_trt.frame; the reference: full
+    frames: list[str] = field(default_factory=lambda: ["head"])  # tsf_trt.synthesis.frame; the reference: full
     variants: list[Variant] | None = None  # exactly these (of `backends`), not backends x precisions x decoders
     interleave: bool = True  # rows take turns, one iteration each (every backend loaded at once)
     compile: bool = False  # a torch.compile twin of each torch row (bench.variants.expand)
@@ -114,7 +115,7 @@ class Ticker:
 
 def load_target(path: Path) -> tuple[Any, dict[str, Any]]:
     """The model (a ModelSource, what create_backend takes) and its facts for the report."""
-    from tsf_trt.source import ModelSource
+    from tsf_trt.synthesis.source import ModelSource
 
     source = ModelSource.resolve(Path(path))
     kind = "export directory" if source.kind == "export" else "model directory"
@@ -277,11 +278,11 @@ class RowRun:
 
     def __init__(self, variant: Variant, backend: Backend, batch: int | None, workload: Workload,
                  settings: BenchSettings, out_dir: Path):
-        from tsf_trt.options import InferRequest
-        from tsf_trt.pipeline import Synthesizer
+        from tsf_trt.runs.request import InferRequest
+        from tsf_trt.synthesis.pipeline import Synthesizer
 
         self.variant, self.backend, self.batch, self.workload, self.settings = variant, backend, batch, workload, settings
-        self.synth = Synthesizer(backend, batch_size=batch, frame=variant.frame)
+        self.synth = Synthesizer(backend, RunOptions(batch_size=batch, frame=variant.frame))
         self.request = InferRequest(workload.target, output=out_dir, tsem=settings.tsem, overwrite=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.samples: dict[str, list[float]] = defaultdict(list)
@@ -291,7 +292,7 @@ class RowRun:
         self.transfers = backend.on_gpu and torch is not None and torch.cuda.is_available()
 
     def step(self, tick: Ticker) -> None:
-        from tsf_trt.jobs import infer_subject
+        from tsf_trt.runs.jobs import infer_subject
 
         settings, name = self.settings, self.variant.name
         warm = self.done < settings.warmup

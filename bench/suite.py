@@ -18,8 +18,8 @@ from typing import Any
 
 from tsf_trt.errors import TsfError
 
-from .runner import BenchRun, BenchSettings, ProgressFn
-from .variants import Variant
+from tsf_trt.bench.runner import BenchRun, BenchSettings, ProgressFn
+from tsf_trt.bench.variants import Variant
 
 TARGET = 2  # T1 + T1Gd + FLAIR -> T2, the README's task (three inputs: bench's first three for T2)
 VARIANTS: dict[str, Variant] = {

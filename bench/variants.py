@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 from tsf_trt import metrics
-from tsf_trt.backends import NAMES, PRECISIONS, Backend, create_backend
+from tsf_trt.backends import NAMES, PRECISIONS, Backend
 from tsf_trt.errors import TsfError
-from tsf_trt.pipeline import Result
+from tsf_trt.synthesis.backend import create_backend
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.pipeline import Result
 
 DECODERS = ("baked", "code")
 BASELINE, REFERENCE = "torch", "reference"  # what ratios and agreement compare with; the authors' way
@@ -32,7 +34,7 @@ class Variant:
     backend: str
     precision: str = "fp32"
     decoder: str | None = None
-    frame: str = "head"  # tsf_trt.frame; the reference row is always "full" (the authors' way)
+    frame: str = "head"  # tsf_trt.synthesis.frame; the reference row is always "full" (the authors' way)
     compile: bool = False
 
     @property
@@ -120,8 +122,9 @@ def parse_list(flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
 
 def create_variant(variant: Variant, model: Any, *, device: str, threads: int | None) -> Backend:
     """The backend of `variant`."""
-    return create_backend(variant.backend, model, device=device, threads=threads, precision=variant.precision,
-                          decoder=variant.decoder or "baked", compile=variant.compile)
+    options = RunOptions(backend=variant.backend, device=device, threads=threads, precision=variant.precision,
+                         compile=variant.compile)
+    return create_backend(model, options, decoder=variant.decoder or "baked")
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:

@@ -22,8 +22,9 @@ from typing import Any
 
 from tsf_trt import sequences
 from tsf_trt.errors import InputError, TsfError
-from tsf_trt.pipeline import MIN_INPLANE, Result
-from tsf_trt.subjects import Subject, find_subjects
+from tsf_trt.inputs.subjects import Subject, find_subjects
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.pipeline import MIN_INPLANE, Result
 
 #: Sources taken by default (the first three that are not the target): T1 + FLAIR is the
 #: README's main job; T1 + T1Gd + FLAIR -> T2 is its performance task.
@@ -125,7 +126,7 @@ def phantom_workload(shape_zyx: tuple[int, int, int], sources: Sequence[int] | N
 
 def subject_workload(folder: Path, sources: Sequence[int] | None, target: int, has_fusion: bool) -> Workload:
     """One real subject's folder (any layout `tsf-trt infer` reads in folder mode)."""
-    from tsf_trt.volume import load_volume
+    from tsf_trt.files.volume import load_volume
 
     found = find_subjects(folder)
     if len(found) != 1:
@@ -155,9 +156,9 @@ def copy_subjects(workload: Workload, count: int, folder: Path) -> list[Subject]
 def truth_psnr(workload: Workload, result: Result) -> float | None:
     """PSNR of the synthesis against the subject's real target inside its head (network units, as
     `evaluate`), when the subject has one: what a frame or a precision costs in quality."""
+    from tsf_trt.files.volume import load_volume
     from tsf_trt.metrics import psnr
-    from tsf_trt.preprocess import normalize
-    from tsf_trt.volume import load_volume
+    from tsf_trt.synthesis.preprocess import normalize
 
     if workload.truth is None:
         return None
@@ -276,12 +277,12 @@ def io_overlap(rows: list[dict[str, Any]], model: Any, settings: Any, workload: 
     is kept beside it. `surviving_fraction` is over the whole run, whose first read and last write
     overlap nothing; `steady_fraction` from what each further subject costs: the folder run of all
     the copies less a folder run of one, over the copies less one."""
-    from tsf_trt.jobs import infer_folder
-    from tsf_trt.options import InferRequest
-    from tsf_trt.pipeline import Synthesizer
-    from tsf_trt.volume import load_volume
+    from tsf_trt.files.volume import load_volume
+    from tsf_trt.runs.jobs import infer_folder
+    from tsf_trt.runs.request import InferRequest
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
-    from .variants import REFERENCE, Variant, create_variant
+    from tsf_trt.bench.variants import REFERENCE, Variant, create_variant
 
     candidates = [r for r in rows if r["backend"] != REFERENCE] or rows
     if settings.io_subjects < 1 or not candidates:
@@ -292,7 +293,7 @@ def io_overlap(rows: list[dict[str, Any]], model: Any, settings: Any, workload: 
     fastest = Variant(best["backend"], best["precision"], best["decoder"], best["frame"], best.get("compile", False))
     with create_variant(fastest, model,
                         device=settings.device, threads=settings.threads) as backend:
-        synth = Synthesizer(backend, batch_size=best["batch_size"], frame=best["frame"])
+        synth = Synthesizer(backend, RunOptions(batch_size=best["batch_size"], frame=best["frame"]))
         tick(f"folder mode: warming up {best['variant']}")
         volumes = {i: load_volume(p) for i, p in workload.subject.inputs.items()}
         compute = [synth.run(volumes, workload.target, tsem=settings.tsem).timings["total"] for _ in range(3)]

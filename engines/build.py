@@ -11,7 +11,7 @@ while it was written): README, "GPU: TensorRT and ONNX Runtime GPU".
 * One optimisation profile per engine (:mod:`tsf_trt.engines.profiles`).
 * The timing cache file is loaded before and saved after every build, so the second
   graph and every later build skip most kernel timing; it is a verified cache entry
-  (:mod:`tsf_trt.cache_entry`): a damaged one is removed with a warning and not used.
+  (:mod:`tsf_trt.files.cache_entry`): a damaged one is removed with a warning and not used.
 * Progress: an `IProgressMonitor` forwards TensorRT's build phases to a callback.
 """
 
@@ -21,11 +21,11 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from tsf_trt import cache_entry
 from tsf_trt.errors import TsfError
+from tsf_trt.files import cache_entry
 
-from .gpu import import_tensorrt
-from .profiles import Shapes
+from tsf_trt.engines.gpu import import_tensorrt
+from tsf_trt.engines.profiles import Shapes
 
 GIB = 1 << 30
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from tsf_trt.errors import TsfError
 
-from .gpu import cuda_error_text, import_cudart
+from tsf_trt.engines.gpu import cuda_error_text, import_cudart
 
 STAGING_GRANULE = 1 << 20  # pinned slots are sized in MiB steps so that close sizes share a ring
 

@@ -4,7 +4,7 @@ Layout of `<export>/engines/` (or, when the export folder is read-only, a folder
 the tsf-trt cache named by the model id):
 
     encoder.fp16.<digest16>.tsfengine   the serialized engine, with its key, SHA-256, size,
-                                        build time and versions (tsf_trt.cache_entry)
+                                        build time and versions (tsf_trt.files.cache_entry)
     timing-<platform>.cache             TensorRT timing cache (a verified entry too)
     fp16/                               FP16 variants of the graphs (tsf_trt.engines.fp16)
     ort-trt/                            ONNX Runtime TensorRT EP engine and timing caches
@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsf_trt import __version__, cache_entry
-from tsf_trt.cache_dir import cache_root, writable_dir
 from tsf_trt.errors import TsfError
+from tsf_trt.files import cache_entry
+from tsf_trt.machine.cache_dir import cache_root, writable_dir
+from tsf_trt.version import __version__
 
-from .keys import EngineKey, Platform
+from tsf_trt.engines.keys import EngineKey, Platform
 
 FORMAT = "tsf-trt-engine"
 FORMAT_VERSION = 2  # 1: engine and metadata in two files

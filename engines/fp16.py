@@ -29,7 +29,7 @@ import numpy as np
 
 from tsf_trt.errors import TsfError
 
-from .precision import KEEP_FP32_OPS
+from tsf_trt.engines.precision import KEEP_FP32_OPS
 
 #: Bump when the pass changes: the variant's file name and the engine keys follow it.
 PASS_VERSION = 1
@@ -161,11 +161,11 @@ def fp16_variant(source: Path, source_sha256: str, directory: Path) -> tuple[Pat
     it is published); returns its path and, when it was made now, the pass report.
 
     TensorRT's parser and ONNX Runtime read it by path, so it is a plain ONNX file whose name
-    holds its own SHA-256 (:func:`tsf_trt.cache_entry.find_named`): checked each time it is
+    holds its own SHA-256 (:func:`tsf_trt.files.cache_entry.find_named`): checked each time it is
     found, a damaged one is removed with one warning and made again."""
     import onnx
 
-    from tsf_trt import cache_entry
+    from tsf_trt.files import cache_entry
 
     stem = f"{source.stem}.{source_sha256[:16]}.fp16v{PASS_VERSION}"
     found = cache_entry.find_named(directory, stem, ".onnx")

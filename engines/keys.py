@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .profiles import Profile
+from tsf_trt.engines.profiles import Profile
 
 #: Bump when the way engines are built changes (builder settings, the FP16 pass), so
 #: that engines from an older tsf-trt are rebuilt rather than trusted.

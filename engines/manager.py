@@ -20,10 +20,10 @@ from pathlib import Path
 
 from tsf_trt.errors import TsfError
 
-from .engine_cache import CorruptEngine, EngineCache, Entry, engine_dir
-from .keys import EngineKey, Platform
-from .precision import check_precision, graph_precision
-from .profiles import DEFAULT_PROFILE, Profile, input_shapes
+from tsf_trt.engines.engine_cache import CorruptEngine, EngineCache, Entry, engine_dir
+from tsf_trt.engines.keys import EngineKey, Platform
+from tsf_trt.engines.precision import check_precision, graph_precision
+from tsf_trt.engines.profiles import DEFAULT_PROFILE, Profile, input_shapes
 
 Reporter = Callable[[str], None]
 Builder = Callable[..., bytes]          # build_engine's signature
@@ -67,7 +67,7 @@ class EngineManager:
         self.settings = settings or BuildSettings()
         self.cache = EngineCache(engine_dir(self.export_dir, self.manifest.get("model_id", "")))
         if builder is None:
-            from .build import build_engine as builder
+            from tsf_trt.engines.build import build_engine as builder
         self.builder = builder
         self.report = report
         self.progress = progress
@@ -107,9 +107,9 @@ class EngineManager:
             self.role(graph)
             path, sha = graph_path(self.export_dir, self.manifest, graph), self.manifest["graphs"][graph]["sha256"]
             if self.precision_of(graph) == "fp16":
-                from tsf_trt.fileformat import file_sha256
+                from tsf_trt.files.fileformat import file_sha256
 
-                from .fp16 import fp16_variant
+                from tsf_trt.engines.fp16 import fp16_variant
 
                 path, made = fp16_variant(path, sha, self.cache.directory / "fp16")
                 if made:

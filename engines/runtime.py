@@ -17,11 +17,11 @@ import numpy as np
 
 from tsf_trt.errors import TsfError
 
-from .build import trt_logger
-from .engine_cache import CorruptEngine
-from .gpu import import_tensorrt
-from .manager import EngineManager
-from .profiles import Profile
+from tsf_trt.engines.build import trt_logger
+from tsf_trt.engines.engine_cache import CorruptEngine
+from tsf_trt.engines.gpu import import_tensorrt
+from tsf_trt.engines.manager import EngineManager
+from tsf_trt.engines.profiles import Profile
 
 
 class EngineRunner:

@@ -14,14 +14,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tsf_trt.cache_dir import cache_root
 from tsf_trt.console import step
 from tsf_trt.errors import ModelError
+from tsf_trt.machine.cache_dir import cache_root
 from tsf_trt.model.config import ModelConfig
 from tsf_trt.model.meta import EXPORT_SUBDIR
 
-from .manifest import DEFAULT_OPSET, manifest_config, read_manifest
-from .roles import check_export
+from tsf_trt.export.manifest import DEFAULT_OPSET, manifest_config, read_manifest
+from tsf_trt.export.roles import check_export
 
 
 def cached_dir(model_id: str, opset: int = DEFAULT_OPSET) -> Path:
@@ -57,7 +57,7 @@ def find_export(model_id: str, model_dir: Path | None = None, opset: int = DEFAU
 
 def export_model(model, directory: Path, **kwargs: Any) -> Path:
     """:func:`tsf_trt.export.onnx_export.export_model`, imported on use (it needs PyTorch)."""
-    from .onnx_export import export_model as export
+    from tsf_trt.export.onnx_export import export_model as export
 
     return export(model, directory, **kwargs)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from tsf_trt import sequences
 from tsf_trt.errors import ModelError, TsfError
-from tsf_trt.fileformat import EXPORT_FORMAT as FORMAT
-from tsf_trt.fileformat import EXPORT_MANIFEST as MANIFEST
-from tsf_trt.fileformat import file_sha256, read_tagged_json
+from tsf_trt.files.fileformat import EXPORT_FORMAT as FORMAT
+from tsf_trt.files.fileformat import EXPORT_MANIFEST as MANIFEST
+from tsf_trt.files.fileformat import file_sha256, read_tagged_json
 from tsf_trt.model.config import ModelConfig
 
 DEFAULT_OPSET = 17  # the ONNX opset of `tsf-trt export` and of cached exports

@@ -23,15 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from tsf_trt import __version__, sequences
+from tsf_trt import sequences
 from tsf_trt.errors import ModelError, TsfError
+from tsf_trt.files.atomic import atomic_dir, check_folder_target
+from tsf_trt.files.ownership import EXPORT_DIR
 from tsf_trt.model import TSFSeq2Seq
-from tsf_trt.atomic import atomic_dir, check_folder_target
-from tsf_trt.ownership import EXPORT_DIR
+from tsf_trt.version import __version__
 
-from .graphs import BakedDecoderGraph, DecoderGraph, EncoderGraph, FusionGraph
-from .manifest import DEFAULT_OPSET, FORMAT, FORMAT_VERSION, MANIFEST, sha256
-from .roles import graph_metadata
+from tsf_trt.export.graphs import BakedDecoderGraph, DecoderGraph, EncoderGraph, FusionGraph
+from tsf_trt.export.manifest import DEFAULT_OPSET, FORMAT, FORMAT_VERSION, MANIFEST, sha256
+from tsf_trt.export.roles import graph_metadata
 
 FLOPS_SIZE = (240, 240)  # FLOPs are reported per slice at the BraTS in-plane size
 Step = Callable[[str], None]
@@ -135,7 +136,7 @@ def graph_io(path: Path) -> dict[str, dict[str, list[int | str]]]:
 def count_graph_flops(path: Path, spec: GraphSpec) -> dict[str, int]:
     import onnx
 
-    from .flops import count_flops
+    from tsf_trt.export.flops import count_flops
 
     height, width = FLOPS_SIZE
     fill = {"N": 1, "H": height, "W": width, "h": height // 4, "w": width // 4}
@@ -151,7 +152,7 @@ def export_model(model: TSFSeq2Seq, out_dir: str | Path, *, targets: Sequence[in
 
     `model_id` is the identity the graphs and manifest record (a ModelSource's); None: a
     hash of the weights, for a model built in Python. With `overwrite`, only an export
-    directory that holds nothing else is replaced (:data:`tsf_trt.ownership.EXPORT_DIR`),
+    directory that holds nothing else is replaced (:data:`tsf_trt.files.ownership.EXPORT_DIR`),
     anything at all with `own_location` (the cache's exports)."""
     from tsf_trt.model.checkpoint import weights_id
 
@@ -176,7 +177,7 @@ def export_model(model: TSFSeq2Seq, out_dir: str | Path, *, targets: Sequence[in
         flops = _flops_report(model, graphs, tmp, opset)
         verification = None
         if verify:
-            from .verify import verify_export
+            from tsf_trt.export.verify import verify_export
 
             step("verifying against PyTorch")
             verification = verify_export(model, tmp, graphs)

@@ -24,11 +24,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tsf_trt import __version__, sequences
+from tsf_trt import sequences
 from tsf_trt.errors import ModelError
 from tsf_trt.model.config import ModelConfig
+from tsf_trt.version import __version__
 
-from .manifest import MANIFEST, graph_path, manifest_config
+from tsf_trt.export.manifest import MANIFEST, graph_path, manifest_config
 
 ROLE_KEY = "tsf_trt.graph"              # the role: encoder, fusion, decoder, decoder_t2, ...
 TARGET_KEY = "tsf_trt.target"           # baked decoders only: the sequence name they synthesise

@@ -2,7 +2,7 @@
 files out: README "Performance" (issue 15's Goal table).
 
 Every variant on the same held-out phantom (seed 5000, 240x240 slices), T1 + T1Gd + FLAIR -> T2
-with TSEM, each run exactly as `tsf-trt infer` runs one subject (tsf_trt.jobs.infer_subject:
+with TSEM, each run exactly as `tsf-trt infer` runs one subject (tsf_trt.runs.jobs.infer_subject:
 read the NIfTI inputs, preflight, synthesise, write the NIfTI outputs and the report). The
 variants are interleaved, one warm-up each, then the round with the smallest end-to-end time
 of --rounds counts, so other load on a shared machine hurts every variant alike. Prints one
@@ -22,6 +22,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from tsf_trt.synthesis.options import RunOptions
 
 #: name -> (backend, precision, frame, batch size); "default" is `tsf-trt infer` with no options.
 VARIANTS = {
@@ -48,8 +49,8 @@ LABELS = {
 
 def phantom(folder: Path, slices: int):
     """The held-out phantom's subject (T1, T1Gd, FLAIR) and its true T2, as gzip NIfTI files."""
+    from tsf_trt.inputs.subjects import Subject, find_subjects
     from tsf_trt.phantoms import make_subject, subject_name, write_subject
-    from tsf_trt.subjects import Subject, find_subjects
 
     name = subject_name(5000, "brats2021")
     (folder / name).mkdir(parents=True)
@@ -60,12 +61,12 @@ def phantom(folder: Path, slices: int):
 
 def measure(model, names: list[str], slices: int, rounds: int, threads: int) -> list[dict]:
     """Every variant `rounds` times after a warm-up, interleaved; per variant its fastest round."""
-    from tsf_trt.jobs import infer_subject
+    from tsf_trt.files.volume import load_volume
     from tsf_trt.metrics import psnr
-    from tsf_trt.options import InferRequest
-    from tsf_trt.pipeline import Synthesizer
-    from tsf_trt.preprocess import normalize
-    from tsf_trt.volume import load_volume
+    from tsf_trt.runs.jobs import infer_subject
+    from tsf_trt.runs.request import InferRequest
+    from tsf_trt.synthesis.pipeline import Synthesizer
+    from tsf_trt.synthesis.preprocess import normalize
 
     tmp = Path(tempfile.mkdtemp(prefix="tsf-trt-frame-speed-"))
     subject, truth_path = phantom(tmp / "in", slices)
@@ -73,8 +74,8 @@ def measure(model, names: list[str], slices: int, rounds: int, threads: int) -> 
     synths = {}
     for name in names:
         backend, precision, frame, batch = VARIANTS[name]
-        synths[name] = Synthesizer(model, backend, frame=frame, threads=threads, precision=precision,
-                                   batch_size=batch)
+        synths[name] = Synthesizer(model, RunOptions(backend=backend, frame=frame, threads=threads, precision=precision,
+                                                     batch_size=batch))
     for name in names:
         (tmp / "out" / name).mkdir(parents=True)
     best: dict[str, dict] = {}

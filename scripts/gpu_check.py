@@ -23,6 +23,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from tsf_trt.synthesis.options import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,9 +161,9 @@ def make_backend(source, backend: str, precision: str, graphs: bool, mode: str, 
     from tsf_trt.backends.torch_staged import PlainIO, StagedRunner, eager_capture, prepared
 
     if backend == "trt":
-        from tsf_trt.backends import create_backend
+        from tsf_trt.synthesis.backend import create_backend
 
-        return create_backend("trt", source, device="cuda", precision=precision)
+        return create_backend(source, RunOptions(backend="trt", device="cuda", precision=precision))
     if not dry_run:
         return TorchBackend(source.module(), device="cuda", precision=precision, mode=mode, graphs=graphs,
                             channels_last=graphs, compile=compile)
@@ -178,7 +179,7 @@ def make_backend(source, backend: str, precision: str, graphs: bool, mode: str, 
 def model_rows(check: Check, model_name: str, volumes: dict[int, Any], variants) -> dict[str, Any]:
     """`variants` on `model_name`: 'demo', or 'paper' (random weights, seed 0; on a dry run the small
     preset stands in: same code path, CPU-sized)."""
-    from tsf_trt.source import ModelSource
+    from tsf_trt.synthesis.source import ModelSource
 
     if model_name == "paper":
         from tsf_trt.bench.suite import make_model
@@ -191,7 +192,7 @@ def model_rows(check: Check, model_name: str, volumes: dict[int, Any], variants)
 
 
 def _rows(check: Check, source, model_name: str, volumes: dict[int, Any], variants) -> dict[str, Any]:
-    from tsf_trt.pipeline import Synthesizer
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     depth = next(iter(volumes.values())).shape[0]
     errors = []

@@ -1,11 +1,11 @@
-"""The `trt` path on a GPU without TensorRT: tsf_trt/engines/cuda.py on the CUDA runtime
+"""The `trt` path on a GPU without TensorRT: engines/cuda.py on the CUDA runtime
 (:func:`cuda_checks`), and the `trt` backend's whole data flow with each TensorRT engine replaced by
 the torch module it was exported from, on the backend's own CUDA stream, checked against ONNX
 Runtime CPU (:func:`dataflow_check`); both are steps of scripts/gpu_check.py.
 
 Why: TensorRT's library wheels are often not installable where a GPU is, but everything around the
-engines can still be proven there — tsf_trt/engines/cuda.py's pooled buffers, pinned rings, row
-offsets, strided slot copies and event waits; tsf_trt/engines/runtime.py's EngineRunner (input
+engines can still be proven there — engines/cuda.py's pooled buffers, pinned rings, row
+offsets, strided slot copies and event waits; engines/runtime.py's EngineRunner (input
 shapes, 256-byte aligned tensor addresses, execute_async_v3 on the stream); trt_backend.py's stacking,
 fused / fused_avg halves and downloads. Only the engine is swapped, for the tests' TensorRT stand-in
 (tests/fake_trt.py, the one stand-in: the same refusals the tests hold the code to): its context
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tsf_trt.synthesis.options import RunOptions
 
 TARGET = 2                # T2, with TSEM, from the sources the caller's volumes hold
 TOLERANCE = 1e-4          # max |trt data flow - ONNX Runtime CPU| of image, TSEM and ω
@@ -202,7 +203,7 @@ def unavailable(dry_run: bool) -> str | None:
     from tsf_trt.engines.gpu import cuda_devices, has_cuda_python
 
     count, why = cuda_devices() if has_cuda_python() else (0, "cuda-python is not installed")
-    return None if count else f"needs cuda-python and a GPU it sees (tsf_trt/engines/cuda.py): {why}"
+    return None if count else f"needs cuda-python and a GPU it sees (engines/cuda.py): {why}"
 
 
 def dataflow_check(dry_run: bool, volumes_of: Callable[[tuple[int, int, int]], dict[int, np.ndarray]]
@@ -233,7 +234,7 @@ def dataflow_check(dry_run: bool, volumes_of: Callable[[tuple[int, int, int]], d
 def _exported(name: str, tmp: Path, done: dict[str, tuple[Any, Path]]) -> tuple[Any, Path]:
     """(ModelSource, export directory) of 'demo' or a preset's seeded random weights, made once."""
     from tsf_trt.export.cached_exports import export_model
-    from tsf_trt.source import ModelSource
+    from tsf_trt.synthesis.source import ModelSource
 
     if name not in done:
         if name == "demo":
@@ -252,7 +253,7 @@ def _case(name: str, model: tuple[Any, Path], shape_xyz: tuple[int, int, int], b
           volumes: dict[int, np.ndarray]) -> dict[str, Any]:
     from tsf_trt.backends.ort_backend import OrtBackend
     from tsf_trt.engines.cuda import GpuContext
-    from tsf_trt.pipeline import Synthesizer
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     (source, export), on_gpu = model, isinstance(memory, CudaMemory)
     device = memory.device if on_gpu else torch.device("cpu")
@@ -268,7 +269,7 @@ def _case(name: str, model: tuple[Any, Path], shape_xyz: tuple[int, int, int], b
 
     backend._output_pair = counted  # type: ignore[method-assign]
     try:
-        got = Synthesizer(backend, batch_size=batch).run(volumes, TARGET)
+        got = Synthesizer(backend, RunOptions(batch_size=batch)).run(volumes, TARGET)
         runs = {graph: runner.context.runs for graph, runner in backend.engines.runners.items()}
         if on_gpu:
             torch.cuda.synchronize(device)
@@ -276,7 +277,7 @@ def _case(name: str, model: tuple[Any, Path], shape_xyz: tuple[int, int, int], b
     finally:
         backend.close()
     with OrtBackend(export, threads=None) as ort:
-        want = Synthesizer(ort, batch_size=batch).run(volumes, TARGET)
+        want = Synthesizer(ort, RunOptions(batch_size=batch)).run(volumes, TARGET)
     return {"model": name, "shape_xyz": list(shape_xyz), "batch": batch,
             "image_max_abs": float(np.abs(got.image - want.image).max()),
             "tsem_max_abs": float(np.abs(got.tsem - want.tsem).max()),

@@ -7,7 +7,7 @@ catch: a skull and scalp around the brain, background noise (Rician, as magnitud
 at several levels; or uniform 50-200, a noise floor), a head-masked scan (skull kept, background
 zeroed), zero-filled corners (a raw scan resampled into a larger grid), fields of view cut to
 the head or to a 40 mm slab (less than a brain's volume in all, so the size rule cannot help).
-Every sequence of every subject is checked with :func:`tsf_trt.preflight.check_skull_stripped`
+Every sequence of every subject is checked with :func:`tsf_trt.inputs.preflight.check_skull_stripped`
 exactly as `infer` runs it; the figure is how many volumes warned. Subjects are drawn at the
 generator's 2.5 mm (96x96x62: the BraTS field of view) and at 1 mm (240x240x155), where the
 check's time per volume is measured too.
@@ -132,7 +132,7 @@ CASES: dict[str, tuple[bool, Dress]] = {
 def volume(data_xyz: np.ndarray, voxel_mm: float, name: str):
     import nibabel as nib
 
-    from tsf_trt.resample import volume_from_image
+    from tsf_trt.inputs.resample import volume_from_image
 
     affine = np.diag([-voxel_mm, -voxel_mm, voxel_mm, 1.0])
     return volume_from_image(nib.Nifti1Image(data_xyz, affine), f"/phantom/{name}.nii.gz")
@@ -140,7 +140,7 @@ def volume(data_xyz: np.ndarray, voxel_mm: float, name: str):
 
 def measure(seeds: int, full: int, timing_rounds: int = 5) -> tuple[dict[str, dict[str, list[int]]], dict[str, float]]:
     """Per case and resolution, [warned, checked]; and the check's median ms per 1 mm volume."""
-    from tsf_trt.preflight import check_skull_stripped
+    from tsf_trt.inputs.preflight import check_skull_stripped
 
     counts: dict[str, dict[str, list[int]]] = {case: {} for case in CASES}
     times: dict[str, list[float]] = {}

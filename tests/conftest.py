@@ -119,16 +119,16 @@ def no_model_load(monkeypatch):
     import tsf_trt.bench.suite
     import tsf_trt.model
     import tsf_trt.phantoms.generator
-    import tsf_trt.pipeline
-    import tsf_trt.source
+    import tsf_trt.synthesis.pipeline
+    import tsf_trt.synthesis.source
     import tsf_trt.train.bundle
     import tsf_trt.train.trainer
 
     def loaded(*args, **kwargs):
         raise AssertionError("the model was loaded (or the heavy work started) before the checks")
 
-    monkeypatch.setattr(tsf_trt.source.ModelSource, "module", loaded)
-    monkeypatch.setattr(tsf_trt.pipeline.Synthesizer, "of", loaded)
+    monkeypatch.setattr(tsf_trt.synthesis.source.ModelSource, "module", loaded)
+    monkeypatch.setattr(tsf_trt.synthesis.pipeline, "create_backend", loaded)  # what Synthesizer loads with
     monkeypatch.setattr(tsf_trt.model, "import_reference", loaded)
     monkeypatch.setattr(tsf_trt.train.bundle, "load_model", loaded)
     monkeypatch.setattr(tsf_trt.train.trainer, "_build_model", loaded)

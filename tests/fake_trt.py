@@ -112,7 +112,7 @@ def open_profile(inputs: dict[str, list]) -> dict[str, list[list[int]]]:
 
 
 class FakeEngines:
-    """EngineSet's interface (tsf_trt/engines/runtime.py): a real EngineRunner per graph, created on
+    """EngineSet's interface (engines/runtime.py): a real EngineRunner per graph, created on
     first use, over a FakeEngine of its ONNX graph (or of `graphs[name]`) on `memory`."""
 
     def __init__(self, manager, memory: Memory, graphs: dict[str, Graph] | None = None, trt=None):

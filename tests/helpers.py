@@ -204,7 +204,7 @@ def paper_keys() -> dict[str, dict[str, tuple[int, ...]]]:
 
 def payload_start(blob: bytes) -> int:
     """Where the runtime's own bytes begin in a cache file: after the 3 header lines of a verified
-    entry (tsf_trt.cache_entry), at 0 in a plain file (tsf-trt before issue 22)."""
+    entry (tsf_trt.files.cache_entry), at 0 in a plain file (tsf-trt before issue 22)."""
     if not blob.startswith(b"tsf-trt cache entry"):
         return 0
     at = 0

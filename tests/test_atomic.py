@@ -1,4 +1,4 @@
-"""tsf_trt.atomic, function by function: a file or folder appears complete under its final name or
+"""tsf_trt.files.atomic, function by function: a file or folder appears complete under its final name or
 not at all, groups publish in order and roll back only what they put in place, leftovers go only
 when their writer is dead, and what may be replaced is checked (no model, no CLI; the commands'
 own promises are in tests/test_data_safety.py and tests/test_command_safety.py).
@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-import tsf_trt.atomic as atomic
+import tsf_trt.files.atomic as atomic
 from tests.helpers import dead_pid
-from tsf_trt.atomic import (atomic_dir, atomic_group, atomic_path, check_folder_target, check_writable, link_exclusive,
-                            remove_stale, stale_leftovers, temp_path)
 from tsf_trt.errors import InputError
-from tsf_trt.owners import Owner, host_tag, leftover_owner
-from tsf_trt.ownership import FolderKind, first_foreign
+from tsf_trt.files.atomic import (atomic_dir, atomic_group, atomic_path, check_folder_target, check_writable,
+                                  link_exclusive, remove_stale, stale_leftovers, temp_path)
+from tsf_trt.files.owners import Owner, host_tag, leftover_owner
+from tsf_trt.files.ownership import FolderKind, first_foreign
 
-OURS = '{"tsf_trt_version": "0.1.0"}'  # a JSON file tsf-trt wrote (tsf_trt.ownership recognises the mark)
+OURS = '{"tsf_trt_version": "0.1.0"}'  # a JSON file tsf-trt wrote (tsf_trt.files.ownership recognises the mark)
 #: A folder kind for the tests: a folder holding only `made.txt` files is one of ours.
 KIND = FolderKind("a test output folder", lambda folder: first_foreign(folder, lambda name, _: name == "made.txt"))
 

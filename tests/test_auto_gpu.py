@@ -1,7 +1,7 @@
 """`--backend auto` on a GPU: the GPU backends that pass their checks are timed on one probe batch
 and offered fastest first; one that fails to build or to run is left out with its reason; the
 verdict is kept per model, GPU, precision and candidate set. No GPU here: the candidates are
-stand-in backends whose batches take a set time on a fake clock (tsf_trt/backends/auto.py)."""
+stand-in backends whose batches take a set time on a fake clock (tsf_trt/synthesis/auto.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tsf_trt import backends
-from tsf_trt.backends import auto
 from tsf_trt.backends.base import Backend
 from tsf_trt.errors import TsfError
-from tsf_trt.source import ModelSource
+from tsf_trt.synthesis.backend import create_backend
+from tsf_trt.synthesis import auto, precision_auto
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.source import ModelSource
 
 
 class Clock:
@@ -81,13 +82,13 @@ def gpu(small_model_dir, tmp_path, monkeypatch):
         return Timed(name, source.config, machine.costs.get(name, 2e-3), clock, machine.run_errors.get(name))
 
     monkeypatch.setattr(auto, "gpu_problem", gpu_problem)
-    monkeypatch.setattr(backends, "_create", create)
+    monkeypatch.setattr(precision_auto, "build_backend", create)  # every backend auto builds goes through it
     monkeypatch.setattr(auto, "choose_backend", lambda *a, **k: "ort")  # the CPU's own (measured) choice
     return machine
 
 
 def records(machine) -> list[dict]:
-    from tsf_trt.cache_dir import cache_root
+    from tsf_trt.machine.cache_dir import cache_root
 
     return [json.loads(p.read_text()) for p in sorted((cache_root() / "auto").glob(f"{machine.source.model_id}-*"))]
 
@@ -121,10 +122,10 @@ def test_one_that_fails_on_the_probe_batch_is_left_out(gpu):
 
 
 def test_create_backend_takes_the_fastest_and_falls_back_to_the_next(gpu):
-    with backends.create_backend("auto", gpu.source, device="cuda:1") as backend:
+    with create_backend(gpu.source, RunOptions(backend="auto", device="cuda:1", precision="fp32")) as backend:
         assert backend.name == "torch" and gpu.created[-1] == ("torch", "cuda:1")
     gpu.build_errors["torch"] = "out of GPU memory now"  # the fastest fails when created later: the next one
-    with backends.create_backend("auto", gpu.source, device="cuda:1") as backend:
+    with create_backend(gpu.source, RunOptions(backend="auto", device="cuda:1", precision="fp32")) as backend:
         assert backend.name == "trt"
 
 
@@ -158,7 +159,7 @@ def test_a_bad_ranking_record_is_measured_again(gpu, caplog, edit, problem):
     timed again and replaced."""
     import logging
 
-    from tsf_trt.cache_dir import cache_root
+    from tsf_trt.machine.cache_dir import cache_root
 
     first = list(auto.plan(gpu.source, device="cuda"))
     (path,) = (cache_root() / "auto").glob(f"{gpu.source.model_id}-*")

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from tsf_trt.errors import TsfError
+from tsf_trt.synthesis.options import RunOptions
 
 
 @pytest.fixture(params=["torch", "ort", "openvino"])
 def backend(request, small_model_dir):
-    from tsf_trt.backends import create_backend
+    from tsf_trt.synthesis.backend import create_backend
 
-    return create_backend(request.param, small_model_dir, threads=1)
+    return create_backend(small_model_dir, RunOptions(backend=request.param, threads=1, precision="fp32"))
 
 
 def test_decode_takes_the_target_index(backend):
@@ -38,11 +39,11 @@ def test_a_backend_is_a_context_manager_closed_once(backend):
 
 def test_a_seq2seq_only_model_cannot_fuse():
     from tests.helpers import DATA
-    from tsf_trt.backends import create_backend
     from tsf_trt.model import PRESETS, import_reference
+    from tsf_trt.synthesis.backend import create_backend
 
     seq2seq_only = import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"])
-    with create_backend("torch", seq2seq_only) as backend:
+    with create_backend(seq2seq_only, RunOptions(backend="torch", precision="fp32")) as backend:
         features = backend.encode(np.zeros((1, 3, 16, 16), np.float32))
         with pytest.raises(TsfError, match="no fusion stage"):
             backend.fuse({0: features}, np.zeros((1, 8), np.float32))

@@ -177,7 +177,7 @@ def test_markdown_and_plot(run):
 
 
 def test_export_directory_torch_skipped_no_reference(light, run, small_model_dir, tmp_path):
-    from tsf_trt.source import ModelSource
+    from tsf_trt.synthesis.source import ModelSource
 
     export = ModelSource.resolve(small_model_dir).export_dir()  # cached by the run above
     result = cli("--model", export, "--backends", "torch,ort", "--no-reference", "--batch-sizes", 2,
@@ -274,8 +274,8 @@ def test_real_subject_folder(light, small_model_dir, tmp_path):
 
 def test_units_of_the_report():
     from tsf_trt.bench.runner import contention_warnings
-    from tsf_trt.bench.variants import parse_backends
     from tsf_trt.bench.stats import summarize
+    from tsf_trt.bench.variants import parse_backends
     from tsf_trt.bench.workload import check_shape
 
     stat = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
@@ -527,9 +527,9 @@ def test_rows_take_turns_unless_asked_not_to(interleave, light, small_model_dir,
     """Interleaved, iteration k of every row runs before iteration k+1 of any (other load on a shared
     machine falls on every row alike), and rows that differ by frame share one backend;
     --no-interleave: one row's iterations after the other's, one backend per row."""
-    from tsf_trt import jobs
     from tsf_trt.bench import runner
     from tsf_trt.bench.runner import BenchSettings, run_bench
+    from tsf_trt.runs import jobs
 
     order, opened = [], []
     real_infer, real_create = jobs.infer_subject, runner.create_variant

@@ -1,4 +1,4 @@
-"""BIDS names, discovery in a raw dataset and derivative naming (tsf_trt/bids.py).
+"""BIDS names, discovery in a raw dataset and derivative naming (tsf_trt/inputs/bids.py).
 
 File names marked "spec" are the BIDS specification's own examples, with the section they
 come from; trees are empty placeholder files, since only names are read here."""
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tsf_trt import bids
-from tsf_trt.bids import BidsName, find_cases, format_name, parse_name
 from tsf_trt.errors import InputError, TsfError
+from tsf_trt.inputs import bids
+from tsf_trt.inputs.bids import BidsName, find_cases, format_name, parse_name
 
 from tests.helpers import FLAIR, T1, T1GD, T2, touch  # empty files: only names matter here
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tsf_trt.model import PRESETS, load_model
 from tsf_trt.bundled import BUNDLED, resolve_model
-from tsf_trt.source import ModelSource
+from tsf_trt.model import PRESETS, load_model
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.source import ModelSource
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,12 +55,12 @@ def test_bundled_model_synthesises_a_held_out_phantom(held_out_slab):
     untrained, and using all three inputs beats using T1 alone (the paper's first finding)."""
     from tsf_trt import metrics
     from tsf_trt.model import TSFSeq2Seq
-    from tsf_trt.pipeline import Synthesizer
-    from tsf_trt.preprocess import normalize
+    from tsf_trt.synthesis.pipeline import Synthesizer
+    from tsf_trt.synthesis.preprocess import normalize
 
     truth = normalize(held_out_slab["t2"])
-    trained = Synthesizer(BUNDLED["demo"], "torch")
-    untrained = Synthesizer(TSFSeq2Seq(PRESETS["demo"], with_fusion=True).eval(), "torch")
+    trained = Synthesizer(BUNDLED["demo"], RunOptions(backend="torch"))
+    untrained = Synthesizer(TSFSeq2Seq(PRESETS["demo"], with_fusion=True).eval(), RunOptions(backend="torch"))
 
     def score(synth, names):
         r = synth.run({n: held_out_slab[n] for n in names}, "t2", tsem=False)
@@ -77,6 +78,18 @@ def test_resolve_model_passes_paths_through(tmp_path):
 
 
 def test_synthesizer_takes_the_bundled_name():
-    from tsf_trt.pipeline import Synthesizer
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
-    assert Synthesizer("demo", "torch").backend.model_id == ModelSource.resolve("demo").model_id
+    assert Synthesizer("demo", RunOptions(backend="torch")).backend.model_id == ModelSource.resolve("demo").model_id
+
+
+def test_the_bundled_exports_caches_go_to_the_cache_root(tmp_path, monkeypatch):
+    """The installed package is never written: a runtime's cache for the bundled export is under the
+    cache root, an ordinary export's beside it (a module that finds the package from its own
+    file must say where it sits: tsf_trt/machine/cache_dir.py)."""
+    from tsf_trt.machine.cache_dir import cache_root, runtime_cache
+
+    monkeypatch.setenv("TSF_TRT_CACHE", str(tmp_path / "cache"))
+    bundled = runtime_cache(BUNDLED["demo"] / "export", "ort")
+    assert bundled is not None and cache_root() in bundled.parents
+    assert runtime_cache(tmp_path / "export", "ort") == tmp_path / "export" / ".ort-cache"

@@ -56,7 +56,7 @@ def test_npz_and_pt_imports_agree(small_model):
 
 
 def test_save_and_load_round_trip(small_model, tmp_path):
-    from tsf_trt.source import ModelSource
+    from tsf_trt.synthesis.source import ModelSource
 
     directory = save_model(small_model, tmp_path / "m", origin={"note": "test"})
     meta = read_model_meta(directory)

@@ -1,4 +1,4 @@
-"""tsf_trt.claims, function by function: how a claim is taken, judged, superseded, swept,
+"""tsf_trt.runs.claims, function by function: how a claim is taken, judged, superseded, swept,
 released and kept fresh, and the lease's bounds (no model, no CLI; the processes that share a
 folder through these claims are in tests/test_folder_processes.py and tests/test_cohort_safety.py).
 
@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import dead_pid
-from tsf_trt.atomic import temp_path
-from tsf_trt.claims import (LEASE_BOUNDS_S, RUN_STEM, Claim, Claims, Holder, ModelConflict, check_lease,
-                            live_runs)
 from tsf_trt.errors import TsfError
-from tsf_trt.owners import Owner, host_tag
+from tsf_trt.files.atomic import temp_path
+from tsf_trt.files.owners import Owner, host_tag
+from tsf_trt.runs.claims import LEASE_BOUNDS_S, RUN_STEM, Claim, Claims, Holder, ModelConflict, check_lease, live_runs
 
 STEM = "sub01_t2"
 ELSEWHERE = "0badf00d"  # a host tag that is not this machine's (host_tag() hashes the host name)

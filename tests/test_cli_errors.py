@@ -120,7 +120,7 @@ def test_model_path_does_not_exist(case, tmp_path):
 
 
 def test_bundled_model_is_the_default(case):
-    from tsf_trt.source import ModelSource
+    from tsf_trt.synthesis.source import ModelSource
 
     inp, out, t1, flair = case
     result = cli("infer", "--inputs", t1, flair, "--target", "t2", "-o", out, "--backend", "torch")

@@ -10,23 +10,24 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import files_under, infer
+from tsf_trt.synthesis.options import RunOptions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _subject(t1: Path, flair: Path):
-    from tsf_trt.subjects import Subject
+    from tsf_trt.inputs.subjects import Subject
 
     return Subject("sub", {0: t1, 3: flair})
 
 
 def test_interrupt_mid_volume_leaves_nothing(case, small_model_dir):
-    from tsf_trt.jobs import infer_subject
-    from tsf_trt.options import InferRequest
-    from tsf_trt.pipeline import Synthesizer
+    from tsf_trt.runs.jobs import infer_subject
+    from tsf_trt.runs.request import InferRequest
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     inp, out, t1, flair = case
-    synth = Synthesizer(small_model_dir, batch_size=2)
+    synth = Synthesizer(small_model_dir, RunOptions(batch_size=2))
     calls = []
 
     def progress(done, total):
@@ -41,13 +42,13 @@ def test_interrupt_mid_volume_leaves_nothing(case, small_model_dir):
 
 @pytest.mark.parametrize("on_call", [1, 2])
 def test_interrupt_while_writing_leaves_nothing(case, small_model_dir, monkeypatch, on_call):
-    import tsf_trt.outputs
-    from tsf_trt.jobs import infer_subject
-    from tsf_trt.options import InferRequest
-    from tsf_trt.pipeline import Synthesizer
+    import tsf_trt.runs.outputs
+    from tsf_trt.runs.jobs import infer_subject
+    from tsf_trt.runs.request import InferRequest
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     inp, out, t1, flair = case
-    real = tsf_trt.outputs.write_volume
+    real = tsf_trt.runs.outputs.write_volume
     calls = []
 
     def save_then_interrupt(*args, **kwargs):
@@ -57,21 +58,21 @@ def test_interrupt_while_writing_leaves_nothing(case, small_model_dir, monkeypat
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(tsf_trt.outputs, "write_volume", save_then_interrupt)
+    monkeypatch.setattr(tsf_trt.runs.outputs, "write_volume", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        infer_subject(Synthesizer(small_model_dir, batch_size=2), _subject(t1, flair), InferRequest(2, output=out))
+        infer_subject(Synthesizer(small_model_dir, RunOptions(batch_size=2)), _subject(t1, flair), InferRequest(2, output=out))
     assert len(calls) == on_call
     assert files_under(out) == []
 
 
 def test_interrupt_between_renames_leaves_nothing(case, small_model_dir, monkeypatch):
-    import tsf_trt.atomic
-    from tsf_trt.jobs import infer_subject
-    from tsf_trt.options import InferRequest
-    from tsf_trt.pipeline import Synthesizer
+    import tsf_trt.files.atomic
+    from tsf_trt.runs.jobs import infer_subject
+    from tsf_trt.runs.request import InferRequest
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     inp, out, t1, flair = case
-    real = tsf_trt.atomic.publish
+    real = tsf_trt.files.atomic.publish
 
     def publish(tmp, path, overwrite):
         # The temp files of save_volume are published into other temp files (hidden names);
@@ -80,21 +81,21 @@ def test_interrupt_between_renames_leaves_nothing(case, small_model_dir, monkeyp
             raise KeyboardInterrupt
         return real(tmp, path, overwrite)
 
-    monkeypatch.setattr(tsf_trt.atomic, "publish", publish)
+    monkeypatch.setattr(tsf_trt.files.atomic, "publish", publish)
     with pytest.raises(KeyboardInterrupt):
-        infer_subject(Synthesizer(small_model_dir, batch_size=2), _subject(t1, flair), InferRequest(2, output=out))
+        infer_subject(Synthesizer(small_model_dir, RunOptions(batch_size=2)), _subject(t1, flair), InferRequest(2, output=out))
     assert files_under(out) == []
 
 
 def test_cli_interrupt_exit_code_and_message(case, small_model_dir, monkeypatch):
-    import tsf_trt.outputs
+    import tsf_trt.runs.outputs
 
     inp, out, t1, flair = case
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tsf_trt.outputs, "write_volume", interrupt)
+    monkeypatch.setattr(tsf_trt.runs.outputs, "write_volume", interrupt)
     result = infer(small_model_dir, out, t1, flair)
     assert result.exit_code == 130
     assert "Traceback" not in result.output

@@ -28,6 +28,7 @@ import pytest
 from tests.helpers import (SCRIPT, SHAPE, assert_clean_error, cli, cohort, files_under, hidden_files, make_head,
                            problem_lines, snapshot, subject_folder, write_nifti, write_pair)
 from tests.helpers import FAST as TORCH
+from tsf_trt.synthesis.options import RunOptions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -40,7 +41,7 @@ def _model_ids(out: Path, pattern: str = "*/*_t2.json") -> dict[str, str]:
 
 
 def _model_id(model_dir: Path) -> str:
-    from tsf_trt.source import ModelSource
+    from tsf_trt.synthesis.source import ModelSource
 
     return ModelSource.resolve(model_dir).model_id
 
@@ -57,11 +58,11 @@ def test_a_second_model_on_a_finished_folder_is_one_error_before_its_model_loads
     assert ours != theirs and set(_model_ids(out).values()) == {ours}
     before = snapshot(out)
 
-    from tsf_trt.pipeline import Synthesizer
+    import tsf_trt.synthesis.pipeline as pipeline
 
-    loaded = Synthesizer.of
+    loaded = pipeline.create_backend
     calls = []
-    monkeypatch.setattr(Synthesizer, "of", classmethod(lambda cls, *a, **k: calls.append(1) or loaded(*a, **k)))
+    monkeypatch.setattr(pipeline, "create_backend", lambda *a, **k: calls.append(1) or loaded(*a, **k))
     second = cli("infer", "--inputs", data, "--target", "t2", "--model", small_export_dir, "-o", out, *ORT)
     message = assert_clean_error(second, str(out), ours, theirs, "--overwrite")
     assert "already complete" not in second.output and LOADING not in second.stderr and calls == []
@@ -124,9 +125,9 @@ def test_a_bids_derivative_names_one_model(tmp_path, small_model_dir, small_expo
 
 
 def test_a_live_run_of_another_model_stops_a_run_that_registers_later(tmp_path):
-    """The registration (tsf_trt.claims.Claims.join) in one process: the earlier run of
+    """The registration (tsf_trt.runs.claims.Claims.join) in one process: the earlier run of
     another model holds the folder, a later one of the same model joins it."""
-    from tsf_trt.claims import Claims, ModelConflict, live_runs
+    from tsf_trt.runs.claims import Claims, ModelConflict, live_runs
 
     with Claims() as first:
         first.join(tmp_path, "t2", "model-a")
@@ -143,15 +144,15 @@ def test_a_live_run_of_another_model_stops_a_run_that_registers_later(tmp_path):
 def test_a_report_of_another_model_is_never_taken_as_done(tmp_path, small_model_dir):
     """The per-subject guard, for runs that skip the folder check (library use): infer_folder
     stops at another model's report, and with overwrite redoes it."""
-    from tsf_trt.claims import ModelConflict
-    from tsf_trt.jobs import infer_folder
+    from tsf_trt.inputs.subjects import find_subjects
     from tsf_trt.model import load_model
-    from tsf_trt.options import InferRequest
-    from tsf_trt.pipeline import Synthesizer
-    from tsf_trt.subjects import find_subjects
+    from tsf_trt.runs.claims import ModelConflict
+    from tsf_trt.runs.jobs import infer_folder
+    from tsf_trt.runs.request import InferRequest
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     data, out = subject_folder(tmp_path / "data", ("sub01",)), tmp_path / "out"
-    synth = Synthesizer(load_model(small_model_dir), batch_size=4)
+    synth = Synthesizer(load_model(small_model_dir), RunOptions(batch_size=4))
     assert infer_folder(synth, find_subjects(data), InferRequest(2, output=out)).count("done") == 1
     report = out / "sub01" / "sub01_t2.json"
     report.write_text(report.read_text().replace(synth.backend.model_id, "another-model"))
@@ -264,9 +265,9 @@ def _unshare() -> list[str]:
 
 def test_another_pid_namespace_is_another_host():
     """Its pids mean nothing here (pid 1 there is init here): its host tag differs."""
-    from tsf_trt.owners import host_tag
+    from tsf_trt.files.owners import host_tag
 
-    there = subprocess.run([*_unshare(), sys.executable, "-c", "from tsf_trt.owners import host_tag, Owner; "
+    there = subprocess.run([*_unshare(), sys.executable, "-c", "from tsf_trt.files.owners import host_tag, Owner; "
                             "print(host_tag(), Owner.current().pid)"], capture_output=True, text=True, timeout=60)
     tag, pid = there.stdout.split()
     assert pid == "1" and tag != host_tag() and len(tag) == 8

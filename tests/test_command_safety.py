@@ -4,7 +4,7 @@
   that is, contains or is inside an input (through links too) is refused in one line.
 * --overwrite replaces only what tsf-trt wrote: a folder only when it is tsf-trt's output of
   that kind holding nothing else, a file only when it carries tsf-trt's mark
-  (tsf_trt.ownership); anything else is refused in one line naming it, and left as it was.
+  (tsf_trt.files.ownership); anything else is refused in one line naming it, and left as it was.
 * Every option and output location is checked before the model loads (the `no_model_load`
   fixture makes loading a model fail the test).
 * Leftovers of killed runs are swept by the next run, never a live process's (real
@@ -251,7 +251,7 @@ def test_bench_and_demo_overwrite_never_replace_a_users_file(model_copy, tmp_pat
 
 def test_own_files_are_recognised(tmp_path):
     """What --overwrite may replace, by content (the other side of the refusals above)."""
-    from tsf_trt.ownership import PNG_METADATA, is_own_file
+    from tsf_trt.files.ownership import PNG_METADATA, is_own_file
 
     ours = {"a.json": {"tsf_trt_version": "0"}, "b.json": {"format": "tsf-trt-evaluation"},
             "c.json": {"tool": "tsf-trt bench"}, "d.json": {"Description": "TSEM: |output with - ...|"}}
@@ -273,8 +273,8 @@ def test_own_files_are_recognised(tmp_path):
 def test_caches_are_recognised_by_where_they_are(small_export_dir, tmp_path):
     """Engines and optimised graphs carry no mark: they are tsf-trt's by the folder they are in
     (an export directory's engines/ or .NAME-cache/, or the tsf-trt cache)."""
-    from tsf_trt.cache_dir import cache_root
-    from tsf_trt.ownership import is_own_file
+    from tsf_trt.files.ownership import is_own_file
+    from tsf_trt.machine.cache_dir import cache_root
 
     export = Path(shutil.copytree(small_export_dir, tmp_path / "exp"))
     cached = cache_root() / "engines" / "x" / "a.engine"

@@ -12,12 +12,12 @@ import os
 import pytest
 import torch
 
-from tsf_trt.bench import variants
-from tsf_trt.bench.variants import Variant, check_compile, create_variant, expand
 from tests.helpers import assert_clean_error, cli, files_under, run_stages
 from tsf_trt.backends.torch_backend import TorchBackend
+from tsf_trt.bench import variants
+from tsf_trt.bench.variants import Variant, check_compile, create_variant, expand
 from tsf_trt.errors import TsfError
-from tsf_trt.options import RunOptions
+from tsf_trt.synthesis.options import RunOptions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -69,12 +69,12 @@ def test_infer_compiled_runs_and_says_so(case, small_model_dir, dynamo_eager):
     assert "torch.compile" not in (plain / "sub_t2.json").read_text()
 
 
-def test_synthesizer_of_builds_the_compiled_backend(small_model_dir, monkeypatch):
-    from tsf_trt.pipeline import Synthesizer
+def test_synthesizer_builds_the_compiled_backend(small_model_dir, monkeypatch):
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
-    assert not Synthesizer.of(small_model_dir, RunOptions("torch", "cpu", "fp32")).backend.compiled
+    assert not Synthesizer(small_model_dir, RunOptions("torch", "cpu", "fp32")).backend.compiled
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
-    backend = Synthesizer.of(small_model_dir, RunOptions("torch", "cpu", "fp32", compile=True)).backend
+    backend = Synthesizer(small_model_dir, RunOptions("torch", "cpu", "fp32", compile=True)).backend
     assert isinstance(backend, TorchBackend) and backend.compiled and backend.precision == "fp32"
 
 
@@ -114,8 +114,8 @@ def test_bench_variants_get_a_compiled_twin_of_each_torch_row():
 
 def test_create_variant_passes_compile(monkeypatch):
     seen = {}
-    monkeypatch.setattr(variants, "create_backend", lambda *a, **k: seen.update(k) or "backend")
+    monkeypatch.setattr(variants, "create_backend", lambda model, options, **k: seen.update(options=options) or "backend")
     assert create_variant(Variant("torch", compile=True), "model", device="cpu", threads=1) == "backend"
-    assert seen["compile"] is True
+    assert seen["options"].compile is True
     create_variant(Variant("ort"), "model", device="cpu", threads=1)
-    assert seen["compile"] is False
+    assert seen["options"].compile is False

@@ -30,7 +30,7 @@ import pytest
 from tests.helpers import (AFFINE_LPS, FAST, SCRIPT, SHAPE, cli, files_under, make_head, payload_start, problem_lines,
                            snapshot, subject_folder, write_nifti)
 from tsf_trt.errors import InputError
-from tsf_trt.volume import load_volume
+from tsf_trt.files.volume import load_volume
 
 SMALL = (16, 14, 6)  # a tiny volume: a few hundred flips load in about a second
 
@@ -185,7 +185,7 @@ def test_a_damaged_nii_gz_fails_its_subject_in_one_line(tmp_path, small_model_di
 def test_a_header_claiming_more_than_memory_is_refused_before_inflating(tmp_path, monkeypatch):
     """The claimed size is checked on the header, before the whole stream is inflated: the held
     decompressed bytes count in the memory estimate."""
-    import tsf_trt.volume as volume
+    import tsf_trt.files.volume as volume
 
     path = _nifti_gz(tmp_path / "big.nii.gz", (40, 40, 40))
     monkeypatch.setattr(volume, "_available_memory", lambda: 40 * 40 * 40 * 4 * 2 + 100)
@@ -304,7 +304,7 @@ def test_a_tampered_ort_optimised_graph_is_rebuilt_with_one_warning(small_export
 
 
 def test_an_entry_is_used_only_when_every_byte_is_as_written(tmp_path, caplog):
-    from tsf_trt import cache_entry
+    from tsf_trt.files import cache_entry
 
     path = tmp_path / "x.entry"
     payload = np.random.default_rng(0).bytes(3000)
@@ -330,7 +330,7 @@ def test_an_entry_is_used_only_when_every_byte_is_as_written(tmp_path, caplog):
 _WRITER = """
 import sys, os
 from pathlib import Path
-from tsf_trt import cache_entry
+from tsf_trt.files import cache_entry
 path, tag = Path(sys.argv[1]), sys.argv[2]
 for i in range(int(sys.argv[3])):
     cache_entry.save(path, (tag * 100 + str(i)).encode() * 40000, {"writer": tag, "i": i})
@@ -345,7 +345,7 @@ def test_concurrent_writers_and_readers_see_a_whole_entry_or_none(tmp_path):
     import signal
     import time
 
-    from tsf_trt import cache_entry
+    from tsf_trt.files import cache_entry
 
     path = tmp_path / "shared.entry"
     writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), tag, "15"]) for tag in "abcd"]
@@ -374,7 +374,7 @@ def test_processes_building_one_ort_cache_at_once_leave_valid_entries(small_expo
     .ort-cache (as a folder run of many processes does): each optimises and publishes the same
     graphs; all three synthesise the same image, with no warning, and the cache then holds only
     entries that pass their check (and no temporary file)."""
-    from tsf_trt import cache_entry
+    from tsf_trt.files import cache_entry
 
     export = shutil.copytree(small_export_dir, tmp_path / "export", ignore=shutil.ignore_patterns(".*-cache"))
     t1 = write_nifti(tmp_path / "in" / "sub_t1.nii.gz", make_head(SHAPE, seed=0))
@@ -417,8 +417,8 @@ def test_a_damaged_fp16_graph_is_made_again_with_one_warning(small_export_dir, t
 
 
 def _cpu_record(model_dir: Path) -> Path:
-    from tsf_trt.cache_dir import cache_root, machine_key
-    from tsf_trt.source import ModelSource
+    from tsf_trt.machine.cache_dir import cache_root, machine_key
+    from tsf_trt.synthesis.source import ModelSource
 
     model_id = ModelSource.resolve(model_dir).model_id
     return cache_root() / "auto" / f"{model_id}-{machine_key()}-t1-fp32-p3.json"
@@ -428,7 +428,7 @@ def _cpu_record(model_dir: Path) -> Path:
 def quick_auto(monkeypatch):
     """`--backend auto` on the CPU with a tiny probe and no OpenVINO (OpenVINO tests stay in their
     own file: tests/conftest.py): this checks which record is trusted, not the speed."""
-    from tsf_trt.backends import auto
+    from tsf_trt.synthesis import auto
 
     monkeypatch.setattr(auto, "PROBE", (16, 16))
     monkeypatch.setattr(auto, "CPU_CANDIDATES", ("torch", "ort"))
@@ -474,9 +474,9 @@ def test_a_bad_precision_verdict_is_checked_again(small_model_dir, tmp_path, mon
     tests which record is trusted)."""
     import json
 
-    from tsf_trt.backends import precision_auto
-    from tsf_trt.cache_dir import cache_root, machine_key
-    from tsf_trt.source import ModelSource
+    from tsf_trt.machine.cache_dir import cache_root, machine_key
+    from tsf_trt.synthesis import precision_auto
+    from tsf_trt.synthesis.source import ModelSource
 
     checked = []
     monkeypatch.setattr(precision_auto, "native_bf16", lambda: True)
@@ -505,7 +505,7 @@ def test_a_bad_precision_verdict_is_checked_again(small_model_dir, tmp_path, mon
     ({"precision": "fp32", "why": "x", "extra": 1}, "unknown fields"),
 ])
 def test_verdict_records_are_checked_against_the_rule(record, problem):
-    from tsf_trt.backends import precision_auto, records
+    from tsf_trt.synthesis import precision_auto, records
 
     found = records.verdict_problem(record, precision_auto.passes)
     assert found is not None and problem in found, found

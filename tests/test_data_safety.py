@@ -74,7 +74,7 @@ def test_subject_name_cannot_leave_the_output_folder(tmp_path, small_model_dir, 
 
 
 def test_rerun_removes_leftovers_of_dead_runs_only(tmp_path, small_model_dir):
-    from tsf_trt.owners import Owner, host_tag, process_start
+    from tsf_trt.files.owners import Owner, host_tag, process_start
 
     data, out = subject_folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
     folder = out / "sub01"
@@ -108,7 +108,7 @@ def test_rerun_removes_leftovers_of_dead_runs_only(tmp_path, small_model_dir):
 
 def test_a_live_claim_is_left_alone(tmp_path, small_model_dir):
     """A subject claimed by a live process elsewhere is not done twice, and its claim stays."""
-    from tsf_trt.owners import Owner, host_tag, process_start
+    from tsf_trt.files.owners import Owner, host_tag, process_start
 
     data, out = subject_folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
     live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -135,7 +135,7 @@ def test_wait_takes_over_when_the_holder_dies(tmp_path, small_model_dir):
     """--wait: a subject a live run holds is looked at again, and taken over once its holder is gone."""
     import threading
 
-    from tsf_trt.owners import Owner, host_tag, process_start
+    from tsf_trt.files.owners import Owner, host_tag, process_start
 
     data, out = subject_folder(tmp_path / "data", ["sub01", "sub02"]), tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -190,14 +190,14 @@ def test_header_claiming_a_huge_volume_is_one_line(tmp_path, small_model_dir, su
 
 
 def test_disk_full_while_writing_outputs_is_one_line(case, small_model_dir, monkeypatch):
-    import tsf_trt.outputs
+    import tsf_trt.runs.outputs
 
     _, out, t1, flair = case
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tsf_trt.outputs, "write_volume", full)
+    monkeypatch.setattr(tsf_trt.runs.outputs, "write_volume", full)
     result = cli("infer", "--inputs", t1, flair, "--target", "t2", "-o", out, "--model", small_model_dir, *FAST)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # after the progress bar

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from tests.helpers import assert_clean_error
 from tsf_trt import metrics
 from tsf_trt.cli import app
-from tsf_trt.demo import DEMO_SEED, TASKS
-from tsf_trt.preprocess import OUTPUT_SCALE, normalize
-from tsf_trt.volume import load_volume
+from tsf_trt.files.volume import load_volume
+from tsf_trt.runs.demo import DEMO_SEED, TASKS
+from tsf_trt.synthesis.preprocess import OUTPUT_SCALE, normalize
 
 runner = CliRunner()
 SHAPE = ("48", "48", "24")

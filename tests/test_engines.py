@@ -26,6 +26,7 @@ from tsf_trt.engines.precision import KEEP_FP32_OPS, graph_precision
 from tsf_trt.engines.profiles import (DEFAULT_PROFILE, Profile, input_shapes, make_profile, ort_profile_options,
                                       parse_size)
 from tsf_trt.errors import TsfError
+from tsf_trt.synthesis.options import RunOptions
 
 H100 = Platform("10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
 
@@ -110,7 +111,7 @@ def test_every_key_field_changes_the_engine():
 
 
 def test_cache_returns_only_exact_intact_engines(tmp_path):
-    """One file per engine (its key and SHA-256 with it, tsf_trt.cache_entry): the exact key,
+    """One file per engine (its key and SHA-256 with it, tsf_trt.files.cache_entry): the exact key,
     intact, or nothing; a damaged entry is removed and named."""
     cache = EngineCache(tmp_path)
     stored = cache.store(key(), b"engine-bytes", {"build_seconds": 1.0})
@@ -303,7 +304,7 @@ def test_timing_cache_from_another_gpu_is_replaced(export, fake_trt, tmp_path, c
     from tests.fake_trt import FakeTimingCache
     from tsf_trt.engines import build
 
-    from tsf_trt import cache_entry
+    from tsf_trt.files import cache_entry
 
     cache = tmp_path / "timing.cache"
     cache_entry.save(cache, bytes(FakeTimingCache("10.13.0/NVIDIA A100", 7).serialize()))
@@ -441,44 +442,44 @@ def test_fp16_variant_runs_on_onnx_runtime_cpu(small_export_dir, tmp_path):
 
 # -- backend selection and clean errors ---------------------------------------------------------------
 def test_trt_without_packages_is_a_clean_error(small_export_dir, no_gpu_packages):
-    from tsf_trt.backends import create_backend
+    from tsf_trt.synthesis.backend import create_backend
 
     with pytest.raises(TsfError) as info:
-        create_backend("trt", small_export_dir)
+        create_backend(small_export_dir, RunOptions(backend="trt", precision="fp32"))
     text = str(info.value)
     assert "tensorrt is not installed" in text and "cuda-python" in text and "pip install 'tsf-trt[gpu-cu12]'" in text
 
 
 def test_trt_without_a_gpu_names_the_gpu(small_export_dir, monkeypatch):
-    from tsf_trt.backends import create_backend
+    from tsf_trt.synthesis.backend import create_backend
 
     monkeypatch.setattr(gpu_mod, "has_module", lambda name: True)
     monkeypatch.setattr(gpu_mod, "cuda_devices", lambda: (0, gpu_mod.NO_GPU))
     with pytest.raises(TsfError, match="no NVIDIA GPU is visible") as info:
-        create_backend("trt", small_export_dir)
+        create_backend(small_export_dir, RunOptions(backend="trt", precision="fp32"))
     assert "pip install" not in str(info.value)
 
 
 def test_ort_gpu_backends_without_providers(small_export_dir):
-    from tsf_trt.backends import create_backend
+    from tsf_trt.synthesis.backend import create_backend
 
     for name, provider in (("ort-cuda", "CUDAExecutionProvider"), ("ort-trt", "TensorrtExecutionProvider")):
         with pytest.raises(TsfError, match=f"backend '{name}' is not available here: .*{provider}"):
-            create_backend(name, small_export_dir)
+            create_backend(small_export_dir, RunOptions(backend=name, precision="fp32"))
     with pytest.raises(TsfError, match="--precision fp16 is not available for --backend ort"):
-        create_backend("ort", small_export_dir, precision="fp16")
+        create_backend(small_export_dir, RunOptions(backend="ort", precision="fp16"))
 
 
 def test_auto_order_and_fallback(small_export_dir, no_gpu_packages, monkeypatch):
-    from tsf_trt import backends
-    from tsf_trt.backends import auto
+    from tsf_trt.synthesis import auto, precision_auto
+    from tsf_trt.synthesis.backend import create_backend
 
     # no GPU: the CPU backend measured fastest, as before
-    assert backends.create_backend("auto", small_export_dir, device="auto").name in ("ort", "openvino")
+    assert create_backend(small_export_dir, RunOptions(backend="auto", device="auto", precision="fp32")).name in ("ort", "openvino")
     with pytest.raises(TsfError, match="found nothing that runs with --device cuda"):
-        backends.create_backend("auto", small_export_dir, device="cuda")
+        create_backend(small_export_dir, RunOptions(backend="auto", device="cuda", precision="fp32"))
     with pytest.raises(TsfError, match="GPU backends only"):
-        backends.create_backend("auto", small_export_dir, precision="fp16")
+        create_backend(small_export_dir, RunOptions(backend="auto", device="cpu", precision="fp16"))
 
     monkeypatch.setattr(auto, "gpu_problem", lambda candidate, model, index=0: None)  # pretend every GPU path works
     # The usable GPU backends are timed and offered fastest first (tests/test_auto_gpu.py); untimed here: GPU_ORDER.
@@ -496,9 +497,9 @@ def test_auto_order_and_fallback(small_export_dir, no_gpu_packages, monkeypatch)
             raise TsfError(f"{name} failed")
         return OrtBackend(model.export_dir(), threads=1)
 
-    monkeypatch.setattr(backends, "_create", fake_create)
+    monkeypatch.setattr(precision_auto, "build_backend", fake_create)
     monkeypatch.setattr(auto, "choose_backend", lambda *a, **k: "ort")  # the CPU's measured choice
-    assert backends.create_backend("auto", small_export_dir, device="auto").name == "ort"
+    assert create_backend(small_export_dir, RunOptions(backend="auto", device="auto", precision="fp32")).name == "ort"
     assert tried == ["trt", "ort-trt", "ort-cuda", "torch", "ort"]
 
 
@@ -574,7 +575,7 @@ def test_cli_engines_build_refuses_a_swapped_export(export, monkeypatch, fake_cu
 
 def test_devices_validation(tmp_path, small_export_dir, monkeypatch):
     from tsf_trt.cli import app
-    from tsf_trt.multigpu import parse_devices, visible_id
+    from tsf_trt.runs.multigpu import parse_devices, visible_id
 
     assert parse_devices("0, 1", visible=2) == [0, 1]
     for text, words in (("0,0", "more than once"), ("a", "GPU indices"), ("", "GPU indices"), ("2", "does not exist")):
@@ -599,9 +600,10 @@ def test_devices_validation(tmp_path, small_export_dir, monkeypatch):
 def test_worker_runs_its_shard_with_two_io_threads(small_model_dir, tmp_path):
     """The body of a --devices worker, in-process on CPU: shared synthesizer, events, outputs."""
     from tests.sample_subject import write_subject
-    from tsf_trt.multigpu import WorkerJob, work
-    from tsf_trt.options import InferRequest, RunOptions
-    from tsf_trt.subjects import find_subjects
+    from tsf_trt.inputs.subjects import find_subjects
+    from tsf_trt.runs.multigpu import WorkerJob, work
+    from tsf_trt.runs.request import InferRequest
+    from tsf_trt.synthesis.options import RunOptions
 
     for name in ("a", "b", "c"):
         write_subject(tmp_path / "in" / name, name, shape=(16, 16, 3), seqs=("t1", "flair"))
@@ -621,9 +623,10 @@ def test_workers_are_processes_over_disjoint_shards(small_model_dir, tmp_path):
     """run_on_devices with one worker process (spawned, on CPU here: the GPU pinning is what
     a machine with GPUs adds)."""
     from tests.sample_subject import write_subject
-    from tsf_trt.multigpu import WorkerJob, run_on_devices
-    from tsf_trt.options import InferRequest, RunOptions
-    from tsf_trt.subjects import find_subjects
+    from tsf_trt.inputs.subjects import find_subjects
+    from tsf_trt.runs.multigpu import WorkerJob, run_on_devices
+    from tsf_trt.runs.request import InferRequest
+    from tsf_trt.synthesis.options import RunOptions
 
     for name in ("a", "b"):
         write_subject(tmp_path / "in" / name, name, shape=(16, 16, 3), seqs=("t1", "flair"))
@@ -681,18 +684,18 @@ def test_trt_backend_data_flow_matches_onnx_runtime(export, fake_cuda, width):
     20x20 the small config's feature maps are 32x5x5: for the last batch of one slice, the
     second half of a 2N buffer would start 3200 bytes in, which TensorRT refuses (defect 2)."""
     from tests.fake_trt import FakeEngines, FakeMemory
+    from tests.sample_subject import make_head
     from tsf_trt.backends.ort_backend import OrtBackend
     from tsf_trt.backends.trt_backend import TrtBackend
     from tsf_trt.engines.cuda import GpuContext
-    from tsf_trt.pipeline import Synthesizer
-    from tests.sample_subject import make_head
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     mgr, builder, _ = manager(export)
     engines = FakeEngines(mgr, FakeMemory(fake_cuda))
     backend = TrtBackend(mgr, engines, GpuContext(0), precision="fp32")
     volumes = {0: make_head((5, 20, width), seed=1), 3: make_head((5, 20, width), seed=2)}
-    got = Synthesizer(backend, batch_size=2).run(volumes, 2)
-    want = Synthesizer(OrtBackend(export, threads=1), batch_size=2).run(volumes, 2)
+    got = Synthesizer(backend, RunOptions(batch_size=2)).run(volumes, 2)
+    want = Synthesizer(OrtBackend(export, threads=1), RunOptions(batch_size=2)).run(volumes, 2)
     assert np.abs(got.image - want.image).max() <= 1e-5 and np.abs(got.tsem - want.tsem).max() <= 1e-5
     assert got.weights == pytest.approx(want.weights, abs=1e-7)
     graphs = {r[0] for r in engines.requests}
@@ -726,20 +729,20 @@ def test_trt_backend_on_built_engines_matches_onnx_runtime(export, fake_trt, fak
     """The whole trt path on CPU stand-ins: the manager builds with build.py on FakeTensorRT,
     runtime.py binds and enqueues, the backend stacks, splits and downloads (20x20 slices: an
     unaligned second half would be refused by set_tensor_address)."""
+    from tests.sample_subject import make_head
     from tsf_trt.backends.ort_backend import OrtBackend
     from tsf_trt.backends.trt_backend import TrtBackend
     from tsf_trt.engines.cuda import GpuContext
     from tsf_trt.engines.runtime import EngineSet
-    from tsf_trt.pipeline import Synthesizer
-    from tests.sample_subject import make_head
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     fake = fake_trt()
     mgr = EngineManager(export, H100, BuildSettings(profile=make_profile(max_batch=2, min_size="16x16")),
                         report=lambda m: None)
     backend = TrtBackend(mgr, EngineSet(mgr, trt=fake), GpuContext(0), precision="fp32")
     volumes = {0: make_head((3, 20, 20), seed=1), 3: make_head((3, 20, 20), seed=2)}
-    got = Synthesizer(backend, batch_size=2).run(volumes, 2)
-    want = Synthesizer(OrtBackend(export, threads=1), batch_size=2).run(volumes, 2)
+    got = Synthesizer(backend, RunOptions(batch_size=2)).run(volumes, 2)
+    want = Synthesizer(OrtBackend(export, threads=1), RunOptions(batch_size=2)).run(volumes, 2)
     assert np.abs(got.image - want.image).max() <= 1e-5 and np.abs(got.tsem - want.tsem).max() <= 1e-5
     assert {b["network"].path.rsplit("/", 1)[-1] for b in fake.built} == {"encoder.onnx", "fusion.onnx",
                                                                           "decoder_t2.onnx"}
@@ -826,11 +829,11 @@ def test_ort_trt_widens_only_the_graph_that_fell_outside(export, monkeypatch):
 def test_trt_matches_onnx_runtime_on_a_real_gpu(small_export_dir):
     """On a GPU with the [gpu] extra: real engines, FP32, against ONNX Runtime CPU."""
     pytest.importorskip("tensorrt")
-    from tsf_trt.backends import create_backend
-    from tsf_trt.pipeline import Synthesizer
     from tests.sample_subject import make_head
+    from tsf_trt.synthesis.backend import create_backend
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     volumes = {0: make_head((6, 32, 32), seed=1), 3: make_head((6, 32, 32), seed=2)}
-    trt = Synthesizer(create_backend("trt", small_export_dir)).run(volumes, 2)
-    cpu = Synthesizer(create_backend("ort", small_export_dir)).run(volumes, 2)
+    trt = Synthesizer(create_backend(small_export_dir, RunOptions(backend="trt", precision="fp32"))).run(volumes, 2)
+    cpu = Synthesizer(create_backend(small_export_dir, RunOptions(backend="ort", precision="fp32"))).run(volumes, 2)
     assert np.abs(trt.image - cpu.image).max() <= 1e-3 and np.abs(trt.tsem - cpu.tsem).max() <= 1e-3

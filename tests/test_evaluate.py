@@ -16,13 +16,14 @@ from tsf_trt import metrics
 from tsf_trt.cli import app
 from tsf_trt.errors import InputError, TsfError
 from tsf_trt.evaluation import Settings, Task, all_tasks, evaluate, parse_tasks
-from tsf_trt import qc as qccore
 from tsf_trt.evaluation import qc as qcmod
 from tsf_trt.evaluation.loop import Region
-from tsf_trt.pipeline import Synthesizer
-from tsf_trt.preprocess import normalize, stack_25d
-from tsf_trt.subjects import find_subjects
-from tsf_trt.volume import load_volume
+from tsf_trt.files.volume import load_volume
+from tsf_trt.inputs.subjects import find_subjects
+from tsf_trt.runs import qc as qccore
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.pipeline import Synthesizer
+from tsf_trt.synthesis.preprocess import normalize, stack_25d
 
 SHAPE = (32, 32, 16)  # phantom (x, y, z): canonical (16, 32, 32)
 TASKS = "t1,flair->t2; t1->t2; flair->t2; t1gd,t2->flair"
@@ -40,7 +41,7 @@ def phantoms(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def synth(small_model_dir):
-    return Synthesizer(small_model_dir, "torch")
+    return Synthesizer(small_model_dir, RunOptions(backend="torch"))
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +225,7 @@ def test_seq2seq_only_model_scores_one_input_tasks(phantoms, tmp_path):
     from tests.helpers import DATA
     from tsf_trt.model import PRESETS, import_reference
 
-    synth = Synthesizer(import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"]), "torch")
+    synth = Synthesizer(import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"]), RunOptions(backend="torch"))
     with pytest.raises(TsfError, match="Seq2Seq-only.*--tasks single"):
         evaluate(synth, phantoms, tmp_path / "r", Settings(tasks=parse_tasks("all")))
     ev = evaluate(synth, phantoms, tmp_path / "r", Settings(tasks=parse_tasks("t1->t2"), figures=0))
@@ -283,7 +284,7 @@ def test_hard_phantoms_keep_default_subjects_and_are_named(tmp_path):
 
 
 def test_figures_check_their_inputs(tmp_path):
-    from tsf_trt.figures import subject_figure, weights_chart
+    from tsf_trt.runs.figures import subject_figure, weights_chart
 
     image = -np.ones((5, 16, 16), np.float32)
     image[:, 4:12, 4:12] = 0.5
@@ -299,7 +300,7 @@ def test_figures_check_their_inputs(tmp_path):
 
 
 def test_one_file_as_two_sequences_fails_its_subject_in_evaluate(phantoms, small_model_dir, tmp_path):
-    """infer's rule (tsf_trt.prefetch.check_distinct_files) holds where evaluate reads subjects too:
+    """infer's rule (tsf_trt.inputs.prefetch.check_distinct_files) holds where evaluate reads subjects too:
     a FLAIR that is a link to the T1 fails that subject in one line, the others are scored."""
     import shutil
 

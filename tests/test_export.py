@@ -14,6 +14,7 @@ from tests.helpers import DATA
 from tsf_trt import sequences
 from tsf_trt.errors import ModelError, TsfError
 from tsf_trt.export.manifest import read_manifest, sha256
+from tsf_trt.synthesis.options import RunOptions
 
 
 def dims(value) -> list:
@@ -83,11 +84,11 @@ def test_ort_graphs_match_torch_on_fresh_inputs(small_model, small_export_dir, o
 
 def test_infer_ort_equals_torch(small_model_dir, small_export_dir):
     from tests.helpers import make_head
-    from tsf_trt.pipeline import Synthesizer
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     vols = {0: make_head((7, 44, 40), seed=11), 1: make_head((7, 44, 40), seed=12), 3: make_head((7, 44, 40), 13)}
-    ref = Synthesizer(small_model_dir, "torch").run(vols, "t2")
-    ort = Synthesizer(small_export_dir, "ort").run(vols, "t2")
+    ref = Synthesizer(small_model_dir, RunOptions(backend="torch")).run(vols, "t2")
+    ort = Synthesizer(small_export_dir, RunOptions(backend="ort")).run(vols, "t2")
     diff = np.abs(ref.image - ort.image).max()
     psnr = 10 * np.log10(4 / np.mean((ref.image - ort.image) ** 2))  # range [-1, 1]
     assert diff <= 1e-4 and psnr > 80
@@ -96,14 +97,14 @@ def test_infer_ort_equals_torch(small_model_dir, small_export_dir):
 
 
 def test_model_dir_with_ort_backend_exports_once_into_the_cache(small_model_dir):
-    from tsf_trt.backends import create_backend
-    from tsf_trt.cache_dir import cache_root
+    from tsf_trt.machine.cache_dir import cache_root
+    from tsf_trt.synthesis.backend import create_backend
 
-    first = create_backend("ort", small_model_dir)
+    first = create_backend(small_model_dir, RunOptions(backend="ort", precision="fp32"))
     manifest = first.directory / "manifest.json"
     assert cache_root() in first.directory.parents
     stamp = manifest.stat().st_mtime_ns
-    second = create_backend("ort", small_model_dir)
+    second = create_backend(small_model_dir, RunOptions(backend="ort", precision="fp32"))
     assert second.directory == first.directory and manifest.stat().st_mtime_ns == stamp
 
 
@@ -153,7 +154,7 @@ def test_seq2seq_only_export(tmp_path):
     from tsf_trt.backends.ort_backend import OrtBackend
     from tsf_trt.export.onnx_export import export_model
     from tsf_trt.model import PRESETS, import_reference
-    from tsf_trt.pipeline import Synthesizer
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     model = import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"])
     manifest = export_model(model, tmp_path / "s2s", targets=[2])
@@ -166,35 +167,35 @@ def test_seq2seq_only_export(tmp_path):
 
 def test_reference_mode_equals_fast_mode(small_model):
     from tests.helpers import make_head
-    from tsf_trt.pipeline import Synthesizer
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     vols = {0: make_head((5, 32, 32), seed=3), 3: make_head((5, 32, 32), seed=4)}
-    fast = Synthesizer(small_model, "torch").run(vols, 2)
-    reference = Synthesizer(small_model, "reference").run(vols, 2)
+    fast = Synthesizer(small_model, RunOptions(backend="torch")).run(vols, 2)
+    reference = Synthesizer(small_model, RunOptions(backend="reference")).run(vols, 2)
     assert np.abs(fast.image - reference.image).max() <= 1e-5
     assert np.abs(fast.tsem - reference.tsem).max() <= 1e-5
     assert all(cell.fold_zero_state for cell in small_model.encoder.lstm.cells)  # caller's model untouched
 
 
 def test_auto_measures_once_and_caches_its_choice(small_model_dir):
-    from tsf_trt.backends import create_backend
-    from tsf_trt.cache_dir import cache_root
+    from tsf_trt.machine.cache_dir import cache_root
+    from tsf_trt.synthesis.backend import create_backend
 
-    backend = create_backend("auto", small_model_dir)  # precision fp32: other tests' `auto` records are others
+    backend = create_backend(small_model_dir, RunOptions(backend="auto", precision="fp32"))  # precision fp32: other tests' `auto` records are others
     records = list((cache_root() / "auto").glob(f"{backend.model_id}-*-t0-fp32-*.json"))
     assert len(records) == 1
     record = json.loads(records[0].read_text())
     assert set(record["seconds_per_slice"]) == {"torch", "ort", "openvino"}, record  # every candidate timed
     assert backend.name == record["choice"] == min(record["seconds_per_slice"], key=record["seconds_per_slice"].get)
-    assert create_backend("auto", small_model_dir).name == backend.name
+    assert create_backend(small_model_dir, RunOptions(backend="auto", precision="fp32")).name == backend.name
 
 
 def test_export_dir_needs_an_onnx_backend(small_export_dir):
-    from tsf_trt.backends import create_backend
+    from tsf_trt.synthesis.backend import create_backend
 
     with pytest.raises(ModelError, match="export directory"):
-        create_backend("torch", small_export_dir)
-    assert create_backend("auto", small_export_dir).name in ("ort", "openvino")  # measured: either may win
+        create_backend(small_export_dir, RunOptions(backend="torch", precision="fp32"))
+    assert create_backend(small_export_dir, RunOptions(backend="auto", precision="fp32")).name in ("ort", "openvino")  # measured: either may win
 
 
 def test_cli_export_then_infer_on_the_export(small_model_dir, tmp_path):

@@ -182,8 +182,8 @@ def test_export_without_graph_metadata_is_refused(small_export_dir, tmp_path, su
 def test_export_cache_exports_an_old_export_again(small_model, small_export_dir, tmp_path, monkeypatch):
     """A cached export without graph metadata (or with a wrong role) is exported again,
     an intact one is reused: ensure_export never fails on what it wrote earlier."""
-    from tsf_trt.cache_dir import cache_root
     from tsf_trt.export import cached_exports as export_cache
+    from tsf_trt.machine.cache_dir import cache_root
 
     monkeypatch.setenv("TSF_TRT_CACHE", str(tmp_path / "cache"))
     exported: list[Path] = []

@@ -14,9 +14,9 @@ import pytest
 
 from tests.helpers import AFFINE_LPS, FAST, SCRIPT, cli, lps, make_head, phantom_volumes, problem_lines
 from tsf_trt.errors import InputError
-from tsf_trt.mapfile import read_map
-from tsf_trt.naming import read_name, why_not
-from tsf_trt.subjects import discover
+from tsf_trt.inputs.mapfile import read_map
+from tsf_trt.inputs.naming import read_name, why_not
+from tsf_trt.inputs.subjects import discover
 
 T1, T1GD, T2, FLAIR = range(4)
 SHAPE = (24, 20, 6)

@@ -21,6 +21,7 @@ import pytest
 from tsf_trt.bundled import resolve_model
 from tsf_trt.export.cached_exports import find_export, is_export_of
 from tsf_trt.model.meta import EXPORT_SUBDIR, model_id, read_model_meta
+from tsf_trt.synthesis.options import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKER = '''
@@ -131,12 +132,12 @@ def test_the_shipped_export_is_the_bundled_model_s():
     assert all(any(Path(f).match(p) for p in patterns) for f in shipped), (shipped, patterns)
 
     torch = pytest.importorskip("torch")
-    from tsf_trt.backends import create_backend
     from tsf_trt.model import load_model
+    from tsf_trt.synthesis.backend import create_backend
 
     model = load_model(demo)
     images = np.random.default_rng(0).uniform(-1, 1, (2, model.config.in_channels, 32, 32)).astype(np.float32)
-    with create_backend("ort", export, threads=1, precision="fp32") as ort:
+    with create_backend(export, RunOptions(backend="ort", threads=1, precision="fp32")) as ort:
         got = ort.to_numpy(ort.encode(images))
     with torch.no_grad():
         want = model.encoder(torch.from_numpy(images))

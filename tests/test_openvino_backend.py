@@ -14,7 +14,8 @@ import pytest
 
 from tests.helpers import AFFINE_LPS, DATA, cli, make_head, payload_start, problem_lines, write_nifti
 from tsf_trt.errors import ModelError, TsfError
-from tsf_trt.pipeline import Synthesizer
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.pipeline import Synthesizer
 
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -58,27 +59,27 @@ def assert_agree(ours, theirs):
 @pytest.mark.parametrize("sources", [(0, 3), (0, 1, 3)])
 def test_fusion_model_agrees_with_ort_fp32(small_export_dir, volumes, sources):
     inputs = {i: volumes[i] for i in sources}
-    ort = Synthesizer(small_export_dir, "ort", threads=1, batch_size=4).run(inputs, "t2")
-    ov = Synthesizer(small_export_dir, "openvino", threads=1, batch_size=4).run(inputs, "t2")
+    ort = Synthesizer(small_export_dir, RunOptions(backend="ort", threads=1, batch_size=4)).run(inputs, "t2")
+    ov = Synthesizer(small_export_dir, RunOptions(backend="openvino", threads=1, batch_size=4)).run(inputs, "t2")
     assert ov.tsem is not None and np.abs(ov.image).max() > 0.1  # a real image, not background
     assert_agree(ov, ort)
 
 
 def test_seq2seq_only_model_agrees_with_ort_fp32(seq2seq_export_dir, volumes):
-    ort = Synthesizer(seq2seq_export_dir, "ort", threads=1).run({0: volumes[0]}, "flair")
-    ov = Synthesizer(seq2seq_export_dir, "openvino", threads=1).run({0: volumes[0]}, "flair")
+    ort = Synthesizer(seq2seq_export_dir, RunOptions(backend="ort", threads=1)).run({0: volumes[0]}, "flair")
+    ov = Synthesizer(seq2seq_export_dir, RunOptions(backend="openvino", threads=1)).run({0: volumes[0]}, "flair")
     assert ov.tsem is None and ov.weights == {0: 1.0}
     assert_agree(ov, ort)
 
 
 def test_baked_and_code_decoders_agree_with_ort(small_export_dir):
-    from tsf_trt.backends import create_backend
+    from tsf_trt.synthesis.backend import create_backend
 
     features = np.random.default_rng(0).standard_normal((2, 32, 4, 4)).astype(np.float32)
     images = {}
     for name in ("ort", "openvino"):
         for decoder in ("baked", "code"):
-            with create_backend(name, small_export_dir, threads=1, decoder=decoder) as backend:
+            with create_backend(small_export_dir, RunOptions(backend=name, threads=1, precision="fp32"), decoder=decoder) as backend:
                 images[name, decoder] = backend.decode(features, 1)[0]
                 if name == "openvino":
                     assert {key[0] for key in backend._compiled} == {"decoder_t1gd" if decoder == "baked" else "decoder"}
@@ -90,7 +91,7 @@ def test_baked_and_code_decoders_agree_with_ort(small_export_dir):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_threads_are_what_the_compiled_model_uses(small_export_dir, threads):
     from tsf_trt.backends.openvino_backend import OpenVinoBackend
-    from tsf_trt.options import usable_cpus
+    from tsf_trt.synthesis.options import usable_cpus
 
     if threads > usable_cpus():
         pytest.skip(f"needs {threads} usable cores")
@@ -185,18 +186,18 @@ def test_a_swapped_manifest_is_one_clear_error(export_copy):
 
 
 def test_without_openvino_the_error_names_the_package(small_export_dir, monkeypatch):
-    from tsf_trt.backends import create_backend
+    from tsf_trt.synthesis.backend import create_backend
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
     with pytest.raises(TsfError, match="pip install openvino") as caught:
-        create_backend("openvino", small_export_dir)
+        create_backend(small_export_dir, RunOptions(backend="openvino", precision="fp32"))
     assert "\n" not in str(caught.value)
 
 
 def test_auto_times_openvino_and_keeps_its_verdict(small_export_dir, small_model_dir, monkeypatch):
-    from tsf_trt.backends import auto
-    from tsf_trt.cache_dir import cache_root
-    from tsf_trt.source import ModelSource
+    from tsf_trt.machine.cache_dir import cache_root
+    from tsf_trt.synthesis import auto
+    from tsf_trt.synthesis.source import ModelSource
 
     source = ModelSource.resolve(small_export_dir)
     assert auto.cpu_candidates(source) == ["ort", "openvino"]

@@ -16,11 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tsf_trt.cli import app
-from tsf_trt.subjects import find_subjects
+from tsf_trt.files.volume import load_volume
+from tsf_trt.inputs.subjects import find_subjects
 from tsf_trt.phantoms import SEQUENCES, TISSUES, make_subject, write_subjects
 from tsf_trt.phantoms.resample import grid_sample_zeros, upsample_trilinear
 from tsf_trt.phantoms.torch_random import TorchCompatibleRandom
-from tsf_trt.volume import load_volume
 
 SHAPE = (64, 64, 40)
 GOLDEN = Path(__file__).parent / "data" / "phantom_golden.json"

@@ -10,8 +10,9 @@ import torch
 
 from tests.helpers import AFFINE_LPS, make_head
 from tsf_trt.errors import InputError, TsfError
-from tsf_trt.pipeline import Synthesizer
-from tsf_trt.preprocess import normalize, pad_inplane, stack_25d
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.pipeline import Synthesizer
+from tsf_trt.synthesis.preprocess import normalize, pad_inplane, stack_25d
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ ATOL = 3e-5
 
 
 def test_each_slice_equals_the_model_on_its_stack(small_model, volumes):
-    result = Synthesizer(small_model, batch_size=4).run(volumes, "t2")
+    result = Synthesizer(small_model, RunOptions(batch_size=4)).run(volumes, "t2")
     stacks = {i: torch.from_numpy(stack_25d(normalize(v), range(9))) for i, v in volumes.items()}
     with torch.no_grad():
         expected = small_model.synthesize(stacks, 2)
@@ -37,15 +38,15 @@ def test_each_slice_equals_the_model_on_its_stack(small_model, volumes):
 
 
 def test_batch_size_does_not_change_the_result(small_model, volumes):
-    one = Synthesizer(small_model, batch_size=1).run(volumes, 2)
-    many = Synthesizer(small_model, batch_size=64).run(volumes, 2)
+    one = Synthesizer(small_model, RunOptions(batch_size=1)).run(volumes, 2)
+    many = Synthesizer(small_model, RunOptions(batch_size=64)).run(volumes, 2)
     assert np.abs(one.image - many.image).max() <= ATOL
     assert np.abs(one.tsem - many.tsem).max() <= ATOL
 
 
 def test_progress_reports_every_batch(small_model, volumes):
     seen = []
-    Synthesizer(small_model, batch_size=4).run(volumes, 2, progress=lambda done, total: seen.append((done, total)))
+    Synthesizer(small_model, RunOptions(batch_size=4)).run(volumes, 2, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(4, 9), (8, 9), (9, 9)]
 
 
@@ -83,12 +84,12 @@ def test_seq2seq_only_model(volumes):
 
 
 def test_mean_combination_differs_from_middle_but_agrees_in_range(small_model, volumes):
-    middle = Synthesizer(small_model, combine="middle").run(volumes, 2, tsem=False)
-    mean = Synthesizer(small_model, combine="mean").run(volumes, 2, tsem=False)
+    middle = Synthesizer(small_model, RunOptions(combine="middle")).run(volumes, 2, tsem=False)
+    mean = Synthesizer(small_model, RunOptions(combine="mean")).run(volumes, 2, tsem=False)
     assert not np.allclose(middle.image, mean.image)
     assert mean.image.min() >= -1 and mean.image.max() <= 1
     with pytest.raises(TsfError, match="--combine must be one of middle, mean"):
-        Synthesizer(small_model, combine="median")
+        Synthesizer(small_model, RunOptions(combine="median"))
 
 
 def test_bad_requests(small_model, volumes):
@@ -104,16 +105,16 @@ def test_bad_requests(small_model, volumes):
     with pytest.raises(InputError, match="99th percentile"):
         synth.run({0: np.zeros((3, 16, 16), np.float32)}, 2)
     with pytest.raises(TsfError, match="batch-size"):
-        Synthesizer(small_model, batch_size=0)
+        Synthesizer(small_model, RunOptions(batch_size=0))
 
 
 def test_result_is_the_same_for_any_storage_orientation(small_model, small_model_dir, tmp_path):
     """An RAS-stored copy of the same image gives the same synthesis, written back in RAS."""
-    from tsf_trt.jobs import infer_subject
-    from tsf_trt.options import InferRequest
-    from tsf_trt.subjects import Subject
+    from tsf_trt.inputs.subjects import Subject
+    from tsf_trt.runs.jobs import infer_subject
+    from tsf_trt.runs.request import InferRequest
 
-    synth = Synthesizer(small_model_dir, batch_size=4)
+    synth = Synthesizer(small_model_dir, RunOptions(batch_size=4))
     lps = {0: make_head((40, 36, 6), seed=4), 3: make_head((40, 36, 6), seed=5)}
     outputs = {}
     # Build the RAS file explicitly: flipping x and y of the voxel array and fixing the affine.
@@ -138,14 +139,14 @@ def test_result_is_the_same_for_any_storage_orientation(small_model, small_model
 
 def test_unavailable_and_unknown_backends_are_refused_clearly(small_model, monkeypatch):
     import tsf_trt.engines.gpu
-    from tsf_trt.backends import create_backend
+    from tsf_trt.synthesis.backend import create_backend
 
     monkeypatch.setattr(tsf_trt.engines.gpu, "has_module", lambda name: False)  # as without the [gpu] extra
     with pytest.raises(TsfError, match="backend 'trt' is not available here"):
-        create_backend("trt", small_model)
+        create_backend(small_model, RunOptions(backend="trt", precision="fp32"))
     with pytest.raises(TsfError, match="unknown backend"):
-        create_backend("tensorflow", small_model)
-    assert create_backend("auto", small_model).name == "torch"
+        create_backend(small_model, RunOptions(backend="tensorflow", precision="fp32"))
+    assert create_backend(small_model, RunOptions(backend="auto", precision="fp32")).name == "torch"
 
 
 @pytest.mark.gpu
@@ -153,7 +154,7 @@ def test_cuda_matches_cpu(small_model, volumes):
     import copy
 
     cpu = Synthesizer(copy.deepcopy(small_model)).run(volumes, 2)
-    gpu = Synthesizer(copy.deepcopy(small_model), device="cuda").run(volumes, 2)
+    gpu = Synthesizer(copy.deepcopy(small_model), RunOptions(device="cuda")).run(volumes, 2)
     assert np.abs(cpu.image - gpu.image).max() <= 1e-3
     assert cpu.weights == pytest.approx(gpu.weights, abs=1e-6)
 
@@ -187,17 +188,17 @@ def test_default_batch_follows_activation_size(small_model, volumes):
     assert synth.backend.name == "torch" and synth.backend.preferred_batch_size(240, 240) == 9
     # in-plane the test volume is small (16, the cap, would fit), but it is 9 slices deep: 9 are used
     assert synth.run(volumes, 2).batch_size == 9
-    assert Synthesizer(small_model, batch_size=10**23).run(volumes, 2).batch_size == 9  # reported as used
+    assert Synthesizer(small_model, RunOptions(batch_size=10**23)).run(volumes, 2).batch_size == 9  # reported as used
     torch_paper = copy.copy(synth.backend)  # torch's own budget, for the paper config's sizes
     torch_paper.config = paper
     assert torch_paper.preferred_batch_size(240, 240) == 1
-    assert Synthesizer(small_model, batch_size=3).run(volumes, 2).batch_size == 3
+    assert Synthesizer(small_model, RunOptions(batch_size=3)).run(volumes, 2).batch_size == 3
 
 
 @pytest.mark.parametrize("combine, channels", [("middle", {1}), ("mean", {None})])
 def test_only_the_channels_the_rule_keeps_come_to_the_host(small_model, volumes, combine, channels, monkeypatch):
     """The middle rule and TSEM use channel 1 alone: a GPU backend is asked for nothing else."""
-    synth = Synthesizer(small_model, "torch", combine=combine)
+    synth = Synthesizer(small_model, RunOptions(backend="torch", combine=combine))
     asked = []
     original = type(synth.backend).to_numpy
     monkeypatch.setattr(type(synth.backend), "to_numpy",

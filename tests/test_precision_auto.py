@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from tsf_trt.backends import create_backend, precision_auto
-from tsf_trt.source import ModelSource
+from tsf_trt.synthesis import precision_auto
+from tsf_trt.synthesis.backend import create_backend
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.source import ModelSource
 
 
 @pytest.fixture
@@ -21,7 +23,7 @@ def small_check(monkeypatch):
 def test_without_native_bf16_auto_is_fp32_and_says_why(small_model, monkeypatch):
     monkeypatch.setattr(precision_auto, "native_bf16", lambda: False)
     monkeypatch.setattr(precision_auto, "check_bf16", lambda *a: pytest.fail("no check without native bf16"))
-    with create_backend("torch", small_model, precision="auto") as backend:
+    with create_backend(small_model, RunOptions(backend="torch", precision="auto")) as backend:
         assert backend.precision == "fp32" and "no bf16 instructions" in backend.precision_reason
     assert precision_auto.resolve("ort", ModelSource.resolve(small_model), device="cpu", threads=1).precision == "fp32"
 

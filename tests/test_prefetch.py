@@ -1,4 +1,4 @@
-"""Folder mode reads subject k+1's inputs while subject k computes (tsf_trt.prefetch), and
+"""Folder mode reads subject k+1's inputs while subject k computes (tsf_trt.inputs.prefetch), and
 nothing else changes: what is written, which subject a bad file fails, a file changed after it
 was read ahead, a Ctrl-C."""
 
@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-import tsf_trt.prefetch as prefetch
+import tsf_trt.inputs.prefetch as prefetch
 from tests.helpers import AFFINE_LPS, SHAPE, SUBJECTS, files_under, hidden_files, make_head, subject_folder, write_nifti
-from tsf_trt import jobs
 from tsf_trt.errors import InputError
-from tsf_trt.options import InferRequest
-from tsf_trt.pipeline import Synthesizer
-from tsf_trt.subjects import find_subjects
-from tsf_trt.volume import load_volume
+from tsf_trt.files.volume import load_volume
+from tsf_trt.inputs.subjects import find_subjects
+from tsf_trt.runs import jobs
+from tsf_trt.runs.request import InferRequest
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.pipeline import Synthesizer
 
 MAIN, AHEAD = threading.main_thread().name, "tsf-trt prefetch"
 
@@ -40,7 +41,7 @@ def reads(monkeypatch) -> list[tuple[str, str]]:
 
 def _run(data: Path, out: Path, model, **kwargs):
     request = InferRequest(2, output=out)  # t2 from t1 + flair
-    return jobs.infer_folder(Synthesizer(model, batch_size=4), find_subjects(data), request, **kwargs)
+    return jobs.infer_folder(Synthesizer(model, RunOptions(batch_size=4)), find_subjects(data), request, **kwargs)
 
 
 def _while_computing(monkeypatch, subject: str, action) -> list:
@@ -155,7 +156,7 @@ def test_ctrl_c_while_the_next_subject_is_read_leaves_nothing(tmp_path, small_mo
 def test_parallel_reading_finds_what_check_subject_finds_and_fails_in_order(tmp_path):
     """Each file read and checked in its own thread: the findings are check_subject's, in its order
     (a different grid included), and of two bad files the first in the subject's order raises."""
-    from tsf_trt.preflight import check_subject
+    from tsf_trt.inputs.preflight import check_subject
 
     shifted = AFFINE_LPS.copy()
     shifted[0, 3] += 5.0

@@ -15,18 +15,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tests.helpers import PREFLIGHT_SHAPE, lps, phantom_volumes
-from tsf_trt import preflight
 from scripts import skullstrip_check as bench
+from tests.helpers import PREFLIGHT_SHAPE, lps, phantom_volumes
+from tsf_trt.files.volume import Volume, load_volume, save_volume
+from tsf_trt.inputs import preflight
+from tsf_trt.inputs.resample import (needs_resampling, reference_grid, resample_subject, to_input_grid,
+                                     volume_from_image)
 from tsf_trt.phantoms.generator import SEQUENCES
-from tsf_trt.resample import (
-    needs_resampling,
-    reference_grid,
-    resample_subject,
-    to_input_grid,
-    volume_from_image,
-)
-from tsf_trt.volume import Volume, load_volume, save_volume
 
 SHAPE = PREFLIGHT_SHAPE  # (x, y, z)
 TRUE_SHAPE = (96, 96, 62)  # the phantom's 240 x 240 x 155 mm field of view at 2.5 mm: real head sizes

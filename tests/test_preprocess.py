@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import DATA
-from tsf_trt.preprocess import (OUTPUT_SCALE, SliceAccumulator, normalize, pad_amounts, pad_inplane, stack_25d,
-                                to_output_intensity)
+from tsf_trt.synthesis.preprocess import (OUTPUT_SCALE, SliceAccumulator, normalize, pad_amounts, pad_inplane,
+                                          stack_25d, to_output_intensity)
 
 
 @pytest.fixture(scope="module")

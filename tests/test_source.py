@@ -8,7 +8,7 @@ import pytest
 
 from tsf_trt.errors import ModelError, TsfError
 from tsf_trt.model import PRESETS
-from tsf_trt.source import ModelSource
+from tsf_trt.synthesis.source import ModelSource
 
 
 def test_model_directory(small_model_dir):

@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import FLAIR, T1, T1GD, T2, touch
 from tsf_trt.errors import InputError, TsfError
-from tsf_trt.subjects import Subject, discover, find_subjects, parse_inputs, shard, subject_name
+from tsf_trt.inputs.subjects import Subject, discover, find_subjects, parse_inputs, shard, subject_name
 
 # --- parse_inputs -------------------------------------------------------------------
 

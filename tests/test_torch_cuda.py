@@ -13,14 +13,15 @@ import torch
 
 from tests.helpers import make_head, run_stages, stacks
 from tsf_trt import sequences
-from tsf_trt.backends import create_backend
 from tsf_trt.backends.base import activation_bytes
 from tsf_trt.backends.torch_backend import GPU_MAX_BATCH, TorchBackend, batch_from_free_memory
-from tsf_trt.backends.torch_staged import (UPLOAD_SLOTS, DecodedImages, PinnedIO, PlainIO, StagedRunner, eager_capture,
-                                           prepared)
+from tsf_trt.backends.torch_staged import (UPLOAD_SLOTS, DecodedImages, PinnedIO, PlainIO, StagedRunner,
+                                           eager_capture, prepared)
 from tsf_trt.errors import TsfError
 from tsf_trt.model import PRESETS
-from tsf_trt.pipeline import Synthesizer
+from tsf_trt.synthesis.backend import create_backend
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.pipeline import Synthesizer
 
 ATOL = 3e-5  # float32 rounding of one convolution order against another (tests/test_pipeline.py)
 CPU = torch.device("cpu")
@@ -92,8 +93,8 @@ def test_a_result_not_read_yet_survives_later_batches(small_model, one_torch_thr
 
 def test_the_pipeline_through_the_staged_path(small_model, one_torch_thread):
     volumes = {0: make_head((5, 16, 16), seed=1), 3: make_head((5, 16, 16), seed=2)}
-    expected = Synthesizer(TorchBackend(small_model), batch_size=2).run(volumes, "t2")
-    got = Synthesizer(staged(TorchBackend(small_model), channels_last=True), batch_size=2).run(volumes, "t2")
+    expected = Synthesizer(TorchBackend(small_model), RunOptions(batch_size=2)).run(volumes, "t2")
+    got = Synthesizer(staged(TorchBackend(small_model), channels_last=True), RunOptions(batch_size=2)).run(volumes, "t2")
     assert np.abs(got.image - expected.image).max() <= ATOL
     assert np.abs(got.tsem - expected.tsem).max() <= ATOL
     assert got.weights == expected.weights
@@ -146,11 +147,11 @@ def test_cuda_only_options_refuse_cleanly_on_the_cpu(small_model, small_model_di
         with pytest.raises(TsfError, match=match):
             TorchBackend(small_model, **kwargs)
     with pytest.raises(TsfError, match="fp16: CUDA only"):
-        create_backend("torch", small_model_dir, precision="fp16")
+        create_backend(small_model_dir, RunOptions(backend="torch", precision="fp16"))
     with pytest.raises(TsfError, match="not available for --backend reference"):
-        create_backend("reference", small_model_dir, precision="fp16")
+        create_backend(small_model_dir, RunOptions(backend="reference", precision="fp16"))
     with pytest.raises(TsfError, match="--compile"):
-        create_backend("ort", small_model_dir, compile=True)
+        create_backend(small_model_dir, RunOptions(backend="ort", compile=True, precision="fp32"))
     if not torch.cuda.is_available():
         with pytest.raises(TsfError, match="no CUDA GPU"):
             TorchBackend(small_model, device="cuda")
@@ -160,7 +161,7 @@ def test_compile_wraps_each_stage(small_model, small_model_dir, monkeypatch, one
     """torch.compile's wiring (compiling itself is measured by scripts/gpu_check.py on a GPU)."""
     wrapped = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: wrapped.append(fn) or fn)
-    backend = create_backend("torch", small_model_dir, compile=True)
+    backend = create_backend(small_model_dir, RunOptions(backend="torch", compile=True, precision="fp32"))
     model = backend.model
     assert wrapped == [model.encoder, model.decoder, model.fusion] and "torch.compile" in backend.describe()
     image, _, _ = run_stages(backend, n=1)
@@ -285,6 +286,6 @@ def test_cuda_batch_from_free_memory_and_pipeline(small_model):
     batch = backend.preferred_batch_size(64, 64)
     assert 1 <= batch <= GPU_MAX_BATCH
     volumes = {0: make_head((7, 32, 32), seed=1), 3: make_head((7, 32, 32), seed=2)}
-    expected = Synthesizer(TorchBackend(small_model), batch_size=3).run(volumes, "t2")
-    got = Synthesizer(backend, batch_size=3).run(volumes, "t2")
+    expected = Synthesizer(TorchBackend(small_model), RunOptions(batch_size=3)).run(volumes, "t2")
+    got = Synthesizer(backend, RunOptions(batch_size=3)).run(volumes, "t2")
     assert np.abs(got.image - expected.image).max() <= 2e-3

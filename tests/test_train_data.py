@@ -14,19 +14,12 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from tsf_trt.errors import InputError
-from tsf_trt.preprocess import normalize, stack_25d
-from tsf_trt.subjects import Subject, find_subjects
-from tsf_trt.train.data import (
-    BlockShuffleSampler,
-    SliceDataset,
-    make_loader,
-    read_split,
-    sample_task,
-    split_subjects,
-    write_split,
-)
+from tsf_trt.files.volume import load_volume
+from tsf_trt.inputs.subjects import Subject, find_subjects
 from tsf_trt.phantoms import write_subjects
-from tsf_trt.volume import load_volume
+from tsf_trt.synthesis.preprocess import normalize, stack_25d
+from tsf_trt.train.data import (BlockShuffleSampler, SliceDataset, make_loader, read_split, sample_task,
+                                split_subjects, write_split)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (48, 48, 24)  # nibabel (x, y, z): canonical slices are (24, 48, 48)

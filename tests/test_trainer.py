@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from tsf_trt.cli import app
 from tsf_trt.model import ModelConfig, load_model
 from tsf_trt.model.checkpoint import read_model_meta
-from tsf_trt.train.losses import SynthesisLoss, VGG19Features, load_vgg19, psnr, ssim
 from tsf_trt.phantoms import write_subjects
+from tsf_trt.train.losses import SynthesisLoss, VGG19Features, load_vgg19, psnr, ssim
 from tsf_trt.train.trainer import TrainConfig, train
 
 TINY = ModelConfig(enc_channels=(4, 8, 16), dec_channels=(8, 4, 3), enc_res_blocks=1, dec_res_blocks=1,
@@ -165,7 +165,7 @@ def test_cli_help_and_user_errors(tmp_path):
 
 
 def test_bundle_command_ships_the_last_step_with_its_card(data, stage1, tmp_path):
-    from tsf_trt.source import ModelSource
+    from tsf_trt.synthesis.source import ModelSource
 
     stage2 = train(config(data, data / "b2", stage="tsf", init=stage1 / "step_000020", steps=2)).parent
     (tmp_path / "quality.md").write_text("| task | PSNR |\n|---|---|\n| ->t2 | 20.0 |\n")

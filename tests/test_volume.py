@@ -1,5 +1,5 @@
-"""tsf_trt.volume: loading, validation, orientation and saving (what saving shares with every
-write, tsf_trt.atomic, is in tests/test_atomic.py)."""
+"""tsf_trt.files.volume: loading, validation, orientation and saving (what saving shares with every
+write, tsf_trt.files.atomic, is in tests/test_atomic.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tsf_trt.errors import InputError
-from tsf_trt.volume import CANONICAL_AXCODES, check_same_grid, load_volume, save_volume
+from tsf_trt.files.volume import CANONICAL_AXCODES, check_same_grid, load_volume, save_volume
 
 SHAPE = (12, 10, 8)  # native (x, y, z) of the LPS reference file
 

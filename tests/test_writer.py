@@ -1,4 +1,4 @@
-"""Output writing (tsf_trt.writer, tsf_trt.volume): the faster gzip (isal) changes nothing that is
+"""Output writing (tsf_trt.runs.writer, tsf_trt.files.volume): the faster gzip (isal) changes nothing that is
 written, and folder mode's background writer keeps every data-safety rule: claims held until
 publish, one error line per subject, order."""
 
@@ -13,15 +13,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import tsf_trt.jobs as jobs
-import tsf_trt.outcomes as outcomes  # where a finished subject's outputs are written
-import tsf_trt.writer as writer
+import tsf_trt.runs.jobs as jobs
+import tsf_trt.runs.outcomes as outcomes  # where a finished subject's outputs are written
+import tsf_trt.runs.writer as writer
 from tests.helpers import SHAPE, SUBJECTS, files_under, hidden_files, make_head, subject_folder, write_nifti
-from tsf_trt.atomic import DiskFullError
-from tsf_trt.options import InferRequest
-from tsf_trt.pipeline import Synthesizer
-from tsf_trt.subjects import find_subjects
-from tsf_trt.volume import load_volume, save_volume
+from tsf_trt.files.atomic import DiskFullError
+from tsf_trt.files.volume import load_volume, save_volume
+from tsf_trt.inputs.subjects import find_subjects
+from tsf_trt.runs.request import InferRequest
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.pipeline import Synthesizer
 
 def _image(tmp_path: Path) -> tuple[object, np.ndarray]:
     like = load_volume(write_nifti(tmp_path / "in_t1.nii.gz", make_head(SHAPE, seed=3)))
@@ -54,7 +55,7 @@ def test_without_isal_nibabel_writes(tmp_path, monkeypatch):
 def _run(tmp_path: Path, small_model, **callbacks):
     subjects = find_subjects(subject_folder(tmp_path / "data"))
     request = InferRequest(2, output=tmp_path / "out")  # t2 from t1 + flair
-    return jobs.infer_folder(Synthesizer(small_model, batch_size=4), subjects, request, **callbacks)
+    return jobs.infer_folder(Synthesizer(small_model, RunOptions(batch_size=4)), subjects, request, **callbacks)
 
 
 def _claims(folder: Path) -> list[Path]:

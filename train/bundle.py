@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from tsf_trt.errors import InputError, TsfError
+from tsf_trt.files.atomic import atomic_dir, check_folder_target
+from tsf_trt.files.ownership import MODEL_DIR, refuse_input_overlap
 from tsf_trt.model import load_model, save_model
 from tsf_trt.model.meta import CONFIG_FILE, EXPORT_SUBDIR, WEIGHTS_FILE, model_id, read_model_meta
-from tsf_trt.atomic import atomic_dir, check_folder_target
-from tsf_trt.ownership import MODEL_DIR, refuse_input_overlap
 
 CARD = "MODEL_CARD.md"
 _FLAGS = ("model_config", "init", "steps", "batch_size", "crop", "lr", "workers", "block_subjects",

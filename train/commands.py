@@ -63,7 +63,7 @@ Split = Annotated[Optional[Path], typer.Option("--split", help="Split file {\"tr
 
 
 def _run(log: tuple[bool, bool, Path | None], **kwargs: Any) -> None:
-    from .trainer import TrainConfig, train
+    from tsf_trt.train.trainer import TrainConfig, train
 
     setup_logging(*log)
     cfg = TrainConfig(**kwargs)
@@ -147,7 +147,7 @@ def bundle(
 
     Example: tsf-trt train bundle --stage1 runs/s1 --stage2 runs/s2 --quality report/report.md -o models/mine
     """
-    from .bundle import bundle as make_bundle
+    from tsf_trt.train.bundle import bundle as make_bundle
 
     path = make_bundle(stage1, stage2, output, name=name, quality=quality, notes=notes, overwrite=overwrite)
     _out.print(str(path), highlight=False, soft_wrap=True)

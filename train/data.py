@@ -2,7 +2,7 @@
 
 Why this shape: the network was trained on 2.5D axial stacks of whole-volume-normalised
 BraTS sequences, so samples are made exactly as inference makes them
-(:func:`tsf_trt.preprocess.normalize` then :func:`~tsf_trt.preprocess.stack_25d`), and
+(:func:`tsf_trt.synthesis.preprocess.normalize` then :func:`~tsf_trt.synthesis.preprocess.stack_25d`), and
 a subject lacking a sequence still serves every task its other sequences allow
 (zeros and ``available=False`` for what is missing; :func:`sample_task` picks the task).
 Randomness comes only from ``(seed, epoch, index)`` so a run, or a resumed run, sees the
@@ -24,11 +24,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tsf_trt.errors import InputError
-from tsf_trt.preprocess import BACKGROUND, normalize, stack_25d
+from tsf_trt.files.atomic import atomic_path
+from tsf_trt.files.volume import check_same_grid, load_volume
+from tsf_trt.inputs.subjects import Subject
 from tsf_trt.sequences import N_SEQUENCES
-from tsf_trt.subjects import Subject
-from tsf_trt.atomic import atomic_path
-from tsf_trt.volume import check_same_grid, load_volume
+from tsf_trt.synthesis.preprocess import BACKGROUND, normalize, stack_25d
 
 SPLITS = ("train", "val", "test")
 
@@ -130,7 +130,7 @@ def _crop_size(crop: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 def _window(size: int, want: int, rng: np.random.Generator | None) -> tuple[slice, tuple[int, int]]:
     """Source slice and (before, after) padding that bring `size` to `want`: a random place when
-    `rng` is given, else centred (as tsf_trt.preprocess.pad_amounts splits padding)."""
+    `rng` is given, else centred (as tsf_trt.synthesis.preprocess.pad_amounts splits padding)."""
     delta = abs(size - want)
     start = int(rng.integers(delta + 1)) if rng is not None else delta // 2
     if size >= want:

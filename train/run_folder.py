@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tsf_trt.atomic import check_folder_target, sweep
 from tsf_trt.errors import InputError
-from tsf_trt.ownership import MODEL_DIR, TRAIN_STATE, refuse_input_overlap
+from tsf_trt.files.atomic import check_folder_target, sweep
+from tsf_trt.files.ownership import MODEL_DIR, TRAIN_STATE, refuse_input_overlap
 
 CONFIG = "train_config.json"
 #: Files of a run that the trainer rewrites whole (runlog.RunLog, data.write_split, CONFIG).

@@ -36,16 +36,16 @@ from torch import Tensor, nn
 
 from tsf_trt import sequences
 from tsf_trt.errors import TsfError
+from tsf_trt.files.atomic import atomic_dir, atomic_path
+from tsf_trt.files.ownership import TRAIN_STATE
+from tsf_trt.inputs.subjects import find_subjects
 from tsf_trt.model import TSFSeq2Seq, load_model, resolve_config, save_model
-from tsf_trt.subjects import find_subjects
-from tsf_trt.atomic import atomic_dir, atomic_path
-from tsf_trt.ownership import TRAIN_STATE
 
-from .data import (BlockShuffleSampler, SliceDataset, make_loader, read_split, sample_task, slice_index,
-                   split_subjects, write_split)
-from .losses import LAMBDA_PER, LAMBDA_REC, SynthesisLoss, load_vgg19, psnr, ssim
-from .run_folder import CONFIG, check_run_folder, sweep_run_folder
-from .runlog import RunLog
+from tsf_trt.train.data import (BlockShuffleSampler, SliceDataset, make_loader, read_split, sample_task, slice_index,
+                                split_subjects, write_split)
+from tsf_trt.train.losses import LAMBDA_PER, LAMBDA_REC, SynthesisLoss, load_vgg19, psnr, ssim
+from tsf_trt.train.run_folder import CONFIG, check_run_folder, sweep_run_folder
+from tsf_trt.train.runlog import RunLog
 
 STAGES = ("seq2seq", "tsf")
 @dataclass

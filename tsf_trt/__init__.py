@@ -1,29 +1,35 @@
 """tsf-trt: TSF-Seq2Seq multi-to-one MRI synthesis with TSEM, deployable to ONNX/TensorRT.
 
-``import tsf_trt`` gives :func:`load_model` and :class:`Synthesizer`; heavy modules
-(torch, nibabel) are imported on first use so that the CLI starts fast.
+``import tsf_trt`` gives :class:`Synthesizer`, the :class:`RunOptions` it and every command take,
+and :func:`load_model`; heavy modules (torch, nibabel) are imported on first use so that the CLI
+starts fast. The layers, bottom up, are the subpackages (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from tsf_trt.version import __version__
 
 if TYPE_CHECKING:
-    from .model import load_model
-    from .pipeline import Result, Synthesizer
+    from tsf_trt.model import load_model
+    from tsf_trt.synthesis.options import RunOptions
+    from tsf_trt.synthesis.pipeline import Result, Synthesizer
 
-__all__ = ["Result", "Synthesizer", "__version__", "load_model"]
+__all__ = ["Result", "RunOptions", "Synthesizer", "__version__", "load_model"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "load_model":
-        from .model import load_model
+        from tsf_trt.model import load_model
 
         return load_model
+    if name == "RunOptions":
+        from tsf_trt.synthesis.options import RunOptions
+
+        return RunOptions
     if name in ("Synthesizer", "Result"):
-        from . import pipeline
+        from tsf_trt.synthesis import pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'tsf_trt' has no attribute {name!r}")

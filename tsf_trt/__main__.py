@@ -1,5 +1,5 @@
 """`python -m tsf_trt` is the `tsf-trt` command."""
 
-from .cli import main
+from tsf_trt.cli import main
 
 main()

@@ -30,8 +30,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.text import Text
 
-from .errors import TsfError
-from .extras import extra_for, missing_extra
+from tsf_trt.errors import TsfError
+from tsf_trt.machine.extras import extra_for, missing_extra
 
 try:
     from typer.main import get_current_context  # typer's own click (recent typer)

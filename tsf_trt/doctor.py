@@ -24,9 +24,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from .bench.environment import NOT_INSTALLED, package_version
-from .cpu import cpu_flags, cpu_name, physical_cores
-from .extras import TORCH_INSTALL
+from tsf_trt.bench.environment import NOT_INSTALLED, package_version
+from tsf_trt.machine.cpu import cpu_flags, cpu_name, physical_cores
+from tsf_trt.machine.extras import TORCH_INSTALL
 
 #: `tsf-trt doctor`'s exit status when not one backend works here (0 otherwise: it is a report).
 EXIT_NO_BACKEND = 3
@@ -85,8 +85,8 @@ def collect() -> Report:
         warnings.simplefilter("ignore")
         broken = None
         try:
-            from .backends import AVAILABLE
-            from .backends.ort_backend import provider_problem
+            from tsf_trt.backends import AVAILABLE
+            from tsf_trt.backends.ort_backend import provider_problem
 
             provider_problem.cache_clear()  # a report of now, not of an earlier call in this process
         except Exception as exc:  # noqa: BLE001 - e.g. the backends' own imports are missing
@@ -117,7 +117,7 @@ def backend_status(name: str, report: Report) -> BackendStatus:
 # -- the machine ------------------------------------------------------------------------------
 
 def _system() -> dict[str, Any]:
-    from . import __version__
+    from tsf_trt.version import __version__
 
     return {"tsf_trt": __version__, "os": platform.platform(), "machine": platform.machine(),
             "python": platform.python_version(), "executable": sys.executable}
@@ -152,7 +152,7 @@ def _cgroup_cpus() -> float | None:
 def _gpus() -> tuple[list[dict[str, Any]], str | None]:
     """Visible GPUs, from the CUDA runtime (cuda-bindings), else torch, else nvidia-smi; and
     why there are none, when there are none."""
-    from .engines.gpu import cuda_devices, device_info, has_cuda_python
+    from tsf_trt.engines.gpu import cuda_devices, device_info, has_cuda_python
 
     reasons = []
     if has_cuda_python():
@@ -208,8 +208,8 @@ def _driver_version() -> str | None:
 
 
 def _cuda(driver: str | None, gpu_note: str | None) -> dict[str, Any]:
-    from .engines.gpu import has_cuda_python, import_cudart
-    from .errors import TsfError
+    from tsf_trt.engines.gpu import has_cuda_python, import_cudart
+    from tsf_trt.errors import TsfError
 
     result: dict[str, Any] = {"driver": driver, "driver_cuda": None, "runtime": None, "no_gpu_because": gpu_note,
                               "torch_built_for": None}
@@ -242,7 +242,7 @@ def _packages() -> dict[str, str]:
 
 def _providers() -> dict[str, str]:
     """Each provider this onnxruntime lists -> "attaches", or why a session falls back without it."""
-    from .backends.ort_backend import provider_problem
+    from tsf_trt.backends.ort_backend import provider_problem
 
     ort = importlib.import_module("onnxruntime")
     listed = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]  # a remote endpoint
@@ -264,7 +264,7 @@ def _openvino() -> dict[str, Any]:
 
 
 def _cache() -> dict[str, Any]:
-    from .cache_dir import cache_root, writable_dir
+    from tsf_trt.machine.cache_dir import cache_root, writable_dir
 
     root = cache_root()
     return {"path": str(root), "writable": writable_dir(root) is not None,
@@ -300,7 +300,7 @@ def _torch_backend(name: str, report: Report) -> BackendStatus:
 
 
 def _ort_backend(name: str, report: Report) -> BackendStatus:
-    from .backends.ort_backend import provider_problem
+    from tsf_trt.backends.ort_backend import provider_problem
 
     status = _module_status(name, "onnxruntime", INSTALL["onnxruntime"]) or _module_status(
         name, "onnx", "pip install onnx")
@@ -338,7 +338,7 @@ def gpu_install(driver: str | None, backend: str = "trt") -> str:
 
 def _gpu_backend(name: str, report: Report) -> BackendStatus:
     """The first of: a visible GPU, the packages, a runtime that starts (what gpu_problem checks)."""
-    from .backends.auto import gpu_problem
+    from tsf_trt.synthesis.auto import gpu_problem
 
     install = gpu_install(report.cuda.get("driver"), name)
     if not report.gpus:
@@ -347,7 +347,7 @@ def _gpu_backend(name: str, report: Report) -> BackendStatus:
                              None, note=f"with a GPU and its driver: {install}" + (
                                  "" if name == "ort-trt" else f" (gpu-cu13 with a driver >= {CUDA13_DRIVER})"))
     if name == "trt":
-        from .engines.gpu import missing_for_trt
+        from tsf_trt.engines.gpu import missing_for_trt
 
         packages = [m.split("package ", 1)[1].split()[0] for m in missing_for_trt() if "package " in m]
         if packages:
@@ -358,7 +358,7 @@ def _gpu_backend(name: str, report: Report) -> BackendStatus:
         status = _module_status(name, "onnxruntime", install)
         if status:
             return status
-        from .backends.ort_backend import PROVIDERS
+        from tsf_trt.backends.ort_backend import PROVIDERS
 
         provider = PROVIDERS[name][0]
         if provider not in importlib.import_module("onnxruntime").get_available_providers():
@@ -366,8 +366,8 @@ def _gpu_backend(name: str, report: Report) -> BackendStatus:
                                  f"pip uninstall -y onnxruntime onnxruntime-gpu && {install}")
     problem = gpu_problem(name, _ANY_MODEL, 0)
     if problem is None and name == "trt":  # installed is not loadable: a TensorRT for another CUDA
-        from .engines.gpu import tensorrt_version
-        from .errors import TsfError
+        from tsf_trt.engines.gpu import tensorrt_version
+        from tsf_trt.errors import TsfError
 
         try:
             tensorrt_version()

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TsfError
+from tsf_trt.errors import TsfError
 
 #: Canonical short names, in index order.
 NAMES: tuple[str, ...] = ("t1", "t1gd", "t2", "flair")
@@ -70,18 +70,38 @@ def target_code(target: int, style_dim: int = 64) -> np.ndarray:
     return code
 
 
-def check_task(sources: Sequence[int], target: int) -> None:
-    """Refuse tasks the network cannot do: no source, repeated source, target among sources."""
+class TargetIsInput(TsfError):
+    """The target is among the inputs: raised by :func:`check_task`, so that a caller can say
+    which file or flag named it (intake, --sources) without deciding the rule again."""
+
+    def __init__(self, target: int):
+        super().__init__(f"the target {DISPLAY[target]} is among the inputs: nothing to synthesise")
+        self.target = target
+
+
+def check_task(sources: Sequence[int], target: int, *, has_fusion: bool = True, model: str = "this model") -> None:
+    """The one rule of which task a model can do: at least one source, none repeated, the target
+    not among them; a model without the TSF stage (`has_fusion` False, named `model`) takes
+    exactly one source. Every entry point asks it, before any model loads."""
     if not sources:
         raise TsfError("no input sequence given")
     if len(set(sources)) != len(sources):
         dup = sorted({DISPLAY[s] for s in sources if list(sources).count(s) > 1})
         raise TsfError(f"sequence given more than once: {', '.join(dup)}")
-    if target in sources:
-        raise TsfError(f"the target {DISPLAY[target]} is among the inputs: nothing to synthesise")
     for s in (*sources, target):
         if not 0 <= s < N_SEQUENCES:
             raise TsfError(f"sequence index {s} is not one of 0..{N_SEQUENCES - 1}")
+    if target in sources:
+        raise TargetIsInput(target)
+    if not has_fusion and len(sources) != 1:
+        raise TsfError(f"{model} is Seq2Seq-only (no TSF stage): it synthesises from exactly one "
+                       f"input, got {len(sources)} ({describe(sources, target)})")
+
+
+def makes_tsem(asked: bool, has_fusion: bool) -> bool:
+    """Whether a TSEM map is made: when asked for and the model has the TSF stage (TSEM is the
+    difference its attention makes, paper Eq. 6; a Seq2Seq-only model has none)."""
+    return asked and has_fusion
 
 
 def describe(sources: Sequence[int], target: int) -> str:

@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import TsfError
-from ..model.config import ModelConfig
+from tsf_trt.backends.names import check_precision
+from tsf_trt.errors import TsfError
+from tsf_trt.model.config import ModelConfig
 
 CPU_BATCH_BYTES = 32 << 20
 GPU_BATCH = 16
@@ -45,8 +46,6 @@ class Backend(ABC):
                  precision: str = "fp32"):
         """`name` is the runtime as --backend spells it (one class may serve several: ort,
         ort-cuda, ort-trt); `precision` is checked against the table of what it takes."""
-        from . import check_precision
-
         check_precision(name, precision)
         self.name = name
         self.precision = precision

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import sequences
-from ..model.config import ModelConfig
+from tsf_trt import sequences
+from tsf_trt.model.config import ModelConfig
 
 
 def fusion_feeds(features: Mapping[int, np.ndarray], task_code: np.ndarray, config: ModelConfig

@@ -7,7 +7,7 @@ shape made static: OpenVINO's CPU plugin plans memory and picks kernels for a kn
 shape (README, "OpenVINO": at batch 1, 3-25 % faster per graph than one dynamic-shape
 compile on this 2-core AVX2 machine; at batch 9 within its noise). Compiled models are exported
 (`export_model`) into verified cache entries in the export's `.openvino-cache` folder
-(:mod:`tsf_trt.cache_entry`), keyed by graph hash, input shapes, settings, OpenVINO version and
+(:mod:`tsf_trt.files.cache_entry`), keyed by graph hash, input shapes, settings, OpenVINO version and
 CPU, so a later run imports them (`import_model`) instead of compiling. Not OpenVINO's own
 CACHE_DIR: its blobs are loaded unchecked, and flipped bits in one changed the synthesis by up
 to 22 on the 0-1000 scale (issue 22); a damaged entry is rebuilt with one warning. The graph is
@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import cache_entry
-from ..cache_dir import machine_key, runtime_cache
-from ..errors import TsfError
-from ..model.config import ModelConfig
-from .base import Backend
-from .onnx_graphs import decoder_feeds, fusion_feeds, split_decoded
+from tsf_trt.backends.base import Backend
+from tsf_trt.backends.onnx_graphs import decoder_feeds, fusion_feeds, split_decoded
+from tsf_trt.errors import TsfError
+from tsf_trt.files import cache_entry
+from tsf_trt.machine.cache_dir import machine_key, runtime_cache
+from tsf_trt.model.config import ModelConfig
 
 _log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Runs an export directory (three graphs + manifest). Sessions are created once per
 graph and reused; the graph optimiser runs at its full level and, on CPU, its result is
 cached beside the graphs (keyed by graph hash, ORT version and CPU; a file named by its own
-hash, checked before use, :mod:`tsf_trt.cache_entry`: a damaged one is rebuilt with one
+hash, checked before use, :mod:`tsf_trt.files.cache_entry`: a damaged one is rebuilt with one
 warning), so later runs skip it. Per-target decoders with baked kernels are used when the export has them (measured
 faster on CPU: README, "Performance"); `decoder="code"` forces the code-input decoder.
 
@@ -43,12 +43,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import cache_entry
-from ..cache_dir import machine_key, runtime_cache
-from ..errors import TsfError
-from ..model.config import ModelConfig
-from .base import Backend
-from .onnx_graphs import decoder_feeds, fusion_feeds, split_decoded
+from tsf_trt.backends.base import Backend
+from tsf_trt.backends.onnx_graphs import decoder_feeds, fusion_feeds, split_decoded
+from tsf_trt.errors import TsfError
+from tsf_trt.files import cache_entry
+from tsf_trt.machine.cache_dir import machine_key, runtime_cache
+from tsf_trt.model.config import ModelConfig
 
 PROVIDERS = {
     "ort": ["CPUExecutionProvider"],

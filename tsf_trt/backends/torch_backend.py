@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import sequences
-from ..errors import TsfError
-from ..model import TSFSeq2Seq
-from ..model.checkpoint import weights_id
-from ..model.config import ModelConfig
-from .base import Backend, activation_bytes
-from .torch_staged import (CudaGraphCapture, DecodedImages, PinnedIO, PlainIO, StagedRunner, autocast, eager_capture,
-                           prepared)
+from tsf_trt import sequences
+from tsf_trt.backends.base import Backend, activation_bytes
+from tsf_trt.backends.torch_staged import (CudaGraphCapture, DecodedImages, PinnedIO, PlainIO, StagedRunner,
+                                           autocast, eager_capture, prepared)
+from tsf_trt.errors import TsfError
+from tsf_trt.model import TSFSeq2Seq
+from tsf_trt.model.checkpoint import weights_id
+from tsf_trt.model.config import ModelConfig
 
 # Batch from free GPU memory: a share of what is free, over the live maps of one slice (a conv's
 # input, its padded copy and output, InstanceNorm's fp32 copy and output, the residual: about 6

@@ -6,7 +6,7 @@ while the GPU still works on earlier calls; the decoder's middle channel copied 
 on its own as soon as the decoder is queued (``to_numpy(images, channel=1)`` returns it).
 Across batches: nothing here waits for the GPU but ``to_numpy`` (and ω, once per task), and the
 upload ring is deep enough (UPLOAD_SLOTS) that a caller who queues batch k+1 before it reads
-batch k's images never waits in an upload for batch k's work; tsf_trt/pipeline.py reads each
+batch k's images never waits in an upload for batch k's work; tsf_trt/synthesis/pipeline.py reads each
 batch before it stacks the next, so it gets that overlap only once it looks one batch ahead. Apart
 from :class:`~tsf_trt.backends.torch_backend.TorchBackend` because it is a runner of its own,
 with its own buffer rules. Written from PyTorch's CUDA-graph and stream documentation and tested
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..model import TSFSeq2Seq
-from ..model.layers import ConvLSTMCell
+from tsf_trt.model import TSFSeq2Seq
+from tsf_trt.model.layers import ConvLSTMCell
 
 # Here, not in torch_backend.py, as StagedRunner and TorchBackend (on any device) both use it.
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

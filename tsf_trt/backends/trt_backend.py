@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import sequences
-from ..errors import TsfError
-from ..model.config import ModelConfig
-from .base import Backend
+from tsf_trt import sequences
+from tsf_trt.backends.base import Backend
+from tsf_trt.errors import TsfError
+from tsf_trt.model.config import ModelConfig
 
 TENSOR_ALIGNMENT = 256  # bytes: TensorRT's requirement for every address given to set_tensor_address
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import TsfError
+from tsf_trt.errors import TsfError
 
 BUNDLED = {"demo": Path(__file__).resolve().parent / "demo"}
 DEFAULT = "demo"

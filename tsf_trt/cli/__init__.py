@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .app import EXIT_INTERRUPTED, app, err
-from . import bench, data, demo, engines, evaluate, infer, models, train  # noqa: F401,E402  (registers the commands)
+from tsf_trt.cli import bench, data, demo, engines, evaluate, infer, models, train  # noqa: F401,E402  (registers the commands)
+from tsf_trt.cli.app import EXIT_INTERRUPTED, app, err
 
 
 def main() -> None:

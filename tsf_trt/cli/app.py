@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
-from ..console import EXIT_ERROR, EXIT_INTERRUPTED, err, log, out, progress_bar, setup_logging, step, user_errors
-from .doctor import doctor
+from tsf_trt.cli.doctor import doctor
+from tsf_trt.console import (EXIT_ERROR, EXIT_INTERRUPTED, err, log, out, progress_bar, setup_logging, step,
+                             user_errors)
+from tsf_trt.version import __version__
 
 app = typer.Typer(
     name="tsf-trt",

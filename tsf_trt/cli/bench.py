@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from . import params
-from .app import app, err, out, progress_bar, setup_logging, step, user_errors
+from tsf_trt.cli import params
+from tsf_trt.cli.app import app, err, out, progress_bar, setup_logging, step, user_errors
 
 
 def join_shape(args: list[str], commands: Sequence[str] = ()) -> list[str]:
@@ -131,11 +131,11 @@ def bench(
     from tsf_trt.bench.variants import DECODERS, check_compile, parse_backends, parse_batch_sizes, parse_list
     from tsf_trt.bench.workload import check_sources, parse_shape
 
-    from .. import sequences
-    from ..backends import PRECISIONS
-    from ..errors import InputError, TsfError
-    from ..bundled import resolve_model
-    from ..options import RunOptions
+    from tsf_trt import sequences
+    from tsf_trt.backends import PRECISIONS
+    from tsf_trt.bundled import resolve_model
+    from tsf_trt.errors import InputError, TsfError
+    from tsf_trt.synthesis.options import RunOptions
 
     for flag, value, low in (("--warmup", warmup, 0), ("--iterations", iterations, 1),
                              ("--io-subjects", io_subjects, 0)):
@@ -191,8 +191,8 @@ def bench(
 def _check_output(path: Path, overwrite: bool, inputs: list[tuple[str, Path | None]]) -> None:
     """A report file of bench or bench suite, before any measuring: never an input, its folder made
     and swept of killed runs' leftovers, replaced only with --overwrite and only if tsf-trt's."""
-    from ..atomic import check_writable, make_folder, sweep
-    from ..ownership import refuse_input_overlap
+    from tsf_trt.files.atomic import check_writable, make_folder, sweep
+    from tsf_trt.files.ownership import refuse_input_overlap
 
     refuse_input_overlap(path, inputs)
     make_folder(path.parent)
@@ -201,14 +201,14 @@ def _check_output(path: Path, overwrite: bool, inputs: list[tuple[str, Path | No
 
 
 def _frames(text: str) -> list[str]:
-    from ..frame import FrameSpec
+    from tsf_trt.synthesis.frame import FrameSpec
 
     return list(dict.fromkeys(str(FrameSpec.parse(f)) for f in text.split(",") if f.strip())) or ["head"]
 
 
 def _refuse_own_options(ctx: typer.Context) -> None:
     """`tsf-trt bench --threads 1 suite` would drop --threads silently: say so instead."""
-    from ..errors import TsfError
+    from tsf_trt.errors import TsfError
 
     sources = {p.opts[0]: ctx.get_parameter_source(p.name) for p in ctx.command.params if p.name}
     given = [opt for opt, source in sources.items() if source is not None and source.name == "COMMANDLINE"]
@@ -254,8 +254,8 @@ def suite(
     from tsf_trt.bench.suite import parse_variants, run_suite
     from tsf_trt.bench.workload import check_shape
 
-    from ..atomic import atomic_path
-    from ..options import check_threads
+    from tsf_trt.files.atomic import atomic_path
+    from tsf_trt.synthesis.options import check_threads
 
     setup_logging(quiet, no_progress, log_file)
     check_threads(threads)
@@ -277,8 +277,8 @@ def suite(
 
 
 def _sequences(flag: str, text: str) -> list[int]:
-    from .. import sequences
-    from ..errors import TsfError
+    from tsf_trt import sequences
+    from tsf_trt.errors import TsfError
 
     try:
         return sequences.parse_list(text)

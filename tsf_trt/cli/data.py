@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from . import params
-from .app import app, log, out, progress_bar, setup_logging, user_errors
+from tsf_trt.cli import params
+from tsf_trt.cli.app import app, log, out, progress_bar, setup_logging, user_errors
 
 _LAYOUTS = ("brats2021", "brats2023")
 
@@ -42,7 +42,7 @@ def phantom(
 
     Example: tsf-trt phantom -o phantoms --subjects 4 --shape 96 96 64
     """
-    from ..errors import TsfError
+    from tsf_trt.errors import TsfError
 
     setup_logging(quiet, no_progress, log_file)
     layout = layout.strip().lower()

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from . import params
-from .app import app, log, out, progress_bar, setup_logging, step, user_errors
+from tsf_trt.cli import params
+from tsf_trt.cli.app import app, log, out, progress_bar, setup_logging, step, user_errors
 
 
 @app.command("demo")
@@ -35,17 +35,17 @@ def demo(
     """
     from rich.table import Table
 
-    from ..demo import TARGET, check_demo, run_demo
-    from ..options import RunOptions
-    from ..pipeline import Synthesizer
-    from ..source import ModelSource
+    from tsf_trt.runs.demo import TARGET, check_demo, run_demo
+    from tsf_trt.synthesis.options import RunOptions
+    from tsf_trt.synthesis.pipeline import Synthesizer
+    from tsf_trt.synthesis.source import ModelSource
 
     setup_logging(quiet, no_progress, log_file)
     options = RunOptions(backend, threads=threads, frame=frame)  # every value, before any work
     source = ModelSource.resolve(model)  # reads config.json only
     check_demo(output, overwrite, inputs=[("--model directory", source.path)])  # before the model loads
     with step(f"loading model {source.path}"):
-        synth = Synthesizer.of(source, options)
+        synth = Synthesizer(source, options)
     log.info("backend: %s", synth.backend.describe())
     with progress_bar() as bar:
         def on_task(task: str):

@@ -1,6 +1,6 @@
 """`tsf-trt infer --devices 0,1`: the display side of folder mode on several GPUs.
 
-The work itself is :mod:`tsf_trt.multigpu`; this shows one progress bar over all
+The work itself is :mod:`tsf_trt.runs.multigpu`; this shows one progress bar over all
 subjects, a line per GPU when its worker is ready, and the same closing summary as
 single-process folder mode. Not a command of its own: `infer` calls it.
 """
@@ -12,16 +12,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
-from .app import EXIT_ERROR, log, out, progress_bar, step
+from tsf_trt.cli.app import EXIT_ERROR, log, out, progress_bar, step
 
 
 def run_devices(devices_text: str, model, options, request, subjects) -> None:
     """`model`: a ModelSource (resolved and checked by `infer`) or what resolves to one."""
-    from ..errors import TsfError
-    from ..jobs import FolderSummary
-    from ..outcomes import SubjectOutcome
-    from ..source import ModelSource
-    from ..multigpu import WorkerJob, export_once, parse_devices, run_on_devices
+    from tsf_trt.errors import TsfError
+    from tsf_trt.runs.jobs import FolderSummary
+    from tsf_trt.runs.multigpu import WorkerJob, export_once, parse_devices, run_on_devices
+    from tsf_trt.runs.outcomes import SubjectOutcome
+    from tsf_trt.synthesis.source import ModelSource
 
     devices = parse_devices(devices_text)
     if options.device == "cpu":

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..console import out, user_errors
+from tsf_trt.console import out, user_errors
 
 
 @user_errors
@@ -30,7 +30,7 @@ def doctor(
 
     Example: tsf-trt doctor --json
     """
-    from ..doctor import EXIT_NO_BACKEND, collect
+    from tsf_trt.doctor import EXIT_NO_BACKEND, collect
 
     _quiet_onnxruntime()
     report = collect()

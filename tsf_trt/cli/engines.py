@@ -12,8 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..engines.profiles import DEFAULT_PROFILE
-from .app import app, out, progress_bar, user_errors
+from tsf_trt.cli.app import app, out, progress_bar, user_errors
+from tsf_trt.engines.profiles import DEFAULT_PROFILE
 
 _D = DEFAULT_PROFILE
 
@@ -78,12 +78,12 @@ def build(
     profile: a cached engine that matches is kept, any other is rebuilt, never loaded.
     Example: tsf-trt engines build --model exports/demo --precision fp16 --opt-size 240x240
     """
-    from ..engines.cuda import Cuda
-    from ..engines.gpu import device_info, import_tensorrt, require_trt
-    from ..engines.keys import Platform
-    from ..engines.manager import BuildSettings, EngineManager
-    from ..engines.profiles import make_profile
-    from ..source import ModelSource
+    from tsf_trt.engines.cuda import Cuda
+    from tsf_trt.engines.gpu import device_info, import_tensorrt, require_trt
+    from tsf_trt.engines.keys import Platform
+    from tsf_trt.engines.manager import BuildSettings, EngineManager
+    from tsf_trt.engines.profiles import make_profile
+    from tsf_trt.synthesis.source import ModelSource
 
     require_trt("tsf-trt engines build")
     profile = make_profile(max_batch=max_batch, min_size=min_size, opt_size=opt_size, max_size=max_size)

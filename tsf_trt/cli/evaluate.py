@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import error_text
-from . import params
-from .app import EXIT_ERROR, EXIT_INTERRUPTED, app, err, log, out, progress_bar, setup_logging, step, user_errors
+from tsf_trt.cli import params
+from tsf_trt.cli.app import (EXIT_ERROR, EXIT_INTERRUPTED, app, err, log, out, progress_bar, setup_logging, step,
+                             user_errors)
+from tsf_trt.console import error_text
 
 
 @app.command("evaluate", no_args_is_help=True)
@@ -71,12 +72,12 @@ def evaluate(
 
     Example: tsf-trt evaluate --data phantoms --tasks 't1,flair->t2;->t1gd' -o report --slice-step 2
     """
-    from ..errors import TsfError
-    from ..evaluation import Settings, parse_tasks
-    from ..evaluation.run import check_run
-    from ..options import RunOptions
-    from ..qc import check_model, load_calibration
-    from ..source import ModelSource
+    from tsf_trt.errors import TsfError
+    from tsf_trt.evaluation import Settings, parse_tasks
+    from tsf_trt.evaluation.run import check_run
+    from tsf_trt.runs.qc import check_model, load_calibration
+    from tsf_trt.synthesis.options import RunOptions
+    from tsf_trt.synthesis.source import ModelSource
 
     setup_logging(quiet, no_progress, log_file)
     # every value and the report folder, before any model loads
@@ -98,11 +99,11 @@ def evaluate(
     settings = Settings(tasks=chosen, slice_step=slice_step, compare=compare, figures=figure_spec,
                         lpips_label=f"{lpips_net}: {lpips_weights}" if lpips_weights is not None else None,
                         qc=calibration, calibrate_qc=calibrate_qc, batch_size=batch_size, overwrite=overwrite,
-                        frame=options.frame)
+                        frame=str(options.frame))
     check_run(data, output, settings, model_id=source.model_id, has_fusion=source.has_fusion,
               inputs=[("--model directory", source.path), ("--qc file", qc), ("--lpips-weights file", lpips_weights)])
     if lpips_weights is not None:
-        from ..evaluation.lpips import load_lpips
+        from tsf_trt.evaluation.lpips import load_lpips
 
         settings.lpips = load_lpips(lpips_weights, lpips_net)
     synth, model_path = _synthesizer(source, options)
@@ -113,16 +114,16 @@ def evaluate(
 
 
 def _synthesizer(model, options):
-    from ..pipeline import Synthesizer
-    from ..source import ModelSource
+    from tsf_trt.synthesis.pipeline import Synthesizer
+    from tsf_trt.synthesis.source import ModelSource
 
     source = ModelSource.resolve(model)
     with step(f"loading model {source.path}"):
-        return Synthesizer.of(source, options), source.path
+        return Synthesizer(source, options), source.path
 
 
 def _run(synth, data: Path, output: Path, settings, model_label: str):
-    from ..evaluation import Hooks, evaluate as run_evaluation
+    from tsf_trt.evaluation import Hooks, evaluate as run_evaluation
 
     bar = progress_bar()  # started once every check has passed, so an error comes without a bar
     sizes: dict[str, int] = {}

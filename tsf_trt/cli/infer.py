@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..atomic import make_folder, remove_empty_folders
-from ..claims import DEFAULT_LEASE_S
-from . import params
-from .app import EXIT_ERROR, app, log, out, progress_bar, setup_logging, step, user_errors
+from tsf_trt.cli import params
+from tsf_trt.cli.app import EXIT_ERROR, app, log, out, progress_bar, setup_logging, step, user_errors
+from tsf_trt.files.atomic import make_folder, remove_empty_folders
+from tsf_trt.runs.claims import DEFAULT_LEASE_S
 
 HELP_INPUTS = ("Input volumes (.nii/.nii.gz). The sequence is read from the file name (BraTS _t1/_t1ce/_t2/_flair, "
                "-t1n/-t1c/-t2w/-t2f, or t1/t1gd/t2/flair) or given as t1=PATH. Several files may follow one "
@@ -118,12 +118,14 @@ def infer(
 
     Example: tsf-trt infer --inputs phantoms --target t2 --sources t1,flair -o synth
     """
-    from .. import sequences
-    from ..errors import TsfError
-    from ..options import InferRequest, RunOptions
-    from ..qc import check_model
-    from ..intake import Intake, gather
-    from ..source import ModelSource
+    from tsf_trt import sequences
+    from tsf_trt.errors import TsfError
+    from tsf_trt.inputs.intake import Intake, gather
+    from tsf_trt.runs.outputs import default_output
+    from tsf_trt.runs.qc import check_model
+    from tsf_trt.runs.request import InferRequest
+    from tsf_trt.synthesis.options import RunOptions
+    from tsf_trt.synthesis.source import ModelSource
 
     setup_logging(quiet, no_progress, log_file)
     # every value, before any work
@@ -138,26 +140,26 @@ def infer(
     _check_mode(intake, {"--channels": channels, "--sources": sources, "--shard": shard, "--devices": devices,
                          "--wait": wait, "--claim-lease": claim_lease != DEFAULT_LEASE_S},
                 {"--participant-label": participant_label, "--session": session, "--bids-filter": bids_filter})
-    default_output = output is None
-    output = intake.root / "derivatives" / "tsf-trt" if output is None else output
-    request = InferRequest(target_index, sequences.parse_list(sources) if sources else None, output, tsem,
+    output_given = output is not None
+    output = default_output(intake.root) if output is None else output
+    request = InferRequest(target_index, output, sequences.parse_list(sources) if sources else None, tsem,
                            overwrite, qc, claim_lease, wait, strict=strict, resample=resample)
     if devices:
-        from ..multigpu import parse_devices
+        from tsf_trt.runs.multigpu import parse_devices
 
         parse_devices(devices)  # fails at once without GPUs, before any folder is scanned
     gathered = gather(intake, target_index, request.sources)
     source = ModelSource.resolve(model)  # its id and stages, read without loading weights
     if request.qc is not None:
         check_model(request.qc, source.model_id)
-    if default_output:
+    if not output_given:
         log.info("output: %s (the default, in the data set's folder; choose another with -o)", output)
     _log_unused(gathered, intake, verbose)
     created = make_folder(output)
     try:
         _check_before_load(intake.mode, gathered.subjects, request, source, options)
         if devices:
-            from .devices import run_devices
+            from tsf_trt.cli.devices import run_devices
 
             return run_devices(devices, source, options, request, gathered.subjects)
         synth = _synthesizer(source, options)
@@ -172,23 +174,21 @@ def infer(
 
 def _check_before_load(mode: str, subjects, request, source, options) -> None:
     """What needs the model's config but not its weights, and every output location, before
-    the model loads (which may take half a minute): --frame suits the model, a one-input model
-    gets one input; the output folder is writable; one subject's outputs do not exist (without
+    the model loads (which may take half a minute): a one-input model gets one input (--frame
+    is checked against the model when the Synthesizer is built, before it loads); the output folder is writable; one subject's outputs do not exist (without
     --overwrite) and are no input; a folder's outputs are not another model's
-    (tsf_trt.outputs.check_folder_outputs)."""
-    from ..frame import FrameSpec
-    from ..atomic import check_folder_writable
-    from ..outputs import OutputPaths, check_folder_outputs
-    from ..pipeline import check_task
+    (tsf_trt.runs.outputs.check_folder_outputs)."""
+    from tsf_trt.files.atomic import check_folder_writable
+    from tsf_trt.runs.outputs import OutputPaths, check_folder_outputs
+    from tsf_trt.sequences import check_task
 
-    FrameSpec.parse(options.frame).check(source.config.downsample)
     if mode == "single" or request.sources:
         sources = sorted(request.sources or subjects[0].inputs)
-        check_task(sources, request.target, source.has_fusion, source.label)
+        check_task(sources, request.target, has_fusion=source.has_fusion, model=source.label)
     check_folder_writable(request.output)
     if mode == "single":
         subject = subjects[0]
-        OutputPaths.of(subject, request.output, request.target, request.tsem and source.has_fusion,
+        OutputPaths.of(subject, request.output, request.target, request.makes_tsem(source.has_fusion),
                        own_folder=False).check(request.overwrite, subject.inputs.values())
     else:
         check_folder_outputs(request.output, subjects, request.target, source.model_id,
@@ -197,7 +197,7 @@ def _check_before_load(mode: str, subjects, request, source, options) -> None:
 
 def _check_mode(intake, many: dict, bids: dict) -> None:
     """Options that do not apply to the mode are errors, not silently ignored."""
-    from ..errors import TsfError
+    from tsf_trt.errors import TsfError
 
     mode = intake.mode
     if mode == "single":
@@ -226,7 +226,7 @@ def _labels(values: list[str] | None) -> tuple[str, ...] | None:
 
 
 def _bids_filter(values: list[str] | None) -> tuple[tuple[str, str | None], ...]:
-    from ..errors import TsfError
+    from tsf_trt.errors import TsfError
 
     pairs = []
     for value in values or ():
@@ -245,7 +245,7 @@ UNUSED_LINES = 10
 def _log_unused(gathered, intake, verbose: bool = False) -> None:
     """No silent drops: every file of the data set that is not used is named, one line per
     subject, or past UNUSED_LINES subjects one line per reason with a count and an example."""
-    from ..subjects import shown
+    from tsf_trt.inputs.subjects import shown
 
     per_subject = [(shown(subject.name), subject.unused) for subject in gathered.subjects if subject.unused]
     if gathered.unused:
@@ -268,18 +268,18 @@ def _files(items) -> str:
 
 
 def _synthesizer(source, options):
-    from ..pipeline import Synthesizer
+    from tsf_trt.synthesis.pipeline import Synthesizer
 
     with step(f"loading model {source.path}"):
-        synth = Synthesizer.of(source, options)
+        synth = Synthesizer(source, options)
     log.info("backend: %s; precision %s: %s", synth.backend.describe(), synth.backend.runtime_precision,
              synth.backend.precision_reason)
     return synth
 
 
 def _run_one(synth, subject, request) -> None:
-    from .. import sequences
-    from ..jobs import infer_subject
+    from tsf_trt import sequences
+    from tsf_trt.runs.jobs import infer_subject
 
     task = sequences.describe(list(subject.inputs), request.target)
     bar = progress_bar()
@@ -297,7 +297,7 @@ def _run_one(synth, subject, request) -> None:
         if slices:
             bar.stop()
     log.info("%s", outcome.line(f"{synth.backend.name} {synth.backend.runtime_precision}"))
-    _print_outcome(outcome, request.tsem and not synth.has_fusion)
+    _print_outcome(outcome, request.tsem and not request.makes_tsem(synth.has_fusion))
 
 
 def _print_outcome(outcome, tsem_unavailable: bool) -> None:
@@ -314,8 +314,8 @@ def _print_outcome(outcome, tsem_unavailable: bool) -> None:
 
 
 def _run_folder(synth, subjects, request) -> None:
-    from ..jobs import infer_folder
-    from ..subjects import shown
+    from tsf_trt.inputs.subjects import shown
+    from tsf_trt.runs.jobs import infer_folder
 
     start = time.perf_counter()
     with progress_bar() as bar:

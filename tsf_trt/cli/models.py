@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import params
-from .app import app, log, out, setup_logging, user_errors
+from tsf_trt.cli import params
+from tsf_trt.cli.app import app, log, out, setup_logging, user_errors
 
 
 @app.command("import-reference", no_args_is_help=True)
@@ -37,11 +37,11 @@ def import_reference(
 
     Example (from the repository root, with its small reference checkpoints): tsf-trt import-reference --seq2seq tests/data/small_seq2seq.pt --tsf tests/data/small_tsf.pt --config small -o models/small
     """
-    from ..atomic import check_folder_target
-    from ..model import import_reference as do_import
-    from ..model import resolve_config, save_model
-    from ..model.meta import read_model_meta
-    from ..ownership import MODEL_DIR, refuse_input_overlap
+    from tsf_trt.files.atomic import check_folder_target
+    from tsf_trt.files.ownership import MODEL_DIR, refuse_input_overlap
+    from tsf_trt.model import import_reference as do_import
+    from tsf_trt.model import resolve_config, save_model
+    from tsf_trt.model.meta import read_model_meta
 
     cfg = resolve_config(config)
     # the output, before any checkpoint is read: never an input, replaced only if a model directory
@@ -86,12 +86,12 @@ def export(
 
     Example: tsf-trt export -o exports/demo --targets t2,flair
     """
-    from .. import sequences
-    from ..atomic import check_folder_target
-    from ..model.meta import EXPORT_SUBDIR
-    from ..ownership import EXPORT_DIR, refuse_input_overlap
-    from ..source import ModelSource
-    from .app import progress_bar
+    from tsf_trt import sequences
+    from tsf_trt.cli.app import progress_bar
+    from tsf_trt.files.atomic import check_folder_target
+    from tsf_trt.files.ownership import EXPORT_DIR, refuse_input_overlap
+    from tsf_trt.model.meta import EXPORT_SUBDIR
+    from tsf_trt.synthesis.source import ModelSource
 
     setup_logging(quiet, no_progress, log_file)
     source = ModelSource.resolve(model)
@@ -135,7 +135,7 @@ AUTHORS_CROP = (192, 192)
 
 def _training_crop(config: str) -> tuple[int, int]:
     """The config file's own train.crop_size when it has one, else the authors' 192x192."""
-    from ..model.reference_config import read_config_file, training_crop
+    from tsf_trt.model.reference_config import read_config_file, training_crop
 
     path = Path(config)
     if path.is_file():

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import console
+from tsf_trt import console
 
 Model = Annotated[Optional[Path], typer.Option(
     "--model", "-m", show_default=False,

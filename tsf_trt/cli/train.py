@@ -8,6 +8,6 @@ from __future__ import annotations
 
 from tsf_trt.train.commands import train_app
 
-from .app import app
+from tsf_trt.cli.app import app
 
 app.add_typer(train_app, name="train")

@@ -9,10 +9,10 @@ Markdown), `store` (the resumable report folder), `run` (all of it, subject by s
 
 from __future__ import annotations
 
-from ..qc import QcCalibration, load_calibration
-from .qc import rank_auc
-from .run import Evaluation, Hooks, Settings, SubjectOutcome, evaluate
-from .tasks import Task, all_tasks, parse_tasks
+from tsf_trt.evaluation.qc import rank_auc
+from tsf_trt.evaluation.run import Evaluation, Hooks, Settings, SubjectOutcome, evaluate
+from tsf_trt.evaluation.tasks import Task, all_tasks, parse_tasks
+from tsf_trt.runs.qc import QcCalibration, load_calibration
 
 __all__ = ["Evaluation", "Hooks", "QcCalibration", "Settings", "SubjectOutcome", "Task", "all_tasks", "evaluate",
            "load_calibration", "parse_tasks", "rank_auc"]

@@ -1,6 +1,6 @@
 """One subject, every task: each sequence encoded once per slice batch, then fused and decoded per task.
 
-Why not call :class:`~tsf_trt.pipeline.Synthesizer` once per task: the encoder is the same
+Why not call :class:`~tsf_trt.synthesis.pipeline.Synthesizer` once per task: the encoder is the same
 for every task, so with the four sequences and 28 tasks the Synthesizer would encode each
 slice 64 times instead of 4. Here a batch of 2.5D stacks is encoded once per sequence and
 every task reuses the features: fuse, then decode `fused` and `fused_avg` as one batch of
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends import Backend
-from ..frame import Frame, FrameSpec, cut, plan_frame
-from ..batches import encoded_batches, host_images, run_task, timed
-from ..pipeline import head_of, load_arrays, normalize_inputs
-from ..preprocess import BACKGROUND, SliceAccumulator
-from .tasks import Task
+from tsf_trt.backends import Backend
+from tsf_trt.evaluation.tasks import Task
+from tsf_trt.synthesis.batches import encoded_batches, host_images, run_task, timed
+from tsf_trt.synthesis.frame import Frame, FrameSpec, cut, plan_frame
+from tsf_trt.synthesis.pipeline import head_of, load_arrays, normalize_inputs
+from tsf_trt.synthesis.preprocess import BACKGROUND, SliceAccumulator
 
 #: In-plane margin around the head (pixels): more than the 5-pixel radius of SSIM's Gaussian
 #: window (σ 1.5, truncated at 3.5 σ), so every head voxel's SSIM sees the same neighbourhood.
@@ -97,7 +97,7 @@ class SubjectImages:
 def load_subject(inputs: Mapping[int, Path]) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Normalised volumes of every sequence and the head mask (voxels where any of the
     subject's sequences is above 0: one mask, and so one frame, for all of its tasks)."""
-    from ..prefetch import check_distinct_files
+    from tsf_trt.inputs.prefetch import check_distinct_files
 
     check_distinct_files(inputs)  # one file given as two sequences: infer's rule
     arrays = load_arrays(dict(inputs))

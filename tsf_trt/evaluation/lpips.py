@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, TsfError
-from .scoring import Lpips
+from tsf_trt.errors import InputError, TsfError
+from tsf_trt.evaluation.scoring import Lpips
 
 NETS = ("alex", "vgg")
 

@@ -1,4 +1,4 @@
-"""Calibrating and judging the TSEM QC score of :mod:`tsf_trt.qc` on data with ground truth.
+"""Calibrating and judging the TSEM QC score of :mod:`tsf_trt.runs.qc` on data with ground truth.
 
 `evaluate --calibrate-qc` picks τ (the threshold whose score best ranks the worst decile of
 PSNR) and a score cut that flags about that decile; the statistics here (correlation with
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TsfError
-from ..qc import DEFINITION, FORMAT, VERSION, QcCalibration, key
+from tsf_trt.errors import TsfError
+from tsf_trt.runs.qc import DEFINITION, FORMAT, VERSION, QcCalibration, key
 
 #: Candidate τ evaluated for every synthesis (and the grid `--calibrate-qc` chooses from).
 THRESHOLDS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5)

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import sequences
-from ..atomic import atomic_path
-from ..qc import key as qc_key
-from .scoring import METHODS, QUALITY
+from tsf_trt import sequences
+from tsf_trt.evaluation.scoring import METHODS, QUALITY
+from tsf_trt.files.atomic import atomic_path
+from tsf_trt.runs.qc import key as qc_key
 
 CSV_COLUMNS = (
     "subject", "task", "target", "sources", "n_inputs", "slices", "voxels", *QUALITY,

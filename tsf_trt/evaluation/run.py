@@ -1,7 +1,7 @@
 """`evaluate` as a library call: subjects -> rows (resumable) -> tables, figures, QC, report.
 
 The CLI (`tsf-trt evaluate`) is a thin layer over :func:`evaluate`; tests and notebooks call
-it directly with a ready :class:`~tsf_trt.pipeline.Synthesizer`.
+it directly with a ready :class:`~tsf_trt.synthesis.pipeline.Synthesizer`.
 """
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, sequences
-from ..errors import TsfError
-from ..backends import Backend
-from ..pipeline import Synthesizer
-from ..subjects import Subject, find_subjects
-from . import qc as qcmod
-from .loop import SliceProgress, SubjectImages, evaluate_images
-from .report import summarize, write_csv, write_json, write_markdown
-from .scoring import Lpips, score_subject
-from ..ownership import refuse_input_overlap
-from .store import ReportDir, fingerprint, safe_name
-from .tasks import Task
+from tsf_trt import sequences
+from tsf_trt.backends import Backend
+from tsf_trt.errors import TsfError
+from tsf_trt.evaluation import qc as qcmod
+from tsf_trt.evaluation.loop import SliceProgress, SubjectImages, evaluate_images
+from tsf_trt.evaluation.report import summarize, write_csv, write_json, write_markdown
+from tsf_trt.evaluation.scoring import Lpips, score_subject
+from tsf_trt.evaluation.store import ReportDir, fingerprint, safe_name
+from tsf_trt.evaluation.tasks import Task
+from tsf_trt.files.ownership import refuse_input_overlap
+from tsf_trt.inputs.subjects import Subject, find_subjects
+from tsf_trt.synthesis.pipeline import Synthesizer
+from tsf_trt.version import __version__
 
 METRICS_VERSION = 1  # bump when a row's meaning changes: older caches are then not reused
 
@@ -42,7 +43,7 @@ class Settings:
     calibrate_qc: bool = False
     batch_size: int | None = None
     overwrite: bool = False
-    frame: str = "head"                  # where the network runs (tsf_trt.frame), as infer's --frame
+    frame: str = "head"                  # where the network runs (tsf_trt.synthesis.frame), as infer's --frame
 
 
 @dataclass
@@ -197,7 +198,7 @@ def _figure_path(folder: Path, subject: str, task: Task) -> Path:
 
 
 def _subject_figure(path: Path, subject: str, task: Task, images: SubjectImages, rows: list[dict[str, Any]]) -> None:
-    from ..figures import choose_slices, subject_figure
+    from tsf_trt.runs.figures import choose_slices, subject_figure
 
     out, truth = images.tasks[task], images.truth[task.target]
     row = next(r for r in rows if r["task"] == task.label)
@@ -212,7 +213,7 @@ def _subject_figure(path: Path, subject: str, task: Task, images: SubjectImages,
 def _finish(store: ReportDir, outcomes: list[SubjectOutcome], settings: Settings, active: qcmod.QcCalibration,
             model_id: str, model_label: str, data: str | Path, resumed: bool, figure_subjects: Sequence[Subject],
             has_fusion: bool) -> Evaluation:
-    from ..figures import weights_chart
+    from tsf_trt.runs.figures import weights_chart
 
     rows = [r for o in outcomes for r in o.rows]
     summary: dict[str, Any] = {

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics, sequences
-from .loop import SubjectImages, TaskImages
-from .tasks import Task
+from tsf_trt import metrics, sequences
+from tsf_trt.evaluation.loop import SubjectImages, TaskImages
+from tsf_trt.evaluation.tasks import Task
 
 #: Methods of Table 1's ablation, as column prefixes ("" is TSF-Seq2Seq itself).
 METHODS = {
@@ -53,7 +53,7 @@ class _Scorer:
 def score_subject(subject: str, images: SubjectImages, *, thresholds: Sequence[float], compare: bool = True,
                   lpips: Lpips | None = None, on_task: TaskDone | None = None) -> list[dict[str, Any]]:
     """One row per task (table order), with every score and the TSEM exceedance at `thresholds`."""
-    from ..qc import exceedance, key
+    from tsf_trt.runs.qc import exceedance, key
 
     scorers: dict[int, _Scorer] = {}
     rows = []

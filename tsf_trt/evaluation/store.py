@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path, check_folder_target, check_writable, sweep
-from ..errors import InputError
-from ..ownership import FolderKind, first_foreign, is_leftover, read_tagged, unrecognised
+from tsf_trt.errors import InputError
+from tsf_trt.files.atomic import atomic_path, check_folder_target, check_writable, sweep
+from tsf_trt.files.ownership import FolderKind, first_foreign, is_leftover, read_tagged, unrecognised
 
 FORMAT = "tsf-trt-evaluation"
 VERSION = 1

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import sequences
-from ..errors import TsfError
+from tsf_trt import sequences
+from tsf_trt.errors import TsfError
 
 _SPLIT = re.compile(r"[;\s]+")
 

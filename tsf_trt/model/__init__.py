@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import PRESETS, ModelConfig, resolve_config
+from tsf_trt.model.config import PRESETS, ModelConfig, resolve_config
 
 if TYPE_CHECKING:
-    from .checkpoint import import_reference, load_model, save_model
-    from .tsf import Synthesis, TSFSeq2Seq
+    from tsf_trt.model.checkpoint import import_reference, load_model, save_model
+    from tsf_trt.model.tsf import Synthesis, TSFSeq2Seq
 
 __all__ = [
     "PRESETS", "ModelConfig", "Synthesis", "TSFSeq2Seq",

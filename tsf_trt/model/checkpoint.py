@@ -21,13 +21,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import ModelError
-from ..fileformat import file_sha256
-from ..atomic import atomic_dir, check_folder_target
-from ..ownership import MODEL_DIR
-from .config import ModelConfig
-from .meta import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, check_weights, meta_config, read_model_meta
-from .tsf import TSFSeq2Seq
+from tsf_trt.errors import ModelError
+from tsf_trt.files.atomic import atomic_dir, check_folder_target
+from tsf_trt.files.fileformat import file_sha256
+from tsf_trt.files.ownership import MODEL_DIR
+from tsf_trt.model.config import ModelConfig
+from tsf_trt.model.meta import (CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, check_weights, meta_config,
+                                read_model_meta)
+from tsf_trt.model.tsf import TSFSeq2Seq
 
 
 # reference key (regex) -> our key; one table per checkpoint file.
@@ -56,8 +57,8 @@ def save_model(model: TSFSeq2Seq, directory: str | Path, *, overwrite: bool = Fa
                origin: dict[str, Any] | None = None, training_crop: tuple[int, int] | None = None) -> Path:
     """Write a model directory atomically (a complete directory or none). `training_crop` (H, W):
     the in-plane size it was trained on, kept because the frame it runs on matters
-    (tsf_trt.frame; `--frame HxW`). With `overwrite`, only a model directory (holding nothing
-    else) is replaced (:data:`tsf_trt.ownership.MODEL_DIR`)."""
+    (tsf_trt.synthesis.frame; `--frame HxW`). With `overwrite`, only a model directory (holding nothing
+    else) is replaced (:data:`tsf_trt.files.ownership.MODEL_DIR`)."""
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise ModelError(directory, "exists; use --overwrite to replace it")
@@ -84,7 +85,7 @@ def save_model(model: TSFSeq2Seq, directory: str | Path, *, overwrite: bool = Fa
 
 def weights_id(model: TSFSeq2Seq) -> str:
     """The id of a model built in Python: a hash of its weights (a model directory's id is
-    its weights file's, from config.json: see :class:`tsf_trt.source.ModelSource`)."""
+    its weights file's, from config.json: see :class:`tsf_trt.synthesis.source.ModelSource`)."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, TsfError
-from .reference_config import config_fields, read_config_file
+from tsf_trt.errors import InputError, TsfError
+from tsf_trt.model.reference_config import config_fields, read_config_file
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .layers import ConvLSTM, HyperConv, HyperResBlock, act, make_norm
+from tsf_trt.model.config import ModelConfig
+from tsf_trt.model.layers import ConvLSTM, HyperConv, HyperResBlock, act, make_norm
 
 
 class UpBlock(nn.Module):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .layers import ConvLSTM, ConvNormAct, ResBlock
+from tsf_trt.model.config import ModelConfig
+from tsf_trt.model.layers import ConvLSTM, ConvNormAct, ResBlock
 
 
 class Encoder(nn.Module):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .layers import HyperConv, act, make_norm
+from tsf_trt.model.config import ModelConfig
+from tsf_trt.model.layers import HyperConv, act, make_norm
 
 EPS = 1e-5  # Eq. 1: keeps the normaliser of Eq. 2 away from zero
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError, TsfError
-from ..fileformat import MODEL_CONFIG as CONFIG_FILE
-from ..fileformat import MODEL_EXPORT_SUBDIR
-from ..fileformat import MODEL_FORMAT as FORMAT
-from ..fileformat import MODEL_WEIGHTS as WEIGHTS_FILE
-from ..fileformat import file_sha256, read_tagged_json
-from .config import ModelConfig
+from tsf_trt.errors import ModelError, TsfError
+from tsf_trt.files.fileformat import MODEL_CONFIG as CONFIG_FILE
+from tsf_trt.files.fileformat import MODEL_EXPORT_SUBDIR
+from tsf_trt.files.fileformat import MODEL_FORMAT as FORMAT
+from tsf_trt.files.fileformat import MODEL_WEIGHTS as WEIGHTS_FILE
+from tsf_trt.files.fileformat import file_sha256, read_tagged_json
+from tsf_trt.model.config import ModelConfig
 
 FORMAT_VERSION = 1
 #: A model directory may carry its own ONNX export here (the bundled demo does), so that a

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, TsfError
+from tsf_trt.errors import InputError, TsfError
 
 
 # Keys read by Generator / Encoder / hyperDecoder (src/seq2seq/models/{seq2seq,encoder,decoder}.py).

@@ -13,11 +13,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .. import sequences
-from .config import ModelConfig
-from .decoder import Decoder
-from .encoder import Encoder
-from .fusion import TaskSpecificFusion
+from tsf_trt import sequences
+from tsf_trt.model.config import ModelConfig
+from tsf_trt.model.decoder import Decoder
+from tsf_trt.model.encoder import Encoder
+from tsf_trt.model.fusion import TaskSpecificFusion
 
 
 class Synthesis(NamedTuple):

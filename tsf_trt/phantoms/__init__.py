@@ -6,8 +6,8 @@ to do so, nor torch (an optional extra): numpy and scipy are enough. ``make_anat
 rebuilt ``anatomy/`` once, outside the project's venv.
 """
 
-from .generator import (SEQUENCES, TISSUES, Phantom, check_targets, is_hard, make_subject, subject_name,
-                        write_subject, write_subjects)
+from tsf_trt.phantoms.generator import (SEQUENCES, TISSUES, Phantom, check_targets, is_hard, make_subject,
+                                        subject_name, write_subject, write_subjects)
 
 __all__ = ["SEQUENCES", "TISSUES", "Phantom", "check_targets", "is_hard", "make_subject", "subject_name",
            "write_subject", "write_subjects"]

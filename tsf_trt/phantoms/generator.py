@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit as _sigmoid  # float32 in, float32 out: the closest to torch.sigmoid (<= 4 ulp)
 
-from tsf_trt.atomic import atomic_dir, check_folder_target, sweep
-from tsf_trt.ownership import FolderKind, first_foreign, nifti_descrip
+from tsf_trt.files.atomic import atomic_dir, check_folder_target, sweep
+from tsf_trt.files.ownership import FolderKind, first_foreign, nifti_descrip
 
-from .resample import grid_sample_padded, upsample_trilinear, zero_border
-from .torch_random import TorchCompatibleRandom
+from tsf_trt.phantoms.resample import grid_sample_padded, upsample_trilinear, zero_border
+from tsf_trt.phantoms.torch_random import TorchCompatibleRandom
 
 SEQUENCES = ("t1", "t1gd", "t2", "flair")  # tsf_trt.sequences.NAMES order
 TISSUES = ("csf", "gm", "wm", "necrosis", "rim", "oedema")  # tissue map codes 1..6

@@ -1,0 +1,212 @@
+"""Whole-volume synthesis: volumes -> batches of 2.5D stacks -> backend -> volume, TSEM, ω.
+
+Usable from Python::
+
+    from tsf_trt import RunOptions, Synthesizer
+    synth = Synthesizer("models/small", RunOptions(batch_size=16))
+    result = synth.run({"t1": "sub_t1.nii.gz", "flair": "sub_flair.nii.gz"}, target="t2")
+    result.image, result.tsem, result.weights
+
+Memory stays bounded by the batch (plus the volumes themselves): each batch of
+slices is encoded once per source, fused, and decoded as one batch of 2N
+(`fused` and `fused_avg`) to give TSEM.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tsf_trt import sequences
+from tsf_trt.backends import Backend
+from tsf_trt.errors import InputError
+from tsf_trt.files.volume import Volume, check_same_grid, load_volume, shape_text
+from tsf_trt.synthesis.backend import create_backend
+from tsf_trt.synthesis.batches import MIDDLE, Decoded, encoded_batches, host_images, middle, run_task, timed
+from tsf_trt.synthesis.frame import plan_frame
+from tsf_trt.synthesis.options import RunOptions
+from tsf_trt.synthesis.preprocess import BACKGROUND, SliceAccumulator, normalize
+from tsf_trt.synthesis.source import ModelSource
+
+Progress = Callable[[int, int], None]
+_log = logging.getLogger(__name__)
+MIN_INPLANE = 8  # reflection padding at 1/4 resolution needs at least 2 pixels
+
+
+@dataclass
+class Result:
+    """A synthesised volume in network units [-1, 1], canonical (z, y, x) layout."""
+
+    image: np.ndarray
+    tsem: np.ndarray | None            # |G(fused) - G(fused_avg)|, middle channel; None without TSF
+    weights: dict[int, float]          # ω per source sequence index (sums to 1)
+    sources: list[int]
+    target: int
+    head_mask: np.ndarray              # voxels where any input is above its background
+    timings: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 0                # slices per network batch that were used
+    frame: dict[str, Any] = field(default_factory=dict)  # where the network ran (Frame.describe)
+
+    @property
+    def task(self) -> str:
+        return sequences.describe(self.sources, self.target)
+
+    def weights_by_name(self) -> dict[str, float]:
+        return {sequences.NAMES[i]: w for i, w in self.weights.items()}
+
+    def tsem_summary(self) -> dict[str, float] | None:
+        """Mean and p99 of TSEM in the head, and the fraction of head voxels above the
+        volume's p99 (the paper's top-1 % threshold): a compact unreliability score."""
+        if self.tsem is None:
+            return None
+        head = self.tsem[self.head_mask] if self.head_mask.any() else self.tsem.ravel()
+        threshold = float(np.percentile(self.tsem, 99))
+        return {
+            "mean_head": float(head.mean()),
+            "p99_head": float(np.percentile(head, 99)),
+            "max": float(self.tsem.max()),
+            "p99_volume": threshold,
+            "head_fraction_above_p99_volume": float((head > threshold).mean()),
+        }
+
+
+class Synthesizer:
+    """Runs a model on whole volumes. `model` is a :class:`~tsf_trt.synthesis.source.ModelSource` or anything it
+    resolves (a model or export directory, "demo" for the bundled model, a loaded TSFSeq2Seq), or a
+    ready :class:`~tsf_trt.backends.Backend`."""
+
+    def __init__(self, model, options: RunOptions | None = None):
+        """`options`: how to run (default: ``RunOptions()``, the CLI's defaults), already checked."""
+        self.options = RunOptions() if options is None else options
+        self.frame = self.options.frame
+        if isinstance(model, Backend):
+            self.frame.check(model.config.downsample)
+            self.backend, self.label = model, "this model"
+        else:
+            source = ModelSource.resolve(model)  # its config, read without loading weights
+            self.frame.check(source.config.downsample)  # before the model loads
+            self.backend = create_backend(source, self.options)
+            self.label = source.label
+
+    @property
+    def has_fusion(self) -> bool:
+        return self.backend.has_fusion
+
+    def check_task(self, sources: list[int], target: int) -> None:
+        """Refuse what this model cannot do, before any volume is read."""
+        sequences.check_task(sources, target, has_fusion=self.has_fusion, model=self.label)
+
+    def run(self, inputs: Mapping[int | str, Volume | str | Path | np.ndarray], target: int | str, *,
+            tsem: bool = True, progress: Progress | None = None) -> Result:
+        t0 = time.perf_counter()
+        target = sequences.parse(target) if isinstance(target, str) else int(target)
+        keyed = {(sequences.parse(k) if isinstance(k, str) else int(k)): v for k, v in inputs.items()}
+        sources = sorted(keyed)
+        self.check_task(sources, target)
+        arrays = load_arrays(keyed)
+        timings = {"read": time.perf_counter() - t0}  # file reading, when given paths
+
+        t = time.perf_counter()
+        head_mask = head_of(arrays)
+        frame = plan_frame(self.frame, head_mask, self.backend.config.downsample)
+        if frame.head_outside > 0:
+            _log.warning("--frame %s leaves %.2f %% of the head's voxels outside the frame: they are background "
+                         "in the output", frame.spec, 100 * frame.head_outside)
+        framed = {i: frame.take(v) for i, v in normalize_inputs(arrays).items()}
+        timings["preprocess"] = time.perf_counter() - t
+
+        image, tsem_map, weights, batch = self._synthesize(framed, frame.slices, sources, target, tsem, progress,
+                                                           timings)
+        t = time.perf_counter()
+        image = frame.place(image, head_mask.shape, BACKGROUND)
+        tsem_map = None if tsem_map is None else frame.place(tsem_map, head_mask.shape, 0.0)
+        timings["postprocess"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        return Result(image, tsem_map, {i: float(weights[i]) for i in sources}, sources, target, head_mask,
+                      timings, batch, frame.describe())
+
+    # -- steps ----------------------------------------------------------------------------
+    def _synthesize(self, normed: dict[int, np.ndarray], slices: np.ndarray, sources: list[int], target: int,
+                    tsem: bool, progress: Progress | None, timings: dict[str, float]):
+        """The batch loop (tsf_trt.synthesis.batches) over the frame's slices; each batch's images are brought
+        to the host only after the next batch is queued, so a GPU computes while the host gathers."""
+        be = self.backend
+        depth, height, width = next(iter(normed.values())).shape
+        want_tsem = sequences.makes_tsem(tsem, be.has_fusion)
+        image = SliceAccumulator((depth, height, width), self.options.combine)
+        tsem_map = SliceAccumulator((depth, height, width), "middle") if want_tsem else None
+        weights = sequences.task_code(sources, target)[0, : sequences.N_SEQUENCES].copy()  # no batch: ω = 1 each
+        total = len(slices)
+        batch = max(1, min(self.options.batch_size or be.preferred_batch_size(height, width), total))  # what is really used
+        channel = MIDDLE if self.options.combine == "middle" else None  # the middle rule keeps only channel 1 (TSEM always)
+
+        def gather(centres, decoded: Decoded, done: int) -> None:
+            with timed(timings, "decode"):  # waits for a GPU backend's batch
+                out, out_avg = host_images(be, decoded, channel)
+            with timed(timings, "gather"):
+                image.add(centres, out)
+                if tsem_map is not None:
+                    tsem_map.add(centres, np.abs(middle(out) - middle(out_avg)))
+            if progress is not None:
+                progress(done, total)
+
+        pending = None  # the previous batch, decoded but not read: on a GPU still computing while the next is queued
+        for positions, centres, features in encoded_batches(be, normed, sources, slices, batch, timings):
+            decoded = run_task(be, features, sources, target, with_avg=want_tsem, timings=timings)
+            weights = decoded.weights
+            if pending is not None:
+                gather(*pending)
+            pending = (centres, decoded, positions.stop)
+        if pending is not None:
+            gather(*pending)
+        return image.result(), None if tsem_map is None else tsem_map.result(), weights, batch
+
+
+# -- reading shared with tsf_trt.evaluation (one code path for what goes into the network) ---
+def load_arrays(keyed: Mapping[int, Volume | str | Path | np.ndarray]) -> dict[int, tuple[Path, np.ndarray]]:
+    """Sequence index -> (path for messages, (z, y, x) array), all of one shape and grid."""
+    loaded = {i: (load_volume(v) if isinstance(v, (str, Path)) else v) for i, v in keyed.items()}
+    volumes = [v for v in loaded.values() if isinstance(v, Volume)]
+    if len(volumes) == len(loaded):
+        check_same_grid(volumes)
+    arrays = {}
+    for i, v in loaded.items():
+        path = v.path if isinstance(v, Volume) else Path(f"<{sequences.NAMES[i]} array>")
+        data = v.data if isinstance(v, Volume) else np.asarray(v, dtype=np.float32)
+        if data.ndim != 3:
+            raise InputError(path, f"expected a 3D (z, y, x) array, got shape {data.shape}")
+        if min(data.shape[1:]) < MIN_INPLANE:
+            whole = f"; file shape {shape_text(v.native_shape)}" if isinstance(v, Volume) else ""
+            raise InputError(path, f"axial slices of {data.shape[2]}x{data.shape[1]} voxels (x, y{whole}) are too "
+                                   f"small: the network needs at least {MIN_INPLANE}x{MIN_INPLANE}")
+        arrays[i] = (path, data)
+    shapes = {d.shape for _, d in arrays.values()}
+    if len(shapes) > 1:
+        first, *rest = arrays.values()
+        other, shape = next((p, d.shape) for p, d in rest if d.shape != first[1].shape)
+        raise InputError(other, f"shape differs from {first[0].name}: {shape_text(shape[::-1])} vs "
+                                f"{shape_text(first[1].shape[::-1])} (x, y, z)")
+    return arrays
+
+
+def normalize_inputs(arrays: Mapping[int, tuple[Path, np.ndarray]]) -> dict[int, np.ndarray]:
+    """Each volume normalised over the whole volume, whatever the frame (an unusable one is an
+    InputError naming its file)."""
+    normed = {}
+    for index, (path, raw) in arrays.items():
+        try:
+            normed[index] = normalize(raw)
+        except ValueError as exc:
+            raise InputError(path, str(exc)) from None
+    return normed
+
+
+def head_of(arrays: Mapping[int, tuple[Path, np.ndarray]]) -> np.ndarray:
+    """Voxels where any input is above 0 (skull-stripped inputs are 0 outside the head)."""
+    return np.logical_or.reduce([raw > 0 for _, raw in arrays.values()])
