@@ -115,7 +115,7 @@ def parse_batch_sizes(text: str) -> list[int | None]:
 def parse_list(flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
     """'fp32,bf16' -> ['fp32', 'bf16'], each one of `allowed`, duplicates dropped."""
     names = list(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
-    if not names or (unknown := [n for n in names if n not in allowed]):
+    if not names or any(n not in allowed for n in names):
         raise TsfError(f"{flag} '{text}': use a comma list of {', '.join(allowed)}")
     return names
 

@@ -13,8 +13,8 @@ import pytest
 
 from tsf_trt.backends.base import Backend
 from tsf_trt.errors import TsfError
-from tsf_trt.synthesis.backend import create_backend
 from tsf_trt.synthesis import auto, precision_auto
+from tsf_trt.synthesis.backend import create_backend
 from tsf_trt.synthesis.options import RunOptions
 from tsf_trt.synthesis.source import ModelSource
 

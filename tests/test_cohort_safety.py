@@ -360,36 +360,40 @@ def test_an_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path,
     assert LOADING not in proc.stderr and files_under(out) == []
 
 
-def _qc(tmp_path: Path, **fields) -> Path:
-    body = {"format": "tsf-trt-qc", "version": 1, "tsem_threshold": 0.05, "flag_above": 0.1, "model_id": "x"}
-    path = tmp_path / "qc.json"
-    path.write_text(json.dumps({**body, **fields}).replace('"INF"', "Infinity").replace('"NAN"', "NaN"))
+def _calibration(tmp_path: Path, task: dict | None = None, **fields) -> Path:
+    """An interval calibration file (tsf-trt calibrate's format) with `fields` (and `task`'s, in its one
+    task) replaced; "INF" and "NAN" are written as the JSON that Python reads (Infinity, NaN)."""
+    from tsf_trt.uncertainty.calibration import Calibration, TaskCalibration, write_calibration
+    from tsf_trt.uncertainty.heuristic import Heuristic
+
+    path = tmp_path / "calibration.json"
+    entry = TaskCalibration(Heuristic(("edge",), (0.01, 1.0)), 2.0, 20, 0.09, 1.0, 0.2)
+    write_calibration(Calibration("x", 0.1, {"t1,flair->t2": entry}, (0.9, 1.1)), path)
+    body = json.loads(path.read_text())
+    body.update(fields)
+    body["tasks"]["t1,flair->t2"].update(task or {})
+    path.write_text(json.dumps(body).replace('"INF"', "Infinity").replace('"NAN"', "NaN"))
     return path
 
 
-def test_a_calibration_of_another_model_is_refused_before_the_model_loads(tmp_path, small_model_dir,
-                                                                          no_model_load):
-    qc = _qc(tmp_path, model_id="another-model")
-    result = cli("infer", "--inputs", *write_pair(tmp_path / "in", "s"), "--target", "t2", "--model", small_model_dir,
-                 "-o", tmp_path / "out", "--qc", qc, *TORCH)
-    assert_clean_error(result, str(qc), "another-model", _model_id(small_model_dir))
-    assert LOADING not in result.stderr and files_under(tmp_path / "out") == []
-
-
 @pytest.mark.parametrize("fields, words", [
-    ({"tsem_threshold": True}, ("tsem_threshold", "true")),
-    ({"tsem_threshold": "INF"}, ("tsem_threshold", "Infinity")),
-    ({"tsem_threshold": "NAN"}, ("tsem_threshold", "NaN")),
-    ({"flag_above": "NAN"}, ("flag_above", "NaN")),
-    ({"flag_above": True}, ("flag_above", "true")),
+    ({"alpha": True}, ("alpha", "true")),
+    ({"alpha": "INF"}, ("alpha", "Infinity")),
+    ({"alpha": "NAN"}, ("alpha", "NaN")),
+    ({"voxel_mm": ["NAN", 1.1]}, ("voxel_mm", "NaN")),
+    ({"task": {"lambda": "NAN"}}, ("t1,flair->t2", "lambda")),
+    ({"task": {"flag_above": True}}, ("t1,flair->t2", "flag_above")),
     ({"model_id": ""}, ("model_id",)),
     ({"model_id": None}, ("model_id",)),
 ])
 def test_a_damaged_calibration_is_one_line_naming_it(tmp_path, no_model_load, fields, words):
-    qc = _qc(tmp_path, **fields)
+    """Booleans, Infinity and NaN (which Python's json reads) are not numbers here: one line naming the
+    file and the field, before the model (the default one: not even resolved) loads."""
+    cal = _calibration(tmp_path, **fields)
     result = cli("infer", "--inputs", *write_pair(tmp_path / "in", "s"), "--target", "t2", "-o", tmp_path / "out",
-                 "--qc", qc, *TORCH)
-    assert_clean_error(result, str(qc), *words)
+                 "--calibration", cal, *TORCH)
+    assert_clean_error(result, str(cal), *words)
+    assert not (tmp_path / "out").exists()
 
 
 def test_folder_mode_checks_come_before_the_model_loads_too(tmp_path, small_model_dir, no_model_load):

@@ -248,7 +248,6 @@ def test_really_full_disk_is_one_line(case, small_model_dir, tmp_path, size, wha
     (("--precision", "bf16", "--backend", "ort"), ("--precision bf16", "ort")),
     (("--device", "gpu0"), ("--device", "gpu0")),
     (("--claim-lease", "0"), ("--claim-lease",)),
-    (("--qc", "qc.json", "--no-tsem"), ("--qc", "--no-tsem")),
 ])
 def test_bad_options_fail_before_the_model_loads(tmp_path, args, words):
     """The model path does not even exist: the option is refused before anything looks at it."""

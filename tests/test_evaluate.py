@@ -1,5 +1,6 @@
 """`tsf-trt evaluate`: scores equal to an independent recomputation, shared encodings equal to the
-pipeline, complete reports, resume, honest LPIPS, task parsing, the QC statistics and infer's QC block."""
+pipeline, complete reports, resume, honest LPIPS, task parsing, the rank AUC, and the old TSEM QC
+flag gone (calibrated intervals replace it: tests/test_evaluate_interval.py)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from tsf_trt import metrics
 from tsf_trt.cli import app
 from tsf_trt.errors import InputError, TsfError
 from tsf_trt.evaluation import Settings, Task, all_tasks, evaluate, parse_tasks
-from tsf_trt.evaluation import qc as qcmod
 from tsf_trt.evaluation.loop import Region
+from tsf_trt.evaluation.ranks import average_ranks, rank_auc, worst
+from tsf_trt.evaluation.store import ReportDir
 from tsf_trt.files.volume import load_volume
 from tsf_trt.inputs.subjects import find_subjects
-from tsf_trt.runs import qc as qccore
 from tsf_trt.synthesis.options import RunOptions
 from tsf_trt.synthesis.pipeline import Synthesizer
 from tsf_trt.synthesis.preprocess import normalize, stack_25d
@@ -47,7 +48,7 @@ def synth(small_model_dir):
 @pytest.fixture(scope="module")
 def run(synth, phantoms, tmp_path_factory):
     report = tmp_path_factory.mktemp("report") / "ev"
-    return evaluate(synth, phantoms, report, Settings(tasks=parse_tasks(TASKS), figures=1, calibrate_qc=True))
+    return evaluate(synth, phantoms, report, Settings(tasks=parse_tasks(TASKS), figures=1))
 
 
 def rows_of(report):
@@ -78,37 +79,15 @@ def test_task_parsing_errors(spec, message):
         parse_tasks(spec)
 
 
-# -- QC statistics --------------------------------------------------------------------------------
+# -- rank statistics (the subject flag's AUC) -----------------------------------------------------
 def test_rank_auc_by_hand():
     # positives score 1 and 3; negatives 2, 4, 2, 3. Pairs won: 3>2, 3>2, and the tie 3=3 counts
     # one half: 2.5 of 2 x 4 = 8 pairs.
-    assert qcmod.rank_auc([1, 2, 3, 4, 2, 3], [True, False, True, False, False, False]) == pytest.approx(2.5 / 8)
-    assert qcmod.rank_auc([0.1, 0.9, 0.8], [False, True, True]) == 1.0
-    assert math.isnan(qcmod.rank_auc([1, 2], [True, True]))
-    assert list(qcmod.average_ranks([10, 20, 10, 30])) == [1.5, 3.0, 1.5, 4.0]
-    assert qcmod.spearman([1, 2, 3, 4], [10, 20, 25, 100]) == pytest.approx(1.0)
-    assert qcmod.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert list(qcmod.worst([30.0, 20.0, 25.0, 28.0, 31.0], 0.1)) == [False, True, False, False, False]
-
-
-def test_qc_block_and_calibration_file(tmp_path):
-    tsem = np.zeros((2, 4, 4), np.float32)
-    tsem[0, 0, :2] = 0.5
-    head = np.ones_like(tsem, dtype=bool)
-    block = qccore.qc_block(tsem, head, None)
-    assert block["score"] == pytest.approx(2 / 32) and block["tsem_threshold"] == qccore.DEFAULT_THRESHOLD
-    assert block["flagged"] is None and "uncalibrated" in block["note"]
-    assert qccore.qc_block(None, head, None) is None
-    path = tmp_path / "qc.json"
-    path.write_text(json.dumps(qcmod.calibration_json(qccore.QcCalibration(0.6, 0.01, "abc"), {})))
-    cal = qccore.load_calibration(path)
-    assert (cal.tsem_threshold, cal.flag_above, cal.model_id) == (0.6, 0.01, "abc")
-    assert qccore.qc_block(tsem, head, cal)["flagged"] is False
-    with pytest.raises(InputError, match="model abc"):
-        qccore.check_model(cal, "other")
-    path.write_text('{"format": "something else"}')
-    with pytest.raises(InputError, match="not a QC calibration"):
-        qccore.load_calibration(path)
+    assert rank_auc([1, 2, 3, 4, 2, 3], [True, False, True, False, False, False]) == pytest.approx(2.5 / 8)
+    assert rank_auc([0.1, 0.9, 0.8], [False, True, True]) == 1.0
+    assert math.isnan(rank_auc([1, 2], [True, True]))
+    assert list(average_ranks([10, 20, 10, 30])) == [1.5, 3.0, 1.5, 4.0]
+    assert list(worst([30.0, 20.0, 25.0, 28.0, 31.0], 0.1)) == [False, True, False, False, False]
 
 
 # -- the evaluation ---------------------------------------------------------------------------------
@@ -162,9 +141,10 @@ def test_slice_step_scores_exactly_those_slices(synth, phantoms, tmp_path):
 
 def test_report_has_every_table_and_figure(run):
     report = run.report_dir
-    for name in ("report.md", "summary.json", "results.csv", "run.json", "qc.json", "figures/weights.png"):
+    for name in ("report.md", "summary.json", "results.csv", "run.json", "figures/weights.png"):
         assert (report / name).is_file(), name
     rows = rows_of(report)
+    assert not (report / "qc.json").exists() and "qc_score" not in rows[0]  # the old QC flag is gone
     assert len(rows) == 3 * 4 and {r["subject"] for r in rows} == {o.subject for o in run.outcomes}
     summary = json.loads((report / "summary.json").read_text())
     assert summary["lpips"].startswith("unavailable")
@@ -177,33 +157,12 @@ def test_report_has_every_table_and_figure(run):
     figures = summary["figures"]["subjects"]
     assert [f["task"] for f in figures] == ["T1,FLAIR->T2", "T1Gd,T2->FLAIR"]  # most inputs, per target
     text = (report / "report.md").read_text()
-    for part in ("Table 1", "Table 2", "Fig. 3", "QC from TSEM", "unavailable", "figures/weights.png",
-                 *(f["path"] for f in figures)):
+    for part in ("Table 1", "Table 2", "Fig. 3", "unavailable", "figures/weights.png", *(f["path"] for f in figures)):
         assert part in text, part
+    assert "QC" not in text and "qc" not in summary
     for fig in figures:
         assert (report / fig["path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(report.rglob(".*tmp*"))  # atomic writes leave nothing behind
-
-
-def test_calibrated_qc_file_feeds_infer(run, small_model_dir, phantoms, tmp_path):
-    cal = qccore.load_calibration(run.report_dir / "qc.json")
-    assert cal.tsem_threshold in qcmod.THRESHOLDS and cal.flag_above is not None
-    stats = json.loads((run.report_dir / "qc.json").read_text())["stats"]
-    assert stats["rows"]["n"] == 12 and len(stats["per_threshold"]) == len(qcmod.THRESHOLDS)
-    subject = find_subjects(phantoms)[2]
-    args = ["infer", "--inputs", str(subject.inputs[0]), str(subject.inputs[3]), "--target", "t2", "--model",
-            str(small_model_dir), "-o", str(tmp_path), "--backend", "torch"]
-    assert runner.invoke(app, [*args, "--qc", str(run.report_dir / "qc.json")]).exit_code == 0
-    report = json.loads(next(tmp_path.glob("*_t2.json")).read_text())
-    assert report["qc"]["tsem_threshold"] == cal.tsem_threshold and isinstance(report["qc"]["flagged"], bool)
-    assert report["complete"] is True and "tsem" in report and "weights" in report
-    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
-    plain = json.loads(next(tmp_path.glob("*_t2.json")).read_text())["qc"]
-    assert plain["tsem_threshold"] == qccore.DEFAULT_THRESHOLD and plain["flagged"] is None
-    bad = tmp_path / "bad.json"
-    bad.write_text("{")
-    result = runner.invoke(app, [*args, "--overwrite", "--qc", str(bad)])
-    assert result.exit_code == 1 and "bad.json" in result.output and "Traceback" not in result.output
 
 
 def test_resume_reuses_finished_subjects(run, synth, phantoms, monkeypatch):
@@ -215,8 +174,7 @@ def test_resume_reuses_finished_subjects(run, synth, phantoms, monkeypatch):
 
     real = runmod.evaluate_images
     monkeypatch.setattr(runmod, "evaluate_images", lambda *a, **k: calls.append(1) or real(*a, **k))
-    again = evaluate(synth, phantoms, run.report_dir, Settings(tasks=parse_tasks(TASKS), figures=1,
-                                                                 calibrate_qc=True))
+    again = evaluate(synth, phantoms, run.report_dir, Settings(tasks=parse_tasks(TASKS), figures=1))
     assert again.resumed and [o.status for o in again.outcomes] == ["done", "cached", "cached"] and calls == [1]
     assert (run.report_dir / "results.csv").read_text() == before
 
@@ -230,7 +188,7 @@ def test_seq2seq_only_model_scores_one_input_tasks(phantoms, tmp_path):
         evaluate(synth, phantoms, tmp_path / "r", Settings(tasks=parse_tasks("all")))
     ev = evaluate(synth, phantoms, tmp_path / "r", Settings(tasks=parse_tasks("t1->t2"), figures=0))
     assert ev.summary["table1_by_inputs"][0]["method"].startswith("Seq2Seq") and ev.summary["table2"] == []
-    assert "qc" not in ev.summary and {r["psnr_tsem_top"] for r in rows_of(ev.report_dir)} == {""}
+    assert {r["psnr_tsem_top"] for r in rows_of(ev.report_dir)} == {""}
 
 
 def test_a_folder_of_another_run_is_refused(run, synth, phantoms, tmp_path):
@@ -251,12 +209,45 @@ def test_cli_runs_and_reports_errors_in_one_line(phantoms, small_model_dir, tmp_
     for extra, message in ((["--tasks", "t1->t1"], "among the inputs"),
                            (["--figures", "Nobody"], "no subject named Nobody"),
                            (["--lpips-weights", str(tmp_path / "alex.pth")], "alex.pth: no such file"),
-                           (["--qc", str(tmp_path / "qc.json"), "--tasks", "t1->t2"], "qc.json: no such file")):
+                           (["--calibration", str(tmp_path / "cal.json"), "--tasks", "t1->t2"],
+                            "cal.json: no such file")):
         result = runner.invoke(app, [*base, "-o", str(tmp_path / "e"), *extra])
         assert result.exit_code == 1 and message in result.output, (extra, result.output)
         assert "Traceback" not in result.output
     bad_data = runner.invoke(app, ["evaluate", "--data", str(tmp_path / "none"), "--model", str(small_model_dir)])
     assert bad_data.exit_code == 1 and "no such folder" in bad_data.output
+
+
+def test_the_old_qc_options_are_gone(phantoms, tmp_path):
+    """Calibrated intervals replaced the TSEM QC flag: its options are unknown, Click's usage error
+    (exit 2) names the option, and nothing is written."""
+    out = tmp_path / "out"
+    for args in (["infer", "--inputs", str(tmp_path / "in"), "--target", "t2", "-o", str(out), "--qc", "qc.json"],
+                 ["evaluate", "--data", str(phantoms), "-o", str(out), "--calibrate-qc"],
+                 ["evaluate", "--data", str(phantoms), "-o", str(out), "--qc", "qc.json"]):
+        option = next(a for a in args if a in ("--qc", "--calibrate-qc"))
+        result = runner.invoke(app, args)
+        said = [line for line in result.stderr.splitlines() if "No such option" in line]
+        assert result.exit_code == 2 and len(said) == 1 and f"No such option: {option} " in said[0] + " ", args
+        assert "Traceback" not in result.output and not out.exists()
+
+
+def test_an_earlier_versions_qc_file_goes_but_not_a_users(tmp_path):
+    """A report folder of an earlier tsf-trt may hold its qc.json (the QC calibration): writing the report
+    again removes it, so no superseded flag stays beside the new report; a qc.json without tsf-trt's tag
+    is not ours: it is kept, and --overwrite refuses the folder."""
+    folder, theirs = tmp_path / "report", {"format": "tsf-trt-qc", "version": 1, "tsem_threshold": 0.05}
+    assert ReportDir(folder, {"model_id": "m"}).open(False) is False
+    old = folder / "qc.json"
+    old.write_text(json.dumps(theirs))
+    assert ReportDir(folder, {"model_id": "m"}).open(False) is True and not old.exists()  # resumed
+    old.write_text(json.dumps(theirs))
+    assert ReportDir(folder, {"model_id": "other"}).open(True) is False and not old.exists()  # --overwrite
+    old.write_text('{"mine": true}')
+    assert ReportDir(folder, {"model_id": "other"}).open(False) is True  # resumed: nothing of ours to remove
+    with pytest.raises(InputError, match="qc.json"):
+        ReportDir(folder, {"model_id": "m"}).open(True)
+    assert old.read_text() == '{"mine": true}'
 
 
 def test_lpips_weights_need_the_lpips_package(tmp_path):

@@ -31,8 +31,8 @@ EXAMPLES = list(_examples())
 
 def test_every_long_command_has_an_example():
     documented = {name for name, _ in EXAMPLES}
-    for name in ("infer", "demo", "evaluate", "export", "phantom", "bench", "bench suite", "import-reference",
-                 "train seq2seq", "train tsf", "train bundle", "engines build", "doctor"):
+    for name in ("infer", "calibrate", "demo", "evaluate", "export", "phantom", "bench", "bench suite",
+                 "import-reference", "train seq2seq", "train tsf", "train bundle", "engines build", "doctor"):
         assert name in documented, name
 
 
@@ -49,7 +49,7 @@ def test_example_parses(name, example):
 
 #: Examples in the order their outputs feed each other (phantoms first, the export before its
 #: engines, training stage 1 before stage 2 and the bundle), each run as a user would type it.
-ORDER = ("doctor", "phantom", "infer", "import-reference", "export", "engines build", "bench", "evaluate", "demo",
+ORDER = ("doctor", "phantom", "calibrate", "infer", "import-reference", "export", "engines build", "bench", "evaluate", "demo",
          "bench suite", "train seq2seq", "train tsf", "train bundle")
 #: Minutes on 2 cores, so CI runs the others only: TSF_RUN_EXAMPLES=all runs these too.
 SLOW = ("demo", "bench suite", "train seq2seq", "train tsf", "train bundle")
@@ -61,7 +61,7 @@ NEEDS_GPU = ("engines build",)
 #: here joins the first chain.
 ALONGSIDE = ("doctor", "import-reference", "export", "engines build", "bench", "demo", "bench suite")
 #: The smallest inputs that exercise the same code (each example is parsed as written by
-#: test_example_parses): the same phantoms (4 subjects, 5 mm voxels) at 48x48x24 voxels rather than
+#: test_example_parses): the same phantoms (4 subjects, 5 mm voxels; 20 for calibrate) at 48x48x24 voxels rather than
 #: 96x96x64, which infer, evaluate and train then read; bench on 8 slices of 48x48 rather than 16 of
 #: 96x96 (still two batches of 4). Each value must be in its example: a changed example fails here
 #: until this table follows it.

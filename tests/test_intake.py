@@ -137,7 +137,7 @@ def test_bids_dataset_to_derivatives(tmp_path, small_model_dir):
         sidecar = json.loads((anat / f"{stem}tsfsynth_T2w.json").read_text())
         assert sidecar["Sources"] == [f"bids:raw:sub-02/ses-{ses}/anat/sub-02_ses-{ses}_T1w.nii.gz",
                                       f"bids:raw:sub-02/ses-{ses}/anat/sub-02_ses-{ses}_FLAIR.nii.gz"]
-        assert set(sidecar["weights"]) == {"t1", "flair"} and sidecar["model_id"] and sidecar["qc"] is not None
+        assert set(sidecar["weights"]) == {"t1", "flair"} and sidecar["model_id"] and sidecar["tsem"] is not None
 
     result = cli("infer", "--bids", bids, "--target", "t2", "--model", small_model_dir, *FAST,
                  "--participant-label", "01", "--bids-filter", "t1.acq=mprage")

@@ -17,7 +17,7 @@ LAYERS = [
     ["tsf_trt.version", "tsf_trt.errors"],
     ["tsf_trt.sequences", "tsf_trt.metrics", "tsf_trt.machine"],
     ["tsf_trt.console", "tsf_trt.files"],
-    ["tsf_trt.bundled", "tsf_trt.model", "tsf_trt.phantoms"],
+    ["tsf_trt.bundled", "tsf_trt.model", "tsf_trt.phantoms", "tsf_trt.uncertainty"],
     ["tsf_trt.export"],
     ["tsf_trt.engines"],
     ["tsf_trt.backends"],

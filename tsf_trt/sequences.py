@@ -98,6 +98,31 @@ def check_task(sources: Sequence[int], target: int, *, has_fusion: bool = True, 
                        f"input, got {len(sources)} ({describe(sources, target)})")
 
 
+def task_key(sources: Sequence[int], target: int) -> str:
+    """A task as the command line takes it and as files store it: 't1,flair->t2' (sources sorted)."""
+    return ",".join(NAMES[s] for s in sorted(sources)) + "->" + NAMES[target]
+
+
+def parse_task_key(text: str) -> tuple[list[int], int]:
+    """'t1,flair->t2' (any accepted spelling, any case) -> (sorted sources, target), checked by
+    :func:`check_task`; what is wrong is said about `text` (callers add which option gave it)."""
+    left, arrow, right = text.partition("->")
+    if not arrow:
+        raise TsfError(f"'{text}' is not a task; write it as SOURCES->TARGET, e.g. t1,flair->t2")
+    try:
+        sources = sorted(parse_list(left))
+        target = parse(right) if right.strip() else None
+    except TsfError as exc:
+        raise TsfError(f"'{text}': {exc}") from None
+    if target is None:
+        raise TsfError(f"'{text}' names no target after '->'")
+    try:
+        check_task(sources, target)
+    except TsfError as exc:
+        raise TsfError(f"'{text}': {exc}") from None
+    return sources, target
+
+
 def makes_tsem(asked: bool, has_fusion: bool) -> bool:
     """Whether a TSEM map is made: when asked for and the model has the TSF stage (TSEM is the
     difference its attention makes, paper Eq. 6; a Seq2Seq-only model has none)."""

@@ -29,7 +29,7 @@ def phantom(
                                         "3 ET).")] = "brats2021",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing subject folders.")] = False,
     hard_fraction: Annotated[float, typer.Option("--hard-fraction", min=0.0, max=1.0, help="Make about this "
-                                                 "fraction of the subjects hard, to test a QC flag: tumour radii "
+                                                 "fraction of the subjects hard, to test the subject flag: tumour radii "
                                                  "x1.6 and noise x3, named PhantomHard_... Which seeds are hard "
                                                  "depends on the seed only (a golden-ratio sequence).")] = 0.0,
     quiet: params.Quiet = False,
@@ -41,6 +41,8 @@ def phantom(
     Anatomy is the MNI152 2009 template's tissue maps, deformed per subject; a tumour (necrotic core, enhancing rim, oedema) is added and the four sequences are computed with the spin-echo and inversion-recovery signal equations (gadolinium shortens T1 in the rim only), then a bias field, Rician noise and a random intensity scale per sequence. Same seed, same subject, bit for bit. Each subject folder appears only when complete.
 
     Example: tsf-trt phantom -o phantoms --subjects 4 --shape 96 96 64
+
+    Example: tsf-trt phantom -o calibration-set --subjects 20 --seed 30000 --hard-fraction 0.25 --shape 96 96 64
     """
     from tsf_trt.errors import TsfError
 

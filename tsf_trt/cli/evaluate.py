@@ -1,4 +1,5 @@
-"""`tsf-trt evaluate`: the paper's tables and figures, and a QC calibration, on a data set with ground truth."""
+"""`tsf-trt evaluate`: the paper's tables and figures, and how a calibration's intervals hold, on a data set
+with ground truth."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import typer
 from tsf_trt.cli import params
 from tsf_trt.cli.app import (EXIT_ERROR, EXIT_INTERRUPTED, app, err, log, out, progress_bar, setup_logging, step,
                              user_errors)
-from tsf_trt.console import error_text
 
 
 @app.command("evaluate", no_args_is_help=True)
@@ -29,7 +29,7 @@ def evaluate(
                                                        metavar="TASKS")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder (created if missing): "
                                          "report.md, summary.json, results.csv, figures/, subjects/ (the "
-                                         "resume cache), qc.json with --calibrate-qc.")] = Path("evaluation"),
+                                         "resume cache).")] = Path("evaluation"),
     backend: params.Backend = "auto",
     slice_step: Annotated[int, typer.Option("--slice-step", min=1, help="Score only the axial slices z = 0, K, 2K, "
                                             "... that hold head voxels (about K times faster). The slices "
@@ -48,11 +48,14 @@ def evaluate(
                                                           "as unavailable.", show_default=False)] = None,
     lpips_net: Annotated[str, typer.Option("--lpips-net", help="Backbone of --lpips-weights: alex or vgg.")
                          ] = "alex",
-    qc: Annotated[Optional[Path], typer.Option("--qc", help="A qc.json from an earlier `--calibrate-qc` run: "
-                                               "report how its threshold and flag separate good from bad "
-                                               "syntheses on these (held-out) data.", show_default=False)] = None,
-    calibrate_qc: Annotated[bool, typer.Option("--calibrate-qc", help="Choose the QC threshold on these data "
-                                               "and write REPORT/qc.json, for `tsf-trt infer --qc`.")] = False,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="A calibration file from `tsf-trt "
+                                                        "calibrate` for this model: measure its intervals on these "
+                                                        "data (held out from the calibration): the fraction of "
+                                                        "head voxels whose truth lies outside synthesis ± "
+                                                        "half-width, per subject and task, beside the constant-"
+                                                        "width baseline, the mean half-widths and the subject "
+                                                        "flag's AUC. Figures then show the half-width beside "
+                                                        "|error|.", show_default=False)] = None,
     batch_size: params.BatchSize = None,
     device: params.Device = "auto",
     precision: params.Precision = "auto",
@@ -66,18 +69,18 @@ def evaluate(
     no_progress: params.NoProgress = False,
     log_file: params.LogFile = None,
 ) -> None:
-    """Score a model against ground truth, as the paper's Tables 1-2 and Fig. 3, with a TSEM-based QC flag.
+    """Score a model against ground truth, as the paper's Tables 1-2 and Fig. 3, and measure a calibration's intervals.
 
-    Every subject is synthesised for every task (the inputs are encoded once and shared by all tasks) and scored inside the head mask against its real target, normalised as in training: PSNR and SSIM (scikit-image), LPIPS with --lpips-weights. The report has Table 1 (mean ± std by number of inputs and by target, with the ablation), Table 2 (PSNR inside vs outside the top-1 % TSEM region), ω per task (Fig. 3), figures of chosen subjects and the QC statistics. An interrupted run resumes: rerun the same command.
+    Every subject is synthesised for every task (the inputs are encoded once and shared by all tasks) and scored inside the head mask against its real target, normalised as in training: PSNR and SSIM (scikit-image), LPIPS with --lpips-weights. The report has Table 1 (mean ± std by number of inputs and by target, with the ablation), Table 2 (PSNR inside vs outside the top-1 % TSEM region), ω per task (Fig. 3), figures of chosen subjects, and with --calibration how its intervals and subject flag held. An interrupted run resumes: rerun the same command.
 
     Example: tsf-trt evaluate --data phantoms --tasks 't1,flair->t2;->t1gd' -o report --slice-step 2
     """
     from tsf_trt.errors import TsfError
     from tsf_trt.evaluation import Settings, parse_tasks
     from tsf_trt.evaluation.run import check_run
-    from tsf_trt.runs.qc import check_model, load_calibration
     from tsf_trt.synthesis.options import RunOptions
     from tsf_trt.synthesis.source import ModelSource
+    from tsf_trt.uncertainty.calibration import read_calibration
 
     setup_logging(quiet, no_progress, log_file)
     # every value and the report folder, before any model loads
@@ -90,18 +93,14 @@ def evaluate(
             raise TsfError(f"--figures must be a number >= 0 or subject names, got '{figures}'")
     except ValueError:
         figure_spec = [n.strip() for n in figures.split(",") if n.strip()]
-    calibration = load_calibration(qc) if qc is not None else None
-    if calibration is not None and calibrate_qc:
-        raise TsfError("--qc applies a calibration and --calibrate-qc makes one: give one of them")
+    intervals = read_calibration(calibration) if calibration is not None else None
     source = ModelSource.resolve(model)
-    if calibration is not None:
-        check_model(calibration, source.model_id)
     settings = Settings(tasks=chosen, slice_step=slice_step, compare=compare, figures=figure_spec,
                         lpips_label=f"{lpips_net}: {lpips_weights}" if lpips_weights is not None else None,
-                        qc=calibration, calibrate_qc=calibrate_qc, batch_size=batch_size, overwrite=overwrite,
-                        frame=str(options.frame))
+                        batch_size=batch_size, overwrite=overwrite, frame=str(options.frame), calibration=intervals)
     check_run(data, output, settings, model_id=source.model_id, has_fusion=source.has_fusion,
-              inputs=[("--model directory", source.path), ("--qc file", qc), ("--lpips-weights file", lpips_weights)])
+              inputs=[("--model directory", source.path), ("--calibration file", calibration),
+                      ("--lpips-weights file", lpips_weights)])
     if lpips_weights is not None:
         from tsf_trt.evaluation.lpips import load_lpips
 
@@ -109,7 +108,7 @@ def evaluate(
     synth, model_path = _synthesizer(source, options)
     result = _run(synth, data, output, settings, str(model_path))
     _print_result(result)
-    if result.failed or result.qc_error:
+    if result.failed:
         raise typer.Exit(EXIT_ERROR)
 
 
@@ -179,18 +178,33 @@ def _print_result(result) -> None:
         if row["method"] == s["table1_by_inputs"][0]["method"] and row["psnr"]["mean"] is not None:
             out.print(f"  {row['n_inputs']} input(s): PSNR {row['psnr']['mean']:.2f} dB, SSIM "
                       f"{row['ssim']['mean']:.4f} over {row['psnr']['n']} syntheses", highlight=False)
-    qc = s.get("qc")
-    if qc:
-        rows = qc["rows"]
-        out.print(f"  QC (τ = {qc['tsem_threshold']:g}): Spearman ρ(score, PSNR) {_fmt(rows['spearman'])}, "
-                  f"AUC worst decile {_fmt(rows['auc_worst_decile'])}", highlight=False)
-    if result.qc_error:
-        err.print(error_text(str(result.qc_error)), highlight=False, soft_wrap=True)
+    for line in _interval_lines(s.get("interval")):
+        out.print(line, highlight=False, soft_wrap=True)
     out.print(f"report: {result.report_dir / 'report.md'}", highlight=False, soft_wrap=True)
-    if s.get("qc_file"):
-        out.print(f"QC calibration: {result.report_dir / s['qc_file']} (use with `tsf-trt infer --qc`)",
-                  highlight=False, soft_wrap=True)
 
 
-def _fmt(value) -> str:
-    return "–" if value is None or value != value else f"{value:.3f}"
+def _interval_lines(iv) -> list[str]:
+    """One line per calibrated task: how often the truth fell outside, the widths, the flag."""
+    if not iv:
+        return []
+    lines = []
+    for t in iv["tasks"]:
+        outside, width, flag = t["outside"], t["half_width"], t["flag"]
+        narrower = "" if width["narrower"] is None else f" ({round(100 * width['narrower']):d} % narrower)"
+        lines.append(f"  interval {t['task']}: {_pct(outside['mean'])} of head voxels outside (α {100 * t['alpha']:g} "
+                     f"%; {outside.get('above_alpha', 0)} of {t['subjects']} subject(s) above), constant width "
+                     f"{_pct(t['constant_outside']['mean'])}; mean half-width {_fmt(width['adaptive'], 1)} vs "
+                     f"{_fmt(width['constant'], 1)} constant{narrower}; flag AUC worst decile "
+                     f"{_fmt(flag['auc_worst_decile'])}")
+    if iv["not_applied"]:
+        lines.append(f"  interval: the guarantee does not apply to {len(iv['not_applied'])} synthesis(es) "
+                     f"(e.g. {iv['not_applied'][0]['subject']}: {iv['not_applied'][0]['reason']}); see the report")
+    return lines
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None or value != value else f"{value:.{digits}f}"

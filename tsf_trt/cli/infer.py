@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,6 +18,17 @@ HELP_INPUTS = ("Input volumes (.nii/.nii.gz). The sequence is read from the file
                "-t1n/-t1c/-t2w/-t2f, or t1/t1gd/t2/flair) or given as t1=PATH. Several files may follow one "
                "--inputs. A single folder runs folder mode: one sub-folder per subject, or flat files "
                "(BraTS names, or nnU-Net CASE_XXXX.nii.gz with --channels).")
+HELP_CALIBRATION = ("Interval calibration (calibration.json from `tsf-trt calibrate`, made for this model on "
+                    "subjects with the target known). Where its guarantee applies, each subject also gets "
+                    "<subject>_<target>_halfwidth.nii.gz, in the synthesis's units (0..1000): for subjects like "
+                    "the calibration subjects, the expected fraction of head voxels whose true intensity lies "
+                    "outside synth ± halfwidth is at most its alpha; the report's \"interval\" block gives alpha, "
+                    "the mean half-width in the head and the subject's score and flag. Where it does not apply "
+                    "(a task it did not calibrate, voxel sizes outside its range, any preprocessing finding, "
+                    "--combine mean) the "
+                    "block says why and no half-width map is written. Default: the model's own calibration.json "
+                    "(in its model or export directory), if it has one; 'none': no interval. Another model's "
+                    "calibration is refused.")
 
 
 @app.command("infer", no_args_is_help=True)
@@ -63,11 +75,8 @@ def infer(
                                          "prediction of the slice).")] = "middle",
     threads: params.Threads = None,
     frame: params.Frame = "head",
-    qc: Annotated[Optional[Path], typer.Option("--qc", help="QC calibration (qc.json from `tsf-trt evaluate "
-                                               "--calibrate-qc` on held-out data with ground truth, same model): "
-                                               "its TSEM threshold scores the report's \"qc\" block and its cut "
-                                               "sets \"flagged\". Default: threshold 0.1, no flag.",
-                                               show_default=False)] = None,
+    calibration: Annotated[Optional[str], typer.Option("--calibration", help=HELP_CALIBRATION, show_default=False,
+                                                       metavar="FILE|none")] = None,
     claim_lease: Annotated[float, typer.Option("--claim-lease", help="Folder mode: seconds after which a claim "
                                                "of a run on another machine that stopped refreshing it counts as "
                                                "dead and is taken over (claims of this machine's runs, in this PID "
@@ -110,22 +119,24 @@ def infer(
 ) -> None:
     """Synthesise a missing sequence for whole volumes, with TSEM and contribution weights.
 
-    Writes three files per subject, in the input's own grid, orientation and header, each only when complete: <subject>_<target>_synth.nii.gz (the network's [-1, 1] output mapped to 0..1000), <subject>_<target>_tsem.nii.gz (|output with - without attention|, paper Eq. 6, network units) and <subject>_<target>.json (ω per input, TSEM summary, QC score, model id, backend, timings).
+    Writes three files per subject, in the input's own grid, orientation and header, each only when complete: <subject>_<target>_synth.nii.gz (the network's [-1, 1] output mapped to 0..1000), <subject>_<target>_tsem.nii.gz (|output with - without attention|, paper Eq. 6, network units) and <subject>_<target>.json (ω per input, TSEM summary, the interval block, model id, backend, timings); with a calibration that applies to the subject (--calibration), a fourth: <subject>_<target>_halfwidth.nii.gz, the interval's half-width in the synthesis's units.
 
     Folder mode is safe to run in many processes at once, on one machine or many sharing the folders: each subject is claimed before work, finished ones are skipped, claims of dead runs are taken over (README, "Many processes, many machines").
 
     Example: tsf-trt infer --inputs phantoms/Phantom_00000/Phantom_00000_t1.nii.gz phantoms/Phantom_00000/Phantom_00000_flair.nii.gz --target t2
 
     Example: tsf-trt infer --inputs phantoms --target t2 --sources t1,flair -o synth
+
+    Example: tsf-trt infer --inputs phantoms --target t2 --sources t1,flair -o synth-interval --calibration calibration.json
     """
     from tsf_trt import sequences
     from tsf_trt.errors import TsfError
     from tsf_trt.inputs.intake import Intake, gather
     from tsf_trt.runs.outputs import default_output
-    from tsf_trt.runs.qc import check_model
     from tsf_trt.runs.request import InferRequest
     from tsf_trt.synthesis.options import RunOptions
     from tsf_trt.synthesis.source import ModelSource
+    from tsf_trt.uncertainty.calibration import read_calibration
 
     setup_logging(quiet, no_progress, log_file)
     # every value, before any work
@@ -143,15 +154,18 @@ def infer(
     output_given = output is not None
     output = default_output(intake.root) if output is None else output
     request = InferRequest(target_index, output, sequences.parse_list(sources) if sources else None, tsem,
-                           overwrite, qc, claim_lease, wait, strict=strict, resample=resample)
+                           overwrite, claim_lease, wait, strict=strict, resample=resample,
+                           calibration=_calibration_file(calibration))
     if devices:
         from tsf_trt.runs.multigpu import parse_devices
 
         parse_devices(devices)  # fails at once without GPUs, before any folder is scanned
     gathered = gather(intake, target_index, request.sources)
     source = ModelSource.resolve(model)  # its id and stages, read without loading weights
-    if request.qc is not None:
-        check_model(request.qc, source.model_id)
+    if calibration is None and source.calibration_file is not None:  # the model's own, unless told otherwise
+        request = replace(request, calibration=read_calibration(source.calibration_file))
+        log.info("calibration: %s (the model's own; --calibration none to run without)", source.calibration_file)
+    request.check_calibration(source.model_id)  # another model's: refused before the model loads
     if not output_given:
         log.info("output: %s (the default, in the data set's folder; choose another with -o)", output)
     _log_unused(gathered, intake, verbose)
@@ -172,6 +186,14 @@ def infer(
         raise
 
 
+def _calibration_file(value: str | None) -> Path | None:
+    """--calibration FILE, or none (no interval; also what is left when it is not given, until the
+    model's own calibration is looked for: `infer` does that once the model is resolved)."""
+    if value is None or value.strip().lower() == "none":
+        return None
+    return Path(value)
+
+
 def _check_before_load(mode: str, subjects, request, source, options) -> None:
     """What needs the model's config but not its weights, and every output location, before
     the model loads (which may take half a minute): a one-input model gets one input (--frame
@@ -179,7 +201,7 @@ def _check_before_load(mode: str, subjects, request, source, options) -> None:
     --overwrite) and are no input; a folder's outputs are not another model's
     (tsf_trt.runs.outputs.check_folder_outputs)."""
     from tsf_trt.files.atomic import check_folder_writable
-    from tsf_trt.runs.outputs import OutputPaths, check_folder_outputs
+    from tsf_trt.runs.outputs import check_folder_outputs
     from tsf_trt.sequences import check_task
 
     if mode == "single" or request.sources:
@@ -188,8 +210,8 @@ def _check_before_load(mode: str, subjects, request, source, options) -> None:
     check_folder_writable(request.output)
     if mode == "single":
         subject = subjects[0]
-        OutputPaths.of(subject, request.output, request.target, request.makes_tsem(source.has_fusion),
-                       own_folder=False).check(request.overwrite, subject.inputs.values())
+        request.outputs_of(subject, source.has_fusion, own_folder=False).check(request.overwrite,
+                                                                               subject.inputs.values())
     else:
         check_folder_outputs(request.output, subjects, request.target, source.model_id,
                              overwrite=request.overwrite, lease_s=request.lease_s)
@@ -301,6 +323,8 @@ def _run_one(synth, subject, request) -> None:
 
 
 def _print_outcome(outcome, tsem_unavailable: bool) -> None:
+    from tsf_trt.runs.outcomes import interval_text
+
     result, paths = outcome.result, outcome.paths
     weights = ", ".join(f"{k}={v:.3f}" for k, v in result.weights_by_name().items())
     out.print(f"{outcome.subject}: {result.task} in {result.timings['total']:.1f} s; ω: {weights}",
@@ -309,6 +333,8 @@ def _print_outcome(outcome, tsem_unavailable: bool) -> None:
         out.print(f"  wrote {path}", highlight=False, soft_wrap=True)
     for path in outcome.removed:
         out.print(f"  removed {path} (left by a killed run)", highlight=False, soft_wrap=True)
+    if outcome.interval:
+        out.print(f"  {interval_text(outcome.interval)}", highlight=False, soft_wrap=True)
     if tsem_unavailable:
         out.print("  no TSEM: this model has no TSF stage (Seq2Seq only)", highlight=False)
 

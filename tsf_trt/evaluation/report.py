@@ -1,9 +1,10 @@
 """From rows (one per subject × task) to the paper's tables, and the files that hold them.
 
 `summarize` computes Table 1 (mean ± std by number of inputs and by target, with the
-ablation), Table 2 (PSNR inside vs outside the top-1 % TSEM region), Fig. 3's ω per task
-and the QC statistics; the writers put them in `results.csv`, `summary.json` and
-`report.md`, each atomically, into a report folder already recognised as tsf-trt's
+ablation), Table 2 (PSNR inside vs outside the top-1 % TSEM region) and Fig. 3's ω per task;
+`interval_summary` how a calibration's intervals and subject flag held; the writers put them in
+`results.csv`, `summary.json` and `report.md`, each atomically, into a report folder already
+recognised as tsf-trt's
 (:class:`tsf_trt.evaluation.store.ReportDir`).
 """
 
@@ -19,17 +20,26 @@ from typing import Any
 import numpy as np
 
 from tsf_trt import sequences
+from tsf_trt.evaluation.ranks import rank_auc, worst
 from tsf_trt.evaluation.scoring import METHODS, QUALITY
+from tsf_trt.evaluation.tasks import Task
 from tsf_trt.files.atomic import atomic_path
-from tsf_trt.runs.qc import key as qc_key
+from tsf_trt.uncertainty.calibration import Calibration
 
 CSV_COLUMNS = (
     "subject", "task", "target", "sources", "n_inputs", "slices", "voxels", *QUALITY,
-    "psnr_tsem_top", "psnr_tsem_rest", "tsem_p99_head", "tsem_mean_head", "qc_score",
+    "psnr_tsem_top", "psnr_tsem_rest", "tsem_p99_head", "tsem_mean_head",
     *(f"w_{n}" for n in sequences.NAMES),
     *(p + q for p in METHODS if p for q in QUALITY), "seq2seq_best_input",
+    "interval_outside", "interval_half_width", "interval_constant_outside", "interval_constant_half_width",
+    "interval_score", "interval_flagged", "interval_not_applied",
 )
 UNAVAILABLE = "unavailable"
+#: Phantoms made hard are named PhantomHard... (tsf_trt.phantoms.generator.subject_name): the flag
+#: should rank them above the others.
+HARD_PREFIX = "PhantomHard"
+#: The confidence of the interval given for a mean fraction outside (Student's t over subjects).
+CONFIDENCE = 0.95
 
 
 def _stat(values: Sequence[Any]) -> dict[str, Any]:
@@ -122,18 +132,94 @@ def summarize(rows: Sequence[Mapping[str, Any]], *, lpips: bool, compare: bool,
     }
 
 
-def csv_row(row: Mapping[str, Any], threshold: float) -> dict[str, Any]:
-    """A row as the CSV has it: the QC score at the active threshold, blanks for what is absent."""
-    qc = (row.get("tsem_exceedance") or {}).get(qc_key(threshold))
-    full = {**row, "qc_score": qc}
+# -- calibrated intervals ---------------------------------------------------------------------
+def _spread(values: Sequence[Any], alpha: float | None = None) -> dict[str, Any]:
+    """Mean, sample std, range and the t-interval of the mean over subjects (few: hence t); with
+    `alpha`, how many subjects lie above it."""
+    x = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    out: dict[str, Any] = {"n": int(len(x)), "mean": None, "std": None, "min": None, "max": None, "ci95": None}
+    if len(x):
+        out.update(mean=float(x.mean()), min=float(x.min()), max=float(x.max()))
+    if len(x) > 1:
+        from scipy.stats import t
+
+        std = float(x.std(ddof=1))
+        half = float(t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1)) * std / math.sqrt(len(x))
+        out.update(std=std, ci95=[float(x.mean()) - half, float(x.mean()) + half])
+    if alpha is not None:
+        out["above_alpha"] = int((x > alpha).sum())
+    return out
+
+
+def _interval_stats(entries: Sequence[Mapping[str, Any]], alpha: float) -> dict[str, Any]:
+    """Over subjects: coverage of the adaptive and constant intervals, their widths, and how well the
+    subject score flags the worst PSNR decile (ranks.worst) and the hard phantoms."""
+    adaptive = _spread([e["half_width"] for e in entries])["mean"]
+    constant = _spread([e["constant_half_width"] for e in entries])["mean"]
+    ratio = adaptive / constant if adaptive is not None and constant else None
+    scored = [e for e in entries if e["score"] is not None and e["psnr"] is not None
+              and math.isfinite(e["score"]) and math.isfinite(e["psnr"])]
+    bad = worst([e["psnr"] for e in scored]) if len(scored) > 1 else np.zeros(len(scored), bool)
+    hard = [e["subject"].startswith(HARD_PREFIX) for e in scored]
+    return {
+        "subjects": len(entries), "alpha": alpha,
+        "outside": _spread([e["outside"] for e in entries], alpha),
+        "constant_outside": _spread([e["constant_outside"] for e in entries], alpha),
+        "half_width": {"adaptive": adaptive, "constant": constant, "ratio": ratio,
+                       "narrower": None if ratio is None else 1.0 - ratio},
+        "flag": {"flagged": sum(bool(e["flagged"]) for e in entries), "n_worst": int(bad.sum()),
+                 "auc_worst_decile": rank_auc([e["score"] for e in scored], bad) if len(scored) > 1 else None,
+                 "n_hard": sum(hard),
+                 "auc_hard": rank_auc([e["score"] for e in scored], hard) if 0 < sum(hard) < len(hard) else None},
+    }
+
+
+def interval_summary(rows: Sequence[Mapping[str, Any]], calibration: Calibration, tasks: Sequence[Task],
+                     digest: str | None) -> dict[str, Any]:
+    """summary.json's "interval": per task and overall (each subject's means over its tasks; flagged
+    when any of its tasks is), where the calibration applied; and where it did not, with why."""
+    keys = {t.label: t.key for t in tasks}
+    entries: dict[str, list[dict[str, Any]]] = {}
+    not_applied = []
+    for r in rows:
+        interval = r.get("interval")
+        if not interval:
+            continue
+        if not interval.get("applies"):
+            not_applied.append({"subject": r["subject"], "task": r["task"], "reason": interval.get("reason")})
+            continue
+        entries.setdefault(r["task"], []).append({"subject": r["subject"], "psnr": r.get("psnr"), **interval})
+    per_task = [{"task": label, "key": keys.get(label, label), "lambda": calibration.tasks[keys[label]].lam,
+                 "flag_above": calibration.tasks[keys[label]].flag_above, **_interval_stats(mine, calibration.alpha)}
+                for label, mine in entries.items() if label in keys]
+    by_subject: dict[str, list[dict[str, Any]]] = {}
+    for mine in entries.values():
+        for e in mine:
+            by_subject.setdefault(e["subject"], []).append(e)
+    numeric = ("outside", "constant_outside", "half_width", "constant_half_width", "score", "psnr")
+    overall = [{"subject": name, "flagged": any(e["flagged"] for e in mine),
+                **{k: _spread([e[k] for e in mine])["mean"] for k in numeric}} for name, mine in by_subject.items()]
+    return {"calibration": calibration.source, "sha256": digest, "model_id": calibration.model_id,
+            "alpha": calibration.alpha, "units": "half-widths in output units (0-1000); fractions of head voxels",
+            "tasks": per_task, "overall": _interval_stats(overall, calibration.alpha) if overall else None,
+            "not_applied": not_applied,
+            "not_calibrated": [t.key for t in tasks if t.key not in calibration.tasks]}
+
+
+def csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row as the CSV has it: the interval's figures, blanks for what is absent."""
+    interval = row.get("interval") or {}
+    full = {**row, "interval_not_applied": interval.get("reason"),
+            **{f"interval_{k}": interval.get(k) for k in ("outside", "half_width", "constant_outside",
+                                                          "constant_half_width", "score", "flagged")}}
     return {c: "" if full.get(c) is None else full[c] for c in CSV_COLUMNS}
 
 
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], threshold: float) -> None:
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     with atomic_path(path, overwrite=True, own_location=True) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        writer.writerows(csv_row(r, threshold) for r in rows)
+        writer.writerows(csv_row(r) for r in rows)
 
 
 def plain(value: Any) -> Any:
@@ -176,7 +262,7 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
 def markdown(summary: Mapping[str, Any]) -> str:
     """report.md: the tables, the figures linked, and how to read them."""
     s, out = summary, []
-    settings, qc = s["settings"], s.get("qc")
+    settings = s["settings"]
     out += ["# tsf-trt evaluation", "",
             f"Model `{s['model_id'] or '?'}` ({s['model']}), backend {', '.join(s['backends']) or '–'}; data "
             f"`{s['data']}`: {s['subjects']['scored']} subject(s) scored"
@@ -219,50 +305,57 @@ def markdown(summary: Mapping[str, Any]) -> str:
         out += [f"![ω per task]({s['figures']['weights']})", ""]
     out += _table(["task", *sequences.DISPLAY], [[w["task"], *(_num(w["weights"].get(n)) for n in sequences.NAMES)]
                                                  for w in s["weights"]])
-    if qc:
-        out += _qc_markdown(qc)
+    if s.get("interval"):
+        out += _interval_markdown(s["interval"])
     if s["figures"].get("subjects"):
         out += ["## Figures", "",
-                "Inputs, synthesis, truth, |error| and TSEM over the synthesis, on three axial slices.", ""]
+                "Inputs, synthesis, truth, |error| (beside it the calibrated half-width, on the same scale, "
+                "where a calibration applies) and TSEM over the synthesis, on three axial slices.", ""]
         for fig in s["figures"]["subjects"]:
             name = f"{fig['subject']} — {fig['task']}"
             out += [f"### {name}", "", f"![{name}]({fig['path']})", ""]
-    out += ["## Files", "", "* `results.csv`: one row per subject × task (every score, ω, the QC score).",
-            "* `summary.json`: these tables as data, the settings and the QC statistics.",
+    out += ["## Files", "", "* `results.csv`: one row per subject × task (every score, ω, the interval's).",
+            "* `summary.json`: these tables as data, the settings and (with --calibration) the "
+            "interval statistics.",
             "* `subjects/`: one JSON per subject, reused when the run is resumed."]
-    if s.get("qc_file"):
-        out += [f"* `{s['qc_file']}`: the QC calibration, for `tsf-trt infer --qc {s['qc_file']}`."]
     return "\n".join(out) + "\n"
 
 
-def _qc_markdown(qc: Mapping[str, Any]) -> list[str]:
-    rows, subj = qc["rows"], qc["subjects"]
-    cut = qc.get("flag_above")
-    out = ["## QC from TSEM", "",
-           f"Score: fraction of head voxels with TSEM > τ = {qc['tsem_threshold']:g} ({qc['calibration']}). "
-           "Bad syntheses: the worst decile by PSNR. AUC 0.5 is chance, 1 a perfect flag; a good score "
-           "correlates negatively with PSNR." + (" Statistics at a threshold chosen on these same data "
-                                                 "are optimistic (in-sample)." if qc.get("in_sample") else ""), ""]
-    out += _table(["over", "n", "Pearson r (score, PSNR)", "Spearman ρ", "AUC worst decile", "flag"],
-                  [["subject × task", str(rows["n"]), _num(rows["pearson"]), _num(rows["spearman"]),
-                    _num(rows["auc_worst_decile"]),
-                    "–" if cut is None else f"{rows.get('flagged', 0)} flagged (score > {cut:.4g}); sensitivity "
-                                            f"{_num(rows.get('sensitivity'), 2)}, specificity "
-                                            f"{_num(rows.get('specificity'), 2)}"],
-                   ["subject (means over tasks)", str(subj["n"]), _num(subj["pearson"]), _num(subj["spearman"]),
-                    _num(subj["auc_worst_decile"]), ""]])
-    out += [f"Within each task, across subjects: mean Spearman ρ {_num(qc['within_task_spearman_mean'])}.", ""]
-    if qc.get("per_threshold"):
-        out += ["Calibration grid (subject × task rows):", ""]
-        out += _table(["τ", "Pearson r", "Spearman ρ", "AUC worst decile"],
-                      [[f"{t['tsem_threshold']:g}", _num(t["pearson"]), _num(t["spearman"]),
-                        _num(t["auc_worst_decile"])] for t in qc["per_threshold"]])
-    out += ["Subjects by mean QC score, highest first:", ""]
-    out += _table(["subject", "mean PSNR (dB)", "mean QC score", "syntheses flagged"],
-                  [[p["subject"], _num(p["psnr"], 2), _num(p["qc_score"], 5),
-                    "–" if p.get("flagged") is None else f"{p['flagged']} of {p['syntheses']}"]
-                   for p in sorted(qc["per_subject"], key=lambda p: -(p["qc_score"] or 0))])
+def _interval_markdown(iv: Mapping[str, Any]) -> list[str]:
+    lines = [*iv["tasks"], *([{"task": "overall (subject means)", **iv["overall"]}]
+                             if iv["overall"] and len(iv["tasks"]) > 1 else [])]
+    out = ["## Calibrated intervals", "",
+           f"Calibration `{iv['calibration'] or '?'}` (model `{iv['model_id']}`, α = {iv['alpha']:g}). Each head "
+           "voxel's interval is synthesis ± half-width, half-width = λ·u(x) (the task's heuristic). The guarantee: "
+           "on subjects like the calibration subjects, the expected fraction of head voxels whose truth lies "
+           "outside is at most α. *Constant*: the non-adaptive baseline, one half-width everywhere, calibrated on "
+           "the same subjects. Per subject: the fraction of its head voxels outside; mean ± std, range and "
+           f"{100 * CONFIDENCE:g} % t-interval of the mean over subjects. Half-widths in output units (0–1000). "
+           "The flag: the subject score (mean half-width) above the calibration's cut; AUC 0.5 is chance.", ""]
+    out += _table(["task", "subjects", "outside", f"{100 * CONFIDENCE:g} % CI of mean", "min – max", "above α",
+                   "constant: outside"],
+                  [[t["task"], str(t["subjects"]), _pm(t["outside"], 4),
+                    "–" if not t["outside"]["ci95"] else f"{t['outside']['ci95'][0]:.4f} – {t['outside']['ci95'][1]:.4f}",
+                    f"{_num(t['outside']['min'], 4)} – {_num(t['outside']['max'], 4)}",
+                    str(t["outside"].get("above_alpha", "–")), _pm(t["constant_outside"], 4)] for t in lines])
+    out += _table(["task", "mean half-width", "constant", "ratio", "narrower", "flagged",
+                   "AUC worst PSNR decile", "AUC hard vs normal"],
+                  [[t["task"], _num(t["half_width"]["adaptive"], 1), _num(t["half_width"]["constant"], 1),
+                    _num(t["half_width"]["ratio"]),
+                    _narrower(t["half_width"]["narrower"]),
+                    f"{t['flag']['flagged']} of {t['subjects']}", _num(t["flag"]["auc_worst_decile"]),
+                    "–" if t["flag"]["auc_hard"] is None else f"{_num(t['flag']['auc_hard'])} ({t['flag']['n_hard']} hard)"]
+                   for t in lines])
+    if iv["not_applied"]:
+        out += ["The guarantee does not apply to (not counted above): " + "; ".join(
+            f"{n['subject']} {n['task']}: {n['reason']}" for n in iv["not_applied"]) + ".", ""]
+    if iv["not_calibrated"]:
+        out += [f"Tasks the calibration does not hold (no interval): {', '.join(iv['not_calibrated'])}.", ""]
     return out
+
+
+def _narrower(fraction: float | None) -> str:
+    return "–" if fraction is None else f"{round(100 * fraction, 1) + 0.0:.1f} %"  # + 0.0: never "-0.0"
 
 
 def write_markdown(path: Path, summary: Mapping[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""`evaluate` as a library call: subjects -> rows (resumable) -> tables, figures, QC, report.
+"""`evaluate` as a library call: subjects -> rows (resumable) -> tables, figures, intervals, report.
 
 The CLI (`tsf-trt evaluate`) is a thin layer over :func:`evaluate`; tests and notebooks call
 it directly with a ready :class:`~tsf_trt.synthesis.pipeline.Synthesizer`.
@@ -12,18 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tsf_trt import sequences
 from tsf_trt.backends import Backend
-from tsf_trt.errors import TsfError
-from tsf_trt.evaluation import qc as qcmod
+from tsf_trt.errors import InputError, TsfError
 from tsf_trt.evaluation.loop import SliceProgress, SubjectImages, evaluate_images
-from tsf_trt.evaluation.report import summarize, write_csv, write_json, write_markdown
-from tsf_trt.evaluation.scoring import Lpips, score_subject
-from tsf_trt.evaluation.store import ReportDir, fingerprint, safe_name
+from tsf_trt.evaluation.report import interval_summary, summarize, write_csv, write_json, write_markdown
+from tsf_trt.evaluation.scoring import Lpips, half_widths, score_subject
+from tsf_trt.evaluation.store import ReportDir, calibration_digest, fingerprint, safe_name
 from tsf_trt.evaluation.tasks import Task
 from tsf_trt.files.ownership import refuse_input_overlap
 from tsf_trt.inputs.subjects import Subject, find_subjects
 from tsf_trt.synthesis.pipeline import Synthesizer
+from tsf_trt.uncertainty.calibration import Calibration
 from tsf_trt.version import __version__
 
 METRICS_VERSION = 1  # bump when a row's meaning changes: older caches are then not reused
@@ -39,11 +41,10 @@ class Settings:
     figures: int | Sequence[str] = 1     # how many subjects get figures (the first ones), or their names
     lpips: Lpips | None = None
     lpips_label: str | None = None       # what the LPIPS weights were (for the run key and the report)
-    qc: qcmod.QcCalibration | None = None
-    calibrate_qc: bool = False
     batch_size: int | None = None
     overwrite: bool = False
     frame: str = "head"                  # where the network runs (tsf_trt.synthesis.frame), as infer's --frame
+    calibration: Calibration | None = None  # interval calibration to measure (tsf_trt.uncertainty.calibration)
 
 
 @dataclass
@@ -72,7 +73,6 @@ class Evaluation:
     outcomes: list[SubjectOutcome]
     summary: dict[str, Any]
     resumed: bool
-    qc_error: str | None = None
 
     @property
     def failed(self) -> list[SubjectOutcome]:
@@ -94,8 +94,6 @@ def plan(data: str | Path, settings: Settings, has_fusion: bool) -> tuple[list[S
                        + (f" and {len(multi) - 1} more task(s)" if len(multi) > 1 else "")
                        + "; ask for one-input tasks: --tasks single, or e.g. 't1->t2;flair->t2'")
     subjects = find_subjects(data)
-    if settings.calibrate_qc and not has_fusion:
-        raise TsfError("--calibrate-qc needs TSEM, and this model has no TSF stage")
     if isinstance(settings.figures, int):
         chosen = [s for s in subjects if subject_tasks(s, settings.tasks)][: max(0, settings.figures)]
     else:
@@ -105,6 +103,31 @@ def plan(data: str | Path, settings: Settings, has_fusion: bool) -> tuple[list[S
             raise TsfError(f"--figures: no subject named {', '.join(unknown)} in {data}")
         chosen = [names[n] for n in settings.figures]
     return subjects, chosen
+
+
+def check_calibration(settings: Settings, model_id: str, has_fusion: bool) -> None:
+    """Refuse, before any model loads, an interval calibration that cannot be measured here: made
+    for another model, holding none of the tasks, or needing what this run does not compute."""
+    cal = settings.calibration
+    if cal is None:
+        return
+    where = Path(cal.source) if cal.source else Path("--calibration")
+    first = next(iter(cal.tasks))
+    why = cal.why_not(model_id, first, cal.voxel_mm, [])  # its own task and voxels: only the model can differ
+    if why is not None:
+        raise InputError(where, why)
+    held = [t for t in settings.tasks if t.key in cal.tasks]
+    if not held:
+        asked = ", ".join(t.key for t in settings.tasks[:4]) + (", ..." if len(settings.tasks) > 4 else "")
+        raise InputError(where, f"holds {', '.join(sorted(cal.tasks))}, none of the tasks evaluated ({asked})")
+    for task in held:
+        needs = cal.tasks[task.key].needs
+        if "singles" in needs and not (settings.compare and has_fusion):  # what the loop computes them for
+            raise TsfError(f"--calibration: the heuristic of {task.key} needs the one-to-one syntheses (spread), "
+                           + ("which --no-compare skips; drop --no-compare" if has_fusion else
+                              "which evaluate makes only for a model with a TSF stage"))
+        if "tsem" in needs and not has_fusion:
+            raise TsfError(f"--calibration: the heuristic of {task.key} needs TSEM, and this model has no TSF stage")
 
 
 def figure_tasks(tasks: Sequence[Task]) -> list[Task]:
@@ -129,6 +152,7 @@ def check_run(data: str | Path, report_dir: str | Path, settings: Settings, *, m
     loads and modifying nothing (the report folder is never an input, and with --overwrite only a
     report is cleared); True when the report folder holds this same run, to be resumed."""
     plan(data, settings, has_fusion)
+    check_calibration(settings, model_id, has_fusion)
     refuse_input_overlap(report_dir, [("--data folder", Path(data)), *inputs])
     return ReportDir(report_dir, run_key(model_id, settings)).check(settings.overwrite)
 
@@ -140,9 +164,8 @@ def evaluate(synth: Synthesizer, data: str | Path, report_dir: str | Path, setti
     hooks = hooks or Hooks()
     be = synth.backend
     subjects, figure_subjects = plan(data, settings, be.has_fusion)
+    check_calibration(settings, be.model_id, be.has_fusion)
     refuse_input_overlap(report_dir, [("--data folder", Path(data))])
-    active = settings.qc or qcmod.QcCalibration()
-    thresholds = sorted({*qcmod.THRESHOLDS, active.tsem_threshold})
     store = ReportDir(report_dir, run_key(be.model_id, settings))
     resumed = store.open(settings.overwrite)
     compare = settings.compare and be.has_fusion
@@ -150,16 +173,16 @@ def evaluate(synth: Synthesizer, data: str | Path, report_dir: str | Path, setti
         hooks.on_ready({s.name: len(subject_tasks(s, settings.tasks)) for s in subjects})
     outcomes = []
     for subject in subjects:
-        outcome = _one_subject(be, store, subject, settings, thresholds, compare, subject in figure_subjects, hooks)
+        outcome = _one_subject(be, store, subject, settings, compare, subject in figure_subjects, hooks)
         outcomes.append(outcome)
         if hooks.on_end:
             hooks.on_end(outcome)
-    return _finish(store, outcomes, settings, active, be.model_id, model_label or be.model_id, data, resumed,
+    return _finish(store, outcomes, settings, be.model_id, model_label or be.model_id, data, resumed,
                    figure_subjects, be.has_fusion)
 
 
-def _one_subject(be: Backend, store: ReportDir, subject: Subject, settings: Settings, thresholds: Sequence[float],
-                 compare: bool, with_figures: bool, hooks: Hooks) -> SubjectOutcome:
+def _one_subject(be: Backend, store: ReportDir, subject: Subject, settings: Settings, compare: bool,
+                 with_figures: bool, hooks: Hooks) -> SubjectOutcome:
     """Reuse the subject's finished entry, or compute, score, draw and record it."""
     tasks = subject_tasks(subject, settings.tasks)
     if not tasks:
@@ -170,8 +193,8 @@ def _one_subject(be: Backend, store: ReportDir, subject: Subject, settings: Sett
     start = time.perf_counter()
     try:
         prints = fingerprint(subject.inputs)
-        entry = store.cached(subject.name, prints, [qcmod.key(t) for t in thresholds] if be.has_fusion else [],
-                             fig_paths)
+        digest = calibration_digest(settings.calibration)
+        entry = store.cached(subject.name, prints, fig_paths, digest)
         if entry is not None:
             return SubjectOutcome(subject.name, "cached", entry["rows"], seconds=entry.get("seconds", 0.0),
                                   backend=entry.get("backend", ""))
@@ -180,39 +203,56 @@ def _one_subject(be: Backend, store: ReportDir, subject: Subject, settings: Sett
                                  batch_size=settings.batch_size, compare=compare, frame=settings.frame,
                                  progress=progress)
         on_task = (lambda task: hooks.on_task(subject, task)) if hooks.on_task else None
-        rows = score_subject(subject.name, images, thresholds=thresholds, compare=compare, lpips=settings.lpips,
-                             on_task=on_task)
+        widths = _widths(be.model_id, subject, settings.calibration, images)
+        rows = score_subject(subject.name, images, compare=compare, lpips=settings.lpips, on_task=on_task,
+                             calibration=settings.calibration, widths=widths)
         for task, path in zip(figs, fig_paths):
-            _subject_figure(path, subject.name, task, images, rows)
+            width = widths.get(task)
+            _subject_figure(path, subject.name, task, images, rows, width if isinstance(width, np.ndarray) else None)
         seconds = time.perf_counter() - start
         store.save(subject.name, prints, rows, seconds=seconds, backend=be.describe(), batch_size=images.batch_size,
-                   timings=images.timings)
+                   timings=images.timings, calibration=digest)
         return SubjectOutcome(subject.name, "done", rows, seconds=seconds, backend=be.describe())
     except (TsfError, OSError) as exc:
         message = str(exc) if isinstance(exc, TsfError) else f"{type(exc).__name__}: {exc}"
         return SubjectOutcome(subject.name, "failed", error=message)
 
 
+def _widths(model_id: str, subject: Subject, calibration: Calibration | None, images: SubjectImages
+            ) -> dict[Task, np.ndarray | str]:
+    """The half-width maps (or why not) of the subject's calibrated tasks; {} without a calibration.
+    evaluate runs no preflight, so no finding is passed: only the model, task and voxel size decide."""
+    if calibration is None or not any(t.key in calibration.tasks for t in images.tasks):
+        return {}
+    from tsf_trt.evaluation.calibrate import voxel_range
+
+    return half_widths(calibration, model_id, voxel_range([subject]), images)
+
+
 def _figure_path(folder: Path, subject: str, task: Task) -> Path:
     return folder / f"{safe_name(subject)}_{task.slug}.png"
 
 
-def _subject_figure(path: Path, subject: str, task: Task, images: SubjectImages, rows: list[dict[str, Any]]) -> None:
+def _subject_figure(path: Path, subject: str, task: Task, images: SubjectImages, rows: list[dict[str, Any]],
+                    half_width: np.ndarray | None = None) -> None:
     from tsf_trt.runs.figures import choose_slices, subject_figure
 
     out, truth = images.tasks[task], images.truth[task.target]
     row = next(r for r in rows if r["task"] == task.label)
     picked = choose_slices(truth, out.tsem)
+    interval = row.get("interval") or {}
+    said = (f"\nhalf-width mean {interval['half_width']:.1f} (0-1000), truth outside on "
+            f"{100 * interval['outside']:.1f} % of the head (α {100 * interval['alpha']:g} %)"
+            if interval.get("applies") and interval.get("outside") is not None else "")
     subject_figure(path, inputs={sequences.NAMES[s]: images.truth[s] for s in task.sources}, synthesis=out.image,
                    truth=truth, tsem=out.tsem, weights={sequences.NAMES[i]: w for i, w in out.weights.items()},
-                   title=f"{subject}  {task.label}   PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f} (head)",
+                   title=f"{subject}  {task.label}   PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f} (head)" + said,
                    slices=picked, slice_labels=[f"z {int(images.region.slices[k])}" for k in picked],
-                   own_location=True)  # the report folder, recognised as ours
+                   half_width=half_width, own_location=True)  # the report folder, recognised as ours
 
 
-def _finish(store: ReportDir, outcomes: list[SubjectOutcome], settings: Settings, active: qcmod.QcCalibration,
-            model_id: str, model_label: str, data: str | Path, resumed: bool, figure_subjects: Sequence[Subject],
-            has_fusion: bool) -> Evaluation:
+def _finish(store: ReportDir, outcomes: list[SubjectOutcome], settings: Settings, model_id: str, model_label: str,
+            data: str | Path, resumed: bool, figure_subjects: Sequence[Subject], has_fusion: bool) -> Evaluation:
     from tsf_trt.runs.figures import weights_chart
 
     rows = [r for o in outcomes for r in o.rows]
@@ -235,23 +275,9 @@ def _finish(store: ReportDir, outcomes: list[SubjectOutcome], settings: Settings
                     model_method="TSF-Seq2Seq" if has_fusion else "Seq2Seq (the model has no TSF stage)"),
         "figures": {"subjects": [], "weights": None},
     }
-    qc_error, calibration = None, active
-    with_tsem = [r for r in rows if r.get("psnr_tsem_top") is not None]
-    if with_tsem:
-        if settings.calibrate_qc:
-            try:
-                calibration, stats = qcmod.calibrate(with_tsem, model_id)
-                calibration = qcmod.QcCalibration(calibration.tsem_threshold, calibration.flag_above, model_id,
-                                                  "calibrated on this data set, written to qc.json")
-                write_json(store.path / "qc.json", qcmod.calibration_json(calibration, stats))
-                summary["qc_file"] = "qc.json"
-                summary["qc"] = {**stats, "calibration": calibration.source}
-            except TsfError as exc:
-                qc_error = str(exc)
-                summary["qc"] = qcmod.qc_stats(with_tsem, active)
-        else:
-            summary["qc"] = qcmod.qc_stats(with_tsem, active)
-        summary["qc_error"] = qc_error
+    if settings.calibration is not None:
+        summary["interval"] = interval_summary(rows, settings.calibration, settings.tasks,
+                                               calibration_digest(settings.calibration))
     weight_rows = [w for w in summary["weights"] if w["n_inputs"] > 1] or summary["weights"]
     if weight_rows:
         weights_chart(store.figures / "weights.png", [(w["task"], w["weights"]) for w in weight_rows],
@@ -267,7 +293,7 @@ def _finish(store: ReportDir, outcomes: list[SubjectOutcome], settings: Settings
                 if path.is_file():
                     summary["figures"]["subjects"].append(
                         {"subject": subject.name, "task": task.label, "path": f"{store.figures.name}/{path.name}"})
-    write_csv(store.path / "results.csv", rows, calibration.tsem_threshold)
+    write_csv(store.path / "results.csv", rows)
     write_json(store.path / "summary.json", summary)
     write_markdown(store.path / "report.md", summary)
-    return Evaluation(store.path, outcomes, summary, resumed, qc_error)
+    return Evaluation(store.path, outcomes, summary, resumed)

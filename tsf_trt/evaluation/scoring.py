@@ -1,8 +1,10 @@
-"""Scores of one subject's syntheses: one row per task, for the CSV, the tables and the QC.
+"""Scores of one subject's syntheses: one row per task, for the CSV, the tables and the intervals.
 
 All images are in network units over the subject's region (see :mod:`.loop`); the truth is
 `preprocess.normalize` of the real target, as in training; every score is taken inside the
-head mask with the shared implementations of :mod:`tsf_trt.metrics`.
+head mask with the shared implementations of :mod:`tsf_trt.metrics`. With an interval
+calibration (tsf_trt.uncertainty.calibration), a row also says how often the truth lies
+outside synthesis ± half-width over the head, and the same for the constant-width baseline.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from tsf_trt import metrics, sequences
 from tsf_trt.evaluation.loop import SubjectImages, TaskImages
 from tsf_trt.evaluation.tasks import Task
+from tsf_trt.uncertainty.calibration import PER_NETWORK_UNIT, Calibration, TaskCalibration, subject_score
 
 #: Methods of Table 1's ablation, as column prefixes ("" is TSF-Seq2Seq itself).
 METHODS = {
@@ -50,11 +53,51 @@ class _Scorer:
         return scores
 
 
-def score_subject(subject: str, images: SubjectImages, *, thresholds: Sequence[float], compare: bool = True,
-                  lpips: Lpips | None = None, on_task: TaskDone | None = None) -> list[dict[str, Any]]:
-    """One row per task (table order), with every score and the TSEM exceedance at `thresholds`."""
-    from tsf_trt.runs.qc import exceedance, key
+def half_widths(calibration: Calibration, model_id: str, voxel_mm: Sequence[float], images: SubjectImages,
+                findings: Sequence[str] = ()) -> dict[Task, np.ndarray | str]:
+    """Per task the calibration holds: the half-width map λ·u(x) over the region (network units),
+    or why its guarantee does not apply to this subject (Calibration.why_not). Tasks it does not
+    hold are left out: they have no interval."""
+    out: dict[Task, np.ndarray | str] = {}
+    for task, images_of in images.tasks.items():
+        if task.key not in calibration.tasks:
+            continue
+        why = calibration.why_not(model_id, task.key, voxel_mm, findings)
+        if why is not None:
+            out[task] = why
+            continue
+        entry = calibration.tasks[task.key]
+        singles = [images.one_to_one[(s, task.target)] for s in task.sources] if "singles" in entry.needs else []
+        out[task] = entry.half_width(images_of.image, images_of.tsem, singles)
+    return out
 
+
+def interval_scores(width: np.ndarray | str, image: np.ndarray, truth: np.ndarray, head: np.ndarray,
+                    entry: TaskCalibration, alpha: float) -> dict[str, Any]:
+    """A row's "interval": the fraction of head voxels whose truth lies outside image ± width (strictly,
+    as the calibration counts them: tsf_trt.uncertainty.conformal), the same for the constant width,
+    mean widths and the subject score in output units (0-1000); or why the guarantee does not apply."""
+    if isinstance(width, str):
+        return {"applies": False, "reason": width}
+    # float64 means: a float32 sum's rounding would rank subjects of one constant width apart
+    error, inside = np.abs(truth - image)[head], width[head].astype(np.float64)
+    score = subject_score(width.astype(np.float64), head)
+
+    def outside(bound: np.ndarray | float) -> float | None:
+        return float(np.count_nonzero(error > bound) / error.size) if error.size else None
+
+    return {"applies": True, "alpha": alpha, "outside": outside(inside),
+            "half_width": float(inside.mean()) * PER_NETWORK_UNIT if inside.size else None,
+            "constant_outside": outside(entry.constant_lam),
+            "constant_half_width": entry.constant_lam * PER_NETWORK_UNIT,
+            "score": score, "flag_above": entry.flag_above, "flagged": bool(score > entry.flag_above)}
+
+
+def score_subject(subject: str, images: SubjectImages, *, compare: bool = True, lpips: Lpips | None = None,
+                  on_task: TaskDone | None = None, calibration: Calibration | None = None,
+                  widths: Mapping[Task, np.ndarray | str] | None = None) -> list[dict[str, Any]]:
+    """One row per task (table order), with every score; with a `calibration`, "interval"
+    (:func:`interval_scores`) for the tasks of `widths` (:func:`half_widths`), None for the others."""
     scorers: dict[int, _Scorer] = {}
     rows = []
     for task, out in sorted(images.tasks.items(), key=lambda item: item[0].order()):
@@ -70,8 +113,10 @@ def score_subject(subject: str, images: SubjectImages, *, thresholds: Sequence[f
         row.update({f"w_{sequences.NAMES[i]}": out.weights.get(i) for i in range(sequences.N_SEQUENCES)})
         if compare and out.image_avg is not None:
             row.update(_comparisons(task, out, images.one_to_one, scorer))
-        row["tsem_exceedance"] = (exceedance(out.tsem, images.head, thresholds) if out.tsem is not None
-                                  else {key(t): None for t in thresholds})
+        if calibration is not None:
+            width = (widths or {}).get(task)
+            row["interval"] = None if width is None else interval_scores(
+                width, out.image, truth, images.head, calibration.tasks[task.key], calibration.alpha)
         rows.append(row)
         if on_task is not None:
             on_task(task)

@@ -6,6 +6,9 @@ Why: evaluating a data set takes hours on a CPU, so a run must survive an interr
 subject is done, with the size and time stamp of its input files and a SHA-256 of its
 content. Rerunning the same command finds them and computes only what is missing; an entry
 that fails its checksum (or cannot be read) is computed again, with one WARNING naming it.
+An entry also records the content hash of the interval calibration it was scored with
+(:func:`calibration_digest`): another calibration (or none) scores its subject again, in the
+same folder, rather than refusing it as another run.
 A folder holding another run is refused unless `--overwrite` (which starts afresh); a folder
 that is not a report, or that holds anything a report does not, is refused even with it
 (:data:`REPORT`): `--overwrite` removes only what tsf-trt wrote.
@@ -19,18 +22,27 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tsf_trt.errors import InputError
 from tsf_trt.files.atomic import atomic_path, check_folder_target, check_writable, sweep
 from tsf_trt.files.ownership import FolderKind, first_foreign, is_leftover, read_tagged, unrecognised
+
+if TYPE_CHECKING:
+    from tsf_trt.uncertainty.calibration import Calibration
 
 FORMAT = "tsf-trt-evaluation"
 VERSION = 1
 RUN_FILE = "run.json"
 SUBJECTS = "subjects"
 FIGURES = "figures"
-OUTPUTS = ("report.md", "summary.json", "results.csv", "qc.json", RUN_FILE)
+OUTPUTS = ("report.md", "summary.json", "results.csv", RUN_FILE)
+#: What earlier versions of tsf-trt wrote into a report and this one no longer does, with the format
+#: tag that tells it is theirs: still a report's own file (so --overwrite may clear it), and removed
+#: when the report is written again, so that a report folder never keeps a superseded result beside
+#: the new one (qc.json: the TSEM QC calibration, which calibrated intervals replaced). An untagged
+#: file of that name is not ours: the folder is then refused, as for any foreign file.
+FORMER_OUTPUTS = {"qc.json": "tsf-trt-qc"}
 
 
 def safe_name(name: str) -> str:
@@ -47,6 +59,15 @@ def fingerprint(inputs: Mapping[int, Path]) -> list[list[Any]]:
     return out
 
 
+def calibration_digest(calibration: Calibration | None) -> str | None:
+    """SHA-256 of what an interval calibration holds (its JSON with sorted keys, without the
+    version of tsf-trt reading it): a changed file changes it, a re-indented one does not."""
+    if calibration is None:
+        return None
+    body = {k: v for k, v in calibration.to_json().items() if k != "tsf_trt_version"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _report_foreign(folder: Path) -> str | None:
     """Why `folder` is not a tsf-trt report holding only a report's files (None when it is)."""
     run = folder / RUN_FILE
@@ -60,10 +81,17 @@ def _report_foreign(folder: Path) -> str | None:
             why = first_foreign(path, lambda n, p: n.endswith(inner[name]) and p.is_file() and not p.is_symlink())
             culprit.extend([f"{name}/ {why}"] if why else [])
             return why is None
+        if name in FORMER_OUTPUTS:
+            return _former(path)
         return name in OUTPUTS and path.is_file() and not path.is_symlink()
 
     why = first_foreign(folder, allowed)
     return culprit[0] if why and culprit else why
+
+
+def _former(path: Path) -> bool:
+    """Whether `path` is what an earlier tsf-trt wrote under that name (:data:`FORMER_OUTPUTS`)."""
+    return path.is_file() and not path.is_symlink() and read_tagged(path, FORMER_OUTPUTS[path.name]) is not None
 
 
 REPORT = FolderKind("a tsf-trt evaluation report", _report_foreign)
@@ -124,6 +152,9 @@ class ReportDir:
             sweep(folder, lambda name: True)  # the folder is ours (checked): every dead writer's leftover
         if overwrite and not resumed:
             self.clear()
+        for name in FORMER_OUTPUTS:  # superseded files of an earlier tsf-trt go; anything else stays
+            if _former(self.path / name):
+                (self.path / name).unlink()
         with atomic_path(self.path / RUN_FILE, overwrite=True, own_location=True) as tmp:
             tmp.write_text(json.dumps(self.key, indent=2) + "\n")  # first: the folder is a report from now on
         try:
@@ -165,11 +196,12 @@ class ReportDir:
     def _cache(self, subject: str) -> Path:
         return self.subjects / f"{safe_name(subject)}.json"
 
-    def cached(self, subject: str, inputs_fingerprint: Sequence[Any], thresholds: Sequence[str],
-               figures: Sequence[Path] = ()) -> dict[str, Any] | None:
+    def cached(self, subject: str, inputs_fingerprint: Sequence[Any], figures: Sequence[Path] = (),
+               calibration: str | None = None) -> dict[str, Any] | None:
         """The finished entry of `subject` when it still holds: intact (its checksum), same inputs,
-        the QC thresholds asked for, and the figures asked for on disk; None when the subject must
-        be computed. A damaged entry is said in one WARNING line naming it."""
+        the same interval calibration (:func:`calibration_digest`;
+        :meth:`save` records it as `calibration=`) and the figures asked for on disk; None when the
+        subject must be computed. A damaged entry is said in one WARNING line naming it."""
         path = self._cache(subject)
         if not path.exists():
             return None
@@ -188,12 +220,8 @@ class ReportDir:
             return None
         if entry.get("key") != self.key or entry.get("subject") != subject:
             return None
-        if entry.get("inputs") != [list(f) for f in inputs_fingerprint]:
+        if entry.get("inputs") != [list(f) for f in inputs_fingerprint] or entry.get("calibration") != calibration:
             return None
-        for row in entry["rows"]:
-            have = (row.get("tsem_exceedance") if isinstance(row, dict) else None) or {}
-            if any(t not in have for t in thresholds):
-                return None
         if not all(p.is_file() for p in figures):
             return None
         return entry

@@ -38,7 +38,7 @@ class Task:
     @property
     def key(self) -> str:
         """As the command line takes it, and as caches store it: 't1,flair->t2'."""
-        return ",".join(sequences.NAMES[s] for s in self.sources) + "->" + sequences.NAMES[self.target]
+        return sequences.task_key(self.sources, self.target)
 
     @property
     def slug(self) -> str:
@@ -65,22 +65,12 @@ def all_tasks(available: Iterable[int] = range(sequences.N_SEQUENCES), max_input
 
 
 def parse_task(text: str) -> Task:
-    """'t1,flair->t2' (any accepted spelling, any case) -> Task."""
-    left, arrow, right = text.partition("->")
-    if not arrow:
-        raise TsfError(f"--tasks: '{text}' is not a task; write it as SOURCES->TARGET, e.g. t1,flair->t2")
+    """'t1,flair->t2' (any accepted spelling, any case) -> Task (sequences.parse_task_key's rule)."""
     try:
-        sources = sequences.parse_list(left)
-        target = sequences.parse(right) if right.strip() else None
+        sources, target = sequences.parse_task_key(text)
     except TsfError as exc:
-        raise TsfError(f"--tasks: '{text}': {exc}") from None
-    if target is None:
-        raise TsfError(f"--tasks: '{text}' names no target after '->'")
-    try:
-        sequences.check_task(sources, target)
-    except TsfError as exc:
-        raise TsfError(f"--tasks: '{text}': {exc}") from None
-    return Task(tuple(sorted(sources)), target)
+        raise TsfError(f"--tasks: {exc}") from None
+    return Task(tuple(sources), target)
 
 
 def parse_tasks(specs: Sequence[str] | str | None) -> list[Task]:

@@ -14,6 +14,8 @@ from tsf_trt.errors import ModelError
 #: optionally its own ONNX export in export/ (the bundled demo ships one).
 MODEL_FORMAT, MODEL_CONFIG, MODEL_WEIGHTS = "tsf-trt-model", "config.json", "model.safetensors"
 MODEL_EXPORT_SUBDIR = "export"
+#: A model's own calibration (tsf_trt.uncertainty.calibration), beside its config: `infer` applies it by default.
+MODEL_CALIBRATION = "calibration.json"
 #: An export directory (tsf_trt.export.manifest): manifest.json with this tag beside its graphs.
 EXPORT_FORMAT, EXPORT_MANIFEST = "tsf-trt-export", "manifest.json"
 

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from tsf_trt.errors import InputError
-from tsf_trt.files.fileformat import (EXPORT_FORMAT, EXPORT_MANIFEST, MODEL_CONFIG, MODEL_EXPORT_SUBDIR,
-                                      MODEL_FORMAT, MODEL_WEIGHTS)
+from tsf_trt.files.fileformat import (EXPORT_FORMAT, EXPORT_MANIFEST, MODEL_CALIBRATION, MODEL_CONFIG,
+                                      MODEL_EXPORT_SUBDIR, MODEL_FORMAT, MODEL_WEIGHTS)
 from tsf_trt.files.owners import leftover_owner
 
 MARK = "tsf-trt"
@@ -242,7 +242,8 @@ def _model_foreign(folder: Path) -> str | None:
     if data is None:
         return unrecognised(folder, f"is not a tsf-trt model directory (no {MODEL_CONFIG} with the "
                                     f"{MODEL_FORMAT} tag)")
-    files = {MODEL_CONFIG, str(data.get("weights", MODEL_WEIGHTS)), MODEL_WEIGHTS, "MODEL_CARD.md"}
+    files = {MODEL_CONFIG, str(data.get("weights", MODEL_WEIGHTS)), MODEL_WEIGHTS, "MODEL_CARD.md",
+             MODEL_CALIBRATION}
 
     inner: list[str] = []  # why its export/ is not ours, when it is not
 

@@ -68,6 +68,8 @@ _SUFFIX, _EXTENSION = re.compile(r"[0-9a-zA-Z]+"), re.compile(r"(?:\.[0-9a-zA-Z]
 SUFFIXES = {"T1w": 0, "T2w": 2, "FLAIR": 3}
 NIFTI = (".nii.gz", ".nii")
 SYNTH_DESC, TSEM_DESC = "tsfsynth", "tsem"
+#: The interval half-width map's desc (`infer` with a calibration): named as the TSEM is.
+HALFWIDTH_DESC = "halfwidth"
 
 
 def _bad_value(key: str, value: str) -> str | None:
@@ -254,7 +256,7 @@ def _classify(path: Path, subject: str, session: str | None) -> BidsName | str |
         return f"not an anat suffix tsf-trt uses ({name.suffix})"
     if name.extension not in NIFTI:
         return f"not NIfTI ({name.extension}; .nii or .nii.gz expected)"
-    if name.entities.get("desc") in (SYNTH_DESC, TSEM_DESC):
+    if name.entities.get("desc") in (SYNTH_DESC, TSEM_DESC, HALFWIDTH_DESC):
         return f"a tsf-trt output (desc-{name.entities['desc']}), never an input"
     if name.entities.get("part", "mag") != "mag":
         return f"a part-{name.entities['part']} image: tsf-trt reads magnitude images"
@@ -367,12 +369,24 @@ def derivative_paths(deriv_root: str | Path, subject: str, session: str | None, 
     `desc-<label>` tells apart files that no other entity does. The TSEM keeps the target's
     suffix: "Imaging data types" offers mask, dseg and probseg, none an error map, and the
     parametric anat suffixes (T2map, ...) hold physical quantities, which a TSEM is not."""
+    return DerivativePaths(*_derivative(deriv_root, subject, session, target, SYNTH_DESC),
+                           *_derivative(deriv_root, subject, session, target, TSEM_DESC))
+
+
+def halfwidth_paths(deriv_root: str | Path, subject: str, session: str | None, target: int) -> tuple[Path, Path]:
+    """The interval half-width map and its sidecar: named as :func:`derivative_paths` names the
+    TSEM (the target's suffix, for the same reason), with `desc-halfwidth`."""
+    return _derivative(deriv_root, subject, session, target, HALFWIDTH_DESC)
+
+
+def _derivative(deriv_root: str | Path, subject: str, session: str | None, target: int, desc: str
+                ) -> tuple[Path, Path]:
+    """One derivative's .nii.gz and .json (see :func:`derivative_paths`)."""
     sub, ses = _label(subject, "sub", "subject"), _label(session, "ses", "session") if session is not None else None
     extra, suffix = target_entities(target)
-    base = {"sub": sub, **({"ses": ses} if ses is not None else {}), **extra}
+    entities = {"sub": sub, **({"ses": ses} if ses is not None else {}), **extra, "desc": desc}
     folder = Path(deriv_root, f"sub-{sub}", *([f"ses-{ses}"] if ses is not None else []), "anat")
-    synth, tsem = ({**base, "desc": desc} for desc in (SYNTH_DESC, TSEM_DESC))
-    return DerivativePaths(*(folder / format_name(e, suffix, x) for e in (synth, tsem) for x in (".nii.gz", ".json")))
+    return folder / format_name(entities, suffix, ".nii.gz"), folder / format_name(entities, suffix, ".json")
 
 
 def dataset_description(name: str, version: str, model_id: str, source: str | Path | None = None,

@@ -67,7 +67,7 @@ SPIN_ECHO = {"t1": (500.0, 15.0), "t1gd": (500.0, 15.0), "t2": (4000.0, 100.0)} 
 FLAIR_TR, FLAIR_TE = 9000.0, 120.0
 # CSF nulled: Mz(TI) = 0 for S ~ 1 - 2 exp(-TI/T1) + exp(-TR/T1); T1 ln 2 is its TR -> inf limit.
 FLAIR_TI = TISSUE_T1["csf"] * math.log(2.0 / (1.0 + math.exp(-FLAIR_TR / TISSUE_T1["csf"])))
-# "Hard" subjects (to test a QC flag): the same draws, then larger tumours and stronger noise.
+# "Hard" subjects (to test the intervals' subject flag): the same draws, then larger tumours and stronger noise.
 HARD_TUMOUR = 1.6  # every tumour radius (core, rim, oedema) times this: about 4x the volume
 HARD_NOISE = 3.0  # Rician noise sigma times this
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
@@ -429,7 +429,7 @@ def write_subjects(out_dir: str | Path, n: int, seed: int = 0, shape: tuple[int,
     Each folder is written under a hidden temp name and renamed when complete, so an
     interrupted run leaves no half subject. Existing folders are refused up front unless
     ``overwrite``. With ``hard_fraction`` > 0, subjects for which :func:`is_hard` holds are
-    made hard and named PhantomHard_... (for testing a QC flag).
+    made hard and named PhantomHard_... (for testing the intervals' subject flag).
     """
     out = Path(out_dir)
     folders = check_targets(out, n, layout, overwrite, seed, hard_fraction)

@@ -1,5 +1,5 @@
 """What `infer` and `demo` make of subjects: the request (request), subject jobs and folder runs
 shared by many processes (jobs, claims, multigpu), writing outputs all or nothing (outputs,
-writer, outcomes), the TSEM QC score (qc), figures, and the demo. Built on tsf_trt.synthesis and
-tsf_trt.inputs.
+writer, outcomes: the calibrated interval's block too), figures, and the demo. Built on
+tsf_trt.synthesis and tsf_trt.inputs.
 """

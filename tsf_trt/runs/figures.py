@@ -99,21 +99,43 @@ def _weights_axis(ax: Any, weights: Mapping[str, float]) -> None:
         ax.spines[side].set_visible(False)
 
 
+def panels(inputs: Mapping[str, np.ndarray], synthesis: np.ndarray, truth: np.ndarray | None,
+           tsem: np.ndarray | None, half_width: np.ndarray | None = None) -> list[tuple[str, np.ndarray, str]]:
+    """The columns of :func:`subject_figure`: (title, volume, kind). Kind 'error' shares one colour
+    scale: |error| and, beside it, the interval's half-width, both then in output units (0-1000,
+    tsf_trt.uncertainty.calibration.PER_NETWORK_UNIT), so a reader can compare them."""
+    from tsf_trt.uncertainty.calibration import PER_NETWORK_UNIT
+
+    unit, units = (PER_NETWORK_UNIT, " (0–1000)") if half_width is not None else (1.0, "")
+    columns: list[tuple[str, np.ndarray, str]] = [(_display(n), a, "image") for n, a in inputs.items()]
+    columns.append(("synthesis", synthesis, "image"))
+    if truth is not None:
+        error = np.abs(synthesis - truth) * np.float32(unit)
+        columns += [("truth", truth, "image"), ("|error|" + units, error, "error")]
+    if half_width is not None:
+        columns.append(("half-width" + units, half_width * np.float32(unit), "error"))
+    if tsem is not None:
+        columns.append(("TSEM on synthesis", tsem, "tsem"))
+    return columns
+
+
 def subject_figure(path: str | Path, *, inputs: dict[str, np.ndarray], synthesis: np.ndarray,
                    truth: np.ndarray | None, tsem: np.ndarray | None, weights: dict[str, float] | None,
                    title: str, slices: Sequence[int] | None = None,
-                   slice_labels: Sequence[str] | None = None, own_location: bool = False) -> Path:
-    """One row per axial slice; columns: each input, the synthesis, the truth, |error| and the
-    TSEM over the synthesis (the last three when given), plus a bar chart of ω.
+                   slice_labels: Sequence[str] | None = None, own_location: bool = False,
+                   half_width: np.ndarray | None = None) -> Path:
+    """One row per axial slice; columns: each input, the synthesis, the truth, |error|, the
+    interval's half-width (network units, as every array here) and the TSEM over the synthesis
+    (the last four when given), plus a bar chart of ω.
 
-    Images share the window [-1, 1]; |error| and TSEM each share one colour scale over the
-    rows drawn (the 99.5th percentile of what is shown), so rows compare at a glance; TSEM below
-    a fifth of its scale is left transparent so that the anatomy shows through.
+    Images share the window [-1, 1]; |error| and the half-width share one colour scale, TSEM its
+    own, over the rows drawn (the 99.5th percentile of what is shown), so rows compare at a glance;
+    TSEM below a fifth of its scale is left transparent so that the anatomy shows through.
     `slice_labels` names the rows (default 'slice z'), e.g. when the arrays are a subset.
     `own_location`: see :func:`save_png`.
     """
     shape = synthesis.shape
-    for name, array in (*inputs.items(), ("truth", truth), ("tsem", tsem)):
+    for name, array in (*inputs.items(), ("truth", truth), ("tsem", tsem), ("half_width", half_width)):
         if array is not None and array.shape != shape:
             raise ValueError(f"{name} has shape {array.shape}, the synthesis {shape}")
     rows = list(slices) if slices is not None else choose_slices(truth if truth is not None else synthesis, tsem)
@@ -122,19 +144,13 @@ def subject_figure(path: str | Path, *, inputs: dict[str, np.ndarray], synthesis
     labels = list(slice_labels) if slice_labels is not None else [f"slice {z}" for z in rows]
     if len(labels) != len(rows):
         raise ValueError(f"{len(labels)} slice labels for {len(rows)} slices")
-    error = None if truth is None else np.abs(synthesis - truth)
-    columns: list[tuple[str, np.ndarray, str]] = [(_display(n), a, "image") for n, a in inputs.items()]
-    columns.append(("synthesis", synthesis, "image"))
-    if truth is not None and error is not None:
-        columns += [("truth", truth, "image"), ("|error|", error, "error")]
-    if tsem is not None:
-        columns.append(("TSEM on synthesis", tsem, "tsem"))
+    columns = panels(inputs, synthesis, truth, tsem, half_width)
 
-    def top(volume: np.ndarray) -> float:
-        shown = volume[rows]
-        return float(max(np.percentile(shown, 99.5), 1e-6))
+    def top(kind: str) -> float:
+        shown = [volume[rows] for _, volume, k in columns if k == kind]
+        return float(max(max(np.percentile(v, 99.5) for v in shown), 1e-6)) if shown else 1.0
 
-    scales = {"error": top(error) if error is not None else 1.0, "tsem": top(tsem) if tsem is not None else 1.0}
+    scales = {"error": top("error"), "tsem": top("tsem")}
     aspect = shape[1] / shape[2]
     n_cols = len(columns) + (1 if weights else 0)
     fig = _figure(CELL_IN * len(columns) + (1.9 if weights else 0), CELL_IN * aspect * len(rows) + 0.8)

@@ -17,16 +17,17 @@ from tsf_trt import sequences
 from tsf_trt.errors import TsfError
 from tsf_trt.files.atomic import DiskFullError, make_folder, remove_stale
 from tsf_trt.inputs.prefetch import Loaded, Prefetcher, load_subject
-from tsf_trt.inputs.resample import needs_resampling, resample_subject, result_to_input_grid
+from tsf_trt.inputs.preflight import voxel_size_mm
+from tsf_trt.inputs.resample import needs_resampling, resample_subject, result_to_input_grid, to_input_grid
 from tsf_trt.inputs.subjects import Subject
 from tsf_trt.runs.claims import Claim, Claims, Holder, ModelConflict
-from tsf_trt.runs.outcomes import SubjectOutcome, Synthesized, failed
+from tsf_trt.runs.outcomes import IntervalPlan, SubjectOutcome, Synthesized, failed
 from tsf_trt.runs.outputs import (Inputs, OutputPaths, bids_sidecars, build_report, check_folder_outputs,
-                                  precision_block, raw_root, write_dataset_description)
-from tsf_trt.runs.qc import qc_block
+                                  halfwidth_sidecar, precision_block, raw_root, write_dataset_description)
 from tsf_trt.runs.request import InferRequest
 from tsf_trt.runs.writer import Started, Writer
 from tsf_trt.synthesis.pipeline import Progress, Synthesizer
+from tsf_trt.uncertainty.calibration import PER_NETWORK_UNIT
 
 _log = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ def infer_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *
     `request.output`; `overwrite` overrides the request's (folder mode replaces a dead
     run's partial outputs). No output may be one of the subject's inputs or of `protected`
     (folder mode: an :class:`~tsf_trt.runs.outputs.Inputs` of every input of the folder, which
-    holds the subject's own). The report's "qc" block scores the TSEM with
-    `request.qc` (from `evaluate --calibrate-qc`), or with the default threshold and no flag."""
+    holds the subject's own). With `request.calibration` (another model's is refused), the interval
+    half-width map is written where its guarantee applies, and the report's "interval" block says
+    so, or why not."""
     return synthesize_subject(synth, subject, request, progress=progress, backend_name=backend_name, paths=paths,
                               overwrite=overwrite, protected=protected, before_publish=before_publish).write()
 
@@ -94,10 +96,12 @@ def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferReque
     overwrite = request.overwrite if overwrite is None else overwrite
     sources = list(subject.inputs)
     synth.check_task(sorted(sources), target)
+    request.check_calibration(synth.backend.model_id)
     with_tsem = request.makes_tsem(synth.has_fusion)
-    paths = paths or OutputPaths.of(subject, request.output, target, with_tsem, own_folder=False)
+    paths = paths or request.outputs_of(subject, synth.has_fusion, own_folder=False)
     folder = paths.folder
-    inputs = protected if isinstance(protected, Inputs) else Inputs([*subject.inputs.values(), *protected])
+    inputs = protected if isinstance(protected, Inputs) else \
+        Inputs([*subject.inputs.values(), *request.read_files(), *protected])
     removed = remove_stale(folder, paths.names(), request.lease_s) if folder.is_dir() else []
     paths.check(overwrite, inputs)
     start = time.perf_counter()
@@ -105,23 +109,54 @@ def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferReque
     read = time.perf_counter() - start  # reading and checking; in folder mode, what is left of it
     volumes = loaded.volumes
     network, findings = _preflight(subject, loaded, request)
-    result = synth.run(network, target, tsem=with_tsem, progress=progress)
+    plan = IntervalPlan.of(request.calibration, synth.backend.model_id, sequences.task_key(sources, target),
+                           [v for volume in volumes.values() for v in voxel_size_mm(volume)],
+                           [f"{f.path.name} ({f.kind})" for f in findings],  # the report's "preflight" says more
+                           synth.has_fusion).unless(_combine_differs(synth))
+    if plan.entry is not None and paths.halfwidth is None:
+        raise ValueError("these outputs have no half-width map's name: build them with InferRequest.outputs_of")
+    result = synth.run(network, target, tsem=with_tsem or plan.needs("tsem"), progress=progress,
+                       singles=plan.needs("singles"))
+    plan = plan.unless(_frame_misses_head(result.frame))
+    half_width = None if plan.entry is None else plan.half_width(result)  # on the network's grid, as calibrated
+    interval = plan.block(half_width, result.head_mask, paths.halfwidth.name if paths.halfwidth else "")
+    result = replace(result, singles=None, tsem=result.tsem if with_tsem else None)  # used; not outputs
     if network is not volumes:  # --resample: the outputs go back onto the first input's grid
-        result = result_to_input_grid(result, network[sources[0]], volumes[sources[0]])
+        grid, like = network[sources[0]], volumes[sources[0]]
+        result = result_to_input_grid(result, grid, like)
+        if half_width is not None:  # as TSEM goes back; outside the resampled view, the widest interval
+            half_width = to_input_grid(half_width, grid, like, fill=float(half_width.max()))
+    written = paths if half_width is not None else paths.without_interval()
     result.timings["read"] = read
     extra: dict = {"tsem_note": None if with_tsem or not tsem else "no TSEM: the model has no TSF stage (Seq2Seq only)",
                    "preflight": [{"file": str(f.path), "kind": f.kind, "message": f.message} for f in findings],
                    "resampled": network is not volumes}
     tsem_sidecar = None
     if subject.bids is not None:
-        synth_sidecar, tsem_sidecar = bids_sidecars(subject, paths, result, raw_root(subject))
+        synth_sidecar, tsem_sidecar = bids_sidecars(subject, written, result, raw_root(subject))
         extra.update(synth_sidecar)
-    report = build_report(result, paths, subject.inputs, subject=subject.name,
+    report = build_report(result, written, subject.inputs, subject=subject.name,
                           model_id=synth.backend.model_id, backend=backend_name or synth.backend.describe(),
-                          extra=extra, qc=qc_block(result.tsem, result.head_mask, request.qc),
-                          precision=precision_block(synth.backend))
-    return Synthesized(subject.name, result, volumes[sources[0]], paths, report, overwrite, inputs, before_publish,
-                       tsem_sidecar, removed)
+                          extra=extra, precision=precision_block(synth.backend), interval=interval)
+    return Synthesized(subject.name, result, volumes[sources[0]], written, report, overwrite, inputs, before_publish,
+                       tsem_sidecar, removed,
+                       None if half_width is None else (half_width * PER_NETWORK_UNIT).astype("float32"),
+                       halfwidth_sidecar(subject, written, interval), [] if half_width is not None
+                       else paths.interval_files())
+
+
+def _combine_differs(synth: Synthesizer) -> str | None:
+    """`calibrate` synthesises by the middle rule (tsf_trt.evaluation.loop): --combine mean is another synthesis."""
+    combine = synth.options.combine
+    return None if combine == "middle" else (f"--combine {combine}: the calibration measured syntheses made by "
+                                             "the middle rule (--combine middle)")
+
+
+def _frame_misses_head(frame: dict) -> str | None:
+    """Head voxels outside --frame are background in the synthesis, unlike any calibrated one."""
+    outside = float(frame.get("head_outside", 0.0) or 0.0)
+    return None if outside <= 0 else (f"--frame {frame.get('frame')} left {100 * outside:.2f} % of the head "
+                                      "outside the frame")
 
 
 def _preflight(subject: Subject, loaded: Loaded, request: InferRequest) -> tuple[dict, list]:
@@ -164,7 +199,7 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     it computes (:class:`~tsf_trt.inputs.prefetch.Prefetcher`: what is read and every error stay as
     without it); `on_start` and `on_end` still come in subject order, from this thread.
     """
-    run = _FolderRun(synth, request, backend_name, Inputs(p for s in subjects for p in s.inputs.values()), time.time(),
+    run = _FolderRun(synth, request, backend_name, Inputs([*(p for s in subjects for p in s.inputs.values()), *request.read_files()]), time.time(),
                      Prefetcher() if prefetch else None)
     summary = FolderSummary()
 
@@ -173,6 +208,7 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
         if on_end:
             on_end(outcome)
 
+    request.check_calibration(synth.backend.model_id)  # once, for every subject
     writer = Writer(emit)
     pending = list(subjects)
     with Claims(request.lease_s) as claims:
@@ -244,8 +280,7 @@ class _FolderRun:
         if subject.problem:
             raise TsfError(subject.problem)
         chosen = replace(subject, inputs=choose_sources(subject, request.target, request.sources))
-        return chosen, OutputPaths.of(chosen, request.output, request.target,
-                                      request.makes_tsem(self.synth.has_fusion), own_folder=True)
+        return chosen, request.outputs_of(chosen, self.synth.has_fusion, own_folder=True)
 
     def read_ahead(self, upcoming: Sequence[Subject]) -> None:
         """Name the first of `upcoming` that this run will compute (usable, not complete) as the

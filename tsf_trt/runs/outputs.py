@@ -1,7 +1,8 @@
 """What `infer` leaves on disk for one subject, written so that it is all or nothing.
 
 Three files per subject and target: the synthesis, the TSEM and a JSON report (in a BIDS
-derivative, the report is the synthesis's JSON sidecar and the TSEM has a sidecar too).
+derivative, the report is the synthesis's JSON sidecar and the TSEM has a sidecar too); with a
+calibration whose guarantee applies to the subject, a fourth: the interval half-width map.
 Each is written under a temporary name and renamed when complete; the report goes last,
 so its presence marks a finished subject (what folder mode's resume relies on).
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ from tsf_trt.inputs.subjects import Subject, check_subject_name
 from tsf_trt.runs.claims import ModelConflict, conflict_with_run, live_runs
 from tsf_trt.synthesis.pipeline import Result
 from tsf_trt.synthesis.preprocess import OUTPUT_SCALE, to_output_intensity
+from tsf_trt.uncertainty.calibration import STATEMENT
 from tsf_trt.version import __version__
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: the "interval" block replaced the TSEM "qc" block
 #: What a model conflict asks of the user (tsf_trt.runs.claims.ModelConflict).
 ONE_MODEL = "an output folder holds one model's outputs; use another -o, or --overwrite to replace them"
 
@@ -45,31 +47,38 @@ class OutputPaths:
     tsem: Path | None
     report: Path
     tsem_sidecar: Path | None = None  # BIDS derivatives only
+    halfwidth: Path | None = None  # the interval half-width map: with a calibration (where it applies: the report says)
+    halfwidth_sidecar: Path | None = None  # BIDS derivatives only
 
     @classmethod
-    def for_subject(cls, folder: str | Path, subject: str, target: int, tsem: bool) -> "OutputPaths":
+    def for_subject(cls, folder: str | Path, subject: str, target: int, tsem: bool, *,
+                    interval: bool = False) -> "OutputPaths":
         check_subject_name(subject)
         stem = Path(folder) / f"{subject}_{sequences.NAMES[target]}"
         return cls(Path(f"{stem}_synth.nii.gz"), Path(f"{stem}_tsem.nii.gz") if tsem else None,
-                   Path(f"{stem}.json"))
+                   Path(f"{stem}.json"), halfwidth=Path(f"{stem}_halfwidth.nii.gz") if interval else None)
 
     @classmethod
     def for_bids(cls, deriv_root: str | Path, subject: str, session: str | None, target: int,
-                 tsem: bool) -> "OutputPaths":
-        from tsf_trt.inputs.bids import derivative_paths
+                 tsem: bool, *, interval: bool = False) -> "OutputPaths":
+        from tsf_trt.inputs.bids import derivative_paths, halfwidth_paths
 
         named = derivative_paths(deriv_root, subject, session, target)
+        halfwidth, halfwidth_sidecar = halfwidth_paths(deriv_root, subject, session, target) if interval \
+            else (None, None)
         return cls(named.synth, named.tsem if tsem else None, named.synth_sidecar,
-                   named.tsem_sidecar if tsem else None)
+                   named.tsem_sidecar if tsem else None, halfwidth, halfwidth_sidecar)
 
     @classmethod
-    def of(cls, subject: Subject, root: Path, target: int, tsem: bool, *, own_folder: bool) -> "OutputPaths":
+    def of(cls, subject: Subject, root: Path, target: int, tsem: bool, *, own_folder: bool,
+           interval: bool = False) -> "OutputPaths":
         """Where `subject`'s outputs go, the one rule: a BIDS subject's by the derivatives naming
-        under `root`; another's in `root` (`root/<subject>/` with `own_folder`, folder mode)."""
+        under `root`; another's in `root` (`root/<subject>/` with `own_folder`, folder mode).
+        With `interval` (a calibration is applied), the half-width map's name too."""
         if subject.bids is not None:
-            return cls.for_bids(root, *subject.bids, target, tsem)
+            return cls.for_bids(root, *subject.bids, target, tsem, interval=interval)
         folder = root / subject.name if own_folder else root
-        return cls.for_subject(folder, subject.name, target, tsem)
+        return cls.for_subject(folder, subject.name, target, tsem, interval=interval)
 
     @property
     def folder(self) -> Path:
@@ -77,7 +86,16 @@ class OutputPaths:
 
     def all(self) -> list[Path]:
         """Every output, in the order they are published: the report, which marks completion, last."""
-        return [p for p in (self.synth, self.tsem, self.tsem_sidecar, self.report) if p is not None]
+        return [p for p in (self.synth, self.tsem, self.tsem_sidecar, self.halfwidth, self.halfwidth_sidecar,
+                            self.report) if p is not None]
+
+    def interval_files(self) -> list[Path]:
+        """The half-width map and its sidecar: written only where the interval applies."""
+        return [p for p in (self.halfwidth, self.halfwidth_sidecar) if p is not None]
+
+    def without_interval(self) -> "OutputPaths":
+        """These outputs less the half-width map: what is written where the guarantee does not apply."""
+        return replace(self, halfwidth=None, halfwidth_sidecar=None)
 
     def names(self) -> list[str]:
         return [p.name for p in self.all()]
@@ -86,7 +104,9 @@ class OutputPaths:
         """True when a run finished this subject (the report goes last, so it marks the end);
         with `since` (a time.time(), --overwrite), only a report written at or after it counts.
         With `model_id`, only a report of that model counts: another model's is a ModelConflict
-        naming both (with `since`, it is redone), whether or not its other files are there."""
+        naming both (with `since`, it is redone), whether or not its other files are there.
+        The half-width map is needed only where the report says the interval applies (it says
+        why not otherwise): a calibration given later does not redo finished subjects, --overwrite does."""
         report = finished_report(self.report, since)
         if report is None:
             return False
@@ -95,7 +115,10 @@ class OutputPaths:
                 return False
             raise ModelConflict(f"{self.report}: written with model {report.get('model_id')}, and this run's model "
                                 f"is {model_id}: {ONE_MODEL}")
-        return all(p.is_file() for p in self.all())
+        interval = report.get("interval")
+        applies = isinstance(interval, dict) and interval.get("applies") is True
+        needed = self.all() if applies else self.without_interval().all()
+        return all(p.is_file() for p in needed)
 
     def check(self, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
         """Fail before any work when an output exists, is an input, or its folder is unwritable."""
@@ -159,9 +182,10 @@ class Inputs:
 
 def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
                  subject: str, model_id: str, backend: str, extra: dict[str, Any] | None = None,
-                 qc: dict[str, Any] | None = None, precision: dict[str, str] | None = None) -> dict[str, Any]:
-    """The JSON report; `qc` is the TSEM QC block (tsf_trt.runs.qc.qc_block), None without TSEM."""
-    return {
+                 precision: dict[str, str] | None = None, interval: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report; `interval` the calibrated interval's block (tsf_trt.runs.outcomes.apply_interval):
+    the one statement of how far to trust the synthesis ("tsem" only summarises the TSEM map)."""
+    report = {
         "tsf_trt_version": __version__,
         "report_version": REPORT_VERSION,
         "subject": subject,
@@ -179,15 +203,18 @@ def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
             "tsem": paths.tsem.name if paths.tsem else None,
             "synth_units": f"network output [-1, 1] mapped linearly to [0, {OUTPUT_SCALE:g}]",
             "tsem_units": "|difference| of network outputs, [-1, 1] scale (paper Eq. 6)",
+            "halfwidth": paths.halfwidth.name if paths.halfwidth else None,
+            "halfwidth_units": f"the synthesis's own units (0-{OUTPUT_SCALE:g}): the interval is synth ± halfwidth",
         },
         "tsem": result.tsem_summary(),
-        "qc": qc,
+        "interval": interval,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "host": platform.node(),
         "pid": os.getpid(),  # with host: which of several processes sharing a folder wrote it
         **(extra or {}),
         "complete": True,
     }
+    return report
 
 
 def precision_block(backend: Any) -> dict[str, str]:
@@ -198,16 +225,23 @@ def precision_block(backend: Any) -> dict[str, str]:
 
 def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict[str, Any], *,
                   overwrite: bool, inputs: Iterable[Path] = (), before_publish: Callable[[], None] | None = None,
-                  tsem_sidecar: dict[str, Any] | None = None) -> None:
+                  tsem_sidecar: dict[str, Any] | None = None, half_width: np.ndarray | None = None,
+                  halfwidth_sidecar: dict[str, Any] | None = None, remove: Sequence[Path] = ()) -> None:
     """Write every file under a temporary name; publish them together when all are complete.
 
     The images go first and the report last, so the report marks a finished subject.
     `before_publish` runs just before the first rename (folder mode checks there that
     its claim on the subject still holds). Should anything fail between the renames
     (Ctrl-C included), the files this call put in place are removed again, and only those.
+    `half_width` (output units, on `like`'s grid) goes to `paths.halfwidth`. `remove`: outputs
+    of an earlier run that this one does not write (a half-width map where the interval no
+    longer applies), removed just before the renames, only if tsf-trt's own, so no file is
+    left that looks like this synthesis's interval.
     """
     if paths.tsem is not None and result.tsem is None:
         raise ValueError("TSEM output requested but the result has none")
+    if (paths.halfwidth is None) != (half_width is None):
+        raise ValueError("a half-width map and its output name go together")
     inputs = Inputs.of(inputs)
     paths.refuse_inputs(inputs)
     with atomic_group(paths.all(), overwrite) as tmps:
@@ -222,11 +256,24 @@ def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict
         if paths.tsem_sidecar is not None:
             with disk_full_as_error(paths.tsem_sidecar):
                 files[paths.tsem_sidecar].write_text(json.dumps(tsem_sidecar or {}, indent=2) + "\n")
+        if paths.halfwidth is not None:
+            with disk_full_as_error(paths.halfwidth):
+                write_volume(like, np.ascontiguousarray(half_width, dtype=np.float32), files[paths.halfwidth],
+                             description=f"tsf-trt {result.task} interval half-width")
+        if paths.halfwidth_sidecar is not None:
+            with disk_full_as_error(paths.halfwidth_sidecar):
+                files[paths.halfwidth_sidecar].write_text(json.dumps(halfwidth_sidecar or {}, indent=2) + "\n")
         with disk_full_as_error(paths.report):
             files[paths.report].write_text(json.dumps(report, indent=2) + "\n")
         paths.refuse_inputs(inputs)  # again: an input may have appeared under an output name
         if before_publish is not None:
             before_publish()
+        for stale in remove:
+            if stale.exists() or stale.is_symlink():
+                if inputs.holds(stale) is not None:
+                    raise InputError(stale, "is an input: an input is never written or removed")
+                check_writable(stale, overwrite)  # tsf-trt's own only, and only with overwrite
+                stale.unlink()
 
 
 def bids_sidecars(subject: Subject, paths: OutputPaths, result: Result, raw_root: Path | None
@@ -247,6 +294,17 @@ def bids_sidecars(subject: Subject, paths: OutputPaths, result: Result, raw_root
         "Sources": [f"bids::{paths.synth.relative_to(paths.synth.parents[2 + (subject.bids[1] is not None)])}"
                     if subject.bids is not None else paths.synth.name]}
     return synth, tsem
+
+
+def halfwidth_sidecar(subject: Subject, paths: OutputPaths, interval: dict[str, Any]) -> dict[str, Any] | None:
+    """A BIDS derivative's half-width sidecar (as the TSEM's: what it is, its source), with the
+    guarantee's statement and α; None outside BIDS or where no half-width map is written."""
+    if paths.halfwidth_sidecar is None or subject.bids is None:
+        return None
+    return {"tsf_trt_version": __version__,  # what tells tsf-trt's own files (--overwrite replaces only those)
+            "Description": f"interval half-width: {STATEMENT} (alpha {interval['alpha']:g}); in the synthesis's "
+                           f"own units (0-{OUTPUT_SCALE:g})",
+            "Sources": [f"bids::{paths.synth.relative_to(paths.synth.parents[2 + (subject.bids[1] is not None)])}"]}
 
 
 def raw_root(subject: Subject) -> Path | None:

@@ -8,10 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from tsf_trt import sequences
-from tsf_trt.errors import TsfError
+from tsf_trt.errors import InputError, TsfError
 from tsf_trt.runs.claims import DEFAULT_LEASE_S, check_lease
-from tsf_trt.runs.qc import QcCalibration, load_calibration
+from tsf_trt.uncertainty.calibration import Calibration, read_calibration
+
+if TYPE_CHECKING:
+    from tsf_trt.inputs.subjects import Subject
+    from tsf_trt.runs.outputs import OutputPaths
 
 
 @dataclass(frozen=True)
@@ -20,7 +26,9 @@ class InferRequest:
 
     `output` is the output folder (the commands' default: :func:`~tsf_trt.runs.outputs.default_output`;
     never beside the raw files); `sources` (folder mode) picks the inputs of every subject (None:
-    all but the target); `qc` the TSEM QC calibration; `lease_s` and `wait` rule how folder runs share subjects (tsf_trt.runs.claims).
+    all but the target); `calibration` the interval calibration (`tsf-trt calibrate`; None: no interval, and each report
+    says so; the CLI passes the model's own, ModelSource.calibration_file, unless told otherwise);
+    `lease_s` and `wait` rule how folder runs share subjects (tsf_trt.runs.claims).
     """
 
     target: int
@@ -28,11 +36,11 @@ class InferRequest:
     sources: tuple[int, ...] | None = None
     tsem: bool = True
     overwrite: bool = False
-    qc: QcCalibration | Path | None = None  # a qc.json path is read when the request is built
     lease_s: float = DEFAULT_LEASE_S
     wait: bool = False
     strict: bool = False    # the preprocessing checks' warnings fail the subject (tsf_trt.inputs.preflight)
     resample: bool = False  # inputs off 1 mm or on different grids go through 1 mm isotropic (tsf_trt.inputs.resample)
+    calibration: Calibration | Path | None = None  # a calibration.json path is read when the request is built
 
     def __post_init__(self) -> None:
         if not 0 <= self.target < sequences.N_SEQUENCES:
@@ -45,12 +53,36 @@ class InferRequest:
                 raise TsfError(f"--sources names the target {sequences.DISPLAY[self.target]} itself: nothing to "
                                "synthesise (drop it from --sources or pick another --target)") from None
         object.__setattr__(self, "output", Path(self.output))
-        if self.qc is not None and not self.tsem:
-            raise TsfError("--qc scores the TSEM map, which --no-tsem turns off: drop one of them")
-        if isinstance(self.qc, (str, Path)):
-            object.__setattr__(self, "qc", load_calibration(Path(self.qc)))
+        if isinstance(self.calibration, (str, Path)):
+            object.__setattr__(self, "calibration", read_calibration(Path(self.calibration)))
         check_lease(self.lease_s)
 
     def makes_tsem(self, has_fusion: bool) -> bool:
         """Whether this request's outputs include a TSEM map, for a model with or without the TSF stage."""
         return sequences.makes_tsem(self.tsem, has_fusion)
+
+    def read_files(self) -> list[Path]:
+        """The files this request reads besides the subjects' inputs (its calibration): inputs too,
+        never written, with or without --overwrite."""
+        source = getattr(self.calibration, "source", "")
+        return [Path(source)] if source else []
+
+    def check_calibration(self, model_id: str) -> None:
+        """A calibration belongs to one model: another model's is refused, in one line naming its file
+        (the CLI asks before the model loads; tsf_trt.runs.jobs asks again for Python callers)."""
+        cal = self.calibration
+        if cal is None or cal.model_id == model_id:
+            return
+        problem = (f"calibrated for model {cal.model_id}, but this is model {model_id or '(without an id)'}: "
+                   "calibrate this model with `tsf-trt calibrate`, or run without an interval (--calibration none)")
+        raise InputError(cal.source, problem) if cal.source else TsfError(f"the calibration: {problem}")
+
+    def outputs_of(self, subject: Subject, has_fusion: bool, *, own_folder: bool) -> OutputPaths:
+        """Where `subject`'s outputs go for this request (tsf_trt.runs.outputs.OutputPaths.of). The
+        interval half-width map's name is always among them, with or without a calibration: it is
+        written only where the interval applies, and an earlier run's is never left beside outputs
+        whose report says there is none (--overwrite removes it, and without it the run stops)."""
+        from tsf_trt.runs.outputs import OutputPaths
+
+        return OutputPaths.of(subject, self.output, self.target, self.makes_tsem(has_fusion), own_folder=own_folder,
+                              interval=True)

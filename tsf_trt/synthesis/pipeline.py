@@ -52,6 +52,9 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     batch_size: int = 0                # slices per network batch that were used
     frame: dict[str, Any] = field(default_factory=dict)  # where the network ran (Frame.describe)
+    #: Each source's own one-to-one synthesis (the Seq2Seq stage, network units), only when asked
+    #: for (``run(singles=True)``: the 'spread' feature of an interval, tsf_trt.uncertainty.heuristic).
+    singles: dict[int, np.ndarray] | None = None
 
     @property
     def task(self) -> str:
@@ -62,7 +65,8 @@ class Result:
 
     def tsem_summary(self) -> dict[str, float] | None:
         """Mean and p99 of TSEM in the head, and the fraction of head voxels above the
-        volume's p99 (the paper's top-1 % threshold): a compact unreliability score."""
+        volume's p99 (the paper's top-1 % threshold): a summary of TSEM, not a trust statement (that is
+        the calibrated interval, tsf_trt.uncertainty)."""
         if self.tsem is None:
             return None
         head = self.tsem[self.head_mask] if self.head_mask.any() else self.tsem.ravel()
@@ -103,7 +107,9 @@ class Synthesizer:
         sequences.check_task(sources, target, has_fusion=self.has_fusion, model=self.label)
 
     def run(self, inputs: Mapping[int | str, Volume | str | Path | np.ndarray], target: int | str, *,
-            tsem: bool = True, progress: Progress | None = None) -> Result:
+            tsem: bool = True, progress: Progress | None = None, singles: bool = False) -> Result:
+        """Synthesise `target` from `inputs`; with `singles`, also each source's one-to-one synthesis,
+        decoded from the features already encoded (one more decoder pass per source and batch)."""
         t0 = time.perf_counter()
         target = sequences.parse(target) if isinstance(target, str) else int(target)
         keyed = {(sequences.parse(k) if isinstance(k, str) else int(k)): v for k, v in inputs.items()}
@@ -121,21 +127,24 @@ class Synthesizer:
         framed = {i: frame.take(v) for i, v in normalize_inputs(arrays).items()}
         timings["preprocess"] = time.perf_counter() - t
 
-        image, tsem_map, weights, batch = self._synthesize(framed, frame.slices, sources, target, tsem, progress,
-                                                           timings)
+        image, tsem_map, weights, batch, ones = self._synthesize(framed, frame.slices, sources, target, tsem,
+                                                                 progress, timings, singles)
         t = time.perf_counter()
         image = frame.place(image, head_mask.shape, BACKGROUND)
         tsem_map = None if tsem_map is None else frame.place(tsem_map, head_mask.shape, 0.0)
+        ones = None if ones is None else {i: frame.place(v, head_mask.shape, BACKGROUND) for i, v in ones.items()}
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         return Result(image, tsem_map, {i: float(weights[i]) for i in sources}, sources, target, head_mask,
-                      timings, batch, frame.describe())
+                      timings, batch, frame.describe(), ones)
 
     # -- steps ----------------------------------------------------------------------------
     def _synthesize(self, normed: dict[int, np.ndarray], slices: np.ndarray, sources: list[int], target: int,
-                    tsem: bool, progress: Progress | None, timings: dict[str, float]):
+                    tsem: bool, progress: Progress | None, timings: dict[str, float], singles: bool = False):
         """The batch loop (tsf_trt.synthesis.batches) over the frame's slices; each batch's images are brought
-        to the host only after the next batch is queued, so a GPU computes while the host gathers."""
+        to the host only after the next batch is queued, so a GPU computes while the host gathers. With
+        `singles`, each source's features are also decoded one-to-one (`fuse=False`, as
+        tsf_trt.evaluation.loop computes the Seq2Seq stage), combined by the same rule as the image."""
         be = self.backend
         depth, height, width = next(iter(normed.values())).shape
         want_tsem = sequences.makes_tsem(tsem, be.has_fusion)
@@ -145,27 +154,39 @@ class Synthesizer:
         total = len(slices)
         batch = max(1, min(self.options.batch_size or be.preferred_batch_size(height, width), total))  # what is really used
         channel = MIDDLE if self.options.combine == "middle" else None  # the middle rule keeps only channel 1 (TSEM always)
+        # A Seq2Seq-only model's synthesis is its one source's one-to-one synthesis already.
+        one_to_one = singles and be.has_fusion
+        ones = {i: SliceAccumulator((depth, height, width), self.options.combine) for i in sources} if one_to_one \
+            else {}
 
-        def gather(centres, decoded: Decoded, done: int) -> None:
+        def gather(centres, decoded: Decoded, own: dict[int, Decoded], done: int) -> None:
             with timed(timings, "decode"):  # waits for a GPU backend's batch
                 out, out_avg = host_images(be, decoded, channel)
+                own_out = {i: host_images(be, d, channel)[0] for i, d in own.items()}
             with timed(timings, "gather"):
                 image.add(centres, out)
                 if tsem_map is not None:
                     tsem_map.add(centres, np.abs(middle(out) - middle(out_avg)))
+                for i, o in own_out.items():
+                    ones[i].add(centres, o)
             if progress is not None:
                 progress(done, total)
 
         pending = None  # the previous batch, decoded but not read: on a GPU still computing while the next is queued
         for positions, centres, features in encoded_batches(be, normed, sources, slices, batch, timings):
             decoded = run_task(be, features, sources, target, with_avg=want_tsem, timings=timings)
+            own = {i: run_task(be, features, [i], target, with_avg=False, fuse=False, timings=timings)
+                   for i in ones}
             weights = decoded.weights
             if pending is not None:
                 gather(*pending)
-            pending = (centres, decoded, positions.stop)
+            pending = (centres, decoded, own, positions.stop)
         if pending is not None:
             gather(*pending)
-        return image.result(), None if tsem_map is None else tsem_map.result(), weights, batch
+        synthesis = image.result()
+        made = {i: a.result() for i, a in ones.items()} if one_to_one else \
+            {sources[0]: synthesis} if singles else None
+        return synthesis, None if tsem_map is None else tsem_map.result(), weights, batch, made
 
 
 # -- reading shared with tsf_trt.evaluation (one code path for what goes into the network) ---

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from tsf_trt.errors import ModelError, TsfError
+from tsf_trt.files.fileformat import MODEL_CALIBRATION
 from tsf_trt.machine.extras import TORCH_INSTALL, has_torch
 from tsf_trt.model.config import ModelConfig
 
 KINDS = ("model", "export", "module")
+#: A model's own calibration (`tsf-trt calibrate -o`), in its model or export directory: `infer` applies it by default.
+CALIBRATION_FILE = MODEL_CALIBRATION
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,21 @@ class ModelSource:
     def label(self) -> str:
         """How messages name it: its path, or 'this model' for a live one."""
         return f"model {self.path}" if self.path is not None else "this model"
+
+    @property
+    def calibration_file(self) -> Path | None:
+        """The model's own calibration file, which `infer` applies unless told otherwise: CALIBRATION_FILE
+        in its directory, or for a model directory's own export (its `export/` folder) in the model
+        directory above it; None if it has none (a live module never has). A damaged file is still
+        returned, so that reading it says what is wrong instead of the interval silently vanishing."""
+        if self.path is None:
+            return None
+        from tsf_trt.files.fileformat import MODEL_EXPORT_SUBDIR
+
+        places = [self.path / CALIBRATION_FILE]
+        if self.kind == "export" and self.path.name == MODEL_EXPORT_SUBDIR:
+            places.append(self.path.parent / CALIBRATION_FILE)
+        return next((p for p in places if p.exists() or p.is_symlink()), None)
 
     def module(self):
         """The TSFSeq2Seq (loaded once; an export has no PyTorch weights)."""
