@@ -71,8 +71,8 @@ def make(test: Path, out: Path, kind: str) -> Path:
 def main() -> None:
     from tsf_trt.evaluation.loop import evaluate_images
     from tsf_trt.evaluation.tasks import parse_task
-    from tsf_trt.inputs.preflight import voxel_size_mm
     from tsf_trt.inputs.prefetch import load_subject
+    from tsf_trt.inputs.preflight import voxel_size_mm
     from tsf_trt.inputs.subjects import find_subjects
     from tsf_trt.synthesis.backend import create_backend
     from tsf_trt.synthesis.options import RunOptions

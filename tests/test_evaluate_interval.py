@@ -12,7 +12,6 @@ import pytest
 
 from tests.helpers import assert_clean_error, cli
 from tsf_trt.evaluation import Settings, Task, evaluate, parse_tasks
-from tsf_trt.evaluation.calibrate import voxel_range
 from tsf_trt.evaluation.loop import evaluate_images
 from tsf_trt.evaluation.ranks import rank_auc, worst
 from tsf_trt.inputs.subjects import find_subjects
@@ -60,7 +59,12 @@ def synth(small_model_dir):
 
 @pytest.fixture(scope="module")
 def voxels(phantoms):
-    return voxel_range(find_subjects(phantoms))
+    """The phantoms' smallest and largest voxel side (what `calibrate` records)."""
+    from tsf_trt.files.volume import load_volume
+    from tsf_trt.inputs.preflight import voxel_size_mm
+
+    sizes = [v for s in find_subjects(phantoms) for p in s.inputs.values() for v in voxel_size_mm(load_volume(p))]
+    return min(sizes), max(sizes)
 
 
 @pytest.fixture(scope="module")

@@ -149,3 +149,19 @@ def test_half_widths_are_in_the_synthesis_units():
     width = entry.half_width(image, None)
     assert np.allclose(width, 2.0 * 0.01)  # λ·c0 where the image is flat (edge 0); float32 rounding only
     assert subject_score(width, np.ones_like(image, bool)) == pytest.approx(0.02 * 500, rel=1e-6)
+
+
+def test_calibrate_help_names_every_heuristic_and_the_default():
+    """The option's help is written out (the CLI starts without numpy): it must follow CANDIDATES."""
+    import re
+
+    import typer
+
+    from tsf_trt.cli import app
+    from tsf_trt.evaluation.calibrate import DEFAULT_HEURISTIC
+    from tsf_trt.uncertainty.heuristic import CANDIDATES
+
+    command = typer.main.get_command(app).commands["calibrate"]
+    text = next(p.help for p in command.params if p.name == "heuristic")
+    named = set(re.findall(r"[a-z_]+(?:\+[a-z_]+)*", text))
+    assert set(CANDIDATES) <= named and f"{DEFAULT_HEURISTIC} (the default)" in text

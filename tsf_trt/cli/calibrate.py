@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -32,10 +32,12 @@ def calibrate(
     alpha: Annotated[float, typer.Option("--alpha", help="The bound: on subjects like these, the expected fraction "
                                          "of head voxels whose truth lies outside synthesis ± half-width is at "
                                          "most alpha.")] = 0.1,
-    heuristic: Annotated[str, typer.Option("--heuristic", help="What the half-width follows: edge+tsem_smooth "
-                                           "(the default: measured best, README), tsem, tsem_smooth, edge, spread "
-                                           "(one extra decoder pass per input), edge+tsem_smooth+spread, or "
-                                           "constant (the same width everywhere).")] = "edge+tsem_smooth",
+    heuristic: Annotated[Optional[str], typer.Option("--heuristic", help="What the half-width follows (README, "
+                                                     "\"How far to trust a synthesis\", measures each): "
+                                                     "edge+tsem_smooth (the default), tsem, tsem_smooth, edge, "
+                                                     "intensity, edge+tsem_smooth+intensity, spread (one extra "
+                                                     "decoder pass per input), edge+tsem_smooth+spread, or constant "
+                                                     "(the same width everywhere).", show_default=False)] = None,
     fit_fraction: Annotated[float, typer.Option("--fit-fraction", help="About this fraction of the subjects (by "
                                                 "a hash of their names) fits the heuristic's coefficients; "
                                                 "the others set λ.")] = 0.25,
@@ -60,7 +62,8 @@ def calibrate(
 
     Example: tsf-trt calibrate --data calibration-set --tasks 't1,flair->t2' -o calibration.json --slice-step 4
     """
-    from tsf_trt.evaluation.calibrate import CalibrationPlan, calibrate as run_calibration, check_subjects
+    from tsf_trt.evaluation.calibrate import (DEFAULT_HEURISTIC, CalibrationPlan, calibrate as run_calibration,
+                                              check_subjects)
     from tsf_trt.evaluation.tasks import parse_tasks
     from tsf_trt.files.atomic import check_writable
     from tsf_trt.files.ownership import refuse_input_overlap
@@ -70,18 +73,20 @@ def calibrate(
     from tsf_trt.synthesis.pipeline import Synthesizer
     from tsf_trt.synthesis.source import ModelSource
     from tsf_trt.uncertainty.calibration import write_calibration
+    from tsf_trt.uncertainty.heuristic import needs
 
     setup_logging(quiet, no_progress, log_file)
     options = RunOptions(backend, device, precision, batch_size, threads, frame=frame)
-    plan = CalibrationPlan(tuple(parse_tasks(tasks)), alpha, heuristic, fit_fraction, slice_step, str(options.frame))
+    plan = CalibrationPlan(tuple(parse_tasks(tasks)), alpha, heuristic or DEFAULT_HEURISTIC, fit_fraction, slice_step,
+                           str(options.frame))
     subjects = find_subjects(data)
     source = ModelSource.resolve(model)
     for task in plan.tasks:
         check_task(list(task.sources), task.target, has_fusion=source.has_fusion, model=source.label)
-    if any(f in plan.features for f in ("tsem", "tsem_smooth")) and not source.has_fusion:
+    if "tsem" in needs(plan.features) and not source.has_fusion:
         from tsf_trt.errors import TsfError
 
-        raise TsfError(f"--heuristic {heuristic} needs TSEM, and {source.label} has no TSF stage: use edge, spread "
+        raise TsfError(f"--heuristic {plan.heuristic} needs TSEM, and {source.label} has no TSF stage: use edge, spread "
                        "or constant")
     fit, rest = check_subjects(subjects, plan)
     refuse_input_overlap(output, [("--data folder", data), ("--model directory", source.path)])

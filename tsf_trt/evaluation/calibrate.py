@@ -90,10 +90,12 @@ def check_subjects(subjects: Sequence[Subject], plan: CalibrationPlan) -> tuple[
     return fit, rest
 
 
-def _task_maps(backend: Backend, subject: Subject, plan: CalibrationPlan):
+def _task_maps(backend: Backend, subject: Subject, plan: CalibrationPlan, voxel_mm: list[float]):
+    """Per task: the features and |error| over the head; the subject's voxel sizes go to `voxel_mm`."""
     spread = "spread" in plan.features
     images = evaluate_images(backend, subject.inputs, plan.tasks, slice_step=plan.slice_step, compare=spread,
                              frame=plan.frame)
+    voxel_mm.extend(images.voxel_mm)
     for task in plan.tasks:
         out = images.tasks[task]
         singles = [images.one_to_one[(s, task.target)] for s in task.sources] if spread else []
@@ -103,25 +105,16 @@ def _task_maps(backend: Backend, subject: Subject, plan: CalibrationPlan):
         yield task, {k: maps[k][head] for k in plan.features}, err
 
 
-def voxel_range(subjects: Sequence[Subject]) -> tuple[float, float]:
-    """The smallest and largest voxel side of the subjects (one input each: a subject's inputs share
-    one grid, which the synthesis checks)."""
-    from tsf_trt.files.volume import load_volume
-    from tsf_trt.inputs.preflight import voxel_size_mm
-
-    sizes = [v for s in subjects for v in voxel_size_mm(load_volume(next(iter(s.inputs.values()))))]
-    return float(min(sizes)), float(max(sizes))
-
-
 def calibrate(backend: Backend, subjects: Sequence[Subject], plan: CalibrationPlan, *,
               progress: Callable[[str], None] | None = None) -> Calibration:
     """Fit, then calibrate, every task of `plan` (see the module docstring)."""
     fit, rest = check_subjects(subjects, plan)
     tell = progress or (lambda _: None)
     rng = np.random.default_rng(0)
+    voxel_mm: list[float] = []  # every side of every subject's voxels, as read
     samples: dict[Task, tuple[list, list]] = {t: ([], []) for t in plan.tasks}
     for subject in fit:
-        for task, features, err in _task_maps(backend, subject, plan):
+        for task, features, err in _task_maps(backend, subject, plan, voxel_mm):
             pick = rng.choice(err.size, min(FIT_VOXELS, err.size), replace=False)
             samples[task][0].append({k: v[pick] for k, v in features.items()})
             samples[task][1].append(err[pick])
@@ -131,11 +124,11 @@ def calibrate(backend: Backend, subjects: Sequence[Subject], plan: CalibrationPl
     errors: dict[Task, list[np.ndarray]] = {t: [] for t in plan.tasks}  # |error| itself: u ≡ 1, the baseline
     scores: dict[Task, list[float]] = {t: [] for t in plan.tasks}  # mean u over each head
     for subject in rest:
-        for task, features, err in _task_maps(backend, subject, plan):
+        for task, features, err in _task_maps(backend, subject, plan, voxel_mm):
             u = heuristics[task].u(features)
             ratios[task].append((err / u).astype(np.float32))
             errors[task].append(err.astype(np.float32))
-            scores[task].append(float(np.mean(u)))
+            scores[task].append(float(np.mean(u, dtype=np.float64)))  # as subject_score averages
         tell(f"calibration: {subject.name}")
     tasks = {}
     for task in plan.tasks:
@@ -144,5 +137,5 @@ def calibrate(backend: Backend, subjects: Sequence[Subject], plan: CalibrationPl
         tasks[task.key] = TaskCalibration(heuristics[task], lam, len(rest), risk(ratios[task], lam),
                                           float(np.quantile(widths, FLAG_QUANTILE, method="higher")),
                                           calibrate_lambda(errors[task], plan.alpha))
-    return Calibration(backend.model_id, plan.alpha, tasks, voxel_range([*fit, *rest]),
+    return Calibration(backend.model_id, plan.alpha, tasks, (min(voxel_mm), max(voxel_mm)),
                        {"fit": [s.name for s in fit], "calibration": [s.name for s in rest]})

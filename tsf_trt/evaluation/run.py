@@ -203,7 +203,7 @@ def _one_subject(be: Backend, store: ReportDir, subject: Subject, settings: Sett
                                  batch_size=settings.batch_size, compare=compare, frame=settings.frame,
                                  progress=progress)
         on_task = (lambda task: hooks.on_task(subject, task)) if hooks.on_task else None
-        widths = _widths(be.model_id, subject, settings.calibration, images)
+        widths = _widths(be.model_id, settings.calibration, images)
         rows = score_subject(subject.name, images, compare=compare, lpips=settings.lpips, on_task=on_task,
                              calibration=settings.calibration, widths=widths)
         for task, path in zip(figs, fig_paths):
@@ -218,15 +218,13 @@ def _one_subject(be: Backend, store: ReportDir, subject: Subject, settings: Sett
         return SubjectOutcome(subject.name, "failed", error=message)
 
 
-def _widths(model_id: str, subject: Subject, calibration: Calibration | None, images: SubjectImages
+def _widths(model_id: str, calibration: Calibration | None, images: SubjectImages
             ) -> dict[Task, np.ndarray | str]:
     """The half-width maps (or why not) of the subject's calibrated tasks; {} without a calibration.
     evaluate runs no preflight, so no finding is passed: only the model, task and voxel size decide."""
     if calibration is None or not any(t.key in calibration.tasks for t in images.tasks):
         return {}
-    from tsf_trt.evaluation.calibrate import voxel_range
-
-    return half_widths(calibration, model_id, voxel_range([subject]), images)
+    return half_widths(calibration, model_id, images.voxel_mm, images)
 
 
 def _figure_path(folder: Path, subject: str, task: Task) -> Path:

@@ -199,8 +199,8 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     it computes (:class:`~tsf_trt.inputs.prefetch.Prefetcher`: what is read and every error stay as
     without it); `on_start` and `on_end` still come in subject order, from this thread.
     """
-    run = _FolderRun(synth, request, backend_name, Inputs([*(p for s in subjects for p in s.inputs.values()), *request.read_files()]), time.time(),
-                     Prefetcher() if prefetch else None)
+    protected = Inputs([*(p for s in subjects for p in s.inputs.values()), *request.read_files()])
+    run = _FolderRun(synth, request, backend_name, protected, time.time(), Prefetcher() if prefetch else None)
     summary = FolderSummary()
 
     def emit(outcome: SubjectOutcome) -> None:

@@ -183,7 +183,7 @@ class Inputs:
 def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
                  subject: str, model_id: str, backend: str, extra: dict[str, Any] | None = None,
                  precision: dict[str, str] | None = None, interval: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON report; `interval` the calibrated interval's block (tsf_trt.runs.outcomes.apply_interval):
+    """The JSON report; `interval` the calibrated interval's block (tsf_trt.runs.outcomes.IntervalPlan.block):
     the one statement of how far to trust the synthesis ("tsem" only summarises the TSEM map)."""
     report = {
         "tsf_trt_version": __version__,

@@ -21,7 +21,7 @@ import numpy as np
 
 from tsf_trt import sequences
 from tsf_trt.errors import InputError, TsfError
-from tsf_trt.uncertainty.heuristic import Heuristic, feature_maps
+from tsf_trt.uncertainty.heuristic import Heuristic, feature_maps, needs
 
 FORMAT = "tsf-trt-calibration"
 VERSION = 1
@@ -53,9 +53,7 @@ class TaskCalibration:
     @property
     def needs(self) -> tuple[str, ...]:
         """What the synthesis must give beyond its image: 'tsem' and/or 'singles' (one-to-one syntheses)."""
-        names = set(self.heuristic.names)
-        return tuple(n for n, used in (("tsem", bool(names & {"tsem", "tsem_smooth"})),
-                                        ("singles", "spread" in names)) if used)
+        return needs(self.heuristic.names)
 
     def to_json(self) -> dict[str, Any]:
         return {"features": list(self.heuristic.names), "coefficients": list(self.heuristic.coefficients),

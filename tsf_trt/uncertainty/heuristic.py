@@ -41,6 +41,13 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "intensity": ("intensity",),
     "edge+tsem_smooth+intensity": ("edge", "tsem_smooth", "intensity"),
 }
+def needs(names: Sequence[str]) -> tuple[str, ...]:
+    """What a synthesis must give beyond its image for these features: 'tsem' (the TSF stage's map)
+    and/or 'singles' (the one-to-one syntheses, one more decoder pass per input)."""
+    return tuple(what for what, used in (("tsem", bool(set(names) & {"tsem", "tsem_smooth"})),
+                                         ("singles", "spread" in names)) if used)
+
+
 #: The smallest c₀: u never reaches 0, so no interval is empty (network units; 1e-3 is 0.5 of 1000).
 MIN_OFFSET = 1e-3
 
