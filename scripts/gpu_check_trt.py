@@ -269,7 +269,7 @@ def _case(name: str, model: tuple[Any, Path], shape_xyz: tuple[int, int, int], b
 
     backend._output_pair = counted  # type: ignore[method-assign]
     try:
-        got = Synthesizer(backend, RunOptions(batch_size=batch)).run(volumes, TARGET)
+        got = Synthesizer(backend, RunOptions(batch_size=batch)).run_canonical(volumes, TARGET)
         runs = {graph: runner.context.runs for graph, runner in backend.engines.runners.items()}
         if on_gpu:
             torch.cuda.synchronize(device)
@@ -277,7 +277,7 @@ def _case(name: str, model: tuple[Any, Path], shape_xyz: tuple[int, int, int], b
     finally:
         backend.close()
     with OrtBackend(export, threads=None) as ort:
-        want = Synthesizer(ort, RunOptions(batch_size=batch)).run(volumes, TARGET)
+        want = Synthesizer(ort, RunOptions(batch_size=batch)).run_canonical(volumes, TARGET)
     return {"model": name, "shape_xyz": list(shape_xyz), "batch": batch,
             "image_max_abs": float(np.abs(got.image - want.image).max()),
             "tsem_max_abs": float(np.abs(got.tsem - want.tsem).max()),

@@ -98,7 +98,7 @@ def main() -> None:
             loaded = load_subject({i: subject.inputs[i] for i in task.sources})  # what infer reads
             first = loaded.volumes[task.sources[0]]
             findings = [f"{f.kind}" for f in loaded.findings if f.kind != "different-grid"]
-            why = calibration.why_not(backend.model_id, TASK, voxel_size_mm(first), findings)
+            why = calibration.why_not(backend.model_id, TASK, voxel_size_mm(first), findings, loaded.profile)
             marked += why is not None
             if why:
                 reasons.append(why)

@@ -132,10 +132,10 @@ CASES: dict[str, tuple[bool, Dress]] = {
 def volume(data_xyz: np.ndarray, voxel_mm: float, name: str):
     import nibabel as nib
 
-    from tsf_trt.inputs.resample import volume_from_image
+    from tsf_trt.files.volume import volume_standing_for
 
     affine = np.diag([-voxel_mm, -voxel_mm, voxel_mm, 1.0])
-    return volume_from_image(nib.Nifti1Image(data_xyz, affine), f"/phantom/{name}.nii.gz")
+    return volume_standing_for(nib.Nifti1Image(data_xyz, affine), f"/phantom/{name}.nii.gz")
 
 
 def measure(seeds: int, full: int, timing_rounds: int = 5) -> tuple[dict[str, dict[str, list[int]]], dict[str, float]]:

@@ -25,6 +25,15 @@ from tsf_trt.cli import app
 
 #: The repository's test data: golden tensors, the authors' small checkpoints, key lists.
 DATA = Path(__file__).parent / "data"
+def wide_inputs():
+    """Input ranges of a test calibration that hold any test head (tsf_trt.uncertainty.profile):
+    the tests that need a calibration to apply are not about the inputs' noise or bias."""
+    from tsf_trt.sequences import NAMES
+    from tsf_trt.uncertainty.profile import ProfileRanges
+
+    return ProfileRanges({n: {"noise": (0.0, 10.0), "bias": (0.0, 10.0)} for n in NAMES}, 20.0)
+
+
 #: The usual test head (x, y, z): small enough for the small model to run in a second.
 SHAPE = (40, 36, 12)
 #: The subjects of the usual test folder (subject_folder).

@@ -1,4 +1,6 @@
-"""BIDS names, discovery in a raw dataset and derivative naming (tsf_trt/inputs/bids.py).
+"""BIDS names, discovery in a raw dataset (tsf_trt/inputs/bids.py), derivative naming and the
+derivative's .bidsignore (tsf_trt/inputs/bids_derivatives.py, tsf_trt/runs/bids_outputs.py); a whole
+run's derivative against the schema: tests/test_bids_schema.py.
 
 File names marked "spec" are the BIDS specification's own examples, with the section they
 come from; trees are empty placeholder files, since only names are read here."""
@@ -12,6 +14,7 @@ import pytest
 
 from tsf_trt.errors import InputError, TsfError
 from tsf_trt.inputs import bids
+from tsf_trt.inputs import bids_derivatives as derive
 from tsf_trt.inputs.bids import BidsName, find_cases, format_name, parse_name
 
 from tests.helpers import FLAIR, T1, T1GD, T2, touch  # empty files: only names matter here
@@ -237,33 +240,49 @@ def test_is_bids_dataset(tmp_path: Path, dataset: Path) -> None:
 
 
 def test_derivative_paths(tmp_path: Path) -> None:
-    paths = bids.derivative_paths(tmp_path, "01", "1", T2)
+    paths = derive.derivative_paths(tmp_path, "01", "1", T2)
     folder = tmp_path / "sub-01/ses-1/anat"
     assert paths == (folder / "sub-01_ses-1_desc-tsfsynth_T2w.nii.gz", folder / "sub-01_ses-1_desc-tsfsynth_T2w.json",
-                     folder / "sub-01_ses-1_desc-tsem_T2w.nii.gz", folder / "sub-01_ses-1_desc-tsem_T2w.json")
-    assert bids.derivative_paths(tmp_path, "sub-01", None, T1GD).synth == \
+                     folder / "sub-01_ses-1_desc-T2w_tsem.nii.gz", folder / "sub-01_ses-1_desc-T2w_tsem.json")
+    assert derive.derivative_paths(tmp_path, "sub-01", None, T1GD).synth == \
         tmp_path / "sub-01/anat/sub-01_ce-gadolinium_desc-tsfsynth_T1w.nii.gz"
-    assert bids.derivative_paths(tmp_path, "01", None, FLAIR).tsem.name == "sub-01_desc-tsem_FLAIR.nii.gz"
+    assert derive.derivative_paths(tmp_path, "sub-01", None, T1GD).tsem.name == \
+        "sub-01_ce-gadolinium_desc-T1w_tsem.nii.gz"
+    assert derive.derivative_paths(tmp_path, "01", None, FLAIR).tsem.name == "sub-01_desc-FLAIR_tsem.nii.gz"
+    assert derive.halfwidth_paths(tmp_path, "01", "1", T2) == (folder / "sub-01_ses-1_desc-T2w_halfwidth.nii.gz",
+                                                               folder / "sub-01_ses-1_desc-T2w_halfwidth.json")
+    # the run's record: outside the BIDS tree, one per case and target (T1 and T1Gd apart)
+    assert derive.record_path(tmp_path, "01", "1", T2) == tmp_path / "logs" / "sub-01_ses-1_t2.json"
+    assert derive.record_path(tmp_path, "01", None, T1GD).name == "sub-01_t1gd.json"
 
 
 @pytest.mark.parametrize("target", [T1, T1GD, T2, FLAIR])
 def test_derivative_names_round_trip_and_are_never_inputs(tmp_path: Path, target: int) -> None:
-    paths = bids.derivative_paths(tmp_path, "01", "pre", target)
+    paths = [*derive.derivative_paths(tmp_path, "01", "pre", target),
+             *derive.halfwidth_paths(tmp_path, "01", "pre", target)]
     for path in paths:
         name = parse_name(path.name)
         assert name is not None and str(name) == path.name
-        assert bids.sequence_of(name) == target and name.entities["sub"] == "01" and name.entities["ses"] == "pre"
-    assert {n for p in paths if (n := parse_name(p.name).entities["desc"])} == {"tsfsynth", "tsem"}
-    # written into an input tree, the outputs are listed, never taken as inputs
-    for path in paths:
+        assert name.entities["sub"] == "01" and name.entities["ses"] == "pre"
+    images = [parse_name(p.name) for p in paths if parse_name(p.name).suffix not in bids.MAP_SUFFIXES]
+    assert [bids.sequence_of(n) for n in images] == [target, target]  # the synthesis, .nii.gz and .json
+    # the maps' suffix is no image's: a query for the target's suffix finds the synthesis only
+    _, suffix = derive.target_entities(target)
+    assert [p.name for p in paths if p.name.endswith(f"_{suffix}.nii.gz")] == [paths[0].name]
+    # written into an input tree, the outputs (and an earlier version's maps) are listed, never taken as inputs
+    legacy = derive.legacy_map_paths(tmp_path, "01", "pre", target)
+    for path in [*paths, *legacy]:
         touch(path.parent, path.name)
     (case,) = find_cases(tmp_path)
-    assert case.inputs == {} and {p for p, _ in case.unused} == {paths.synth, paths.tsem}
+    assert case.inputs == {}
+    assert {p for p, _ in case.unused} == {p for p in [*paths, *legacy] if p.suffix == ".gz"}
+    assert all(why.startswith("a tsf-trt output") for _, why in case.unused)
 
 
 def test_derivative_names_are_valid_by_the_bids_schema(tmp_path: Path) -> None:
-    """Derivatives "File naming conventions": a derivative matches a derivative file rule of the
-    schema and must not be a permissible raw name; the raw tree's inputs are raw names."""
+    """Derivatives "File naming conventions": the synthesis matches a derivative file rule of the
+    schema and must not be a permissible raw name; the maps are no file rule's (non-standard
+    suffixes: the derivative's .bidsignore lists them); the raw tree's inputs are raw names."""
     import re
 
     validator = pytest.importorskip("bids_validator")
@@ -273,39 +292,76 @@ def test_derivative_names_are_valid_by_the_bids_schema(tmp_path: Path) -> None:
     raw = validator.BIDSValidator()
     for target in (T1, T1GD, T2, FLAIR):
         for session in (None, "pre"):
-            for path in bids.derivative_paths(tmp_path, "01", session, target):
+            named = derive.derivative_paths(tmp_path, "01", session, target)
+            maps = [named.tsem, named.tsem_sidecar, *derive.halfwidth_paths(tmp_path, "01", session, target)]
+            for path in (*named, *maps):
                 relative = path.relative_to(tmp_path).as_posix()
-                assert any(re.match(r, relative) for r in derivative), relative
+                assert any(re.match(r, relative) for r in derivative) == (path not in maps), relative
                 assert not raw.is_bids("/" + relative), relative
     for name in ("sub-01/anat/sub-01_ce-gadolinium_T1w.nii.gz", "sub-02/ses-1/anat/sub-02_ses-1_acq-mprage_T1w.nii.gz"):
         assert raw.is_bids("/" + name)
 
 
 def test_dataset_description(tmp_path: Path) -> None:
-    described = bids.dataset_description("tsf-trt outputs", "0.3.0", "abc123")
+    described = derive.dataset_description("tsf-trt outputs", "0.3.0", "abc123")
     assert described["DatasetType"] == "derivative" and described["BIDSVersion"] == bids.BIDS_VERSION
     (generated,) = described["GeneratedBy"]
     assert generated["Name"] == "tsf-trt" and generated["Version"] == "0.3.0" and "abc123" in generated["Description"]
+    assert derive.model_described(described) == "abc123"
     assert "SourceDatasets" not in described
     raw = tmp_path / "raw"
     touch(raw, "sub-01/anat/sub-01_T1w.nii.gz")
     (raw / "dataset_description.json").write_text(json.dumps({"Name": "x", "DatasetDOI": "doi:10.1/x"}))
-    linked = bids.dataset_description("out", "0.3.0", "abc123", source=raw)
+    linked = derive.dataset_description("out", "0.3.0", "abc123", source=raw)
     assert linked["SourceDatasets"] == [{"URL": raw.absolute().as_uri(), "DOI": "doi:10.1/x"}]
     assert linked["DatasetLinks"] == {"raw": raw.absolute().as_uri()}
-    nested = bids.dataset_description("out", "0.3.0", "abc123", source=raw, deriv_root=raw / "derivatives" / "tsf-trt")
+    nested = derive.dataset_description("out", "0.3.0", "abc123", source=raw,
+                                        deriv_root=raw / "derivatives" / "tsf-trt")
     assert nested["DatasetLinks"] == {"raw": "../.."}  # "Specification of paths": relative where it can be
     json.dumps(linked)
-    assert bids.bids_uri(raw / "sub-01/anat/sub-01_T1w.nii.gz", raw) == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+    assert derive.bids_uri(raw / "sub-01/anat/sub-01_T1w.nii.gz", raw) == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+    assert derive.bids_uri(raw / "sub-01/anat/x.json", raw, "") == "bids::sub-01/anat/x.json"
     with pytest.raises(InputError, match="is not inside the BIDS dataset"):
-        bids.bids_uri(tmp_path / "elsewhere.nii.gz", raw)
+        derive.bids_uri(tmp_path / "elsewhere.nii.gz", raw)
 
 
 def test_dataset_description_has_every_field_the_schema_requires(tmp_path: Path) -> None:
     schema = pytest.importorskip("bidsschematools.schema").load_schema()
     rules = schema.rules.json.dataset
-    described = bids.dataset_description("out", "0.3.0", "abc123", source=tmp_path)
+    described = derive.dataset_description("out", "0.3.0", "abc123", source=tmp_path)
     for rule in (rules.dataset_description, rules.derivative_description):
         required = [k for k, level in rule.fields.items() if level == "required"]
         assert required and all(k in described for k in required), required
     assert described["DatasetType"] == schema.objects.enums.derivative.value
+    assert described["BIDSVersion"] in schema.meta.versions  # the schema's UnknownVersion check
+
+
+# --- .bidsignore ------------------------------------------------------------------------
+
+
+def test_bidsignore_is_written_completed_when_ours_and_never_a_users(tmp_path: Path, caplog) -> None:
+    from tsf_trt.files.ownership import is_own_file
+    from tsf_trt.runs.bids_outputs import write_bidsignore
+
+    path = tmp_path / ".bidsignore"
+    assert write_bidsignore(tmp_path) == path and path.read_text().splitlines() == list(derive.BIDSIGNORE)
+    assert is_own_file(path)  # --overwrite may replace it
+    assert write_bidsignore(tmp_path) is None  # complete: left as it is
+    path.write_text(f"{derive.BIDSIGNORE[0]}\nextra/\n*_tsem.*\n")  # an earlier version's, with a line added
+    assert write_bidsignore(tmp_path) == path
+    assert path.read_text().splitlines() == [derive.BIDSIGNORE[0], "extra/", "*_tsem.*",
+                                             *(line for line in derive.BIDSIGNORE[1:] if line != "*_tsem.*")]
+    path.write_text("mine/\n")  # a user's: never changed; the warning names what it lacks
+    assert write_bidsignore(tmp_path) is None and path.read_text() == "mine/\n"
+    assert "logs/" in caplog.text and "was not written by tsf-trt" in caplog.text
+
+
+def test_a_bids_subjects_record_is_in_logs_and_published_last(tmp_path: Path) -> None:
+    """The record (everything about the run) goes last, so it marks a finished subject; the images'
+    folder is where folder mode claims the subject, and the record's folder is swept too."""
+    from tsf_trt.runs.outputs import OutputPaths
+
+    paths = OutputPaths.for_bids(tmp_path, "01", "pre", T2, True, interval=True)
+    assert paths.all()[-1] == paths.report == tmp_path / "logs" / "sub-01_ses-pre_t2.json"
+    assert paths.all()[:2] == [paths.synth, paths.sidecar] and paths.sidecar.name.endswith("_desc-tsfsynth_T2w.json")
+    assert paths.folder == paths.synth.parent and paths.folders() == [paths.synth.parent, tmp_path / "logs"]

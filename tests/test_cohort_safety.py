@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (SCRIPT, SHAPE, assert_clean_error, cli, cohort, files_under, hidden_files, make_head,
-                           problem_lines, snapshot, subject_folder, write_nifti, write_pair)
+                           problem_lines, snapshot, subject_folder, wide_inputs, write_nifti, write_pair)
 from tests.helpers import FAST as TORCH
 from tsf_trt.synthesis.options import RunOptions
 
@@ -114,14 +114,14 @@ def test_a_bids_derivative_names_one_model(tmp_path, small_model_dir, small_expo
 
     assert cli("infer", "--bids", bids, "--target", "t2", "--model", small_model_dir, *TORCH).exit_code == 0
     assert described().endswith(f"model {ours}")
-    tsem = json.loads((deriv / "sub-01" / "anat" / "sub-01_desc-tsem_T2w.json").read_text())
-    assert tsem["tsf_trt_version"]  # what tells tsf-trt's own files for --overwrite
+    tsem = json.loads((deriv / "sub-01" / "anat" / "sub-01_desc-T2w_tsem.json").read_text())
+    assert tsem["tsf-trt"]["version"]  # what tells tsf-trt's own files for --overwrite
     second = cli("infer", "--bids", bids, "--target", "t2", "--model", small_export_dir, *ORT)
     assert_clean_error(second, ours, theirs)
     third = cli("infer", "--bids", bids, "--target", "t2", "--model", small_export_dir, *ORT, "--overwrite")
     assert third.exit_code == 0, third.output
     assert described().endswith(f"model {theirs}")
-    assert set(_model_ids(deriv, "sub-*/anat/*_desc-tsfsynth_T2w.json").values()) == {theirs}
+    assert set(_model_ids(deriv, "logs/sub-*_t2.json").values()) == {theirs}  # the runs' records
 
 
 def test_a_live_run_of_another_model_stops_a_run_that_registers_later(tmp_path):
@@ -368,7 +368,7 @@ def _calibration(tmp_path: Path, task: dict | None = None, **fields) -> Path:
 
     path = tmp_path / "calibration.json"
     entry = TaskCalibration(Heuristic(("edge",), (0.01, 1.0)), 2.0, 20, 0.09, 1.0, 0.2)
-    write_calibration(Calibration("x", 0.1, {"t1,flair->t2": entry}, (0.9, 1.1)), path)
+    write_calibration(Calibration("x", 0.1, {"t1,flair->t2": entry}, (0.9, 1.1), inputs=wide_inputs()), path)
     body = json.loads(path.read_text())
     body.update(fields)
     body["tasks"]["t1,flair->t2"].update(task or {})

@@ -615,7 +615,7 @@ def test_worker_runs_its_shard_with_two_io_threads(small_model_dir, tmp_path):
     kinds = [e[0] for e in events]
     assert kinds[0] == "ready" and kinds[-1] == "done" and kinds.count("end") == 3, events
     assert {e[2]["status"] for e in events if e[0] == "end"} == {"done"}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b", "c"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b", "c", "tsf-trt_t2.tsv"]  # + the table
     assert (tmp_path / "out" / "b" / "b_t2_synth.nii.gz").is_file()
 
 
@@ -694,8 +694,8 @@ def test_trt_backend_data_flow_matches_onnx_runtime(export, fake_cuda, width):
     engines = FakeEngines(mgr, FakeMemory(fake_cuda))
     backend = TrtBackend(mgr, engines, GpuContext(0), precision="fp32")
     volumes = {0: make_head((5, 20, width), seed=1), 3: make_head((5, 20, width), seed=2)}
-    got = Synthesizer(backend, RunOptions(batch_size=2)).run(volumes, 2)
-    want = Synthesizer(OrtBackend(export, threads=1), RunOptions(batch_size=2)).run(volumes, 2)
+    got = Synthesizer(backend, RunOptions(batch_size=2)).run_canonical(volumes, 2)
+    want = Synthesizer(OrtBackend(export, threads=1), RunOptions(batch_size=2)).run_canonical(volumes, 2)
     assert np.abs(got.image - want.image).max() <= 1e-5 and np.abs(got.tsem - want.tsem).max() <= 1e-5
     assert got.weights == pytest.approx(want.weights, abs=1e-7)
     graphs = {r[0] for r in engines.requests}
@@ -741,8 +741,8 @@ def test_trt_backend_on_built_engines_matches_onnx_runtime(export, fake_trt, fak
                         report=lambda m: None)
     backend = TrtBackend(mgr, EngineSet(mgr, trt=fake), GpuContext(0), precision="fp32")
     volumes = {0: make_head((3, 20, 20), seed=1), 3: make_head((3, 20, 20), seed=2)}
-    got = Synthesizer(backend, RunOptions(batch_size=2)).run(volumes, 2)
-    want = Synthesizer(OrtBackend(export, threads=1), RunOptions(batch_size=2)).run(volumes, 2)
+    got = Synthesizer(backend, RunOptions(batch_size=2)).run_canonical(volumes, 2)
+    want = Synthesizer(OrtBackend(export, threads=1), RunOptions(batch_size=2)).run_canonical(volumes, 2)
     assert np.abs(got.image - want.image).max() <= 1e-5 and np.abs(got.tsem - want.tsem).max() <= 1e-5
     assert {b["network"].path.rsplit("/", 1)[-1] for b in fake.built} == {"encoder.onnx", "fusion.onnx",
                                                                           "decoder_t2.onnx"}
@@ -834,6 +834,8 @@ def test_trt_matches_onnx_runtime_on_a_real_gpu(small_export_dir):
     from tsf_trt.synthesis.pipeline import Synthesizer
 
     volumes = {0: make_head((6, 32, 32), seed=1), 3: make_head((6, 32, 32), seed=2)}
-    trt = Synthesizer(create_backend(small_export_dir, RunOptions(backend="trt", precision="fp32"))).run(volumes, 2)
-    cpu = Synthesizer(create_backend(small_export_dir, RunOptions(backend="ort", precision="fp32"))).run(volumes, 2)
+    trt = Synthesizer(create_backend(small_export_dir, RunOptions(backend="trt", precision="fp32"))
+                      ).run_canonical(volumes, 2)
+    cpu = Synthesizer(create_backend(small_export_dir, RunOptions(backend="ort", precision="fp32"))
+                      ).run_canonical(volumes, 2)
     assert np.abs(trt.image - cpu.image).max() <= 1e-3 and np.abs(trt.tsem - cpu.tsem).max() <= 1e-3

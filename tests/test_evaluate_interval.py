@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import assert_clean_error, cli
+from tests.helpers import assert_clean_error, cli, wide_inputs
 from tsf_trt.evaluation import Settings, Task, evaluate, parse_tasks
 from tsf_trt.evaluation.loop import evaluate_images
 from tsf_trt.evaluation.ranks import rank_auc, worst
@@ -39,7 +39,7 @@ def task_cal(heuristic: Heuristic, lam: float, constant_lam: float, flag_above: 
 def calibration(model_id: str, voxel_mm: tuple[float, float], **tasks: TaskCalibration) -> Calibration:
     keys = {"fused": FUSED.key, "single": SINGLE.key}
     return Calibration(model_id, 0.1, {keys[k]: v for k, v in tasks.items()}, voxel_mm,
-                       {"fit": ["a"], "calibration": ["b"]})
+                       {"fit": ["a"], "calibration": ["b"]}, inputs=wide_inputs())
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_the_figure_shows_the_half_width_beside_the_error(run, tmp_path):
     assert titles[k + 1] == "half-width (0–1000)" and columns[k][2] == columns[k + 1][2] == "error"  # one scale
     assert columns[k][1].max() == pytest.approx(0.1 * PER_NETWORK_UNIT, rel=1e-5)  # float32 of 0.1
     assert columns[k + 1][1].max() == pytest.approx(0.05 * PER_NETWORK_UNIT, rel=1e-5)
-    assert "|error|" in [c[0] for c in panels({"t1": image}, image, truth, None)]  # network units without one
+    assert "|error| (0–1000)" in [c[0] for c in panels({"t1": image}, image, truth, None)]  # always output units
 
     def png_width(path):
         return int.from_bytes(path.read_bytes()[16:20], "big")

@@ -87,8 +87,8 @@ def test_infer_ort_equals_torch(small_model_dir, small_export_dir):
     from tsf_trt.synthesis.pipeline import Synthesizer
 
     vols = {0: make_head((7, 44, 40), seed=11), 1: make_head((7, 44, 40), seed=12), 3: make_head((7, 44, 40), 13)}
-    ref = Synthesizer(small_model_dir, RunOptions(backend="torch")).run(vols, "t2")
-    ort = Synthesizer(small_export_dir, RunOptions(backend="ort")).run(vols, "t2")
+    ref = Synthesizer(small_model_dir, RunOptions(backend="torch")).run_canonical(vols, "t2")
+    ort = Synthesizer(small_export_dir, RunOptions(backend="ort")).run_canonical(vols, "t2")
     diff = np.abs(ref.image - ort.image).max()
     psnr = 10 * np.log10(4 / np.mean((ref.image - ort.image) ** 2))  # range [-1, 1]
     assert diff <= 1e-4 and psnr > 80
@@ -160,8 +160,8 @@ def test_seq2seq_only_export(tmp_path):
     manifest = export_model(model, tmp_path / "s2s", targets=[2])
     assert set(manifest["graphs"]) == {"encoder", "decoder", "decoder_t2"}
     vol = {0: np.random.default_rng(1).gamma(2, 50, (3, 32, 32)).astype(np.float32)}
-    ort = Synthesizer(OrtBackend(tmp_path / "s2s")).run(vol, "t2")
-    ref = Synthesizer(model).run(vol, "t2")
+    ort = Synthesizer(OrtBackend(tmp_path / "s2s")).run_canonical(vol, "t2")
+    ref = Synthesizer(model).run_canonical(vol, "t2")
     assert ort.tsem is None and np.abs(ort.image - ref.image).max() <= 1e-4
 
 
@@ -170,8 +170,8 @@ def test_reference_mode_equals_fast_mode(small_model):
     from tsf_trt.synthesis.pipeline import Synthesizer
 
     vols = {0: make_head((5, 32, 32), seed=3), 3: make_head((5, 32, 32), seed=4)}
-    fast = Synthesizer(small_model, RunOptions(backend="torch")).run(vols, 2)
-    reference = Synthesizer(small_model, RunOptions(backend="reference")).run(vols, 2)
+    fast = Synthesizer(small_model, RunOptions(backend="torch")).run_canonical(vols, 2)
+    reference = Synthesizer(small_model, RunOptions(backend="reference")).run_canonical(vols, 2)
     assert np.abs(fast.image - reference.image).max() <= 1e-5
     assert np.abs(fast.tsem - reference.tsem).max() <= 1e-5
     assert all(cell.fold_zero_state for cell in small_model.encoder.lstm.cells)  # caller's model untouched

@@ -83,7 +83,7 @@ def test_cut_pads_with_the_fill_past_the_edge():
 
 def test_full_frame_equals_the_model_on_every_padded_stack(small_model):
     vols = {1: make_head((3, 37, 30), seed=3)}
-    result = Synthesizer(small_model, RunOptions(frame="full")).run(vols, "flair")
+    result = Synthesizer(small_model, RunOptions(frame="full")).run_canonical(vols, "flair")
     padded, crop = pad_inplane(normalize(vols[1]), 4)
     with torch.no_grad():
         expected = small_model.synthesize({1: torch.from_numpy(stack_25d(padded, range(3)))}, 3).image[:, 1]
@@ -93,7 +93,7 @@ def test_full_frame_equals_the_model_on_every_padded_stack(small_model):
 
 def test_head_frame_runs_the_network_on_the_box_and_fills_the_rest(small_model):
     vol = padded_head(depth=9, empty_slices=(0, 1, 2, 8))
-    result = Synthesizer(small_model, RunOptions(frame="head")).run({1: vol, 3: vol[::-1].copy()}, "t2")
+    result = Synthesizer(small_model, RunOptions(frame="head")).run_canonical({1: vol, 3: vol[::-1].copy()}, "t2")
     frame = plan_frame("head", (vol > 0) | (vol[::-1] > 0), 4)
     assert result.image.shape == vol.shape and result.frame["size"] == list(frame.shape)
     skipped = [z for z in range(9) if z not in frame.slices]
@@ -113,5 +113,5 @@ def test_head_frame_runs_the_network_on_the_box_and_fills_the_rest(small_model):
 def test_a_cut_head_is_a_warning(small_model, caplog):
     vol = padded_head()
     with caplog.at_level("WARNING", logger="tsf_trt"):
-        result = Synthesizer(small_model, RunOptions(frame="16x16")).run({1: vol}, "t2")
+        result = Synthesizer(small_model, RunOptions(frame="16x16")).run_canonical({1: vol}, "t2")
     assert result.frame["head_outside"] > 0 and "outside the frame" in caplog.text

@@ -49,7 +49,7 @@ def test_example_parses(name, example):
 
 #: Examples in the order their outputs feed each other (phantoms first, the export before its
 #: engines, training stage 1 before stage 2 and the bundle), each run as a user would type it.
-ORDER = ("doctor", "phantom", "calibrate", "infer", "import-reference", "export", "engines build", "bench", "evaluate", "demo",
+ORDER = ("doctor", "phantom", "calibrate", "infer", "table", "import-reference", "export", "engines build", "bench", "evaluate", "demo",
          "bench suite", "train seq2seq", "train tsf", "train bundle")
 #: Minutes on 2 cores, so CI runs the others only: TSF_RUN_EXAMPLES=all runs these too.
 SLOW = ("demo", "bench suite", "train seq2seq", "train tsf", "train bundle")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import (FAST, SHAPE, assert_clean_error, cli, files_under, hidden_files, lps, make_head,
-                           subject_folder, write_nifti)
+                           subject_folder, wide_inputs, write_nifti)
 from tsf_trt.uncertainty.calibration import STATEMENT, Calibration, TaskCalibration, write_calibration
 from tsf_trt.uncertainty.heuristic import Heuristic, edge_map
 
@@ -37,7 +37,8 @@ def _model_id(model: Path) -> str:
 def _calibration(path: Path, model_id: str, features: tuple[str, ...] = ("edge",), *, task: str = TASK,
                  voxel_mm: tuple[float, float] = (0.9, 1.1), flag_above: float = 1e9) -> Path:
     entry = TaskCalibration(Heuristic(features, (C0, *[C1] * len(features))), LAM, 20, 0.09, flag_above, 0.2)
-    write_calibration(Calibration(model_id, 0.1, {task: entry}, voxel_mm), path, overwrite=True)
+    write_calibration(Calibration(model_id, 0.1, {task: entry}, voxel_mm, inputs=wide_inputs()), path,
+                      overwrite=True)
     return path
 
 
@@ -258,16 +259,17 @@ def test_a_bids_subject_gets_a_half_width_map_with_a_sidecar(tmp_path, small_mod
     cal = _calibration(tmp_path / "cal.json", _model_id(small_model_dir))
     result = cli("infer", "--bids", bids, "--target", "t2", "--model", small_model_dir, "--calibration", cal, *FAST)
     assert result.exit_code == 0, result.output
-    anat = bids / "derivatives" / "tsf-trt" / "sub-01" / "anat"
-    stem = "sub-01_desc-"
+    deriv = bids / "derivatives" / "tsf-trt"
+    anat = deriv / "sub-01" / "anat"
+    names = ("T2w_halfwidth", "T2w_tsem", "tsfsynth_T2w")  # maps: suffixes of their own (tests/test_bids_schema.py)
     assert sorted(p.name for p in anat.iterdir()) == sorted(
-        f"{stem}{desc}_T2w{ext}" for desc in ("halfwidth", "tsem", "tsfsynth") for ext in (".json", ".nii.gz"))
-    sidecar = json.loads((anat / f"{stem}halfwidth_T2w.json").read_text())
+        f"sub-01_desc-{name}{ext}" for name in names for ext in (".json", ".nii.gz"))
+    sidecar = json.loads((anat / "sub-01_desc-T2w_halfwidth.json").read_text())
     assert sidecar["Sources"] == ["bids::sub-01/anat/sub-01_desc-tsfsynth_T2w.nii.gz"]
-    assert "alpha 0.1" in sidecar["Description"]
-    assert is_own_file(anat / f"{stem}halfwidth_T2w.json") and is_own_file(anat / f"{stem}halfwidth_T2w.nii.gz")
-    report = json.loads((anat / f"{stem}tsfsynth_T2w.json").read_text())
-    assert report["interval"]["half_width_file"] == f"{stem}halfwidth_T2w.nii.gz"
+    assert "alpha 0.1" in sidecar["Description"] and sidecar["tsf-trt"]["alpha"] == 0.1
+    assert all(is_own_file(anat / f"sub-01_desc-T2w_halfwidth{ext}") for ext in (".json", ".nii.gz"))
+    report = json.loads((deriv / "logs" / "sub-01_t2.json").read_text())  # the run's record
+    assert report["interval"]["half_width_file"] == "sub-01_desc-T2w_halfwidth.nii.gz"
 
 
 def test_the_python_api_refuses_another_models_calibration(tmp_path, case, small_model_dir):
@@ -329,3 +331,49 @@ def test_the_calibration_file_is_an_input_never_written(tmp_path, case, small_mo
                  "--calibration", cal, "--overwrite", *FAST)
     assert_clean_error(result, str(cal), "is an input")
     assert cal.read_bytes() == before
+
+
+def test_from_python_calibrate_then_infer_and_a_noisier_subject_is_outside(tmp_path, small_model_dir):
+    """The whole path as a Python user takes it: calibrate on phantoms, write and read the file, infer a
+    new phantom (the guarantee applies), then the same phantom with far more noise in its T1 (it does not)."""
+    from tsf_trt.evaluation.calibrate import CalibrationPlan, calibrate
+    from tsf_trt.evaluation.tasks import parse_task
+    from tsf_trt.inputs.subjects import Subject, find_subjects
+    from tsf_trt.phantoms import write_subjects
+    from tsf_trt.runs.jobs import infer_subject
+    from tsf_trt.runs.request import InferRequest
+    from tsf_trt.synthesis.options import RunOptions
+    from tsf_trt.synthesis.pipeline import Synthesizer
+
+    shape = (32, 32, 16)
+
+    def one_mm(folder: Path) -> None:  # small phantoms relabelled as 1 mm: no preflight finding
+        for path in folder.rglob("*.nii.gz"):
+            write_nifti(path, np.asarray(nib.load(path).dataobj), lps(1.0, shape))
+
+    write_subjects(tmp_path / "calset", 16, seed=700, shape=shape)
+    one_mm(tmp_path / "calset")
+    synth = Synthesizer(small_model_dir, RunOptions(backend="torch", threads=1))
+    calibration = calibrate(synth.backend, find_subjects(tmp_path / "calset"),
+                            CalibrationPlan((parse_task(TASK),)))
+    assert set(calibration.inputs.inputs) == {"t1", "t1gd", "t2", "flair"}
+    write_calibration(calibration, tmp_path / "cal.json")
+    write_subjects(tmp_path / "new", 1, seed=900, shape=shape)
+    one_mm(tmp_path / "new")
+    new = find_subjects(tmp_path / "new")[0]
+    (tmp_path / "out").mkdir()
+    request = InferRequest(2, tmp_path / "out", calibration=tmp_path / "cal.json")
+    infer_subject(synth, Subject(new.name, {0: new.inputs[0], 3: new.inputs[3]}), request)
+    interval = _report(tmp_path / "out", f"{new.name}_t2")["interval"]
+    assert interval["applies"] is True, interval
+    assert (tmp_path / "out" / f"{new.name}_t2_halfwidth.nii.gz").is_file()
+
+    t1 = nib.load(new.inputs[0])
+    data = np.asarray(t1.dataobj, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    noisy = np.where(data > 0, data + rng.normal(0, 0.2 * np.percentile(data[data > 0], 99), data.shape), 0)
+    noisy_t1 = write_nifti(tmp_path / "noisy" / "t1.nii.gz", np.abs(noisy).astype(np.float32), t1.affine)
+    infer_subject(synth, Subject("noisy", {0: noisy_t1, 3: new.inputs[3]}), request)
+    interval = _report(tmp_path / "out", "noisy_t2")["interval"]
+    assert interval["applies"] is False and "t1 input's noise level" in interval["why"]
+    assert not (tmp_path / "out" / "noisy_t2_halfwidth.nii.gz").exists()

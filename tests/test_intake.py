@@ -132,12 +132,15 @@ def test_bids_dataset_to_derivatives(tmp_path, small_model_dir):
     for ses in ("pre", "post"):
         anat = deriv / "sub-02" / f"ses-{ses}" / "anat"
         stem = f"sub-02_ses-{ses}_desc-"
-        assert sorted(p.name for p in anat.iterdir()) == [f"{stem}tsem_T2w.json", f"{stem}tsem_T2w.nii.gz",
+        assert sorted(p.name for p in anat.iterdir()) == [f"{stem}T2w_tsem.json", f"{stem}T2w_tsem.nii.gz",
                                                           f"{stem}tsfsynth_T2w.json", f"{stem}tsfsynth_T2w.nii.gz"]
         sidecar = json.loads((anat / f"{stem}tsfsynth_T2w.json").read_text())
         assert sidecar["Sources"] == [f"bids:raw:sub-02/ses-{ses}/anat/sub-02_ses-{ses}_T1w.nii.gz",
                                       f"bids:raw:sub-02/ses-{ses}/anat/sub-02_ses-{ses}_FLAIR.nii.gz"]
-        assert set(sidecar["weights"]) == {"t1", "flair"} and sidecar["model_id"] and sidecar["tsem"] is not None
+        block = sidecar["tsf-trt"]  # BIDS fields and this block; the run's record is in logs/
+        assert set(block["weights"]) == {"t1", "flair"} and block["model_id"] and block["tsem"] is not None
+        record = json.loads((deriv / "logs" / f"sub-02_ses-{ses}_t2.json").read_text())
+        assert record["complete"] is True and record["tsem"] is not None
 
     result = cli("infer", "--bids", bids, "--target", "t2", "--model", small_model_dir, *FAST,
                  "--participant-label", "01", "--bids-filter", "t1.acq=mprage")

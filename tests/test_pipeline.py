@@ -25,34 +25,36 @@ ATOL = 3e-5
 
 
 def test_each_slice_equals_the_model_on_its_stack(small_model, volumes):
-    result = Synthesizer(small_model, RunOptions(batch_size=4)).run(volumes, "t2")
+    result = Synthesizer(small_model, RunOptions(batch_size=4)).run_canonical(volumes, "t2")
     stacks = {i: torch.from_numpy(stack_25d(normalize(v), range(9))) for i, v in volumes.items()}
     with torch.no_grad():
         expected = small_model.synthesize(stacks, 2)
     assert np.abs(result.image - expected.image[:, 1].numpy()).max() <= ATOL
     assert np.abs(result.tsem - expected.tsem.numpy()).max() <= ATOL
-    assert result.weights == pytest.approx({i: float(expected.weights[i]) for i in (0, 3)}, abs=1e-7)
+    assert result.weights == pytest.approx({n: float(expected.weights[i]) for i, n in ((0, "t1"), (3, "flair"))},
+                                           abs=1e-7)
     assert sum(result.weights.values()) == pytest.approx(1.0, abs=1e-6)
     assert result.sources == [0, 3] and result.target == 2 and result.task == "T1,FLAIR->T2"
     assert {"read", "preprocess", "encode", "fuse", "decode", "total"} <= set(result.timings)
 
 
 def test_batch_size_does_not_change_the_result(small_model, volumes):
-    one = Synthesizer(small_model, RunOptions(batch_size=1)).run(volumes, 2)
-    many = Synthesizer(small_model, RunOptions(batch_size=64)).run(volumes, 2)
+    one = Synthesizer(small_model, RunOptions(batch_size=1)).run_canonical(volumes, 2)
+    many = Synthesizer(small_model, RunOptions(batch_size=64)).run_canonical(volumes, 2)
     assert np.abs(one.image - many.image).max() <= ATOL
     assert np.abs(one.tsem - many.tsem).max() <= ATOL
 
 
 def test_progress_reports_every_batch(small_model, volumes):
     seen = []
-    Synthesizer(small_model, RunOptions(batch_size=4)).run(volumes, 2, progress=lambda done, total: seen.append((done, total)))
+    Synthesizer(small_model, RunOptions(batch_size=4)).run_canonical(
+        volumes, 2, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(4, 9), (8, 9), (9, 9)]
 
 
 def test_any_inplane_size_is_padded_and_restored(small_model):
     vols = {1: make_head((3, 37, 30), seed=3)}
-    result = Synthesizer(small_model).run(vols, "flair")
+    result = Synthesizer(small_model).run_canonical(vols, "flair")
     assert result.image.shape == (3, 37, 30) and result.tsem.shape == (3, 37, 30)
     padded, crop = pad_inplane(normalize(vols[1]), 4)
     stacks = torch.from_numpy(stack_25d(padded, range(3)))
@@ -62,8 +64,8 @@ def test_any_inplane_size_is_padded_and_restored(small_model):
 
 
 def test_single_input_has_weight_one_and_no_tsem_without_fusion(small_model, volumes):
-    result = Synthesizer(small_model).run({3: volumes[3]}, "t1", tsem=False)
-    assert result.weights == {3: pytest.approx(1.0)} and result.tsem is None and result.tsem_summary() is None
+    result = Synthesizer(small_model).run_canonical({3: volumes[3]}, "t1", tsem=False)
+    assert result.weights == {"flair": pytest.approx(1.0)} and result.tsem is None and result.tsem_summary() is None
 
 
 def test_seq2seq_only_model(volumes):
@@ -72,20 +74,20 @@ def test_seq2seq_only_model(volumes):
 
     model = import_reference(DATA / "small_seq2seq.pt", None, PRESETS["small"])
     synth = Synthesizer(model)
-    result = synth.run({0: volumes[0]}, "t2")
-    assert result.tsem is None and result.weights == {0: 1.0}
+    result = synth.run_canonical({0: volumes[0]}, "t2")
+    assert result.tsem is None and result.weights == {"t1": 1.0}
     with torch.no_grad():
         stacks = torch.from_numpy(stack_25d(normalize(volumes[0]), range(9)))
         _, code = model.codes([0], 2)
         expected = model.decoder(model.encoder(stacks), code)[:, 1].numpy()
     assert np.abs(result.image - expected).max() <= ATOL
     with pytest.raises(TsfError, match="Seq2Seq-only"):
-        synth.run(volumes, "t2")
+        synth.run_canonical(volumes, "t2")
 
 
 def test_mean_combination_differs_from_middle_but_agrees_in_range(small_model, volumes):
-    middle = Synthesizer(small_model, RunOptions(combine="middle")).run(volumes, 2, tsem=False)
-    mean = Synthesizer(small_model, RunOptions(combine="mean")).run(volumes, 2, tsem=False)
+    middle = Synthesizer(small_model, RunOptions(combine="middle")).run_canonical(volumes, 2, tsem=False)
+    mean = Synthesizer(small_model, RunOptions(combine="mean")).run_canonical(volumes, 2, tsem=False)
     assert not np.allclose(middle.image, mean.image)
     assert mean.image.min() >= -1 and mean.image.max() <= 1
     with pytest.raises(TsfError, match="--combine must be one of middle, mean"):
@@ -95,15 +97,15 @@ def test_mean_combination_differs_from_middle_but_agrees_in_range(small_model, v
 def test_bad_requests(small_model, volumes):
     synth = Synthesizer(small_model)
     with pytest.raises(TsfError, match="among the inputs"):
-        synth.run(volumes, "t1")
+        synth.run_canonical(volumes, "t1")
     with pytest.raises(TsfError, match="unknown sequence"):
-        synth.run(volumes, "pd")
+        synth.run_canonical(volumes, "pd")
     with pytest.raises(InputError, match="too small"):
-        synth.run({0: np.ones((3, 6, 40), np.float32)}, 2)
+        synth.run_canonical({0: np.ones((3, 6, 40), np.float32)}, 2)
     with pytest.raises(InputError, match="shape differs"):
-        synth.run({0: volumes[0], 1: volumes[0][:, :, :32]}, 2)
+        synth.run_canonical({0: volumes[0], 1: volumes[0][:, :, :32]}, 2)
     with pytest.raises(InputError, match="99th percentile"):
-        synth.run({0: np.zeros((3, 16, 16), np.float32)}, 2)
+        synth.run_canonical({0: np.zeros((3, 16, 16), np.float32)}, 2)
     with pytest.raises(TsfError, match="batch-size"):
         Synthesizer(small_model, RunOptions(batch_size=0))
 
@@ -153,8 +155,8 @@ def test_unavailable_and_unknown_backends_are_refused_clearly(small_model, monke
 def test_cuda_matches_cpu(small_model, volumes):
     import copy
 
-    cpu = Synthesizer(copy.deepcopy(small_model)).run(volumes, 2)
-    gpu = Synthesizer(copy.deepcopy(small_model), RunOptions(device="cuda")).run(volumes, 2)
+    cpu = Synthesizer(copy.deepcopy(small_model)).run_canonical(volumes, 2)
+    gpu = Synthesizer(copy.deepcopy(small_model), RunOptions(device="cuda")).run_canonical(volumes, 2)
     assert np.abs(cpu.image - gpu.image).max() <= 1e-3
     assert cpu.weights == pytest.approx(gpu.weights, abs=1e-6)
 
@@ -187,12 +189,13 @@ def test_default_batch_follows_activation_size(small_model, volumes):
     synth = Synthesizer(small_model)  # a live model: torch, whose CPU budget is 16 MiB
     assert synth.backend.name == "torch" and synth.backend.preferred_batch_size(240, 240) == 9
     # in-plane the test volume is small (16, the cap, would fit), but it is 9 slices deep: 9 are used
-    assert synth.run(volumes, 2).batch_size == 9
-    assert Synthesizer(small_model, RunOptions(batch_size=10**23)).run(volumes, 2).batch_size == 9  # reported as used
+    assert synth.run_canonical(volumes, 2).batch_size == 9
+    huge = Synthesizer(small_model, RunOptions(batch_size=10**23))
+    assert huge.run_canonical(volumes, 2).batch_size == 9  # reported as used
     torch_paper = copy.copy(synth.backend)  # torch's own budget, for the paper config's sizes
     torch_paper.config = paper
     assert torch_paper.preferred_batch_size(240, 240) == 1
-    assert Synthesizer(small_model, RunOptions(batch_size=3)).run(volumes, 2).batch_size == 3
+    assert Synthesizer(small_model, RunOptions(batch_size=3)).run_canonical(volumes, 2).batch_size == 3
 
 
 @pytest.mark.parametrize("combine, channels", [("middle", {1}), ("mean", {None})])
@@ -203,5 +206,5 @@ def test_only_the_channels_the_rule_keeps_come_to_the_host(small_model, volumes,
     original = type(synth.backend).to_numpy
     monkeypatch.setattr(type(synth.backend), "to_numpy",
                         lambda self, array, channel=None: asked.append(channel) or original(self, array, channel))
-    result = synth.run(volumes, 2)
+    result = synth.run_canonical(volumes, 2)
     assert set(asked) == channels and result.image.shape == volumes[0].shape

@@ -17,10 +17,10 @@ from scipy import ndimage
 
 from scripts import skullstrip_check as bench
 from tests.helpers import PREFLIGHT_SHAPE, lps, phantom_volumes
-from tsf_trt.files.volume import Volume, load_volume, save_volume
+from tsf_trt.files.volume import Volume, load_volume, volume_standing_for
+from tsf_trt.files.volume_write import save_volume
 from tsf_trt.inputs import preflight
-from tsf_trt.inputs.resample import (needs_resampling, reference_grid, resample_subject, to_input_grid,
-                                     volume_from_image)
+from tsf_trt.inputs.resample import needs_resampling, reference_grid, resample_subject, to_input_grid
 from tsf_trt.phantoms.generator import SEQUENCES
 
 SHAPE = PREFLIGHT_SHAPE  # (x, y, z)
@@ -34,7 +34,7 @@ def subject(voxel_mm=1.0, seed: int = 0, arrays: dict[int, np.ndarray] | None = 
     out = {}
     for i, name in enumerate(SEQUENCES):
         data = vols[name] if arrays is None or i not in arrays else arrays[i]
-        out[i] = volume_from_image(nib.Nifti1Image(data, lps(voxel_mm, data.shape)), f"/data/sub_{name}.nii.gz")
+        out[i] = volume_standing_for(nib.Nifti1Image(data, lps(voxel_mm, data.shape)), f"/data/sub_{name}.nii.gz")
     return out
 
 
@@ -195,7 +195,7 @@ def test_different_grid_is_reported_and_needs_resampling():
     assert not needs_resampling(vols)
     moved = vols[1].affine.copy()
     moved[0, 3] += 2.0
-    vols[1] = volume_from_image(nib.Nifti1Image(phantom_volumes()["t1gd"], moved), vols[1].path)
+    vols[1] = volume_standing_for(nib.Nifti1Image(phantom_volumes()["t1gd"], moved), vols[1].path)
     assert kinds(preflight.check_subject(vols)) == [("sub_t1gd.nii.gz", "different-grid")]
     assert needs_resampling(vols)
 
@@ -207,7 +207,7 @@ def test_resample_2_5mm_to_1mm_and_back_round_trips(tmp_path):
     flip[:2, 3] = np.array(SHAPE[:2]) - 1
     ras = lps(2.5) @ flip
     assert nib.aff2axcodes(ras) == ("R", "A", "S")
-    t2 = volume_from_image(nib.Nifti1Image(np.ascontiguousarray(phantom_volumes()["t2"][::-1, ::-1, :]), ras),
+    t2 = volume_standing_for(nib.Nifti1Image(np.ascontiguousarray(phantom_volumes()["t2"][::-1, ::-1, :]), ras),
                            every[2].path)
     np.testing.assert_array_equal(t2.data, every[2].data)
     coarse = {0: every[0], 2: t2}
@@ -247,13 +247,13 @@ def test_resample_round_trip_of_a_smooth_image_is_close():
     """Without per-voxel noise to smooth away, the round trip is almost exact (measured 1.1 %;
     2.5 mm off: 6.2 %)."""
     blurred = ndimage.gaussian_filter(phantom_volumes()["t1"], 2.0)
-    smooth = volume_from_image(nib.Nifti1Image(blurred, lps(2.5)), "/s.nii.gz")
+    smooth = volume_standing_for(nib.Nifti1Image(blurred, lps(2.5)), "/s.nii.gz")
     fine = resample_subject({0: smooth})[0]
     back = to_input_grid(fine.data, fine, smooth)
     head = smooth.data > 0.05 * smooth.data.max()
     assert np.abs(back - smooth.data)[head].mean() / smooth.data[head].mean() < 0.02
     # Outside the resampled field of view: the fill value (network units' background, say).
-    wide = volume_from_image(nib.Nifti1Image(np.zeros((100, 96, 40), np.float32), lps(2.5, (100, 96, 40))), "/w.nii.gz")
+    wide = volume_standing_for(nib.Nifti1Image(np.zeros((100, 96, 40), np.float32), lps(2.5, (100, 96, 40))), "/w.nii.gz")
     edge = to_input_grid(fine.data, fine, wide, fill=-1.0)
     assert (edge[:, :, :2] == -1).all() and (edge[:, :, -2:] == -1).all() and (edge[:, :, 3:-3] != -1).any()
 

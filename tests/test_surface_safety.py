@@ -79,7 +79,9 @@ def test_one_file_as_two_sequences_in_a_map(tmp_path, small_model_dir):
     assert result.exit_code == 1, result.output
     text = " ".join(result.stderr.split())
     assert f"a: failed: {data / 'scan.nii.gz'}: given as both T1 and FLAIR" in text  # ./scan.nii.gz is scan.nii.gz
-    assert files_under(out) == []
+    assert files_under(out) == ["tsf-trt_t2.tsv"]  # no output of the subject; the cohort table records its failure
+    rows = list(csv.DictReader(open(out / "tsf-trt_t2.tsv", newline=""), delimiter="\t"))
+    assert [(r["subject"], r["status"]) for r in rows] == [("a", "failed")] and "given as both" in rows[0]["error"]
 
 
 def test_identical_voxels_warn_and_fail_with_strict(case, small_model_dir):

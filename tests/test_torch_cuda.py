@@ -93,8 +93,9 @@ def test_a_result_not_read_yet_survives_later_batches(small_model, one_torch_thr
 
 def test_the_pipeline_through_the_staged_path(small_model, one_torch_thread):
     volumes = {0: make_head((5, 16, 16), seed=1), 3: make_head((5, 16, 16), seed=2)}
-    expected = Synthesizer(TorchBackend(small_model), RunOptions(batch_size=2)).run(volumes, "t2")
-    got = Synthesizer(staged(TorchBackend(small_model), channels_last=True), RunOptions(batch_size=2)).run(volumes, "t2")
+    expected = Synthesizer(TorchBackend(small_model), RunOptions(batch_size=2)).run_canonical(volumes, "t2")
+    got = Synthesizer(staged(TorchBackend(small_model), channels_last=True), RunOptions(batch_size=2)
+                      ).run_canonical(volumes, "t2")
     assert np.abs(got.image - expected.image).max() <= ATOL
     assert np.abs(got.tsem - expected.tsem).max() <= ATOL
     assert got.weights == expected.weights
@@ -286,6 +287,6 @@ def test_cuda_batch_from_free_memory_and_pipeline(small_model):
     batch = backend.preferred_batch_size(64, 64)
     assert 1 <= batch <= GPU_MAX_BATCH
     volumes = {0: make_head((7, 32, 32), seed=1), 3: make_head((7, 32, 32), seed=2)}
-    expected = Synthesizer(TorchBackend(small_model), RunOptions(batch_size=3)).run(volumes, "t2")
-    got = Synthesizer(backend, RunOptions(batch_size=3)).run(volumes, "t2")
+    expected = Synthesizer(TorchBackend(small_model), RunOptions(batch_size=3)).run_canonical(volumes, "t2")
+    got = Synthesizer(backend, RunOptions(batch_size=3)).run_canonical(volumes, "t2")
     assert np.abs(got.image - expected.image).max() <= 2e-3

@@ -8,6 +8,7 @@ import pytest
 from tsf_trt.errors import TsfError
 from tsf_trt.uncertainty.conformal import allowed_risk, calibrate_lambda, risk
 from tsf_trt.uncertainty.heuristic import MIN_OFFSET, Heuristic, edge_map, feature_maps, fit_heuristic
+from tsf_trt.uncertainty.profile import InputProfile, ProfileRanges
 
 #: Three subjects' ratios |y - ŷ|/u. At α = 0.5, n = 3, B = 1 the allowed empirical risk is
 #: ((n+1)α - B)/n = (4·0.5 - 1)/3 = 1/3. R̂(2) = (2/4 + 1/2 + 0/3)/3 = 1/3 (allowed); just below 2,
@@ -90,7 +91,9 @@ def _calibration():
     from tsf_trt.uncertainty.calibration import Calibration, TaskCalibration
 
     entry = TaskCalibration(Heuristic(("edge",), (0.01, 0.5)), 2.0, 40, 0.08, 30.0, 0.2)
-    return Calibration("model-a", 0.1, {"t1,flair->t2": entry}, (0.9, 1.1), {"fit": ["a"], "calibration": ["b"]})
+    return Calibration("model-a", 0.1, {"t1,flair->t2": entry}, (0.9, 1.1), {"fit": ["a"], "calibration": ["b"]},
+                       inputs=ProfileRanges({"t1": {"noise": (0.02, 0.04), "bias": (0.05, 0.1)},
+                                             "flair": {"noise": (0.02, 0.05), "bias": (0.06, 0.2)}}, 0.0))
 
 
 def test_a_calibration_file_reads_back_as_written(tmp_path):
@@ -101,11 +104,15 @@ def test_a_calibration_file_reads_back_as_written(tmp_path):
     back = read_calibration(path)
     assert back.tasks == _calibration().tasks and back.model_id == "model-a" and back.voxel_mm == (0.9, 1.1)
     assert back.subjects == {"fit": ("a",), "calibration": ("b",)} and back.source == str(path)
+    assert back.inputs == _calibration().inputs
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(format="tsf-trt-qc"), "not a calibration"),
-    (lambda d: d.update(version=2), "calibration version 2"),
+    (lambda d: d.update(version=1), "calibration version 1; this tsf-trt reads 2: make it again"),
+    (lambda d: d.pop("inputs"), "inputs must hold the calibration subjects' input ranges"),
+    (lambda d: d["inputs"]["inputs"]["t1"].update(noise=[0.05, 0.01]), r"inputs.t1.noise: expected"),
+    (lambda d: d["inputs"].update(misaligned_voxels=-1), "misaligned_voxels must be a non-negative"),
     (lambda d: d.update(model_id=""), "model_id must name"),
     (lambda d: d.update(alpha=1), "alpha must be between 0 and 1"),
     (lambda d: d.update(voxel_mm=[1.2, 0.9]), "voxel_mm must be"),
@@ -130,13 +137,40 @@ def test_a_damaged_calibration_is_one_line_naming_the_file(tmp_path, change, mes
     assert str(path) in str(caught.value)
 
 
+LIKE = InputProfile({"t1": {"noise": 0.03, "bias": 0.07}, "flair": {"noise": 0.03, "bias": 0.1}}, 0.0)
+
+
 def test_the_guarantee_applies_only_where_it_was_made():
     cal = _calibration()
-    assert cal.why_not("model-a", "t1,flair->t2", (1.0, 1.0, 1.0), []) is None
-    assert "not this model" in cal.why_not("model-b", "t1,flair->t2", (1.0, 1.0, 1.0), [])
-    assert "was not calibrated" in cal.why_not("model-a", "t1->t2", (1.0, 1.0, 1.0), [])
-    assert "outside the calibration subjects' 0.9-1.1 mm" in cal.why_not("model-a", "t1,flair->t2", (1, 1, 2.5), [])
-    assert "differ from the calibration" in cal.why_not("model-a", "t1,flair->t2", (1, 1, 1), ["a skull"])
+    assert cal.why_not("model-a", "t1,flair->t2", (1.0, 1.0, 1.0), [], LIKE) is None
+    assert "not this model" in cal.why_not("model-b", "t1,flair->t2", (1.0, 1.0, 1.0), [], LIKE)
+    assert "was not calibrated" in cal.why_not("model-a", "t1->t2", (1.0, 1.0, 1.0), [], LIKE)
+    assert "outside the calibration subjects' 0.9-1.1 mm" in cal.why_not("model-a", "t1,flair->t2", (1, 1, 2.5), [],
+                                                                          LIKE)
+    assert "differ from the calibration" in cal.why_not("model-a", "t1,flair->t2", (1, 1, 1), ["a skull"], LIKE)
+    assert "were not measured" in cal.why_not("model-a", "t1,flair->t2", (1, 1, 1), [], None)
+
+
+@pytest.mark.parametrize("inputs, shift, needle", [
+    ({"t1": {"noise": 0.045, "bias": 0.07}}, 0.0, None),         # within the 15 % tolerance of 0.04
+    ({"t1": {"noise": 0.045, "bias": 0.07}}, 1.0, None),         # one voxel: within the tolerance of 0
+    ({"t1": {"noise": 0.08, "bias": 0.07}}, 0.0, "t1 input's noise level 0.08 is outside"),
+    ({"t1": {"noise": 0.01, "bias": 0.07}}, 0.0, "t1 input's noise level 0.01 is outside"),  # cleaner counts too
+    ({"flair": {"noise": 0.03, "bias": 0.3}}, 0.0, "flair input's bias level 0.3 is outside"),
+    ({"t1": {"noise": 0.03, "bias": 0.07}}, 2.0, "shifted against each other by 2.0 voxels"),
+    ({"t2": {"noise": 0.03, "bias": 0.07}}, 0.0, "recorded no noise level for t2"),
+    ({"t1": {"noise": float("nan"), "bias": 0.07}}, 0.0, "could not be measured"),
+])
+def test_inputs_unlike_the_calibration_subjects_are_outside_it(inputs, shift, needle):
+    why = _calibration().why_not("model-a", "t1,flair->t2", (1, 1, 1), [], InputProfile(inputs, shift))
+    assert why is None if needle is None else (needle in why and why.startswith("unlike the calibration subjects"))
+
+
+def test_input_ranges_span_the_calibration_subjects():
+    ranges = ProfileRanges.of([InputProfile({"t1": {"noise": 0.02, "bias": 0.1}}, 1.0),
+                               InputProfile({"t1": {"noise": 0.05, "bias": float("nan")}}, 0.0)])
+    assert ranges.inputs == {"t1": {"noise": (0.02, 0.05), "bias": (0.1, 0.1)}} and ranges.misaligned_voxels == 1.0
+    assert ProfileRanges.from_json(ranges.to_json()) == ranges
 
 
 def test_half_widths_are_in_the_synthesis_units():

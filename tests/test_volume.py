@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tsf_trt.errors import InputError
-from tsf_trt.files.volume import CANONICAL_AXCODES, check_same_grid, load_volume, save_volume
+from tsf_trt.files.volume import CANONICAL_AXCODES, check_same_grid, load_volume
+from tsf_trt.files.volume_write import save_volume
 
 SHAPE = (12, 10, 8)  # native (x, y, z) of the LPS reference file
 

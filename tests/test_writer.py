@@ -18,7 +18,8 @@ import tsf_trt.runs.outcomes as outcomes  # where a finished subject's outputs a
 import tsf_trt.runs.writer as writer
 from tests.helpers import SHAPE, SUBJECTS, files_under, hidden_files, make_head, subject_folder, write_nifti
 from tsf_trt.files.atomic import DiskFullError
-from tsf_trt.files.volume import load_volume, save_volume
+from tsf_trt.files.volume import load_volume
+from tsf_trt.files.volume_write import save_volume
 from tsf_trt.inputs.subjects import find_subjects
 from tsf_trt.runs.request import InferRequest
 from tsf_trt.synthesis.options import RunOptions

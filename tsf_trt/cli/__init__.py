@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tsf_trt.cli import bench, calibrate, data, demo, engines, evaluate, infer, models, train  # noqa: F401,E402  (registers the commands)
+from tsf_trt.cli import bench, calibrate, data, demo, engines, evaluate, infer, models, table, train  # noqa: F401,E402  (registers the commands)
 from tsf_trt.cli.app import EXIT_INTERRUPTED, app, err
 
 

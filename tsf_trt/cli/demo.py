@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -14,8 +14,11 @@ from tsf_trt.cli.app import app, log, out, progress_bar, setup_logging, step, us
 @app.command("demo")
 @user_errors
 def demo(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the phantom subject, both syntheses, "
-                                         "the figures and demo.json (created if missing).")] = Path("tsf-trt-demo"),
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the phantom subject, both "
+                                                   "syntheses, the figures and demo.json (created if missing). "
+                                                   "Default: tsf-trt-demo in the current folder (a run's report "
+                                                   "goes where you run it: README, \"Where outputs go\").",
+                                                   show_default=False)] = None,
     model: params.Model = None,
     backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime, as for infer (auto: the fastest here, "
                                          "measured once and cached).")] = "auto",
@@ -36,6 +39,7 @@ def demo(
     from rich.table import Table
 
     from tsf_trt.runs.demo import TARGET, check_demo, run_demo
+    from tsf_trt.runs.outputs import default_output
     from tsf_trt.synthesis.options import RunOptions
     from tsf_trt.synthesis.pipeline import Synthesizer
     from tsf_trt.synthesis.source import ModelSource
@@ -43,6 +47,9 @@ def demo(
     setup_logging(quiet, no_progress, log_file)
     options = RunOptions(backend, threads=threads, frame=frame)  # every value, before any work
     source = ModelSource.resolve(model)  # reads config.json only
+    if output is None:
+        output = default_output(command="demo")
+        log.info("output: %s (the default, in the current folder; choose another with -o)", output)
     check_demo(output, overwrite, inputs=[("--model directory", source.path)])  # before the model loads
     with step(f"loading model {source.path}"):
         synth = Synthesizer(source, options)

@@ -21,6 +21,7 @@ def run_devices(devices_text: str, model, options, request, subjects) -> None:
     from tsf_trt.runs.jobs import FolderSummary
     from tsf_trt.runs.multigpu import WorkerJob, export_once, parse_devices, run_on_devices
     from tsf_trt.runs.outcomes import SubjectOutcome
+    from tsf_trt.runs.table import write_table
     from tsf_trt.synthesis.source import ModelSource
 
     devices = parse_devices(devices_text)
@@ -51,8 +52,14 @@ def run_devices(devices_text: str, model, options, request, subjects) -> None:
                 log.error("GPU %s stopped: %s", gpu, payload)
 
         run_on_devices(job, subjects, devices, on_event)
+    try:  # every worker left one as it ended; this one knows every worker's failures
+        summary.table = write_table(request.output, request.target, outcomes=summary.outcomes, subjects=subjects)
+    except (TsfError, OSError) as exc:
+        log.warning("the cohort table was not written: %s", exc)
     out.print(f"{summary.line(time.perf_counter() - start)}, on {len(devices)} GPUs"
               + (f"; GPU {', '.join(map(str, broken))} stopped early" if broken else ""), highlight=False,
               soft_wrap=True)
+    if summary.table is not None:
+        out.print(f"cohort table: {summary.table}", highlight=False, soft_wrap=True)
     if summary.failed or broken:
         raise typer.Exit(EXIT_ERROR)

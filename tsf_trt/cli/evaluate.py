@@ -27,9 +27,11 @@ def evaluate(
                                                        "'t1,flair->t2'; several separated by ';' or spaces, or "
                                                        "repeat the option.", show_default="all",
                                                        metavar="TASKS")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder (created if missing): "
-                                         "report.md, summary.json, results.csv, figures/, subjects/ (the "
-                                         "resume cache).")] = Path("evaluation"),
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Report folder (created if missing): "
+                                                   "report.md, summary.json, results.csv, figures/, subjects/ (the "
+                                                   "resume cache); never inside --data. Default: tsf-trt-evaluate in "
+                                                   "the current folder (a run's report goes where you run it: "
+                                                   "README, \"Where outputs go\").", show_default=False)] = None,
     backend: params.Backend = "auto",
     slice_step: Annotated[int, typer.Option("--slice-step", min=1, help="Score only the axial slices z = 0, K, 2K, "
                                             "... that hold head voxels (about K times faster). The slices "
@@ -78,6 +80,7 @@ def evaluate(
     from tsf_trt.errors import TsfError
     from tsf_trt.evaluation import Settings, parse_tasks
     from tsf_trt.evaluation.run import check_run
+    from tsf_trt.runs.outputs import default_output
     from tsf_trt.synthesis.options import RunOptions
     from tsf_trt.synthesis.source import ModelSource
     from tsf_trt.uncertainty.calibration import read_calibration
@@ -94,6 +97,9 @@ def evaluate(
     except ValueError:
         figure_spec = [n.strip() for n in figures.split(",") if n.strip()]
     intervals = read_calibration(calibration) if calibration is not None else None
+    if output is None:
+        output = default_output(command="evaluate")
+        log.info("output: %s (the default, in the current folder; choose another with -o)", output)
     source = ModelSource.resolve(model)
     settings = Settings(tasks=chosen, slice_step=slice_step, compare=compare, figures=figure_spec,
                         lpips_label=f"{lpips_net}: {lpips_weights}" if lpips_weights is not None else None,
@@ -185,6 +191,8 @@ def _print_result(result) -> None:
 
 def _interval_lines(iv) -> list[str]:
     """One line per calibrated task: how often the truth fell outside, the widths, the flag."""
+    from tsf_trt.evaluation.report import auc_text
+
     if not iv:
         return []
     lines = []
@@ -195,7 +203,7 @@ def _interval_lines(iv) -> list[str]:
                      f"%; {outside.get('above_alpha', 0)} of {t['subjects']} subject(s) above), constant width "
                      f"{_pct(t['constant_outside']['mean'])}; mean half-width {_fmt(width['adaptive'], 1)} vs "
                      f"{_fmt(width['constant'], 1)} constant{narrower}; flag AUC worst decile "
-                     f"{_fmt(flag['auc_worst_decile'])}")
+                     f"{auc_text(flag, 'worst_decile')}")
     if iv["not_applied"]:
         lines.append(f"  interval: the guarantee does not apply to {len(iv['not_applied'])} synthesis(es) "
                      f"(e.g. {iv['not_applied'][0]['subject']}: {iv['not_applied'][0]['reason']}); see the report")

@@ -18,6 +18,12 @@ HELP_INPUTS = ("Input volumes (.nii/.nii.gz). The sequence is read from the file
                "-t1n/-t1c/-t2w/-t2f, or t1/t1gd/t2/flair) or given as t1=PATH. Several files may follow one "
                "--inputs. A single folder runs folder mode: one sub-folder per subject, or flat files "
                "(BraTS names, or nnU-Net CASE_XXXX.nii.gz with --channels).")
+HELP_OUTPUT = ("Output folder (created if missing): one subject's files go in it, many subjects' in "
+               "OUTPUT/<subject>/ (a BIDS dataset: the derivatives layout). One subject: a name ending in .nii.gz "
+               "(or .nii) is the synthesis file itself, and the other outputs go beside it named after it "
+               "(NAME_tsem.nii.gz, NAME_halfwidth.nii.gz, NAME.json). Default: derivatives/tsf-trt in the data "
+               "set's folder (the folder, BIDS dataset or --map CSV's folder given; the current folder for files "
+               "given one by one): never inside a subject's folder, never among the raw files.")
 HELP_CALIBRATION = ("Interval calibration (calibration.json from `tsf-trt calibrate`, made for this model on "
                     "subjects with the target known). Where its guarantee applies, each subject also gets "
                     "<subject>_<target>_halfwidth.nii.gz, in the synthesis's units (0..1000): for subjects like "
@@ -38,12 +44,8 @@ def infer(
     inputs: Annotated[Optional[list[str]], typer.Option("--inputs", "-i", help=HELP_INPUTS, show_default=False)] = None,
     more_inputs: Annotated[Optional[list[str]], typer.Argument(help="More input files (same forms as --inputs).",
                                                                  show_default=False, metavar="FILE")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder (created if missing); "
-                                                   "with many subjects OUTPUT/<subject>/ (a BIDS dataset: the "
-                                                   "derivatives layout). Default: derivatives/tsf-trt in the data "
-                                                   "set's folder (the folder or BIDS dataset given, or the first "
-                                                   "input's folder), never beside the raw files.",
-                                                   show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help=HELP_OUTPUT, show_default=False,
+                                                   metavar="DIR|FILE.nii.gz")] = None,
     model: params.Model = None,
     backend: params.Backend = "auto",
     batch_size: params.BatchSize = None,
@@ -55,8 +57,9 @@ def infer(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs; in folder mode, "
                                             "redo finished subjects too.")] = False,
     subject: Annotated[Optional[str], typer.Option("--subject", help="Subject name used in output file names "
-                                                   "(default: the inputs' common name without the sequence "
-                                                   "suffix). Single-subject mode only.", show_default=False)] = None,
+                                                   "(with -o NAME.nii.gz, in the report only; default: the inputs' "
+                                                   "common name without the sequence suffix). Single-subject mode "
+                                                   "only.", show_default=False)] = None,
     channels: Annotated[Optional[str], typer.Option("--channels", help="Folder mode, nnU-Net naming: the "
                                                     "sequence of each channel _0000, _0001, ... e.g. "
                                                     "t1,t1gd,t2,flair.", show_default=False)] = None,
@@ -119,11 +122,15 @@ def infer(
 ) -> None:
     """Synthesise a missing sequence for whole volumes, with TSEM and contribution weights.
 
-    Writes three files per subject, in the input's own grid, orientation and header, each only when complete: <subject>_<target>_synth.nii.gz (the network's [-1, 1] output mapped to 0..1000), <subject>_<target>_tsem.nii.gz (|output with - without attention|, paper Eq. 6, network units) and <subject>_<target>.json (ω per input, TSEM summary, the interval block, model id, backend, timings); with a calibration that applies to the subject (--calibration), a fourth: <subject>_<target>_halfwidth.nii.gz, the interval's half-width in the synthesis's units.
+    Writes three files per subject, in the input's own grid, orientation and header, each only when complete: <subject>_<target>_synth.nii.gz (the network's [-1, 1] output mapped to 0..1000), <subject>_<target>_tsem.nii.gz (|output with - without attention|, paper Eq. 6, network units) and <subject>_<target>.json (ω per input, TSEM summary, the interval block, model id, backend, timings); with a calibration that applies to the subject (--calibration), a fourth: <subject>_<target>_halfwidth.nii.gz, the interval's half-width in the synthesis's units. One subject with -o NAME.nii.gz: NAME.nii.gz, NAME_tsem.nii.gz, NAME.json (and NAME_halfwidth.nii.gz).
+
+    Without -o, outputs go to derivatives/tsf-trt of the data set's folder, or of the current folder for files given one by one; the log says where.
 
     Folder mode is safe to run in many processes at once, on one machine or many sharing the folders: each subject is claimed before work, finished ones are skipped, claims of dead runs are taken over (README, "Many processes, many machines").
 
     Example: tsf-trt infer --inputs phantoms/Phantom_00000/Phantom_00000_t1.nii.gz phantoms/Phantom_00000/Phantom_00000_flair.nii.gz --target t2
+
+    Example: tsf-trt infer --inputs phantoms/Phantom_00000/Phantom_00000_t1.nii.gz phantoms/Phantom_00000/Phantom_00000_flair.nii.gz --target t2 -o Phantom_00000_synthT2.nii.gz
 
     Example: tsf-trt infer --inputs phantoms --target t2 --sources t1,flair -o synth
 
@@ -133,7 +140,7 @@ def infer(
     from tsf_trt.errors import TsfError
     from tsf_trt.inputs.intake import Intake, gather
     from tsf_trt.runs.outputs import default_output
-    from tsf_trt.runs.request import InferRequest
+    from tsf_trt.runs.request import InferRequest, file_output_error, split_output
     from tsf_trt.synthesis.options import RunOptions
     from tsf_trt.synthesis.source import ModelSource
     from tsf_trt.uncertainty.calibration import read_calibration
@@ -152,10 +159,12 @@ def infer(
                          "--wait": wait, "--claim-lease": claim_lease != DEFAULT_LEASE_S},
                 {"--participant-label": participant_label, "--session": session, "--bids-filter": bids_filter})
     output_given = output is not None
-    output = default_output(intake.root) if output is None else output
+    output, synth_name = split_output(output) if output is not None else (default_output(intake.root), None)
+    if synth_name is not None and intake.mode != "single":
+        raise file_output_error(output / synth_name)  # before the data set is read
     request = InferRequest(target_index, output, sequences.parse_list(sources) if sources else None, tsem,
                            overwrite, claim_lease, wait, strict=strict, resample=resample,
-                           calibration=_calibration_file(calibration))
+                           calibration=_calibration_file(calibration), synth_name=synth_name)
     if devices:
         from tsf_trt.runs.multigpu import parse_devices
 
@@ -167,7 +176,9 @@ def infer(
         log.info("calibration: %s (the model's own; --calibration none to run without)", source.calibration_file)
     request.check_calibration(source.model_id)  # another model's: refused before the model loads
     if not output_given:
-        log.info("output: %s (the default, in the data set's folder; choose another with -o)", output)
+        log.info("output: %s (the default: %s; choose another with -o)", output,
+                 "in the data set's folder" if intake.root is not None else "files given one by one: in the current "
+                 "folder")
     _log_unused(gathered, intake, verbose)
     created = make_folder(output)
     try:
@@ -197,9 +208,10 @@ def _calibration_file(value: str | None) -> Path | None:
 def _check_before_load(mode: str, subjects, request, source, options) -> None:
     """What needs the model's config but not its weights, and every output location, before
     the model loads (which may take half a minute): a one-input model gets one input (--frame
-    is checked against the model when the Synthesizer is built, before it loads); the output folder is writable; one subject's outputs do not exist (without
-    --overwrite) and are no input; a folder's outputs are not another model's
-    (tsf_trt.runs.outputs.check_folder_outputs)."""
+    is checked against the model when the Synthesizer is built, before it loads); the output
+    folder is writable; one subject's outputs do not exist (without --overwrite) and are no
+    input; a folder's outputs are not another model's (tsf_trt.runs.outputs.check_folder_outputs),
+    and its cohort table's name holds no file of the user's (tsf_trt.runs.table.check_table)."""
     from tsf_trt.files.atomic import check_folder_writable
     from tsf_trt.runs.outputs import check_folder_outputs
     from tsf_trt.sequences import check_task
@@ -213,8 +225,11 @@ def _check_before_load(mode: str, subjects, request, source, options) -> None:
         request.outputs_of(subject, source.has_fusion, own_folder=False).check(request.overwrite,
                                                                                subject.inputs.values())
     else:
+        from tsf_trt.runs.table import check_table, table_path
+
         check_folder_outputs(request.output, subjects, request.target, source.model_id,
                              overwrite=request.overwrite, lease_s=request.lease_s)
+        check_table(table_path(request.output, request.target))
 
 
 def _check_mode(intake, many: dict, bids: dict) -> None:
@@ -367,5 +382,7 @@ def _run_folder(synth, subjects, request) -> None:
         summary = infer_folder(synth, subjects, request, on_start=on_start, on_end=on_end, on_wait=on_wait,
                                backend_name=synth.backend.describe())
     out.print(summary.line(time.perf_counter() - start), highlight=False, soft_wrap=True)
+    if summary.table is not None:
+        out.print(f"cohort table: {summary.table}", highlight=False, soft_wrap=True)
     if summary.failed:
         raise typer.Exit(EXIT_ERROR)

@@ -23,6 +23,7 @@ from tsf_trt.inputs.subjects import Subject
 from tsf_trt.uncertainty.calibration import PER_NETWORK_UNIT, Calibration, TaskCalibration
 from tsf_trt.uncertainty.conformal import calibrate_lambda, risk
 from tsf_trt.uncertainty.heuristic import CANDIDATES, feature_maps, fit_heuristic
+from tsf_trt.uncertainty.profile import InputProfile, ProfileRanges
 
 #: The heuristic `calibrate` fits unless told otherwise (README, "How far to trust a synthesis").
 DEFAULT_HEURISTIC = "edge+tsem_smooth"
@@ -90,12 +91,16 @@ def check_subjects(subjects: Sequence[Subject], plan: CalibrationPlan) -> tuple[
     return fit, rest
 
 
-def _task_maps(backend: Backend, subject: Subject, plan: CalibrationPlan, voxel_mm: list[float]):
-    """Per task: the features and |error| over the head; the subject's voxel sizes go to `voxel_mm`."""
+def _task_maps(backend: Backend, subject: Subject, plan: CalibrationPlan, voxel_mm: list[float],
+               profiles: list[InputProfile]):
+    """Per task: the features and |error| over the head; the subject's voxel sizes go to `voxel_mm`,
+    its inputs' profile to `profiles`."""
     spread = "spread" in plan.features
     images = evaluate_images(backend, subject.inputs, plan.tasks, slice_step=plan.slice_step, compare=spread,
                              frame=plan.frame)
     voxel_mm.extend(images.voxel_mm)
+    if images.profile is not None:
+        profiles.append(images.profile)
     for task in plan.tasks:
         out = images.tasks[task]
         singles = [images.one_to_one[(s, task.target)] for s in task.sources] if spread else []
@@ -112,9 +117,10 @@ def calibrate(backend: Backend, subjects: Sequence[Subject], plan: CalibrationPl
     tell = progress or (lambda _: None)
     rng = np.random.default_rng(0)
     voxel_mm: list[float] = []  # every side of every subject's voxels, as read
+    profiles: list[InputProfile] = []  # the calibration subjects' (the fitting ones' are not kept)
     samples: dict[Task, tuple[list, list]] = {t: ([], []) for t in plan.tasks}
     for subject in fit:
-        for task, features, err in _task_maps(backend, subject, plan, voxel_mm):
+        for task, features, err in _task_maps(backend, subject, plan, voxel_mm, []):
             pick = rng.choice(err.size, min(FIT_VOXELS, err.size), replace=False)
             samples[task][0].append({k: v[pick] for k, v in features.items()})
             samples[task][1].append(err[pick])
@@ -124,7 +130,7 @@ def calibrate(backend: Backend, subjects: Sequence[Subject], plan: CalibrationPl
     errors: dict[Task, list[np.ndarray]] = {t: [] for t in plan.tasks}  # |error| itself: u ≡ 1, the baseline
     scores: dict[Task, list[float]] = {t: [] for t in plan.tasks}  # mean u over each head
     for subject in rest:
-        for task, features, err in _task_maps(backend, subject, plan, voxel_mm):
+        for task, features, err in _task_maps(backend, subject, plan, voxel_mm, profiles):
             u = heuristics[task].u(features)
             ratios[task].append((err / u).astype(np.float32))
             errors[task].append(err.astype(np.float32))
@@ -138,4 +144,5 @@ def calibrate(backend: Backend, subjects: Sequence[Subject], plan: CalibrationPl
                                           float(np.quantile(widths, FLAG_QUANTILE, method="higher")),
                                           calibrate_lambda(errors[task], plan.alpha))
     return Calibration(backend.model_id, plan.alpha, tasks, (min(voxel_mm), max(voxel_mm)),
-                       {"fit": [s.name for s in fit], "calibration": [s.name for s in rest]})
+                       {"fit": [s.name for s in fit], "calibration": [s.name for s in rest]},
+                       inputs=ProfileRanges.of(profiles))

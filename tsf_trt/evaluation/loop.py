@@ -27,10 +27,12 @@ import numpy as np
 from tsf_trt.backends import Backend
 from tsf_trt.evaluation.tasks import Task
 from tsf_trt.files.volume import load_volume
+from tsf_trt.sequences import NAMES
 from tsf_trt.synthesis.batches import encoded_batches, host_images, run_task, timed
 from tsf_trt.synthesis.frame import Frame, FrameSpec, cut, plan_frame
 from tsf_trt.synthesis.pipeline import head_of, load_arrays, normalize_inputs
 from tsf_trt.synthesis.preprocess import BACKGROUND, SliceAccumulator
+from tsf_trt.uncertainty.profile import InputProfile, measure
 
 #: In-plane margin around the head (pixels): more than the 5-pixel radius of SSIM's Gaussian
 #: window (σ 1.5, truncated at 3.5 σ), so every head voxel's SSIM sees the same neighbourhood.
@@ -94,20 +96,24 @@ class SubjectImages:
     batch_size: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     voxel_mm: tuple[float, ...] = ()                  # every side of every input's voxels, as read
+    profile: InputProfile | None = None               # every sequence read, truths too (tsf_trt.uncertainty.profile)
 
 
-def load_subject(inputs: Mapping[int, Path]) -> tuple[dict[int, np.ndarray], np.ndarray, tuple[float, ...]]:
+def load_subject(inputs: Mapping[int, Path]) -> tuple[dict[int, np.ndarray], np.ndarray, tuple[float, ...],
+                                                       InputProfile]:
     """Normalised volumes of every sequence, the head mask (voxels where any of the subject's
-    sequences is above 0: one mask, and so one frame, for all of its tasks) and the voxel sizes
-    (what a calibration's range is held against), each file read once."""
+    sequences is above 0: one mask, and so one frame, for all of its tasks), the voxel sizes and
+    the inputs' profile (what a calibration's ranges are held against), each file read once."""
     from tsf_trt.inputs.prefetch import check_distinct_files
-    from tsf_trt.inputs.preflight import voxel_size_mm
+    from tsf_trt.inputs.preflight import align_pairs, shift_voxels, voxel_size_mm
 
     check_distinct_files(inputs)  # one file given as two sequences: infer's rule
     volumes = {i: load_volume(p) for i, p in inputs.items()}
     arrays = load_arrays(volumes)
     voxel_mm = tuple(v for volume in volumes.values() for v in voxel_size_mm(volume))
-    return normalize_inputs(arrays), head_of(arrays), voxel_mm
+    profile = InputProfile({NAMES[i]: measure(volumes[i].data) for i in sorted(volumes)},
+                           max((shift_voxels(al) for al in align_pairs(volumes).values()), default=0.0))
+    return normalize_inputs(arrays), head_of(arrays), voxel_mm, profile
 
 
 def evaluate_images(backend: Backend, inputs: Mapping[int, Path], tasks: Sequence[Task], *, slice_step: int = 1,
@@ -116,7 +122,7 @@ def evaluate_images(backend: Backend, inputs: Mapping[int, Path], tasks: Sequenc
     """Run every task on one subject, the network on `frame` (as infer's --frame); see the module
     docstring for what is shared."""
     t0 = time.perf_counter()
-    normed, head, voxel_mm = load_subject(inputs)
+    normed, head, voxel_mm, profile = load_subject(inputs)
     region = Region.of(head, slice_step)
     window = plan_frame(frame, head, backend.config.downsample)
     timings = {"load": time.perf_counter() - t0}
@@ -126,7 +132,7 @@ def evaluate_images(backend: Backend, inputs: Mapping[int, Path], tasks: Sequenc
     images, one_to_one = _run_network(backend, framed, window, region, tasks, batch, compare and backend.has_fusion,
                                       progress, timings)
     timings["network"] = time.perf_counter() - t0 - timings["load"]
-    return SubjectImages(region, region.take(head), truth, images, one_to_one, batch, timings, voxel_mm)
+    return SubjectImages(region, region.take(head), truth, images, one_to_one, batch, timings, voxel_mm, profile)
 
 
 def _run_network(be: Backend, normed: Mapping[int, np.ndarray], window: Frame, region: Region,

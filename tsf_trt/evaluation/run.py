@@ -112,8 +112,7 @@ def check_calibration(settings: Settings, model_id: str, has_fusion: bool) -> No
     if cal is None:
         return
     where = Path(cal.source) if cal.source else Path("--calibration")
-    first = next(iter(cal.tasks))
-    why = cal.why_not(model_id, first, cal.voxel_mm, [])  # its own task and voxels: only the model can differ
+    why = cal.other_model(model_id)
     if why is not None:
         raise InputError(where, why)
     held = [t for t in settings.tasks if t.key in cal.tasks]
@@ -233,19 +232,19 @@ def _figure_path(folder: Path, subject: str, task: Task) -> Path:
 
 def _subject_figure(path: Path, subject: str, task: Task, images: SubjectImages, rows: list[dict[str, Any]],
                     half_width: np.ndarray | None = None) -> None:
-    from tsf_trt.runs.figures import choose_slices, subject_figure
+    from tsf_trt.runs.figures import choose_slices, scored_title, subject_figure
 
     out, truth = images.tasks[task], images.truth[task.target]
     row = next(r for r in rows if r["task"] == task.label)
     picked = choose_slices(truth, out.tsem)
     interval = row.get("interval") or {}
-    said = (f"\nhalf-width mean {interval['half_width']:.1f} (0-1000), truth outside on "
+    said = (f"\nhalf-width mean {interval['half_width']:.1f} (0–1000), truth outside on "
             f"{100 * interval['outside']:.1f} % of the head (α {100 * interval['alpha']:g} %)"
             if interval.get("applies") and interval.get("outside") is not None else "")
     subject_figure(path, inputs={sequences.NAMES[s]: images.truth[s] for s in task.sources}, synthesis=out.image,
                    truth=truth, tsem=out.tsem, weights={sequences.NAMES[i]: w for i, w in out.weights.items()},
-                   title=f"{subject}  {task.label}   PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f} (head)" + said,
-                   slices=picked, slice_labels=[f"z {int(images.region.slices[k])}" for k in picked],
+                   title=scored_title(subject, task.label, row["psnr"], row["ssim"]) + said, slices=picked,
+                   slice_numbers=[int(images.region.slices[k]) for k in picked], head=images.head,
                    half_width=half_width, own_location=True)  # the report folder, recognised as ours
 
 

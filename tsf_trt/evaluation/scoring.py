@@ -62,7 +62,8 @@ def half_widths(calibration: Calibration, model_id: str, voxel_mm: Sequence[floa
     for task, images_of in images.tasks.items():
         if task.key not in calibration.tasks:
             continue
-        why = calibration.why_not(model_id, task.key, voxel_mm, findings)
+        profile = None if images.profile is None else images.profile.only(sequences.NAMES[s] for s in task.sources)
+        why = calibration.why_not(model_id, task.key, voxel_mm, findings, profile)
         if why is not None:
             out[task] = why
             continue

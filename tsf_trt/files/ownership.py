@@ -8,11 +8,14 @@ refused in one line; an input of a command is never written or removed, with or 
 
 * NIfTI: the header's ``descrip`` starts with "tsf-trt" (:mod:`tsf_trt.files.volume` and the
   phantoms write it so);
-* JSON: a "tsf_trt_version" key, a "format" tag starting with "tsf-trt", bench's "tool", or
-  the TSEM sidecar of a BIDS derivative ("Description" starting with "TSEM:");
+* JSON: a "tsf_trt_version" key, a "format" tag starting with "tsf-trt", bench's "tool", a
+  BIDS sidecar's "tsf-trt" block (tsf_trt.runs.bids_outputs), or an earlier version's TSEM
+  sidecar ("Description" starting with "TSEM:");
 * PNG: a tEXt "Software" chunk starting with "tsf-trt" (:data:`PNG_METADATA`, written by
   :mod:`tsf_trt.runs.figures` and the bench plot);
 * Markdown: the first line of a bench report or of `bench suite`'s table;
+* TSV: a cohort table's header (tsf_trt.runs.table): first column "subject", and a
+  "tsf_trt_version" column (:data:`TABLE_MARK_COLUMN`);
 * anything inside tsf-trt's cache (``TSF_TRT_CACHE``) or inside the engine and runtime caches
   of an export directory (``engines/``, ``.ort-cache/``, ...): TensorRT engines and optimised
   graphs carry no mark of their own.
@@ -45,6 +48,8 @@ MARK = "tsf-trt"
 PNG_METADATA = {"Software": MARK}
 _MAX_JSON = 64 << 20  # a bigger file is not one of ours: never read it whole
 _TEXT_PREFIXES = ("# tsf-trt", "Measured with `tsf-trt")  # bench --markdown, bench suite -o
+#: The column that marks a cohort table as tsf-trt's (its header's first column is "subject").
+TABLE_MARK_COLUMN = "tsf_trt_version"
 #: Caches tsf-trt keeps inside an export directory (tsf_trt.machine.cache_dir.runtime_cache, engines/).
 _CACHE_DIR = re.compile(r"^(engines|\.[a-z0-9_-]+-cache)$")
 _PROBE = re.compile(r"^\.probe-\d+$")  # tsf_trt.machine.cache_dir.writable_dir
@@ -70,7 +75,10 @@ def is_own_file(path: str | Path) -> bool:
         if head.lstrip().startswith(b"{"):
             return _own_json(path)
         with open(path, encoding="utf-8", errors="replace") as handle:
-            first = handle.readline(200)
+            first = handle.readline(4096)
+        if name.endswith(".tsv"):
+            header = first.rstrip("\r\n").split("\t")
+            return header[0] == "subject" and TABLE_MARK_COLUMN in header
         return first.startswith(_TEXT_PREFIXES)
     except (OSError, ValueError, EOFError, zlib.error, struct.error):
         return False
@@ -122,7 +130,8 @@ def _own_json(path: Path) -> bool:
     if not isinstance(data, dict):
         return False
     fmt, description = data.get("format"), data.get("Description")
-    return ("tsf_trt_version" in data or (isinstance(fmt, str) and fmt.startswith(MARK))
+    return ("tsf_trt_version" in data or isinstance(data.get(MARK), dict)
+            or (isinstance(fmt, str) and fmt.startswith(MARK))
             or data.get("tool") == f"{MARK} bench"
             or (isinstance(description, str) and description.startswith("TSEM:")))
 

@@ -1,4 +1,4 @@
-"""NIfTI volumes: load, validate, orient, and save atomically.
+"""NIfTI volumes: load, validate and orient (writing them: tsf_trt.files.volume_write).
 
 The network's weights were trained on axial slices exactly as the authors'
 SimpleITK loader saw BraTS files, which nibabel reports as stored in ('L', 'P', 'S')
@@ -9,8 +9,7 @@ the network untouched, and results are written back in the input's own layout,
 affine and header so that they overlay the input in any viewer.
 
 Every problem a user can cause is raised as :class:`~tsf_trt.errors.InputError`
-naming the file; wrong shapes or non-finite arrays handed to :func:`save_volume`
-are programming errors and raise :class:`ValueError`.
+naming the file. Writing volumes back is :mod:`tsf_trt.files.volume_write`.
 """
 
 from __future__ import annotations
@@ -21,11 +20,12 @@ import os
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.arrayproxy import is_proxy
 from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import (
                                   apply_orientation,
@@ -37,17 +37,12 @@ from nibabel.orientations import (
 from nibabel.spatialimages import HeaderDataError
 
 from tsf_trt.errors import InputError
-from tsf_trt.files.atomic import atomic_path
 from tsf_trt.files.gunzip import checked_voxels, inflate
 
 CANONICAL_AXCODES = ("L", "P", "S")
 _CANONICAL_ORNT = axcodes2ornt(CANONICAL_AXCODES)
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _MAX_DEFLATE_RATIO = 1100  # deflate cannot compress beyond about 1032:1
-#: python-isal's igzip level for .nii.gz outputs (its own default). Measured on a 240x240x155
-#: synthesis and TSEM of the demo model: 4-6x faster than nibabel's zlib level 1, 1-2 % larger
-#: (/work/notes/readme_io.md). The decompressed bytes are the same as nibabel writes.
-ISAL_LEVEL = 2
 # What a corrupt, truncated or foreign file can raise inside nibabel and gzip.
 _READ_ERRORS = (
     ImageFileError, HeaderDataError, EOFError, zlib.error, gzip.BadGzipFile,
@@ -101,8 +96,13 @@ class Volume:
         back = ornt_transform(_CANONICAL_ORNT, self._native_ornt)
         return apply_orientation(arr.transpose(2, 1, 0), back)
 
+    def grid_only(self) -> "Volume":
+        """This volume without its voxels (a read-only zero-stride stand-in of the same shape): what
+        writing a result back on its grid needs (:func:`output_image`), kept without holding the data."""
+        return replace(self, data=np.broadcast_to(np.zeros((), np.float32), self.data.shape))
 
-def _nifti_suffix(path: Path) -> str | None:
+
+def nifti_suffix(path: Path) -> str | None:
     """'.nii.gz' or '.nii' (case-insensitive), or None: nibabel picks the format by name."""
     name = path.name.lower()
     return next((s for s in _NIFTI_SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
@@ -114,7 +114,7 @@ def check_input_file(path: Path) -> None:
         raise InputError(path, "file not found")
     if path.is_dir():
         raise InputError(path, "is a directory, not a NIfTI file")
-    if _nifti_suffix(path) is None:
+    if nifti_suffix(path) is None:
         raise InputError(path, "not a NIfTI file (.nii or .nii.gz expected)")
     if not os.access(path, os.R_OK):
         raise InputError(path, "cannot be read: permission denied")
@@ -182,7 +182,7 @@ def _check_claimed_size(path: Path, img: nib.Nifti1Image) -> None:
     size = path.stat().st_size
     claims = f"its header claims {shape_text(shape)} voxels of {dtype} ({_size(stored)})"
     need = voxels * 4 * 2  # float32 voxels and their reoriented copy
-    if _nifti_suffix(path) == ".nii.gz":
+    if nifti_suffix(path) == ".nii.gz":
         contents = _contents_size(img)
         if contents > size * _MAX_DEFLATE_RATIO + (1 << 20):
             raise InputError(path, f"is truncated or corrupt: {claims}, more than a {_size(size)} gzip file can hold")
@@ -250,7 +250,7 @@ def _read_voxels(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     A .nii.gz is inflated once, whole, with its CRC-32 and length checked (:mod:`.gunzip`;
     nibabel alone stops before the gzip trailer), and its voxels are read from those bytes.
     When the header itself is refused, a damaged gzip stream is named as the cause instead."""
-    gz = _nifti_suffix(path) == ".nii.gz"
+    gz = nifti_suffix(path) == ".nii.gz"
     try:
         img = _parse(path)
     except InputError:
@@ -279,7 +279,65 @@ def load_volume(path: str | Path) -> Volume:
     path = Path(path)
     check_input_file(path)
     img, data = _read_voxels(path)
-    _check_values(path, data)
+    return _volume(path, img, data)
+
+
+def volume_from_image(img: nib.Nifti1Image, name: str = "image") -> Volume:
+    """A nibabel image (in memory or from ``nib.load``) as a :class:`Volume`, with the checks and the
+    reorientation of :func:`load_volume`, so an image gives what its file gives. Its ``path`` is the
+    image's file, or ``<name>`` for one held only in memory (what messages name)."""
+    filename = img.get_filename() if isinstance(img, nib.Nifti1Image) else None
+    path = Path(filename) if filename else Path(f"<{name}>")
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+        raise InputError(path, f"is a {type(img).__name__}, not a NIfTI-1/NIfTI-2 image")
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or dtype.kind == "c":
+        raise InputError(path, f"has voxel type {dtype} (RGB or complex); real-valued voxels expected")
+    shape = _spatial_shape(path, img.shape)
+    _check_affine(path, img)
+    if filename and is_proxy(img.dataobj) and Path(filename).is_file():
+        _check_claimed_size(Path(filename), img)  # its voxels are still on disk
+    try:
+        data = np.asarray(np.asanyarray(img.dataobj, dtype=np.float32))
+    except _READ_ERRORS as exc:
+        raise InputError(path, f"is truncated or corrupt: its voxel data cannot be read ({_why(exc, path)})") from None
+    return _volume(path, img, data.reshape(shape))
+
+
+def volume_from_array(array: np.ndarray, affine: np.ndarray, name: str = "array") -> Volume:
+    """A numpy array with the affine that places it: voxel [i, j, k] of `array` is at
+    ``affine @ (i, j, k, 1)``, as in ``nib.Nifti1Image(array, affine)`` (nibabel's order, not the
+    network's (z, y, x)). The orientation comes from the affine only, never guessed."""
+    path = Path(f"<{name}>")
+    try:
+        matrix = np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError):
+        matrix = None
+    if matrix is None or matrix.shape != (4, 4):
+        got = f"shape {matrix.shape}" if matrix is not None else repr(affine)[:40]
+        raise InputError(path, f"the affine must be a 4x4 array of numbers, got {got}")
+    data = np.asarray(array)
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 3D array, got shape {data.shape}")
+    return volume_from_image(nib.Nifti1Image(data, matrix), name)
+
+
+def volume_standing_for(img: nib.Nifti1Image, path: str | Path) -> Volume:
+    """An image computed from a file (tsf_trt.inputs.resample's resampled inputs) as a Volume that
+    stands for that file: messages name `path`, and save_volume refuses to write it. Its values are
+    not checked again (they come from a checked file; outside its field of view they are 0)."""
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"a 3D image expected, got shape {data.shape}")
+    return _volume(Path(path), img, data, check_values=False)
+
+
+def _volume(path: Path, img: nib.Nifti1Image, data: np.ndarray, check_values: bool = True) -> Volume:
+    """The one reorientation to the canonical layout, for files and images alike."""
+    if check_values:
+        _check_values(path, data)
     native = io_orientation(img.affine)
     if np.isnan(native).any():
         raise InputError(path, "has a degenerate affine (a voxel axis has zero length); orientation unknown")
@@ -322,89 +380,3 @@ def check_same_grid(volumes: Sequence[Volume], shape_only: bool = False, atol: f
                 f"affine differs from {ref.path.name}: max difference {diff:.6g} (tolerance {atol:g}); "
                 "the images are not on the same voxel grid",
             )
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def save_volume(
-    like: Volume,
-    array_zyx: np.ndarray,
-    path: str | Path,
-    *,
-    description: str,
-    overwrite: bool = False,
-    intent: str = "estimate",
-) -> Path:
-    """Write a canonical (z, y, x) array as float32 in ``like``'s own layout, affine and header.
-
-    Values are stored as-is (no scaling). A single-volume 4D input is written back as 3D.
-    Never writes over ``like``'s file, and never leaves a half-written file behind.
-    """
-    path = Path(path)
-    if _same_file(path, like.path):
-        raise InputError(path, f"is the input {like.path.name}; refusing to overwrite an input")
-    if _nifti_suffix(path) is None:
-        raise InputError(path, "not a NIfTI file name (.nii or .nii.gz expected)")
-    img = _output_image(like, array_zyx, description, intent)
-    with atomic_path(path, overwrite) as tmp:
-        write_image(img, tmp)
-    return path
-
-
-def write_volume(like: Volume, array_zyx: np.ndarray, path: str | Path, *, description: str,
-                 intent: str = "estimate") -> None:
-    """What :func:`save_volume` writes, straight to `path`: for callers that publish several
-    files together (:func:`tsf_trt.files.atomic.atomic_group`) and have made `path` a temp name."""
-    write_image(_output_image(like, array_zyx, description, intent), Path(path))
-
-
-def _igzip():
-    """python-isal's igzip, or None where it is not installed (then nibabel's zlib writes)."""
-    try:
-        from isal import igzip
-    except ImportError:
-        return None
-    return igzip
-
-
-def write_image(img: nib.Nifti1Image, path: Path) -> None:
-    """``img.to_filename(path)``, with a .nii.gz compressed by python-isal when it is installed.
-
-    The stream nibabel writes is the same; only the deflate encoder differs. Like nibabel's
-    own gzip writer, the gzip header holds no file name and mtime 0, so equal images give
-    equal files.
-    """
-    igzip = _igzip() if _nifti_suffix(path) == ".nii.gz" else None
-    if igzip is None:
-        img.to_filename(path)
-        return
-    with open(path, "wb") as raw, \
-            igzip.IGzipFile(filename="", mode="wb", compresslevel=ISAL_LEVEL, fileobj=raw, mtime=0) as gz:
-        img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
-
-
-def _output_image(like: Volume, array_zyx: np.ndarray, description: str, intent: str) -> nib.Nifti1Image:
-    arr = np.asarray(array_zyx)
-    if arr.shape != like.shape:
-        raise ValueError(f"array shape {arr.shape} does not match volume shape {like.shape}")
-    arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        raise ValueError("array contains NaN or infinite values")
-    native = like.to_native(arr)
-    header = like.header.copy()
-    header.set_data_shape(like.native_shape)
-    header.set_data_dtype(np.float32)
-    header.set_slope_inter(1.0, 0.0)
-    header["descrip"] = description.encode("ascii", "replace")[:79]
-    header.set_intent(intent)
-    header["cal_min"] = float(arr.min())
-    header["cal_max"] = float(arr.max())
-    # The affine equals the header's best affine, so nibabel leaves q/sform and codes alone.
-    return like._image_class(native, like.affine, header)

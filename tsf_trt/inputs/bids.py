@@ -1,5 +1,5 @@
-"""BIDS in and out: the anat/ files of a raw dataset -> cases, and tsf-trt's outputs named
-as a BIDS derivative. Names and the file system only; no BIDS library is needed.
+"""BIDS in: file names, and the anat/ files of a raw dataset -> cases (tsf-trt's outputs are
+named by tsf_trt.inputs.bids_derivatives). Names and the file system only; no BIDS library is needed.
 
 Facts from the BIDS specification (BIDS_VERSION), by section:
 
@@ -17,8 +17,9 @@ Discovery rule (find_cases), one case per `sub-<label>/[ses-<label>/]anat/`:
 1. T1w without `ce-` -> T1; T1w with any `ce-<label>` -> T1Gd; T2w -> T2; FLAIR -> FLAIR.
    Every other file is listed in `unused` with why: other suffixes, names that break the
    rules above or whose sub-/ses- are not their folder's, non-NIfTI files, `part-` phase,
-   real or imaginary images, tsf-trt's outputs (`desc-tsfsynth`, `desc-tsem`); JSON sidecars
-   are expected and hidden files skipped, so neither is listed.
+   real or imaginary images, tsf-trt's outputs (`desc-tsfsynth`, the `tsem` and `halfwidth`
+   maps, and an earlier version's `desc-tsem`/`desc-halfwidth`); JSON sidecars are expected and
+   hidden files skipped, so neither is listed.
 2. `select` narrows: `{ENTITY: LABEL}` (`acq` or `acquisition`) applies to each sequence whose
    candidates use that entity at all, `{"t1.acq": LABEL}` (any sequence spelling) to that
    sequence only; it keeps the files with that label (indices compare as numbers), or with
@@ -26,18 +27,17 @@ Discovery rule (find_cases), one case per `sub-<label>/[ses-<label>/]anat/`:
 3. One candidate left: used. Several (another acq-, rec-, run-, echo-, .nii beside .nii.gz)
    is the case's problem, naming the files, how they differ and the option that picks one:
    no run is preferred, as which is better is not in the name.
+
+tsf-trt's outputs, named as a BIDS derivative: tsf_trt.inputs.bids_derivatives.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 from tsf_trt import sequences
 from tsf_trt.errors import InputError, TsfError
@@ -67,10 +67,13 @@ _SUFFIX, _EXTENSION = re.compile(r"[0-9a-zA-Z]+"), re.compile(r"(?:\.[0-9a-zA-Z]
 #: The anat suffixes tsf-trt reads -> sequence index (a T1w with `ce-` is T1Gd: sequence_of).
 SUFFIXES = {"T1w": 0, "T2w": 2, "FLAIR": 3}
 NIFTI = (".nii.gz", ".nii")
-SYNTH_DESC, TSEM_DESC = "tsfsynth", "tsem"
-#: The interval half-width map's desc (`infer` with a calibration): named as the TSEM is.
-HALFWIDTH_DESC = "halfwidth"
-
+SYNTH_DESC = "tsfsynth"
+#: The maps' suffixes (tsf_trt.inputs.bids_derivatives, "Output naming rule"): the TSEM, and the interval
+#: half-width map (`infer` with a calibration).
+TSEM_SUFFIX, HALFWIDTH_SUFFIX = "tsem", "halfwidth"
+MAP_SUFFIXES = (TSEM_SUFFIX, HALFWIDTH_SUFFIX)
+#: The descs earlier versions gave the maps (with the target's suffix): recognised, never inputs.
+LEGACY_DESCS = ("tsem", "halfwidth")
 
 def _bad_value(key: str, value: str) -> str | None:
     """Why `value` cannot follow `key-` ("Definitions": label, index), or None."""
@@ -252,11 +255,13 @@ def _classify(path: Path, subject: str, session: str | None) -> BidsName | str |
         return "not a BIDS file name (no sub- entity)"
     if name.entities.get("sub") != subject or name.entities.get("ses") != session:
         return f"its name does not begin with {BidsCase(subject, session, {}).name}, the folder it is in"
+    if name.suffix in MAP_SUFFIXES:
+        return f"a tsf-trt output (_{name.suffix}), never an input"
     if name.suffix not in SUFFIXES:
         return f"not an anat suffix tsf-trt uses ({name.suffix})"
     if name.extension not in NIFTI:
         return f"not NIfTI ({name.extension}; .nii or .nii.gz expected)"
-    if name.entities.get("desc") in (SYNTH_DESC, TSEM_DESC, HALFWIDTH_DESC):
+    if name.entities.get("desc") in (SYNTH_DESC, *LEGACY_DESCS):
         return f"a tsf-trt output (desc-{name.entities['desc']}), never an input"
     if name.entities.get("part", "mag") != "mag":
         return f"a part-{name.entities['part']} image: tsf-trt reads magnitude images"
@@ -310,7 +315,7 @@ def _rules(select: Mapping[str, str | None] | None) -> list[_Rule]:
     return rules
 
 
-def _label(value: str, prefix: str, what: str) -> str:
+def label_of(value: str, prefix: str, what: str) -> str:
     """The label of `01` or `sub-01` ("Participant names and other labels": the prefix is not part of it)."""
     label = value.strip().removeprefix(f"{prefix}-")
     if not _LABEL.fullmatch(label):
@@ -320,7 +325,7 @@ def _label(value: str, prefix: str, what: str) -> str:
 
 def _labels(values: Iterable[str] | str | None, prefix: str, option: str) -> list[str] | None:
     """The labels of a filter; None (no filter) for None or an empty list."""
-    out = [_label(v, prefix, option) for v in ([values] if isinstance(values, str) else values or ())]
+    out = [label_of(v, prefix, option) for v in ([values] if isinstance(values, str) else values or ())]
     return out or None
 
 
@@ -338,97 +343,3 @@ def _labelled(folder: Path, prefix: str) -> list[tuple[str, Path]]:
     return [(p.name[len(prefix) + 1:], p) for p in _entries(folder)
             if p.name.startswith(f"{prefix}-") and _LABEL.fullmatch(p.name[len(prefix) + 1:])
             and (p.is_dir() or broken_link(p) is not None)]
-
-
-# --- derivatives --------------------------------------------------------------------
-
-
-def target_entities(target: int) -> tuple[dict[str, str], str]:
-    """The entities and suffix that say which sequence a derivative image is: the one place
-    this is decided. A synthetic T1Gd is `ce-gadolinium_..._T1w`: the Entities appendix makes
-    `ce-<label>` the agent's name (T1Gd: the gadolinium-enhanced T1), it keeps the image apart
-    from a synthetic T1 ("Uniqueness of data files"), and readers of BIDS, find_cases too, take
-    it as contrast-enhanced. `desc-tsfsynth` and the sidecar say no agent was given."""
-    if not 0 <= target < sequences.N_SEQUENCES:
-        raise TsfError(f"target index {target} is not one of 0..{sequences.N_SEQUENCES - 1}")
-    return ({"ce": "gadolinium"} if target == 1 else {}), ("T1w", "T1w", "T2w", "FLAIR")[target]
-
-
-class DerivativePaths(NamedTuple):
-    synth: Path
-    synth_sidecar: Path
-    tsem: Path
-    tsem_sidecar: Path
-
-
-def derivative_paths(deriv_root: str | Path, subject: str, session: str | None, target: int) -> DerivativePaths:
-    """`sub-<s>/[ses-<x>/]anat/sub-<s>[_ses-<x>][_ce-gadolinium]_desc-{tsfsynth,tsem}_<T1w|T2w|FLAIR>`
-    .nii.gz and .json. Derivatives, "File naming conventions": the source entities are the
-    whole source name only for an output of a single raw input, and ours has several, so
-    only sub and ses are kept; a derivative must not be a permissible raw name, and
-    `desc-<label>` tells apart files that no other entity does. The TSEM keeps the target's
-    suffix: "Imaging data types" offers mask, dseg and probseg, none an error map, and the
-    parametric anat suffixes (T2map, ...) hold physical quantities, which a TSEM is not."""
-    return DerivativePaths(*_derivative(deriv_root, subject, session, target, SYNTH_DESC),
-                           *_derivative(deriv_root, subject, session, target, TSEM_DESC))
-
-
-def halfwidth_paths(deriv_root: str | Path, subject: str, session: str | None, target: int) -> tuple[Path, Path]:
-    """The interval half-width map and its sidecar: named as :func:`derivative_paths` names the
-    TSEM (the target's suffix, for the same reason), with `desc-halfwidth`."""
-    return _derivative(deriv_root, subject, session, target, HALFWIDTH_DESC)
-
-
-def _derivative(deriv_root: str | Path, subject: str, session: str | None, target: int, desc: str
-                ) -> tuple[Path, Path]:
-    """One derivative's .nii.gz and .json (see :func:`derivative_paths`)."""
-    sub, ses = _label(subject, "sub", "subject"), _label(session, "ses", "session") if session is not None else None
-    extra, suffix = target_entities(target)
-    entities = {"sub": sub, **({"ses": ses} if ses is not None else {}), **extra, "desc": desc}
-    folder = Path(deriv_root, f"sub-{sub}", *([f"ses-{ses}"] if ses is not None else []), "anat")
-    return folder / format_name(entities, suffix, ".nii.gz"), folder / format_name(entities, suffix, ".json")
-
-
-def dataset_description(name: str, version: str, model_id: str, source: str | Path | None = None,
-                        deriv_root: str | Path | None = None) -> dict:
-    """The derivative's dataset_description.json ("Derived dataset and pipeline description":
-    DatasetType derivative, GeneratedBy REQUIRED). With the raw dataset `source`: SourceDatasets
-    (its URL, and its DatasetDOI if it has one) and DatasetLinks "raw", which the sidecars'
-    `bids:raw:` URIs (bids_uri) resolve against: relative to `deriv_root` where given, as
-    "Specification of paths" recommends ("../.." for `<dataset>/derivatives/tsf-trt`). In
-    `<dataset>/derivatives/`, the folder name must contain GeneratedBy's first Name, PIPELINE_NAME."""
-    described: dict = {
-        "Name": name, "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": PIPELINE_NAME, "Version": version,
-                         "Description": f"{_DESCRIBED}{model_id}"}]}
-    if source is not None:
-        url = Path(source).absolute().as_uri()
-        origin = {"URL": url}
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # none: the URL still says where
-            origin["DOI"] = str(json.loads((Path(source) / "dataset_description.json").read_text())["DatasetDOI"])
-        link = url if deriv_root is None else Path(os.path.relpath(source, deriv_root)).as_posix()
-        described.update(SourceDatasets=[origin], DatasetLinks={"raw": link})
-    return described
-
-
-#: GeneratedBy's description, which ends with the model id (read back by model_described).
-_DESCRIBED = "missing MRI sequence synthesised by TSF-Seq2Seq with its task-specific error map (TSEM); model "
-
-
-def model_described(described: object) -> str | None:
-    """The model id a tsf-trt derivative's dataset_description names, None where it names none."""
-    try:
-        text = next(e["Description"] for e in described["GeneratedBy"] if e.get("Name") == PIPELINE_NAME)
-    except (TypeError, KeyError, AttributeError, StopIteration):
-        return None
-    return text[len(_DESCRIBED):] if isinstance(text, str) and text.startswith(_DESCRIBED) else None
-
-
-def bids_uri(path: str | Path, root: str | Path, dataset: str = "raw") -> str:
-    """`bids:<dataset>:<path in the dataset>`, the form of a sidecar's "Sources" ("BIDS URI"); a
-    dataset that uses them needs DatasetLinks for <dataset> (dataset_description with `source`)."""
-    try:
-        inside = Path(path).absolute().relative_to(Path(root).absolute())
-    except ValueError:
-        raise InputError(path, f"is not inside the BIDS dataset {root}") from None
-    return f"bids:{dataset}:{inside.as_posix()}"

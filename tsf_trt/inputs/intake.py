@@ -47,8 +47,10 @@ class Intake:
         return "single"
 
     @property
-    def root(self) -> Path:
-        """The data set's folder, under which the default output `derivatives/tsf-trt` goes."""
+    def root(self) -> Path | None:
+        """The data set's folder, where the default output goes (tsf_trt.runs.outputs.default_output):
+        the folder or BIDS dataset given, or the --map CSV's folder; None for files given one by
+        one, which name no data set (their folder may be a subject's own, which outputs never enter)."""
         mode = self.mode
         if mode == "map":
             return Path(self.map_file).parent  # type: ignore[arg-type]
@@ -56,7 +58,7 @@ class Intake:
             return Path(self.bids or self.items[0])
         if mode == "folder":
             return Path(self.items[0])
-        return next(iter(parse_inputs(self.items).values())).parent
+        return None
 
 
 def gather(intake: Intake, target: int, sources: Sequence[int] | None = None) -> Discovery:

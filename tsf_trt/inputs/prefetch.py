@@ -35,22 +35,26 @@ from pathlib import Path
 
 from tsf_trt.errors import InputError
 from tsf_trt.files.volume import Volume, load_volume
-from tsf_trt.inputs.preflight import Finding, check_across, check_subject, sequence_name
+from tsf_trt.inputs.preflight import Finding, align_pairs, check_across, check_subject, sequence_name, shift_voxels
+from tsf_trt.sequences import NAMES
+from tsf_trt.uncertainty.profile import InputProfile, measure
 
 
 @dataclass
 class Loaded:
-    """A subject's inputs as read (sequence index -> Volume) and their preflight findings."""
+    """A subject's inputs as read (sequence index -> Volume), their preflight findings, and their
+    profile (what a calibration's range is held against: tsf_trt.uncertainty.profile)."""
 
     volumes: dict[int, Volume]
     findings: list[Finding]
+    profile: InputProfile | None = None
 
 
-def _read_one(path: Path) -> tuple[Volume, list[Finding]]:
-    """One input and the checks of it alone (check_subject of one volume: its alignment with the
-    others is checked once all are read)."""
+def _read_one(path: Path) -> tuple[Volume, list[Finding], dict[str, float]]:
+    """One input, the checks of it alone (check_subject of one volume: its alignment with the
+    others is checked once all are read) and its noise and bias levels."""
     volume = load_volume(path)
-    return volume, check_subject({0: volume})
+    return volume, check_subject({0: volume}), measure(volume.data)
 
 
 def check_distinct_files(inputs: Mapping[int, Path]) -> None:
@@ -81,9 +85,12 @@ def load_subject(inputs: Mapping[int, Path]) -> Loaded:
     with ThreadPoolExecutor(max_workers=max(1, len(inputs)), thread_name_prefix="tsf-trt read") as pool:
         futures = {i: pool.submit(_read_one, p) for i, p in inputs.items()}
     read = {i: future.result() for i, future in futures.items()}
-    volumes = {i: volume for i, (volume, _) in read.items()}
+    volumes = {i: volume for i, (volume, _, _) in read.items()}
     own = [finding for i in sorted(read) for finding in read[i][1]]
-    return Loaded(volumes, own + check_across(volumes))
+    pairs = align_pairs(volumes)  # measured once: for the findings and the profile
+    profile = InputProfile({NAMES[i]: read[i][2] for i in sorted(read)},
+                           max((shift_voxels(al) for al in pairs.values()), default=0.0))
+    return Loaded(volumes, own + check_across(volumes, pairs), profile)
 
 
 Stamp = tuple[int, int, int, int, int]

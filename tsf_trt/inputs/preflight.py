@@ -301,10 +301,11 @@ def check_identical(volumes: Mapping[int, Volume]) -> list[Finding]:
     return findings
 
 
-def check_alignment(volumes: Mapping[int, Volume], threshold: float = MISALIGNED_VOXELS) -> list[Finding]:
-    """Findings for inputs on different grids, and for inputs on one grid whose NMI peaks
-    ``threshold`` voxels or more away from the stored alignment. Every pair is compared; with 3
-    or more inputs, one that disagrees with all the others is named alone."""
+Pairs = dict[tuple[int, int], Alignment]
+
+
+def _on_one_grid(volumes: Mapping[int, Volume]) -> tuple[list[int], list[Finding]]:
+    """The inputs on the first input's grid, and a finding for each of the others."""
     order = sorted(volumes)
     findings: list[Finding] = []
     ref = volumes[order[0]]
@@ -318,11 +319,29 @@ def check_alignment(volumes: Mapping[int, Volume], threshold: float = MISALIGNED
                                     "or co-register them (see 'Preparing your data')"))
         else:
             same.append(i)
-    bad: dict[tuple[int, int], Alignment] = {}
-    for i, j in itertools.combinations(same, 2):
-        al = alignment(volumes[i], volumes[j])
-        if al.offset_voxels >= threshold and al.nmi_best - al.nmi >= MIN_NMI_GAIN:
-            bad[(i, j)] = al
+    return same, findings
+
+
+def align_pairs(volumes: Mapping[int, Volume]) -> Pairs:
+    """The :func:`alignment` of every pair of inputs on the first input's grid (sequence indices, lower first)."""
+    same, _ = _on_one_grid(volumes)
+    return {(i, j): alignment(volumes[i], volumes[j]) for i, j in itertools.combinations(same, 2)}
+
+
+def shift_voxels(al: Alignment) -> float:
+    """How far (voxels) the pair looks shifted: the NMI peak's distance where it gains MIN_NMI_GAIN, else 0."""
+    return al.offset_voxels if al.nmi_best - al.nmi >= MIN_NMI_GAIN else 0.0
+
+
+def check_alignment(volumes: Mapping[int, Volume], threshold: float = MISALIGNED_VOXELS,
+                    pairs: Pairs | None = None) -> list[Finding]:
+    """Findings for inputs on different grids, and for inputs on one grid whose NMI peaks
+    ``threshold`` voxels or more away from the stored alignment. Every pair is compared (`pairs`,
+    when :func:`align_pairs` already measured them); with 3 or more inputs, one that disagrees
+    with all the others is named alone."""
+    same, findings = _on_one_grid(volumes)
+    pairs = align_pairs(volumes) if pairs is None else pairs
+    bad = {pair: al for pair, al in pairs.items() if shift_voxels(al) >= threshold}
     alone = [k for k in same if len(same) >= 3 and all((min(k, o), max(k, o)) in bad for o in same if o != k)]
     for k in alone:
         other = next(o for o in same if o not in alone)
@@ -344,9 +363,9 @@ def _misaligned(vol: Volume, k: int, other: int, off: tuple[int, ...], al: Align
                    "co-register the inputs (see 'Preparing your data')", al.offset_voxels)
 
 
-def check_across(volumes: Mapping[int, Volume]) -> list[Finding]:
-    """The checks that compare one subject's inputs with each other."""
-    return check_identical(volumes) + check_alignment(volumes)
+def check_across(volumes: Mapping[int, Volume], pairs: Pairs | None = None) -> list[Finding]:
+    """The checks that compare one subject's inputs with each other (`pairs`: see check_alignment)."""
+    return check_identical(volumes) + check_alignment(volumes, pairs=pairs)
 
 
 def check_subject(volumes: Mapping[int, Volume]) -> list[Finding]:

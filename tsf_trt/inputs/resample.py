@@ -17,50 +17,17 @@ scikit-image's ``resize``), so that fine structure does not alias into the coars
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from nibabel.processing import resample_from_to
 from scipy import ndimage
 
 from tsf_trt.errors import InputError
-from tsf_trt.files.volume import CANONICAL_AXCODES, Volume, check_same_grid
+from tsf_trt.files.volume import Volume, check_same_grid, volume_standing_for
 from tsf_trt.inputs.preflight import VOXEL_MM_RANGE, voxel_size_mm
 
-_CANONICAL_ORNT = axcodes2ornt(CANONICAL_AXCODES)
 Grid = tuple[tuple[int, int, int], np.ndarray]  # (x, y, z) shape, 4x4 affine: nibabel's voxel map
-
-
-def volume_from_image(img: nib.Nifti1Image, path: str | Path) -> Volume:
-    """A :class:`Volume` from an image in memory, oriented as ``load_volume`` orients files.
-
-    ``path`` is the file it stands for (messages name it; ``save_volume`` refuses to write it).
-    Builds the Volume's private fields the way ``volume.load_volume`` does, since volume.py has
-    no constructor from an image.
-    """
-    path = Path(path)
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"a 3D image expected, got shape {data.shape}")
-    native = io_orientation(img.affine)
-    if np.isnan(native).any():
-        raise InputError(path, "has a degenerate affine (a voxel axis has zero length); orientation unknown")
-    to_lps = ornt_transform(native, _CANONICAL_ORNT)
-    header = img.header.copy()
-    header.set_data_shape(data.shape)
-    return Volume(
-        path=path,
-        data=np.ascontiguousarray(apply_orientation(data, to_lps).transpose(2, 1, 0)),
-        affine=np.array(img.affine, dtype=np.float64),
-        header=header,
-        _native_ornt=native,
-        _native_shape=tuple(int(n) for n in data.shape),  # type: ignore[arg-type]
-        _image_class=nib.Nifti1Image,
-    )
 
 
 def reference_grid(volume: Volume, voxel_mm: float = 1.0) -> Grid:
@@ -119,7 +86,7 @@ def resample_volume(volume: Volume, grid: Grid, order: int = 1) -> Volume:
     qform_code = int(volume.header["qform_code"]) or 1
     img.set_sform(grid[1], code=sform_code)
     img.set_qform(grid[1], code=qform_code)
-    return volume_from_image(img, volume.path)
+    return volume_standing_for(img, volume.path)
 
 
 def resample_subject(volumes: Mapping[int, Volume], voxel_mm: float = 1.0) -> dict[int, Volume]:
@@ -164,4 +131,5 @@ def result_to_input_grid(result, grid: Volume, like: Volume):
     tsem = None if result.tsem is None else np.maximum(to_input_grid(result.tsem, grid, like), 0.0)
     mask = to_input_grid(result.head_mask.astype(np.float32), grid, like, order=0) > 0.5
     return replace(result, image=to_input_grid(result.image, grid, like, fill=BACKGROUND).astype(np.float32),
-                   tsem=None if tsem is None else tsem.astype(np.float32), head_mask=mask)
+                   tsem=None if tsem is None else tsem.astype(np.float32), head_mask=mask,
+                   grid=like.grid_only())  # to_nifti() and save() write on the input's grid

@@ -92,7 +92,7 @@ def run_demo(synth: Synthesizer, out_dir: str | Path, *, overwrite: bool = False
     ``on_task(task)`` may return a progress callback for that task's slices.
     """
     from tsf_trt.phantoms import write_subjects
-    from tsf_trt.runs.figures import subject_figure
+    from tsf_trt.runs.figures import scored_title, subject_figure
 
     out_dir = Path(out_dir)
     check_demo(out_dir, overwrite, seed)
@@ -114,13 +114,13 @@ def run_demo(synth: Synthesizer, out_dir: str | Path, *, overwrite: bool = False
         r = outcome.result
         truth = images[target]
         regions = metrics.tsem_regions(r.image, truth, r.tsem, r.head_mask) if r.tsem is not None else None
+        psnr, ssim = metrics.psnr(r.image, truth, r.head_mask), metrics.ssim(r.image, truth, r.head_mask)
         figure = subject_figure(
             paths["figures"][task_sources], inputs={sequences.DISPLAY[i]: images[i] for i in sorted(sources)},
-            synthesis=r.image, truth=truth, tsem=r.tsem, weights=r.weights_by_name(),
-            title=f"{paths['name']}: {task} (demo, held-out phantom)")
+            synthesis=r.image, truth=truth, tsem=r.tsem, weights=r.weights_by_name(), head=r.head_mask,
+            title=scored_title(paths["name"], task, psnr, ssim, "(demo, held-out phantom)"))
         scores.append(TaskScore(
-            task=task, folder=_slug(task_sources), psnr=metrics.psnr(r.image, truth, r.head_mask),
-            ssim=metrics.ssim(r.image, truth, r.head_mask), weights=r.weights_by_name(),
+            task=task, folder=_slug(task_sources), psnr=psnr, ssim=ssim, weights=r.weights_by_name(),
             tsem_psnr_top1=regions and regions["psnr_top"], tsem_psnr_rest=regions and regions["psnr_rest"],
             seconds=r.timings["total"], figure=Path(figure).name,
             outputs=[str(p.relative_to(out_dir)) for p in outcome.paths.all()]))

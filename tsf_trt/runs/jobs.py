@@ -22,9 +22,10 @@ from tsf_trt.inputs.resample import needs_resampling, resample_subject, result_t
 from tsf_trt.inputs.subjects import Subject
 from tsf_trt.runs.claims import Claim, Claims, Holder, ModelConflict
 from tsf_trt.runs.outcomes import IntervalPlan, SubjectOutcome, Synthesized, failed
-from tsf_trt.runs.outputs import (Inputs, OutputPaths, bids_sidecars, build_report, check_folder_outputs,
-                                  halfwidth_sidecar, precision_block, raw_root, write_dataset_description)
+from tsf_trt.runs.bids_outputs import bids_sidecars, legacy_outputs, raw_root, skull_stripped, start_derivative
+from tsf_trt.runs.outputs import Inputs, OutputPaths, build_report, check_folder_outputs, precision_block
 from tsf_trt.runs.request import InferRequest
+from tsf_trt.runs.table import check_table, table_path, write_table
 from tsf_trt.runs.writer import Started, Writer
 from tsf_trt.synthesis.pipeline import Progress, Synthesizer
 from tsf_trt.uncertainty.calibration import PER_NETWORK_UNIT
@@ -35,6 +36,7 @@ _log = logging.getLogger(__name__)
 @dataclass
 class FolderSummary:
     outcomes: list[SubjectOutcome] = field(default_factory=list)
+    table: Path | None = None  # the cohort table this run left (tsf_trt.runs.table), None if none was written
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -99,10 +101,10 @@ def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferReque
     request.check_calibration(synth.backend.model_id)
     with_tsem = request.makes_tsem(synth.has_fusion)
     paths = paths or request.outputs_of(subject, synth.has_fusion, own_folder=False)
-    folder = paths.folder
     inputs = protected if isinstance(protected, Inputs) else \
         Inputs([*subject.inputs.values(), *request.read_files(), *protected])
-    removed = remove_stale(folder, paths.names(), request.lease_s) if folder.is_dir() else []
+    removed = [p for folder in paths.folders() if folder.is_dir()
+               for p in remove_stale(folder, paths.names(), request.lease_s)]
     paths.check(overwrite, inputs)
     start = time.perf_counter()
     loaded = load(subject.inputs)
@@ -112,7 +114,7 @@ def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferReque
     plan = IntervalPlan.of(request.calibration, synth.backend.model_id, sequences.task_key(sources, target),
                            [v for volume in volumes.values() for v in voxel_size_mm(volume)],
                            [f"{f.path.name} ({f.kind})" for f in findings],  # the report's "preflight" says more
-                           synth.has_fusion).unless(_combine_differs(synth))
+                           loaded.profile, synth.has_fusion).unless(_combine_differs(synth))
     if plan.entry is not None and paths.halfwidth is None:
         raise ValueError("these outputs have no half-width map's name: build them with InferRequest.outputs_of")
     result = synth.run(network, target, tsem=with_tsem or plan.needs("tsem"), progress=progress,
@@ -131,18 +133,22 @@ def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferReque
     extra: dict = {"tsem_note": None if with_tsem or not tsem else "no TSEM: the model has no TSF stage (Seq2Seq only)",
                    "preflight": [{"file": str(f.path), "kind": f.kind, "message": f.message} for f in findings],
                    "resampled": network is not volumes}
-    tsem_sidecar = None
+    model_id = synth.backend.model_id
+    # a BIDS derivative: sidecars of BIDS fields (tsf_trt.runs.bids_outputs); the record is the report
+    sidecar, tsem_sidecar, halfwidth_sidecar = bids_sidecars(
+        subject, written, result, request.output, model_id=model_id, interval=interval,
+        skull_stripped=skull_stripped(f.kind for f in findings))
+    legacy = legacy_outputs(subject, request.output, target) if overwrite else []
     if subject.bids is not None:
-        synth_sidecar, tsem_sidecar = bids_sidecars(subject, written, result, raw_root(subject))
-        extra.update(synth_sidecar)
+        extra["bids"] = {"subject": subject.bids[0], "session": subject.bids[1]}
     report = build_report(result, written, subject.inputs, subject=subject.name,
-                          model_id=synth.backend.model_id, backend=backend_name or synth.backend.describe(),
+                          model_id=model_id, backend=backend_name or synth.backend.describe(),
                           extra=extra, precision=precision_block(synth.backend), interval=interval)
     return Synthesized(subject.name, result, volumes[sources[0]], written, report, overwrite, inputs, before_publish,
                        tsem_sidecar, removed,
                        None if half_width is None else (half_width * PER_NETWORK_UNIT).astype("float32"),
-                       halfwidth_sidecar(subject, written, interval), [] if half_width is not None
-                       else paths.interval_files())
+                       halfwidth_sidecar, [*([] if half_width is not None else paths.interval_files()), *legacy],
+                       sidecar=sidecar)
 
 
 def _combine_differs(synth: Synthesizer) -> str | None:
@@ -198,6 +204,8 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
     (:class:`~tsf_trt.runs.writer.Writer`), and with `prefetch` the next one's inputs are read while
     it computes (:class:`~tsf_trt.inputs.prefetch.Prefetcher`: what is read and every error stay as
     without it); `on_start` and `on_end` still come in subject order, from this thread.
+    When the run ends, it rebuilds the cohort table `tsf-trt_<target>.tsv` in the output folder from
+    every report there and its own failures (:mod:`tsf_trt.runs.table`; `summary.table`).
     """
     protected = Inputs([*(p for s in subjects for p in s.inputs.values()), *request.read_files()])
     run = _FolderRun(synth, request, backend_name, protected, time.time(), Prefetcher() if prefetch else None)
@@ -209,6 +217,7 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
             on_end(outcome)
 
     request.check_calibration(synth.backend.model_id)  # once, for every subject
+    check_table(table_path(request.output, request.target))  # a user's file of the table's name: before any work
     writer = Writer(emit)
     pending = list(subjects)
     with Claims(request.lease_s) as claims:
@@ -237,6 +246,11 @@ def infer_folder(synth: Synthesizer, subjects: Sequence[Subject], request: Infer
             raise
         finally:
             run.close()
+    try:  # the cohort table, rebuilt from every report on disk: the last run to end leaves it complete
+        summary.table = write_table(request.output, request.target, outcomes=summary.outcomes, subjects=subjects,
+                                    protected=protected)
+    except (TsfError, OSError) as exc:  # the subjects' outputs stand; the table can be rebuilt (`tsf-trt table`)
+        _log.warning("the cohort table was not written: %s", exc)
     return summary
 
 
@@ -250,7 +264,7 @@ def _join(claims: Claims, subjects: Sequence[Subject], request: InferRequest, mo
                          lease_s=request.lease_s)
     bids = next((s for s in subjects if s.bids is not None), None)
     if bids is not None:
-        write_dataset_description(root, model_id, raw_root(bids), overwrite=request.overwrite)
+        start_derivative(root, model_id, raw_root(bids), overwrite=request.overwrite)
 
 
 @dataclass
@@ -355,7 +369,9 @@ class _FolderRun:
 
     @staticmethod
     def _sweep(claims: Claims, where: Path, stem: str, paths: OutputPaths) -> list[Path]:
-        """Claims and temp files of dead runs beside this subject's outputs (never a live run's)."""
+        """Claims and temp files of dead runs beside this subject's outputs (never a live run's): in
+        `where`, and in the folder of a BIDS subject's record (paths.folders)."""
         if not where.is_dir():
             return []
-        return claims.sweep(where, stem) + remove_stale(where, paths.names(), claims.lease_s)
+        return claims.sweep(where, stem) + [p for folder in paths.folders() if folder.is_dir()
+                                            for p in remove_stale(folder, paths.names(), claims.lease_s)]

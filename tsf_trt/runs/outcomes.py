@@ -25,6 +25,7 @@ from tsf_trt.runs.outputs import Inputs, OutputPaths, write_outputs
 from tsf_trt.synthesis.pipeline import Result
 from tsf_trt.synthesis.preprocess import OUTPUT_SCALE
 from tsf_trt.uncertainty.calibration import STATEMENT, Calibration, TaskCalibration, subject_score
+from tsf_trt.uncertainty.profile import InputProfile
 
 #: Why a report without a calibration has no interval.
 NO_CALIBRATION = ("no calibration: none was applied (`tsf-trt calibrate` makes one; `infer --calibration FILE` "
@@ -42,11 +43,11 @@ class IntervalPlan:
 
     @classmethod
     def of(cls, calibration: Calibration | None, model_id: str, task_key: str, voxel_mm: Sequence[float],
-           findings: Sequence[str], has_fusion: bool) -> "IntervalPlan":
+           findings: Sequence[str], profile: InputProfile | None, has_fusion: bool) -> "IntervalPlan":
         """Calibration.why_not decides; a heuristic that uses TSEM cannot run on a Seq2Seq-only model."""
         if calibration is None:
             return cls(None, None, NO_CALIBRATION)
-        why = calibration.why_not(model_id, task_key, voxel_mm, findings)
+        why = calibration.why_not(model_id, task_key, voxel_mm, findings, profile)
         entry = None if why else calibration.tasks[task_key]
         if entry is not None and "tsem" in entry.needs and not has_fusion:
             entry, why = None, "the calibration's heuristic uses TSEM, which this model (Seq2Seq only) does not make"
@@ -139,13 +140,15 @@ class Synthesized:
     half_width: np.ndarray | None = None       # output units, on `like`'s grid; where the interval applies
     halfwidth_sidecar: dict | None = None
     remove: list[Path] = field(default_factory=list)  # an earlier run's half-width map, where it no longer applies
+    sidecar: dict | None = None  # the synthesis's BIDS sidecar (tsf_trt.runs.bids_outputs)
 
     def write(self) -> SubjectOutcome:
         """Write and publish the outputs (all or nothing); the subject's outcome."""
         start = time.perf_counter()
         write_outputs(self.result, self.like, self.paths, self.report, overwrite=self.overwrite, inputs=self.inputs,
                       before_publish=self.before_publish, tsem_sidecar=self.tsem_sidecar,
-                      half_width=self.half_width, halfwidth_sidecar=self.halfwidth_sidecar, remove=self.remove)
+                      half_width=self.half_width, halfwidth_sidecar=self.halfwidth_sidecar, remove=self.remove,
+                      sidecar=self.sidecar)
         self.result.timings["write"] = time.perf_counter() - start
         return SubjectOutcome(self.subject, "done", self.paths, self.result, removed=self.removed,
                               interval=self.report.get("interval"))

@@ -1,10 +1,12 @@
 """What `infer` leaves on disk for one subject, written so that it is all or nothing.
 
-Three files per subject and target: the synthesis, the TSEM and a JSON report (in a BIDS
-derivative, the report is the synthesis's JSON sidecar and the TSEM has a sidecar too); with a
-calibration whose guarantee applies to the subject, a fourth: the interval half-width map.
-Each is written under a temporary name and renamed when complete; the report goes last,
-so its presence marks a finished subject (what folder mode's resume relies on).
+Three files per subject and target: the synthesis, the TSEM and a JSON report, the run's
+record (everything about the run); with a calibration whose guarantee applies to the subject, a
+fourth: the interval half-width map. In a BIDS derivative each image has a sidecar of BIDS fields
+and one `tsf-trt` block, and the record goes to the derivative's `logs/`
+(tsf_trt.runs.bids_outputs, tsf_trt.inputs.bids_derivatives). Each is written under a temporary
+name and renamed when complete; the record goes last, so its presence marks a finished subject
+(what folder mode's resume relies on).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import numpy as np
 from tsf_trt import sequences
 from tsf_trt.errors import InputError, TsfError
 from tsf_trt.files.atomic import atomic_group, check_writable, disk_full_as_error
-from tsf_trt.files.volume import Volume, write_volume
+from tsf_trt.files.volume import Volume
+from tsf_trt.files.volume_write import write_volume
 from tsf_trt.inputs.subjects import Subject, check_subject_name
 from tsf_trt.runs.claims import ModelConflict, conflict_with_run, live_runs
 from tsf_trt.synthesis.pipeline import Result
-from tsf_trt.synthesis.preprocess import OUTPUT_SCALE, to_output_intensity
-from tsf_trt.uncertainty.calibration import STATEMENT
+from tsf_trt.synthesis.preprocess import OUTPUT_SCALE
 from tsf_trt.version import __version__
 
 REPORT_VERSION = 2  # 2: the "interval" block replaced the TSEM "qc" block
@@ -35,10 +37,26 @@ REPORT_VERSION = 2  # 2: the "interval" block replaced the TSEM "qc" block
 ONE_MODEL = "an output folder holds one model's outputs; use another -o, or --overwrite to replace them"
 
 
-def default_output(data_root: Path) -> Path:
-    """The output folder when none is given: `derivatives/tsf-trt` in the data set's folder (a BIDS
-    derivatives dataset's place), never beside the raw files. The one place of that default."""
-    return Path(data_root) / "derivatives" / "tsf-trt"
+#: The commands that write a folder of their own when no -o is given (README, "Where outputs go").
+DEFAULT_OUTPUT_COMMANDS = ("infer", "evaluate", "demo")
+
+
+def default_output(data_root: str | Path | None = None, command: str = "infer") -> Path:
+    """Where a command writes when no -o is given: the one place of every command's default.
+
+    What `infer` derives from subjects goes to `derivatives/tsf-trt` of their data set's folder,
+    `data_root` (the folder, BIDS dataset or --map CSV's folder given; None for files given one by
+    one: the current folder): the BIDS place for a pipeline's outputs, beside the subjects, which
+    reading that folder again skips (tsf_trt.inputs.subjects.OUTPUT_FOLDERS), never inside a
+    subject's folder (issue 25: `infer` on `phantoms/P/*` wrote into `phantoms/P/`) nor among raw
+    files. A run's report is about a model, not derived from the data, and the data may be shared
+    or read-only (evaluate refuses a report inside --data): `evaluate` and `demo` write
+    `tsf-trt-<command>` in the current folder."""
+    if command == "infer":
+        return Path(data_root if data_root is not None else ".") / "derivatives" / "tsf-trt"
+    if command in DEFAULT_OUTPUT_COMMANDS:
+        return Path(f"tsf-trt-{command}")
+    raise ValueError(f"no default output for command {command!r}")
 
 
 @dataclass(frozen=True)
@@ -49,11 +67,22 @@ class OutputPaths:
     tsem_sidecar: Path | None = None  # BIDS derivatives only
     halfwidth: Path | None = None  # the interval half-width map: with a calibration (where it applies: the report says)
     halfwidth_sidecar: Path | None = None  # BIDS derivatives only
+    sidecar: Path | None = None  # the synthesis's sidecar: BIDS derivatives only (`report` is the run's record)
 
     @classmethod
     def for_subject(cls, folder: str | Path, subject: str, target: int, tsem: bool, *,
-                    interval: bool = False) -> "OutputPaths":
+                    interval: bool = False, synth_name: str | None = None) -> "OutputPaths":
+        """`<subject>_<target>_synth.nii.gz`, `..._tsem.nii.gz`, `..._halfwidth.nii.gz` and
+        `<subject>_<target>.json` in `folder`; with `synth_name` (`infer -o NAME.nii.gz`), the
+        synthesis is that file and the others go beside it, named after it: `NAME_tsem.nii.gz`,
+        `NAME_halfwidth.nii.gz` (with the synthesis's own .nii or .nii.gz) and `NAME.json`."""
         check_subject_name(subject)
+        if synth_name is not None:
+            synth = Path(folder) / synth_name
+            stem = Path(folder) / sequences.nifti_stem(synth_name)
+            ext = synth_name[len(sequences.nifti_stem(synth_name)):]
+            return cls(synth, Path(f"{stem}_tsem{ext}") if tsem else None, Path(f"{stem}.json"),
+                       halfwidth=Path(f"{stem}_halfwidth{ext}") if interval else None)
         stem = Path(folder) / f"{subject}_{sequences.NAMES[target]}"
         return cls(Path(f"{stem}_synth.nii.gz"), Path(f"{stem}_tsem.nii.gz") if tsem else None,
                    Path(f"{stem}.json"), halfwidth=Path(f"{stem}_halfwidth.nii.gz") if interval else None)
@@ -61,33 +90,45 @@ class OutputPaths:
     @classmethod
     def for_bids(cls, deriv_root: str | Path, subject: str, session: str | None, target: int,
                  tsem: bool, *, interval: bool = False) -> "OutputPaths":
-        from tsf_trt.inputs.bids import derivative_paths, halfwidth_paths
+        """The images and their sidecars by the derivatives naming, and the run's record in the
+        derivative's `logs/` (tsf_trt.inputs.bids_derivatives: the rule and why)."""
+        from tsf_trt.inputs.bids_derivatives import derivative_paths, halfwidth_paths, record_path
 
         named = derivative_paths(deriv_root, subject, session, target)
         halfwidth, halfwidth_sidecar = halfwidth_paths(deriv_root, subject, session, target) if interval \
             else (None, None)
-        return cls(named.synth, named.tsem if tsem else None, named.synth_sidecar,
-                   named.tsem_sidecar if tsem else None, halfwidth, halfwidth_sidecar)
+        return cls(named.synth, named.tsem if tsem else None, record_path(deriv_root, subject, session, target),
+                   named.tsem_sidecar if tsem else None, halfwidth, halfwidth_sidecar, named.synth_sidecar)
 
     @classmethod
     def of(cls, subject: Subject, root: Path, target: int, tsem: bool, *, own_folder: bool,
-           interval: bool = False) -> "OutputPaths":
+           interval: bool = False, synth_name: str | None = None) -> "OutputPaths":
         """Where `subject`'s outputs go, the one rule: a BIDS subject's by the derivatives naming
         under `root`; another's in `root` (`root/<subject>/` with `own_folder`, folder mode).
-        With `interval` (a calibration is applied), the half-width map's name too."""
+        With `interval` (a calibration is applied), the half-width map's name too. `synth_name`
+        (`infer -o NAME.nii.gz`) names one subject's synthesis file in `root`: never a folder
+        run's (each subject needs names of its own) nor a BIDS derivative's (BIDS names them;
+        InferRequest.outputs_of refuses both to the user, tsf_trt.runs.request.file_output_error)."""
+        if synth_name is not None and (own_folder or subject.bids is not None):
+            raise ValueError("synth_name is for one subject outside a folder run and outside BIDS")
         if subject.bids is not None:
             return cls.for_bids(root, *subject.bids, target, tsem, interval=interval)
         folder = root / subject.name if own_folder else root
-        return cls.for_subject(folder, subject.name, target, tsem, interval=interval)
+        return cls.for_subject(folder, subject.name, target, tsem, interval=interval, synth_name=synth_name)
 
     @property
     def folder(self) -> Path:
-        return self.report.parent
+        """The images' folder: where folder mode claims the subject (a BIDS record is elsewhere: folders)."""
+        return self.synth.parent
+
+    def folders(self) -> list[Path]:
+        """Every folder these outputs are in (their temporary files too), the images' first."""
+        return list(dict.fromkeys(p.parent for p in self.all()))
 
     def all(self) -> list[Path]:
         """Every output, in the order they are published: the report, which marks completion, last."""
-        return [p for p in (self.synth, self.tsem, self.tsem_sidecar, self.halfwidth, self.halfwidth_sidecar,
-                            self.report) if p is not None]
+        return [p for p in (self.synth, self.sidecar, self.tsem, self.tsem_sidecar, self.halfwidth,
+                            self.halfwidth_sidecar, self.report) if p is not None]
 
     def interval_files(self) -> list[Path]:
         """The half-width map and its sidecar: written only where the interval applies."""
@@ -180,11 +221,23 @@ class Inputs:
         return self._inodes.get((st.st_dev, st.st_ino))
 
 
+#: What the values of each image mean: the report's and the BIDS sidecars' words.
+UNITS = {"synth": f"network output [-1, 1] mapped linearly to [0, {OUTPUT_SCALE:g}]",
+         "tsem": "|difference| of network outputs, [-1, 1] scale (paper Eq. 6)",
+         "halfwidth": f"the synthesis's own units (0-{OUTPUT_SCALE:g}): the interval is synth ± halfwidth"}
+
+
+def _beside(path: Path | None, record: Path) -> str | None:
+    """`path` as the record names it: relative to the record's folder (a name in folder mode)."""
+    return None if path is None else Path(os.path.relpath(path, record.parent)).as_posix()
+
+
 def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
                  subject: str, model_id: str, backend: str, extra: dict[str, Any] | None = None,
                  precision: dict[str, str] | None = None, interval: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON report; `interval` the calibrated interval's block (tsf_trt.runs.outcomes.IntervalPlan.block):
-    the one statement of how far to trust the synthesis ("tsem" only summarises the TSEM map)."""
+    """The JSON report, the run's record (host, pid, timings: never in a BIDS sidecar); `interval` the
+    calibrated interval's block (tsf_trt.runs.outcomes.IntervalPlan.block): the one statement of how far
+    to trust the synthesis ("tsem" only summarises the TSEM map). Outputs are named relative to it."""
     report = {
         "tsf_trt_version": __version__,
         "report_version": REPORT_VERSION,
@@ -199,12 +252,13 @@ def build_report(result: Result, paths: OutputPaths, inputs: dict[int, Path], *,
         "batch_size": result.batch_size,
         "frame": result.frame,
         "outputs": {
-            "synth": paths.synth.name,
-            "tsem": paths.tsem.name if paths.tsem else None,
-            "synth_units": f"network output [-1, 1] mapped linearly to [0, {OUTPUT_SCALE:g}]",
-            "tsem_units": "|difference| of network outputs, [-1, 1] scale (paper Eq. 6)",
-            "halfwidth": paths.halfwidth.name if paths.halfwidth else None,
-            "halfwidth_units": f"the synthesis's own units (0-{OUTPUT_SCALE:g}): the interval is synth ± halfwidth",
+            "synth": _beside(paths.synth, paths.report),
+            "tsem": _beside(paths.tsem, paths.report),
+            "synth_units": UNITS["synth"],
+            "tsem_units": UNITS["tsem"],
+            "halfwidth": _beside(paths.halfwidth, paths.report),
+            "halfwidth_units": UNITS["halfwidth"],
+            **({"sidecar": _beside(paths.sidecar, paths.report)} if paths.sidecar is not None else {}),
         },
         "tsem": result.tsem_summary(),
         "interval": interval,
@@ -226,7 +280,8 @@ def precision_block(backend: Any) -> dict[str, str]:
 def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict[str, Any], *,
                   overwrite: bool, inputs: Iterable[Path] = (), before_publish: Callable[[], None] | None = None,
                   tsem_sidecar: dict[str, Any] | None = None, half_width: np.ndarray | None = None,
-                  halfwidth_sidecar: dict[str, Any] | None = None, remove: Sequence[Path] = ()) -> None:
+                  halfwidth_sidecar: dict[str, Any] | None = None, remove: Sequence[Path] = (),
+                  sidecar: dict[str, Any] | None = None) -> None:
     """Write every file under a temporary name; publish them together when all are complete.
 
     The images go first and the report last, so the report marks a finished subject.
@@ -236,33 +291,33 @@ def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict
     `half_width` (output units, on `like`'s grid) goes to `paths.halfwidth`. `remove`: outputs
     of an earlier run that this one does not write (a half-width map where the interval no
     longer applies), removed just before the renames, only if tsf-trt's own, so no file is
-    left that looks like this synthesis's interval.
+    left that looks like this synthesis's interval. `sidecar`, `tsem_sidecar` and `halfwidth_sidecar`:
+    a BIDS derivative's sidecars (tsf_trt.runs.bids_outputs.bids_sidecars), one for each sidecar name.
     """
     if paths.tsem is not None and result.tsem is None:
         raise ValueError("TSEM output requested but the result has none")
     if (paths.halfwidth is None) != (half_width is None):
         raise ValueError("a half-width map and its output name go together")
+    sidecars = {path: content for path, content in ((paths.sidecar, sidecar), (paths.tsem_sidecar, tsem_sidecar),
+                                                    (paths.halfwidth_sidecar, halfwidth_sidecar)) if path is not None}
+    if any(content is None for content in sidecars.values()):
+        raise ValueError("a BIDS sidecar's name and its content go together")
     inputs = Inputs.of(inputs)
     paths.refuse_inputs(inputs)
     with atomic_group(paths.all(), overwrite) as tmps:
         files = dict(zip(paths.all(), tmps))
-        with disk_full_as_error(paths.synth):
-            write_volume(like, to_output_intensity(result.image), files[paths.synth],
-                         description=f"tsf-trt {result.task} synthesis")
-        if paths.tsem is not None:
-            with disk_full_as_error(paths.tsem):
-                write_volume(like, np.ascontiguousarray(result.tsem, dtype=np.float32), files[paths.tsem],
-                             description=f"tsf-trt {result.task} TSEM")
-        if paths.tsem_sidecar is not None:
-            with disk_full_as_error(paths.tsem_sidecar):
-                files[paths.tsem_sidecar].write_text(json.dumps(tsem_sidecar or {}, indent=2) + "\n")
+        images = result.output_arrays()  # the one mapping of a result to its files, shared with Result.to_nifti
+        for kind, path in (("synth", paths.synth), ("tsem", paths.tsem)):
+            if path is not None:
+                with disk_full_as_error(path):
+                    write_volume(like, images[kind][0], files[path], description=images[kind][1])
         if paths.halfwidth is not None:
             with disk_full_as_error(paths.halfwidth):
                 write_volume(like, np.ascontiguousarray(half_width, dtype=np.float32), files[paths.halfwidth],
                              description=f"tsf-trt {result.task} interval half-width")
-        if paths.halfwidth_sidecar is not None:
-            with disk_full_as_error(paths.halfwidth_sidecar):
-                files[paths.halfwidth_sidecar].write_text(json.dumps(halfwidth_sidecar or {}, indent=2) + "\n")
+        for path, content in sidecars.items():
+            with disk_full_as_error(path):
+                files[path].write_text(json.dumps(content, indent=2) + "\n")
         with disk_full_as_error(paths.report):
             files[paths.report].write_text(json.dumps(report, indent=2) + "\n")
         paths.refuse_inputs(inputs)  # again: an input may have appeared under an output name
@@ -274,82 +329,6 @@ def write_outputs(result: Result, like: Volume, paths: OutputPaths, report: dict
                     raise InputError(stale, "is an input: an input is never written or removed")
                 check_writable(stale, overwrite)  # tsf-trt's own only, and only with overwrite
                 stale.unlink()
-
-
-def bids_sidecars(subject: Subject, paths: OutputPaths, result: Result, raw_root: Path | None
-                  ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """What a BIDS derivative's sidecars add to the report ("Sources", "Description";
-    Derivatives, "Common file level metadata fields"), and the TSEM's sidecar."""
-    from tsf_trt.inputs.bids import bids_uri
-
-    sources = [bids_uri(subject.inputs[i], raw_root) if raw_root is not None else str(subject.inputs[i])
-               for i in result.sources]
-    synth = {"Description": f"{sequences.DISPLAY[result.target]} synthesised by TSF-Seq2Seq from "
-                            f"{', '.join(sequences.DISPLAY[i] for i in result.sources)} (tsf-trt)",
-             "Sources": sources}
-    tsem = None if paths.tsem is None else {
-        "tsf_trt_version": __version__,  # what tells tsf-trt's own files (--overwrite replaces only those)
-        "Description": "TSEM: |output with - output without task-specific attention| of the synthesis "
-                       "(paper Eq. 6), in network units; high where the network had to refine",
-        "Sources": [f"bids::{paths.synth.relative_to(paths.synth.parents[2 + (subject.bids[1] is not None)])}"
-                    if subject.bids is not None else paths.synth.name]}
-    return synth, tsem
-
-
-def halfwidth_sidecar(subject: Subject, paths: OutputPaths, interval: dict[str, Any]) -> dict[str, Any] | None:
-    """A BIDS derivative's half-width sidecar (as the TSEM's: what it is, its source), with the
-    guarantee's statement and α; None outside BIDS or where no half-width map is written."""
-    if paths.halfwidth_sidecar is None or subject.bids is None:
-        return None
-    return {"tsf_trt_version": __version__,  # what tells tsf-trt's own files (--overwrite replaces only those)
-            "Description": f"interval half-width: {STATEMENT} (alpha {interval['alpha']:g}); in the synthesis's "
-                           f"own units (0-{OUTPUT_SCALE:g})",
-            "Sources": [f"bids::{paths.synth.relative_to(paths.synth.parents[2 + (subject.bids[1] is not None)])}"]}
-
-
-def raw_root(subject: Subject) -> Path | None:
-    """The raw BIDS dataset a BIDS subject's inputs are in (the folder above its sub-<label>/)."""
-    if subject.bids is None or not subject.inputs:
-        return None
-    for folder in next(iter(subject.inputs.values())).parents:
-        if folder.name == f"sub-{subject.bids[0]}":
-            return folder.parent
-    return None
-
-
-def write_dataset_description(deriv_root: Path, model_id: str, source: Path | None, *,
-                              overwrite: bool = False) -> Path | None:
-    """The derivative's dataset_description.json, written once (several runs may share the
-    folder: the first to finish it wins, an existing one is left as it is); with `overwrite`,
-    one that names another model is replaced (the run replaces that model's outputs). Returns
-    the path when this call wrote it."""
-    from tsf_trt.files.atomic import atomic_path
-    from tsf_trt.inputs.bids import dataset_description
-
-    path = deriv_root / "dataset_description.json"
-    replace = overwrite and described_model(path) not in (None, model_id)
-    if path.exists() and not replace:
-        return None
-    described = dataset_description("tsf-trt synthesis", __version__, model_id, source, deriv_root)
-    try:
-        # own_location: described_model read tsf-trt's own GeneratedBy entry in it
-        with atomic_path(path, overwrite=replace, own_location=replace) as tmp:
-            tmp.write_text(json.dumps(described, indent=2) + "\n")
-    except InputError:
-        if path.exists():
-            return None  # another run wrote it first
-        raise
-    return path
-
-
-def described_model(path: Path) -> str | None:
-    """The model a derivative's dataset_description.json names; None if none is there."""
-    from tsf_trt.inputs.bids import model_described
-
-    try:
-        return model_described(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        return None
 
 
 def check_folder_outputs(root: Path, subjects: Iterable[Subject], target: int, model_id: str, *, overwrite: bool,
@@ -380,6 +359,8 @@ def check_folder_outputs(root: Path, subjects: Iterable[Subject], target: int, m
     if others:
         raise ModelConflict(f"{root}: {len(others)} subject(s) of this run have {name} outputs of model {others[0][1]} "
                             f"(e.g. {others[0][0]}), and this run's model is {model_id}: {ONE_MODEL}")
+    from tsf_trt.inputs.bids_derivatives import described_model
+
     described = described_model(root / "dataset_description.json") if bids else None
     if described not in (None, model_id):
         raise ModelConflict(f"{root / 'dataset_description.json'}: describes outputs of model {described}, and this "

@@ -24,7 +24,9 @@ class InferRequest:
     """What `infer` is asked to make, for one subject or a folder of them; checked once, when built.
 
     `output` is the output folder (the commands' default: :func:`~tsf_trt.runs.outputs.default_output`;
-    never beside the raw files); `sources` (folder mode) picks the inputs of every subject (None:
+    never beside the raw files); `synth_name` names one subject's synthesis file in it (`-o NAME.nii.gz`,
+    :func:`split_output`; the other outputs beside it, named after it), None: the usual names (a folder
+    run's must be: :func:`file_output_error`); `sources` (folder mode) picks the inputs of every subject (None:
     all but the target); `calibration` the interval calibration (`tsf-trt calibrate`; None: no interval, and each report
     says so; the CLI passes the model's own, ModelSource.calibration_file, unless told otherwise);
     `lease_s` and `wait` rule how folder runs share subjects (tsf_trt.runs.claims).
@@ -40,6 +42,7 @@ class InferRequest:
     strict: bool = False    # the preprocessing checks' warnings fail the subject (tsf_trt.inputs.preflight)
     resample: bool = False  # inputs off 1 mm or on different grids go through 1 mm isotropic (tsf_trt.inputs.resample)
     calibration: Calibration | Path | None = None  # a calibration.json path is read when the request is built
+    synth_name: str | None = None  # one subject: the synthesis file's own name in `output` (-o NAME.nii.gz)
 
     def __post_init__(self) -> None:
         if not 0 <= self.target < sequences.N_SEQUENCES:
@@ -52,6 +55,9 @@ class InferRequest:
                 raise TsfError(f"--sources names the target {sequences.DISPLAY[self.target]} itself: nothing to "
                                "synthesise (drop it from --sources or pick another --target)") from None
         object.__setattr__(self, "output", Path(self.output))
+        if self.synth_name is not None and split_output(self.synth_name) != (Path("."), self.synth_name):
+            raise TsfError(f"the synthesis file's name must be a file name ending in .nii or .nii.gz, without a "
+                           f"folder: {self.synth_name!r}")
         if isinstance(self.calibration, (str, Path)):
             object.__setattr__(self, "calibration", read_calibration(Path(self.calibration)))
         check_lease(self.lease_s)
@@ -83,5 +89,33 @@ class InferRequest:
         whose report says there is none (--overwrite removes it, and without it the run stops)."""
         from tsf_trt.runs.outputs import OutputPaths
 
+        if self.synth_name is not None and (own_folder or subject.bids is not None):
+            raise file_output_error(self.output / self.synth_name)
         return OutputPaths.of(subject, self.output, self.target, self.makes_tsem(has_fusion), own_folder=own_folder,
-                              interval=True)
+                              interval=True, synth_name=self.synth_name)
+
+
+#: Image formats tsf-trt does not write: `-o out.mgz` is a mistake to name, not a folder to create.
+_OTHER_IMAGES = (".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img")
+
+
+def split_output(output: str | Path) -> tuple[Path, str | None]:
+    """`infer -o` as (output folder, synthesis file name or None). A name ending in .nii or .nii.gz
+    names the synthesis file itself, as mri_synthsr's --o does (issue 25: `-o out.nii.gz` made a
+    folder of that name); its folder then holds the other outputs. Any other name is a folder.
+    Decided by the name alone, never by what is on disk, so a command means the same every time."""
+    path = Path(output)
+    name = path.name
+    if sequences.nifti_stem(name) not in ("", name):
+        return path.parent, name
+    if name.lower().endswith(_OTHER_IMAGES):
+        raise TsfError(f"-o {output}: tsf-trt writes NIfTI; name the synthesis file NAME.nii.gz (or .nii), or "
+                       "give a folder")
+    return path, None
+
+
+def file_output_error(output: str | Path) -> TsfError:
+    """`-o NAME.nii.gz` where a run has many subjects: one line, whoever finds it (the CLI, before it
+    reads the data; :meth:`InferRequest.outputs_of` for Python callers)."""
+    return TsfError(f"-o {output}: a name ending in .nii or .nii.gz names one subject's synthesis file, and this "
+                    "run has many subjects (a folder, a BIDS dataset or --map): give -o a folder")

@@ -2,10 +2,11 @@
 
 Usable from Python::
 
-    from tsf_trt import RunOptions, Synthesizer
-    synth = Synthesizer("models/small", RunOptions(batch_size=16))
-    result = synth.run({"t1": "sub_t1.nii.gz", "flair": "sub_flair.nii.gz"}, target="t2")
-    result.image, result.tsem, result.weights
+    from tsf_trt import Synthesizer
+    synth = Synthesizer("models/small")  # RunOptions(...): how to run, the CLI's defaults
+    result = synth.run({"t1": "sub_t1.nii.gz", "flair": nib.load("sub_flair.nii.gz")}, target="t2")
+    result.image, result.tsem, result.weights   # network units, (z, y, x); ω by sequence name
+    result.save("out/sub")                      # infer's files: out/sub_t2_synth.nii.gz, ..._tsem.nii.gz
 
 Memory stays bounded by the batch (plus the volumes themselves): each batch of
 slices is encoded once per source, fused, and decoded as one batch of 2N
@@ -17,67 +18,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
+import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 
 from tsf_trt import sequences
 from tsf_trt.backends import Backend
-from tsf_trt.errors import InputError
-from tsf_trt.files.volume import Volume, check_same_grid, load_volume, shape_text
+from tsf_trt.errors import InputError, TsfError
+from tsf_trt.files.volume import (Volume, check_same_grid, load_volume, shape_text, volume_from_array,
+                                  volume_from_image)
 from tsf_trt.synthesis.backend import create_backend
 from tsf_trt.synthesis.batches import MIDDLE, Decoded, encoded_batches, host_images, middle, run_task, timed
 from tsf_trt.synthesis.frame import plan_frame
 from tsf_trt.synthesis.options import RunOptions
 from tsf_trt.synthesis.preprocess import BACKGROUND, SliceAccumulator, normalize
+from tsf_trt.synthesis.result import Result
 from tsf_trt.synthesis.source import ModelSource
 
 Progress = Callable[[int, int], None]
 _log = logging.getLogger(__name__)
 MIN_INPLANE = 8  # reflection padding at 1/4 resolution needs at least 2 pixels
-
-
-@dataclass
-class Result:
-    """A synthesised volume in network units [-1, 1], canonical (z, y, x) layout."""
-
-    image: np.ndarray
-    tsem: np.ndarray | None            # |G(fused) - G(fused_avg)|, middle channel; None without TSF
-    weights: dict[int, float]          # ω per source sequence index (sums to 1)
-    sources: list[int]
-    target: int
-    head_mask: np.ndarray              # voxels where any input is above its background
-    timings: dict[str, float] = field(default_factory=dict)
-    batch_size: int = 0                # slices per network batch that were used
-    frame: dict[str, Any] = field(default_factory=dict)  # where the network ran (Frame.describe)
-    #: Each source's own one-to-one synthesis (the Seq2Seq stage, network units), only when asked
-    #: for (``run(singles=True)``: the 'spread' feature of an interval, tsf_trt.uncertainty.heuristic).
-    singles: dict[int, np.ndarray] | None = None
-
-    @property
-    def task(self) -> str:
-        return sequences.describe(self.sources, self.target)
-
-    def weights_by_name(self) -> dict[str, float]:
-        return {sequences.NAMES[i]: w for i, w in self.weights.items()}
-
-    def tsem_summary(self) -> dict[str, float] | None:
-        """Mean and p99 of TSEM in the head, and the fraction of head voxels above the
-        volume's p99 (the paper's top-1 % threshold): a summary of TSEM, not a trust statement (that is
-        the calibrated interval, tsf_trt.uncertainty)."""
-        if self.tsem is None:
-            return None
-        head = self.tsem[self.head_mask] if self.head_mask.any() else self.tsem.ravel()
-        threshold = float(np.percentile(self.tsem, 99))
-        return {
-            "mean_head": float(head.mean()),
-            "p99_head": float(np.percentile(head, 99)),
-            "max": float(self.tsem.max()),
-            "p99_volume": threshold,
-            "head_fraction_above_p99_volume": float((head > threshold).mean()),
-        }
 
 
 class Synthesizer:
@@ -106,18 +70,45 @@ class Synthesizer:
         """Refuse what this model cannot do, before any volume is read."""
         sequences.check_task(sources, target, has_fusion=self.has_fusion, model=self.label)
 
-    def run(self, inputs: Mapping[int | str, Volume | str | Path | np.ndarray], target: int | str, *,
-            tsem: bool = True, progress: Progress | None = None, singles: bool = False) -> Result:
-        """Synthesise `target` from `inputs`; with `singles`, also each source's one-to-one synthesis,
-        decoded from the features already encoded (one more decoder pass per source and batch)."""
+    def run(self, inputs: Mapping[int | str, Input], target: int | str, *, tsem: bool = True,
+            progress: Progress | None = None, singles: bool = False) -> Result:
+        """Synthesise `target` from `inputs`: sequence name (or index) -> a NIfTI file's path, a nibabel
+        image, a :class:`~tsf_trt.files.volume.Volume`, or ``(array, affine)`` (:func:`as_volume`; a bare
+        array is refused: its orientation would be a guess). Each is oriented by its affine as `infer`
+        orients files; the result is in the network's (z, y, x) layout and remembers the first input's
+        grid, on which ``result.to_nifti()`` and ``result.save(...)`` give `infer`'s images. With
+        `singles`, also each source's one-to-one synthesis, decoded from the features already encoded
+        (one more decoder pass per source and batch)."""
         t0 = time.perf_counter()
+        target, keyed = self._task(inputs, target)
+        volumes = {i: as_volume(v, sequences.NAMES[i]) for i, v in keyed.items()}
+        first = volumes[next(iter(keyed))]  # the first given, as infer writes on its first input's grid
+        return self._run(load_arrays(volumes), target, t0, tsem, progress, singles, first.grid_only(),
+                         {sequences.NAMES[i]: v.path for i, v in volumes.items()})
+
+    def run_canonical(self, arrays: Mapping[int | str, np.ndarray], target: int | str, *, tsem: bool = True,
+                      progress: Progress | None = None, singles: bool = False) -> Result:
+        """:meth:`run` on arrays already in the network's own (z, y, x) layout (axial slice ``a[k]``, nibabel
+        axis codes L, P, S before the transpose; tsf_trt.files.volume), for code that computes in that
+        layout (tests, benchmarks, phantom slabs). Nothing is reoriented, and the result has no grid:
+        ``to_nifti(like=...)`` needs one."""
+        t0 = time.perf_counter()
+        target, keyed = self._task(arrays, target)
+        named = {i: (Path(f"<{sequences.NAMES[i]} array>"), np.asarray(v, dtype=np.float32), None)
+                 for i, v in keyed.items()}
+        return self._run(checked_arrays(named), target, t0, tsem, progress, singles, None, {})
+
+    def _task(self, inputs: Mapping[int | str, Any], target: int | str) -> tuple[int, dict[int, Any]]:
+        """The target and the inputs by sequence index, in the order given; the task checked before any read."""
         target = sequences.parse(target) if isinstance(target, str) else int(target)
         keyed = {(sequences.parse(k) if isinstance(k, str) else int(k)): v for k, v in inputs.items()}
-        sources = sorted(keyed)
-        self.check_task(sources, target)
-        arrays = load_arrays(keyed)
-        timings = {"read": time.perf_counter() - t0}  # file reading, when given paths
+        self.check_task(sorted(keyed), target)
+        return target, keyed
 
+    def _run(self, arrays: dict[int, tuple[Path, np.ndarray]], target: int, t0: float, tsem: bool,
+             progress: Progress | None, singles: bool, grid: Volume | None, read_from: dict[str, Path]) -> Result:
+        sources = sorted(arrays)
+        timings = {"read": time.perf_counter() - t0}  # file reading, when given paths
         t = time.perf_counter()
         head_mask = head_of(arrays)
         frame = plan_frame(self.frame, head_mask, self.backend.config.downsample)
@@ -135,8 +126,8 @@ class Synthesizer:
         ones = None if ones is None else {i: frame.place(v, head_mask.shape, BACKGROUND) for i, v in ones.items()}
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        return Result(image, tsem_map, {i: float(weights[i]) for i in sources}, sources, target, head_mask,
-                      timings, batch, frame.describe(), ones)
+        return Result(image, tsem_map, {sequences.NAMES[i]: float(weights[i]) for i in sources}, sources, target,
+                      head_mask, timings, batch, frame.describe(), ones, grid, read_from)
 
     # -- steps ----------------------------------------------------------------------------
     def _synthesize(self, normed: dict[int, np.ndarray], slices: np.ndarray, sources: list[int], target: int,
@@ -190,20 +181,44 @@ class Synthesizer:
 
 
 # -- reading shared with tsf_trt.evaluation (one code path for what goes into the network) ---
-def load_arrays(keyed: Mapping[int, Volume | str | Path | np.ndarray]) -> dict[int, tuple[Path, np.ndarray]]:
+Input = Union[str, PathLike, Volume, nib.Nifti1Image, tuple[np.ndarray, np.ndarray]]
+
+
+def as_volume(value: Input, name: str) -> Volume:
+    """One input of :meth:`Synthesizer.run` as a Volume: a path is read (:func:`load_volume`), a nibabel
+    image oriented as its file would be (:func:`volume_from_image`), ``(array, affine)`` placed by its
+    affine (:func:`volume_from_array`). A bare array is refused: which axis is which is not guessed."""
+    if isinstance(value, Volume):
+        return value
+    if isinstance(value, (str, PathLike)):
+        return load_volume(value)
+    if isinstance(value, SpatialImage):
+        return volume_from_image(value, f"{name} image")
+    if isinstance(value, tuple) and len(value) == 2:
+        return volume_from_array(value[0], value[1], f"{name} array")
+    if isinstance(value, np.ndarray):
+        raise TsfError(f"{name}: a bare array has no orientation (none is guessed): pass nib.Nifti1Image(array, "
+                       "affine), (array, affine) or the file's path")
+    raise TsfError(f"{name}: expected a NIfTI file's path, a nibabel image, a tsf_trt Volume or (array, affine), "
+                   f"got {type(value).__name__}")
+
+
+def load_arrays(volumes: Mapping[int, Volume]) -> dict[int, tuple[Path, np.ndarray]]:
     """Sequence index -> (path for messages, (z, y, x) array), all of one shape and grid."""
-    loaded = {i: (load_volume(v) if isinstance(v, (str, Path)) else v) for i, v in keyed.items()}
-    volumes = [v for v in loaded.values() if isinstance(v, Volume)]
-    if len(volumes) == len(loaded):
-        check_same_grid(volumes)
+    check_same_grid(list(volumes.values()))
+    return checked_arrays({i: (v.path, v.data, v.native_shape) for i, v in volumes.items()})
+
+
+def checked_arrays(named: Mapping[int, tuple[Path, np.ndarray, tuple[int, ...] | None]]
+                   ) -> dict[int, tuple[Path, np.ndarray]]:
+    """(path, (z, y, x) array, the file's own shape or None) by sequence index -> (path, array), once
+    each is 3D, large enough in-plane for the network, and all have one shape."""
     arrays = {}
-    for i, v in loaded.items():
-        path = v.path if isinstance(v, Volume) else Path(f"<{sequences.NAMES[i]} array>")
-        data = v.data if isinstance(v, Volume) else np.asarray(v, dtype=np.float32)
+    for i, (path, data, native_shape) in named.items():
         if data.ndim != 3:
             raise InputError(path, f"expected a 3D (z, y, x) array, got shape {data.shape}")
         if min(data.shape[1:]) < MIN_INPLANE:
-            whole = f"; file shape {shape_text(v.native_shape)}" if isinstance(v, Volume) else ""
+            whole = f"; file shape {shape_text(native_shape)}" if native_shape is not None else ""
             raise InputError(path, f"axial slices of {data.shape[2]}x{data.shape[1]} voxels (x, y{whole}) are too "
                                    f"small: the network needs at least {MIN_INPLANE}x{MIN_INPLANE}")
         arrays[i] = (path, data)

@@ -3,7 +3,8 @@
 `tsf-trt calibrate` writes it (tsf_trt.evaluation.calibrate); `infer --calibration` applies it;
 the bundled demo model ships one. Its statement, for a task it holds: on subjects like the
 calibration subjects (same model, same acquisition: the voxel-size range below, no preflight
-finding), the expected fraction of head voxels whose true intensity lies outside
+finding, inputs whose noise, bias and alignment are within the calibration subjects' ranges:
+tsf_trt.uncertainty.profile), the expected fraction of head voxels whose true intensity lies outside
 synthesis ± λ·u(x) is at most α. Anywhere else the guarantee does not apply, and every report
 says so instead of showing a number that looks calibrated and is not.
 """
@@ -22,9 +23,10 @@ import numpy as np
 from tsf_trt import sequences
 from tsf_trt.errors import InputError, TsfError
 from tsf_trt.uncertainty.heuristic import Heuristic, feature_maps, needs
+from tsf_trt.uncertainty.profile import InputProfile, ProfileRanges
 
 FORMAT = "tsf-trt-calibration"
-VERSION = 1
+VERSION = 2  # 2: the calibration subjects' input ranges ("inputs")
 STATEMENT = ("for subjects like the calibration subjects, the expected fraction of head voxels whose true "
              "intensity lies outside synthesis ± half_width is at most alpha")
 #: Output units (0-1000) per network unit: tsf_trt.synthesis.preprocess.OUTPUT_SCALE / 2 (a test holds them equal).
@@ -69,6 +71,7 @@ class Calibration:
     voxel_mm: tuple[float, float]              # the calibration subjects' smallest and largest voxel side
     subjects: Mapping[str, Sequence[str]] = field(default_factory=dict)  # {"fit": [...], "calibration": [...]}
     source: str = ""                           # the file it was read from
+    inputs: ProfileRanges | None = None        # the calibration subjects' input ranges (None: not recorded)
 
     def to_json(self) -> dict[str, Any]:
         from tsf_trt.version import __version__
@@ -76,12 +79,22 @@ class Calibration:
         return {"format": FORMAT, "version": VERSION, "tsf_trt_version": __version__, "model_id": self.model_id,
                 "alpha": self.alpha, "statement": STATEMENT, "units": "network units ([-1, 1]); x500 for 0-1000",
                 "voxel_mm": list(self.voxel_mm), "tasks": {k: t.to_json() for k, t in self.tasks.items()},
+                "inputs": None if self.inputs is None else self.inputs.to_json(),
                 "subjects": {k: list(v) for k, v in self.subjects.items()}}
 
-    def why_not(self, model_id: str, task_key: str, voxel_mm: Sequence[float], findings: Sequence[str]) -> str | None:
-        """Why the guarantee does not apply to this synthesis; None when it does."""
+    def other_model(self, model_id: str) -> str | None:
+        """Why the calibration does not apply to the model `model_id`, or None when it is its model."""
         if model_id != self.model_id:
             return f"calibrated for model {self.model_id}, not this model ({model_id or 'without an id'})"
+        return None
+
+    def why_not(self, model_id: str, task_key: str, voxel_mm: Sequence[float], findings: Sequence[str],
+                profile: InputProfile | None) -> str | None:
+        """Why the guarantee does not apply to this synthesis; None when it does. `profile`: the
+        subject's inputs as measured (None: not measured, which the guarantee cannot cover)."""
+        other = self.other_model(model_id)
+        if other is not None:
+            return other
         if task_key not in self.tasks:
             return f"task {task_key} was not calibrated (this calibration holds {', '.join(sorted(self.tasks))})"
         lo, hi = self.voxel_mm
@@ -90,12 +103,19 @@ class Calibration:
             return f"voxels of {sizes} mm, outside the calibration subjects' {lo:g}-{hi:g} mm"
         if findings:
             return f"the inputs differ from the calibration subjects: {'; '.join(findings)}"
-        return None
+        if self.inputs is None:
+            return "the calibration recorded no range of its subjects' inputs (make it again with `tsf-trt calibrate`)"
+        if profile is None:
+            return "the inputs' noise, bias and alignment were not measured"
+        unlike = self.inputs.outside(profile)
+        return None if unlike is None else f"unlike the calibration subjects: {unlike}"
 
 
 def write_calibration(calibration: Calibration, path: Path, overwrite: bool = False) -> None:
     from tsf_trt.files.atomic import atomic_path
 
+    if calibration.inputs is None:
+        raise ValueError("a calibration without its subjects' input ranges cannot be read back: record them")
     with atomic_path(path, overwrite) as tmp:
         tmp.write_text(json.dumps(calibration.to_json(), indent=1) + "\n")
 
@@ -118,7 +138,8 @@ def read_calibration(path: str | Path) -> Calibration:
         raise InputError(path, f"not a calibration (expected \"format\": \"{FORMAT}\", as `tsf-trt calibrate` "
                                "writes)")
     if data.get("version") != VERSION:
-        raise InputError(path, f"calibration version {data.get('version')!r}; this tsf-trt reads {VERSION}")
+        raise InputError(path, f"calibration version {data.get('version')!r}; this tsf-trt reads {VERSION}: "
+                               "make it again with `tsf-trt calibrate`")
     model_id, alpha, voxel = data.get("model_id"), data.get("alpha"), data.get("voxel_mm")
     if not isinstance(model_id, str) or not model_id:
         raise InputError(path, "model_id must name the model it was calibrated for")
@@ -132,9 +153,13 @@ def read_calibration(path: str | Path) -> Calibration:
     parsed = {}
     for key, entry in tasks.items():
         parsed[key] = _task(path, key, entry)
+    try:
+        inputs = ProfileRanges.from_json(data.get("inputs"))
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from None
     subjects = data.get("subjects") if isinstance(data.get("subjects"), dict) else {}
     return Calibration(model_id, float(alpha), parsed, (float(voxel[0]), float(voxel[1])),
-                       {k: tuple(v) for k, v in subjects.items() if isinstance(v, list)}, str(path))
+                       {k: tuple(v) for k, v in subjects.items() if isinstance(v, list)}, str(path), inputs)
 
 
 def _task(path: Path, key: str, entry: Any) -> TaskCalibration:
