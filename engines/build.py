@@ -7,7 +7,8 @@ while it was written): README, "GPU: TensorRT and ONNX Runtime GPU".
   TensorRT 11 keeps as a no-op since every network is strongly typed there), so the
   ONNX graph's element types decide precision: FP16 engines are built from the FP16
   variant of the graph (:mod:`tsf_trt.engines.fp16`), the same way on 10 and 11.
-* FP32 engines clear the TF32 flag where it exists, so that "fp32" means FP32.
+* Every engine clears the TF32 flag where it exists (TensorRT sets it by default), so that
+  "fp32" means FP32: FP32 engines, and the FP32 parts of FP16 graphs (the code path, ω).
 * One optimisation profile per engine (:mod:`tsf_trt.engines.profiles`).
 * The timing cache file is loaded before and saved after every build, so the second
   graph and every later build skip most kernel timing; it is a verified cache entry
@@ -110,7 +111,7 @@ def build_engine(onnx_path: Path, shapes: Shapes, *, precision: str, workspace_g
         raise TsfError(f"{onnx_path}: TensorRT cannot parse this graph: {errors[0] if errors else 'no detail'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * GIB))
-    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+    if hasattr(trt.BuilderFlag, "TF32"):  # no precision of tsf-trt is TF32 (README, "GPU")
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for index in range(network.num_inputs):

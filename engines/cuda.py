@@ -1,6 +1,8 @@
 """Every CUDA buffer, stream, event and copy of tsf-trt, in this one module.
 
-Written from the CUDA runtime and cuda-python documentation; NOT yet run on a GPU.
+Written from the CUDA runtime and cuda-python documentation; NOT yet run on a GPU. Checked on
+tests/fake_cuda.py (the signatures, return tuples and argument checks of cuda-bindings 12.9 and 13,
+a deferred queue per stream) and against those bindings' signatures, not on a GPU.
 
 Why cuda-python (`cuda.bindings.runtime`) and not pycuda: it is NVIDIA's maintained
 binding, shipped as wheels for each CUDA major version, and the one TensorRT's own

@@ -9,8 +9,10 @@ is missing and how to install it, never with an ImportError.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass
 
 from tsf_trt.errors import TsfError
@@ -18,6 +20,9 @@ from tsf_trt.errors import TsfError
 INSTALL_HINT = ("pip install 'tsf-trt[gpu-cu12]' (CUDA 12, NVIDIA driver >= 525) or 'tsf-trt[gpu-cu13]' "
                 "(CUDA 13, driver >= 580), with --extra-index-url https://pypi.nvidia.com for TensorRT's libraries")
 NO_GPU = "no NVIDIA GPU is visible (no GPU, no driver, or CUDA_VISIBLE_DEVICES hides them)"
+# The driver's library by the name the CUDA runtime loads it, through the loader's search path (not
+# libcuda.so: the toolkit ships a stub of that name, which loads where no driver is).
+LIBCUDA = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1",)
 
 
 def has_module(name: str) -> bool:
@@ -91,15 +96,32 @@ def cuda_error_text(cudart, err) -> str:
     return f"{name} ({description})" if description else name
 
 
-def cuda_error_reason(cudart, err) -> str:
-    """Why no GPU is usable, in words, from the status cudaGetDeviceCount returned."""
+def driver_loads() -> bool:
+    """Whether the NVIDIA driver's library (libcuda) loads here. Without it the CUDA runtime answers
+    every call with cudaErrorInsufficientDriver (35), as cuda-bindings 12.9 and 13 do on a machine
+    with no driver: that 35 means "no driver", not "a driver too old"."""
+    for name in LIBCUDA:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def cuda_error_reason(cudart, err, doing: str = "count GPUs") -> str:
+    """Why no GPU is usable, in words, from the status a runtime call (cudaGetDeviceCount: `doing`
+    is "count GPUs") returned: the error's name and text, never its repr."""
     detail = cuda_error_text(cudart, err)
     if err == cudart.cudaError_t.cudaErrorNoDevice:
         return f"{NO_GPU}: {detail}"
     if err == cudart.cudaError_t.cudaErrorInsufficientDriver:
+        if not driver_loads():
+            return (f"no NVIDIA driver found ({LIBCUDA[0]} does not load; the CUDA runtime says {detail}): "
+                    "install the NVIDIA driver, or run on a machine that has a GPU")
         return (f"the CUDA runtime cannot use the NVIDIA driver: {detail}; install a newer driver, or the "
                 "tsf-trt GPU extra of an older CUDA major (gpu-cu12 runs on drivers >= 525)")
-    return f"the CUDA runtime cannot count GPUs: {detail}"
+    return f"the CUDA runtime cannot {doing}: {detail}"
 
 
 def has_cuda_python() -> bool:
@@ -140,8 +162,11 @@ def device_info(index: int = 0) -> GpuInfo:
     """Name, compute capability and memory of GPU `index`, from the CUDA runtime."""
     cudart = import_cudart()
     err, props = cudart.cudaGetDeviceProperties(index)
+    if err == cudart.cudaError_t.cudaErrorInvalidDevice:
+        raise TsfError(f"there is no GPU {index} here ({cuda_error_text(cudart, err)}); "
+                       f"{device_count()} visible, numbered from 0")
     if err != cudart.cudaError_t.cudaSuccess:
-        raise TsfError(f"GPU {index}: cudaGetDeviceProperties failed ({err}); is the index valid?")
+        raise TsfError(f"GPU {index}: {cuda_error_reason(cudart, err, 'read its properties')}")
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     return GpuInfo(index, name.split("\x00", 1)[0].strip(), f"{props.major}.{props.minor}", int(props.totalGlobalMem))
 

@@ -21,8 +21,8 @@ from typing import Any
 from tsf_trt.engines.profiles import Profile
 
 #: Bump when the way engines are built changes (builder settings, the FP16 pass), so
-#: that engines from an older tsf-trt are rebuilt rather than trusted.
-BUILDER_VERSION = 1
+#: that engines from an older tsf-trt are rebuilt rather than trusted. 2: TF32 cleared for FP16 graphs too.
+BUILDER_VERSION = 2
 
 
 @dataclass(frozen=True)

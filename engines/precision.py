@@ -38,7 +38,7 @@ def graph_precision(precision: str, graph: str) -> str:
     """The precision one graph is built in ('fp32' or 'fp16') under the model-wide `precision`.
 
     fp32: every graph in FP32 (TF32 off, so it is comparable with the CPU runtimes).
-    fp16: every graph from its FP16 variant (norms, reductions and ω in FP32).
+    fp16: every graph from its FP16 variant (norms, reductions and ω in FP32, TF32 off there too).
     best: FP16 for the encoder and decoders, where the convolutions are; FP32 for fusion.
     """
     check_precision(precision)

@@ -1,13 +1,19 @@
 """One prepared command for the first machine with an NVIDIA GPU: ``python -m scripts.gpu_check``.
 
-Why one script: a GPU session is short and may come once, on a bare machine (a CUDA build of torch,
-cuda-bindings, CuPy and ONNX Runtime CPU preinstalled, no TensorRT, no network). Everything that
-needs a GPU is settled in one run under a time budget, each step timed and kept with its
-error, one failing step never stopping the others, into one JSON + Markdown report (``--out``,
-default $OUT). ``--list-wheels`` prints the wheels to carry there; ``--dry-run`` runs the same
-plan on the CPU with tiny shapes (CUDA graphs replaced by their eager stand-in, the CUDA runtime
-by tests/fake_cuda.py), which CI runs: a dry run's figures say nothing about a GPU. Run it from
-the checkout's root after ``pip install -e .`` (scripts/__init__.py says why as a module).
+Why one script: a GPU session is short and may come once, on a bare machine (Python 3.12, a CUDA
+build of torch, cuda-bindings, CuPy and ONNX Runtime CPU preinstalled, no TensorRT, no network,
+nothing of this project installed). Everything that needs a GPU is settled in one run under a time
+budget, each step timed and kept with its error, one failing step never stopping the others, into
+one JSON + Markdown report (``--out``, default $OUT), rewritten after every step so that a call cut
+off at its limit still brings back what ran. How it gets there (scripts/gpu_check_plan.py, the one
+place): ``--device-command`` prints the device tool's call, which installs the checkout offline
+(``pip install --no-index --no-deps --no-build-isolation -e .``) and the carried wheels (``--wheels
+DIR`` downloads them here: nibabel and onnxslim, ~3.5 MB), then runs this; ``--plan`` prints each
+step's estimated seconds against the call's and the session's limits. ``--dry-run`` runs the same
+plan on the CPU with tiny shapes (CUDA graphs replaced by their eager stand-in, the CUDA runtime by
+tests/fake_cuda.py), which CI runs, through that very command (tests/test_device_command.py): a dry
+run's figures say nothing about a GPU. Run it from the checkout's root as a module, after the
+install (scripts/__init__.py says why). NOT yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -23,24 +29,28 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from scripts import gpu_check_plan as plan
 from tsf_trt.synthesis.options import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SCHEMA = "tsf-trt-gpu-check/1"
-BUDGET_S = 450            # under the 8 minutes a session's one GPU run may take, with margin
+BUDGET_S = 450            # the device call's 600 s, less the install and a margin (--plan)
 FULL_SHAPE_XYZ = (240, 240, 155)
 DRY_SHAPE_XYZ = (16, 16, 4)
 SOURCES, TARGET = (0, 1, 3), 2  # T1 + T1Gd + FLAIR -> T2, with TSEM (bench/suite.py's task)
 REFERENCE_SLICES = 31     # the authors' way is timed on this many slices and scaled to the volume
-# What such a machine has: these distributions and everything they depend on.
-PREINSTALLED = ("torch", "numpy", "onnxruntime", "cuda-python", "cuda-bindings", "cupy-cuda12x", "cupy-cuda13x")
-# The project's dependencies this script imports beyond those (checked by tests/test_gpu_check.py against
-# what a dry run really imports: onnxslim for the exports of the trt steps), and pytest for the `gpu` tests.
-WHEELS = ("nibabel", "safetensors", "typer", "rich", "onnx", "onnxslim", "scipy", "pyyaml", "pytest")
-# Imported when present, never needed: doctor probes openvino and tensorrt; torch._inductor tries colorama.
-OPTIONAL = ("openvino", "tensorrt", "colorama")
 DATAFLOW = "trt backend data flow, each engine its torch module on the same CUDA stream, vs ONNX Runtime CPU"
+# Each step of a real run: its estimated seconds on the device, also the least time left to start it
+# (guesses: no GPU run yet; measured here on 2 CPU cores: the full-size phantom 4 s, the data flow's two
+# exports 8 s), and whether it needs TensorRT (absent on the device: skipped at once). --plan adds them up.
+PLAN = (("versions", 10, False), ("versions the project needs", 2, False), ("gpu-marked tests", 60, False),
+        ("engines/cuda.py on the CUDA runtime", 5, False), ("phantom", 5, False),
+        ("torch backend on the GPU: demo", 40, False), ("torch backend on the GPU: paper", 90, False),
+        (DATAFLOW, 30, False), ("trt backend on the GPU: demo", 120, True),
+        ("trt backend on the GPU: paper", 240, True), ("ratios and PSNR of the rows", 1, False))
+NEED_S = {name: seconds for name, seconds, _ in PLAN}
 
 
 class Skip(Exception):
@@ -90,21 +100,23 @@ class Check:
 
 # -- steps --------------------------------------------------------------------------------------
 def versions() -> dict[str, Any]:
+    """`tsf-trt doctor`'s report, and where the mapped packages were imported from (the install's)."""
+    import tsf_trt.engines
+
+    origin = {"imported_from": {"tsf_trt.engines": str(Path(tsf_trt.engines.__file__).parent)}}
     try:
         from tsf_trt.doctor import collect
     except ImportError:
         from tsf_trt.bench.environment import environment
 
-        return {"source": "tsf_trt.bench.environment", **environment(None)}
-    return {"source": "tsf_trt.doctor", **collect().to_dict()}
+        return {"source": "tsf_trt.bench.environment", **origin, **environment(None)}
+    return {"source": "tsf_trt.doctor", **origin, **collect().to_dict()}
 
 
 def gpu_tests(dry_run: bool) -> dict[str, Any]:
-    """`pytest -m gpu` on the test files that have such tests (collecting the others would need
-    packages a bare machine has no reason to carry)."""
+    """`pytest -m gpu` on the test files that have such tests (the same on a dry run: collecting
+    tests/test_engines.py needs the install, tests/test_device_command.py checks that it works)."""
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text())
-    if dry_run:
-        files = ["tests/test_torch_cuda.py"]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rs", *files]
     try:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300 if dry_run else 180)
@@ -299,47 +311,31 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += ["", "| goal (paper configuration) | measured | met |", "|---|---|---|"] + [
         f"| {g['goal']} | {'—' if g['measured'] is None else g['measured']} | {met[g['met']]} |"
         for g in report["goals"]]
-    lines += [""] + [f"- {note}" for note in report["notes"]]
+    lines += [""] + [f"- {note}" for note in report["notes"]] + ["", "```", report["plan"]["text"], "```"]
     return "\n".join(lines) + "\n"
 
 
-def imported_distributions() -> list[str]:
-    from importlib import metadata
-
-    owners = metadata.packages_distributions()
-    return sorted({d.lower().replace("_", "-") for name in list(sys.modules)
-                   for d in owners.get(name.partition(".")[0], [])})
-
-
-def closure(names: tuple[str, ...]) -> dict[str, str]:
-    """Installed distributions `names` and everything they require here (markers evaluated), with versions."""
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-
-    found: dict[str, str] = {}
-    todo = list(names)
-    while todo:
-        name = todo.pop()
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        key = dist.metadata["Name"].lower().replace("_", "-")
-        if key in found:
-            continue
-        found[key] = dist.version
-        for text in dist.requires or []:
-            req = Requirement(text)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-    return found
+NOTES = [f"reference rows are timed on the first {REFERENCE_SLICES} slices and scaled to the volume",
+         "paper configuration: random weights, seed 0 (bench/suite.py make_model)",
+         "ratios: torch eager fp32 (and reference) time of the same model in this run / the row's",
+         "PSNR vs fp32: against the graphs fp32 row over the head mask, data range 2",
+         "first run: engine builds (trt), CUDA graph captures, torch.compile, per batch shape",
+         "the pipeline asks for the middle output channel only (combine middle), which the torch "
+         "CUDA path copies back alone; it reads each batch before it stacks the next, so the "
+         "staged path's overlap across batches waits for a one-batch lookahead there "
+         "(tsf_trt/backends/torch_staged.py)"]
+DRY_NOTE = "DRY RUN: CPU, tiny shapes, the small preset for 'paper', eager stand-in for CUDA graphs, fake CUDA runtime"
 
 
-def wheel_list() -> dict[str, str]:
-    """WHEELS with their dependencies, less what the machine has (PREINSTALLED and theirs)."""
-    have = closure(PREINSTALLED)
-    return {name: version for name, version in sorted(closure(WHEELS).items()) if name not in have}
+def write_report(check: Check, shape: tuple[int, int, int], timing: dict[str, Any]) -> None:
+    """The report so far (after every step: a call cut off at its limit still brings back what ran)."""
+    report = {"schema": SCHEMA, "dry_run": check.dry_run, "shape_xyz": list(shape), "budget_s": check.budget_s,
+              "task": "T1 + T1Gd + FLAIR -> T2, TSEM", "seconds": round(time.monotonic() - check.started, 1),
+              "steps": check.steps, "rows": check.rows, "goals": goals(check.rows, check.dry_run),
+              "imported_distributions": plan.imported_distributions(), "plan": timing,
+              "notes": ([DRY_NOTE] if check.dry_run else []) + NOTES}
+    (check.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (check.out / "gpu_check.md").write_text(to_markdown(report))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,54 +344,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="the whole plan on the CPU with tiny shapes")
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole check")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (demo model, fp16)")
-    parser.add_argument("--list-wheels", action="store_true", help="print the wheels to carry to a bare GPU machine")
+    parser.add_argument("--list-wheels", action="store_true", help="print the wheels the GPU machine lacks")
+    parser.add_argument("--wheels", type=Path, metavar="DIR", help="download them into DIR here (PyPI), for "
+                        "Python 3.12; fails over 10 MiB")
+    parser.add_argument("--device-command", action="store_true", help="print the device call that installs "
+                        "the checkout and the wheels offline, then runs this")
+    parser.add_argument("--plan", action="store_true", help="print each step's estimated seconds on the device "
+                        "and the call's total")
     args = parser.parse_args(argv)
-    if args.list_wheels:
-        wheels = wheel_list()
-        print("\n".join(f"{n}=={v}" for n, v in wheels.items()))
-        print(f"# pip download --only-binary=:all: -d wheels {' '.join(f'{n}=={v}' for n, v in wheels.items())}",
-              file=sys.stderr)
+    timing = plan.time_plan(list(PLAN), args.budget)
+    if args.list_wheels or args.device_command or args.plan:
+        print("\n".join(f"{n}=={v}" for n, v in plan.carried().items()) if args.list_wheels else
+              plan.usage() if args.device_command else timing["text"])
         return 0
+    if args.wheels:
+        return plan.download(args.wheels)
     if args.out is None:
         parser.error("--out is required when $OUT is not set")
     args.out.mkdir(parents=True, exist_ok=True)
+    print(timing["text"], flush=True)
     if args.dry_run:
         import torch
 
         torch.set_num_threads(1)  # tiny shapes: spinning OpenMP threads only slow them (tests/conftest.py)
     check = Check(args.out, args.dry_run, args.budget)
     shape = DRY_SHAPE_XYZ if args.dry_run else FULL_SHAPE_XYZ
-    check.step("versions", versions)
-    check.step("gpu-marked tests", lambda: gpu_tests(args.dry_run), need_s=60)
-    check.step("engines/cuda.py on the CUDA runtime", lambda: cuda_runtime(args.dry_run))
+
+    def step(name: str, run: Callable[[], dict[str, Any] | None], key: str | None = None) -> None:
+        check.step(name, run, need_s=NEED_S[key or name])
+        write_report(check, shape, timing)
+
+    step("versions", versions)
+    step("versions the project needs", plan.check_requirements)
+    step("gpu-marked tests", lambda: gpu_tests(args.dry_run))
+    step("engines/cuda.py on the CUDA runtime", lambda: cuda_runtime(args.dry_run))
     volumes: dict[int, Any] = {}
-    check.step(f"phantom {shape}", lambda: volumes.update(phantom(shape)) or {"sources": list(volumes)})
+    step(f"phantom {shape}", lambda: volumes.update(phantom(shape)) or {"sources": list(volumes)}, "phantom")
     torch_variants = list(VARIANTS) + ([COMPILED] if args.compile else [])
-    for model, need in (("demo", 40), ("paper", 90)):
-        check.step(f"torch backend on the GPU: {model}", lambda m=model: model_rows(
-            check, m, volumes, torch_variants if m == "demo" else VARIANTS), need_s=need)
-    check.step(DATAFLOW, lambda: trt_dataflow(args.dry_run), need_s=30)
-    for model, need in (("demo", 120), ("paper", 240)):  # engine builds: minutes each (cached afterwards)
-        check.step(f"trt backend on the GPU: {model}", lambda m=model: trt_rows(check, m, volumes), need_s=need)
-    check.step("ratios and PSNR of the rows", lambda: compare_rows(check))
-    report = {"schema": SCHEMA, "dry_run": args.dry_run, "shape_xyz": list(shape), "budget_s": args.budget,
-              "task": "T1 + T1Gd + FLAIR -> T2, TSEM", "seconds": round(time.monotonic() - check.started, 1),
-              "steps": check.steps, "rows": check.rows, "goals": goals(check.rows, args.dry_run),
-              "imported_distributions": imported_distributions(),
-              "notes": [f"reference rows are timed on the first {REFERENCE_SLICES} slices and scaled to the volume",
-                        "paper configuration: random weights, seed 0 (bench/suite.py make_model)",
-                        "ratios: torch eager fp32 (and reference) time of the same model in this run / the row's",
-                        "PSNR vs fp32: against the graphs fp32 row over the head mask, data range 2",
-                        "first run: engine builds (trt), CUDA graph captures, torch.compile, per batch shape",
-                        "the pipeline asks for the middle output channel only (combine middle), which the torch "
-                        "CUDA path copies back alone; it reads each batch before it stacks the next, so the "
-                        "staged path's overlap across batches waits for a one-batch lookahead there "
-                        "(tsf_trt/backends/torch_staged.py)"]}
-    if args.dry_run:
-        report["notes"].insert(0, "DRY RUN: CPU, tiny shapes, the small preset for 'paper', eager stand-in for "
-                                  "CUDA graphs, fake CUDA runtime")
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (args.out / "gpu_check.md").write_text(to_markdown(report))
+    for model in ("demo", "paper"):
+        step(f"torch backend on the GPU: {model}", lambda m=model: model_rows(
+            check, m, volumes, torch_variants if m == "demo" else VARIANTS))
+    step(DATAFLOW, lambda: trt_dataflow(args.dry_run))
+    for model in ("demo", "paper"):  # engine builds: minutes each (cached afterwards)
+        step(f"trt backend on the GPU: {model}", lambda m=model: trt_rows(check, m, volumes))
+    step("ratios and PSNR of the rows", lambda: compare_rows(check))
     print(f"report: {args.out / 'gpu_check.json'}, {args.out / 'gpu_check.md'}")
     return 0
 

@@ -212,16 +212,14 @@ def dataflow_check(dry_run: bool, volumes_of: Callable[[tuple[int, int, int]], d
     difference exceeds TOLERANCE or when the cases did not use both fusion-output layouts."""
     from tests.fake_trt import FakeMemory
 
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    try:
-        with cuda_runtime(dry_run) as fake, tempfile.TemporaryDirectory(prefix="tsf-trt-standin-") as tmp:
-            memory = FakeMemory(fake) if dry_run else CudaMemory(0)
-            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-            exports: dict[str, tuple[Any, Path]] = {}
-            cases = [_case(name, _exported(name, Path(tmp), exports), shape, batch, memory, volumes_of(shape))
-                     for name, shape, batch in (DRY_CASES if dry_run else GPU_CASES)]
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    from tsf_trt.backends.torch_staged import cuda_math
+
+    # TF32 off (and the settings given back) as the torch CUDA backend does: its one switch
+    with cuda_math(), cuda_runtime(dry_run) as fake, tempfile.TemporaryDirectory(prefix="tsf-trt-standin-") as tmp:
+        memory = FakeMemory(fake) if dry_run else CudaMemory(0)
+        exports: dict[str, tuple[Any, Path]] = {}
+        cases = [_case(name, _exported(name, Path(tmp), exports), shape, batch, memory, volumes_of(shape))
+                 for name, shape, batch in (DRY_CASES if dry_run else GPU_CASES)]
     worst = max(max(c["image_max_abs"], c["tsem_max_abs"], c["omega_max_abs"]) for c in cases)
     layouts = {key for c in cases for key, count in c["fusion_outputs"].items() if count}
     problems = ([f"max difference {worst:.2e} > {TOLERANCE:g}"] if worst > TOLERANCE else []) + \

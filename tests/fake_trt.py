@@ -1,14 +1,18 @@
 """The one stand-in for TensorRT: it refuses what the real one refuses.
 
 FakeTensorRT follows the TensorRT 10 and 11 Python bindings where tsf-trt touches them:
-real enum values (TensorIOMode NONE 0 / INPUT 1 / OUTPUT 2, a plain enum that never equals
-an int; NetworkDefinitionCreationFlag.STRONGLY_TYPED 1 on TensorRT 10 and 0 on 11, where
-EXPLICIT_BATCH is gone), create_network refusing unknown flag bits, set_shape with exactly
-(name, min, opt, max), a timing cache refused (False) when made on another device or
-version and get_timing_cache None until one is set, build_serialized_network None when it
-fails, get_tensor_shape per tensor (-1 until the inputs are set), set_input_shape False
-outside the engine's profile, set_tensor_address False for an address that is not 256-byte
-aligned or not device memory, and execute_async_v3 queued on the stream.
+real enum values, as pybind11 enums that never equal an int (tests/fake_trt_enums.py:
+`Severity.ERROR == 1` is False; NetworkDefinitionCreationFlag.STRONGLY_TYPED 1 on TensorRT 10
+and 0 on 11, where EXPLICIT_BATCH is gone; clear_flag and set_memory_pool_limit refuse an int),
+create_network refusing unknown flag bits, set_shape with exactly (name, min, opt, max) and
+ValueError when they disagree, a timing cache refused (False) when made on another device or
+version and get_timing_cache None until one is set, build_serialized_network None (an error
+logged) when it fails, among others when a profile's min, opt or max differs from a dimension
+the network fixes (set_shape's condition 3: min = opt = max = that dimension), get_tensor_shape
+per tensor (-1 until the inputs are set), set_input_shape False outside the engine's profile,
+set_tensor_address False for an address that is not 256-byte aligned or not device memory,
+and execute_async_v3 queued on the stream (the bindings' enums and docstrings, read without a
+GPU: tests/fake_trt_enums.py).
 
 Its engines (FakeEngine, FakeContext) run any graph on any device memory: the tests run each
 ONNX graph with ONNX Runtime (OnnxGraph) on tests/fake_cuda.py's memory (FakeMemory), and
@@ -20,7 +24,6 @@ documentation says.
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -29,6 +32,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from tests.fake_cuda import ALIGNMENT, FakeCudart, Status
+from tests.fake_trt_enums import (BUILDER_FLAGS, CREATION_FLAGS, DataType, MemoryPoolType, Severity, TensorIOMode,
+                                  check, pybind_enum)
 
 
 OPEN = 2**31 - 1  # the largest dimension a profile of a dynamic axis allows here
@@ -137,19 +142,6 @@ class FakeEngines:
         self.runners.clear()
 
 
-class TensorIOMode(enum.Enum):
-    """A plain enum, as pybind11's: TensorIOMode.INPUT == 1 is False."""
-
-    NONE = 0
-    INPUT = 1
-    OUTPUT = 2
-
-
-class DataType(enum.Enum):
-    FLOAT = 0
-    HALF = 1
-
-
 class FakeTimingCache:
     def __init__(self, origin: str, entries: int = 0):
         self.origin, self.entries = origin, entries
@@ -164,17 +156,12 @@ class FakeTensorRT:
     `version` picks TensorRT 10's or 11's flag values; `device` names the GPU a timing cache
     belongs to; `fail_build` makes build_serialized_network return None, as on a failed build."""
 
-    MemoryPoolType = SimpleNamespace(WORKSPACE=0)
+    MemoryPoolType = MemoryPoolType
     TensorIOMode = TensorIOMode
     DataType = DataType
 
     class ILogger:
-        class Severity(enum.IntEnum):
-            INTERNAL_ERROR = 0
-            ERROR = 1
-            WARNING = 2
-            INFO = 3
-            VERBOSE = 4
+        Severity = Severity
 
         def __init__(self) -> None:
             pass
@@ -187,13 +174,10 @@ class FakeTensorRT:
                  cudart: FakeCudart | None = None) -> None:
         self.__version__, self.cudart, self.fail_build = version, cudart, False
         major = int(version.split(".")[0])
-        if major >= 11:  # EXPLICIT_BATCH removed; STRONGLY_TYPED kept (ignored: always strongly typed)
-            self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",
-                                                              {"STRONGLY_TYPED": 0})
-        else:
-            self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",
-                                                              {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
-        self.BuilderFlag = enum.IntEnum("BuilderFlag", {"FP16": 0, "TF32": 6} if major < 11 else {"TF32": 6})
+        # 11: EXPLICIT_BATCH removed; STRONGLY_TYPED kept (ignored: always strongly typed)
+        self.NetworkDefinitionCreationFlag = pybind_enum("NetworkDefinitionCreationFlag",
+                                                         CREATION_FLAGS[min(major, 11)], arithmetic=True)
+        self.BuilderFlag = pybind_enum("BuilderFlag", BUILDER_FLAGS[min(major, 11)], arithmetic=True)
         self.tag = f"{version}/{device}"
         self.built: list[dict] = []
         self.Builder, self.OnnxParser = _builder_classes(self, major)
@@ -218,7 +202,7 @@ class FakeTensorRT:
 
 def _builder_classes(trt: FakeTensorRT, major: int):
     flags = trt.NetworkDefinitionCreationFlag
-    known, strong = sum(1 << int(f) for f in flags), 1 << int(flags.STRONGLY_TYPED)
+    known, strong = sum(1 << int(f) for f in flags.__members__.values()), 1 << int(flags.STRONGLY_TYPED)
 
     class Network:
         def __init__(self, strongly_typed: bool):
@@ -268,9 +252,11 @@ def _builder_classes(trt: FakeTensorRT, major: int):
             self.flags_cleared, self.pool, self.profiles, self.cache, self.progress_monitor = [], None, [], None, None
 
         def set_memory_pool_limit(self, pool, size):
+            check(pool, trt.MemoryPoolType, "set_memory_pool_limit")
             self.pool = size
 
         def clear_flag(self, flag):
+            check(flag, trt.BuilderFlag, "clear_flag")
             self.flags_cleared.append(flag)
 
         def add_optimization_profile(self, profile):
@@ -318,9 +304,13 @@ def _builder_classes(trt: FakeTensorRT, major: int):
                 monitor.step_complete("Building", 0)
                 monitor.phase_finish("Building")
             profile = config.profiles[0].shapes if len(config.profiles) == 1 else None
-            if trt.fail_build or profile is None or any(
-                    name not in profile or len(profile[name][0]) != len(dims) for name, dims in network.inputs):
-                self.logger.log(trt.ILogger.Severity.ERROR, "IBuilder::buildSerializedNetwork: Error Code 4")
+            if trt.fail_build or profile is None:
+                problem = "the build failed" if trt.fail_build else "not one optimization profile"
+            else:
+                problem = next(filter(None, (_profile_problem(name, dims, profile.get(name))
+                                             for name, dims in network.inputs)), None)
+            if problem is not None:
+                self.logger.log(trt.ILogger.Severity.ERROR, f"IBuilder::buildSerializedNetwork: Error Code 4: {problem}")
                 return None
             if config.cache is not None:
                 config.cache.entries += 1  # the kernels timed in this build
@@ -330,6 +320,21 @@ def _builder_classes(trt: FakeTensorRT, major: int):
             return memoryview(json.dumps(spec).encode())
 
     return Builder, Parser
+
+
+def _profile_problem(name: str, dims: tuple[int, ...], shapes: tuple | None) -> str | None:
+    """Why a profile does not fit a network input of `dims` (-1 dynamic), as TensorRT checks it
+    at build time (set_shape's docstring, conditions 1 and 3; condition 2 set_shape checks)."""
+    if shapes is None:
+        return f"{name}: no shape in the optimization profile"
+    if len(shapes[0]) != len(dims):
+        return f"{name}: the profile's rank {len(shapes[0])} is not the network's {len(dims)}"
+    for axis, fixed in enumerate(dims):
+        got = [s[axis] for s in shapes]
+        if fixed != -1 and got != [fixed] * 3:
+            return (f"{name}: for dimension number {axis} in profile 0 does not match network definition "
+                    f"(got min={got[0]}, opt={got[1]}, max={got[2]}), expected min=opt=max={fixed})")
+    return None
 
 
 class FakeEngine:

@@ -21,20 +21,30 @@ package; written from ONNX Runtime's documentation and NOT yet run on a GPU:
   `kSTRONGLY_TYPED` itself, on TensorRT >= 9, when `trt_fp16_enable` and
   `trt_int8_enable` are both off (as here), so the FP16 graph's types decide; ONNX
   Runtime releases without that change build weakly typed networks, where TensorRT may
-  run FP16-typed layers in FP32 when FP16 is not enabled. Which the installed
-  onnxruntime-gpu does is NOT checked (no GPU here);
+  run FP16-typed layers in FP32 when FP16 is not enabled. From 1.27 on, releases take
+  TensorRT 11's code path on TensorRT 10 and build weakly typed again (microsoft/onnxruntime
+  pull request #29779, open): :func:`tsf_trt.backends.ort_gpu.weak_fp16_problem` says when,
+  and a warning names it. Which the installed onnxruntime-gpu does is NOT checked (no GPU here);
 * a provider that is listed but cannot start (missing CUDA/cuDNN/TensorRT libraries:
-  ONNX Runtime then silently falls back to the CPU) is a clean error at creation.
+  ONNX Runtime then silently falls back to the CPU) is a clean error at creation. Before the
+  first GPU session, `onnxruntime.preload_dlls()` loads the CUDA and cuDNN libraries that the
+  `cuda` and `cudnn` extras of onnxruntime-gpu install ([gpu-cu12] / [gpu-cu13] ask for them);
+* fp32 is FP32, not TF32: the CUDA EP gets `use_tf32` 0 (TF32 is its default), and TensorRT
+  EP sessions are created with NVIDIA_TF32_OVERRIDE=0, as that EP has no TF32 option of its
+  own (:func:`tsf_trt.backends.ort_gpu.tensorrt_without_tf32`); whether TensorRT's builder
+  honours the variable is NOT checked.
 
 Each graph is checked for the role the manifest gives it when its session is created
 (:mod:`tsf_trt.export.roles`), so a swapped or edited manifest is one clear error.
 
-Stage outputs go through host memory between graphs here (numpy in and out); only
-the `trt` backend keeps them on the GPU.
+On the CPU, stages take and give numpy arrays. On a GPU provider, stage outputs stay on the
+device between graphs (IOBinding and OrtValues: :mod:`tsf_trt.backends.ort_device`); only the
+slices going in, ω and the decoded images cross to the host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Mapping
@@ -45,6 +55,8 @@ import numpy as np
 
 from tsf_trt.backends.base import Backend
 from tsf_trt.backends.onnx_graphs import decoder_feeds, fusion_feeds, split_decoded
+from tsf_trt.backends.ort_device import DeviceStages, dims
+from tsf_trt.backends.ort_gpu import ort_trt_fp16_problem, preload_gpu_libraries, tensorrt_without_tf32
 from tsf_trt.errors import TsfError
 from tsf_trt.files import cache_entry
 from tsf_trt.machine.cache_dir import machine_key, runtime_cache
@@ -77,7 +89,7 @@ def provider_problem(provider: str, device: int = 0) -> str | None:
     ort = import_ort()
     if provider not in ort.get_available_providers():
         return (f"this onnxruntime has no {provider} (it has {', '.join(ort.get_available_providers())}): "
-                "pip install onnxruntime-gpu, or the [gpu] extra")
+                "pip install 'onnxruntime-gpu[cuda,cudnn]', or the [gpu] extra")
     from onnx import TensorProto, helper
 
     value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
@@ -86,9 +98,11 @@ def provider_problem(provider: str, device: int = 0) -> str | None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.log_severity_level = 4
+    preload_gpu_libraries(ort)
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options,
-                                       providers=[(provider, {"device_id": str(device)}), "CPUExecutionProvider"])
+        with tensorrt_without_tf32() if provider == "TensorrtExecutionProvider" else contextlib.nullcontext():
+            session = ort.InferenceSession(model.SerializeToString(), options,
+                                           providers=[(provider, {"device_id": str(device)}), "CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
         return f"{provider} failed to start ({str(exc).splitlines()[0]})"
     if provider not in session.get_providers():
@@ -132,6 +146,12 @@ class OrtBackend(Backend):
             self.profile = profile or DEFAULT_PROFILE
         self._sessions: dict[str, Any] = {}
         self._profiles: dict[str, Any] = {}  # ort-trt: a graph's profile once widened for it
+        #: Stage outputs kept on the GPU between graphs (IOBinding); None: numpy in and out (the CPU).
+        self.binding = DeviceStages(self.ort, "cuda", device, [self._cuda_provider(), "CPUExecutionProvider"]
+                                    ) if self.on_gpu else None
+        weak = ort_trt_fp16_problem(self.ort) if name == "ort-trt" and precision == "fp16" else None
+        if weak:
+            _log.warning("ort-trt fp16: %s; --backend trt builds strongly typed FP16 engines itself", weak)
 
     def _profile(self, graph: str):
         return self._profiles.get(graph, self.profile)
@@ -160,12 +180,17 @@ class OrtBackend(Backend):
         folder = engine_dir(self.directory, self.model_id) / "fp16"
         return fp16_variant(path, self.manifest["graphs"][graph]["sha256"], folder)[0]
 
+    def _cuda_provider(self) -> tuple[str, dict[str, str]]:
+        """The CUDA EP with its options: fp32 as FP32 (`use_tf32` 0; 1, TF32, is its default)."""
+        return ("CUDAExecutionProvider", {"device_id": str(self.device), "cudnn_conv_algo_search": "EXHAUSTIVE",
+                                          "cudnn_conv_use_max_workspace": "1", "do_copy_in_default_stream": "1",
+                                          "use_tf32": "0"})
+
     def _providers(self, graph: str) -> list:
         """Execution providers with their options, for one graph (profiles name its inputs)."""
         if self.name == "ort":
             return list(PROVIDERS["ort"])
-        cuda = ("CUDAExecutionProvider", {"device_id": str(self.device), "cudnn_conv_algo_search": "EXHAUSTIVE",
-                                          "cudnn_conv_use_max_workspace": "1", "do_copy_in_default_stream": "1"})
+        cuda = self._cuda_provider()
         if self.name == "ort-cuda":
             return [cuda, "CPUExecutionProvider"]
         from tsf_trt.engines.engine_cache import engine_dir
@@ -219,8 +244,11 @@ class OrtBackend(Backend):
         if stem is not None:  # ORT writes the optimised graph here; it is published under its hash
             tmp = cache_entry.scratch(self.cache_dir / f"{stem}.onnx")
             options.optimized_model_filepath = str(tmp)
+        if self.on_gpu:
+            preload_gpu_libraries(ort)
         try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
+            with tensorrt_without_tf32() if self.name == "ort-trt" else contextlib.nullcontext():
+                session = ort.InferenceSession(str(path), options, providers=providers)
         except BaseException as exc:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)  # nothing is published from a failed session
@@ -251,28 +279,39 @@ class OrtBackend(Backend):
         return f"{graph}.{sha}.ort{self.ort.__version__}.{machine_key()}"
 
     # -- the interface --------------------------------------------------------------------
-    def _fit(self, features: np.ndarray) -> tuple[int, int, int]:
+    def _fit(self, features: Any) -> tuple[int, int, int]:
         """(slices, H, W) of a batch of feature maps: what an ort-trt profile must take."""
-        down = self.config.downsample
-        return len(features), features.shape[-2] * down, features.shape[-1] * down
+        down, shape = self.config.downsample, dims(features)
+        return shape[0], shape[-2] * down, shape[-1] * down
 
-    def _encode(self, images: np.ndarray) -> np.ndarray:
+    def _run(self, session, feeds: Mapping[str, Any], keep: tuple[bool, ...]) -> list:
+        """`session` on `feeds`: numpy in and out, or (on a GPU) through IOBinding, output k left
+        on the device when keep[k]."""
+        if self.binding is None:
+            return session.run(None, dict(feeds))
+        return self.binding.run(session, feeds, keep)
+
+    def _encode(self, images: np.ndarray) -> Any:
         session = self.session("encoder", len(images), *images.shape[-2:])
-        return session.run(None, {"image": np.ascontiguousarray(images, np.float32)})[0]
+        return self._run(session, {"image": np.ascontiguousarray(images, np.float32)}, (True,))[0]
 
-    def _fuse(self, features: Mapping[int, np.ndarray], task_code: np.ndarray):
+    def _fuse(self, features: Mapping[int, Any], task_code: np.ndarray):
         some = next(iter(features.values()))
-        fused, fused_avg, weights = self.session("fusion", *self._fit(some)).run(
-            None, fusion_feeds(features, task_code, self.config))
+        stack = None if self.binding is None else self.binding.stack
+        fused, fused_avg, weights = self._run(self.session("fusion", *self._fit(some)),
+                                              fusion_feeds(features, task_code, self.config, stack), (True, True, False))
         return fused, fused_avg, weights
 
-    def _decode(self, features: np.ndarray, target: int, features_avg: np.ndarray | None):
+    def _decode(self, features: Any, target: int, features_avg: Any | None):
+        join = None if self.binding is None else self.binding.join
         graph, feeds = decoder_feeds(self.manifest, self.config, features, target, features_avg,
-                                     baked=self.decoder_kind == "baked")
-        image = self.session(graph, *self._fit(features)).run(None, feeds)[0]
-        return split_decoded(image, len(features), features_avg is not None)
+                                     baked=self.decoder_kind == "baked", join=join)
+        image = self._run(self.session(graph, *self._fit(features)), feeds, (False,))[0]  # the images: to the host
+        return split_decoded(image, dims(features)[0], features_avg is not None)
 
-    def to_numpy(self, array: np.ndarray, channel: int | None = None) -> np.ndarray:
+    def to_numpy(self, array: Any, channel: int | None = None) -> np.ndarray:
+        """A stage output on the host (an OrtValue kept on the device is copied back)."""
+        array = array if isinstance(array, np.ndarray) else array.numpy()
         return array if channel is None else array[:, channel]
 
     def describe(self) -> str:

@@ -8,6 +8,8 @@ passes run separately — so that benchmarks can report every figure as a ratio 
 
 On CUDA in fast mode the stages run through :class:`~tsf_trt.backends.torch_staged.StagedRunner`
 (CUDA graphs, channels-last, pinned copies on a side stream: see tsf_trt/backends/torch_staged.py).
+Every stage runs inside :func:`~tsf_trt.backends.torch_staged.cuda_math`: fp32 is IEEE fp32 on a GPU,
+never TF32, and the caller's torch settings are restored after each call.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from tsf_trt import sequences
 from tsf_trt.backends.base import Backend, activation_bytes
 from tsf_trt.backends.torch_staged import (CudaGraphCapture, DecodedImages, PinnedIO, PlainIO, StagedRunner,
-                                           autocast, eager_capture, prepared)
+                                           autocast, cuda_math, eager_capture, prepared)
 from tsf_trt.errors import TsfError
 from tsf_trt.model import TSFSeq2Seq
 from tsf_trt.model.checkpoint import weights_id
@@ -109,7 +111,7 @@ class TorchBackend(Backend):
         if self.runner is not None:
             return self.runner.encode(images)
         x = self._tensor(images)
-        with self._autocast():
+        with cuda_math(), self._autocast():
             if self.mode == "reference":
                 return torch.cat([self._encoder(x[i : i + 1]) for i in range(len(x))])
             return self._encoder(x)
@@ -119,7 +121,7 @@ class TorchBackend(Backend):
         if self.runner is not None:
             return self.runner.fuse(features, task_code)
         stacked, code = self.model.stack_features(features), self._tensor(task_code)
-        with self._autocast():
+        with cuda_math(), self._autocast():
             if self.mode == "reference":
                 parts = [self._fusion(stacked[i : i + 1], code) for i in range(len(stacked))]
                 fused, fused_avg = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -133,7 +135,7 @@ class TorchBackend(Backend):
         code = sequences.target_code(target, self.config.style_dim)
         if self.runner is not None:
             return self.runner.decode(features, code, features_avg)
-        with self._autocast():
+        with cuda_math(), self._autocast():
             return self._decode_code(features, self._tensor(code), features_avg)
 
     def _decode_code(self, features: torch.Tensor, code: torch.Tensor, features_avg: torch.Tensor | None):

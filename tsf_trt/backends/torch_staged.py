@@ -11,13 +11,17 @@ batch before it stacks the next, so it gets that overlap only once it looks one 
 from :class:`~tsf_trt.backends.torch_backend.TorchBackend` because it is a runner of its own,
 with its own buffer rules. Written from PyTorch's CUDA-graph and stream documentation and tested
 here on CPU through the same runner with an eager stand-in for the capture
-(tests/test_torch_cuda.py); ``scripts/gpu_check.py`` runs it on a GPU.
+(tests/test_torch_cuda.py); ``scripts/gpu_check.py`` runs it on a GPU. Its stages run inside
+:func:`cuda_math` with cuDNN's autotuner on: fp32 is IEEE fp32, and each static shape's convolution
+algorithms are timed once, at the warm-up before capture.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +42,41 @@ def autocast(device_type: str, precision: str, *, cache: bool = True):
     capture needs autocast's weight cache off (its casts must be part of the graph)."""
     dtype = AUTOCAST[precision]
     return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=cache)
+
+
+def _tf32_switches() -> list[tuple[Any, str, Any]]:
+    """(object, attribute, its IEEE-fp32 value) of each PyTorch switch that lets cuBLAS or cuDNN round
+    fp32 inputs to TF32: PyTorch >= 2.9's per-operator `fp32_precision` (its legacy `allow_tf32`
+    getters raise once both APIs were used, PyTorch's "mix of the legacy and new APIs" error), else
+    the legacy flags."""
+    backends = torch.backends
+    if hasattr(backends.cudnn, "conv"):
+        ops = [backends.cuda.matmul, backends.cudnn.conv] + ([backends.cudnn.rnn] if hasattr(backends.cudnn, "rnn")
+                                                              else [])
+        return [(op, "fp32_precision", "ieee") for op in ops]
+    return [(backends.cuda.matmul, "allow_tf32", False), (backends.cudnn, "allow_tf32", False)]
+
+
+@contextmanager
+def cuda_math(*, benchmark: bool | None = None) -> Iterator[None]:
+    """fp32 computed as IEEE fp32 for the calls inside (no TF32 in cuBLAS matmuls or cuDNN
+    convolutions: torch's default lets cuDNN use TF32, ~1e-3 from the CPU's fp32, issue 26), and
+    `benchmark` (when given) as cuDNN's autotuner setting; the caller's settings are restored after,
+    as Synthesizer runs inside other programs. These are process-wide switches: another thread's
+    CUDA work while a call is inside sees them too. On a CPU they change nothing."""
+    switches = _tf32_switches()
+    saved = [getattr(obj, name) for obj, name, _ in switches]
+    saved_benchmark = torch.backends.cudnn.benchmark
+    try:
+        for obj, name, value in switches:
+            setattr(obj, name, value)
+        if benchmark is not None:
+            torch.backends.cudnn.benchmark = benchmark
+        yield
+    finally:
+        for (obj, name, _), value in zip(switches, saved):
+            setattr(obj, name, value)
+        torch.backends.cudnn.benchmark = saved_benchmark
 
 
 # -- static stages: a CUDA graph, or an eager stand-in with the same buffer rules ---------------
@@ -219,6 +258,17 @@ class DecodedImages:
         return tuple(self.tensor.shape)
 
 
+def _tuned(stage: Callable) -> Callable:
+    """A runner stage inside :func:`cuda_math`, cuDNN's autotuner on: the runner's shapes are
+    static per captured stage, so each convolution's algorithm is timed once (at the warm-up before
+    capture, PyTorch's recipe) and kept; the caller's autotuner setting is restored after."""
+    @functools.wraps(stage)
+    def run(self, *args, **kwargs):
+        with cuda_math(benchmark=True):
+            return stage(self, *args, **kwargs)
+    return run
+
+
 class StagedRunner:
     """encode / fuse / decode as static stages on one device (see the module docstring)."""
 
@@ -263,6 +313,7 @@ class StagedRunner:
         return self._codes[key]
 
     @torch.inference_mode()
+    @_tuned
     def encode(self, images: np.ndarray) -> Tensor:
         n, c, h, w = images.shape
         stage = self.cache.get(("encode", n, h, w), self._enc, lambda: [self._empty((n, c, h, w))])
@@ -270,6 +321,7 @@ class StagedRunner:
         return stage.run()[0].clone()  # the static output is overwritten by the next source's run
 
     @torch.inference_mode()
+    @_tuned
     def fuse(self, features: Mapping[int, Tensor], task_code: np.ndarray) -> tuple[Tensor, Tensor, np.ndarray]:
         some = next(iter(features.values()))
         n, c, h, w = some.shape
@@ -292,6 +344,7 @@ class StagedRunner:
         return fused.clone(), fused_avg.clone(), self._omega[key].copy()
 
     @torch.inference_mode()
+    @_tuned
     def decode(self, features: Tensor, target_code: np.ndarray, features_avg: Tensor | None):
         n, c, h, w = features.shape
         total = n if features_avg is None else 2 * n

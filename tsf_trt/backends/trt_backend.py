@@ -2,7 +2,8 @@
 
 Written from TensorRT's and CUDA's documentation; NOT yet run on a GPU (none was
 available): its data flow is tested on CPU with stand-ins for TensorRT and the CUDA
-runtime (tests/test_engines.py), its TensorRT and CUDA calls are not.
+runtime (tests/test_engines.py), whose enums, signatures and return values are the real
+bindings' (tests/fake_trt.py, tests/fake_cuda.py); the libraries themselves have not run it.
 
 * Engines are found or built by :class:`~tsf_trt.engines.manager.EngineManager`
   (cache beside the export, each graph checked for its role first) and deserialised

@@ -5,6 +5,9 @@ ort-cuda, torch on CUDA) is checked first (packages present, a GPU visible, an O
 provider that really starts); when more than one passes, those are timed on one probe batch
 and offered fastest first (:func:`gpu_ranking`; one that fails to build or run is left out,
 with its reason in the record), and one that still fails when created gives way to the next.
+At --precision fp16, ort-trt is left out, with a warning, when trt is usable and the installed
+ONNX Runtime may build FP16 graphs weakly typed (microsoft/onnxruntime PR #29779,
+:func:`tsf_trt.backends.ort_gpu.weak_fp16_problem`); without trt it is timed like the others.
 On CPU it times every CPU backend that takes the precision and can run the model (torch,
 ONNX Runtime, OpenVINO; an export directory has no PyTorch weights, so not torch) the same
 way. Either verdict is cached per model, machine (and GPU), thread count and precision, so
@@ -89,6 +92,10 @@ def plan(source: ModelSource, *, device: str = "cpu", threads: int | None = None
                 usable.append(name)
             else:
                 reasons.append(f"{candidate}: {problem}")
+        if precision == "fp16" and {"trt", "ort-trt"} <= set(usable) and (weak := _weak_ort_trt_fp16()):
+            usable.remove("ort-trt")  # trt builds the same FP16 graphs strongly typed: not timed, no engines built
+            reasons.append(f"ort-trt: {weak}")
+            _log.warning("auto: ort-trt left out, trt runs fp16 instead: %s", weak)
         ranking, failed = gpu_ranking(source, usable, where, threads, precision) if usable else ([], {})
         reasons += [f"{name}: {why}" for name, why in failed.items()]
         for name in ranking:
@@ -106,6 +113,15 @@ def plan(source: ModelSource, *, device: str = "cpu", threads: int | None = None
         detail = "; ".join(reasons) or f"no GPU backend takes --precision {precision}"
         raise TsfError(f"--backend auto found nothing that runs with --device {device} --precision {precision} "
                        f"here ({detail})")
+
+
+def _weak_ort_trt_fp16() -> str | None:
+    """Why ort-trt's fp16 may build weakly typed networks with the onnxruntime and TensorRT here
+    (:func:`tsf_trt.backends.ort_gpu.weak_fp16_problem`); None when it builds strongly typed."""
+    from tsf_trt.backends.ort_backend import import_ort
+    from tsf_trt.backends.ort_gpu import ort_trt_fp16_problem
+
+    return ort_trt_fp16_problem(import_ort())
 
 
 def _gpu_summary(reasons: list[str]) -> str:
