@@ -31,7 +31,7 @@ EXAMPLES = list(_examples())
 
 def test_every_long_command_has_an_example():
     documented = {name for name, _ in EXAMPLES}
-    for name in ("infer", "calibrate", "demo", "evaluate", "export", "phantom", "bench", "bench suite",
+    for name in ("infer", "bids", "calibrate", "demo", "evaluate", "export", "phantom", "bench", "bench suite",
                  "import-reference", "train seq2seq", "train tsf", "train bundle", "engines build", "doctor"):
         assert name in documented, name
 
@@ -49,7 +49,7 @@ def test_example_parses(name, example):
 
 #: Examples in the order their outputs feed each other (phantoms first, the export before its
 #: engines, training stage 1 before stage 2 and the bundle), each run as a user would type it.
-ORDER = ("doctor", "phantom", "calibrate", "infer", "table", "import-reference", "export", "engines build", "bench", "evaluate", "demo",
+ORDER = ("doctor", "phantom", "calibrate", "infer", "bids", "table", "import-reference", "export", "engines build", "bench", "evaluate", "demo",
          "bench suite", "train seq2seq", "train tsf", "train bundle")
 #: Minutes on 2 cores, so CI runs the others only: TSF_RUN_EXAMPLES=all runs these too.
 SLOW = ("demo", "bench suite", "train seq2seq", "train tsf", "train bundle")

@@ -185,7 +185,7 @@ def test_folder_mode_resumes_subjects_whose_interval_does_not_apply(tmp_path, sm
     assert all((out / s / f"{s}_t2_halfwidth.nii.gz").is_file() for s in ("sub01", "sub02"))
     assert not (out / "sub03" / "sub03_t2_halfwidth.nii.gz").exists()
     assert _report(out / "sub03", "sub03_t2")["interval"]["applies"] is False
-    assert "sub03" in first.stderr and "no calibrated interval: voxels of" in first.stderr
+    assert "sub03" in first.stderr and "no calibrated interval: voxel sides of 2.5 mm" in first.stderr
     second = cli(*args)
     assert second.exit_code == 0, second.output
     assert "0 done, 3 skipped" in second.stdout

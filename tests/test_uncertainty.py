@@ -148,6 +148,9 @@ def test_the_guarantee_applies_only_where_it_was_made():
     assert "outside the calibration subjects' 0.9-1.1 mm" in cal.why_not("model-a", "t1,flair->t2", (1, 1, 2.5), [],
                                                                           LIKE)
     assert "differ from the calibration" in cal.why_not("model-a", "t1,flair->t2", (1, 1, 1), ["a skull"], LIKE)
+    # every side of every input's voxels comes in: the reason names their range once
+    assert cal.why_not("model-a", "t1,flair->t2", (2.5, 2.5, 2.42) * 3, [], LIKE).startswith(
+        "voxel sides of 2.42-2.5 mm, outside")
     assert "were not measured" in cal.why_not("model-a", "t1,flair->t2", (1, 1, 1), [], None)
 
 

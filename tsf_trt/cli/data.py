@@ -10,7 +10,7 @@ import typer
 from tsf_trt.cli import params
 from tsf_trt.cli.app import app, log, out, progress_bar, setup_logging, user_errors
 
-_LAYOUTS = ("brats2021", "brats2023")
+_LAYOUTS = ("brats2021", "brats2023", "bids")
 
 
 @app.command("phantom", no_args_is_help=True)
@@ -26,7 +26,9 @@ def phantom(
     layout: Annotated[str, typer.Option("--layout", help="File naming: brats2021 (<subj>/<subj>_t1.nii.gz, _t1ce, "
                                         "_t2, _flair, _seg; labels 1 NCR, 2 ED, 4 ET) or brats2023 "
                                         "(<subj>/<subj>-t1n.nii.gz, -t1c, -t2w, -t2f, -seg; labels 1 NCR, 2 ED, "
-                                        "3 ET).")] = "brats2021",
+                                        "3 ET), or bids (a raw BIDS dataset: dataset_description.json and "
+                                        "sub-Phantom<seed>/anat/sub-Phantom<seed>_T1w.nii.gz, _ce-gadolinium_T1w, "
+                                        "_T2w, _FLAIR; no label map), for `tsf-trt bids`.")] = "brats2021",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing subject folders.")] = False,
     hard_fraction: Annotated[float, typer.Option("--hard-fraction", min=0.0, max=1.0, help="Make about this "
                                                  "fraction of the subjects hard, to test the subject flag: tumour radii "
@@ -43,23 +45,35 @@ def phantom(
     Example: tsf-trt phantom -o phantoms --subjects 4 --shape 96 96 64
 
     Example: tsf-trt phantom -o calibration-set --subjects 20 --seed 30000 --hard-fraction 0.25 --shape 96 96 64
+
+    Example: tsf-trt phantom -o bids-phantoms --subjects 2 --layout bids --shape 96 96 64
     """
     from tsf_trt.errors import TsfError
 
     setup_logging(quiet, no_progress, log_file)
     layout = layout.strip().lower()
     if layout not in _LAYOUTS:
-        raise TsfError(f"unknown --layout '{layout}': use brats2021 or brats2023")
+        raise TsfError(f"unknown --layout '{layout}': use brats2021, brats2023 or bids")
     if not all(16 <= n <= 512 for n in shape):
         raise TsfError(f"--shape {' '.join(map(str, shape))}: each axis must be 16..512 voxels")
+    from functools import partial
+
     from tsf_trt.phantoms import check_targets, write_subjects
 
-    check_targets(output, subjects, layout, overwrite, seed, hard_fraction)  # before any work
+    if layout == "bids":
+        from tsf_trt.inputs.bids import BIDS_VERSION
+        from tsf_trt.phantoms.bids_layout import check_bids_targets, write_bids_subjects
+
+        check_bids_targets(output, subjects, overwrite, seed, hard_fraction)  # before any work
+        write = partial(write_bids_subjects, bids_version=BIDS_VERSION)
+    else:
+        check_targets(output, subjects, layout, overwrite, seed, hard_fraction)  # before any work
+        write = partial(write_subjects, layout=layout)
     with progress_bar() as bar:
         task = bar.add_task("phantom", total=subjects)
-        folders = write_subjects(output, subjects, seed=seed, shape=shape, layout=layout, overwrite=overwrite,
-                                 on_subject=lambda folder: (log.info("wrote %s", folder), bar.update(task, advance=1, description=folder.name)),
-                                 hard_fraction=hard_fraction)
+        folders = write(output, subjects, seed=seed, shape=shape, overwrite=overwrite,
+                        on_subject=lambda folder: (log.info("wrote %s", folder), bar.update(task, advance=1, description=folder.name)),
+                        hard_fraction=hard_fraction)
     voxel = "x".join(f"{mm / n:.3g}" for mm, n in zip((240, 240, 155), shape))
     out.print(f"wrote {len(folders)} subject(s) to {output} ({layout}, {'x'.join(map(str, shape))} voxels of "
               f"{voxel} mm, seeds {seed}..{seed + subjects - 1})", highlight=False, soft_wrap=True)

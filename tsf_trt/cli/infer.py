@@ -138,15 +138,14 @@ def infer(
     """
     from tsf_trt import sequences
     from tsf_trt.errors import TsfError
-    from tsf_trt.inputs.intake import Intake, gather
+    from tsf_trt.inputs.intake import Intake
     from tsf_trt.runs.outputs import default_output
     from tsf_trt.runs.request import InferRequest, file_output_error, split_output
     from tsf_trt.synthesis.options import RunOptions
-    from tsf_trt.synthesis.source import ModelSource
-    from tsf_trt.uncertainty.calibration import read_calibration
 
     setup_logging(quiet, no_progress, log_file)
     # every value, before any work
+    _not_a_bids_app_call(inputs, more_inputs, target)
     options = RunOptions(backend, device, precision, batch_size, threads, combine, frame, compile)
     try:
         target_index = sequences.parse(target)
@@ -165,13 +164,28 @@ def infer(
     request = InferRequest(target_index, output, sequences.parse_list(sources) if sources else None, tsem,
                            overwrite, claim_lease, wait, strict=strict, resample=resample,
                            calibration=_calibration_file(calibration), synth_name=synth_name)
+    run_request(intake, request, options, model, own_calibration=calibration is None, output_given=output_given,
+                verbose=verbose, devices=devices)
+
+
+def run_request(intake, request, options, model: Path | None, *, own_calibration: bool, output_given: bool = True,
+                verbose: bool = False, devices: str | None = None) -> None:
+    """What `infer` does once its options are checked, and the BIDS App (`tsf-trt bids`,
+    tsf_trt/cli/bids_app.py) with them: one path from an `Intake` and an `InferRequest` to outputs.
+    Gathers the subjects, resolves the model without loading it (with `own_calibration`, its own
+    calibration.json applies), checks every output location, then loads the model and runs."""
+    from tsf_trt.inputs.intake import gather
+    from tsf_trt.synthesis.source import ModelSource
+    from tsf_trt.uncertainty.calibration import read_calibration
+
+    output = request.output
     if devices:
         from tsf_trt.runs.multigpu import parse_devices
 
         parse_devices(devices)  # fails at once without GPUs, before any folder is scanned
-    gathered = gather(intake, target_index, request.sources)
+    gathered = gather(intake, request.target, request.sources)
     source = ModelSource.resolve(model)  # its id and stages, read without loading weights
-    if calibration is None and source.calibration_file is not None:  # the model's own, unless told otherwise
+    if own_calibration and source.calibration_file is not None:  # the model's own, unless told otherwise
         request = replace(request, calibration=read_calibration(source.calibration_file))
         log.info("calibration: %s (the model's own; --calibration none to run without)", source.calibration_file)
     request.check_calibration(source.model_id)  # another model's: refused before the model loads
@@ -195,6 +209,25 @@ def infer(
     except BaseException:
         remove_empty_folders(created, output)
         raise
+
+
+#: The analysis levels of a BIDS App call (`APP BIDS_DIR OUTPUT_DIR participant`).
+BIDS_APP_LEVELS = ("participant", "group")
+
+
+def _not_a_bids_app_call(inputs: list[str] | None, more: list[str] | None, target: str) -> None:
+    """`tsf-trt infer bids_in bids_out participant` is the BIDS App's form, which `infer` would read as
+    three input files: one line that names the command that takes it (and `infer`'s own BIDS form)."""
+    from tsf_trt.errors import TsfError
+
+    words = [*(inputs or []), *(more or [])]
+    level = next((w for w in words if w.lower() in BIDS_APP_LEVELS and not Path(w).exists()), None)
+    if level is None:
+        return
+    call = " ".join(words) if len(words) == 3 and words[2] == level else f"BIDS_DIR OUTPUT_DIR {level}"
+    raise TsfError(f"'{level}' is a BIDS App analysis level, and `infer` takes input files: run `tsf-trt bids "
+                   f"{call} --target {target}` (the BIDS App), or `tsf-trt infer --bids BIDS_DIR -o OUTPUT_DIR "
+                   f"--target {target}`")
 
 
 def _calibration_file(value: str | None) -> Path | None:

@@ -22,8 +22,10 @@ Discovery rule (find_cases), one case per `sub-<label>/[ses-<label>/]anat/`:
    hidden files skipped, so neither is listed.
 2. `select` narrows: `{ENTITY: LABEL}` (`acq` or `acquisition`) applies to each sequence whose
    candidates use that entity at all, `{"t1.acq": LABEL}` (any sequence spelling) to that
-   sequence only; it keeps the files with that label (indices compare as numbers), or with
-   LABEL None those without the entity.
+   sequence only; it keeps the files with that label (indices compare as numbers), with
+   LABEL None those without the entity, with ANY (`*`) those with any value of it, and with
+   several labels (a tuple, or `A|B` as typed) those with any of them: the values of fMRIPrep's
+   filter file (tsf_trt.inputs.bids_filter reads it into `select`).
 3. One candidate left: used. Several (another acq-, rec-, run-, echo-, .nii beside .nii.gz)
    is the case's problem, naming the files, how they differ and the option that picks one:
    no run is preferred, as which is better is not in the name.
@@ -48,6 +50,10 @@ BIDS_VERSION = "1.11.1"
 PIPELINE_NAME = "tsf-trt"
 #: The option that fills `select`, named in messages.
 FILTER_OPTION = "--bids-filter"
+#: A `select` value: the entity present, with any value (pybids' Query.ANY, written "*" in fMRIPrep's filter file).
+ANY = "*"
+#: A `select` value: a label or index, None (the entity absent), ANY, or a tuple of these (any of them).
+FilterValue = str | None | tuple[str | None, ...]
 
 #: Entity keys in the order of the "Entity table" appendix, and their names (schema rules/entities.yaml).
 ENTITY_ORDER: tuple[str, ...] = tuple(
@@ -173,7 +179,7 @@ class BidsCase:
 
 
 def find_cases(root: str | Path, participants: Iterable[str] | None = None, sessions: Iterable[str] | None = None,
-               select: Mapping[str, str | None] | None = None) -> list[BidsCase]:
+               select: Mapping[str, FilterValue] | None = None) -> list[BidsCase]:
     """Every case of a raw BIDS dataset, by subject then session (rule: the module docstring).
 
     `participants` and `sessions` take labels with or without `sub-`/`ses-`; one that
@@ -213,7 +219,7 @@ def find_cases(root: str | Path, participants: Iterable[str] | None = None, sess
     return cases
 
 
-_Rule = tuple[int | None, str, str | None, str]  # (sequence, None for all; key; value; as written)
+_Rule = tuple[int | None, str, tuple[str | None, ...], str]  # (sequence, None for all; key; values; as written)
 _Candidates = list[tuple[Path, BidsName]]
 
 
@@ -269,15 +275,18 @@ def _classify(path: Path, subject: str, session: str | None) -> BidsName | str |
 
 
 def _same(key: str, a: str | None, b: str | None) -> bool:
-    """Equal values; indices as numbers (`run-01` is `run-1`)."""
+    """`a` (a file's value) is what `b` asks for: equal values, indices as numbers (`run-01` is `run-1`);
+    b ANY: any value."""
+    if b == ANY:
+        return a is not None
     return int(a) == int(b) if key in INDEX_ENTITIES and a is not None and b is not None else a == b
 
 
 def _select(index: int, cands: _Candidates, rules: list[_Rule], unused: list[tuple[Path, str]]) -> _Candidates:
-    for scope, key, value, written in rules:
+    for scope, key, values, written in rules:
         if scope not in (None, index) or (scope is None and not any(key in n.entities for _, n in cands)):
             continue
-        keep = [(p, n) for p, n in cands if _same(key, n.entities.get(key), value)]
+        keep = [(p, n) for p, n in cands if any(_same(key, n.entities.get(key), v) for v in values)]
         for p, n in cands:
             if all(p != q for q, _ in keep):
                 have = f"{key}-{n.entities[key]}" if key in n.entities else f"no {key}- entity"
@@ -296,9 +305,15 @@ def _ambiguous(index: int, cands: _Candidates) -> str:
             f"{sequences.NAMES[index]}.{keys[0]}={label}")
 
 
-def _rules(select: Mapping[str, str | None] | None) -> list[_Rule]:
+def check_filter(select: Mapping[str, FilterValue] | None) -> None:
+    """Raise what is wrong with a `select` (an unknown entity or sequence, a bad label) before any
+    folder is read; find_cases checks it again."""
+    _rules(select)
+
+
+def _rules(select: Mapping[str, FilterValue] | None) -> list[_Rule]:
     rules: list[_Rule] = []
-    for written, value in (select or {}).items():
+    for written, given in (select or {}).items():
         scope_text, dot, entity = written.rpartition(".")
         try:
             scope = sequences.parse(scope_text) if dot else None
@@ -309,9 +324,15 @@ def _rules(select: Mapping[str, str | None] | None) -> list[_Rule]:
             raise TsfError(f"{FILTER_OPTION} {written}: '{entity}' is not a BIDS entity (acq, ce, rec, run, ...)")
         if key in ("sub", "ses"):
             raise TsfError(f"{FILTER_OPTION} {written}: choose these with --participant-label and --session")
-        if value is not None and _bad_value(key, value := value.removeprefix(f"{key}-")):
-            raise TsfError(f"{FILTER_OPTION} {written}={value}: {_bad_value(key, value)}")
-        rules.append((scope, key, value, f"{written}={value if value is not None else ''}"))
+        values = []
+        if not isinstance(given, tuple):  # as typed: `run=1|` is run-1 or no run- entity
+            given = tuple(v or None for v in given.split("|")) if given else (None,)
+        for value in given:
+            if value not in (None, ANY) and _bad_value(key, value := value.removeprefix(f"{key}-")):
+                raise TsfError(f"{FILTER_OPTION} {written}={value}: {_bad_value(key, value)}")
+            values.append(value)
+        shown = "|".join("" if v is None else v for v in values)
+        rules.append((scope, key, tuple(values), f"{written}={shown}"))
     return rules
 
 

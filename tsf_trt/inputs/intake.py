@@ -13,7 +13,7 @@ from pathlib import Path
 from tsf_trt import sequences
 from tsf_trt.errors import InputError, TsfError
 from tsf_trt.files.volume import check_input_file
-from tsf_trt.inputs.bids import find_cases, is_bids_dataset
+from tsf_trt.inputs.bids import FilterValue, find_cases, is_bids_dataset
 from tsf_trt.inputs.mapfile import read_map
 from tsf_trt.inputs.subjects import (Discovery, Subject, broken_link, check_subject_name, discover, parse_inputs,
                                      shard, subject_name)
@@ -32,7 +32,7 @@ class Intake:
     bids: Path | None = None
     participants: tuple[str, ...] | None = None
     sessions: tuple[str, ...] | None = None
-    bids_filter: tuple[tuple[str, str | None], ...] = ()
+    bids_filter: tuple[tuple[str, FilterValue], ...] = ()  # (`t1.acq`, value): tsf_trt.inputs.bids, `select`
     map_file: Path | None = None
 
     @cached_property

@@ -99,8 +99,10 @@ class Calibration:
             return f"task {task_key} was not calibrated (this calibration holds {', '.join(sorted(self.tasks))})"
         lo, hi = self.voxel_mm
         if min(voxel_mm) < lo - VOXEL_TOLERANCE_MM or max(voxel_mm) > hi + VOXEL_TOLERANCE_MM:
-            sizes = " x ".join(f"{v:g}" for v in voxel_mm)
-            return f"voxels of {sizes} mm, outside the calibration subjects' {lo:g}-{hi:g} mm"
+            # `voxel_mm` holds every side of every input's voxels: say their range, once
+            small, large = min(voxel_mm), max(voxel_mm)
+            sizes = f"{small:.3g}" if small == large else f"{small:.3g}-{large:.3g}"
+            return f"voxel sides of {sizes} mm, outside the calibration subjects' {lo:g}-{hi:g} mm"
         if findings:
             return f"the inputs differ from the calibration subjects: {'; '.join(findings)}"
         if self.inputs is None:
