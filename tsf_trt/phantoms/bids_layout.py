@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from tsf_trt.errors import InputError
-from tsf_trt.files.atomic import atomic_dir, atomic_path, check_folder_target, sweep
+from tsf_trt.files.atomic import atomic_dir, atomic_path, sweep
 from tsf_trt.files.ownership import FolderKind, first_foreign, nifti_descrip
-from tsf_trt.phantoms.generator import DESCRIP, SEQUENCES, _save, is_hard, make_subject
+from tsf_trt.phantoms.generator import DESCRIP, SEQUENCES, _save, free_folders, is_hard, make_subject
 from tsf_trt.version import __version__
 
 #: The BIDS suffix (with the ce- entity for T1Gd) of each sequence, in SEQUENCES order.
@@ -64,13 +64,7 @@ def check_bids_targets(out_dir: str | Path, n: int, overwrite: bool, seed: int =
     if out.exists() and not out.is_dir():
         raise InputError(out, "is a file; give a folder for the dataset")
     folders = [out / f"sub-{subject_label(seed + k, is_hard(seed + k, hard_fraction))}" for k in range(n)]
-    taken = [f for f in folders if f.exists() or f.is_symlink()]
-    if taken and not overwrite:
-        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
-        raise InputError(taken[0], f"exists{more}; use --overwrite to replace")
-    for folder in taken or folders[:1]:
-        check_folder_target(folder, overwrite, BIDS_PHANTOM_SUBJECT)
-    return folders
+    return free_folders(folders, overwrite, BIDS_PHANTOM_SUBJECT)
 
 
 def write_bids_subjects(out_dir: str | Path, n: int, bids_version: str, seed: int = 0,

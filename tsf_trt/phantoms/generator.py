@@ -412,12 +412,20 @@ def check_targets(out_dir: str | Path, n: int, layout: str, overwrite: bool, see
     if not 0.0 <= hard_fraction <= 1.0:
         raise TsfError(f"hard fraction must be within 0..1, got {hard_fraction}")
     folders = [out / subject_name(seed + k, layout, is_hard(seed + k, hard_fraction)) for k in range(n)]
+    return free_folders(folders, overwrite, PHANTOM_SUBJECT)
+
+
+def free_folders(folders: list[Path], overwrite: bool, kind: FolderKind) -> list[Path]:
+    """`folders`, once none exists or, with `overwrite`, each existing one is a `kind` folder
+    holding nothing else (and the first would be writable); every phantom layout's one rule."""
+    from tsf_trt.errors import InputError
+
     taken = [f for f in folders if f.exists() or f.is_symlink()]
     if taken and not overwrite:
         more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
         raise InputError(taken[0], f"exists{more}; use --overwrite to replace")
     for folder in taken or folders[:1]:
-        check_folder_target(folder, overwrite, PHANTOM_SUBJECT)
+        check_folder_target(folder, overwrite, kind)
     return folders
 
 
