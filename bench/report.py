@@ -29,7 +29,7 @@ def _maybe(value: float | None, fmt: str) -> str:
 
 
 def _batch(row: Row) -> str:
-    """'4', or 'auto 4' where the backend chose (--batch-sizes auto)."""
+    """'4', or 'auto 4' where the backend chose (--batch-size auto)."""
     return str(row["batch_size"]) if row["batch_size"] is not None else f"auto {row['effective_batch_size']}"
 
 

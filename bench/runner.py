@@ -87,7 +87,7 @@ class BenchSettings:
     def plan(self) -> tuple[list[Variant], list[dict[str, str]]]:
         """The variants to run, and what was asked that no variant runs, with the reason: a backend
         that takes none of the precisions, or one precision a backend does not take. The reference
-        row keeps its one definition (fp32, full frame) whatever --precisions says."""
+        row keeps its one definition (fp32, full frame) whatever --precision says."""
         if self.variants is not None:
             return list(self.variants), []
         others = [b for b in self.backends if b != REFERENCE]

@@ -1,4 +1,4 @@
-"""The README's performance table, regenerated on this machine as Markdown: `tsf-trt bench suite`.
+"""docs/performance.md's whole-slice tables, regenerated on this machine as Markdown: `tsf-trt bench suite`.
 
 Why a preset of its own over :mod:`.runner`: the table compares ways of running (bf16 autocast,
 the code-input ONNX decoder beside the baked ones, the authors' way) on the paper configuration
@@ -21,7 +21,7 @@ from tsf_trt.errors import TsfError
 from tsf_trt.bench.runner import BenchRun, BenchSettings, ProgressFn
 from tsf_trt.bench.variants import Variant
 
-TARGET = 2  # T1 + T1Gd + FLAIR -> T2, the README's task (three inputs: bench's first three for T2)
+TARGET = 2  # T1 + T1Gd + FLAIR -> T2, docs/performance.md's task (three inputs: bench's first three for T2)
 VARIANTS: dict[str, Variant] = {
     "reference": Variant("reference"),
     "torch": Variant("torch"),
@@ -53,7 +53,7 @@ def check_variants(names: Sequence[str]) -> list[str]:
 
 
 def make_model(config: str, folder: Path) -> Path:
-    """A model directory with seeded random weights of a preset (what the README measures)."""
+    """A model directory with seeded random weights of a preset (what docs/performance.md measures)."""
     import torch
 
     from tsf_trt.model import PRESETS, TSFSeq2Seq, save_model
@@ -87,7 +87,7 @@ def run_suite(*, model: Path | None = None, config: str = "paper", shape_zyx: tu
 
 
 def agreement(name: str, row: dict[str, Any]) -> str:
-    """The README's last column: how far the variant's image is from torch fp32."""
+    """The tables' last column (docs/performance.md): how far the variant's image is from torch fp32."""
     found = row["agreement"]
     if found is None:
         return "—"
@@ -100,7 +100,7 @@ def agreement(name: str, row: dict[str, Any]) -> str:
 
 
 def to_markdown(report: dict[str, Any], *, model: str) -> str:
-    """The README's table from a bench report whose rows are VARIANTS."""
+    """docs/performance.md's table from a bench report whose rows are VARIANTS."""
     env = report["environment"]
     z, y, x = report["workload"]["shape_zyx"]
     names = {variant: name for name, variant in VARIANTS.items()}

@@ -1,7 +1,7 @@
 """What one benchmark row runs (a backend at a precision, ONNX Runtime with either decoder), the
 options that name the rows, and how far each row's output is from torch fp32's.
 
-Why variants beside the backends: the README's performance table compares ways of running
+Why variants beside the backends: docs/performance.md's whole-slice tables compare ways of running
 that `--backend` does not name apart — bf16 autocast, the code-input ONNX decoder beside the
 baked per-target ones — and a speed-up means little without the price in agreement, so every
 row also says how its image, TSEM and ω differ from torch fp32's on the same subject.
@@ -66,7 +66,7 @@ def expand(backends: list[str], precisions: list[str], decoders: list[str], fram
         taken = [p for p in precisions if p in PRECISIONS[name]]
         if not taken:
             skipped.append({"backend": name, "reason": f"takes {', '.join(PRECISIONS[name])} only "
-                                                       f"(--precisions {','.join(precisions)})"})
+                                                       f"(--precision {','.join(precisions)})"})
         kinds = decoders if name.startswith("ort") or name == "openvino" else [None]
         shown = ["full"] if name == REFERENCE else frames
         twins = (False, True) if compile and name == BASELINE else (False,)
@@ -82,13 +82,13 @@ def parse_backends(text: str, reference: bool = True) -> list[str]:
         names = [n for n in NAMES if n != "auto"]
     for name in names:
         if name == "auto":
-            raise TsfError("--backends: 'auto' only picks one of the others; name them (or 'all')")
+            raise TsfError("--backend: 'auto' only picks one of the others; name them (or 'all')")
         if name not in NAMES:
-            raise TsfError(f"--backends: unknown backend '{name}' (use all or some of "
+            raise TsfError(f"--backend: unknown backend '{name}' (use all or some of "
                            f"{', '.join(n for n in NAMES if n != 'auto')})")
     names = list(dict.fromkeys(names))
     if not names:
-        raise TsfError("--backends: name at least one backend, or 'all'")
+        raise TsfError("--backend: name at least one backend, or 'all'")
     names = [n for n in names if n != REFERENCE]
     return names + [REFERENCE] if reference or explicit else names
 
@@ -96,7 +96,7 @@ def parse_backends(text: str, reference: bool = True) -> list[str]:
 def check_compile(backends: list[str]) -> None:
     """--compile adds a torch.compile twin to each torch row: without a torch row it would add nothing."""
     if BASELINE not in backends:
-        raise TsfError(f"--compile times torch.compile'd torch rows: add torch to --backends "
+        raise TsfError(f"--compile times torch.compile'd torch rows: add torch to --backend "
                        f"(got {','.join(backends)})")
 
 
@@ -107,7 +107,7 @@ def parse_batch_sizes(text: str) -> list[int | None]:
     except ValueError:
         sizes = []
     if not sizes or min((s for s in sizes if s is not None), default=1) < 1:
-        raise TsfError(f"--batch-sizes '{text}': expected positive integers (or auto) separated by commas, "
+        raise TsfError(f"--batch-size '{text}': expected positive integers (or auto) separated by commas, "
                        "e.g. 1,4,16")
     return list(dict.fromkeys(sizes))
 

@@ -5,9 +5,9 @@ writing NIfTI, and folder-mode throughput goes through the real folder path, so 
 phantom is written exactly as `tsf-trt phantom` writes subjects.
 
 Shapes: ``--shape X Y Z`` is given in the file's (x, y, z) order, as for `tsf-trt phantom`
-and `demo` ("240 240 155"); ``--shape SxHxW`` (one word) in the network's, slices x height x
-width ("40x240x240": 40 slices of 240x240, the issue's own spelling). The network sees
-(z, y, x) of the L,P,S grid, which is what the report's ``shape_zyx`` holds.
+and `demo` ("240 240 155"); the old one word ``--shape SxHxW`` (slices x height x width,
+"40x240x240": 40 slices of 240x240) still parses for one release (tsf_trt/cli/vocabulary.py). The
+network sees (z, y, x) of the L,P,S grid, which is what the report's ``shape_zyx`` holds.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tsf_trt.synthesis.options import RunOptions
 from tsf_trt.synthesis.pipeline import MIN_INPLANE, Result
 
 #: Sources taken by default (the first three that are not the target): T1 + FLAIR is the
-#: README's main job; T1 + T1Gd + FLAIR -> T2 is its performance task.
+#: README's main job; T1 + T1Gd + FLAIR -> T2 is the task of docs/performance.md.
 SOURCE_ORDER = (0, 3, 1, 2)  # t1, flair, t1gd, t2
 MAX_AXIS = 512
 PHANTOM_SEED = 5000  # held out: the bundled model was trained on seeds 0-47 (its MODEL_CARD.md)
@@ -57,7 +57,8 @@ class Workload:
 
 
 #: The two spellings of `bench --shape`, for its help and its errors.
-SHAPE_FORMS = "SxHxW (slices x height x width, e.g. 40x240x240) or X Y Z (the file's order, e.g. 240 240 155)"
+SHAPE_FORMS = ("X Y Z (three numbers, the file's order, e.g. 240 240 155; the one word SxHxW, slices x height "
+               "x width, e.g. 155x240x240, still works for one release)")
 
 
 def check_shape(shape_xyz: tuple[int, int, int], given: str | None = None) -> tuple[int, int, int]:

@@ -14,5 +14,5 @@
 Nothing here imports a GPU package at import time. The pure-Python parts (precision,
 fp16, profiles, keys, engine_cache, manager) are tested on CPU; build.py, runtime.py and
 cuda.py are written from NVIDIA's documentation and have NOT run on a GPU yet
-(README, "GPU: TensorRT and ONNX Runtime GPU").
+(docs/gpu.md).
 """

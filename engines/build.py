@@ -1,7 +1,7 @@
 """ONNX graph -> serialized TensorRT engine, with the TensorRT Python API (>= 10).
 
 Written from TensorRT's documentation; NOT yet run on a GPU (no GPU was available
-while it was written): README, "GPU: TensorRT and ONNX Runtime GPU".
+while it was written): docs/gpu.md.
 
 * Networks are strongly typed (`NetworkDefinitionCreationFlag.STRONGLY_TYPED`, which
   TensorRT 11 keeps as a no-op since every network is strongly typed there), so the
@@ -111,7 +111,7 @@ def build_engine(onnx_path: Path, shapes: Shapes, *, precision: str, workspace_g
         raise TsfError(f"{onnx_path}: TensorRT cannot parse this graph: {errors[0] if errors else 'no detail'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * GIB))
-    if hasattr(trt.BuilderFlag, "TF32"):  # no precision of tsf-trt is TF32 (README, "GPU")
+    if hasattr(trt.BuilderFlag, "TF32"):  # no precision of tsf-trt is TF32 (docs/gpu.md)
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for index in range(network.num_inputs):

@@ -17,8 +17,16 @@ from dataclasses import dataclass
 
 from tsf_trt.errors import TsfError
 
-INSTALL_HINT = ("pip install 'tsf-trt[gpu-cu12]' (CUDA 12, NVIDIA driver >= 525) or 'tsf-trt[gpu-cu13]' "
-                "(CUDA 13, driver >= 580), with --extra-index-url https://pypi.nvidia.com for TensorRT's libraries")
+
+def install_hint() -> str:
+    """How to install the GPU extras for this copy of tsf-trt (tsf_trt.machine.extras.install_command;
+    TensorRT's libraries come from NVIDIA's index): CUDA 12 for NVIDIA drivers >= 525, CUDA 13 >= 580."""
+    from tsf_trt.machine.extras import install_command
+
+    return (f"TensorRT and the CUDA runtime: {install_command('gpu-cu12')} (CUDA 12, NVIDIA driver >= 525), or for "
+            f"CUDA 13 (driver >= 580) {install_command('gpu-cu13')}")
+
+
 NO_GPU = "no NVIDIA GPU is visible (no GPU, no driver, or CUDA_VISIBLE_DEVICES hides them)"
 # The driver's library by the name the CUDA runtime loads it, through the loader's search path (not
 # libcuda.so: the toolkit ships a stub of that name, which loads where no driver is).
@@ -35,7 +43,7 @@ def has_module(name: str) -> bool:
 
 def import_tensorrt():
     if not has_module("tensorrt"):
-        raise TsfError(f"the Python package tensorrt is not installed: {INSTALL_HINT}")
+        raise TsfError(f"the Python package tensorrt is not installed: {install_hint()}")
     try:
         return importlib.import_module("tensorrt")
     except Exception as exc:  # noqa: BLE001 - a broken install raises anything from its loader
@@ -52,7 +60,7 @@ def import_cudart():
                 return importlib.import_module(name)
             except Exception as exc:  # noqa: BLE001
                 raise TsfError(f"cuda-python is installed but does not load ({str(exc).splitlines()[0]})") from None
-    raise TsfError(f"the Python package cuda-python is not installed: {INSTALL_HINT}")
+    raise TsfError(f"the Python package cuda-python is not installed: {install_hint()}")
 
 
 def device_count() -> int:
@@ -147,7 +155,7 @@ def require_trt(what: str = "backend 'trt'") -> None:
     missing = missing_for_trt()
     if missing:
         packages = any("package" in m for m in missing)
-        raise TsfError(f"{what} is not available here: {'; '.join(missing)}" + (f"; {INSTALL_HINT}" if packages else ""))
+        raise TsfError(f"{what} is not available here: {'; '.join(missing)}" + (f"; {install_hint()}" if packages else ""))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """What the runtime, the precision and the frame each give on the CPU, whole volume, files in and
-files out: README "Performance" (issue 15's Goal table).
+files out: docs/performance.md (issue 15's Goal table).
 
 Every variant on the same held-out phantom (seed 5000, 240x240 slices), T1 + T1Gd + FLAIR -> T2
 with TSEM, each run exactly as `tsf-trt infer` runs one subject (tsf_trt.runs.jobs.infer_subject:
@@ -31,6 +31,7 @@ VARIANTS = {
     "openvino-full": ("openvino", "fp32", "full", None),
     "openvino-bf16-full": ("openvino", "bf16", "full", None),
     "openvino-bf16": ("openvino", "bf16", "head", None),
+    "openvino-int8": ("openvino", "int8", "head", None),
     "ort": ("ort", "fp32", "head", None),
     "default-full": ("auto", "auto", "full", None),
     "default": ("auto", "auto", "head", None),
@@ -41,6 +42,7 @@ LABELS = {
     "openvino-full": "OpenVINO fp32, `--frame full`",
     "openvino-bf16-full": "OpenVINO bf16, `--frame full`",
     "openvino-bf16": "OpenVINO bf16, `--frame head`",
+    "openvino-int8": "OpenVINO int8 (the export's int8 graphs; fusion fp32), `--frame head`",
     "ort": "ORT fp32, `--frame head`",
     "default-full": "defaults at `--frame full` (auto backend, `--precision auto`)",
     "default": "**defaults** (`tsf-trt infer`: auto backend, `--precision auto`, `--frame head`)",

@@ -1,5 +1,5 @@
 """How often the skull-stripping check warns, on phantoms with and without skull and background
-noise: the table in README "Preparing your data".
+noise: the table in docs/your-data.md, "Preparing your data".
 
 The phantom generator (tsf_trt.phantoms) makes skull-stripped heads with an exactly empty
 background, which the check must leave alone. Each is also dressed here as what the check must

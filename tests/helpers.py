@@ -129,8 +129,10 @@ def cli(*args: object):
 
 
 def infer(model: object, out: object, *inputs: object, target: str = "t2", extra: tuple | list = ()):
-    """`tsf-trt infer --inputs INPUTS --target TARGET --model MODEL -o OUT EXTRA`."""
-    return cli("infer", "--inputs", *inputs, "--target", target, "--model", model, "-o", out, *extra)
+    """`tsf-trt infer --inputs INPUTS --target TARGET --model MODEL -o OUT EXTRA` (`--data FOLDER` for
+    one folder of subjects)."""
+    flag = "--data" if len(inputs) == 1 and Path(str(inputs[0])).is_dir() else "--inputs"
+    return cli("infer", flag, *inputs, "--target", target, "--model", model, "-o", out, *extra)
 
 
 def problem_lines(stderr: str) -> list[str]:

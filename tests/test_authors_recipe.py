@@ -1,4 +1,4 @@
-"""README, "The authors' weights, end to end", run as written: the authors' Seq2Seq weights -> one-to-one
+"""docs/models.md, "The authors' weights, end to end", run as written: the authors' Seq2Seq weights -> one-to-one
 synthesis -> `train tsf --init` on a BraTS-style folder -> TSEM and ω.
 
 The authors publish Seq2Seq (Generator) weights only; tests/data/small_seq2seq.pt is a

@@ -51,7 +51,7 @@ def run(light, small_model_dir, tmp_path_factory):
     default), two backends that cannot run here, folder mode, and all three files."""
     out = tmp_path_factory.mktemp("bench")
     files = {"json": out / "r.json", "markdown": out / "r.md", "plot": out / "r.png"}
-    result = cli("--model", small_model_dir, "--backends", "torch,ort,ort-cuda,trt", "--batch-sizes", "1,2",
+    result = cli("--model", small_model_dir, "--backend", "torch,ort,ort-cuda,trt", "--batch-size", "1,2",
                  "--shape", 32, 32, 4, "--warmup", 0, "--iterations", 2, "--threads", 1, "--io-subjects", 1,
                  *(a for k, p in files.items() for a in (f"--{k}", p)))
     assert result.exit_code == 0, result.output
@@ -180,7 +180,7 @@ def test_export_directory_torch_skipped_no_reference(light, run, small_model_dir
     from tsf_trt.synthesis.source import ModelSource
 
     export = ModelSource.resolve(small_model_dir).export_dir()  # cached by the run above
-    result = cli("--model", export, "--backends", "torch,ort", "--no-reference", "--batch-sizes", 2,
+    result = cli("--model", export, "--backend", "torch,ort", "--no-reference", "--batch-size", 2,
                  "--shape", 20, 16, 3, "--sources", "t1", "--no-tsem", "--warmup", 0, "--iterations", 1,
                  "--threads", 1, "--io-subjects", 0, "--json", tmp_path / "e.json")
     assert result.exit_code == 0, result.output
@@ -212,14 +212,13 @@ def assert_one_line_error(result, *needles: str) -> None:
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--backends", "torch,bogus"], "unknown backend 'bogus'"),
-    (["--backends", "auto"], "'auto'"),
-    (["--batch-sizes", "0,4"], "--batch-sizes"),
-    (["--batch-sizes", "four"], "--batch-sizes"),
+    (["--backend", "torch,bogus"], "unknown backend 'bogus'"),
+    (["--backend", "auto"], "'auto'"),
+    (["--batch-size", "0,4"], "--batch-size"),
+    (["--batch-size", "four"], "--batch-size"),
         (["--shape", "4", "4", "4"], "--shape"),
     (["--sources", "t1,t2"], "--sources"),
     (["--sources", "pd"], "--sources"),
-    (["--target", "pd"], "--target"),
     (["--iterations", "0"], "--iterations"),
     (["--warmup", "-1"], "--warmup"),
     (["--device", "tpu"], "--device"),
@@ -232,21 +231,28 @@ def test_bad_options_are_one_line(args, needle, small_model_dir, tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_target_outside_the_choices_is_a_usage_error(small_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("--model", small_model_dir, "--target", "pd")
+    assert result.exit_code == 2 and "'pd' is not one of" in result.stderr and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_model_and_subject_are_one_line(light, small_model_dir, tmp_path):
     assert_one_line_error(cli("--model", tmp_path / "nope"), "nope", "no such")
-    assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path / "nope"), "no such subject")
-    assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path, "--shape", 32, 32, 4),
+    assert_one_line_error(cli("--model", small_model_dir, "--subject-dir", tmp_path / "nope"), "no such subject")
+    assert_one_line_error(cli("--model", small_model_dir, "--subject-dir", tmp_path, "--shape", 32, 32, 4),
                           "only one")
     from tsf_trt.phantoms import write_subjects
 
     write_subjects(tmp_path / "two", 2, shape=(16, 16, 3))
-    assert_one_line_error(cli("--model", small_model_dir, "--subject", tmp_path / "two"), "2 subjects")
+    assert_one_line_error(cli("--model", small_model_dir, "--subject-dir", tmp_path / "two"), "2 subjects")
     partial = tmp_path / "partial"
     partial.mkdir()
     for seq in ("t1", "flair"):
         name = f"Phantom_00000_{seq}.nii.gz"
         (partial / name).write_bytes((tmp_path / "two" / "Phantom_00000" / name).read_bytes())
-    assert_one_line_error(cli("--model", small_model_dir, "--subject", partial, "--sources", "t1,t1gd,flair"),
+    assert_one_line_error(cli("--model", small_model_dir, "--subject-dir", partial, "--sources", "t1,t1gd,flair"),
                           "--sources", "no T1Gd")
 
 
@@ -308,8 +314,8 @@ def test_suite_writes_the_readme_table(light, small_model_dir, tmp_path):
 
 def test_bench_rows_of_every_variant_agree_with_torch_fp32(light, small_model_dir, tmp_path):
     """The variants `tsf-trt bench suite` compares are bench rows too, each with its agreement."""
-    result = cli("--model", small_model_dir, "--backends", "torch,ort", "--precisions", "fp32,bf16", "--decoders",
-                 "baked,code", "--batch-sizes", "auto", "--shape", 16, 16, 3, "--warmup", 0, "--iterations", 1,
+    result = cli("--model", small_model_dir, "--backend", "torch,ort", "--precision", "fp32,bf16", "--decoder",
+                 "baked,code", "--batch-size", "auto", "--shape", 16, 16, 3, "--warmup", 0, "--iterations", 1,
                  "--threads", 1, "--io-subjects", 0, "--json", tmp_path / "v.json", "--markdown", tmp_path / "v.md")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "v.json").read_text(), parse_constant=pytest.fail)
@@ -340,7 +346,7 @@ def test_bench_rows_of_every_variant_agree_with_torch_fp32(light, small_model_di
 def test_bench_rows_at_each_frame_and_the_reference_at_full(light, small_model_dir, tmp_path):
     """--frame full,head: one row per frame, the head row's ratio to the full row, PSNR against the
     phantom's real target, and the reference at its one definition (full frame)."""
-    result = cli("--model", small_model_dir, "--backends", "ort", "--frame", "full,head", "--batch-sizes", "4",
+    result = cli("--model", small_model_dir, "--backend", "ort", "--frame", "full,head", "--batch-size", "4",
                  "--shape", 128, 128, 5, "--warmup", 0, "--iterations", 1, "--threads", 1, "--io-subjects", 0,
                  "--json", tmp_path / "f.json")
     assert result.exit_code == 0, result.output
@@ -358,8 +364,8 @@ def test_bench_rows_at_each_frame_and_the_reference_at_full(light, small_model_d
 def test_bench_options_before_suite_are_refused(small_model_dir):
     assert_one_line_error(cli("--threads", 1, "suite"), "--threads", "suite")
     assert_one_line_error(cli("suite", "--variants", "torch,bogus"), "--variants", "bogus")
-    assert_one_line_error(cli("--model", small_model_dir, "--precisions", "fp64"), "--precisions")
-    assert_one_line_error(cli("--model", small_model_dir, "--decoders", "fast"), "--decoders")
+    assert_one_line_error(cli("--model", small_model_dir, "--precision", "fp64"), "--precision")
+    assert_one_line_error(cli("--model", small_model_dir, "--decoder", "fast"), "--decoder")
 
 
 def fake_factories(seconds: dict[str, float], calls: list):
@@ -476,7 +482,8 @@ def test_each_row_is_measured_against_its_own_precision():
 @pytest.mark.parametrize("words, zyx", [(["40x240x240"], (40, 240, 240)), (["240", "240", "40"], (40, 240, 240)),
                                         (["3X16x20"], (3, 16, 20)), (["20", "16", "3"], (3, 16, 20))])
 def test_shape_takes_both_spellings(words, zyx):
-    """--shape SxHxW (slices x height x width) and --shape X Y Z (the file's order) name one phantom."""
+    """--shape X Y Z (the file's order) and the old one word SxHxW (slices x height x width, kept for one
+    release: tests/test_cli_vocabulary.py) name one phantom."""
     import typer
 
     from tsf_trt.bench.workload import parse_shape
@@ -498,7 +505,7 @@ def test_a_malformed_shape_is_one_line(words, small_model_dir, tmp_path, monkeyp
 
 def test_plan_says_which_precision_a_backend_skips():
     """ONNX Runtime takes no bf16: that row is skipped with the reason; the reference stays fp32 at
-    the full frame whatever --precisions asks."""
+    the full frame whatever --precision asks."""
     from tsf_trt.bench.runner import BenchSettings
 
     settings = BenchSettings(model=None, backends=["ort", "openvino", "reference"], batch_sizes=[1],
@@ -506,7 +513,7 @@ def test_plan_says_which_precision_a_backend_skips():
     variants, skipped = settings.plan()
     assert [v.name for v in variants] == ["openvino-bf16-full", "openvino-bf16", "reference"]
     assert variants[-1].precision == "fp32" and variants[-1].frame == "full"
-    assert skipped == [{"backend": "ort", "reason": "takes fp32 only (--precisions bf16)"}]
+    assert skipped == [{"backend": "ort", "reason": "takes fp32 only (--precision bf16)"}]
     variants, skipped = BenchSettings(model=None, backends=["ort", "reference"], batch_sizes=[1],
                                       precisions=["fp32", "bf16"]).plan()
     assert [v.name for v in variants] == ["ort", "reference"]

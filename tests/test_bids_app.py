@@ -79,8 +79,9 @@ def test_participant_level_writes_the_derivative_of_the_chosen_subjects_and_sess
 def test_participant_level_is_infer_bids(app_run, small_model_dir, tmp_path, one_torch_thread) -> None:
     """`infer --bids -o` with the same choice writes the same files: one path, one layout."""
     raw, out, _, _ = app_run
-    result = cli("infer", "--bids", raw, "-o", tmp_path / "deriv", "--participant-label", "01,02", "--session", "pre",
-                 "--bids-filter", "t1.run=2|", "--target", "t2", "--model", small_model_dir, *FAST,
+    result = cli("infer", "--bids", raw, "-o", tmp_path / "deriv", "--participant-label", "01,02",
+                 "--session-label", "pre", "--bids-filter", "t1.run=2|", "--target", "t2", "--model", small_model_dir,
+                 *FAST,
                  "--precision", "fp32")
     assert result.exit_code == 0, result.output
 

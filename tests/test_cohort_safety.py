@@ -52,7 +52,7 @@ def _model_id(model_dir: Path) -> str:
 def test_a_second_model_on_a_finished_folder_is_one_error_before_its_model_loads(
         tmp_path, small_model_dir, small_export_dir, monkeypatch):
     data, out = subject_folder(tmp_path / "data"), tmp_path / "out"
-    first = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *TORCH)
+    first = cli("infer", "--data", data, "--target", "t2", "--model", small_model_dir, "-o", out, *TORCH)
     assert first.exit_code == 0, first.output
     ours, theirs = _model_id(small_model_dir), _model_id(small_export_dir)
     assert ours != theirs and set(_model_ids(out).values()) == {ours}
@@ -63,12 +63,12 @@ def test_a_second_model_on_a_finished_folder_is_one_error_before_its_model_loads
     loaded = pipeline.create_backend
     calls = []
     monkeypatch.setattr(pipeline, "create_backend", lambda *a, **k: calls.append(1) or loaded(*a, **k))
-    second = cli("infer", "--inputs", data, "--target", "t2", "--model", small_export_dir, "-o", out, *ORT)
+    second = cli("infer", "--data", data, "--target", "t2", "--model", small_export_dir, "-o", out, *ORT)
     message = assert_clean_error(second, str(out), ours, theirs, "--overwrite")
     assert "already complete" not in second.output and LOADING not in second.stderr and calls == []
     assert snapshot(out) == before, message
 
-    replaced = cli("infer", "--inputs", data, "--target", "t2", "--model", small_export_dir, "-o", out, *ORT,
+    replaced = cli("infer", "--data", data, "--target", "t2", "--model", small_export_dir, "-o", out, *ORT,
                    "--overwrite")
     assert replaced.exit_code == 0, replaced.output
     assert "3 done, 0 skipped" in replaced.stdout
@@ -82,7 +82,7 @@ def test_two_concurrent_runs_with_different_models_never_mix(tmp_path, small_mod
     names = cohort(tmp_path / "data", 6)
     out = tmp_path / "out"
     ids = {_model_id(small_model_dir), _model_id(small_export_dir)}
-    procs = [subprocess.Popen([str(SCRIPT), "infer", "--inputs", str(tmp_path / "data"), "--target", "t2",
+    procs = [subprocess.Popen([str(SCRIPT), "infer", "--data", str(tmp_path / "data"), "--target", "t2",
                                "--model", str(model), "-o", str(out), *backend],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for model, backend in ((small_model_dir, TORCH), (small_export_dir, ORT))]
@@ -174,7 +174,8 @@ def test_broken_links_in_a_folder_are_named(tmp_path, small_model_dir):
     loop = data / "sub01" / "sub01_seg.nii.gz"
     os.symlink(loop.name, loop)  # a loop, in a file no run reads
     (data / "sub04").symlink_to(tmp_path / "unmounted" / "sub04")  # a subject folder that is not there
-    result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *TORCH)
+    result = cli("infer", "--data", data, "--target", "t2", "--model", small_model_dir, "-o", out, *TORCH,
+                 "--verbose")  # the files not used, one line per subject
     assert result.exit_code == 1, result.output
     (line,) = problem_lines(result.stderr)
     assert "sub02: failed" in line and "sub02_flair.nii.gz" in line and "broken symbolic link" in line, line
@@ -239,7 +240,7 @@ def test_a_bids_subject_or_session_folder_that_is_a_broken_link_fails_alone(tmp_
 
 def test_a_subject_named_with_a_newline_fails_alone(tmp_path, small_model_dir):
     data, out = subject_folder(tmp_path / "data", ("a1", "bad\nname", "z9")), tmp_path / "out"
-    result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *TORCH)
+    result = cli("infer", "--data", data, "--target", "t2", "--model", small_model_dir, "-o", out, *TORCH)
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     (line,) = problem_lines(result.stderr)
@@ -280,7 +281,7 @@ def test_runs_in_two_pid_namespaces_never_take_each_others_live_subjects(tmp_pat
     unshare = _unshare()
     names = cohort(tmp_path / "data", 8)
     out = tmp_path / "out"
-    command = [str(SCRIPT), "infer", "--inputs", str(tmp_path / "data"), "--target", "t2", "--model",
+    command = [str(SCRIPT), "infer", "--data", str(tmp_path / "data"), "--target", "t2", "--model",
                str(small_model_dir), "-o", str(out), *TORCH]
     procs = [subprocess.Popen(prefix + command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for prefix in (unshare, [])]
@@ -306,7 +307,7 @@ def test_runs_in_two_pid_namespaces_never_take_each_others_live_subjects(tmp_pat
 ])
 def test_sizes_and_leases_are_bounded_up_front(tmp_path, no_model_load, args, words):
     data = subject_folder(tmp_path / "data", ("sub01",))
-    result = cli("infer", "--inputs", data, "--target", "t2", "-o", tmp_path / "out", *TORCH, *args)
+    result = cli("infer", "--data", data, "--target", "t2", "-o", tmp_path / "out", *TORCH, *args)
     assert_clean_error(result, *words)
     assert not (tmp_path / "out").exists()
 
@@ -350,8 +351,8 @@ def test_an_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path,
     given = write_pair(tmp_path / "in", "s") if mode == "single" else [subject_folder(tmp_path / "data")]
     inputs = [str(p) for p in given]
     out = tmp_path / "out"
-    command = [str(SCRIPT), "infer", "--inputs", *inputs, "--target", "t2", "--model", str(broken), "-o", str(out),
-               *TORCH]
+    flag = "--inputs" if mode == "single" else "--data"
+    command = [str(SCRIPT), "infer", flag, *inputs, "--target", "t2", "--model", str(broken), "-o", str(out), *TORCH]
     proc = subprocess.run(_read_only(out, command), capture_output=True, text=True, timeout=120)
     out.chmod(0o755)
     assert proc.returncode == 1, proc.stderr
@@ -402,5 +403,5 @@ def test_folder_mode_checks_come_before_the_model_loads_too(tmp_path, small_mode
     report = out / "sub01" / "sub01_t2.json"
     report.parent.mkdir(parents=True)
     report.write_text(json.dumps({"complete": True, "model_id": "another-model", "tsf_trt_version": "0"}))
-    result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *TORCH)
+    result = cli("infer", "--data", data, "--target", "t2", "--model", small_model_dir, "-o", out, *TORCH)
     assert_clean_error(result, "another-model", _model_id(small_model_dir), "sub01_t2.json")

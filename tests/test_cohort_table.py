@@ -60,7 +60,7 @@ def _subjects(data: Path):
 def test_folder_run_leaves_the_table_with_each_subject_and_its_failure(tmp_path, small_model_dir, synth):
     data, out = subject_folder(tmp_path / "data"), tmp_path / "out"
     _truncated(data / "sub02" / "sub02_t1.nii.gz")
-    args = ("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *FAST)
+    args = ("infer", "--data", data, "--target", "t2", "--model", small_model_dir, "-o", out, *FAST)
     assert cli(*args).exit_code == 1  # sub02 failed
     table = table_path(out, T2)
     assert table.name == "tsf-trt_t2.tsv"
@@ -165,7 +165,7 @@ def test_a_process_and_this_one_sharing_a_folder_leave_every_subject_in_the_tabl
 
     names = cohort(tmp_path / "data", 6)
     out = tmp_path / "out"
-    proc = subprocess.Popen([str(SCRIPT), "infer", "--inputs", str(tmp_path / "data"), "--target", "t2", "--model",
+    proc = subprocess.Popen([str(SCRIPT), "infer", "--data", str(tmp_path / "data"), "--target", "t2", "--model",
                              str(small_model_dir), "-o", str(out), *FAST],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

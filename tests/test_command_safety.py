@@ -105,7 +105,7 @@ def test_outputs_that_are_in_or_hold_inputs_are_refused(model_copy, phantoms, tm
           "--workers", "0", "--val-every", "0"], "is inside the --data folder"),
         (["train", "bundle", "--stage1", runs / "s1", "--stage2", runs / "s2", "-o", runs / "s2" / "model"],
          "is inside the --stage2 run folder"),
-        (["bench", "--model", model_copy, "--json", model_copy / "bench.json", "--backends", "torch"],
+        (["bench", "--model", model_copy, "--json", model_copy / "bench.json", "--backend", "torch"],
          "is inside the --model directory"),
         (["demo", "--model", model_copy, "-o", model_copy, "--overwrite", "--backend", "torch"],
          "is the --model directory"),
@@ -236,7 +236,7 @@ def test_bench_and_demo_overwrite_never_replace_a_users_file(model_copy, tmp_pat
     for name, text in mine.items():
         (tmp_path / name).write_text(text)
     for flag, name in (("--json", "report.json"), ("--markdown", "report.md"), ("--plot", "plot.png")):
-        result = cli("bench", "--model", model_copy, flag, tmp_path / name, "--overwrite", "--backends", "torch")
+        result = cli("bench", "--model", model_copy, flag, tmp_path / name, "--overwrite", "--backend", "torch")
         assert_clean_error(result, name, "not written by tsf-trt")
     suite = cli("bench", "suite", "--config", "small", "-o", tmp_path / "report.md", "--overwrite")
     assert_clean_error(suite, "report.md", "not written by tsf-trt")
@@ -294,7 +294,7 @@ def test_output_location_is_checked_before_the_model_loads(command, model_copy, 
     blocker.write_text("a file, not a folder\n")
     args = {**commands(model_copy, tmp_path, phantoms),
             "phantom": ["phantom", "--subjects", "1", "--shape", *PHANTOM_SHAPE],
-            "bench": ["bench", "--model", model_copy, "--backends", "torch", "--json"]}[command]
+            "bench": ["bench", "--model", model_copy, "--backend", "torch", "--json"]}[command]
     unwritable = blocker / "out" / "x.json" if command == "bench" else blocker / "out"
     result = cli(*args, *([] if command == "bench" else ["-o"]), unwritable)
     assert_clean_error(result, str(blocker), "cannot create" if command == "bench" else "not a folder")

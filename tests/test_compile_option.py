@@ -108,7 +108,7 @@ def test_bench_variants_get_a_compiled_twin_of_each_torch_row():
     assert Variant("torch").is_baseline and not Variant("torch", compile=True).is_baseline
     assert skipped == []  # ort takes fp32: only a backend that takes none of the precisions is skipped
     check_compile(["ort", "torch"])
-    with pytest.raises(TsfError, match="add torch to --backends"):
+    with pytest.raises(TsfError, match="add torch to --backend "):
         check_compile(["ort", "openvino"])
 
 

@@ -173,7 +173,7 @@ def test_a_damaged_nii_gz_fails_its_subject_in_one_line(tmp_path, small_model_di
     bad = data / "sub02" / "sub02_t1.nii.gz"
     blob = bad.read_bytes()
     bad.write_bytes(_flip(blob, len(blob) - 7, 3))  # inside the CRC-32 of the trailer
-    result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *FAST)
+    result = cli("infer", "--data", data, "--target", "t2", "--model", small_model_dir, "-o", out, *FAST)
     assert result.exit_code == 1, result.output
     lines = problem_lines(result.stderr)
     assert len(lines) == 1 and "sub02: failed" in lines[0] and "sub02_t1.nii.gz" in lines[0], result.stderr
@@ -238,7 +238,7 @@ def test_a_nan_sform_fails_its_subject_and_the_folder_goes_on(tmp_path, small_mo
     file; a rerun does the same (skips the 2 done, fails the same one in one line)."""
     data, out = subject_folder(tmp_path / "data"), tmp_path / "out"
     bad = _with_header(data / "sub02" / "sub02_flair.nii.gz", _nan_sform)
-    args = ("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *FAST)
+    args = ("infer", "--data", data, "--target", "t2", "--model", small_model_dir, "-o", out, *FAST)
     for attempt, summary in ((1, "2 done, 0 skipped (already complete), 1 failed"),
                              (2, "0 done, 2 skipped (already complete), 1 failed")):
         result = cli(*args)
@@ -421,7 +421,7 @@ def _cpu_record(model_dir: Path) -> Path:
     from tsf_trt.synthesis.source import ModelSource
 
     model_id = ModelSource.resolve(model_dir).model_id
-    return cache_root() / "auto" / f"{model_id}-{machine_key()}-t1-fp32-p3.json"
+    return cache_root() / "auto" / f"{model_id}-{machine_key()}-t1-fp32-p4.json"
 
 
 @pytest.fixture
@@ -430,7 +430,7 @@ def quick_auto(monkeypatch):
     own file: tests/conftest.py): this checks which record is trusted, not the speed."""
     from tsf_trt.synthesis import auto
 
-    monkeypatch.setattr(auto, "PROBE", (16, 16))
+    monkeypatch.setattr(auto, "CPU_PROBE", (16, 16))
     monkeypatch.setattr(auto, "CPU_CANDIDATES", ("torch", "ort"))
     return auto
 
@@ -440,18 +440,20 @@ BAD_CPU_RECORDS = {
     "a-number": {"choice": 42, "seconds_per_slice": {"torch": 0.02, "ort": 0.01}},
     "not-the-fastest": {"choice": "torch", "seconds_per_slice": {"torch": 0.5, "ort": 0.01}},
     "nan-timing": {"choice": "ort", "seconds_per_slice": {"torch": float("nan"), "ort": 0.01}},
+    "older-rules": {"rules": "p3", "choice": "ort", "seconds_per_slice": {"torch": 0.02, "ort": 0.01}},
 }
 
 
 @pytest.mark.parametrize("case", BAD_CPU_RECORDS)
 def test_a_bad_cpu_choice_record_is_measured_again(case, small_model_dir, tmp_path, quick_auto):
     """Through the CLI: a record that is not what tsf-trt writes is named in one WARNING, measured
-    again and replaced; the run uses the measured fastest backend."""
+    again and replaced (a record of older probe rules too); the run uses the new choice."""
     import json
 
     record = _cpu_record(small_model_dir)
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"probe_hw": [16, 16], "precision": "fp32", **BAD_CPU_RECORDS[case]}))
+    valid = {**quick_auto.cpu_setup("fp32"), "rule": "timed", "why": "edited", "failed": {}, "skipped": {}, "ran": {}}
+    record.write_text(json.dumps({**valid, **BAD_CPU_RECORDS[case]}))
     t1 = write_nifti(tmp_path / "in" / "sub_t1.nii.gz", make_head(SHAPE, seed=0))
     flair = write_nifti(tmp_path / "in" / "sub_flair.nii.gz", make_head(SHAPE, seed=1))
     out = tmp_path / "out"
@@ -461,8 +463,7 @@ def test_a_bad_cpu_choice_record_is_measured_again(case, small_model_dir, tmp_pa
     lines = problem_lines(result.stderr)
     assert len(lines) == 1 and str(record) in lines[0] and "measuring again" in lines[0], result.stderr
     fresh = json.loads(record.read_text())
-    timings = fresh["seconds_per_slice"]
-    assert set(timings) == {"torch", "ort"} and fresh["choice"] == min(timings, key=timings.get)
+    assert fresh["choice"] == "ort" and set(fresh["skipped"]) == {"torch"}, fresh  # at fp32: torch_skipped's rule
     backend = json.loads((out / "sub_t2.json").read_text())["backend"]
     assert backend.startswith({"torch": "torch", "ort": "onnxruntime"}[fresh["choice"]]), backend
     assert not backend.startswith("reference")
@@ -483,7 +484,7 @@ def test_a_bad_precision_verdict_is_checked_again(small_model_dir, tmp_path, mon
     monkeypatch.setattr(precision_auto, "check_bf16", lambda *a: checked.append(a) or
                         precision_auto.Verdict("fp32", "the stand-in check", 30.0, 1e-2))
     model_id = ModelSource.resolve(small_model_dir).model_id
-    record = cache_root() / "precision" / f"{model_id}-torch-{machine_key()}-v1.json"
+    record = cache_root() / "precision" / f"{model_id}-torch-{machine_key()}-bf16-v2.json"
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"precision": "fp16", "why": "edited", "psnr_db": 99.0, "omega_diff": 0.0}))
     t1 = write_nifti(tmp_path / "in" / "sub_t1.nii.gz", make_head(SHAPE, seed=0))

@@ -26,7 +26,7 @@ from tests.helpers import (DATA, FAST, SCRIPT, SHAPE, assert_clean_error, cli, d
 
 
 def _folder_infer(data: Path, out: Path, model: Path, *extra):
-    return cli("infer", "--inputs", data, "--target", "t2", "--model", model, "-o", out, *FAST, *extra)
+    return cli("infer", "--data", data, "--target", "t2", "--model", model, "-o", out, *FAST, *extra)
 
 
 # --- 2. an input is never written ---------------------------------------------------------------
@@ -37,7 +37,7 @@ def test_overwrite_never_replaces_an_input_named_like_an_output(tmp_path, small_
     t1 = write_nifti(coll / "subj_t2_synth.nii.gz", make_head(SHAPE, seed=0))
     flair = write_nifti(coll / "subj_t2_tsem.nii.gz", make_head(SHAPE, seed=1))
     before = snapshot(coll)
-    result = cli("infer", "--inputs", f"t1={t1}", f"flair={flair}", "--target", "t2", "--subject", "subj",
+    result = cli("infer", "--inputs", f"t1={t1}", f"flair={flair}", "--target", "t2", "--subject-name", "subj",
                  "-o", coll, "--overwrite", "--model", small_model_dir, *FAST)
     assert_clean_error(result, "subj_t2_synth.nii.gz", "is an input", "never written")
     assert snapshot(coll) == before
@@ -64,9 +64,9 @@ def test_subject_name_cannot_leave_the_output_folder(tmp_path, small_model_dir, 
     inp, out = tmp_path / "in", tmp_path / "out"
     t1 = write_nifti(inp / "sub_t1.nii.gz", make_head(SHAPE, seed=0))
     before = snapshot(tmp_path)
-    result = cli("infer", "--inputs", t1, "--target", "t2", "--subject", name, "-o", out,
+    result = cli("infer", "--inputs", t1, "--target", "t2", "--subject-name", name, "-o", out,
                  "--model", small_model_dir, *FAST)
-    assert_clean_error(result, "--subject", "cannot name output files")
+    assert_clean_error(result, "--subject-name", "cannot name output files")
     assert snapshot(tmp_path) == before
 
 
@@ -242,19 +242,25 @@ def test_really_full_disk_is_one_line(case, small_model_dir, tmp_path, size, wha
 
 
 @pytest.mark.parametrize("args,words", [
-    (("--combine", "max"), ("--combine", "max", "middle, mean")),
+    (("--combine", "max"), ("--combine", "max", "middle", "mean")),
     (("--threads", "100000"), ("--threads", "100000", "cores")),
-    (("--backend", "tensorflow"), ("--backend", "tensorflow")),
+    (("--backend", "tensorflow"), ("--backend", "tensorflow", "openvino")),
     (("--precision", "bf16", "--backend", "ort"), ("--precision bf16", "ort")),
     (("--device", "gpu0"), ("--device", "gpu0")),
     (("--claim-lease", "0"), ("--claim-lease",)),
 ])
 def test_bad_options_fail_before_the_model_loads(tmp_path, args, words):
-    """The model path does not even exist: the option is refused before anything looks at it."""
+    """The model path does not even exist: the option is refused before anything looks at it. A value
+    outside an option's choices (--combine, --backend) is click's usage error (exit 2), naming them."""
     data = subject_folder(tmp_path / "data", ["sub01"])
-    result = cli("infer", "--inputs", data, "--target", "t2", "--model", tmp_path / "no-model", "-o",
+    result = cli("infer", "--data", data, "--target", "t2", "--model", tmp_path / "no-model", "-o",
                  tmp_path / "out", *args)
-    assert_clean_error(result, *words)
+    if args[0] in ("--combine", "--backend"):
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        for word in words:
+            assert word in result.stderr, (word, result.stderr)
+    else:
+        assert_clean_error(result, *words)
     assert not (tmp_path / "out").exists()
 
 
@@ -273,7 +279,7 @@ def test_channels_on_a_brats_folder_is_an_error(tmp_path, small_model_dir):
 
 def test_target_among_sources_in_folder_mode_is_refused_once_before_the_model(tmp_path):
     data = subject_folder(tmp_path / "data")
-    result = cli("infer", "--inputs", data, "--target", "t2", "--sources", "t1,t2", "--model",
+    result = cli("infer", "--data", data, "--target", "t2", "--sources", "t1,t2", "--model",
                  tmp_path / "no-model", "-o", tmp_path / "out")
     assert_clean_error(result, "--sources", "target T2")
 

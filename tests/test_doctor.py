@@ -15,6 +15,7 @@ import tsf_trt.backends
 from tsf_trt import doctor
 from tsf_trt.backends.ort_backend import provider_problem
 from tsf_trt.cli import app
+from tsf_trt.machine.extras import install_command
 
 runner = CliRunner()
 STATUSES = {"works", "missing", "fails", "unknown"}
@@ -66,7 +67,7 @@ def test_a_missing_package_is_missing_with_its_install_command(monkeypatch):
     for name in ("torch", "reference"):
         assert by_name[name].status == "missing"
         assert by_name[name].missing == "the Python package torch is not installed"
-        assert by_name[name].install == doctor.INSTALL["torch"]
+        assert by_name[name].install == doctor.torch_install(bool(report.gpus))
     assert report.torch == {"error": "not installed"}
     if "openvino" in by_name:
         assert (by_name["openvino"].status, by_name["openvino"].install) == ("missing", "pip install openvino")
@@ -106,7 +107,7 @@ def test_a_listed_provider_that_does_not_attach(monkeypatch):
     assert "could not start" in report.onnxruntime_providers["CUDAExecutionProvider"]
     by_name = {b.name: b for b in report.backends}
     assert by_name["ort-cuda"].status == "fails" and "fell back to the CPU" in by_name["ort-cuda"].missing
-    assert by_name["ort-cuda"].install == "pip install 'tsf-trt[gpu-cu12]'"  # driver 550: CUDA 12
+    assert by_name["ort-cuda"].install == install_command("gpu-cu12")  # driver 550: CUDA 12
     assert by_name["ort-trt"].status == "missing" and "TensorrtExecutionProvider" in by_name["ort-trt"].missing
     assert by_name["ort-trt"].install.startswith("pip uninstall -y onnxruntime")
 
@@ -126,8 +127,8 @@ def test_no_working_backend_exits_3_and_an_unknown_one_is_named(monkeypatch):
 @pytest.mark.parametrize("driver, backend, extra", [("580.65.06", "trt", "gpu-cu13"), ("550.54.15", "trt", "gpu-cu12"),
                                                     ("580.65.06", "ort-trt", "gpu-cu12")])
 def test_gpu_extra_follows_the_driver(driver, backend, extra):
-    assert doctor.gpu_install(driver, backend) == f"pip install 'tsf-trt[{extra}]'"
-    assert doctor.gpu_install(None) == "pip install 'tsf-trt[gpu-cu12]'"  # unknown driver: CUDA 12 runs on newer ones
+    assert doctor.gpu_install(driver, backend) == install_command(extra)
+    assert doctor.gpu_install(None) == install_command("gpu-cu12")  # unknown driver: CUDA 12 runs on newer ones
 
 
 FAKE_SMI = """#!/bin/sh
@@ -152,5 +153,5 @@ def test_a_gpu_seen_by_nvidia_smi_names_the_packages_and_the_driver_s_extra(monk
                             "seen_by": "nvidia-smi"}]
     assert report.cuda["driver"] == "580.65.06"
     trt = next(b for b in report.backends if b.name == "trt")
-    assert trt.status == "missing" and trt.install == "pip install 'tsf-trt[gpu-cu13]'"
+    assert trt.status == "missing" and trt.install == install_command("gpu-cu13")
     assert trt.missing == "the Python packages tensorrt and cuda-python are not installed"

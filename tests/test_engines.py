@@ -26,6 +26,7 @@ from tsf_trt.engines.precision import KEEP_FP32_OPS, graph_precision
 from tsf_trt.engines.profiles import (DEFAULT_PROFILE, Profile, input_shapes, make_profile, ort_profile_options,
                                       parse_size)
 from tsf_trt.errors import TsfError
+from tsf_trt.machine.extras import install_command
 from tsf_trt.synthesis.options import RunOptions
 
 H100 = Platform("10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
@@ -457,7 +458,7 @@ def test_trt_without_packages_is_a_clean_error(small_export_dir, no_gpu_packages
     with pytest.raises(TsfError) as info:
         create_backend(small_export_dir, RunOptions(backend="trt", precision="fp32"))
     text = str(info.value)
-    assert "tensorrt is not installed" in text and "cuda-python" in text and "pip install 'tsf-trt[gpu-cu12]'" in text
+    assert "tensorrt is not installed" in text and "cuda-python" in text and install_command("gpu-cu12") in text
 
 
 def test_trt_without_a_gpu_names_the_gpu(small_export_dir, monkeypatch):
@@ -519,7 +520,7 @@ def test_cli_engines_build_without_gpu(small_export_dir, no_gpu_packages):
     result = CliRunner().invoke(app, ["engines", "build", "--model", str(small_export_dir)])
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "tensorrt" in lines[0] and "tsf-trt[gpu-cu12]" in lines[0], result.output
+    assert len(lines) == 1 and "tensorrt" in lines[0] and install_command("gpu-cu12") in lines[0], result.output
 
 
 def test_cli_engines_build_with_stand_ins(export, monkeypatch, fake_cuda):
@@ -547,7 +548,7 @@ def test_cli_engines_build_with_stand_ins(export, monkeypatch, fake_cuda):
     monkeypatch.setattr(gpu_mod, "import_tensorrt", lambda: SimpleNamespace(__version__="10.13.0"))
     monkeypatch.setattr(gpu_mod, "device_info", lambda index: gpu_mod.GpuInfo(index, H100.gpu, "9.0", 80 << 30))
     monkeypatch.setattr(build, "build_engine", fake_build)
-    args = ["engines", "build", "--model", str(export), "--precision", "best", "--max-batch", "8", "--device", "1"]
+    args = ["engines", "build", "--model", str(export), "--precision", "best", "--max-batch", "8", "--device", "cuda:1"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     assert built_on == [1] * 6, built_on  # not GPU 0, whose name is not in the engine key
@@ -599,7 +600,7 @@ def test_devices_validation(tmp_path, small_export_dir, monkeypatch):
     assert visible_id(1) == "1"
     runner = CliRunner()
     monkeypatch.setattr(gpu_mod, "device_count", lambda: 0)  # as on a machine without a GPU, whatever this one has
-    result = runner.invoke(app, ["infer", "--inputs", str(tmp_path), "--target", "t2",
+    result = runner.invoke(app, ["infer", "--data", str(tmp_path), "--target", "t2",
                                  "--model", str(small_export_dir), "--devices", "0"])
     assert result.exit_code == 1 and "no GPU is visible" in result.output, result.output
     monkeypatch.setattr(gpu_mod, "device_count", lambda: 2)
@@ -798,7 +799,7 @@ def test_gpu_extras_pin_one_cuda_major_each():
     assert "1.31.1" in cu13["onnxruntime-gpu"] and "1.26.0" not in cu13["onnxruntime-gpu"]
     assert "10.16.1.11" in cu13["tensorrt-cu13"] and "11.4.0.106" not in cu13["tensorrt-cu13"]  # ORT loads .so.10
     assert set(cu13) == {"tensorrt-cu13", "cuda-python", "onnxruntime-gpu"}
-    assert extras["gpu"] == ["tsf-trt[gpu-cu12]"] and "gpu-cu12" in gpu_mod.INSTALL_HINT
+    assert extras["gpu"] == ["tsf-trt[gpu-cu12]"] and install_command("gpu-cu12") in gpu_mod.install_hint()
 
 
 def test_ort_trt_fp16_says_only_what_holds(export, monkeypatch):

@@ -258,7 +258,7 @@ def test_the_old_qc_options_are_gone(phantoms, tmp_path):
     """Calibrated intervals replaced the TSEM QC flag: its options are unknown, Click's usage error
     (exit 2) names the option, and nothing is written."""
     out = tmp_path / "out"
-    for args in (["infer", "--inputs", str(tmp_path / "in"), "--target", "t2", "-o", str(out), "--qc", "qc.json"],
+    for args in (["infer", "--data", str(tmp_path / "in"), "--target", "t2", "-o", str(out), "--qc", "qc.json"],
                  ["evaluate", "--data", str(phantoms), "-o", str(out), "--calibrate-qc"],
                  ["evaluate", "--data", str(phantoms), "-o", str(out), "--qc", "qc.json"]):
         option = next(a for a in args if a in ("--qc", "--calibrate-qc"))

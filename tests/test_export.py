@@ -186,7 +186,8 @@ def test_auto_measures_once_and_caches_its_choice(small_model_dir):
     records = list((cache_root() / "auto").glob(f"{backend.model_id}-*-t0-fp32-*.json"))
     assert len(records) == 1
     record = json.loads(records[0].read_text())
-    assert set(record["seconds_per_slice"]) == {"torch", "ort", "openvino"}, record  # every candidate timed
+    assert set(record["seconds_per_slice"]) == {"ort", "openvino"}, record  # the ONNX backends timed
+    assert set(record["skipped"]) == {"torch"}, record  # by rule (tsf_trt.synthesis.auto.torch_skipped)
     assert backend.name == record["choice"] == min(record["seconds_per_slice"], key=record["seconds_per_slice"].get)
     assert create_backend(small_model_dir, RunOptions(backend="auto", precision="fp32")).name == backend.name
 

@@ -24,7 +24,7 @@ from tests.helpers import COHORT_SHAPE, FAST, SCRIPT, cohort, hidden_files
 
 
 def _start(data: Path, out: Path, model: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([str(SCRIPT), "infer", "--inputs", str(data), "--target", "t2", "--model", str(model),
+    return subprocess.Popen([str(SCRIPT), "infer", "--data", str(data), "--target", "t2", "--model", str(model),
                              "-o", str(out), *FAST, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -177,7 +177,7 @@ def test_folder_mode_resumes_subjects_whose_interval_does_not_apply(tmp_path, sm
         write_nifti(data / "sub03" / f"sub03_{seq}.nii.gz", make_head(SHAPE, seed=10 + k), coarse)
     cal = _calibration(tmp_path / "cal.json", _model_id(small_model_dir))
     out = tmp_path / "out"
-    args = ("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out,
+    args = ("infer", "--data", data, "--target", "t2", "--model", small_model_dir, "-o", out,
             "--calibration", cal, *FAST)
     first = cli(*args)
     assert first.exit_code == 0, first.output

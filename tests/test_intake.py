@@ -94,7 +94,7 @@ def test_a_dicom_folder_is_refused_with_the_advice(tmp_path):
     series = tmp_path / "dicom" / "series1"
     series.mkdir(parents=True)
     (series / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
-    result = cli("infer", "--inputs", tmp_path / "dicom", "--target", "t2")
+    result = cli("infer", "--data", tmp_path / "dicom", "--target", "t2")
     assert result.exit_code == 1
     (line,) = problem_lines(result.stderr)
     assert "series1: holds DICOM files" in line and "dcm2niix" in line and "Preparing your data" in line
@@ -165,7 +165,7 @@ def test_default_output_is_a_derivatives_folder_and_the_log_is_one_line_per_subj
         head(data / name / f"{name}_t1.nii.gz")
         head(data / name / f"{name}_flair.nii.gz", seed=1)
     log = tmp_path / "logs" / "run.log"
-    proc = subprocess.run([str(SCRIPT), "infer", "--inputs", str(data), "--target", "t2", "--model",
+    proc = subprocess.run([str(SCRIPT), "infer", "--data", str(data), "--target", "t2", "--model",
                            str(small_model_dir), *FAST, "--log-file", str(log)],
                           capture_output=True, text=True, timeout=300)  # pipes, as in a batch job
     assert proc.returncode == 0, proc.stderr
@@ -181,7 +181,7 @@ def test_default_output_is_a_derivatives_folder_and_the_log_is_one_line_per_subj
     assert [line.split(" ", 1)[1] for line in log.read_text().splitlines()] == [
         line.split(" ", 1)[1] for line in lines]  # the file holds the same lines
 
-    quiet = subprocess.run([str(SCRIPT), "infer", "--inputs", str(data), "--target", "t2", "--model",
+    quiet = subprocess.run([str(SCRIPT), "infer", "--data", str(data), "--target", "t2", "--model",
                             str(small_model_dir), *FAST, "--quiet"], capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == "" and "0 done, 2 skipped" in quiet.stdout
 
@@ -228,22 +228,25 @@ def test_resample_runs_at_1mm_and_writes_on_the_input_grid(tmp_path, small_model
     assert json.loads((tmp_path / "out" / "p_t2.json").read_text())["resampled"] is True
 
 
-def test_unused_files_past_ten_subjects_are_summarised_by_reason(tmp_path, caplog):
+def test_unused_files_of_several_subjects_are_summarised_by_reason(tmp_path, caplog):
+    """One line per reason past UNUSED_LINES subjects (a run logs one line per subject, its outcome),
+    with the count of files and subjects and an example; --verbose lists every subject's."""
     from types import SimpleNamespace
 
-    from tsf_trt.cli.infer import UNUSED_LINES, _log_unused
+    from tsf_trt.cli.infer_options import UNUSED_LINES, log_unused
 
     subjects = [SimpleNamespace(name=f"s{i}", unused=((tmp_path / f"s{i}_seg.nii.gz", "a segmentation"),))
                 for i in range(UNUSED_LINES + 2)]
     gathered = SimpleNamespace(subjects=subjects, unused=((tmp_path / "notes.nii", "no sequence in the name"),))
     intake = SimpleNamespace(root=tmp_path)
     with caplog.at_level("INFO", logger="tsf_trt"):
-        _log_unused(gathered, intake)
+        log_unused(gathered, intake)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0].startswith(f"not used: {UNUSED_LINES + 2} file(s) (a segmentation), e.g. ")
-    assert lines[1].startswith("not used: 1 file(s) (no sequence in the name)") and len(lines) == 3
+    assert lines[0].startswith(f"not used: {UNUSED_LINES + 2} file(s) (a segmentation) in {UNUSED_LINES + 2} "
+                               "subject(s), e.g. ")
+    assert lines[1].startswith("not used: 1 file(s) (no sequence in the name) in 1 subject(s)") and len(lines) == 2
     caplog.clear()
     with caplog.at_level("INFO", logger="tsf_trt"):
-        _log_unused(gathered, intake, verbose=True)
+        log_unused(gathered, intake, verbose=True)
     assert len(caplog.records) == UNUSED_LINES + 3
     assert caplog.records[0].getMessage() == "s0: not used: s0_seg.nii.gz (a segmentation)"

@@ -205,12 +205,12 @@ def test_auto_times_openvino_and_keeps_its_verdict(small_export_dir, small_model
     assert auto.cpu_candidates(source) == ["ort", "openvino"]
     assert auto.cpu_candidates(ModelSource.resolve(small_model_dir)) == ["torch", "ort", "openvino"]
     assert auto.cpu_candidates(ModelSource.resolve(small_model_dir), "bf16") == ["torch", "openvino"]
-    monkeypatch.setattr(auto, "PROBE", (16, 16))  # a tiny probe: this tests the plan, not the speed
+    monkeypatch.setattr(auto, "CPU_PROBE", (16, 16))  # a tiny probe: this tests the plan, not the speed
     timed = []
-    real = auto.measure
-    monkeypatch.setattr(auto, "measure", lambda *a, **k: timed.append(a[2]) or real(*a, **k))
+    real = auto.probe_cpu
+    monkeypatch.setattr(auto, "probe_cpu", lambda *a, **k: timed.append(a[2]) or real(*a, **k))
     choice = auto.choose_backend(source, threads=1)
-    (record,) = (cache_root() / "auto").glob(f"{source.model_id}-*-t1-fp32-p3.json")
+    (record,) = (cache_root() / "auto").glob(f"{source.model_id}-*-t1-fp32-{auto.CPU_RULES}.json")
     verdict = json.loads(record.read_text())
     assert timed == [["ort", "openvino"]] and set(verdict["seconds_per_slice"]) == {"ort", "openvino"}
     assert choice == verdict["choice"] == min(verdict["seconds_per_slice"], key=verdict["seconds_per_slice"].get)

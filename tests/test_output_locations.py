@@ -93,7 +93,7 @@ def test_a_data_sets_default_is_its_derivatives_beside_the_subjects(kind, tmp_pa
         subject_folder(data, ("sub01",))
     before = snapshot(data)
     monkeypatch.chdir(tmp_path)
-    result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, *FAST)
+    result = cli("infer", "--data", data, "--target", "t2", "--model", small_model_dir, *FAST)
     assert isinstance(result.exception, AssertionError), result.output  # no_model_load: every check had passed
     assert f"output: {data / 'derivatives' / 'tsf-trt'} (the default: in the data set's folder" in result.stderr
     assert snapshot(data) == before
@@ -157,7 +157,7 @@ def test_many_subjects_refuse_an_output_file_before_reading_them(kind, tmp_path,
     data.mkdir()
     if kind == "bids":
         (data / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
-    source = ["--map", data / "map.csv"] if kind == "map" else ["--inputs", data]  # none of them is read
+    source = ["--map", data / "map.csv"] if kind == "map" else ["--data", data]  # none of them is read
     result = cli("infer", *source, "--target", "t2", "--model", small_model_dir, "-o", tmp_path / "x.nii.gz", *FAST)
     assert_clean_error(result, str(tmp_path / "x.nii.gz"), "one subject's synthesis file", "give -o a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

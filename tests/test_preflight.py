@@ -1,7 +1,7 @@
 """Preprocessing checks and --resample, on phantom subjects with known geometry.
 
 Small phantoms (96x96x40 voxels, relabelled as 1 mm where a clean input is needed) keep the
-file to a few seconds; README, "Preparing your data", states the thresholds.
+file to a few seconds; docs/your-data.md, "Preparing your data", states the thresholds.
 """
 
 from __future__ import annotations
@@ -119,13 +119,13 @@ def _bench_head() -> bench.Head:
 
 
 #: scripts/skullstrip_check.py's phantoms, one subject: a skull kept with a zeroed background is
-#: caught by the size rule alone, which misses small heads (the README's table), so it is not here.
+#: caught by the size rule alone, which misses small heads (docs/your-data.md's table), so it is not here.
 NOISE_CASES = [case for case in bench.CASES if "head mask" not in case]
 
 
 @pytest.mark.parametrize("case", NOISE_CASES)
 def test_skull_stripping_check_on_the_bench_phantoms(case):
-    """Every sequence of one 2.5 mm phantom, dressed as each case of the README's table: a noise
+    """Every sequence of one 2.5 mm phantom, dressed as each case of docs/your-data.md's table: a noise
     floor (Rician or uniform 50-200, skull kept or not, whole field of view, a slab or the head's
     box) warns; a skull-stripped volume (as generated, z-scored, cut to the brain, a slab) does not."""
     should_warn, dress = bench.CASES[case]

@@ -1,7 +1,8 @@
-"""Every ```python block of README.md runs as written, on the README's first install: in a fresh
-interpreter that cannot import torch (tests/test_lean_install.py's stand-in for `pip install -e .`),
-in a folder holding what the README's prose makes first (`tsf-trt phantom -o phantoms --subjects 1`,
-at a smaller --shape: the same file names, a faster run). A snippet that fails fails the suite.
+"""Every ```python block of README.md and of the documentation site (docs/*.md) runs as written, on
+the README's first install: in a fresh interpreter that cannot import torch
+(tests/test_lean_install.py's stand-in for `pip install -e .`), in a folder holding what the prose
+makes first (`tsf-trt phantom -o phantoms`, one subject at a smaller --shape: the same file names, a
+faster run). A snippet that fails fails the suite.
 
 TSF_TRT_README=FILE checks another copy of the README (a proposed section, before it lands).
 """
@@ -22,6 +23,8 @@ from tests.test_lean_install import BLOCKER
 
 ROOT = Path(__file__).resolve().parents[1]
 README = Path(os.environ.get("TSF_TRT_README", ROOT / "README.md"))
+#: README.md and every page of the site (docs/development.md, "The documentation").
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 _FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
@@ -30,13 +33,15 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return [(text.count("\n", 0, m.start()) + 1, m.group(1)) for m in _FENCE.finditer(text)]
 
 
-BLOCKS = python_blocks(README.read_text())
+BLOCKS = [(page.name if page == README else f"docs/{page.name}", line, code) for page in PAGES
+          for line, code in python_blocks(page.read_text(encoding="utf-8"))]
 
 
 def test_the_block_reader_finds_every_block_and_only_those():
     text = "x\n```python\na = 1\n```\n```bash\nls\n```\n\n```python\nb = 2\nc = 3\n```\n"
     assert python_blocks(text) == [(2, "a = 1\n"), (9, "b = 2\nc = 3\n")]
-    assert BLOCKS, f"{README} has no ```python block: nothing would be checked"
+    assert any(page == README.name for page, _, _ in BLOCKS), \
+        f"{README} has no ```python block: nothing would be checked"
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +55,11 @@ def workspace(tmp_path_factory) -> tuple[Path, Path]:
     return folder, site
 
 
-@pytest.mark.parametrize("line, code", BLOCKS, ids=[f"README.md:{line}" for line, _ in BLOCKS])
-def test_every_python_snippet_runs_as_written(line, code, workspace, tmp_path):
+@pytest.mark.parametrize("page, line, code", BLOCKS, ids=[f"{page}:{line}" for page, line, _ in BLOCKS])
+def test_every_python_snippet_runs_as_written(page, line, code, workspace, tmp_path):
     folder, site = workspace
     env = {**os.environ, "PYTHONPATH": str(site)}  # read now: TSF_TRT_CACHE is the tests' own (conftest)
     shutil.copytree(folder / "phantoms", tmp_path / "phantoms")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
-    assert done.returncode == 0, f"{README.name} line {line}, the block:\n{code}\nfailed:\n{done.stderr}"
+    assert done.returncode == 0, f"{page} line {line}, the block:\n{code}\nfailed:\n{done.stderr}"

@@ -58,7 +58,7 @@ def test_one_file_as_two_sequences_fails_its_subject_in_a_folder(tmp_path, small
     bad = subject_folder(data, ("sub01", "sub02")) / "sub02"
     (bad / "sub02_flair.nii.gz").unlink()
     (bad / "sub02_flair.nii.gz").symlink_to("sub02_t1.nii.gz")
-    result = cli("infer", "--inputs", data, "--target", "t2", "--model", small_model_dir, "-o", out, *FAST)
+    result = cli("infer", "--data", data, "--target", "t2", "--model", small_model_dir, "-o", out, *FAST)
     assert result.exit_code == 1, result.output
     failed = problem_lines(result.stderr)
     assert len(failed) == 1 and "sub02: failed: " in failed[0], result.stderr
@@ -177,7 +177,7 @@ def test_terminal_run_with_names_that_look_like_markup(tmp_path, small_model_dir
     shutil.copytree(small_model_dir, model)
     data, out = tmp_path / "data", tmp_path / "o[" / "i]"
     subject_folder(data, ("x[b]", "y[bold]"))
-    code, raw = _in_terminal([str(SCRIPT), "infer", "--inputs", str(data), "--target", "t2", "--model", str(model),
+    code, raw = _in_terminal([str(SCRIPT), "infer", "--data", str(data), "--target", "t2", "--model", str(model),
                               "-o", str(out), *FAST])
     shown = _ANSI.sub("", raw)
     assert code == 0, shown[-3000:]

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from tsf_trt.console import LogFile, NoProgress, Quiet, progress_bar, setup_logging
+from tsf_trt.console import LogFile, LogFormat, NoProgress, Quiet, Verbose, progress_bar, setup_logging
 from tsf_trt.console import err as _err
 from tsf_trt.console import log as _log
 from tsf_trt.console import out as _out
@@ -29,43 +29,63 @@ train_app = typer.Typer(
          "(fusion, encoder frozen); [bold]bundle[/] makes a finished run a model directory with its card. "
          "Multi-process: torchrun --nproc-per-node K -m tsf_trt.train ...",
 )
-Data = Annotated[Path, typer.Option("--data", help="Folder of subjects (one sub-folder per subject, BraTS "
+#: The help panels of the two training commands (the runtime commands' panels: tsf_trt/cli/params.py).
+DATA_PANEL, OUTPUT_PANEL, TRAINING_PANEL, RUNTIME_PANEL = "Inputs", "Outputs", "Training", "Runtime"
+Data = Annotated[Path, typer.Option("--data", "-d", metavar="FOLDER", rich_help_panel=DATA_PANEL,
+                                    help="Folder of subjects (one sub-folder per subject, BraTS "
                                     "names; missing sequences are allowed).", show_default=False)]
-Output = Annotated[Path, typer.Option("--output", "-o", help="Run folder: step_NNNNNN/ model directories, "
+Output = Annotated[Path, typer.Option("--output", "-o", rich_help_panel=OUTPUT_PANEL,
+                                      help="Run folder: step_NNNNNN/ model directories, "
                                       "last/ (resume state), log.csv, log.json, train.log, split.json.",
                                       show_default=False)]
-Steps = Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps in all (also the target of "
+Steps = Annotated[int, typer.Option("--steps", min=1, rich_help_panel=TRAINING_PANEL,
+                                    help="Optimizer steps in all (also the target of "
                                     "--resume).")]
-Batch = Annotated[int, typer.Option("--batch-size", min=1, help="Slices per step and process.")]
-Crop = Annotated[int, typer.Option("--crop", min=4, help="Random square crop of the training slices "
+Batch = Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=TRAINING_PANEL,
+                                    help="Slices per step and process.")]
+Crop = Annotated[int, typer.Option("--crop", min=4, rich_help_panel=TRAINING_PANEL,
+                                   help="Random square crop of the training slices "
                                    "(centred for validation); a multiple of 4 for the published sizes.")]
-Lr = Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate (betas 0.5, 0.999), constant.")]
-Every = Annotated[int, typer.Option("--checkpoint-every", min=1, help="Write step_NNNNNN/ and last/ every K steps "
+Lr = Annotated[float, typer.Option("--lr", min=0.0, rich_help_panel=TRAINING_PANEL,
+                                   help="Adam learning rate (betas 0.5, 0.999), constant.")]
+Every = Annotated[int, typer.Option("--checkpoint-every", min=1, rich_help_panel=OUTPUT_PANEL,
+                                    help="Write step_NNNNNN/ and last/ every K steps "
                                     "(and at the end).")]
-ValEvery = Annotated[int, typer.Option("--val-every", min=0, help="Validation PSNR/SSIM every K steps and at the "
+ValEvery = Annotated[int, typer.Option("--val-every", min=0, rich_help_panel=TRAINING_PANEL,
+                                       help="Validation PSNR/SSIM every K steps and at the "
                                        "end; 0: never.")]
-ValSubjects = Annotated[int, typer.Option("--val-subjects", min=0, help="At most this many held-out subjects "
+ValSubjects = Annotated[int, typer.Option("--val-subjects", min=0, rich_help_panel=TRAINING_PANEL,
+                                          help="At most this many held-out subjects "
                                           "are validated on.")]
-Vgg = Annotated[Optional[Path], typer.Option("--vgg-weights", help="torchvision VGG19 ImageNet weights "
+Vgg = Annotated[Optional[Path], typer.Option("--vgg-weights", rich_help_panel=TRAINING_PANEL,
+                                             help="torchvision VGG19 ImageNet weights "
                                              "(vgg19-*.pth) for the perceptual loss. Without it the perceptual "
                                              "term is off (said in the log): only SmoothL1 is used.")]
-Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes per process.")]
-Block = Annotated[int, typer.Option("--block-subjects", min=1, help="Shuffle within blocks of this many subjects "
+Workers = Annotated[int, typer.Option("--workers", min=0, rich_help_panel=RUNTIME_PANEL,
+                                      help="DataLoader worker processes per process.")]
+Block = Annotated[int, typer.Option("--block-subjects", min=1, rich_help_panel=RUNTIME_PANEL,
+                                    help="Shuffle within blocks of this many subjects "
                                     "(each worker caches one block's volumes: BraTS ~140 MB per subject).")]
-Seed = Annotated[int, typer.Option("--seed", min=0, help="Fixes init, split, crops, order and tasks.")]
-Device = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when available).")]
-Amp = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (ignored on CPU).")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output from last/, "
+Seed = Annotated[int, typer.Option("--seed", min=0, rich_help_panel=TRAINING_PANEL,
+                                   help="Fixes init, split, crops, order and tasks.")]
+Device = Annotated[Optional[str], typer.Option("--device", rich_help_panel=RUNTIME_PANEL,
+                                               help="cpu or cuda (default: cuda when available).")]
+Amp = Annotated[bool, typer.Option("--amp/--no-amp", rich_help_panel=RUNTIME_PANEL,
+                                   help="Mixed precision on CUDA (ignored on CPU).")]
+Resume = Annotated[bool, typer.Option("--resume", rich_help_panel=OUTPUT_PANEL,
+                                      help="Continue the run in --output from last/, "
                                       "bit-compatibly (same data order, tasks, optimizer state).")]
-Split = Annotated[Optional[Path], typer.Option("--split", help="Split file {\"train\": [...], \"val\": [...], "
+Split = Annotated[Optional[Path], typer.Option("--split", rich_help_panel=DATA_PANEL,
+                                               help="Split file {\"train\": [...], \"val\": [...], "
                                                "\"test\": [...]}; default: a hash split by --seed "
                                                "(80/10/10), saved as split.json.")]
 
 
-def _run(log: tuple[bool, bool, Path | None], **kwargs: Any) -> None:
+def _run(log: tuple[bool, bool, Path | None, bool, str], **kwargs: Any) -> None:
     from tsf_trt.train.trainer import TrainConfig, train
 
-    setup_logging(*log)
+    quiet, no_progress, log_file, verbose, log_format = log
+    setup_logging(quiet, no_progress, log_file, verbose=verbose, log_format=log_format)
     cfg = TrainConfig(**kwargs)
     if int(os.environ.get("RANK", "0")) != 0:
         train(cfg)
@@ -85,12 +105,14 @@ def _run(log: tuple[bool, bool, Path | None], **kwargs: Any) -> None:
 @_user_errors
 def seq2seq(
     data: Data, output: Output,
-    config: Annotated[str, typer.Option("--config", help="Model sizes: 'paper', 'small', 'demo' or a JSON/YAML "
+    config: Annotated[str, typer.Option("--config", rich_help_panel=DATA_PANEL,
+                                        help="Model sizes: 'paper', 'small', 'demo' or a JSON/YAML "
                                         "file (ours or the authors' config).")] = "paper",
     steps: Steps = 10_000, batch_size: Batch = 8, crop: Crop = 192, lr: Lr = 1e-4, checkpoint_every: Every = 1000,
     val_every: ValEvery = 1000, val_subjects: ValSubjects = 8, vgg_weights: Vgg = None, workers: Workers = 4,
     block_subjects: Block = 4, seed: Seed = 0, device: Device = None, amp: Amp = True, resume: Resume = False,
-    split: Split = None, quiet: Quiet = False, no_progress: NoProgress = False, log_file: LogFile = None,
+    split: Split = None, verbose: Verbose = False, quiet: Quiet = False, no_progress: NoProgress = False,
+    log_file: LogFile = None, log_format: LogFormat = "text",
 ) -> None:
     """Stage 1: one-to-one Seq2Seq (random source, random target per batch), loss 10·SmoothL1 + 0.01·VGG19.
 
@@ -99,20 +121,22 @@ def seq2seq(
     _run(stage="seq2seq", data=data, out=output, model_config=config, steps=steps, batch_size=batch_size,
          crop=crop, lr=lr, checkpoint_every=checkpoint_every, val_every=val_every, val_subjects=val_subjects,
          vgg_weights=vgg_weights, workers=workers, block_subjects=block_subjects, seed=seed, device=device,
-         amp=amp, resume=resume, split=split, log=(quiet, no_progress, log_file))
+         amp=amp, resume=resume, split=split, log=(quiet, no_progress, log_file, verbose, log_format))
 
 
 @train_app.command("tsf", no_args_is_help=True)
 @_user_errors
 def tsf(
     data: Data,
-    init: Annotated[Path, typer.Option("--init", help="Model directory of stage 1 (e.g. RUN/step_010000); "
+    init: Annotated[Path, typer.Option("--init", rich_help_panel=DATA_PANEL,
+                                       help="Model directory of stage 1 (e.g. RUN/step_010000); "
                                        "its sizes are used.", show_default=False)],
     output: Output,
     steps: Steps = 10_000, batch_size: Batch = 8, crop: Crop = 192, lr: Lr = 1e-4, checkpoint_every: Every = 1000,
     val_every: ValEvery = 1000, val_subjects: ValSubjects = 8, vgg_weights: Vgg = None, workers: Workers = 4,
     block_subjects: Block = 4, seed: Seed = 0, device: Device = None, amp: Amp = True, resume: Resume = False,
-    split: Split = None, quiet: Quiet = False, no_progress: NoProgress = False, log_file: LogFile = None,
+    split: Split = None, verbose: Verbose = False, quiet: Quiet = False, no_progress: NoProgress = False,
+    log_file: LogFile = None, log_format: LogFormat = "text",
 ) -> None:
     """Stage 2: task-specific fusion from random source subsets, encoder frozen; fusion and decoder trained on
     decoder(fused) and decoder(fused_avg) (paper Eq. 5).
@@ -122,7 +146,7 @@ def tsf(
     _run(stage="tsf", data=data, out=output, init=init, steps=steps, batch_size=batch_size, crop=crop, lr=lr,
          checkpoint_every=checkpoint_every, val_every=val_every, val_subjects=val_subjects,
          vgg_weights=vgg_weights, workers=workers, block_subjects=block_subjects, seed=seed, device=device,
-         amp=amp, resume=resume, split=split, log=(quiet, no_progress, log_file))
+         amp=amp, resume=resume, split=split, log=(quiet, no_progress, log_file, verbose, log_format))
 
 
 @train_app.command("bundle", no_args_is_help=True)

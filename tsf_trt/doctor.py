@@ -26,20 +26,18 @@ from typing import Any, Callable
 
 from tsf_trt.bench.environment import NOT_INSTALLED, package_version
 from tsf_trt.machine.cpu import cpu_flags, cpu_name, physical_cores
-from tsf_trt.machine.extras import TORCH_INSTALL
+from tsf_trt.machine.extras import install_command
 
 #: `tsf-trt doctor`'s exit status when not one backend works here (0 otherwise: it is a report).
 EXIT_NO_BACKEND = 3
 #: The instruction-set extensions that decide CPU speed here (/proc/cpuinfo names).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-#: How to install what a CPU backend lacks (torch: its CPU build first, then the extra; where a GPU is
-#: seen the extra alone, which takes PyPI's CUDA build).
+#: How to install what a CPU backend lacks (torch: torch_install()).
 INSTALL = {
-    "torch": f"pip install torch --index-url https://download.pytorch.org/whl/cpu && {TORCH_INSTALL}",
     "onnxruntime": "pip install onnxruntime",
     "openvino": "pip install openvino",
 }
-#: The gpu-cu13 extra needs an NVIDIA driver of this major version or newer (engines/gpu.py INSTALL_HINT).
+#: The gpu-cu13 extra needs an NVIDIA driver of this major version or newer (engines/gpu.py install_hint).
 CUDA13_DRIVER = 580
 #: gpu_problem() asks of the model what it can run; a model directory can run on every backend.
 _ANY_MODEL = SimpleNamespace(kind="model")
@@ -289,7 +287,7 @@ def _module_status(name: str, module: str, install: str) -> BackendStatus | None
 
 
 def _torch_backend(name: str, report: Report) -> BackendStatus:
-    status = _module_status(name, "torch", TORCH_INSTALL if report.gpus else INSTALL["torch"])
+    status = _module_status(name, "torch", torch_install(bool(report.gpus)))
     if status:
         return status
     import torch
@@ -325,15 +323,22 @@ def _openvino_backend(name: str, report: Report) -> BackendStatus:
     return BackendStatus(name, "works", note="CPU")
 
 
+def torch_install(gpu: bool) -> str:
+    """The torch extra as this copy installs it (tsf_trt.machine.extras.install_command); without a GPU
+    PyTorch's CPU build first (PyPI's default build is CUDA's, gigabytes that would not run here)."""
+    extra = install_command("torch")
+    return extra if gpu else f"pip install torch --index-url https://download.pytorch.org/whl/cpu && {extra}"
+
+
 def gpu_install(driver: str | None, backend: str = "trt") -> str:
     """The gpu extra for this driver: gpu-cu13 from driver CUDA13_DRIVER on, else gpu-cu12 (CUDA
     12 also runs on newer drivers, so it is the choice when the driver is unknown); ort-trt
-    always gpu-cu12: ONNX Runtime's TensorRT provider loads TensorRT 10 (engines/gpu.py INSTALL_HINT)."""
+    always gpu-cu12: ONNX Runtime's TensorRT provider loads TensorRT 10 (engines/gpu.py install_hint)."""
     try:
         cu13 = backend != "ort-trt" and int(str(driver).split(".")[0]) >= CUDA13_DRIVER
     except ValueError:
         cu13 = False
-    return f"pip install 'tsf-trt[gpu-cu{13 if cu13 else 12}]'"
+    return install_command(f"gpu-cu{13 if cu13 else 12}")
 
 
 def _gpu_backend(name: str, report: Report) -> BackendStatus:

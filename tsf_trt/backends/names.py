@@ -16,7 +16,7 @@ PRECISIONS = {
     "torch": ("fp32", "bf16", "fp16"),  # fp16: CUDA only (TorchBackend says so on the CPU)
     "reference": ("fp32",),
     "ort": ("fp32",),
-    "openvino": ("fp32", "bf16"),
+    "openvino": ("fp32", "bf16", "int8"),  # int8: the export's int8 graphs (tsf-trt export --precision int8)
     "ort-cuda": ("fp32", "fp16"),
     "ort-trt": ("fp32", "fp16"),
     "trt": ("fp32", "fp16", "best"),

@@ -4,8 +4,7 @@ Each graph is read and checked for its role once (:mod:`tsf_trt.export.roles`, f
 metadata OpenVINO keeps under `framework`), its instance norms centred first (see
 :func:`centre_norms`: fp32 exact to ONNX Runtime), then compiled once per input shape, with the
 shape made static: OpenVINO's CPU plugin plans memory and picks kernels for a known
-shape (README, "OpenVINO": at batch 1, 3-25 % faster per graph than one dynamic-shape
-compile on this 2-core AVX2 machine; at batch 9 within its noise). Compiled models are exported
+shape (docs/backends.md, "OpenVINO"). Compiled models are exported
 (`export_model`) into verified cache entries in the export's `.openvino-cache` folder
 (:mod:`tsf_trt.files.cache_entry`), keyed by graph hash, input shapes, settings, OpenVINO version and
 CPU, so a later run imports them (`import_model`) instead of compiling. Not OpenVINO's own
@@ -22,6 +21,13 @@ from a one-convolution probe when the backend is built (describe() is logged bef
 anything runs), then from every graph compiled. A bf16 request that runs f32 is a warning
 and reads "fp32 (bf16 asked: ...)". The bf16 path itself has not run here (this CPU has
 no bf16); only what OpenVINO reports for it is checked.
+
+`int8` runs the export's int8 graphs (:mod:`tsf_trt.export.quantize`: the encoder and the
+per-target decoders quantised by NNCF, OpenVINO models listed in the manifest's "int8" block)
+with the hint f32: their FakeQuantize nodes make OpenVINO run the convolutions in u8 (read back:
+"int8"), the rest in f32; the fusion and the code-input decoder, which have no int8 graph, run
+f32. The probe compiles one quantised convolution, so a CPU where OpenVINO runs it in f32 is
+known (and said) before anything runs.
 """
 
 from __future__ import annotations
@@ -35,17 +41,18 @@ import numpy as np
 
 from tsf_trt.backends.base import Backend
 from tsf_trt.backends.onnx_graphs import decoder_feeds, fusion_feeds, split_decoded
-from tsf_trt.errors import TsfError
+from tsf_trt.errors import ModelError, TsfError
+from tsf_trt.export.manifest import PRECISION_KEY
 from tsf_trt.files import cache_entry
 from tsf_trt.machine.cache_dir import machine_key, runtime_cache
 from tsf_trt.model.config import ModelConfig
 
 _log = logging.getLogger(__name__)
 
-#: --precision -> OpenVINO's INFERENCE_PRECISION_HINT.
-HINTS = {"fp32": "f32", "bf16": "bf16"}
-#: OpenVINO element types -> how tsf-trt spells a precision.
-PRECISION_OF = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+#: --precision -> OpenVINO's INFERENCE_PRECISION_HINT (int8: the graphs' FakeQuantize nodes set it, the rest f32).
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+#: OpenVINO element types -> how tsf-trt spells a precision (u8/i8: quantised convolutions).
+PRECISION_OF = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "u8": "int8", "i8": "int8"}
 #: Runtime layers whose precision is the precision a graph runs at (the rest are reorders,
 #: inputs, norms that OpenVINO keeps in f32 in any mode).
 COMPUTE_LAYERS = ("Convolution", "Deconvolution", "FullyConnected", "MatMul")
@@ -64,13 +71,14 @@ def import_openvino():
 
 def ran_precision(compiled: Any) -> str:
     """The precision a compiled model really runs at: that of its convolutions and matrix
-    products in the runtime graph (bf16 if any of them is), else the compiled hint."""
+    products in the runtime graph (int8 if any of them runs u8/i8, else bf16 if any of them
+    is), else the compiled hint."""
     seen = set()
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
         if info["layerType"].astype(str) in COMPUTE_LAYERS:
             seen.add(info["runtimePrecision"].astype(str))
-    for kind in ("bf16", "f16", "f32"):
+    for kind in ("u8", "i8", "bf16", "f16", "f32"):
         if kind in seen:
             return PRECISION_OF[kind]
     hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
@@ -129,6 +137,9 @@ class OpenVinoBackend(Backend):
         self.imported = 0  # compiled models taken from the cache (tests, bench)
         self._models: dict[str, Any] = {}       # graph -> read, role-checked model (dynamic shapes)
         self._compiled: dict[tuple, Any] = {}   # (graph, input shapes) -> compiled model
+        self._fp32_only: set[str] = set()  # graphs run fp32 under --precision int8 (no int8 graph), said once
+        if precision == "int8":
+            self._check_int8_export()
         self.runtime_precision = self._probe_precision()
         if self.runtime_precision != precision:
             _log.warning("openvino: --precision %s asked, but OpenVINO runs %s on this CPU (%s)", precision,
@@ -141,12 +152,18 @@ class OpenVinoBackend(Backend):
             from tsf_trt.export.manifest import graph_path
             from tsf_trt.export.roles import check_graph
 
-            path = graph_path(self.directory, self.manifest, graph)
+            int8 = self._int8(graph)
+            path = self.directory / int8["file"] if int8 else graph_path(self.directory, self.manifest, graph)
             try:
-                model = self.core.read_model(str(path))
+                model = self.core.read_model(str(path))  # an int8 model's .bin beside it is read with it
             except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own types for broken graphs
                 raise TsfError(f"{path}: OpenVINO cannot read this graph ({str(exc).splitlines()[0]})") from None
-            check_graph(self.directory, self.manifest, graph, *_signature(model))
+            signature = _signature(model)
+            check_graph(self.directory, self.manifest, graph, *signature)
+            if int8 and signature[2].get(PRECISION_KEY) != "int8":
+                raise ModelError(path, f"is listed as the int8 '{graph}' graph but is not one (its metadata says "
+                                       "so): export again")
+            # centred after quantising: NNCF left the norms (MVN) unquantised (tsf_trt.export.quantize)
             self._models[graph] = centre_norms(model, self.ov.opset13)
         return self._models[graph]
 
@@ -160,7 +177,11 @@ class OpenVinoBackend(Backend):
             if compiled is None:
                 compiled = self._compile(graph, model, shapes)
             ran = ran_precision(compiled)
-            if ran != self.runtime_precision:  # the probe and a real graph disagree: the graph is the truth
+            if self.precision == "int8" and not self._int8(graph):
+                if graph != "fusion" and graph not in self._fp32_only:  # the fusion is fp32 by design
+                    _log.warning("openvino: this export has no int8 %s graph: it runs %s", graph, ran)
+                    self._fp32_only.add(graph)
+            elif ran != self.runtime_precision:  # the probe and a real graph disagree: the graph is the truth
                 _log.warning("openvino: the %s graph runs %s, not %s", graph, ran, self.runtime_precision)
                 self.runtime_precision = ran
             self._compiled[key] = compiled
@@ -168,8 +189,10 @@ class OpenVinoBackend(Backend):
 
     def _entry_key(self, graph: str, shapes: dict[str, list[int]]) -> dict[str, Any]:
         """Everything a compiled model depends on: checked in its cache entry before it is imported."""
+        int8 = self._int8(graph)
         return {"kind": "openvino-compiled-model", "graph": graph,
                 "graph_sha256": self.manifest["graphs"][graph]["sha256"], "shapes": shapes,
+                **({"int8_sha256": [int8["sha256"], int8["weights_sha256"]]} if int8 else {}),
                 "settings": self.settings, "openvino": self.ov.__version__, "machine": machine_key(),
                 "centre_norms": CENTRE_NORMS_VERSION}
 
@@ -216,18 +239,37 @@ class OpenVinoBackend(Backend):
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> Any:
         return self.compiled(graph, feeds)(feeds)  # outputs are copies (share_outputs=False)
 
+    def _int8(self, graph: str) -> dict[str, Any] | None:
+        """The int8 entry `graph` runs from under --precision int8, else None (fp32 file)."""
+        from tsf_trt.export.manifest import int8_graph
+
+        return int8_graph(self.manifest, graph) if self.precision == "int8" else None
+
+    def _check_int8_export(self) -> None:
+        """--precision int8 on an export without int8 graphs: one line that says how to make them."""
+        if self._int8("encoder") is None:
+            raise TsfError(f"{self.directory}: this export has no int8 graphs: make them with "
+                           "tsf-trt export --precision int8 -m MODEL -o MODEL/export (a model directory's runs "
+                           "take its export/ first; docs/backends.md, 'int8')")
+
     def _probe_precision(self) -> str:
         """What OpenVINO runs a convolution at with these settings on this CPU (a one-node
-        graph, not cached): known before the first real graph compiles."""
+        graph, not cached): known before the first real graph compiles. Under int8 the convolution
+        is quantised as NNCF quantises one (FakeQuantize on its input and on its weights)."""
         ops = self.ov.opset13
         image = ops.parameter([1, 8, 8, 8], np.float32, name="x")
-        conv = ops.convolution(image, ops.constant(np.ones((8, 8, 3, 3), np.float32)), [1, 1], [1, 1], [1, 1], [1, 1])
+        data, weights = image, ops.constant(np.full((8, 8, 3, 3), 0.5, np.float32))
+        if self.precision == "int8":
+            one = [ops.constant(np.float32(v)) for v in (-1, 1, -1, 1)]
+            data, weights = ops.fake_quantize(image, *one, 256), ops.fake_quantize(weights, *one, 255)
+        conv = ops.convolution(data, weights, [1, 1], [1, 1], [1, 1], [1, 1])
         return ran_precision(self.core.compile_model(self.ov.Model([conv], [image], "probe"), "CPU", self.settings))
 
     def _capabilities(self) -> str:
         caps = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        native = "BF16" in caps
-        return f"its OPTIMIZATION_CAPABILITIES are {', '.join(caps)}" + ("" if native else ": no native bf16")
+        kind = "INT8" if self.precision == "int8" else "BF16"
+        native = kind in caps
+        return f"its OPTIMIZATION_CAPABILITIES are {', '.join(caps)}" + ("" if native else f": no native {kind.lower()}")
 
     # -- the interface --------------------------------------------------------------------
     def _encode(self, images: np.ndarray) -> np.ndarray:
@@ -248,6 +290,8 @@ class OpenVinoBackend(Backend):
     def describe(self) -> str:
         ran = self.runtime_precision
         precision = ran if ran == self.precision else f"{ran} ({self.precision} asked: {self._capabilities()})"
+        if ran == "int8":
+            precision += " (encoder and per-target decoders; fusion fp32)"
         threads = f", {self.threads} threads" if self.threads else ""
         return f"openvino {self.ov.__version__.split('-')[0]} (CPU, {precision}{threads}, {self.decoder_kind} decoder)"
 

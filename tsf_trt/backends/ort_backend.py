@@ -5,7 +5,7 @@ graph and reused; the graph optimiser runs at its full level and, on CPU, its re
 cached beside the graphs (keyed by graph hash, ORT version and CPU; a file named by its own
 hash, checked before use, :mod:`tsf_trt.files.cache_entry`: a damaged one is rebuilt with one
 warning), so later runs skip it. Per-target decoders with baked kernels are used when the export has them (measured
-faster on CPU: README, "Performance"); `decoder="code"` forces the code-input decoder.
+faster on CPU: docs/performance.md); `decoder="code"` forces the code-input decoder.
 
 `ort-cuda` and `ort-trt` (onnxruntime-gpu) are for users without the TensorRT Python
 package; written from ONNX Runtime's documentation and NOT yet run on a GPU:

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from tsf_trt.cli.doctor import doctor
-from tsf_trt.console import (EXIT_ERROR, EXIT_INTERRUPTED, err, log, out, progress_bar, setup_logging, step,
-                             user_errors)
+from tsf_trt.console import (EXIT_ERROR, EXIT_INTERRUPTED, err, log, out, progress_bar, setup_logging,
+                             start_command, step, user_errors)
 from tsf_trt.version import __version__
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ def common(
 ) -> None:
     """TSF-Seq2Seq MRI synthesis with TSEM (MICCAI 2023), as a fast, dependable command."""
     setup_logging()  # each long command sets it up again with its --quiet, --no-progress, --log-file
+    start_command()  # old option spellings wait for that (tsf_trt.cli.vocabulary)
 
 
 app.command("doctor")(doctor)  # defined apart from the app (it imports nothing from here), registered here

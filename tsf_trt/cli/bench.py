@@ -1,18 +1,23 @@
 """`tsf-trt bench`: latency, throughput, memory, efficiency and agreement of every backend, in one run;
-`tsf-trt bench suite`: the README's performance table from the same measurements."""
+`tsf-trt bench suite`: docs/performance.md's whole-slice tables from the same measurements."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from typer.core import TyperGroup
 
 from tsf_trt.cli import params
 from tsf_trt.cli.app import app, err, out, progress_bar, setup_logging, step, user_errors
+from tsf_trt.cli.params import INPUTS_PANEL, OUTPUTS_PANEL, RUNTIME_PANEL
+from tsf_trt.cli.vocabulary import renamed
+
+#: bench's own panels: what each row is, and how it is timed.
+ROWS_PANEL, TIMING_PANEL = "Rows (each a comma list: one row per combination)", "Timing"
 
 
 def join_shape(args: list[str], commands: Sequence[str] = ()) -> list[str]:
@@ -33,10 +38,12 @@ def join_shape(args: list[str], commands: Sequence[str] = ()) -> list[str]:
 
 
 class BenchGroup(TyperGroup):
-    """`tsf-trt bench`, whose --shape takes one word or three (:func:`join_shape`)."""
+    """`tsf-trt bench`, whose --shape takes one word (old) or three (:func:`join_shape`), and whose old
+    option names still work (tsf_trt.cli.vocabulary.RENAMED)."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, join_shape(list(args), list(self.commands)))
+        commands = list(self.commands)
+        return super().parse_args(ctx, renamed("bench", join_shape(list(args), commands), stop=commands))
 
 
 bench_app = typer.Typer(name="bench", cls=BenchGroup, add_completion=False, pretty_exceptions_enable=False,
@@ -48,80 +55,96 @@ app.add_typer(bench_app, name="bench")
 @user_errors
 def bench(
     ctx: typer.Context,
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory or export directory "
-                                                  "(an export runs on the ONNX Runtime backends only; the torch "
-                                                  "rows are then skipped). Default: the bundled demo model.",
-                                                  show_default=False)] = None,
-    backends: Annotated[str, typer.Option("--backends", "-b", help="Comma list of torch, ort, openvino, ort-cuda, "
+    backends: Annotated[str, typer.Option("--backend", "-b", metavar="NAME[,NAME...]|all",
+                                          rich_help_panel=ROWS_PANEL,
+                                          help="Backends to time: a comma list of torch, ort, openvino, ort-cuda, "
                                           "ort-trt, trt, reference, or 'all'. Unavailable ones are listed as "
-                                          "skipped with "
-                                          "the reason. 'reference' (the authors' way, batch 1) is added unless "
-                                          "--no-reference.")] = "all",
-    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Slices per network batch to measure, comma "
-                                             "separated; one row per backend and batch size. 'auto': each "
-                                             "backend's own choice for the volume's size.")] = "1,4,16",
-    precisions: Annotated[str, typer.Option("--precisions", "--precision", help="Comma list of fp32, bf16, "
-                                            "fp16, best: each backend runs those it takes (torch, openvino: "
-                                            "fp32, bf16; ort-cuda, ort-trt: fp32, fp16; trt: also best), one row "
-                                            "each; a backend that takes none is listed as skipped.")] = "fp32",
-    frames: Annotated[str, typer.Option("--frames", "--frame", help="Comma list of head, full or HxW (as infer's "
-                                        "--frame), one row each; the reference row is always the full frame "
-                                        "(its definition), and a row at head also gets its ratio to the same "
-                                        "row at full.")] = "head",
-    decoders: Annotated[str, typer.Option("--decoders", help="ONNX Runtime rows: baked (per-target decoders, "
-                                          "the runtime's default when the export has them), code (the "
-                                          "code-input decoder), or baked,code for one row each.")] = "baked",
-    shape: Annotated[Optional[str], typer.Option("--shape", metavar="SxHxW|X Y Z", help="Voxels of the "
-                                                 "phantom: one word SxHxW, slices x height x width (40x240x240 "
-                                                 "is 40 slices of 240x240), or three numbers X Y Z in the file's "
-                                                 "(x, y, z) order, as for `tsf-trt phantom` (240 240 40 is the "
-                                                 "same phantom).", show_default="155x240x240")] = None,
-    sources: Annotated[Optional[str], typer.Option("--sources", help="Input sequences, e.g. t1,flair (default: "
-                                                   "the first three of T1, FLAIR, T1Gd, T2 that are not the "
-                                                   "target; T1 alone for a Seq2Seq-only model).",
-                                                   show_default=False)] = None,
+                                          "skipped with the reason. 'reference' (the authors' way, batch 1) is "
+                                          "added unless --no-reference.")] = "all",
+    batch_sizes: Annotated[str, typer.Option("--batch-size", metavar="N[,N...]|auto", rich_help_panel=ROWS_PANEL,
+                                             help="Slices per network batch to measure, a comma list; one row per "
+                                             "backend and batch size. 'auto': each backend's own choice for the "
+                                             "volume's size.")] = "1,4,16",
+    precisions: Annotated[str, typer.Option("--precision", metavar="P[,P...]", rich_help_panel=ROWS_PANEL,
+                                            help="A comma list of fp32, bf16, int8, fp16, best: each backend runs "
+                                            "those it takes (torch: fp32, bf16; openvino: fp32, bf16, int8 (an "
+                                            "export with int8 graphs); ort-cuda, ort-trt: fp32, fp16; trt: also "
+                                            "best), one row each; a backend that takes none is listed as "
+                                            "skipped.")] = "fp32",
+    frames: Annotated[str, typer.Option("--frame", metavar="F[,F...]", rich_help_panel=ROWS_PANEL,
+                                        help="A comma list of head, full or HxW (as infer's --frame), one row "
+                                        "each; the reference row is always the full frame (its definition), and "
+                                        "a row at head also gets its ratio to the same row at full.")] = "head",
+    decoders: Annotated[str, typer.Option("--decoder", metavar="D[,D...]", rich_help_panel=ROWS_PANEL,
+                                          help="ONNX Runtime rows: baked (per-target decoders, the runtime's "
+                                          "default when the export has them), code (the code-input decoder), or "
+                                          "baked,code for one row each.")] = "baked",
+    reference: Annotated[bool, typer.Option("--reference/--no-reference", rich_help_panel=ROWS_PANEL,
+                                            help="Add the reference row, so every figure is also a ratio to the "
+                                            "authors' way.")] = True,
+    compile: Annotated[bool, typer.Option("--compile", rich_help_panel=ROWS_PANEL,
+                                          help="Also time each torch row with torch.compile: a torch-compile row "
+                                          "beside each torch row (compiled in its warm-up runs: minutes on a "
+                                          "CPU; give --warmup 1 at least).")] = False,
+    shape: Annotated[Optional[str], typer.Option("--shape", metavar="X Y Z", rich_help_panel=INPUTS_PANEL,
+                                                 help="Voxels of the phantom per axis, in the file's (x, y, z) "
+                                                 "order, as for `tsf-trt phantom` (240 240 40: 40 slices of "
+                                                 "240x240). The one word SxHxW (slices x height x width, "
+                                                 "40x240x240) still works for one release.",
+                                                 show_default="240 240 155")] = None,
+    subject: Annotated[Optional[Path], typer.Option("--subject-dir", metavar="DIR", rich_help_panel=INPUTS_PANEL,
+                                                    help="Benchmark this real subject's folder instead of a "
+                                                    "phantom (any layout `infer` reads).", show_default=False)] = None,
     target: params.Target = "t2",
-    tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", help="Include TSEM (the decoder runs on 2N "
-                                       "slices).")] = True,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed whole-volume runs per row first.")] = 1,
-    iterations: Annotated[int, typer.Option("--iterations", help="Timed whole-volume runs per row.")] = 3,
-    interleave: Annotated[bool, typer.Option("--interleave/--no-interleave", help="Rows take turns, one "
-                                             "whole-volume run each, so that other load on a shared machine "
-                                             "falls on every row alike (every backend is loaded at once, and a "
-                                             "row's peak RSS holds them all); --no-interleave: one row after the "
-                                             "other, one backend at a time (GPU rows that do not fit together).")
-                  ] = True,
+    sources: Annotated[Optional[str], typer.Option("--sources", rich_help_panel=INPUTS_PANEL,
+                                                   help="Input sequences, e.g. t1,flair (default: the first three "
+                                                   "of T1, FLAIR, T1Gd, T2 that are not the target; T1 alone for "
+                                                   "a Seq2Seq-only model).", show_default=False)] = None,
+    tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", rich_help_panel=INPUTS_PANEL,
+                                       help="Include TSEM (the decoder runs on 2N slices).")] = True,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", rich_help_panel=RUNTIME_PANEL,
+                                                  help="Model directory or export directory (an export runs on the "
+                                                  "ONNX Runtime backends only; the torch rows are then skipped). "
+                                                  "Default: the bundled demo model.", show_default=False)] = None,
     threads: params.Threads = None,
     device: params.Device = "auto",
-    reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Add the reference row, so every "
-                                            "figure is also a ratio to the authors' way.")] = True,
-    compile: Annotated[bool, typer.Option("--compile", help="Also time each torch row with torch.compile: a "
-                                          "torch-compile row beside each torch row (compiled in its warm-up runs: "
-                                          "minutes on a CPU; give --warmup 1 at least).")] = False,
-    io_subjects: Annotated[int, typer.Option("--io-subjects", help="Copies of the subject run in folder mode with "
-                                             "the fastest row, to measure how much throughput survives NIfTI "
-                                             "reading and writing (0: skip).")] = 2,
-    subject: Annotated[Optional[Path], typer.Option("--subject", help="Benchmark this real subject's folder "
-                                                    "instead of a phantom (any layout `infer` reads).",
-                                                    show_default=False)] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON (schema: "
-                                                      "bench/SCHEMA.md).", show_default=False)] = None,
-    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Write the report as Markdown.",
-                                                     show_default=False)] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: latency per stage per row, and "
-                                                 "throughput against batch size.", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing report files.")] = False,
+    warmup: Annotated[int, typer.Option("--warmup", rich_help_panel=TIMING_PANEL,
+                                        help="Untimed whole-volume runs per row first.")] = 1,
+    iterations: Annotated[int, typer.Option("--iterations", rich_help_panel=TIMING_PANEL,
+                                            help="Timed whole-volume runs per row.")] = 3,
+    interleave: Annotated[bool, typer.Option("--interleave/--no-interleave", rich_help_panel=TIMING_PANEL,
+                                             help="Rows take turns, one whole-volume run each, so that other load "
+                                             "on a shared machine falls on every row alike (every backend is "
+                                             "loaded at once, and a row's peak RSS holds them all); "
+                                             "--no-interleave: one row after the other, one backend at a time "
+                                             "(GPU rows that do not fit together).")] = True,
+    io_subjects: Annotated[int, typer.Option("--io-subjects", rich_help_panel=TIMING_PANEL,
+                                             help="Copies of the subject run in folder mode with the fastest row, "
+                                             "to measure how much throughput survives NIfTI reading and writing "
+                                             "(0: skip).")] = 2,
+    json_path: Annotated[Optional[Path], typer.Option("--json", metavar="FILE", rich_help_panel=OUTPUTS_PANEL,
+                                                      help="Write the report as JSON (schema: bench/SCHEMA.md).",
+                                                      show_default=False)] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", metavar="FILE", rich_help_panel=OUTPUTS_PANEL,
+                                                     help="Write the report as Markdown.", show_default=False)] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", rich_help_panel=OUTPUTS_PANEL,
+                                                 help="Write a PNG: latency per stage per row, and throughput "
+                                                 "against batch size.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", rich_help_panel=OUTPUTS_PANEL,
+                                            help="Replace existing report files.")] = False,
+    verbose: params.Verbose = False,
     quiet: params.Quiet = False,
     no_progress: params.NoProgress = False,
     log_file: params.LogFile = None,
+    log_format: params.LogFormat = "text",
 ) -> None:
     """Time every backend on one volume: per-stage latency (mean, p50, p90, p99, min), end-to-end seconds, throughput, peak memory, GFLOP/s against the machine's GEMM rate, ratios to torch and to the authors' way, agreement with torch fp32 (PSNR, max differences of image, TSEM and ω), and folder-mode I/O overlap.
 
-    Each iteration is what `tsf-trt infer` does for one subject: read the NIfTI inputs, synthesise, write the outputs. `tsf-trt bench suite` regenerates the README's performance table (options of its own: tsf-trt bench suite --help).
+    Each iteration is what `tsf-trt infer` does for one subject: read the NIfTI inputs, synthesise, write the outputs. `tsf-trt bench suite` regenerates the whole-slice tables of docs/performance.md (options of its own: tsf-trt bench suite --help).
 
-    --shape takes either spelling: 32x128x128 (slices x height x width) is the phantom of --shape 128 128 32 (X Y Z).
+    --backend, --batch-size, --precision, --frame and --decoder each take a comma list: one row per combination.
 
-    Example: tsf-trt bench --backends torch,ort --batch-sizes 1,4 --shape 16x96x96 --json bench/small.json
+    Example: tsf-trt bench --backend torch,ort --batch-size 1,4 --shape 96 96 16 --json bench/small.json
     """
     if ctx.invoked_subcommand is not None:
         _refuse_own_options(ctx)
@@ -133,6 +156,7 @@ def bench(
 
     from tsf_trt import sequences
     from tsf_trt.backends import PRECISIONS
+    from tsf_trt.console import deprecated
     from tsf_trt.bundled import resolve_model
     from tsf_trt.errors import InputError, TsfError
     from tsf_trt.synthesis.options import RunOptions
@@ -141,33 +165,33 @@ def bench(
                              ("--io-subjects", io_subjects, 0)):
         if value is not None and value < low:
             raise TsfError(f"{flag} must be at least {low}, got {value}")
-    setup_logging(quiet, no_progress, log_file)
+    setup_logging(quiet, no_progress, log_file, verbose=verbose, log_format=log_format)
     options = RunOptions(device=device, threads=threads)  # the one check of --device and --threads
-    try:
-        target_index = sequences.parse(target)
-    except TsfError as exc:
-        raise TsfError(f"--target: {exc}") from None
+    target_index = sequences.parse(target)  # a --target choice: one of sequences.ALIASES
     source_list = tuple(_sequences("--sources", sources)) if sources else None
     if source_list:
         check_sources(source_list, target_index)  # before any model loads
     if subject is not None and shape is not None:
-        raise TsfError("--shape makes a phantom; --subject benchmarks a real one: give only one of them")
+        raise TsfError("--shape makes a phantom; --subject-dir benchmarks a real one: give only one of them")
     if subject is not None and not subject.is_dir():
         raise InputError(subject, "no such subject folder")
     shape_zyx = parse_shape(shape) if shape is not None else None
+    if shape is not None and len(shape.split()) == 1 and shape_zyx is not None:
+        deprecated(f"--shape {shape} (slices x height x width)", f"--shape {' '.join(map(str, shape_zyx[::-1]))} "
+                   "(X Y Z, the file's axes, as every command writes a volume's shape)")
     outputs = [p for p in (json_path, markdown, plot) if p is not None]
     if len({p.resolve() for p in outputs}) < len(outputs):
         raise TsfError("--json, --markdown and --plot must name different files")
     if plot is not None and plot.suffix.lower() != ".png":
         raise InputError(plot, "the plot is a PNG: give a file name ending in .png")
     all_precisions = tuple(dict.fromkeys(p for taken in PRECISIONS.values() for p in taken))
-    row_kinds = {"precisions": parse_list("--precisions", precisions, all_precisions),
-                 "decoders": parse_list("--decoders", decoders, DECODERS), "frames": _frames(frames)}
+    row_kinds = {"precisions": parse_list("--precision", precisions, all_precisions),
+                 "decoders": parse_list("--decoder", decoders, DECODERS), "frames": _frames(frames)}
     model_path = resolve_model(model)
     if not model_path.is_dir():
         raise InputError(model_path, "no such model or export directory")
     for path in outputs:  # before minutes of measuring
-        _check_output(path, overwrite, [("--model directory", model_path), ("--subject folder", subject)])
+        _check_output(path, overwrite, [("--model directory", model_path), ("--subject-dir folder", subject)])
     backend_names = parse_backends(backends, reference)
     if compile:
         check_compile(backend_names)
@@ -176,7 +200,7 @@ def bench(
                              subject=subject, sources=source_list, tsem=tsem, warmup=warmup, iterations=iterations,
                              threads=threads, device=_device(options.device), io_subjects=io_subjects,
                              interleave=interleave, **row_kinds)
-    what = "the subject" if subject is not None else f"a {'x'.join(map(str, shape_zyx or DEFAULT_SHAPE))} phantom"
+    what = "the subject" if subject is not None else f"a {' '.join(map(str, (shape_zyx or DEFAULT_SHAPE)[::-1]))} phantom"
     with step(f"loading {model_path} and writing {what}"):
         bench_run = BenchRun(settings)
     with bench_run, progress_bar() as bar:
@@ -221,10 +245,10 @@ def _refuse_own_options(ctx: typer.Context) -> None:
 @user_errors
 def suite(
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model directory to measure (default: "
-                                                  "seeded random weights of --config, as the README).",
+                                                  "seeded random weights of --config, as docs/performance.md).",
                                                   show_default=False)] = None,
-    config: Annotated[str, typer.Option("--config", help="Preset of the random-weight model: paper, small or "
-                                        "demo.")] = "paper",
+    config: Annotated[Literal["paper", "small", "demo"], typer.Option(
+        "--config", case_sensitive=False, help="Preset of the random-weight model.")] = "paper",
     shape: params.Shape = (240, 240, 155),
     variants: Annotated[str, typer.Option("--variants", help="Comma list of the table's rows: reference, torch, "
                                           "torch-bf16 (autocast), ort-code (code-input decoder), ort-baked "
@@ -239,11 +263,13 @@ def suite(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Markdown file (default: standard "
                                                    "output).", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output.")] = False,
+    verbose: params.Verbose = False,
     quiet: params.Quiet = False,
     no_progress: params.NoProgress = False,
     log_file: params.LogFile = None,
+    log_format: params.LogFormat = "text",
 ) -> None:
-    """Regenerate the README's performance table on this machine, as Markdown: every variant on the same phantom, in one run, same threads, on the CPU; seconds of in-memory synthesis per volume, the ratio to the authors' way, and the image's agreement with torch fp32.
+    """Regenerate the whole-slice tables of docs/performance.md on this machine, as Markdown: every variant on the same phantom, in one run, same threads, on the CPU; seconds of in-memory synthesis per volume, the ratio to the authors' way, and the image's agreement with torch fp32.
 
     The paper configuration at 240 240 155 takes hours on a few cores; --config small --shape 128 128 32 takes minutes.
 
@@ -257,7 +283,7 @@ def suite(
     from tsf_trt.files.atomic import atomic_path
     from tsf_trt.synthesis.options import check_threads
 
-    setup_logging(quiet, no_progress, log_file)
+    setup_logging(quiet, no_progress, log_file, verbose=verbose, log_format=log_format)
     check_threads(threads)
     names, shape_zyx = parse_variants(variants), check_shape(shape)
     if output is not None:  # before hours of measuring

@@ -18,8 +18,10 @@ import typer
 from typer.core import TyperCommand
 
 from tsf_trt.cli import params
+from tsf_trt.cli.params import CHECKS_PANEL, FOLDER_PANEL, INPUTS_PANEL, OUTPUTS_PANEL, RUNTIME_PANEL
 from tsf_trt.cli.app import app, log, out, setup_logging, user_errors
-from tsf_trt.cli.infer import BIDS_APP_LEVELS, HELP_CALIBRATION, _bids_filter, _calibration_file, _labels, run_request
+from tsf_trt.cli.infer import run_request
+from tsf_trt.cli.infer_options import BIDS_APP_LEVELS, HELP_CALIBRATION, bids_filter_pairs, calibration_file, labels
 from tsf_trt.runs.claims import DEFAULT_LEASE_S
 from tsf_trt.version import __version__
 
@@ -78,86 +80,93 @@ def bids(
                                                   "participant: synthesise (--target); group: write the cohort "
                                                   "table of OUTPUT_DIR from its records.")],
     participant_label: Annotated[Optional[list[str]], typer.Option(
-        "--participant-label", show_default=False, metavar="LABEL ...",
+        "--participant-label", show_default=False, rich_help_panel=INPUTS_PANEL, metavar="LABEL ...",
         help="Only these participants: 01 or sub-01, space-separated after the option (--participant_label 01 02), "
              "repeated, or 01,02. Default: every sub-* folder.")] = None,
     session_label: Annotated[Optional[list[str]], typer.Option(
-        "--session-label", show_default=False, metavar="LABEL ...",
+        "--session-label", show_default=False, rich_help_panel=INPUTS_PANEL, metavar="LABEL ...",
         help="Only these sessions (pre or ses-pre; lists as --participant-label). Default: every session.")] = None,
     bids_filter_file: Annotated[Optional[Path], typer.Option(
-        "--bids-filter-file", show_default=False, metavar="FILE",
+        "--bids-filter-file", show_default=False, rich_help_panel=INPUTS_PANEL, metavar="FILE",
         help="fMRIPrep's JSON filter file, to choose among several images of a sequence: queries t1w (T1w without "
              "ce-), t1gd (T1w with ce-), t2w and flair, of entity: value (a label or index, null: without the "
              "entity, \"*\": with any, a list: any of), e.g. {\"t1w\": {\"acquisition\": \"mprage\", \"run\": 1}}. "
              "fMRIPrep's other queries (bold, fmap, ...) are skipped; session and subject are refused "
              "(--session-label, --participant-label). The rule: tsf_trt/inputs/bids_filter.py.")] = None,
     bids_filter: Annotated[Optional[list[str]], typer.Option(
-        "--bids-filter", show_default=False, metavar="ENTITY=LABEL",
+        "--bids-filter", show_default=False, rich_help_panel=INPUTS_PANEL, metavar="ENTITY=LABEL",
         help="The same choice typed in (as `infer --bids-filter`): acq=mprage, t1.run=2 for one sequence, ce= "
              "for the images without the entity, run=1|2 for either; repeat for more.")] = None,
     skip_bids_validation: Annotated[bool, typer.Option(
-        "--skip-bids-validation",
+        "--skip-bids-validation", rich_help_panel=CHECKS_PANEL,
         help="Do not check the dataset first. Otherwise: dataset_description.json (present, Name and BIDSVersion, "
              "not a derivative) and the name of every file of the chosen participants, by the bids-validator "
              "Python package where it is installed (file-name rules only; it is not in the base install), else "
              "by tsf-trt's own BIDS name rules; a failure is one line and nothing runs.")] = False,
     work_dir: Annotated[Optional[Path], typer.Option(
-        "--work-dir", "-w", show_default=False,
+        "--work-dir", "-w", show_default=False, rich_help_panel=RUNTIME_PANEL,
         help="Where intermediate files go: tsf-trt's cache (exported and runtime-optimised graphs, the --backend "
              "auto and --precision auto records; TSF_TRT_CACHE otherwise, default ~/.cache/tsf-trt). Outside "
              "BIDS_DIR and OUTPUT_DIR; reuse it across runs and array tasks to build each cache entry once.")] = None,
     nprocs: Annotated[Optional[int], typer.Option(
-        "--nprocs", "--nthreads", "--n-cpus", min=1, show_default=False,
+        "--nprocs", "--nthreads", "--n-cpus", min=1, show_default=False, rich_help_panel=RUNTIME_PANEL,
         help="CPUs this process may use: the network's threads unless --omp-nthreads says otherwise. One process "
              "synthesises one subject at a time; its input reading and output writing threads overlap the "
              "network and are not counted. For more subjects at once, run more processes (array tasks) on one "
              "OUTPUT_DIR.")] = None,
     omp_nthreads: Annotated[Optional[int], typer.Option(
-        "--omp-nthreads", min=1, show_default=False,
+        "--omp-nthreads", min=1, show_default=False, rich_help_panel=RUNTIME_PANEL,
         help="The network's threads (infer --threads); at most --nprocs.")] = None,
-    target: Annotated[Optional[str], typer.Option(
-        "--target", "-t", show_default=False,
-        help="Sequence to synthesise: t1, t1gd, t2 or flair (aliases t1n, t1ce, t1c, t2w, t2f). Required at the "
+    target: Annotated[Optional[params.TargetName], typer.Option(
+        "--target", "-t", show_default=False, case_sensitive=False, metavar=params.TARGET_METAVAR,
+        rich_help_panel=INPUTS_PANEL,
+        help="Sequence to synthesise: t1, t1gd, t2 or flair (aliases t1n, t1w, t1ce, t1c, t2w, t2f). Required at the "
              "participant level; at the group level, the table to write (default: every target with records).")] = None,
     sources: Annotated[Optional[str], typer.Option(
-        "--sources", show_default=False, help="The input sequences, e.g. t1,flair (default: every sequence a "
-                                              "subject has except the target).")] = None,
+        "--sources", show_default=False, rich_help_panel=INPUTS_PANEL,
+        help="The input sequences, e.g. t1,flair (default: every sequence a subject has except the target).")] = None,
     model: params.Model = None,
     backend: params.Backend = "auto",
     device: params.Device = "auto",
     precision: params.Precision = "auto",
     batch_size: params.BatchSize = None,
     frame: params.Frame = "head",
-    tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", help="Also write the TSEM map.")] = True,
+    tsem: Annotated[bool, typer.Option("--tsem/--no-tsem", help="Also write the TSEM map.",
+                                       rich_help_panel=OUTPUTS_PANEL)] = True,
     calibration: Annotated[Optional[str], typer.Option("--calibration", help=HELP_CALIBRATION, show_default=False,
-                                                       metavar="FILE|none")] = None,
+                                                       metavar="FILE|none", rich_help_panel=OUTPUTS_PANEL)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo finished subjects (replacing only tsf-trt's "
-                                            "own outputs).")] = False,
+                                            "own outputs).", rich_help_panel=OUTPUTS_PANEL)] = False,
     strict: Annotated[bool, typer.Option("--strict", help="The preprocessing checks' warnings fail the "
-                                         "subject.")] = False,
+                                         "subject.", rich_help_panel=CHECKS_PANEL)] = False,
     resample: Annotated[bool, typer.Option("--resample", help="Inputs on different grids or far from 1 mm: "
-                                           "through 1 mm isotropic, outputs on the first input's grid.")] = False,
+                                           "through 1 mm isotropic, outputs on the first input's grid.",
+                                           rich_help_panel=CHECKS_PANEL)] = False,
     wait: Annotated[bool, typer.Option("--wait", help="When other runs hold subjects, wait for them (or take them "
                                        "over if they die): when this run ends, every chosen subject is done or "
-                                       "failed. For array tasks sharing one OUTPUT_DIR.")] = False,
+                                       "failed. For array tasks sharing one OUTPUT_DIR.",
+                                       rich_help_panel=FOLDER_PANEL)] = False,
     claim_lease: Annotated[float, typer.Option("--claim-lease", help="Seconds after which a claim of a run on "
                                                "another machine that stopped refreshing it is taken over (as "
-                                               "infer --claim-lease).")] = DEFAULT_LEASE_S,
+                                               "infer --claim-lease).", rich_help_panel=FOLDER_PANEL)
+                  ] = DEFAULT_LEASE_S,
     shard: Annotated[Optional[str], typer.Option("--shard", show_default=False, help="Only share i of n of the "
-                                                 "chosen subjects (i/n, round-robin over sorted names).")] = None,
+                                                 "chosen subjects (i/n, round-robin over sorted names).",
+                                                 metavar="i/n", rich_help_panel=FOLDER_PANEL)] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", show_default=False, help="One worker process per "
-                                                   "GPU index (e.g. 0,1), as infer --devices.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List the files not used, one line per "
-                                          "subject.")] = False,
+                                                   "GPU index (e.g. 0,1), as infer --devices.",
+                                                   rich_help_panel=FOLDER_PANEL)] = None,
+    verbose: params.Verbose = False,
     quiet: params.Quiet = False,
     no_progress: params.NoProgress = False,
     log_file: params.LogFile = None,
+    log_format: params.LogFormat = "text",
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """The BIDS App: synthesise a sequence for the participants of a BIDS dataset (participant), or write the cohort table (group).
 
-    The participant level runs exactly what `tsf-trt infer --bids BIDS_DIR -o OUTPUT_DIR` runs: each subject (and session) is read from sub-*/[ses-*/]anat/ (T1w, T1w with ce-: T1Gd, T2w, FLAIR), claimed, synthesised and written as a BIDS derivative (README, "BIDS derivatives"); finished subjects are skipped, so a rerun resumes. Any number of processes may share OUTPUT_DIR, with the same or different --participant-label: a Slurm array (README, "A cohort on a cluster"). Every option and OUTPUT_DIR are checked before the model loads. `tsf-trt-bids ARGS` is `tsf-trt bids ARGS` (a container's entry point).
+    The participant level runs exactly what `tsf-trt infer --bids BIDS_DIR -o OUTPUT_DIR` runs: each subject (and session) is read from sub-*/[ses-*/]anat/ (T1w, T1w with ce-: T1Gd, T2w, FLAIR), claimed, synthesised and written as a BIDS derivative (docs/outputs.md, "BIDS derivatives"); finished subjects are skipped, so a rerun resumes. Any number of processes may share OUTPUT_DIR, with the same or different --participant-label: a Slurm array (docs/clusters.md, "A cohort on a cluster"). Every option and OUTPUT_DIR are checked before the model loads. `tsf-trt-bids ARGS` is `tsf-trt bids ARGS` (a container's entry point).
 
     Example: tsf-trt bids bids-phantoms bids-phantoms/derivatives/tsf-trt participant --target t2 --participant-label Phantom00000 --backend ort
 
@@ -167,7 +176,7 @@ def bids(
     """
     from tsf_trt.errors import TsfError
 
-    setup_logging(quiet, no_progress, log_file)
+    setup_logging(quiet, no_progress, log_file, verbose=verbose, log_format=log_format)
     if analysis_level not in BIDS_APP_LEVELS:
         raise TsfError(f"analysis level '{analysis_level}': use participant or group (BIDS_DIR OUTPUT_DIR LEVEL)")
     _check_bids_dir(bids_dir)
@@ -179,7 +188,7 @@ def bids(
         for flag in (f for f, value in given.items() if value):
             raise TsfError(f"{flag} is for the participant level: the group level tabulates every subject of "
                            "OUTPUT_DIR from its records")
-        return _group(output_dir, target, quiet, log_file)
+        return _group(output_dir, target, quiet, log_file, verbose, log_format)
     _participant(bids_dir, output_dir, participant_label, session_label, bids_filter_file, bids_filter,
                  skip_bids_validation, work_dir, nprocs, omp_nthreads, target, sources, model, backend, device,
                  precision, batch_size, frame, tsem, calibration, overwrite, strict, resample, wait, claim_lease,
@@ -212,9 +221,9 @@ def _participant(bids_dir: Path, output_dir: Path, participant_label, session_la
     if nprocs is not None and omp_nthreads is not None and omp_nthreads > nprocs:
         raise TsfError(f"--omp-nthreads {omp_nthreads} is more than --nprocs {nprocs}")
     options = RunOptions(backend, device, precision, batch_size, omp_nthreads or nprocs, "middle", frame)
-    participants = tuple(label_of(v, "sub", "--participant-label") for v in _labels(participant_label) or ())
-    sessions = tuple(label_of(v, "ses", "--session-label") for v in _labels(session_label) or ())
-    filters = _bids_filter(bids_filter)
+    participants = tuple(label_of(v, "sub", "--participant-label") for v in labels(participant_label) or ())
+    sessions = tuple(label_of(v, "ses", "--session-label") for v in labels(session_label) or ())
+    filters = bids_filter_pairs(bids_filter)
     if bids_filter_file is not None:
         from tsf_trt.inputs.bids_filter import read_filter_file
 
@@ -232,7 +241,7 @@ def _participant(bids_dir: Path, output_dir: Path, participant_label, session_la
                     bids_filter=filters)
     request = InferRequest(target_index, output_dir, sequences.parse_list(sources) if sources else None, tsem,
                            overwrite, claim_lease, wait, strict=strict, resample=resample,
-                           calibration=_calibration_file(calibration))
+                           calibration=calibration_file(calibration))
     run_request(intake, request, options, model, own_calibration=calibration is None, verbose=verbose,
                 devices=devices)
 
@@ -274,8 +283,9 @@ def _use_work_dir(work_dir: Path, bids_dir: Path, output_dir: Path) -> None:
     log.info("work dir (tsf-trt's cache): %s", where)
 
 
-def _group(output_dir: Path, target: str | None, quiet: bool, log_file: Path | None) -> None:
+def _group(output_dir: Path, target: str | None, quiet: bool, log_file: Path | None, verbose: bool,
+           log_format: str) -> None:
     """The group level: `tsf-trt table OUTPUT_DIR [--target T]`."""
     from tsf_trt.cli.table import table
 
-    table(output_dir, target, None, False, quiet, log_file)
+    table(output_dir, target, None, False, quiet, log_file, verbose, log_format)

@@ -8,6 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from tsf_trt.cli import params
+from tsf_trt.cli.params import INPUTS_PANEL, OUTPUTS_PANEL
+
+#: calibrate's own panel: the bound and how the half-width is fitted.
+BOUND_PANEL = "The bound"
 from tsf_trt.cli.app import app, log, out, progress_bar, setup_logging, step, user_errors
 
 #: The task calibrated unless --tasks says otherwise: the full multi-to-one case and the demo's.
@@ -17,31 +21,38 @@ DEFAULT_TASKS = "t1,t1gd,flair->t2;t1,flair->t2"
 @app.command("calibrate", no_args_is_help=True)
 @user_errors
 def calibrate(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Folder of subjects whose target is known (one "
+    data: Annotated[Path, typer.Option("--data", "-d", metavar="FOLDER", rich_help_panel=INPUTS_PANEL,
+                                       help="Folder of subjects whose target is known (one "
                                        "sub-folder per subject: BraTS 2021/2023 names, or `tsf-trt phantom` "
                                        "output), never used to train the model. At least 9 of them set λ at "
                                        "--alpha 0.1 (about 100 make the bound tight); --fit-fraction of them fit "
                                        "the heuristic instead.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The calibration file to write (JSON), for "
+    output: Annotated[Path, typer.Option("--output", "-o", rich_help_panel=OUTPUTS_PANEL,
+                                         help="The calibration file to write (JSON), for "
                                          "`tsf-trt infer --calibration` and `tsf-trt evaluate --calibration`.",
                                          show_default=False)],
     model: params.Model = None,
-    tasks: Annotated[str, typer.Option("--tasks", help="Tasks to calibrate, as `evaluate --tasks` takes them "
+    tasks: Annotated[str, typer.Option("--tasks", rich_help_panel=INPUTS_PANEL,
+                                       help="Tasks to calibrate, as `evaluate --tasks` takes them "
                                        "('->t2', 't1,flair->t2', ...; ';' between several). Each gets its "
                                        "own λ.")] = DEFAULT_TASKS,
-    alpha: Annotated[float, typer.Option("--alpha", help="The bound: on subjects like these, the expected fraction "
+    alpha: Annotated[float, typer.Option("--alpha", rich_help_panel=BOUND_PANEL,
+                                         help="The bound: on subjects like these, the expected fraction "
                                          "of head voxels whose truth lies outside synthesis ± half-width is at "
                                          "most alpha.")] = 0.1,
-    heuristic: Annotated[Optional[str], typer.Option("--heuristic", help="What the half-width follows (README, "
-                                                     "\"How far to trust a synthesis\", measures each): "
+    heuristic: Annotated[Optional[str], typer.Option("--heuristic", rich_help_panel=BOUND_PANEL,
+                                                     help="What the half-width follows (docs/trust.md, "
+                                                     "\"Measured with the bundled demo model\", measures each): "
                                                      "edge+tsem_smooth (the default), tsem, tsem_smooth, edge, "
                                                      "intensity, edge+tsem_smooth+intensity, spread (one extra "
                                                      "decoder pass per input), edge+tsem_smooth+spread, or constant "
                                                      "(the same width everywhere).", show_default=False)] = None,
-    fit_fraction: Annotated[float, typer.Option("--fit-fraction", help="About this fraction of the subjects (by "
+    fit_fraction: Annotated[float, typer.Option("--fit-fraction", rich_help_panel=BOUND_PANEL,
+                                                help="About this fraction of the subjects (by "
                                                 "a hash of their names) fits the heuristic's coefficients; "
                                                 "the others set λ.")] = 0.25,
-    slice_step: Annotated[int, typer.Option("--slice-step", min=1, help="Use every K-th axial slice that holds "
+    slice_step: Annotated[int, typer.Option("--slice-step", min=1, rich_help_panel=INPUTS_PANEL,
+                                            help="Use every K-th axial slice that holds "
                                             "head voxels (about K times faster; the bound is then over those "
                                             "slices' voxels).")] = 1,
     backend: params.Backend = "auto",
@@ -50,11 +61,14 @@ def calibrate(
     precision: params.Precision = "auto",
     threads: params.Threads = None,
     frame: params.Frame = "head",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a calibration file tsf-trt wrote.")
+    overwrite: Annotated[bool, typer.Option("--overwrite", rich_help_panel=OUTPUTS_PANEL,
+                                            help="Replace a calibration file tsf-trt wrote.")
                          ] = False,
+    verbose: params.Verbose = False,
     quiet: params.Quiet = False,
     no_progress: params.NoProgress = False,
     log_file: params.LogFile = None,
+    log_format: params.LogFormat = "text",
 ) -> None:
     """Calibrate per-voxel error bounds on subjects whose target is known: the half-width map `infer --calibration` writes.
 
@@ -75,7 +89,7 @@ def calibrate(
     from tsf_trt.uncertainty.calibration import write_calibration
     from tsf_trt.uncertainty.heuristic import needs
 
-    setup_logging(quiet, no_progress, log_file)
+    setup_logging(quiet, no_progress, log_file, verbose=verbose, log_format=log_format)
     options = RunOptions(backend, device, precision, batch_size, threads, frame=frame)
     plan = CalibrationPlan(tuple(parse_tasks(tasks)), alpha, heuristic or DEFAULT_HEURISTIC, fit_fraction, slice_step,
                            str(options.frame))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from tsf_trt.cli import params
 from tsf_trt.cli.app import app, log, out, progress_bar, setup_logging, user_errors
 
-_LAYOUTS = ("brats2021", "brats2023", "bids")
 
 
 @app.command("phantom", no_args_is_help=True)
@@ -23,7 +22,8 @@ def phantom(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Subject k is made from seed + k, so it is the same "
                                       "whatever --subjects is.")] = 0,
     shape: params.Shape = (240, 240, 155),
-    layout: Annotated[str, typer.Option("--layout", help="File naming: brats2021 (<subj>/<subj>_t1.nii.gz, _t1ce, "
+    layout: Annotated[Literal["brats2021", "brats2023", "bids"], typer.Option(
+        "--layout", case_sensitive=False, help="File naming: brats2021 (<subj>/<subj>_t1.nii.gz, _t1ce, "
                                         "_t2, _flair, _seg; labels 1 NCR, 2 ED, 4 ET) or brats2023 "
                                         "(<subj>/<subj>-t1n.nii.gz, -t1c, -t2w, -t2f, -seg; labels 1 NCR, 2 ED, "
                                         "3 ET), or bids (a raw BIDS dataset: dataset_description.json and "
@@ -34,9 +34,11 @@ def phantom(
                                                  "fraction of the subjects hard, to test the subject flag: tumour radii "
                                                  "x1.6 and noise x3, named PhantomHard_... Which seeds are hard "
                                                  "depends on the seed only (a golden-ratio sequence).")] = 0.0,
+    verbose: params.Verbose = False,
     quiet: params.Quiet = False,
     no_progress: params.NoProgress = False,
     log_file: params.LogFile = None,
+    log_format: params.LogFormat = "text",
 ) -> None:
     """Write phantom subjects with ground truth: T1, T1Gd, T2 and FLAIR of one simulated brain, plus its tumour labels.
 
@@ -50,10 +52,7 @@ def phantom(
     """
     from tsf_trt.errors import TsfError
 
-    setup_logging(quiet, no_progress, log_file)
-    layout = layout.strip().lower()
-    if layout not in _LAYOUTS:
-        raise TsfError(f"unknown --layout '{layout}': use brats2021, brats2023 or bids")
+    setup_logging(quiet, no_progress, log_file, verbose=verbose, log_format=log_format)
     if not all(16 <= n <= 512 for n in shape):
         raise TsfError(f"--shape {' '.join(map(str, shape))}: each axis must be 16..512 voxels")
     from functools import partial

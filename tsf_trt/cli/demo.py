@@ -17,18 +17,22 @@ def demo(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for the phantom subject, both "
                                                    "syntheses, the figures and demo.json (created if missing). "
                                                    "Default: tsf-trt-demo in the current folder (a run's report "
-                                                   "goes where you run it: README, \"Where outputs go\").",
+                                                   "goes where you run it: docs/outputs.md, \"Where outputs go\").",
                                                    show_default=False)] = None,
     model: params.Model = None,
-    backend: Annotated[str, typer.Option("--backend", "-b", help="Runtime, as for infer (auto: the fastest here, "
-                                         "measured once and cached).")] = "auto",
+    backend: Annotated[params.BackendName, typer.Option("--backend", "-b", case_sensitive=False,
+                                                        rich_help_panel=params.RUNTIME_PANEL,
+                                                        help="Runtime, as for infer (auto: the fastest here, "
+                                                        "measured once and cached).")] = "auto",
     threads: params.Threads = None,
     frame: params.Frame = "head",
     shape: params.Shape = (240, 240, 155),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the outputs of an earlier demo.")] = False,
+    verbose: params.Verbose = False,
     quiet: params.Quiet = False,
     no_progress: params.NoProgress = False,
     log_file: params.LogFile = None,
+    log_format: params.LogFormat = "text",
 ) -> None:
     """Synthesise the T2 of a held-out phantom from T1 + FLAIR, then from T1 + T1Gd + FLAIR, and score both.
 
@@ -44,7 +48,7 @@ def demo(
     from tsf_trt.synthesis.pipeline import Synthesizer
     from tsf_trt.synthesis.source import ModelSource
 
-    setup_logging(quiet, no_progress, log_file)
+    setup_logging(quiet, no_progress, log_file, verbose=verbose, log_format=log_format)
     options = RunOptions(backend, threads=threads, frame=frame)  # every value, before any work
     source = ModelSource.resolve(model)  # reads config.json only
     if output is None:

@@ -20,7 +20,8 @@ def run_devices(devices_text: str, model, options, request, subjects) -> None:
     from tsf_trt.errors import TsfError
     from tsf_trt.runs.jobs import FolderSummary
     from tsf_trt.runs.multigpu import WorkerJob, export_once, parse_devices, run_on_devices
-    from tsf_trt.runs.outcomes import SubjectOutcome
+    from tsf_trt.inputs.preflight import Finding
+    from tsf_trt.runs.outcomes import SubjectOutcome, findings_summary
     from tsf_trt.runs.table import write_table
     from tsf_trt.synthesis.source import ModelSource
 
@@ -42,16 +43,21 @@ def run_devices(devices_text: str, model, options, request, subjects) -> None:
                 log.info("GPU %s: %s", gpu, payload)
             elif kind == "end":
                 outcome = SubjectOutcome(payload["subject"], payload["status"], error=payload["error"],
-                                         removed=[Path(p) for p in payload.get("removed", [])])
+                                         removed=[Path(p) for p in payload.get("removed", [])],
+                                         findings=[Finding(Path(f), kind, message)
+                                                   for f, kind, message in payload.get("findings", [])])
                 summary.outcomes.append(outcome)
                 bar.advance(overall)
                 (log.error if outcome.status == "failed" else log.info)("GPU %s: %s", gpu,
-                                                                        payload.get("line") or outcome.line())
+                                                                        payload.get("line") or outcome.line(),
+                                                                        extra={"subject": outcome.subject})
             elif kind == "fatal":
                 broken.append(gpu)
                 log.error("GPU %s stopped: %s", gpu, payload)
 
         run_on_devices(job, subjects, devices, on_event)
+    for line in findings_summary(summary.outcomes):
+        log.warning("%s", line)
     try:  # every worker left one as it ended; this one knows every worker's failures
         summary.table = write_table(request.output, request.target, outcomes=summary.outcomes, subjects=subjects)
     except (TsfError, OSError) as exc:

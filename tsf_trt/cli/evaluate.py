@@ -4,11 +4,15 @@ with ground truth."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from tsf_trt.cli import params
+from tsf_trt.cli.params import INPUTS_PANEL, OUTPUTS_PANEL
+
+#: evaluate's own panel: what is scored besides PSNR and SSIM.
+SCORING_PANEL = "Scoring"
 from tsf_trt.cli.app import (EXIT_ERROR, EXIT_INTERRUPTED, app, err, log, out, progress_bar, setup_logging, step,
                              user_errors)
 
@@ -16,41 +20,50 @@ from tsf_trt.cli.app import (EXIT_ERROR, EXIT_INTERRUPTED, app, err, log, out, p
 @app.command("evaluate", no_args_is_help=True)
 @user_errors
 def evaluate(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Folder of subjects with all the sequences to score "
+    data: Annotated[Path, typer.Option("--data", "-d", metavar="FOLDER", rich_help_panel=INPUTS_PANEL,
+                                       help="Folder of subjects with all the sequences to score "
                                        "against: one sub-folder per subject (BraTS 2021/2023 names, or "
                                        "`tsf-trt phantom` output) or flat BraTS-named files.", show_default=False)],
     model: params.Model = None,
-    tasks: Annotated[Optional[list[str]], typer.Option("--tasks", help="Tasks to score: 'all' (every "
+    tasks: Annotated[Optional[list[str]], typer.Option("--tasks", rich_help_panel=INPUTS_PANEL,
+                                                       help="Tasks to score: 'all' (every "
                                                        "non-empty source subset x every other target: 28), 'single' "
                                                        "(the 12 one-input tasks), '->t2' "
                                                        "(every task with that target), or tasks such as "
                                                        "'t1,flair->t2'; several separated by ';' or spaces, or "
                                                        "repeat the option.", show_default="all",
                                                        metavar="TASKS")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Report folder (created if missing): "
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", rich_help_panel=OUTPUTS_PANEL,
+                                                   help="Report folder (created if missing): "
                                                    "report.md, summary.json, results.csv, figures/, subjects/ (the "
                                                    "resume cache); never inside --data. Default: tsf-trt-evaluate in "
                                                    "the current folder (a run's report goes where you run it: "
-                                                   "README, \"Where outputs go\").", show_default=False)] = None,
+                                                   "docs/outputs.md, \"Where outputs go\").", show_default=False)] = None,
     backend: params.Backend = "auto",
-    slice_step: Annotated[int, typer.Option("--slice-step", min=1, help="Score only the axial slices z = 0, K, 2K, "
+    slice_step: Annotated[int, typer.Option("--slice-step", min=1, rich_help_panel=INPUTS_PANEL,
+                                            help="Score only the axial slices z = 0, K, 2K, "
                                             "... that hold head voxels (about K times faster). The slices "
                                             "scored are what a full run gives for them: each output slice "
                                             "depends only on its own stack of 3.")] = 1,
-    compare: Annotated[bool, typer.Option("--compare/--no-compare", help="Also score the ablation of Table 1 "
+    compare: Annotated[bool, typer.Option("--compare/--no-compare", rich_help_panel=SCORING_PANEL,
+                                          help="Also score the ablation of Table 1 "
                                           "from the same encodings: TSF without attention (fused_avg decoded) "
                                           "and the Seq2Seq stage (each input decoded on its own: their average, "
                                           "and the best single input).")] = True,
-    figures: Annotated[str, typer.Option("--figures", help="Subjects drawn (inputs / synthesis / truth / "
+    figures: Annotated[str, typer.Option("--figures", rich_help_panel=OUTPUTS_PANEL,
+                                         help="Subjects drawn (inputs / synthesis / truth / "
                                          "|error| / TSEM on three slices, one figure per target): a number (the "
                                          "first N subjects) or comma-separated subject names.")] = "1",
-    lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", help="Local torchvision AlexNet "
+    lpips_weights: Annotated[Optional[Path], typer.Option("--lpips-weights", rich_help_panel=SCORING_PANEL,
+                                                          help="Local torchvision AlexNet "
                                                           "(or VGG16, --lpips-net vgg) state dict: scores LPIPS "
                                                           "with the `lpips` package. Without it LPIPS is reported "
                                                           "as unavailable.", show_default=False)] = None,
-    lpips_net: Annotated[str, typer.Option("--lpips-net", help="Backbone of --lpips-weights: alex or vgg.")
-                         ] = "alex",
-    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="A calibration file from `tsf-trt "
+    lpips_net: Annotated[Literal["alex", "vgg"], typer.Option("--lpips-net", case_sensitive=False,
+                                                              rich_help_panel=SCORING_PANEL,
+                                                              help="Backbone of --lpips-weights.")] = "alex",
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", rich_help_panel=SCORING_PANEL,
+                                                        help="A calibration file from `tsf-trt "
                                                         "calibrate` for this model: measure its intervals on these "
                                                         "data (held out from the calibration): the fraction of "
                                                         "head voxels whose truth lies outside synthesis ± "
@@ -64,12 +77,15 @@ def evaluate(
     compile: params.Compile = False,
     threads: params.Threads = None,
     frame: params.Frame = "head",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start afresh in a report folder that holds "
+    overwrite: Annotated[bool, typer.Option("--overwrite", rich_help_panel=OUTPUTS_PANEL,
+                                            help="Start afresh in a report folder that holds "
                                             "another run (by default a folder holding the same run is resumed: "
                                             "finished subjects are reused).")] = False,
+    verbose: params.Verbose = False,
     quiet: params.Quiet = False,
     no_progress: params.NoProgress = False,
     log_file: params.LogFile = None,
+    log_format: params.LogFormat = "text",
 ) -> None:
     """Score a model against ground truth, as the paper's Tables 1-2 and Fig. 3, and measure a calibration's intervals.
 
@@ -85,7 +101,7 @@ def evaluate(
     from tsf_trt.synthesis.source import ModelSource
     from tsf_trt.uncertainty.calibration import read_calibration
 
-    setup_logging(quiet, no_progress, log_file)
+    setup_logging(quiet, no_progress, log_file, verbose=verbose, log_format=log_format)
     # every value and the report folder, before any model loads
     options = RunOptions(backend, device, precision, batch_size, threads, frame=frame, compile=compile)
     chosen = parse_tasks(tasks)

@@ -33,7 +33,7 @@ def import_reference(
 
     The .pth files are read with torch.load(weights_only=True): no code from them runs.
     Every tensor is checked against the config, so a wrong --config is a clear error.
-    README, "The authors' weights, end to end", goes from their Seq2Seq weights to TSEM.
+    docs/models.md, "The authors' weights, end to end", goes from their Seq2Seq weights to TSEM.
 
     Example (from the repository root, with its small reference checkpoints): tsf-trt import-reference --seq2seq tests/data/small_seq2seq.pt --tsf tests/data/small_tsf.pt --config small -o models/small
     """
@@ -76,13 +76,32 @@ def export(
                                          "against PyTorch on ONNX Runtime (max abs difference <= 1e-4) before "
                                          "anything is written.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export directory.")] = False,
+    precision: Annotated[str, typer.Option("--precision", metavar="fp32|int8",
+                                           autocompletion=lambda: ["fp32", "int8"],  # checked: _int8_options
+                                           help="fp32: the ONNX graphs. int8: also int8 graphs of "
+                                           "the encoder and the per-target decoders, for --backend openvino "
+                                           "--precision int8, quantised by NNCF (the int8 extra) on "
+                                           "calibration slices (--int8-data); the fusion stays fp32.")] = "fp32",
+    int8_data: Annotated[Optional[Path], typer.Option("--int8-data", help="With --precision int8: a folder of "
+                                                      "subjects like yours to calibrate on (as evaluate --data "
+                                                      "takes; never subjects you evaluate on). Default: 4 phantoms "
+                                                      "made in memory, seeds 6000-6003, which no evaluation uses.",
+                                                      show_default=False)] = None,
+    int8_samples: Annotated[Optional[int], typer.Option("--int8-samples", help="With --precision int8: "
+                                                        "calibration samples per graph (NNCF's subset_size; "
+                                                        "default 300), drawn from every 4th slice of the head "
+                                                        "frame.", show_default=False)] = None,
+    verbose: params.Verbose = False,
     quiet: params.Quiet = False,
     no_progress: params.NoProgress = False,
     log_file: params.LogFile = None,
+    log_format: params.LogFormat = "text",
 ) -> None:
     """Export a model to three ONNX graphs (encoder, fusion with the task code as input, decoder) + manifest.
 
     The ConvLSTMs are folded exactly for t = 1; per-target decoders have their HyperConv kernels folded into constants. Graphs are simplified with onnxslim, checked with onnx.checker and verified against PyTorch; a failing export leaves nothing behind. Each graph records its role in its ONNX metadata, which every runtime checks.
+
+    With --precision int8 the export also holds OpenVINO int8 graphs of the encoder and the per-target decoders, calibrated on slices that are never evaluation data and recorded in manifest.json (docs/backends.md, "int8").
 
     Example: tsf-trt export -o exports/demo --targets t2,flair
     """
@@ -93,7 +112,8 @@ def export(
     from tsf_trt.model.meta import EXPORT_SUBDIR
     from tsf_trt.synthesis.source import ModelSource
 
-    setup_logging(quiet, no_progress, log_file)
+    setup_logging(quiet, no_progress, log_file, verbose=verbose, log_format=log_format)
+    int8 = _int8_options(precision, int8_data, int8_samples)  # before the model loads: NNCF missing is one line
     source = ModelSource.resolve(model)
     chosen = {"all": list(range(sequences.N_SEQUENCES)), "none": []}.get(targets.strip().lower())
     if chosen is None:
@@ -101,11 +121,13 @@ def export(
     # the output, before the model loads: never the model (its own export/ is the one place inside
     # it meant for an export), replaced only if it is an export directory holding nothing else
     own_export = [source.path / EXPORT_SUBDIR] if source.kind == "model" else []
-    refuse_input_overlap(output, [("--model directory", source.path)], allowed=own_export)
+    refuse_input_overlap(output, [("--model directory", source.path), ("--int8-data folder", int8_data)],
+                         allowed=own_export)
     check_folder_target(output, overwrite, EXPORT_DIR)
     from tsf_trt.export.onnx_export import export_model  # needs torch: without it, one line names the extra
     loaded = source.module()  # an export directory has no weights to export: one line
     steps = (2 + (loaded.fusion is not None) + len(chosen)) + 1 + int(verify)  # graphs, FLOPs, verification
+    steps += (2 + len(chosen)) if int8 else 0  # int8: the samples, the encoder, each per-target decoder
     with progress_bar() as bar:
         task = bar.add_task("export", total=steps)
         done = iter(range(steps + 1))
@@ -114,8 +136,13 @@ def export(
             log.info("export: %s", message)
             bar.update(task, completed=next(done), description=message)
 
-        manifest = export_model(loaded, output, targets=chosen, opset=opset, verify=verify, overwrite=overwrite,
-                                step=step, origin={"model_dir": str(source.path)}, model_id=source.model_id)
+        options = dict(targets=chosen, opset=opset, verify=verify, step=step, origin={"model_dir": str(source.path)},
+                       model_id=source.model_id)
+        if int8:
+            manifest = _export_int8(output, overwrite, lambda folder: export_model(loaded, folder, own_location=True,
+                                                                                   **options), *int8, step)
+        else:
+            manifest = export_model(loaded, output, overwrite=overwrite, **options)
         bar.update(task, completed=steps, description="done")
     flops = manifest["flops_per_slice"]
     out.print(f"wrote {output}: {', '.join(g['file'] for g in manifest['graphs'].values())}", highlight=False,
@@ -127,6 +154,61 @@ def export(
     if manifest["verification"]:
         worst = max(manifest["verification"]["max_abs_diff"].values())
         out.print(f"  verified against PyTorch on ONNX Runtime: max abs difference {worst:.2e}", highlight=False)
+    if int8:
+        block = manifest["int8"]
+        data = block["calibration"]["data"]
+        where = f"phantom seeds {data['seeds'][0]}-{data['seeds'][-1]}" if data["kind"] == "phantoms" else \
+            f"{len(data['subjects'])} subjects of {data['folder']}"
+        files = ", ".join(g["file"] for g in block["graphs"].values())
+        calibration = block["calibration"]
+        out.print(f"  int8 (--backend openvino --precision int8): {files}; NNCF {calibration['nncf']} "
+                  f"{calibration['preset']} preset, up to {max(calibration['samples'].values())} samples per graph "
+                  f"from {where}", highlight=False, soft_wrap=True)
+
+
+def _int8_options(precision: str, data: Optional[Path], samples: Optional[int]) -> tuple | None:
+    """(--int8-data, --int8-samples) for --precision int8, else None; checked before any model loads."""
+    from tsf_trt.errors import InputError, TsfError
+
+    if precision not in ("fp32", "int8"):
+        raise TsfError(f"--precision must be fp32 or int8, got '{precision}'")
+    if precision == "fp32":
+        if data is not None or samples is not None:
+            raise TsfError("--int8-data and --int8-samples calibrate int8 graphs: give them with --precision int8")
+        return None
+    from tsf_trt.export.quantize import DEFAULT_SAMPLES, import_nncf
+
+    import_nncf()  # one line naming the extra when it is missing
+    if data is not None:
+        from tsf_trt.inputs.subjects import find_subjects
+
+        if not data.is_dir():
+            raise InputError(data, "no such folder (--int8-data: the subjects to calibrate the int8 graphs on)")
+        if not any(s.problem is None for s in find_subjects(data)):  # before minutes of exporting
+            raise InputError(data, "holds no subject to calibrate the int8 graphs on (--int8-data)")
+    if samples is not None and samples < 1:
+        raise TsfError(f"--int8-samples must be at least 1, got {samples}")
+    return data, samples or DEFAULT_SAMPLES
+
+
+def _export_int8(output: Path, overwrite: bool, export, data: Optional[Path], samples: int, step) -> dict:
+    """The fp32 export and its int8 graphs in `output`, all or nothing (tsf_trt.export.quantize)."""
+    from tsf_trt.export.quantize import export_with_int8
+    from tsf_trt.runs.int8_samples import int8_data
+
+    opened = []
+
+    def calibration(folder: Path):
+        step("preparing the int8 calibration slices")
+        found, record = int8_data(folder, data, samples=samples)
+        opened.append(found)
+        return found, record
+
+    try:
+        return export_with_int8(output, overwrite, export, calibration, step)
+    finally:
+        for found in opened:
+            found.close()
 
 
 #: The authors' published configs crop 192x192 for training (train.crop_size [1, 192, 192]).

@@ -18,7 +18,8 @@ def table(
                                            help="An output folder of `tsf-trt infer` (-o, or the default "
                                                 "derivatives/tsf-trt): a folder run's, a BIDS derivative, or "
                                                 "single-subject runs written there.")],
-    target: Annotated[Optional[str], typer.Option("--target", "-t", show_default=False,
+    target: Annotated[Optional[params.TargetName], typer.Option("--target", "-t", show_default=False,
+                                                  case_sensitive=False, metavar=params.TARGET_METAVAR,
                                                   help="The target whose table to write: t1, t1gd, t2 or flair "
                                                        "(aliases t1n, t1ce, t1c, t2w, t2f). Default: every target "
                                                        "with reports in OUTPUT_DIR, one table each.")] = None,
@@ -33,6 +34,8 @@ def table(
                                             "replaced.")] = False,
     quiet: params.Quiet = False,
     log_file: params.LogFile = None,
+    verbose: params.Verbose = False,
+    log_format: params.LogFormat = "text",
 ) -> None:
     """Write the cohort table of an output folder: one row per subject, from the reports on disk.
 
@@ -52,7 +55,7 @@ def table(
     from tsf_trt.files.atomic import check_writable
     from tsf_trt.runs.table import check_table, find_run_records, is_own_table, table_path, write_table
 
-    setup_logging(quiet, False, log_file)
+    setup_logging(quiet, False, log_file, verbose=verbose, log_format=log_format)
     if not folder.is_dir():
         raise InputError(folder, "is not a folder" if folder.exists() else "folder not found")
     if target is not None:

@@ -25,7 +25,7 @@ from tsf_trt.uncertainty.conformal import calibrate_lambda, risk
 from tsf_trt.uncertainty.heuristic import CANDIDATES, feature_maps, fit_heuristic
 from tsf_trt.uncertainty.profile import InputProfile, ProfileRanges
 
-#: The heuristic `calibrate` fits unless told otherwise (README, "How far to trust a synthesis").
+#: The heuristic `calibrate` fits unless told otherwise (docs/trust.md, "Measured with the bundled demo model").
 DEFAULT_HEURISTIC = "edge+tsem_smooth"
 #: Voxels per fitting subject that enter the regression (a fixed-seed sample: every subject weighs alike).
 FIT_VOXELS = 20_000

@@ -237,6 +237,9 @@ def _export_foreign(folder: Path) -> str | None:
                                     f"{EXPORT_FORMAT} tag)")
     graphs = data.get("graphs")
     files = {g.get("file") for g in graphs.values() if isinstance(g, dict)} if isinstance(graphs, dict) else set()
+    int8 = data.get("int8", {}).get("graphs") if isinstance(data.get("int8"), dict) else None  # export/quantize.py
+    if isinstance(int8, dict):
+        files |= {g.get(key) for g in int8.values() if isinstance(g, dict) for key in ("file", "weights")}
 
     def allowed(name: str, path: Path) -> bool:
         if _CACHE_DIR.match(name):

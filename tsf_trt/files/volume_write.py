@@ -22,7 +22,7 @@ from tsf_trt.files.volume import Volume, nifti_suffix
 
 #: python-isal's igzip level for .nii.gz outputs (its own default). Measured on a 240x240x155
 #: synthesis and TSEM of the demo model: 4-6x faster than nibabel's zlib level 1, 1-2 % larger
-#: (README, Performance, "Writing outputs"). The decompressed bytes are the same as nibabel writes.
+#: (docs/performance.md, "Writing outputs"). The decompressed bytes are the same as nibabel writes.
 ISAL_LEVEL = 2
 
 

@@ -1,7 +1,7 @@
 """tsf-trt's outputs named as a BIDS derivative: file names, the dataset description, the
 `.bidsignore` and where each run's record goes. Names only; no BIDS library is needed.
 
-Output naming rule (README, "BIDS derivatives"), from "BIDS Derivatives",
+Output naming rule (docs/outputs.md, "BIDS derivatives"), from "BIDS Derivatives",
 "File naming conventions" and "Common principles", "Unspecified data":
 
 * The synthesis is an image of the target's kind: `..._desc-tsfsynth_<T1w|T2w|FLAIR>`, "the
@@ -46,7 +46,7 @@ TABLES = "tsf-trt_*.tsv"
 #: The derivative's .bidsignore: its first line marks it as tsf-trt's own (tsf_trt.files.ownership);
 #: then what the specification does not define (gitignore patterns, as the BIDS validator reads them):
 #: the maps, the records' folder and the cohort tables.
-BIDSIGNORE = ("# tsf-trt: files the BIDS specification does not define (README, \"BIDS derivatives\")",
+BIDSIGNORE = ("# tsf-trt: files the BIDS specification does not define (docs/outputs.md, \"BIDS derivatives\")",
               *(f"*_{suffix}.*" for suffix in MAP_SUFFIXES), f"{RECORD_FOLDER}/", TABLES)
 
 

@@ -77,13 +77,13 @@ def gather(intake: Intake, target: int, sources: Sequence[int] | None = None) ->
         mapped = read_map(intake.map_file)  # type: ignore[arg-type]
         return Discovery(_links(shard(mapped, intake.shard), target, sources))
     if not intake.items:
-        raise TsfError("no input given: use --inputs FILE [FILE ...], --inputs FOLDER, --bids DIR or --map CSV")
+        raise TsfError("no input given: use --inputs FILE [FILE ...], --data FOLDER, --bids DIR or --map CSV")
     subject = intake.subject
     if subject is not None:
         try:
             check_subject_name(subject)
         except TsfError as exc:
-            raise TsfError(f"--subject: {exc}") from None
+            raise TsfError(f"--subject-name: {exc}") from None
     given = parse_inputs(intake.items)
     try:
         sequences.check_task(list(given), target)

@@ -5,7 +5,7 @@ brain), co-registered on one grid, about 1 mm voxels. None of this can be verifi
 header alone, and a violation does not fail: the synthesis just gets worse, silently. These
 checks look at the loaded voxels (subsampled, a few tens of milliseconds per volume) and
 return :class:`Finding` s; whether a finding is a warning or an error is the caller's choice.
-Thresholds and how they were measured: README, "Preparing your data".
+Thresholds and how they were measured: docs/your-data.md, "Preparing your data".
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tsf_trt.files.volume import CANONICAL_AXCODES, Volume, check_same_grid
 _CANONICAL_ORNT = axcodes2ornt(CANONICAL_AXCODES)
 KINDS = ("voxel-size", "not-skull-stripped", "different-grid", "misaligned", "identical-inputs")
 
-#: Voxel sizes accepted as "about 1 mm", per axis (README, "Preparing your data").
+#: Voxel sizes accepted as "about 1 mm", per axis (docs/your-data.md, "Preparing your data").
 VOXEL_MM_RANGE = (0.8, 1.25)
 #: Outside the head (farther than BACKGROUND_MARGIN_MM from it), a skull-stripped volume is
 #: exactly its background value; a raw scan holds noise there. Fraction of such voxels allowed
@@ -41,7 +41,7 @@ MAX_BRAIN_ML = 3000.0
 #: which hold no head even in a field of view cut to an ellipsoidal head's box. On a
 #: skull-stripped volume the corners are empty and the floor is 0; under a noise floor (a raw
 #: scan) it keeps the noise out of the head, which would otherwise fill the field of view
-#: (README, "Preparing your data", gives the measured rates: scripts/skullstrip_check.py).
+#: (docs/your-data.md, "Preparing your data", gives the measured rates: scripts/skullstrip_check.py).
 NOISE_FLOOR_FACTOR = 4.0
 CORNER_FRACTION = 0.125
 #: Inputs whose NMI peaks this many voxels (or more) away from their stored alignment are

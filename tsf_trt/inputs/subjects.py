@@ -194,7 +194,7 @@ def refuse_dicom(folder: Path) -> None:
         if any(_is_dicom(p) for p in files):
             raise InputError(path, "holds DICOM files: tsf-trt reads NIfTI. Convert them first, e.g. "
                                    f"`dcm2niix -z y -o OUT {path}`, then co-register and skull-strip "
-                                   "(README, \"Preparing your data\")")
+                                   "(docs/your-data.md, \"Preparing your data\")")
 
 
 def _is_dicom(path: Path) -> bool:

@@ -2,7 +2,7 @@
 
 The configuration and a model directory's metadata (:mod:`.config`, :mod:`.meta`) need no
 PyTorch; the network and its checkpoints are imported on first use, so that a runtime-only
-install (README, "Set up") imports this package.
+install (docs/getting-started.md, "Set up") imports this package.
 """
 
 from __future__ import annotations

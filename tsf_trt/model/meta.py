@@ -1,6 +1,6 @@
 """A model directory's config.json, read without PyTorch.
 
-Why a module of its own: a runtime-only install (no torch, README "Set up") still names
+Why a module of its own: a runtime-only install (no torch, docs/getting-started.md, "Set up") still names
 models by their directory, needs their id and config to find their export, and must say
 what is wrong with a directory without loading its weights (:mod:`.checkpoint` loads them).
 """

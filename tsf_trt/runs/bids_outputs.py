@@ -38,7 +38,7 @@ from tsf_trt.version import __version__
 
 _log = logging.getLogger(__name__)
 
-#: The one non-BIDS key of a sidecar (README, "BIDS derivatives"): its "version" and "model_id" say
+#: The one non-BIDS key of a sidecar (docs/outputs.md, "BIDS derivatives"): its "version" and "model_id" say
 #: what made the image (and tell tsf-trt's own files: tsf_trt.files.ownership); "record" names the
 #: run's record. The synthesis's block adds "task", "weights" (ω per input), "units" and its maps;
 #: a map's adds "units" and "map_of" (the synthesis it describes); the half-width map's, "alpha".

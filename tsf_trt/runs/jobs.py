@@ -72,7 +72,8 @@ def choose_sources(subject: Subject, target: int, wanted: Sequence[int] | None) 
 
 def infer_subject(synth: Synthesizer, subject: Subject, request: InferRequest, *, progress: Progress | None = None,
                   backend_name: str = "", paths: OutputPaths | None = None, overwrite: bool | None = None,
-                  protected: Inputs | Iterable[Path] = (), before_publish: Callable[[], None] | None = None) -> SubjectOutcome:
+                  protected: Inputs | Iterable[Path] = (), before_publish: Callable[[], None] | None = None
+                  ) -> SubjectOutcome:
     """Synthesise `request.target` for one subject from all of `subject.inputs`; write its outputs.
 
     Outputs go to `paths` (folder mode's), else where :meth:`OutputPaths.of` puts them for
@@ -90,10 +91,12 @@ def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferReque
                        progress: Progress | None = None, backend_name: str = "", paths: OutputPaths | None = None,
                        overwrite: bool | None = None, protected: Inputs | Iterable[Path] = (),
                        before_publish: Callable[[], None] | None = None,
-                       load: Callable[[Mapping[int, Path]], Loaded] = load_subject) -> Synthesized:
+                       load: Callable[[Mapping[int, Path]], Loaded] = load_subject,
+                       log_findings: bool = True) -> Synthesized:
     """:func:`infer_subject` up to its outputs: every check, the synthesis and the report. `load`
     reads and checks the inputs (folder mode's :meth:`~tsf_trt.inputs.prefetch.Prefetcher.load`, which
-    has them read ahead)."""
+    has them read ahead). The input checks' findings are in the outcome, and logged as warnings
+    unless `log_findings` is False (folder mode: the subject's line and the run's summary say them)."""
     target, tsem = request.target, request.tsem
     overwrite = request.overwrite if overwrite is None else overwrite
     sources = list(subject.inputs)
@@ -110,7 +113,7 @@ def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferReque
     loaded = load(subject.inputs)
     read = time.perf_counter() - start  # reading and checking; in folder mode, what is left of it
     volumes = loaded.volumes
-    network, findings = _preflight(subject, loaded, request)
+    network, findings = _preflight(subject, loaded, request, log_findings)
     plan = IntervalPlan.of(request.calibration, synth.backend.model_id, sequences.task_key(sources, target),
                            [v for volume in volumes.values() for v in voxel_size_mm(volume)],
                            [f"{f.path.name} ({f.kind})" for f in findings],  # the report's "preflight" says more
@@ -148,7 +151,7 @@ def synthesize_subject(synth: Synthesizer, subject: Subject, request: InferReque
                        tsem_sidecar, removed,
                        None if half_width is None else (half_width * PER_NETWORK_UNIT).astype("float32"),
                        halfwidth_sidecar, [*([] if half_width is not None else paths.interval_files()), *legacy],
-                       sidecar=sidecar)
+                       sidecar=sidecar, findings=list(findings))
 
 
 def _combine_differs(synth: Synthesizer) -> str | None:
@@ -165,22 +168,25 @@ def _frame_misses_head(frame: dict) -> str | None:
                                       "outside the frame")
 
 
-def _preflight(subject: Subject, loaded: Loaded, request: InferRequest) -> tuple[dict, list]:
+def _preflight(subject: Subject, loaded: Loaded, request: InferRequest, log: bool = True) -> tuple[dict, list]:
     """The preprocessing checks (tsf_trt.inputs.preflight, found by `loaded`'s reader): each finding is a
-    warning line, or with `request.strict` the subject's error; with `request.resample`, inputs on
-    other grids or far from 1 mm go to the network on one 1 mm grid (tsf_trt.inputs.resample)."""
+    warning line (with `log`), or with `request.strict` the subject's error; with `request.resample`,
+    inputs on other grids or far from 1 mm go to the network on one 1 mm grid (tsf_trt.inputs.resample)."""
     volumes, findings = loaded.volumes, loaded.findings
     network = volumes
     if request.resample and needs_resampling(volumes):
         network = resample_subject(volumes)
         findings = [f for f in findings if f.kind not in ("voxel-size", "different-grid")]
-        _log.info("%s: resampled to 1 mm isotropic for the network (--resample)", subject.name)
+        if log:
+            _log.info("%s: resampled to 1 mm isotropic for the network (--resample)", subject.name,
+                      extra={"subject": subject.name})
     else:  # inputs on different grids fail in the pipeline with their own one-line error
         findings = [f for f in findings if f.kind != "different-grid"]
     for finding in findings:
         if request.strict:
             raise finding.error()
-        _log.warning("%s: %s", subject.name, finding)
+        if log:
+            _log.warning("%s: %s", subject.name, finding, extra={"subject": subject.name})
     return network, findings
 
 
@@ -349,7 +355,8 @@ class _FolderRun:
                                              overwrite=request.overwrite or any(p.exists() for p in paths.all()),
                                              progress=progress, backend_name=self.backend_name,
                                              protected=self.protected, before_publish=still_ours,
-                                             load=self.prefetch.load if self.prefetch else load_subject)
+                                             load=self.prefetch.load if self.prefetch else load_subject,
+                                             log_findings=False)
                     # (overwrite: existing outputs are a dead run's, partial)
                 except Exception:
                     progress.start()  # this subject's error line comes after the one before it

@@ -1,4 +1,4 @@
-"""Folder mode on several GPUs: `tsf-trt infer --inputs FOLDER --devices 0,1,...`.
+"""Folder mode on several GPUs: `tsf-trt infer --data FOLDER --devices 0,1,...`.
 
 One worker process per GPU, each over a disjoint shard of the subjects (the `--shard`
 round-robin, so the devices split the folder as `--shard k/n` runs would). A worker
@@ -45,8 +45,10 @@ def parse_devices(text: str, visible: int | None = None) -> list[int]:
 
         visible = device_count()
     if visible == 0:
+        from tsf_trt.machine.extras import install_command
+
         raise TsfError("--devices runs one worker per NVIDIA GPU, but no GPU is visible here (no GPU, no driver, "
-                       "or neither cuda-python nor a CUDA build of PyTorch is installed: pip install 'tsf-trt[gpu]')")
+                       f"or neither cuda-python nor a CUDA build of PyTorch is installed: {install_command('gpu')})")
     beyond = [d for d in devices if d >= visible]
     if beyond:
         raise TsfError(f"--devices: GPU {beyond[0]} does not exist here ({visible} visible: 0 to {visible - 1})")
@@ -99,7 +101,9 @@ def work(job: WorkerJob, subjects: Sequence[Subject], device: int, emit: Callabl
                      on_start=lambda subject: emit(("start", device, subject.name)),
                      on_end=lambda o: emit(("end", device, {"subject": o.subject, "status": o.status,
                                                              "error": o.error, "removed": [str(p) for p in o.removed],
-                                                             "line": o.line(name)})))
+                                                             "line": o.line(name),
+                                                             "findings": [(str(f.path), f.kind, f.message)
+                                                                          for f in o.findings]})))
 
     with synth.backend:
         try:

@@ -20,6 +20,7 @@ import numpy as np
 from tsf_trt.errors import TsfError
 from tsf_trt.files.atomic import remove_empty_folders
 from tsf_trt.files.volume import Volume
+from tsf_trt.inputs.preflight import Finding
 from tsf_trt.inputs.subjects import shown
 from tsf_trt.runs.outputs import Inputs, OutputPaths, write_outputs
 from tsf_trt.synthesis.pipeline import Result
@@ -105,21 +106,46 @@ class SubjectOutcome:
     error: str | None = None         # why it failed, or who has it when busy
     removed: list[Path] = field(default_factory=list)  # leftovers of dead runs cleaned up
     interval: dict[str, Any] | None = None  # the report's "interval" block (done subjects)
+    findings: list[Finding] = field(default_factory=list)  # the input checks' (tsf_trt.inputs.preflight)
+    resampled: bool = False  # --resample ran the network at 1 mm
 
     def line(self, backend: str = "") -> str:
-        """The subject's one log line: name, task, backend, seconds, output or why not."""
+        """The subject's one log line: name, task, backend, seconds, output or why not; the input
+        checks' findings by kind (the run's summary, :func:`findings_summary`, says what each means)."""
         name = shown(self.subject)  # a name that is refused may hold a newline
         if self.status == "done" and self.result is not None and self.paths is not None:
             frame = self.result.frame
             where = f", frame {frame['size'][0]}x{frame['size'][1]} ({frame['frame']})" if frame else ""
             interval = interval_text(self.interval)
-            return (f"{name}: {self.result.task}, {backend or 'done'}{where}, "
-                    f"{self.result.timings['total']:.1f} s, wrote {self.paths.synth}"
-                    + (f"; {interval}" if interval else ""))
+            return (f"{name}: {self.result.task}, {backend or 'done'}{where}"
+                    + (", resampled to 1 mm" if self.resampled else "")
+                    + f", {self.result.timings['total']:.1f} s, wrote {self.paths.synth}"
+                    + (f"; {interval}" if interval else "") + self.checks_text())
         if self.status == "skipped":
             where = f" ({self.paths.report})" if self.paths is not None else ""
             return f"{name}: skipped, already complete{where}"
         return f"{name}: {self.status}: {self.error}"
+
+    def checks_text(self) -> str:
+        """'; input checks: voxel-size (3 inputs)', or '' without findings."""
+        kinds: dict[str, int] = {}
+        for finding in self.findings:
+            kinds[finding.kind] = kinds.get(finding.kind, 0) + 1
+        said = ", ".join(f"{kind} ({n} input{'s' if n > 1 else ''})" for kind, n in kinds.items())
+        return f"; input checks: {said}" if said else ""
+
+
+def findings_summary(outcomes: Sequence[SubjectOutcome]) -> list[str]:
+    """The input checks' findings of a folder run, one line per kind: how many inputs of how many
+    subjects, and one finding in full as the example (each subject's report lists its own). A run
+    logs these once, as warnings, instead of a warning per input per subject."""
+    by_kind: dict[str, list[tuple[str, Finding]]] = {}
+    for outcome in outcomes:
+        for finding in outcome.findings:
+            by_kind.setdefault(finding.kind, []).append((outcome.subject, finding))
+    return [f"input checks: {kind} in {len(found)} input(s) of {len({s for s, _ in found})} subject(s), e.g. "
+            f"{found[0][1]} (each subject's report lists its own; --strict fails them)"
+            for kind, found in by_kind.items()]
 
 
 @dataclass
@@ -141,6 +167,7 @@ class Synthesized:
     halfwidth_sidecar: dict | None = None
     remove: list[Path] = field(default_factory=list)  # an earlier run's half-width map, where it no longer applies
     sidecar: dict | None = None  # the synthesis's BIDS sidecar (tsf_trt.runs.bids_outputs)
+    findings: list[Finding] = field(default_factory=list)  # the input checks' (the outcome's)
 
     def write(self) -> SubjectOutcome:
         """Write and publish the outputs (all or nothing); the subject's outcome."""
@@ -151,7 +178,8 @@ class Synthesized:
                       sidecar=self.sidecar)
         self.result.timings["write"] = time.perf_counter() - start
         return SubjectOutcome(self.subject, "done", self.paths, self.result, removed=self.removed,
-                              interval=self.report.get("interval"))
+                              interval=self.report.get("interval"), findings=list(self.findings),
+                              resampled=bool(self.report.get("resampled")))
 
     def failed(self, exc: Exception, created: Path | None) -> SubjectOutcome:
         """The outcome of a write that failed for this subject alone."""

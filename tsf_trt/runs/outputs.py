@@ -37,7 +37,7 @@ REPORT_VERSION = 2  # 2: the "interval" block replaced the TSEM "qc" block
 ONE_MODEL = "an output folder holds one model's outputs; use another -o, or --overwrite to replace them"
 
 
-#: The commands that write a folder of their own when no -o is given (README, "Where outputs go").
+#: The commands that write a folder of their own when no -o is given (docs/outputs.md, "Where outputs go").
 DEFAULT_OUTPUT_COMMANDS = ("infer", "evaluate", "demo")
 
 
@@ -175,7 +175,7 @@ class OutputPaths:
             if source is not None:
                 which = "" if path.absolute() == source.absolute() else f" (the same file as {source})"
                 raise InputError(path, f"is an input{which}: an input is never written, with or without "
-                                       "--overwrite; choose another --output or --subject")
+                                       "--overwrite; choose another --output or --subject-name")
 
 
 def finished_report(path: Path, since: float | None = None) -> dict | None:

@@ -3,7 +3,7 @@
 Why it matters for quality as well as speed: InstanceNorm's statistics depend on how much
 background the frame holds. The demo model was trained on 128² crops and the authors' on
 192² crops, so a whole 240² BraTS slice is a mismatch that measurably costs PSNR, and most
-of its pixels are background the network computes for nothing (README, "The frame").
+of its pixels are background the network computes for nothing (docs/backends.md, "The frame").
 
 One frame serves the whole volume, so the network's input shape stays the same for every
 batch (compiled runtimes keep one shape). Outputs stay on the input's full grid: outside

@@ -4,8 +4,9 @@ writes, else measured again.
 Why: a record is trusted on every later run. `"choice": "reference"` silently ran the slowest
 backend, and `"choice": 42` failed every run with a precision error that never named the record
 (issue 22). So each record is checked here, in one place, when it is read: its types, that its
-choice is one of this key's candidates and is the fastest of its own timings, that the timings
-are finite and positive, that its precision is legal and consistent. A bad record is one
+choice is one of this key's candidates and is the one its rule gives (the fastest of its own
+timings, for a timed choice), that the timings are finite and positive, that its precision is
+legal and consistent, that it was made under the probe's current rules. A bad record is one
 WARNING line naming it; the caller measures again and the new record replaces it. Records are
 written all at once (a temporary file renamed), so a concurrent reader never sees half of one.
 """
@@ -81,18 +82,51 @@ def _common(record: dict[str, Any], precision: str, probe: Sequence[int]) -> Pro
     return None
 
 
-def cpu_choice_problem(record: dict[str, Any], candidates: Sequence[str], precision: str,
-                       probe: Sequence[int]) -> Problem:
-    """The CPU choice record: the choice is a candidate and the fastest of the recorded timings."""
-    timings = record.get("seconds_per_slice")
-    choice = record.get("choice")
-    problem = _common(record, precision, probe) or timings_problem(timings, candidates)
+def _reasons(value: Any, what: str, candidates: Collection[str]) -> Problem:
+    """`value` maps candidates to strings (why each failed, was skipped or ran at which precision)."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return f"has no {what}"
+    strangers = sorted(set(value) - set(candidates))
+    return f"names {', '.join(strangers)} in its {what}, not among this key's candidates" if strangers else None
+
+
+def cpu_choice_problem(record: dict[str, Any], candidates: Sequence[str], setup: dict[str, Any],
+                       rule_precisions: Collection[str]) -> Problem:
+    """The CPU choice record (tsf_trt.synthesis.auto.probe_cpu): made under `setup` (the probe's rules,
+    precision and batch: a change of rules is a new version, so an older record is measured again),
+    every candidate accounted for once (timed, failed or skipped; the choice may be untimed), and
+    the choice the one its rule gives: the fastest timed ('timed'), the only one left ('only'), or
+    OpenVINO at a precision it ran that the rule names ('openvino-bf16')."""
+    for key, expected in setup.items():
+        if record.get(key) != expected:
+            return f"was made with {key} {record.get(key)!r}, not {expected!r}"
+    timings, choice, rule = record.get("seconds_per_slice"), record.get("choice"), record.get("rule")
+    problem = (timings_problem(timings, candidates) if timings != {} else None) or next(
+        (p for key in ("failed", "skipped", "ran") if (p := _reasons(record.get(key), f"'{key}'", candidates))), None)
     if problem:
         return problem
     if not isinstance(choice, str) or choice not in candidates:
         return f"chooses {choice!r}, which is not among this key's candidates ({', '.join(candidates)})"
-    if choice not in timings or timings[choice] != min(timings.values()):
-        return f"chooses {choice}, which is not the fastest of its own timings"
+    failed, skipped = record["failed"], record["skipped"]
+    groups = [set(timings), set(failed), set(skipped)]
+    if sum(map(len, groups)) != len(set().union(*groups)) or choice in failed or choice in skipped \
+            or set().union(*groups, {choice}) != set(candidates):
+        return f"does not account for each of {', '.join(candidates)} once (timed, failed or skipped)"
+    if rule == "timed":
+        if choice not in timings or timings[choice] != min(timings.values()):
+            return f"chooses {choice}, which is not the fastest of its own timings"
+    elif rule == "only":
+        if timings:
+            return f"chooses {choice} as the only one left, yet timed {', '.join(timings)}"
+    elif isinstance(rule, str) and rule.startswith("openvino-") and rule[len("openvino-"):] in rule_precisions:
+        if choice != "openvino" or record["ran"].get("openvino") != rule[len("openvino-"):] or timings:
+            return f"chooses {choice} by the rule {rule} without OpenVINO having run at that precision, untimed"
+        if record.get("precision") != "auto":
+            return f"applies the rule {rule}, which is --precision auto's, at --precision {record.get('precision')}"
+    else:
+        return f"names an unknown rule ({rule!r})"
+    if not isinstance(record.get("why"), str):
+        return "gives no reason ('why')"
     return None
 
 
@@ -115,25 +149,35 @@ def gpu_ranking_problem(record: dict[str, Any], usable: Sequence[str], precision
     return None
 
 
-def verdict_problem(record: dict[str, Any], passes: Callable[[float, float], bool]) -> Problem:
-    """The `--precision auto` verdict: fp32 or bf16, with figures that agree with the rule that made
-    it (`passes(psnr_db, omega_diff)`: tsf_trt.synthesis.precision_auto.passes)."""
+def verdict_problem(record: dict[str, Any], passes: Callable[..., bool],
+                    checks: Collection[str] = ("bf16",)) -> Problem:
+    """The `--precision auto` verdict: fp32 or one of the `checks` it was made among, with figures
+    that agree with the rule that made it (`passes(psnr_db, omega_diff, truth_loss_db, tsem_corr,
+    precision)`: tsf_trt.synthesis.precision_auto.passes)."""
     precision, why = record.get("precision"), record.get("why")
     psnr, omega = record.get("psnr_db"), record.get("omega_diff")
-    if precision not in ("fp32", "bf16"):
-        return f"holds precision {precision!r} (fp32 or bf16 expected)"
+    truth, corr = record.get("truth_loss_db"), record.get("tsem_corr")
+    checked = record.get("checked") or "bf16"
+    if precision not in ("fp32", *checks):
+        return f"holds precision {precision!r} ({' or '.join(('fp32', *checks))} expected)"
     if not isinstance(why, str) or not why:
         return "gives no reason ('why')"
-    unknown = sorted(set(record) - {"precision", "why", "psnr_db", "omega_diff"})
+    unknown = sorted(set(record) - {"precision", "why", "psnr_db", "omega_diff", "truth_loss_db", "tsem_corr",
+                                    "checked"})
     if unknown:
         return f"holds unknown fields ({', '.join(unknown)})"
-    if psnr is not None and (not _number(psnr) or math.isnan(psnr)):  # +inf: bf16 equal to fp32
+    if checked not in checks:
+        return f"holds figures of {checked!r}, which is not checked here"
+    if psnr is not None and (not _number(psnr) or math.isnan(psnr)):  # +inf: equal to fp32
         return f"records a PSNR of {psnr!r}"
     if omega is not None and (not _number(omega) or not math.isfinite(omega) or omega < 0):
         return f"records an ω difference of {omega!r}"
-    ok = psnr is not None and omega is not None and passes(psnr, omega)
-    if precision == "bf16" and not ok:
-        return "says bf16 without figures that pass the check"
+    for name, value in (("truth loss", truth), ("TSEM correlation", corr)):
+        if value is not None and (not _number(value) or not math.isfinite(value)):
+            return f"records a {name} of {value!r}"
+    ok = psnr is not None and omega is not None and passes(psnr, omega, truth, corr, checked)
+    if precision != "fp32" and not (ok and checked == precision):
+        return f"says {precision} without figures that pass the check"
     if precision == "fp32" and ok:
-        return "says fp32 although its figures pass the check for bf16"
+        return f"says fp32 although its figures pass the check for {checked}"
     return None

@@ -112,7 +112,7 @@ class Result:
         """Write the images `infer` writes, named as it names them, and return their paths.
 
         `where` is a stem or a folder: ``"out/sub01"`` writes ``out/sub01_t2_synth.nii.gz`` and
-        ``out/sub01_t2_tsem.nii.gz`` (what ``infer --subject sub01 -o out`` writes), an existing
+        ``out/sub01_t2_tsem.nii.gz`` (what ``infer --subject-name sub01 -o out`` writes), an existing
         folder (or a path ending in "/") ``t2_synth.nii.gz`` ... inside it. A missing folder is
         created. As the CLI: every file appears complete or not at all, an input is never written,
         and `overwrite` replaces only tsf-trt's own files (tsf_trt.files.atomic). The JSON report is

@@ -2,8 +2,8 @@
 
 A calibration's guarantee holds for subjects exchangeable with its calibration subjects; a
 synthesis from noisier inputs, under a stronger bias field, or with one input shifted against
-the others is not, and its interval must not claim the bound (issue 24's shift study: README,
-"How far to trust a synthesis"). Three numbers per subject, cheap enough for every `infer`:
+the others is not, and its interval must not claim the bound (issue 24's shift study: docs/trust.md,
+"Under shift"). Three numbers per subject, cheap enough for every `infer`:
 
 * **noise** per input: the robust standard deviation of a voxel minus the mean of its 4 in-plane
   neighbours, over the head, every 4th slice, divided by the head's 99th percentile. For i.i.d.
@@ -31,7 +31,7 @@ from scipy import ndimage
 
 STATS = ("noise", "bias")
 #: A value this far (relative) beyond its calibration range still counts as inside: the range of
-#: n subjects is a little narrower than the population's (README, "How far to trust a synthesis").
+#: n subjects is a little narrower than the population's (docs/trust.md, "Calibrated intervals").
 RANGE_TOLERANCE = 0.15
 #: An alignment peak up to this many voxels beyond the calibration's largest still counts as inside.
 MISALIGNED_TOLERANCE = 1.0
