@@ -183,3 +183,11 @@ def test_long_commands_group_their_options_in_panels(path):
 def test_infer_panels_are_the_five_and_the_log():
     panels = {p.rich_help_panel for p in command("infer").params if getattr(p, "rich_help_panel", None)}
     assert panels == {"Inputs", "Outputs", "Model and runtime", "Folder runs", "Checks", "Log"}
+
+
+@pytest.mark.parametrize("command", [["infer"], ["bids"]])
+def test_help_shows_bracketed_paths(command, monkeypatch):
+    """rich reads `[ses-*/]` as a markup tag and drops it unless escaped: the BIDS path must show whole."""
+    monkeypatch.setenv("COLUMNS", "250")  # one line per sentence: the path is not wrapped apart
+    result = cli(*command, "--help")
+    assert result.exit_code == 0 and "sub-*/[ses-*/]anat/" in result.output, result.output

@@ -166,7 +166,7 @@ def bids(
 ) -> None:
     """The BIDS App: synthesise a sequence for the participants of a BIDS dataset (participant), or write the cohort table (group).
 
-    The participant level runs exactly what `tsf-trt infer --bids BIDS_DIR -o OUTPUT_DIR` runs: each subject (and session) is read from sub-*/[ses-*/]anat/ (T1w, T1w with ce-: T1Gd, T2w, FLAIR), claimed, synthesised and written as a BIDS derivative (docs/outputs.md, "BIDS derivatives"); finished subjects are skipped, so a rerun resumes. Any number of processes may share OUTPUT_DIR, with the same or different --participant-label: a Slurm array (docs/clusters.md, "A cohort on a cluster"). Every option and OUTPUT_DIR are checked before the model loads. `tsf-trt-bids ARGS` is `tsf-trt bids ARGS` (a container's entry point).
+    The participant level runs exactly what `tsf-trt infer --bids BIDS_DIR -o OUTPUT_DIR` runs: each subject (and session) is read from sub-*/\\[ses-*/]anat/ (T1w, T1w with ce-: T1Gd, T2w, FLAIR), claimed, synthesised and written as a BIDS derivative (docs/outputs.md, "BIDS derivatives"); finished subjects are skipped, so a rerun resumes. Any number of processes may share OUTPUT_DIR, with the same or different --participant-label: a Slurm array (docs/clusters.md, "A cohort on a cluster"). Every option and OUTPUT_DIR are checked before the model loads. `tsf-trt-bids ARGS` is `tsf-trt bids ARGS` (a container's entry point).
 
     Example: tsf-trt bids bids-phantoms bids-phantoms/derivatives/tsf-trt participant --target t2 --participant-label Phantom00000 --backend ort
 

@@ -31,7 +31,7 @@ def infer(
                                                                  rich_help_panel=INPUTS_PANEL)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help=HELP_DATA, show_default=False,
                                                  metavar="FOLDER", rich_help_panel=INPUTS_PANEL)] = None,
-    bids: Annotated[Optional[Path], typer.Option("--bids", help="A BIDS dataset: subjects sub-*/[ses-*/]anat/ "
+    bids: Annotated[Optional[Path], typer.Option("--bids", help="A BIDS dataset: subjects sub-*/\\[ses-*/]anat/ "
                                                  "with T1w (ce-*: T1Gd), T2w, FLAIR; outputs as a BIDS derivative "
                                                  "dataset (default -o BIDS/derivatives/tsf-trt). A folder given "
                                                  "to --data that has dataset_description.json is read the same "

@@ -207,7 +207,7 @@ CLEAR_LEAD = 1.3
 #: bf16 CPU measured; scripts/probe_study.py): OpenVINO bf16 took 0.39-0.59 of ONNX Runtime fp32's time
 #: per slice and 0.22-0.72 of torch's (bf16) in all 12 full probes, 0.46-0.73 of ONNX Runtime's per
 #: volume (docs/performance.md: 0.49). int8 (the export's int8 graphs), per volume files in and out:
-#: 0.45 of ONNX Runtime fp32's time on this CPU (scripts/frame_speed.py), 0.67 on issue 27's AVX2 CPU.
+#: 0.45-0.47 of ONNX Runtime fp32's time on this CPU (scripts/frame_speed.py), 0.67 on issue 27's AVX2 CPU.
 RULE_PRECISIONS = ("bf16", "int8")
 
 
