@@ -84,7 +84,7 @@ def test_demo_runs_without_torch(no_torch, tmp_path):
 def test_auto_skips_torch_with_the_extra_named(no_torch, subject, tmp_path):
     inputs = [str(next(subject.glob(f"*_{s}.nii.gz"))) for s in ("t1", "flair")]
     result = tsf(no_torch, "infer", "--inputs", *inputs, "--target", "t2", "-o", "out", "--device", "cpu",
-                 cwd=tmp_path)
+                 "--verbose", cwd=tmp_path)  # each candidate's reason is a debug line
     assert result.returncode == 0, result.stderr
     assert "auto: torch not timed" in result.stderr  # not imported: tsf_trt.synthesis.auto.torch_skipped
     assert f"(--backend torch needs torch, which is not installed: {EXTRA})" in result.stderr

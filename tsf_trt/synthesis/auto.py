@@ -37,7 +37,7 @@ from tsf_trt.console import step
 from tsf_trt.errors import TsfError
 from tsf_trt.machine.cache_dir import cache_root, machine_key
 from tsf_trt.machine.extras import TORCH_INSTALL, has_torch, missing_extra
-from tsf_trt.synthesis import records
+from tsf_trt.synthesis import precision_auto, records
 from tsf_trt.synthesis.batches import MIDDLE, encoded_batches, host_images, run_task
 from tsf_trt.synthesis.build import gpu_index
 from tsf_trt.synthesis.precision_auto import build_at, fp32_only
@@ -265,7 +265,8 @@ def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | N
         return candidates[0]
     name = f"{source.model_id}-{machine_key()}-t{threads or 0}-{precision}-{CPU_RULES}.json"
     record = cache_root() / "auto" / name
-    setup = cpu_setup(precision)
+    checks = precision_auto.candidates("openvino", source, "cpu")[0] if "openvino" in candidates else []
+    setup = cpu_setup(precision, checks)
     cached = records.read(record, lambda r: records.cpu_choice_problem(r, candidates, setup, RULE_PRECISIONS))
     if cached is not None:
         _log.info("auto: %s (chosen earlier on this machine: %s; record %s)", cached["choice"], cached["why"], record)
@@ -278,16 +279,19 @@ def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | N
         detail = next(iter(why)) if len(why) == 1 else "; ".join(f"{n}: {r}" for n, r in found["failed"].items())
         raise TsfError(f"--backend auto: none of {', '.join(candidates)} could run this model on the CPU here"
                        + (f": {detail}" if detail else ""))
-    for name, why in found["skipped"].items():
-        _log.info("auto: %s not timed (%s)", name, why)
+    for name, why in found["skipped"].items():  # the choice's line says the rule; each reason at --verbose
+        _log.debug("auto: %s not timed (%s)", name, why)
     _log.info("auto: %s (%s)", found["choice"], found["why"])
     records.write(record, {**setup, **found})
     return found["choice"]
 
 
-def cpu_setup(precision: str) -> dict[str, object]:
-    """What a CPU record must have been made under to be used: the rules, the precision, the probe."""
-    return {"rules": CPU_RULES, "precision": precision, "probe_hw": list(CPU_PROBE), "probe_batch": PROBE_BATCH}
+def cpu_setup(precision: str, checks: Sequence[str] = ()) -> dict[str, object]:
+    """What a CPU record must have been made under to be used: the rules, the precision, the probe, and
+    at --precision auto the reduced precisions OpenVINO's check considers (`checks`: an export that
+    gained int8 graphs is chosen for again, not by a rule its record made for bf16)."""
+    setup = {"rules": CPU_RULES, "precision": precision, "probe_hw": list(CPU_PROBE), "probe_batch": PROBE_BATCH}
+    return {**setup, "checks": list(checks)} if precision == AUTO else setup
 
 
 def probe_cpu(source: ModelSource, threads: int | None, candidates: Sequence[str], precision: str

@@ -144,8 +144,9 @@ def resolve(name: str, source: ModelSource, *, device: str, threads: int | None)
     cached = records.read(record, lambda r: records.verdict_problem(r, passes, checks))
     if cached is not None:
         verdict = Verdict(**cached)
-        _log.info("precision auto: %s (checked earlier on this machine: %s; record %s)", verdict.precision,
-                  verdict.why, record)
+        # debug: the backend's own line says the precision and why; the record's path is for --verbose
+        _log.debug("precision auto: %s (checked earlier on this machine: %s; record %s)", verdict.precision,
+                   verdict.why, record)
         return verdict
     asked = " or ".join(f"--precision {c}" for c in (*checks, "fp32"))
     with step(f"precision auto: checking {' and '.join(checks)} against fp32 on {name} (once per model and "
