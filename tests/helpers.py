@@ -136,9 +136,9 @@ def infer(model: object, out: object, *inputs: object, target: str = "t2", extra
 
 
 def problem_lines(stderr: str) -> list[str]:
-    """stderr without the INFO lines of the log (tsf_trt.console: one timestamped line per step
-    when stderr is not a terminal): what is left is every warning and error."""
-    info = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d INFO ")
+    """stderr without the INFO and DEBUG (--verbose) lines of the log (tsf_trt.console: one timestamped
+    line per step when stderr is not a terminal): what is left is every warning and error."""
+    info = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (INFO|DEBUG) ")
     return [line for line in stderr.splitlines() if line.strip() and not info.match(line)]
 
 
