@@ -265,7 +265,8 @@ def choose_backend(source: ModelSource, *, device: str = "cpu", threads: int | N
         return candidates[0]
     name = f"{source.model_id}-{machine_key()}-t{threads or 0}-{precision}-{CPU_RULES}.json"
     record = cache_root() / "auto" / name
-    checks = precision_auto.candidates("openvino", source, "cpu")[0] if "openvino" in candidates else []
+    checks = precision_auto.candidates("openvino", source, "cpu")[0] \
+        if precision == AUTO and "openvino" in candidates else []  # cpu_setup keeps them at auto only
     setup = cpu_setup(precision, checks)
     cached = records.read(record, lambda r: records.cpu_choice_problem(r, candidates, setup, RULE_PRECISIONS))
     if cached is not None:

@@ -173,15 +173,10 @@ def check(name: str, source: ModelSource, threads: int | None, checks: list[str]
 def check_bf16(name: str, source: ModelSource, threads: int | None) -> Verdict:
     """Synthesise the check's slices in fp32 and bf16 on backend `name` and compare."""
     inputs, head = check_inputs(source.has_fusion)
-    results = {}
-    for precision in ("fp32", "bf16"):
-        try:
-            backend = build_backend(name, source, device="cpu", threads=threads, precision=precision)
-        except TsfError as exc:
-            return Verdict("fp32", f"{precision} did not start: {exc}")
-        with backend:
-            results[precision] = synthesize(backend, inputs, head)
-    (image32, w32), (image16, w16) = results["fp32"], results["bf16"]
+    found = synthesized(name, source, threads, ("fp32", "bf16"), inputs, head)
+    if isinstance(found, str):
+        return Verdict("fp32", found)
+    ((image32, w32), _), ((image16, w16), _) = found["fp32"], found["bf16"]
     return judge(image32, image16, check_mask(head, source), w32, w16)
 
 
@@ -191,17 +186,12 @@ def check_int8(name: str, source: ModelSource, threads: int | None) -> Verdict:
     from tsf_trt.metrics import psnr
 
     inputs, head, truth = check_volumes(source.has_fusion)
-    results = {}
-    for precision in ("fp32", "int8"):
-        try:
-            backend = build_backend(name, source, device="cpu", threads=threads, precision=precision)
-        except TsfError as exc:
-            return Verdict("fp32", f"{precision} did not start: {exc}", checked="int8")
-        with backend:
-            if backend.runtime_precision != precision:  # e.g. OpenVINO runs no u8 convolution on this CPU
-                return Verdict("fp32", f"int8 runs {backend.runtime_precision} here", checked="int8")
-            results[precision] = synthesize(backend, inputs, head, tsem=True)
-    (image32, w32, tsem32), (image8, w8, tsem8) = results["fp32"], results["int8"]
+    found = synthesized(name, source, threads, ("fp32", "int8"), inputs, head, tsem=True)
+    if isinstance(found, str):
+        return Verdict("fp32", found, checked="int8")
+    ((image32, w32, tsem32), _), ((image8, w8, tsem8), ran) = found["fp32"], found["int8"]
+    if ran != "int8":  # e.g. OpenVINO runs no u8 convolution on this CPU
+        return Verdict("fp32", f"int8 runs {ran} here", checked="int8")
     mask = check_mask(head, source)
     truth = plan_frame("head", head, source.config.downsample).take(normalize(truth))
     quality = psnr(image8, image32, mask)
@@ -214,6 +204,21 @@ def check_int8(name: str, source: ModelSource, threads: int | None) -> Verdict:
         return Verdict("int8", f"this export's int8 graphs and {figures}", quality, omega, loss, corr, "int8")
     return Verdict("fp32", f"{figures}: short of {MIN_PSNR_INT8:g} dB / {MAX_TRUTH_LOSS:g} dB / "
                            f"{MIN_TSEM_CORR:g} / {MAX_OMEGA:g}", quality, omega, loss, corr, "int8")
+
+
+def synthesized(name: str, source: ModelSource, threads: int | None, precisions: tuple[str, ...],
+                inputs: dict[int, np.ndarray], head: np.ndarray, tsem: bool = False) -> dict[str, tuple] | str:
+    """{precision: (what :func:`synthesize` gives, the precision the backend ran)} on backend `name` at
+    each of `precisions`, one backend at a time; or why one did not start."""
+    results = {}
+    for precision in precisions:
+        try:
+            backend = build_backend(name, source, device="cpu", threads=threads, precision=precision)
+        except TsfError as exc:
+            return f"{precision} did not start: {exc}"
+        with backend:
+            results[precision] = (synthesize(backend, inputs, head, tsem=tsem), backend.runtime_precision)
+    return results
 
 
 def synthesize(backend: Backend, inputs: dict[int, np.ndarray], head: np.ndarray, tsem: bool = False) -> tuple:
