@@ -16,7 +16,7 @@ How, and why each choice (issue 27; `scripts/int8_study.py` measures them):
 * the mixed preset (symmetric weights, asymmetric activations): the issue's table, best of the
   presets measured;
 * instance norms (OpenVINO's MVN) in the ignored scope, quantised before the OpenVINO backend
-  centres them (:func:`tsf_trt.backends.openvino_backend.centre_norms` runs on the read model),
+  centres them (:func:`tsf_trt.backends.openvino_graph.centre_norms` runs on the read model),
   so NNCF never quantises a norm's input or its mean;
 * each decoder's output convolution (the 7×7 head before tanh) in the ignored scope too: quantised,
   it cost every T1 task 0.055-0.09 dB on the demo model (all 7 share decoder_t1; the other targets

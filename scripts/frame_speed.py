@@ -35,7 +35,12 @@ VARIANTS = {
     "ort": ("ort", "fp32", "head", None),
     "default-full": ("auto", "auto", "full", None),
     "default": ("auto", "auto", "head", None),
+    "default-before": ("auto", "auto", "head", None),
 }
+#: Variants whose OpenVINO backend runs as before 7 Dec 2026's changes: the decoder's head compiled as
+#: exported, one 7x7 convolution (no tsf_trt.backends.openvino_graph.rows_then_sum), and the batch of
+#: the budget every backend shared (tsf_trt.backends.base.CPU_BATCH_BYTES).
+BEFORE = {"default-before"}
 LABELS = {
     "reference": "`reference` (authors' way: full frame, fp32, full ConvLSTM, 1 slice per call, 2 decoder passes)",
     "ort-full": "ORT fp32, `--frame full` (before issue 15)",
@@ -46,6 +51,7 @@ LABELS = {
     "ort": "ORT fp32, `--frame head`",
     "default-full": "defaults at `--frame full` (auto backend, `--precision auto`)",
     "default": "**defaults** (`tsf-trt infer`: auto backend, `--precision auto`, `--frame head`)",
+    "default-before": "defaults before 7 Dec (the decoder's head not split into rows, batch of 32 MiB)",
 }
 
 
@@ -59,6 +65,17 @@ def phantom(folder: Path, slices: int):
     write_subject(make_subject(5000, (240, 240, slices)), folder / name, name, "brats2021")
     found = find_subjects(folder)[0]
     return Subject(name, {i: found.inputs[i] for i in (0, 1, 3)}), found.inputs[2]
+
+
+def before(backend) -> None:
+    """An OpenVINO backend as it ran before 7 Dec 2026 (see BEFORE): graphs read and compiled again."""
+    from tsf_trt.backends.base import CPU_BATCH_BYTES
+
+    if getattr(backend, "split_rows", False):
+        backend.split_rows, backend.cache_dir = False, None
+        backend._models.clear()
+        backend._compiled.clear()
+    backend.cpu_batch_bytes = CPU_BATCH_BYTES
 
 
 def measure(model, names: list[str], slices: int, rounds: int, threads: int) -> list[dict]:
@@ -78,6 +95,8 @@ def measure(model, names: list[str], slices: int, rounds: int, threads: int) -> 
         backend, precision, frame, batch = VARIANTS[name]
         synths[name] = Synthesizer(model, RunOptions(backend=backend, frame=frame, threads=threads, precision=precision,
                                                      batch_size=batch))
+        if name in BEFORE:
+            before(synths[name].backend)
     for name in names:
         (tmp / "out" / name).mkdir(parents=True)
     best: dict[str, dict] = {}

@@ -269,3 +269,44 @@ def test_a_damaged_compiled_model_is_rebuilt_with_one_warning(small_export_dir, 
     first = np.asarray(nib.load(tmp_path / "first" / "sub_t2_synth.nii.gz").dataobj)
     assert np.allclose(second, first, rtol=0, atol=1e-5)
     assert run(tmp_path / "third")[0] == []  # the rebuilt entry is intact
+
+
+@pytest.mark.parametrize("pads", [([0, 0], [0, 0]), ([3, 2], [1, 3])])
+def test_a_few_channel_head_split_into_rows_gives_the_same_convolution(pads):
+    import openvino as ov
+
+    from tsf_trt.backends.openvino_graph import rows_then_sum
+
+    ops, rng = ov.opset13, np.random.default_rng(0)
+    x = ops.parameter([2, 5, 20, 17], np.float32, name="x")
+    conv = ops.convolution(x, ops.constant(rng.normal(size=(3, 5, 7, 5)).astype(np.float32)), [1, 1], *pads, [1, 1])
+    model = ov.Model([conv], [x])
+    split = rows_then_sum(model.clone(), ops)
+    assert "GroupConvolution" in {n.get_type_name() for n in split.get_ordered_ops()}
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}  # this CPU's default may be bf16
+    image = rng.normal(size=(2, 5, 20, 17)).astype(np.float32)
+    want = ov.Core().compile_model(model, "CPU", f32)(image)[0]
+    got = ov.Core().compile_model(split, "CPU", f32)(image)[0]
+    # the same sums in another order: fp32 rounding, ~1e-7 of the output's size per term
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("precision, split", [("fp32", True), ("bf16", False)])
+def test_the_decoder_head_is_split_only_where_it_runs_f32(small_export_dir, precision, split):
+    from tsf_trt.backends.openvino_backend import OpenVinoBackend
+
+    with OpenVinoBackend(small_export_dir, threads=1, precision=precision, cache=False) as backend:
+        kinds = {n.get_type_name() for n in backend.model("decoder_t2").get_ordered_ops()}
+    assert ("GroupConvolution" in kinds) == split
+
+
+def test_openvino_takes_smaller_cpu_batches_than_onnx_runtime(small_export_dir):
+    from tsf_trt.synthesis.backend import create_backend
+
+    batches = {}
+    for name in ("ort", "openvino"):
+        with create_backend(small_export_dir, RunOptions(backend=name, threads=1, precision="fp32")) as backend:
+            batches[name] = [backend.preferred_batch_size(h, w) for h, w in ((216, 180), (240, 240), (2000, 2000))]
+    # measured (the class attribute's comment): OpenVINO ran 4 slices of 216x180 faster than 13, ORT slower
+    assert all(ov < ort for ov, ort in zip(batches["openvino"][:2], batches["ort"][:2]))
+    assert batches["openvino"][2] == 1  # never below one slice

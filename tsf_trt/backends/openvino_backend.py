@@ -1,9 +1,10 @@
 """OpenVINO on the CPU: the export's ONNX graphs, read directly (no conversion step).
 
 Each graph is read and checked for its role once (:mod:`tsf_trt.export.roles`, from the
-metadata OpenVINO keeps under `framework`), its instance norms centred first (see
-:func:`centre_norms`: fp32 exact to ONNX Runtime), then compiled once per input shape, with the
-shape made static: OpenVINO's CPU plugin plans memory and picks kernels for a known
+metadata OpenVINO keeps under `framework`), changed where OpenVINO's kernels lose precision or
+time on it (:mod:`tsf_trt.backends.openvino_graph`: instance norms centred, the decoder's
+few-channel head split into rows; the same result in exact arithmetic), then compiled once per
+input shape, with the shape made static: OpenVINO's CPU plugin plans memory and picks kernels for a known
 shape (docs/backends.md, "OpenVINO"). Compiled models are exported
 (`export_model`) into verified cache entries in the export's `.openvino-cache` folder
 (:mod:`tsf_trt.files.cache_entry`), keyed by graph hash, input shapes, settings, OpenVINO version and
@@ -41,6 +42,8 @@ import numpy as np
 
 from tsf_trt.backends.base import Backend
 from tsf_trt.backends.onnx_graphs import decoder_feeds, fusion_feeds, split_decoded
+from tsf_trt.backends.openvino_graph import VERSION as GRAPH_CHANGES
+from tsf_trt.backends.openvino_graph import prepare
 from tsf_trt.errors import ModelError, TsfError
 from tsf_trt.export.manifest import PRECISION_KEY
 from tsf_trt.files import cache_entry
@@ -56,9 +59,6 @@ PRECISION_OF = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "u8": "int8", "i8"
 #: Runtime layers whose precision is the precision a graph runs at (the rest are reorders,
 #: inputs, norms that OpenVINO keeps in f32 in any mode).
 COMPUTE_LAYERS = ("Convolution", "Deconvolution", "FullyConnected", "MatMul")
-#: Bump when centre_norms (or any other change made to a read graph) changes: cached compiled
-#: models are keyed by it.
-CENTRE_NORMS_VERSION = 1
 
 
 def import_openvino():
@@ -85,22 +85,6 @@ def ran_precision(compiled: Any) -> str:
     return PRECISION_OF.get(hint, hint)
 
 
-def centre_norms(model: Any, ops: Any) -> Any:
-    """Subtract each instance norm's mean before OpenVINO's MVN (the same result in exact
-    arithmetic). Measured on the small test model: OpenVINO's CPU MVN, in the blocked
-    layout it runs between convolutions, lost precision where a channel's mean is large
-    against its spread (first encoder norm, mean/std up to 12: 1.2e-4 from a float64
-    reference, ONNX Runtime 7.8e-6), and the synthesised image ended 1.6e-4 from ONNX
-    Runtime's; centred first, the encoder agrees to 2.4e-6."""
-    for node in model.get_ordered_ops():
-        if node.get_type_name() == "MVN":
-            data = node.input_value(0)
-            mean = ops.reduce_mean(data, node.input_value(1), keep_dims=True)
-            node.input(0).replace_source_output(ops.subtract(data, mean).output(0))
-    model.validate_nodes_and_infer_types()
-    return model
-
-
 def _signature(model: Any) -> tuple[dict, dict, dict[str, str]]:
     """(inputs, outputs, metadata) of a read OpenVINO model, for :func:`~tsf_trt.export.roles.check_graph`."""
     def dims(port) -> list[int | None]:
@@ -114,6 +98,11 @@ def _signature(model: Any) -> tuple[dict, dict, dict[str, str]]:
 
 
 class OpenVinoBackend(Backend):
+    #: Smaller batches than ONNX Runtime's (4 slices at the demo's head frame instead of 13, 2 at 240²
+    #: instead of 9): faster for OpenVINO with AVX2 and AVX-512 kernels, slower for ONNX Runtime, the
+    #: same for the paper configuration (docs/performance.md, "Where the time goes on a CPU without bf16").
+    cpu_batch_bytes = 10 << 20
+
     def __init__(self, export_dir: str | Path, *, threads: int | None = None, precision: str = "fp32",
                  decoder: str = "baked", cache: bool = True):
         from tsf_trt.export.manifest import read_manifest
@@ -135,6 +124,9 @@ class OpenVinoBackend(Backend):
         if threads:
             self.settings["INFERENCE_NUM_THREADS"] = threads
         self.imported = 0  # compiled models taken from the cache (tests, bench)
+        #: The decoder's head split into rows (openvino_graph.rows_then_sum) where it runs f32; not under
+        #: bf16, where its rows would be rounded once more. scripts.frame_speed measures without it.
+        self.split_rows = precision != "bf16"
         self._models: dict[str, Any] = {}       # graph -> read, role-checked model (dynamic shapes)
         self._compiled: dict[tuple, Any] = {}   # (graph, input shapes) -> compiled model
         self._fp32_only: set[str] = set()  # graphs run fp32 under --precision int8 (no int8 graph), said once
@@ -164,7 +156,7 @@ class OpenVinoBackend(Backend):
                 raise ModelError(path, f"is listed as the int8 '{graph}' graph but is not one (its metadata says "
                                        "so): export again")
             # centred after quantising: NNCF left the norms (MVN) unquantised (tsf_trt.export.quantize)
-            self._models[graph] = centre_norms(model, self.ov.opset13)
+            self._models[graph] = prepare(model, self.ov.opset13, split_rows=self.split_rows)
         return self._models[graph]
 
     def compiled(self, graph: str, feeds: Mapping[str, np.ndarray]) -> Any:
@@ -194,7 +186,7 @@ class OpenVinoBackend(Backend):
                 "graph_sha256": self.manifest["graphs"][graph]["sha256"], "shapes": shapes,
                 **({"int8_sha256": [int8["sha256"], int8["weights_sha256"]]} if int8 else {}),
                 "settings": self.settings, "openvino": self.ov.__version__, "machine": machine_key(),
-                "centre_norms": CENTRE_NORMS_VERSION}
+                "graph_changes": [GRAPH_CHANGES, self.split_rows]}
 
     def _entry_path(self, graph: str, shapes: dict[str, list[int]]) -> Path | None:
         if self.cache_dir is None:
