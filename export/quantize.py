@@ -15,8 +15,9 @@ How, and why each choice (issue 27; `scripts/int8_study.py` measures them):
   OpenVINO, so the graph and not the kernels), the OpenVINO model 0.003 dB;
 * the mixed preset (symmetric weights, asymmetric activations): the issue's table, best of the
   presets measured;
-* instance norms (OpenVINO's MVN) in the ignored scope, quantised before the OpenVINO backend
-  centres them (:func:`tsf_trt.backends.openvino_graph.centre_norms` runs on the read model),
+* instance norms (OpenVINO's MVN) in the ignored scope, quantised as read, before any centring
+  (:func:`tsf_trt.backends.openvino_graph.centre_norms`, which the OpenVINO backend runs on fp32
+  graphs only: in an int8 graph it changed nothing measurable over the 28 tasks and cost 5-9 %),
   so NNCF never quantises a norm's input or its mean;
 * each decoder's output convolution (the 7×7 head before tanh) in the ignored scope too: quantised,
   it cost every T1 task 0.055-0.09 dB on the demo model (all 7 share decoder_t1; the other targets

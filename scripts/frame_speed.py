@@ -38,8 +38,8 @@ VARIANTS = {
     "default-before": ("auto", "auto", "head", None),
 }
 #: Variants whose OpenVINO backend runs as before 7 Dec 2026's changes: the decoder's head compiled as
-#: exported, one 7x7 convolution (no tsf_trt.backends.openvino_graph.rows_then_sum), and the batch of
-#: the budget every backend shared (tsf_trt.backends.base.CPU_BATCH_BYTES).
+#: exported, one 7x7 convolution (no tsf_trt.backends.openvino_graph.rows_then_sum), the int8 graphs'
+#: norms centred, and the batch of the budget every backend shared (tsf_trt.backends.base.CPU_BATCH_BYTES).
 BEFORE = {"default-before"}
 LABELS = {
     "reference": "`reference` (authors' way: full frame, fp32, full ConvLSTM, 1 slice per call, 2 decoder passes)",
@@ -51,7 +51,7 @@ LABELS = {
     "ort": "ORT fp32, `--frame head`",
     "default-full": "defaults at `--frame full` (auto backend, `--precision auto`)",
     "default": "**defaults** (`tsf-trt infer`: auto backend, `--precision auto`, `--frame head`)",
-    "default-before": "defaults before 7 Dec (the decoder's head not split into rows, batch of 32 MiB)",
+    "default-before": "defaults before 7 Dec (head not split into rows, int8 norms centred, batch of 32 MiB)",
 }
 
 
@@ -71,8 +71,8 @@ def before(backend) -> None:
     """An OpenVINO backend as it ran before 7 Dec 2026 (see BEFORE): graphs read and compiled again."""
     from tsf_trt.backends.base import CPU_BATCH_BYTES
 
-    if getattr(backend, "split_rows", False):
-        backend.split_rows, backend.cache_dir = False, None
+    if hasattr(backend, "split_rows"):
+        backend.split_rows, backend.centre_int8, backend.cache_dir = False, True, None
         backend._models.clear()
         backend._compiled.clear()
     backend.cpu_batch_bytes = CPU_BATCH_BYTES

@@ -133,19 +133,25 @@ def backend(kind: str, folder: Path | None = None):
     return OpenVinoBackend(folder, precision="int8", cache=False)
 
 
-def quality(work: Path, variants: dict[str, Path], slice_step: int) -> dict[str, dict]:
-    """Per variant and task: ΔPSNR vs ORT fp32 (mean over subjects), PSNR vs fp32, TSEM agreement."""
+def quality(work: Path, variants: dict[str, Path], slice_step: int, centred: bool = False) -> dict[str, dict]:
+    """Per variant and task: ΔPSNR vs ORT fp32 (mean over subjects), PSNR vs fp32, TSEM agreement.
+    With `centred`, each variant also with its norms centred as the fp32 graphs' are ("<variant> centred")."""
     from tsf_trt import metrics
     from tsf_trt.evaluation.loop import evaluate_images
     from tsf_trt.evaluation.tasks import all_tasks
 
     tasks = all_tasks()
-    rows: dict[str, dict[str, list]] = {v: {} for v in variants}
     backends = {"ort": backend("ort"), **{v: backend("int8", f) for v, f in variants.items()}}
+    if centred:
+        for v, f in variants.items():
+            backends[f"{v} centred"] = backend("int8", f)
+            backends[f"{v} centred"].centre_int8 = True
+    names = [name for name in backends if name != "ort"]
+    rows: dict[str, dict[str, list]] = {v: {} for v in names}
     for n, inputs in enumerate(held_out(work)):
         start = time.perf_counter()
         ref = evaluate_images(backends["ort"], inputs, tasks, slice_step=slice_step, compare=False)
-        for name in variants:
+        for name in names:
             got = evaluate_images(backends[name], inputs, tasks, slice_step=slice_step, compare=False)
             for task in tasks:
                 a, b, truth, head = got.tasks[task], ref.tasks[task], ref.truth[task.target], ref.head
@@ -252,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--centred", action="store_true", help="quality also with the int8 graphs' norms centred")
     parser.add_argument("--write-bundled", action="store_true", help="ship the first variant's int8 graphs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -268,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             samples = CachedSamples(args.samples)
         folders[name] = build(args.work, name, samples)
     samples = None
-    q = None if args.skip_quality else quality(args.work, folders, args.slice_step)
+    q = None if args.skip_quality else quality(args.work, folders, args.slice_step, args.centred)
     s = None if args.skip_speed else speed(args.work, folders, args.rounds, args.repeats)
     print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
     print(report(q, s))

@@ -293,3 +293,17 @@ def test_the_report_says_int8_when_int8_ran(int8_export, tmp_path):
     (report,) = (tmp_path / "out").glob("*.json")
     precision = json.loads(report.read_text())["precision"]
     assert precision["precision"] == "int8" and precision["ran"] == "int8", precision
+
+
+def test_norms_are_centred_in_fp32_graphs_only(int8_export):
+    from tsf_trt.backends.openvino_backend import OpenVinoBackend
+
+    def centred(precision: str, graph: str) -> list[bool]:
+        with OpenVinoBackend(int8_export, threads=1, precision=precision, cache=False) as backend:
+            return [n.input_value(0).get_node().get_type_name() == "Subtract"
+                    for n in backend.model(graph).get_ordered_ops() if n.get_type_name() == "MVN"]
+
+    for graph in ("encoder", "decoder_t2"):
+        assert centred("fp32", graph) and all(centred("fp32", graph))
+        int8 = centred("int8", graph)
+        assert int8 and not any(int8)  # docs/backends.md, "int8": centring changed nothing measurable there

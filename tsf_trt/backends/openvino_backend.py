@@ -2,7 +2,7 @@
 
 Each graph is read and checked for its role once (:mod:`tsf_trt.export.roles`, from the
 metadata OpenVINO keeps under `framework`), changed where OpenVINO's kernels lose precision or
-time on it (:mod:`tsf_trt.backends.openvino_graph`: instance norms centred, the decoder's
+time on it (:mod:`tsf_trt.backends.openvino_graph`: fp32 graphs' instance norms centred, the decoder's
 few-channel head split into rows; the same result in exact arithmetic), then compiled once per
 input shape, with the shape made static: OpenVINO's CPU plugin plans memory and picks kernels for a known
 shape (docs/backends.md, "OpenVINO"). Compiled models are exported
@@ -127,6 +127,10 @@ class OpenVinoBackend(Backend):
         #: The decoder's head split into rows (openvino_graph.rows_then_sum) where it runs f32; not under
         #: bf16, where its rows would be rounded once more. scripts.frame_speed measures without it.
         self.split_rows = precision != "bf16"
+        #: Centre the norms of the int8 graphs too (openvino_graph.centre_norms; fp32 graphs always are).
+        #: Off: quantisation's error dwarfs what centring saves there, and it costs time (docs/performance.md,
+        #: "Where the time goes on a CPU without bf16"); scripts.int8_study measures with it on.
+        self.centre_int8 = False
         self._models: dict[str, Any] = {}       # graph -> read, role-checked model (dynamic shapes)
         self._compiled: dict[tuple, Any] = {}   # (graph, input shapes) -> compiled model
         self._fp32_only: set[str] = set()  # graphs run fp32 under --precision int8 (no int8 graph), said once
@@ -155,8 +159,8 @@ class OpenVinoBackend(Backend):
             if int8 and signature[2].get(PRECISION_KEY) != "int8":
                 raise ModelError(path, f"is listed as the int8 '{graph}' graph but is not one (its metadata says "
                                        "so): export again")
-            # centred after quantising: NNCF left the norms (MVN) unquantised (tsf_trt.export.quantize)
-            self._models[graph] = prepare(model, self.ov.opset13, split_rows=self.split_rows)
+            self._models[graph] = prepare(model, self.ov.opset13, split_rows=self.split_rows,
+                                          centre=not int8 or self.centre_int8)
         return self._models[graph]
 
     def compiled(self, graph: str, feeds: Mapping[str, np.ndarray]) -> Any:
@@ -186,7 +190,7 @@ class OpenVinoBackend(Backend):
                 "graph_sha256": self.manifest["graphs"][graph]["sha256"], "shapes": shapes,
                 **({"int8_sha256": [int8["sha256"], int8["weights_sha256"]]} if int8 else {}),
                 "settings": self.settings, "openvino": self.ov.__version__, "machine": machine_key(),
-                "graph_changes": [GRAPH_CHANGES, self.split_rows]}
+                "graph_changes": [GRAPH_CHANGES, self.split_rows, not int8 or self.centre_int8]}
 
     def _entry_path(self, graph: str, shapes: dict[str, list[int]]) -> Path | None:
         if self.cache_dir is None:
