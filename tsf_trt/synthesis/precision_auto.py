@@ -133,6 +133,16 @@ def has_int8_graphs(source: ModelSource) -> bool:
         return False  # the backend that opens it says what is wrong
 
 
+def _graphs(name: str) -> str:
+    """What a verdict also depends on beyond model, backend and machine: the changes OpenVINO's backend
+    makes to the graphs it compiles (a verdict is for what runs; an upgrade that changes them checks again)."""
+    if name != "openvino":
+        return ""
+    from tsf_trt.backends.openvino_graph import VERSION
+
+    return f"-g{VERSION}"
+
+
 def resolve(name: str, source: ModelSource, *, device: str, threads: int | None) -> Verdict:
     """The precision `auto` means for backend `name` on `device` (see the module docstring)."""
     if name not in BF16_BACKENDS + INT8_BACKENDS:
@@ -140,7 +150,8 @@ def resolve(name: str, source: ModelSource, *, device: str, threads: int | None)
     checks, why = candidates(name, source, device)
     if not checks:
         return Verdict("fp32", why)
-    record = cache_root() / "precision" / f"{source.model_id}-{name}-{machine_key()}-{'+'.join(checks)}-v2.json"
+    key = f"{source.model_id}-{name}-{machine_key()}-{'+'.join(checks)}-v2{_graphs(name)}"
+    record = cache_root() / "precision" / f"{key}.json"
     cached = records.read(record, lambda r: records.verdict_problem(r, passes, checks))
     if cached is not None:
         verdict = Verdict(**cached)
