@@ -92,6 +92,8 @@ def run_once(synth, subject, out: Path) -> dict:
 def macs(model, shapes: dict[str, list[int]]) -> dict[str, float]:
     """Multiply-accumulates of one call of `model` at `shapes`, split into convolutions whose input
     is quantised (FakeQuantize: run in int8) and the rest (fp32)."""
+    from tsf_trt.backends.openvino_graph import quantised_input
+
     model = model.clone()
     model.reshape(shapes)
     counts = {"int8": 0.0, "fp32": 0.0}
@@ -102,11 +104,7 @@ def macs(model, shapes: dict[str, list[int]]) -> dict[str, float]:
         out = np.prod(list(node.get_output_shape(0)), dtype=np.float64)
         weights = list(node.input_value(1).get_shape())
         per_output = np.prod(weights[-3:], dtype=np.float64)  # (in channels per group) x kernel
-        source = node.input_value(0).get_node()
-        while source.get_type_name() == "Pad":  # reflection padding between the quantiser and the convolution
-            source = source.input_value(0).get_node()
-        quantised = source.get_type_name() == "FakeQuantize"
-        counts["int8" if quantised else "fp32"] += out * per_output
+        counts["int8" if quantised_input(node) else "fp32"] += out * per_output
     return counts
 
 
@@ -120,9 +118,9 @@ def layer_kind(node_type: str, exec_type: str) -> str:
     return "other"
 
 
-def profile_layers(synth, subject, out: Path) -> tuple[dict, dict, dict]:
+def profile_layers(synth, subject, out: Path) -> tuple[dict, dict, dict, dict]:
     """One more round with OpenVINO's per-node timing on: seconds by (graph, kind of node), calls and
-    MACs by graph."""
+    MACs by graph, seconds by (graph, node type, kernel)."""
     be = synth.backend
     be.settings["PERF_COUNT"] = True
     be.cache_dir = None          # compiled again with the counters, and not kept
@@ -132,21 +130,21 @@ def profile_layers(synth, subject, out: Path) -> tuple[dict, dict, dict]:
     calls: dict[str, int] = defaultdict(int)
     work: dict[str, dict[str, float]] = defaultdict(lambda: {"int8": 0.0, "fp32": 0.0})
     requests = {}
-    compile_first = {}
+    per_call = {}  # MACs of one call, per compiled model
 
     def run(graph, feeds):
         compiled = be.compiled(graph, feeds)
         key = id(compiled)
         if key not in requests:
             requests[key] = compiled.create_infer_request()
-            compile_first[key] = macs(be.model(graph), {n: list(a.shape) for n, a in feeds.items()})
+            per_call[key] = macs(be.model(graph), {n: list(a.shape) for n, a in feeds.items()})
         result = requests[key].infer(feeds)
         for info in requests[key].profiling_info:
-            if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_RUN"):
+            if str(info.status).endswith("EXECUTED"):  # not NOT_RUN, OPTIMIZED_OUT
                 seconds[(graph, layer_kind(info.node_type, info.exec_type))] += info.real_time.total_seconds()
                 nodes[(graph, info.node_type, info.exec_type)] += info.real_time.total_seconds()
         calls[graph] += 1
-        for k, v in compile_first[key].items():
+        for k, v in per_call[key].items():
             work[graph][k] += v
         return result
 
@@ -287,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         floor = bound + rest + outside
         print(f"with the convolutions at those rates and everything else as measured: {floor:.3f} s, "
               f"{best_reference / floor:.2f}x the reference; 5x the reference needs {best_reference / 5:.3f} s")
+
 
 if __name__ == "__main__":
     main()

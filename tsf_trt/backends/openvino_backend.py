@@ -159,8 +159,7 @@ class OpenVinoBackend(Backend):
             if int8 and signature[2].get(PRECISION_KEY) != "int8":
                 raise ModelError(path, f"is listed as the int8 '{graph}' graph but is not one (its metadata says "
                                        "so): export again")
-            self._models[graph] = prepare(model, self.ov.opset13, split_rows=self.split_rows,
-                                          centre=not int8 or self.centre_int8)
+            self._models[graph] = prepare(model, self.ov.opset13, **self._changes(graph))
         return self._models[graph]
 
     def compiled(self, graph: str, feeds: Mapping[str, np.ndarray]) -> Any:
@@ -183,6 +182,10 @@ class OpenVinoBackend(Backend):
             self._compiled[key] = compiled
         return self._compiled[key]
 
+    def _changes(self, graph: str) -> dict[str, bool]:
+        """Which of openvino_graph's changes `graph` gets (prepare's arguments; cached models are keyed by them)."""
+        return {"split_rows": self.split_rows, "centre": not self._int8(graph) or self.centre_int8}
+
     def _entry_key(self, graph: str, shapes: dict[str, list[int]]) -> dict[str, Any]:
         """Everything a compiled model depends on: checked in its cache entry before it is imported."""
         int8 = self._int8(graph)
@@ -190,7 +193,7 @@ class OpenVinoBackend(Backend):
                 "graph_sha256": self.manifest["graphs"][graph]["sha256"], "shapes": shapes,
                 **({"int8_sha256": [int8["sha256"], int8["weights_sha256"]]} if int8 else {}),
                 "settings": self.settings, "openvino": self.ov.__version__, "machine": machine_key(),
-                "graph_changes": [GRAPH_CHANGES, self.split_rows, not int8 or self.centre_int8]}
+                "graph_changes": {"version": GRAPH_CHANGES, **self._changes(graph)}}
 
     def _entry_path(self, graph: str, shapes: dict[str, list[int]]) -> Path | None:
         if self.cache_dir is None:

@@ -4,8 +4,9 @@ or time on the graph as exported (measured: docs/performance.md, "Where the time
 
 * :func:`centre_norms`: each instance norm's input centred first (precision; fp32 and bf16 graphs);
 * :func:`rows_then_sum`: a wide convolution with few output channels (the decoder's 7x7 head,
-  16 -> 3) computed as one row convolution with kernel-height times more outputs, then a
-  one-hot depthwise column sum (time; only where it runs in f32).
+  16 -> 3, and the fusion's spatial attention, 2 -> 1) computed as one row convolution with
+  kernel-height times more outputs, then a one-hot depthwise column sum (time; only where it runs
+  in f32).
 """
 
 from __future__ import annotations
@@ -49,10 +50,20 @@ def centre_norms(model: Any, ops: Any) -> Any:
     return model
 
 
+def quantised_input(node: Any) -> bool:
+    """Whether a convolution's input comes from a quantiser (FakeQuantize: OpenVINO runs it int8),
+    looking through the reflection padding NNCF leaves between the two."""
+    source = node.input_value(0).get_node()
+    while source.get_type_name() == "Pad":
+        source = source.input_value(0).get_node()
+    return source.get_type_name() == "FakeQuantize"
+
+
 def _splittable(node: Any) -> tuple[int, int, int, int] | None:
     """(out channels, in channels, kernel height, kernel width) of a plain 2D convolution worth
-    splitting into rows: few outputs, a kernel taller than one row, stride and dilation 1, and
-    constant weights (an int8 graph's fp32 head has them; a quantised one is not touched)."""
+    splitting into rows: few outputs, a kernel taller than one row, stride and dilation 1, a
+    static weight shape, and an input that is not quantised (an int8 graph's fp32 head qualifies;
+    a quantised convolution is not touched)."""
     if node.get_type_name() != "Convolution":
         return None
     shape = node.input_value(1).get_partial_shape()
@@ -63,7 +74,7 @@ def _splittable(node: Any) -> tuple[int, int, int, int] | None:
     if cout >= FEW_OUTPUTS or kh < 3 or attributes["strides"] != [1, 1] or attributes["dilations"] != [1, 1] \
             or attributes["auto_pad"] not in ("explicit", "notset"):
         return None
-    if node.input_value(0).get_node().get_type_name() == "FakeQuantize":
+    if quantised_input(node):
         return None
     return cout, cin, kh, kw
 

@@ -68,9 +68,9 @@ Precision = Annotated[PrecisionName, typer.Option(
 
 BatchSize = Annotated[Optional[int], typer.Option(
     "--batch-size", min=1, show_default=False, rich_help_panel=RUNTIME_PANEL,
-    help="Slices per network batch (default: on CPU as many as keep a batch's activations within 32 MiB (ort) "
-         "or 16 MiB (torch), e.g. 2 or 1 for the paper config at 240x240; 16 on GPU). Memory grows with it, "
-         "not with the volume.")]
+    help="Slices per network batch (default: on CPU as many as keep a batch's activations within 32 MiB (ort), "
+         "16 MiB (torch) or 10 MiB (openvino), e.g. 2, 1 and 1 for the paper config at 240x240; 16 on GPU). "
+         "Memory grows with it, not with the volume.")]
 
 Threads = Annotated[Optional[int], typer.Option(
     "--threads", min=1, show_default=False, rich_help_panel=RUNTIME_PANEL,
