@@ -36,11 +36,15 @@ VARIANTS = {
     "default-full": ("auto", "auto", "full", None),
     "default": ("auto", "auto", "head", None),
     "default-before": ("auto", "auto", "head", None),
+    "default-joined": ("auto", "auto", "head", None),
 }
 #: Variants whose OpenVINO backend runs as before 7 Dec 2026's changes: the decoder's head compiled as
 #: exported, one 7x7 convolution (no tsf_trt.backends.openvino_graph.rows_then_sum), the int8 graphs'
 #: norms centred, and the batch of the budget every backend shared (tsf_trt.backends.base.CPU_BATCH_BYTES).
 BEFORE = {"default-before"}
+#: Variants whose OpenVINO backend computes the ConvLSTM's gates in one convolution, cut by a Split node
+#: (as up to commit eef46c3: no tsf_trt.backends.openvino_graph.convolution_per_slice); the rest as today.
+JOINED = {"default-before", "default-joined"}
 LABELS = {
     "reference": "`reference` (authors' way: full frame, fp32, full ConvLSTM, 1 slice per call, 2 decoder passes)",
     "ort-full": "ORT fp32, `--frame full` (before issue 15)",
@@ -52,6 +56,7 @@ LABELS = {
     "default-full": "defaults at `--frame full` (auto backend, `--precision auto`)",
     "default": "**defaults** (`tsf-trt infer`: auto backend, `--precision auto`, `--frame head`)",
     "default-before": "defaults before 7 Dec (head not split into rows, int8 norms centred, batch of 32 MiB)",
+    "default-joined": "defaults as of eef46c3 (the ConvLSTM's gates in one convolution, cut by a Split)",
 }
 
 
@@ -78,6 +83,14 @@ def before(backend) -> None:
     backend.cpu_batch_bytes = CPU_BATCH_BYTES
 
 
+def joined(backend) -> None:
+    """An OpenVINO backend with the ConvLSTM's gates in one convolution (see JOINED), compiled again."""
+    if hasattr(backend, "split_gates"):
+        backend.split_gates, backend.cache_dir = False, None
+        backend._models.clear()
+        backend._compiled.clear()
+
+
 def measure(model, names: list[str], slices: int, rounds: int, threads: int) -> list[dict]:
     """Every variant `rounds` times after a warm-up, interleaved; per variant its fastest round."""
     from tsf_trt.files.volume import load_volume
@@ -97,6 +110,8 @@ def measure(model, names: list[str], slices: int, rounds: int, threads: int) -> 
                                                      batch_size=batch))
         if name in BEFORE:
             before(synths[name].backend)
+        if name in JOINED:
+            joined(synths[name].backend)
     for name in names:
         (tmp / "out" / name).mkdir(parents=True)
     best: dict[str, dict] = {}

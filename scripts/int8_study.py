@@ -133,19 +133,25 @@ def backend(kind: str, folder: Path | None = None):
     return OpenVinoBackend(folder, precision="int8", cache=False)
 
 
-def quality(work: Path, variants: dict[str, Path], slice_step: int, centred: bool = False) -> dict[str, dict]:
+#: Backend settings a variant can also run with (`quality`'s `also`): the int8 graphs' norms centred as
+#: the fp32 graphs' are; the ConvLSTM's gates in one convolution (OpenVINO's graph as exported).
+ALSO = {"centred": ("centre_int8", True), "joined": ("split_gates", False)}
+
+
+def quality(work: Path, variants: dict[str, Path], slice_step: int, also: tuple[str, ...] = ()) -> dict[str, dict]:
     """Per variant and task: ΔPSNR vs ORT fp32 (mean over subjects), PSNR vs fp32, TSEM agreement.
-    With `centred`, each variant also with its norms centred as the fp32 graphs' are ("<variant> centred")."""
+    Each variant also with each setting of `also` (ALSO's keys) as "<variant> <setting>"."""
     from tsf_trt import metrics
     from tsf_trt.evaluation.loop import evaluate_images
     from tsf_trt.evaluation.tasks import all_tasks
 
     tasks = all_tasks()
     backends = {"ort": backend("ort"), **{v: backend("int8", f) for v, f in variants.items()}}
-    if centred:
+    for setting in also:
+        attribute, value = ALSO[setting]
         for v, f in variants.items():
-            backends[f"{v} centred"] = backend("int8", f)
-            backends[f"{v} centred"].centre_int8 = True
+            backends[f"{v} {setting}"] = backend("int8", f)
+            setattr(backends[f"{v} {setting}"], attribute, value)
     names = [name for name in backends if name != "ort"]
     rows: dict[str, dict[str, list]] = {v: {} for v in names}
     for n, inputs in enumerate(held_out(work)):
@@ -259,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--centred", action="store_true", help="quality also with the int8 graphs' norms centred")
+    parser.add_argument("--joined", action="store_true",
+                        help="quality also with the ConvLSTM's gates in one convolution (as up to commit eef46c3)")
     parser.add_argument("--write-bundled", action="store_true", help="ship the first variant's int8 graphs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -275,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
             samples = CachedSamples(args.samples)
         folders[name] = build(args.work, name, samples)
     samples = None
-    q = None if args.skip_quality else quality(args.work, folders, args.slice_step, args.centred)
+    q = None if args.skip_quality else quality(args.work, folders, args.slice_step,
+                                                     tuple(k for k in ALSO if getattr(args, k)))
     s = None if args.skip_speed else speed(args.work, folders, args.rounds, args.repeats)
     print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
     print(report(q, s))

@@ -300,6 +300,69 @@ def test_the_decoder_head_is_split_only_where_it_runs_f32(small_export_dir, prec
     assert ("GroupConvolution" in kinds) == split
 
 
+def _gated_convolution(ops, rng, step: int = 1):
+    """x -> a 3x3 convolution with NNCF-style int8 weights (Multiply(Convert(i8), scale)) and a bias
+    reshaped as ONNX's export writes it -> three channel Slices (steps as Broadcasts, as ONNX's
+    Slice arrives) -> sigmoid, sigmoid, tanh: the ConvLSTM's gate pattern, 6 -> 12 channels."""
+    import openvino as ov
+
+    x = ops.parameter([2, 6, 12, 10], np.float32, name="x")
+    weights = ops.multiply(ops.convert(ops.constant(rng.integers(-127, 128, (12, 6, 3, 3)).astype(np.int8)), "f32"),
+                           ops.constant(rng.uniform(0.001, 0.01, (12, 1, 1, 1)).astype(np.float32)))
+    conv = ops.convolution(x, weights, [1, 1], [1, 1], [1, 1], [1, 1])
+    biased = ops.add(conv, ops.reshape(ops.constant(rng.normal(size=12).astype(np.float32)),
+                                       ops.constant(np.array([1, 12, 1, 1], np.int64)), False))
+    one = ops.broadcast(ops.constant(np.array([step], np.int64)), ops.constant(np.array([1], np.int64)))
+    gates = [ops.slice(biased, ops.constant(np.array([a], np.int64)), ops.constant(np.array([a + 4], np.int64)), one,
+                       ops.constant(np.array([1], np.int64))) for a in (0, 4, 8)]
+    outputs = [ops.sigmoid(gates[0]), ops.sigmoid(gates[1]), ops.tanh(gates[2])]
+    return ov.Model(outputs, [x])
+
+
+def test_the_gate_convolution_is_cut_into_one_convolution_per_gate():
+    import openvino as ov
+
+    from tsf_trt.backends.openvino_graph import convolution_per_slice
+
+    ops, rng = ov.opset13, np.random.default_rng(0)
+    model = _gated_convolution(ops, rng)
+    cut = convolution_per_slice(model.clone(), ops)
+    cut.validate_nodes_and_infer_types()
+    kinds = [n.get_type_name() for n in cut.get_ordered_ops()]
+    assert kinds.count("Convolution") == 3 and "Slice" not in kinds
+    # the weights stay int8 constants behind their scale (what OpenVINO's int8 kernels look for)
+    assert sum(n.get_type_name() == "Constant" and n.get_element_type().get_type_name() == "i8"
+               for n in cut.get_ordered_ops()) == 3
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    image = rng.normal(size=(2, 6, 12, 10)).astype(np.float32)
+    want = ov.Core().compile_model(model, "CPU", f32)(image)
+    got = ov.Core().compile_model(cut, "CPU", f32)(image)
+    for a, b in zip(want.values(), got.values()):
+        # each channel is the same 54 products summed, perhaps in another order: fp32 rounding, under 1e-6
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5
+
+
+def test_a_slice_that_skips_channels_is_left_alone():
+    import openvino as ov
+
+    from tsf_trt.backends.openvino_graph import convolution_per_slice
+
+    ops = ov.opset13
+    model = convolution_per_slice(_gated_convolution(ops, np.random.default_rng(0), step=2), ops)
+    assert [n.get_type_name() for n in model.get_ordered_ops()].count("Slice") == 3
+
+
+@pytest.mark.parametrize("split_gates", [True, False])
+def test_the_convlstm_gates_are_cut_unless_asked_not_to(small_export_dir, split_gates):
+    from tsf_trt.backends.openvino_backend import OpenVinoBackend
+
+    with OpenVinoBackend(small_export_dir, threads=1, precision="fp32", cache=False) as backend:
+        backend.split_gates = split_gates
+        for graph in ("encoder", "decoder_t2"):
+            kinds = [n.get_type_name() for n in backend.model(graph).get_ordered_ops()]
+            assert ("Slice" in kinds) != split_gates, graph
+
+
 def test_openvino_takes_smaller_cpu_batches_than_onnx_runtime(small_export_dir):
     from tsf_trt.synthesis.backend import create_backend
 

@@ -131,6 +131,9 @@ class OpenVinoBackend(Backend):
         #: Off: quantisation's error dwarfs what centring saves there, and it costs time (docs/performance.md,
         #: "Where the time goes on a CPU without bf16"); scripts.int8_study measures with it on.
         self.centre_int8 = False
+        #: The ConvLSTM's gate convolution as one convolution per gate (openvino_graph.convolution_per_slice):
+        #: exact in fp32, faster at every precision. scripts.frame_speed's default-joined runs without it.
+        self.split_gates = True
         self._models: dict[str, Any] = {}       # graph -> read, role-checked model (dynamic shapes)
         self._compiled: dict[tuple, Any] = {}   # (graph, input shapes) -> compiled model
         self._fp32_only: set[str] = set()  # graphs run fp32 under --precision int8 (no int8 graph), said once
@@ -184,7 +187,8 @@ class OpenVinoBackend(Backend):
 
     def _changes(self, graph: str) -> dict[str, bool]:
         """Which of openvino_graph's changes `graph` gets (prepare's arguments; cached models are keyed by them)."""
-        return {"split_rows": self.split_rows, "centre": not self._int8(graph) or self.centre_int8}
+        return {"split_rows": self.split_rows, "centre": not self._int8(graph) or self.centre_int8,
+                "split_gates": self.split_gates}
 
     def _entry_key(self, graph: str, shapes: dict[str, list[int]]) -> dict[str, Any]:
         """Everything a compiled model depends on: checked in its cache entry before it is imported."""
