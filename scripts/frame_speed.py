@@ -22,6 +22,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from tsf_trt.synthesis.frame import FrameSpec
 from tsf_trt.synthesis.options import RunOptions
 
 #: name -> (backend, precision, frame, batch size); "default" is `tsf-trt infer` with no options.
@@ -37,6 +38,7 @@ VARIANTS = {
     "default": ("auto", "auto", "head", None),
     "default-before": ("auto", "auto", "head", None),
     "default-joined": ("auto", "auto", "head", None),
+    "default-margin16": ("auto", "auto", FrameSpec("head", margin=16), None),
 }
 #: Variants whose OpenVINO backend runs as before 7 Dec 2026's changes: the decoder's head compiled as
 #: exported, one 7x7 convolution (no tsf_trt.backends.openvino_graph.rows_then_sum), the int8 graphs'
@@ -56,6 +58,7 @@ LABELS = {
     "default-full": "defaults at `--frame full` (auto backend, `--precision auto`)",
     "default": "**defaults** (`tsf-trt infer`: auto backend, `--precision auto`, `--frame head`)",
     "default-before": "defaults before 7 Dec (head not split into rows, int8 norms centred, batch of 32 MiB)",
+    "default-margin16": "defaults with the head frame's margin of 16 pixels (up to commit 1a01ef0; 8 since)",
     "default-joined": "defaults as of eef46c3 (the ConvLSTM's gates in one convolution, cut by a Split)",
 }
 

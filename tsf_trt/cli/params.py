@@ -79,7 +79,7 @@ Threads = Annotated[Optional[int], typer.Option(
 
 Frame = Annotated[str, typer.Option(
     "--frame", metavar="head|full|HxW", rich_help_panel=RUNTIME_PANEL,
-    help="In-plane frame the network runs on: head (the head's box over the whole volume plus 16 pixels, one "
+    help="In-plane frame the network runs on: head (the head's box over the whole volume plus 8 pixels, one "
          "frame for every slice; slices with no head voxel are not computed), full (the whole slice, every "
          "slice), or HxW rows x columns centred on the head (e.g. the model's training crop, 192x192 for the "
          "authors' weights). Outputs stay on the input's full grid, background outside the frame. head is "
