@@ -300,7 +300,7 @@ def test_the_decoder_head_is_split_only_where_it_runs_f32(small_export_dir, prec
     assert ("GroupConvolution" in kinds) == split
 
 
-def _gated_convolution(ops, rng, step: int = 1):
+def _gated_convolution(ops, rng, step: int = 1, bias_shape: tuple[int, ...] = (1, 12, 1, 1)):
     """x -> a 3x3 convolution with NNCF-style int8 weights (Multiply(Convert(i8), scale)) and a bias
     reshaped as ONNX's export writes it -> three channel Slices (steps as Broadcasts, as ONNX's
     Slice arrives) -> sigmoid, sigmoid, tanh: the ConvLSTM's gate pattern, 6 -> 12 channels."""
@@ -311,7 +311,7 @@ def _gated_convolution(ops, rng, step: int = 1):
                            ops.constant(rng.uniform(0.001, 0.01, (12, 1, 1, 1)).astype(np.float32)))
     conv = ops.convolution(x, weights, [1, 1], [1, 1], [1, 1], [1, 1])
     biased = ops.add(conv, ops.reshape(ops.constant(rng.normal(size=12).astype(np.float32)),
-                                       ops.constant(np.array([1, 12, 1, 1], np.int64)), False))
+                                       ops.constant(np.array(bias_shape, np.int64)), False))
     one = ops.broadcast(ops.constant(np.array([step], np.int64)), ops.constant(np.array([1], np.int64)))
     gates = [ops.slice(biased, ops.constant(np.array([a], np.int64)), ops.constant(np.array([a + 4], np.int64)), one,
                        ops.constant(np.array([1], np.int64))) for a in (0, 4, 8)]
@@ -342,13 +342,15 @@ def test_the_gate_convolution_is_cut_into_one_convolution_per_gate():
         assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5
 
 
-def test_a_slice_that_skips_channels_is_left_alone():
+#: A slice that skips channels; 12 biases along the rows (the image is 12 rows high), not the channels.
+@pytest.mark.parametrize("changed", [{"step": 2}, {"bias_shape": (1, 1, 12, 1)}])
+def test_what_is_not_a_cut_of_channels_is_left_alone(changed):
     import openvino as ov
 
     from tsf_trt.backends.openvino_graph import convolution_per_slice
 
     ops = ov.opset13
-    model = convolution_per_slice(_gated_convolution(ops, np.random.default_rng(0), step=2), ops)
+    model = convolution_per_slice(_gated_convolution(ops, np.random.default_rng(0), **changed), ops)
     assert [n.get_type_name() for n in model.get_ordered_ops()].count("Slice") == 3
 
 

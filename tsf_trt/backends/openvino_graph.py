@@ -193,7 +193,11 @@ def _constant(output: Any) -> np.ndarray | None:
 
 
 def _bias(output: Any, channels: int) -> np.ndarray | None:
-    """A per-channel bias (a Constant, or a Constant reshaped to [1, C, 1, 1]) as C floats, or None."""
+    """A per-channel bias (a Constant, or a Constant reshaped to [1, C, 1, 1]) as C floats, or None
+    (also for any other shape: C values along another axis are not a per-channel bias)."""
+    shape = output.get_partial_shape()
+    if not shape.is_static or [d.get_length() for d in shape] != [1, channels, 1, 1]:
+        return None
     node = output.get_node()
     if node.get_type_name() == "Reshape":
         node = node.input_value(0).get_node()
