@@ -57,7 +57,8 @@ LABELS = {
     "ort": "ORT fp32, `--frame head`",
     "default-full": "defaults at `--frame full` (auto backend, `--precision auto`)",
     "default": "**defaults** (`tsf-trt infer`: auto backend, `--precision auto`, `--frame head`)",
-    "default-before": "defaults before 7 Dec (head not split into rows, int8 norms centred, batch of 32 MiB)",
+    "default-before": "defaults before 7 Dec (head not split into rows, int8 norms centred, batch of 32 MiB, "
+                      "gates in one convolution)",
     "default-margin16": "defaults with the head frame's margin of 16 pixels (up to commit 1a01ef0; 8 since)",
     "default-joined": "defaults as of eef46c3 (the ConvLSTM's gates in one convolution, cut by a Split)",
 }

@@ -28,7 +28,7 @@ from tsf_trt.synthesis.preprocess import BACKGROUND, pad_amounts
 #: on the held-out phantoms 5000-5003, all 28 tasks, ONNX Runtime fp32, 8 px scored +0.26 dB
 #: PSNR (every subject +0.24 to +0.28, no task's mean below +0.003 dB) and +0.006 SSIM against
 #: 16 px (issue 15's choice), with ω unchanged, and the demo volume's frame has 15 % fewer pixels
-#: (docs/backends.md, "The frame").
+#: (docs/backends.md, "The head frame's margin").
 HEAD_MARGIN = 8
 _SIZE = re.compile(r"(\d{1,12})x(\d{1,12})")  # digits bounded: int() of thousands of digits raises
 KINDS = ("head", "full")
