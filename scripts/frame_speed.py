@@ -22,6 +22,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from tsf_trt.backends.base import CPU_BATCH_BYTES
 from tsf_trt.synthesis.frame import FrameSpec
 from tsf_trt.synthesis.options import RunOptions
 
@@ -40,13 +41,17 @@ VARIANTS = {
     "default-joined": ("auto", "auto", "head", None),
     "default-margin16": ("auto", "auto", FrameSpec("head", margin=16), None),
 }
-#: Variants whose OpenVINO backend runs as before 7 Dec 2026's changes: the decoder's head compiled as
-#: exported, one 7x7 convolution (no tsf_trt.backends.openvino_graph.rows_then_sum), the int8 graphs'
-#: norms centred, and the batch of the budget every backend shared (tsf_trt.backends.base.CPU_BATCH_BYTES).
-BEFORE = {"default-before"}
-#: Variants whose OpenVINO backend computes the ConvLSTM's gates in one convolution, cut by a Split node
-#: (as up to commit eef46c3: no tsf_trt.backends.openvino_graph.convolution_per_slice); the rest as today.
-JOINED = {"default-before", "default-joined"}
+#: Variants that run the defaults with some of OpenVINO's backend settings as they were, graphs read and
+#: compiled again. default-before: as before 7 Dec 2026, the decoder's head compiled as exported, one 7x7
+#: convolution (no tsf_trt.backends.openvino_graph.rows_then_sum), the int8 graphs' norms centred, the batch
+#: of the budget every backend shared (tsf_trt.backends.base.CPU_BATCH_BYTES) and, as every variant here
+#: up to commit eef46c3, the ConvLSTM's gates in one convolution cut by a Split node (no
+#: tsf_trt.backends.openvino_graph.convolution_per_slice). default-joined: only the last.
+AS_BEFORE = {
+    "default-before": {"split_rows": False, "centre_int8": True, "split_gates": False,
+                       "cpu_batch_bytes": CPU_BATCH_BYTES},
+    "default-joined": {"split_gates": False},
+}
 LABELS = {
     "reference": "`reference` (authors' way: full frame, fp32, full ConvLSTM, 1 slice per call, 2 decoder passes)",
     "ort-full": "ORT fp32, `--frame full` (before issue 15)",
@@ -76,23 +81,16 @@ def phantom(folder: Path, slices: int):
     return Subject(name, {i: found.inputs[i] for i in (0, 1, 3)}), found.inputs[2]
 
 
-def before(backend) -> None:
-    """An OpenVINO backend as it ran before 7 Dec 2026 (see BEFORE): graphs read and compiled again."""
-    from tsf_trt.backends.base import CPU_BATCH_BYTES
-
-    if hasattr(backend, "split_rows"):
-        backend.split_rows, backend.centre_int8, backend.cache_dir = False, True, None
-        backend._models.clear()
-        backend._compiled.clear()
-    backend.cpu_batch_bytes = CPU_BATCH_BYTES
-
-
-def joined(backend) -> None:
-    """An OpenVINO backend with the ConvLSTM's gates in one convolution (see JOINED), compiled again."""
-    if hasattr(backend, "split_gates"):
-        backend.split_gates, backend.cache_dir = False, None
-        backend._models.clear()
-        backend._compiled.clear()
+def as_before(backend, settings: dict) -> None:
+    """`backend` with `settings` (see AS_BEFORE), its graphs read and compiled again; only an OpenVINO
+    backend has them (auto may pick another where OpenVINO runs neither int8 nor bf16)."""
+    if not hasattr(backend, "split_gates"):
+        return
+    for key, value in settings.items():
+        setattr(backend, key, value)
+    backend.cache_dir = None
+    backend._models.clear()
+    backend._compiled.clear()
 
 
 def measure(model, names: list[str], slices: int, rounds: int, threads: int) -> list[dict]:
@@ -112,10 +110,8 @@ def measure(model, names: list[str], slices: int, rounds: int, threads: int) -> 
         backend, precision, frame, batch = VARIANTS[name]
         synths[name] = Synthesizer(model, RunOptions(backend=backend, frame=frame, threads=threads, precision=precision,
                                                      batch_size=batch))
-        if name in BEFORE:
-            before(synths[name].backend)
-        if name in JOINED:
-            joined(synths[name].backend)
+        if name in AS_BEFORE:
+            as_before(synths[name].backend, AS_BEFORE[name])
     for name in names:
         (tmp / "out" / name).mkdir(parents=True)
     best: dict[str, dict] = {}

@@ -52,7 +52,7 @@ def test_full_is_the_whole_slice_padded_to_the_multiple():
 
 def test_head_is_the_box_plus_margin_rounded_to_the_multiple():
     vol = padded_head()
-    frame = plan_frame("head", vol > 0, 4, margin=5)
+    frame = plan_frame(FrameSpec("head", margin=5), vol > 0, 4)
     rows, cols = np.flatnonzero((vol > 0).any(axis=(0, 2))), np.flatnonzero((vol > 0).any(axis=(0, 1)))
     assert frame.y0 <= rows[0] - 5 and frame.y1 >= rows[-1] + 1 + 5
     assert frame.x0 <= cols[0] - 5 and frame.x1 >= cols[-1] + 1 + 5

@@ -132,11 +132,11 @@ def cut(array: np.ndarray, y0: int, y1: int, x0: int, x1: int, fill: float) -> n
     return np.pad(inner, pads, constant_values=fill)
 
 
-def plan_frame(spec: FrameSpec | str, head: np.ndarray, multiple: int, margin: int | None = None) -> Frame:
+def plan_frame(spec: FrameSpec | str, head: np.ndarray, multiple: int) -> Frame:
     """The frame for a volume whose head voxels are `head` (z, y, x bool), for a network whose
-    frame sides must be multiples of `multiple`; `margin` (default: the spec's) around the head."""
+    frame sides must be multiples of `multiple`."""
     spec = FrameSpec.parse(spec)
-    margin = spec.margin if margin is None else margin
+    margin = spec.margin
     spec.check(multiple)
     depth, height, width = head.shape
     if spec.kind == "full":
@@ -144,7 +144,7 @@ def plan_frame(spec: FrameSpec | str, head: np.ndarray, multiple: int, margin: i
         return Frame(spec, -y_before, height + y_after, -x_before, width + x_after, np.arange(depth), depth)
     rows, cols = np.flatnonzero(head.any(axis=(0, 2))), np.flatnonzero(head.any(axis=(0, 1)))
     if not len(rows):  # nothing above the background anywhere: the whole slice, as `full` would
-        return plan_frame(FrameSpec("full"), head, multiple, margin)
+        return plan_frame(FrameSpec("full"), head, multiple)
     if spec.kind == "head":
         y0, y1 = _grow(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, height), multiple)
         x0, x1 = _grow(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, width), multiple)
